@@ -1,0 +1,1 @@
+"""Code generation from the level graph to PyTorch modules and Triton kernels (``nldsl.codegen``)."""

@@ -1,0 +1,1 @@
+"""The .nl grammar (Lark), shipped as ``nldsl.grammar``."""

@@ -1,0 +1,16 @@
+"""nlc: a compiler for nested-learning architectures (import name ``nldsl``)."""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+
+from nldsl._source_tree import install_source_tree_finder as _install_source_tree_finder
+
+try:
+    __version__ = _metadata.version("nlc")
+except _metadata.PackageNotFoundError:  # running from a checkout that is not installed
+    __version__ = "0.1.0"
+
+_install_source_tree_finder()
+
+__all__ = ["__version__"]

@@ -1,0 +1,196 @@
+"""Pass 5 and 7: semantic checks over the model IR and over the level graph.
+
+`check_model` looks at each level alone (rule combinations, gates and their ranges, clocks, chunk-parallel
+forms, stability); `check_graph` looks at relations (flow cycles within one tick, levels that never update
+and own nothing). Both return diagnostics and never raise.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from . import ir
+from .diagnostics import Diagnostic, Label, error, warning
+from .ranges import INF, interval, text
+
+NEEDS = {  # rule → gates it reads
+    "retain": ("retain",),
+    "gd": ("lr",),
+    "momentum": ("lr", "momentum"),
+    "delta": ("lr",),
+    "dgd": ("lr", "retain"),
+}
+QUADRATIC = ("l2", "sq", "mse", "dot")
+
+
+def _bindings(model: ir.ModelIR, block: str) -> dict:
+    for b in model.blocks:
+        if b.name == block:
+            return dict(b.bindings)
+    return {}
+
+
+def _gate(mem: ir.Memory, role: str):
+    v = mem.flow(role)
+    if role == "retain" and v is None and mem.flow("log_retain") is not None:
+        return ir.Op("exp", (mem.flow("log_retain"),), (), mem.flow("log_retain").span)
+    return v
+
+
+def chunk_form(mem: ir.Memory) -> tuple[str, str]:
+    """How a memory level can be computed in parallel (semantics.md §2.4): (form, reason)."""
+    kinds = {r.kind for r in mem.rules}
+    if mem.chunk > 1:
+        return "dual", f"gradients at the anchor of each {mem.chunk}-token chunk: the dual form"
+    if mem.family == "linear" and mem.objective.name in QUADRATIC and kinds <= {"retain", "gd", "delta", "dgd"}:
+        return "wy", "transitions aI − b k kᵀ: the WY/UT form over free tiles"
+    if "momentum" in kinds:
+        return "sequential", "chunk 1 with momentum: exact parallel forms exist but no template yet"
+    if mem.family == "mlp":
+        return "sequential", "chunk 1 with an MLP memory: only the token-by-token form is exact"
+    return "sequential", f"chunk 1 with the non-quadratic objective `{mem.objective.name}`: only the sequential form is exact"
+
+
+def _memory_checks(model: ir.ModelIR, mem: ir.Memory) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    kinds = [r.kind for r in mem.rules]
+    bindings = _bindings(model, mem.block)
+    if "retain" in kinds and "dgd" in kinds:
+        r = next(r for r in mem.rules if r.kind == "retain")
+        out.append(error("NL0502", "`retain` with `dgd` applies the retention α twice", r.span,
+                         "remove this", help="dgd already scales the state by α: W ← W(αI − η k kᵀ) − η∇ℓ"))
+    for r in mem.rules:
+        if r.at == "current" and mem.chunk > 1:
+            out.append(error("NL0503", f"a gradient at the current state needs chunk 1 (this memory has chunk {mem.chunk})",
+                             r.span, "at current", help="use `at anchor`, or `chunk 1`"))
+    seen = set()
+    for r in mem.rules:
+        for gate in NEEDS[r.kind]:
+            if _gate(mem, gate) is None and gate not in seen:
+                seen.add(gate)
+                out.append(error("NL0104", f"the rule `{r.kind}` needs the gate `{gate}`", r.span,
+                                 f"reads {gate}", help={"lr": "e.g. `lr 0.1` or `lr sigmoid(linear(x, heads))`",
+                                                        "retain": "e.g. `retain sigmoid(linear(x, heads))`",
+                                                        "momentum": "e.g. `momentum 0.9`"}[gate]))
+    if mem.flow("retain") is not None and mem.flow("log_retain") is not None:
+        out.append(error("NL0109", "give `retain` or `log_retain`, not both", mem.flow("log_retain").span))
+    if mem.clock.unit == "tokens" and mem.clock.period != 1:
+        out.append(error("NL0301", "an in-context memory updates every token", mem.clock.span,
+                         help=f"to take gradients at a coarser point use `chunk {mem.clock.period}`"))
+    if mem.chunk > model.context:
+        out.append(warning("NL0304", f"chunk {mem.chunk} is longer than the context ({model.context} tokens)",
+                           mem.span, help="every token of a sequence then reads the initial state"))
+    out.extend(_gate_checks(mem, bindings))
+    if mem.clock.unit == "never" and mem.init_by is None:
+        out.append(warning("NL0402", f"`{mem.name}` never updates and owns nothing", mem.span,
+                           help="give it a clock, or let the outer level learn its state with `init by`"))
+    if {"delta", "dgd"} & set(kinds) and not _normalised(mem.flow("key"), bindings):
+        out.append(warning("NL0506", "delta-style rules expect unit-norm keys", mem.flow("key").span,
+                           "not l2-normalised", help="write `key l2norm(...)`; with ‖k‖ > 1 the state can grow"))
+    form, reason = chunk_form(mem)
+    if form == "sequential":
+        out.append(warning("NL0505", f"`{mem.name}` has no exact chunk-parallel form: {reason}", mem.span,
+                           help="it runs token by token (correct but slow); `chunk N` with N > 1 makes it parallel"))
+    return out
+
+
+def _normalised(value, bindings) -> bool:
+    while isinstance(value, ir.Ref):
+        value = bindings.get(value.name)
+    return isinstance(value, ir.Op) and value.fn == "l2norm"
+
+
+def _gate_checks(mem: ir.Memory, bindings) -> list[Diagnostic]:
+    out = []
+    ranges = {}
+    for role, lo_ok, hi_ok, want in (("lr", 0.0, INF, "[0, ∞)"), ("retain", 0.0, 1.0, "(0, 1]"),
+                                     ("momentum", 0.0, 1.0, "[0, 1]")):
+        v = _gate(mem, role)
+        if v is None:
+            continue
+        r = interval(v, bindings)
+        ranges[role] = r
+        if isinstance(v, ir.Const) and not (lo_ok <= v.value <= hi_ok):
+            out.append(error("NL0205", f"`{role}` = {v.value:g} is outside {want}", v.span))
+            continue
+        if r[0] < lo_ok or r[1] > hi_ok or r[1] == INF:
+            out.append(warning("NL0504", f"the gate `{role}` of `{mem.name}` ranges over {text(r)}, outside {want}"
+                               + (" and unbounded" if INF in (abs(r[0]), abs(r[1])) else ""),
+                               v.span, "unbounded" if INF in (abs(r[0]), abs(r[1])) else text(r),
+                               help="squash it: `sigmoid(...)` for (0, 1), `c * sigmoid(...)` for (0, c)"))
+    if "dgd" in [r.kind for r in mem.rules] and mem.objective.name == "l2" and "lr" in ranges and "retain" in ranges:
+        eta_hi, alpha_lo = ranges["lr"][1], ranges["retain"][0]
+        if not eta_hi <= alpha_lo / 2:
+            out.append(warning("NL0507", "DGD with unit-norm keys is stable only for η ≤ α/2",
+                               mem.flow("lr").span, f"η can reach {text((eta_hi, eta_hi))[1:-1]}",
+                               labels=[Label(_gate(mem, "retain").span, f"α can be as low as {alpha_lo:g}")],
+                               help="bound η, e.g. `lr 0.25 * sigmoid(...)` with `retain 0.5 + 0.5 * sigmoid(...)`"))
+    if {"delta", "dgd"} & {r.kind for r in mem.rules} and mem.chunk > 1 and "retain" in ranges and ranges["retain"][0] <= 0:
+        out.append(warning("NL0504", "the retention α can reach 0, where the chunked delta form divides by α",
+                           _gate(mem, "retain").span, help="keep α > 0, e.g. `retain 0.01 + 0.99 * sigmoid(...)`"))
+    return out
+
+
+def _cms_checks(model: ir.ModelIR, chain: ir.Cms) -> list[Diagnostic]:
+    out = []
+    if chain.taught_by != model.outer.name:
+        out.append(error("NL0101", f"`{chain.name}` is taught by the unknown level `{chain.taught_by}`", chain.span,
+                         help=f"the language-model loss is the outer level `{model.outer.name}`"))
+    for m in chain.members:
+        period = m.clock.in_tokens(model.context)
+        if m.clock.unit == "never":
+            continue
+        if m.clock.period == 1:
+            out.append(warning("NL0305", f"`{m.name}` updates every token: one backward pass per token", m.clock.span,
+                               help="a period of 16 tokens or more keeps training fast"))
+        if period >= model.context:
+            if chain.lifetime == "reset":
+                out.append(warning("NL0303", f"`{m.name}` never updates inside a sequence: its period "
+                                   f"({m.clock.period} tokens) is not shorter than the context ({model.context})",
+                                   m.clock.span, help="shorten the period, or `state persist` to carry windows across sequences"))
+            else:
+                out.append(warning("NL0303", f"`{m.name}` spans sequences: its period ({m.clock.period} tokens) is "
+                                   f"not shorter than the context ({model.context}), so it updates across outer steps",
+                                   m.clock.span, help="this is intended for a slow, persistent level"))
+    if chain.variant == "nested":
+        for a, b in zip(chain.members, chain.members[1:]):
+            if a.clock.in_tokens(model.context) < b.clock.in_tokens(model.context):
+                out.append(error("NL0302", f"`{a.name}` learns the initial state of `{b.name}` but ticks faster",
+                                 a.clock.span, f"{a.clock.text}", labels=[Label(b.clock.span, b.clock.text)],
+                                 help="in a nested chain each level is at least as slow as the next"))
+    return out
+
+
+def check_model(model: ir.ModelIR) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    for mem in model.memories:
+        out.extend(_memory_checks(model, mem))
+    for att in model.attentions:
+        if att.window is not None and att.window >= model.context:
+            out.append(warning("NL0304", f"the window of `{att.name}` ({att.window}) covers the whole context",
+                               att.span, help="drop `window` for full causal attention"))
+    for chain in model.cms:
+        out.extend(_cms_checks(model, chain))
+    if model.outer.clip is not None and model.outer.clip <= 0:
+        out.append(error("NL0205", "`clip` must be positive", model.outer.span))
+    return out
+
+
+def check_graph(graph: nx.MultiDiGraph, model: ir.ModelIR) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    tick = graph.graph.get("tick")
+    if tick is not None:
+        try:
+            cycle = nx.find_cycle(tick)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle:
+            names = [f"{phase} of {lvl}" for (phase, lvl), _ in cycle]
+            first = model.level(cycle[0][0][1])
+            out.append(error("NL0401", "a cycle among flows within one tick: " + " → ".join(names + [names[0]]),
+                             first.span if first else model.span, "part of the cycle",
+                             help="read one of these memories `before write` or `at anchor` to break the cycle"))
+    for name, data in graph.nodes(data=True):
+        if data.get("kind") == "cms" and data.get("params", 0) == 0 and data["clock"]["unit"] == "never":
+            out.append(warning("NL0402", f"`{name}` never updates and owns nothing", data["span"]))
+    return out

@@ -1,0 +1,218 @@
+"""The `nlc` command line.
+
+Exit codes: 0 clean (warnings allowed), 1 errors in a spec, 2 internal error (printed with a repro
+line; set NLC_BACKTRACE=1 to see the Python traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import sys
+import traceback
+
+import click
+
+from . import __version__
+from .diagnostics import render_all, summary
+
+FORMATS = click.Choice(["full", "concise", "json"])
+
+
+def guarded(fn):
+    """Turn any unexpected exception into an 'internal compiler error' with a repro line, exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except BaseException as e:  # noqa: BLE001 - the last line of defence
+            repro = "nlc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            click.echo(f"error[NL0901]: internal compiler error: {type(e).__name__}: {e}", err=True)
+            click.echo(f"  = note: this is a bug in nlc {__version__}, not in your spec", err=True)
+            click.echo(f"  = repro: {repro}", err=True)
+            if os.environ.get("NLC_BACKTRACE"):
+                traceback.print_exc()
+            else:
+                click.echo("  = help: set NLC_BACKTRACE=1 for the Python traceback", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _report(fe, fmt: str, quiet_ok: bool = False) -> int:
+    if fe.diagnostics:
+        text = render_all(fe.diagnostics, fe.sources, fmt)
+        click.echo(text, err=fmt != "json")
+    if fmt == "full" and (fe.diagnostics or not quiet_ok):
+        click.echo(f"{fe.file}: {summary(fe.diagnostics)}", err=True)
+    return 1 if not fe.ok else 0
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="nlc")
+def main():
+    """nlc: a compiler for nested-learning architectures.
+
+    Write a model as levels, context flows, update rules and clocks in a `.nl` spec; check it, look
+    at its level graph, format it, and (in later stages) compile and train it.
+
+    \b
+    Examples:
+      nlc check examples/hope.nl
+      nlc graph examples/hope.nl --format html -o hope.html
+      nlc fmt --check examples/*.nl
+      nlc explain NL0302
+    """
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=True, allow_dash=False))
+@click.option("--format", "fmt", type=FORMATS, default="full", show_default=True,
+              help="full: source line and caret; concise: file:line:col; json: for tools")
+@click.option("--dump", "dump", default="", metavar="STAGES",
+              help="print intermediate forms: comma-separated among ast, ir, graph")
+@click.option("--werror", is_flag=True, help="treat warnings as errors")
+@guarded
+def check(specs, fmt, dump, werror):
+    """Check one or more specs and report every problem.
+
+    Exits 0 when every spec is free of errors (warnings are allowed unless --werror), 1 otherwise.
+    """
+    from .pipeline import check_file
+
+    status = 0
+    json_items = []
+    for spec in specs:
+        fe = check_file(spec)
+        if dump:
+            _dump(fe, dump)
+        if fmt == "json":
+            from .diagnostics import to_json
+
+            json_items += [to_json(d) for d in fe.diagnostics]
+            status |= 0 if fe.ok else 1
+        else:
+            status |= _report(fe, fmt, quiet_ok=True)
+            if fmt == "full" and fe.ok and not fe.diagnostics:
+                pass
+        if werror and fe.diagnostics:
+            status = 1
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(json_items, indent=2))
+    sys.exit(status)
+
+
+def _dump(fe, stages: str):
+    from .dump import dump_ast, dump_ir
+
+    for stage in [s.strip() for s in stages.split(",") if s.strip()]:
+        if stage == "ast" and fe.module is not None:
+            click.echo(f"# --- ast: {fe.file}\n" + dump_ast(fe.module))
+        elif stage == "ir" and fe.model is not None:
+            click.echo(f"# --- ir: {fe.file}\n" + dump_ir(fe.model))
+        elif stage == "graph" and fe.graph is not None:
+            from .graph import to_doc
+            from .render import render
+
+            click.echo(f"# --- graph: {fe.file}\n" + render(to_doc(fe.graph, fe.model, fe.file), "json"))
+        elif stage not in ("ast", "ir", "graph"):
+            raise click.BadParameter(f"unknown stage {stage!r}; choose among ast, ir, graph", param_hint="--dump")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=True))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "dot", "mermaid", "html"]), default="text",
+              show_default=True, help="text: tree and table; html: a self-contained page with an SVG drawing")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="write to this file instead of standard output")
+@click.option("--diagnostics", "diag_fmt", type=FORMATS, default="full", show_default=True,
+              help="how to print problems in the spec")
+@guarded
+def graph(spec, fmt, output, diag_fmt):
+    """Show the level graph of SPEC: every level, its clock, sizes, and the flow/teach/meta edges.
+
+    The text form prints the hierarchy as a tree from the fastest clock to the slowest, then a table
+    of parameters, state size and update cost per token.
+    """
+    from .graph import to_doc
+    from .pipeline import check_file
+    from .render import render
+
+    fe = check_file(spec)
+    if not fe.ok or fe.graph is None:
+        sys.exit(_report(fe, diag_fmt) or 1)
+    if fe.diagnostics and diag_fmt != "json":
+        click.echo(render_all(fe.diagnostics, fe.sources, diag_fmt), err=True)
+    text = render(to_doc(fe.graph, fe.model, spec, fe.diagnostics), fmt)
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--check", "check_only", is_flag=True, help="do not write; exit 1 if any file would change")
+@guarded
+def fmt(specs, check_only):
+    """Format specs in the canonical layout, keeping comments (`-` reads standard input).
+
+    Formatting is idempotent and never changes meaning: the formatted file parses to the same tree.
+    """
+    from .diagnostics import SpecError
+    from .fmt import format_source
+    from .pipeline import decode, read_source
+
+    status = 0
+    for spec in specs:
+        try:
+            text = decode(sys.stdin.buffer.read(), "<stdin>") if spec == "-" else read_source(spec)
+            out = format_source(text, spec if spec != "-" else "<stdin>")
+        except SpecError as e:
+            click.echo(render_all(e.diagnostics, {spec if spec != "-" else "<stdin>": locals().get("text", "")}), err=True)
+            status = 1
+            continue
+        if spec == "-":
+            click.echo(out, nl=False)
+        elif out != text:
+            if check_only:
+                click.echo(f"would reformat {spec}", err=True)
+                status = 1
+            else:
+                with open(spec, "w", encoding="utf-8") as f:
+                    f.write(out)
+                click.echo(f"reformatted {spec}", err=True)
+    sys.exit(status)
+
+
+@main.command()
+@click.argument("code", required=False)
+@guarded
+def explain(code):
+    """Explain a diagnostic code (e.g. NL0302), or list every code."""
+    from .codes import CODES
+
+    if code is None:
+        for c, text in CODES.items():
+            click.echo(f"{c}  {text}")
+        return
+    code = code.upper()
+    if code not in CODES:
+        click.echo(f"error: unknown code {code}; `nlc explain` lists them all", err=True)
+        sys.exit(1)
+    click.echo(f"{code}: {CODES[code]}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

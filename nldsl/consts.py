@@ -1,0 +1,132 @@
+"""Pass 3: constant folding.
+
+Model-level bindings whose right side is arithmetic over numbers and other constants become
+constants (`head_dim = dim / heads`). Bindings that build networks (`layer = a -> b`) are left to the
+elaborator. `/` between integers stays an integer when it divides exactly, so sizes stay sizes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Mapping
+
+from . import ast
+from .diagnostics import Diagnostic, error
+
+NAMED = {"true": True, "false": False, "inf": math.inf}
+NETWORK_WORDS = {"residual", "stack", "embed", "lm_head", "rmsnorm", "layernorm"}
+
+
+class Fail(Exception):
+    def __init__(self, diag: Diagnostic):
+        self.diag = diag
+
+
+def is_network_expr(expr, network_names) -> bool:
+    """True when `expr` builds a network rather than a value: a pipe, a combinator, a block."""
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Pipe):
+            return True
+        if isinstance(node, ast.Name) and (node.id in network_names or node.id in NETWORK_WORDS):
+            return True
+    return False
+
+
+def suggest(name: str, candidates) -> str:
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else ""
+
+
+def fold(expr, env: Mapping[str, object]):
+    """The value of a constant expression, or raise Fail with a diagnostic."""
+    if isinstance(expr, ast.Number):
+        if isinstance(expr.value, float) and math.isinf(expr.value):
+            raise Fail(error("NL0202", f"the number `{expr.text}` is too large", expr.span))
+        return expr.value
+    if isinstance(expr, ast.String):
+        return expr.value
+    if isinstance(expr, ast.Name):
+        if expr.id in env:
+            if isinstance(env[expr.id], Poison):
+                raise Fail(None)  # already reported where it was defined
+            return env[expr.id]
+        if expr.id in NAMED:
+            return NAMED[expr.id]
+        raise Fail(error("NL0101", f"unknown name `{expr.id}`", expr.span, "not a known constant",
+                         help=suggest(expr.id, list(env) + list(NAMED)) or "define it with `name = value`"))
+    if isinstance(expr, ast.TupleExpr) or isinstance(expr, ast.ListExpr):
+        return tuple(fold(x, env) for x in expr.items)
+    if isinstance(expr, ast.UnaryOp):
+        v = _number(fold(expr.operand, env), expr.operand)
+        return -v if expr.op == "-" else v
+    if isinstance(expr, ast.BinOp):
+        return _binop(expr, _number(fold(expr.left, env), expr.left), _number(fold(expr.right, env), expr.right))
+    if isinstance(expr, ast.Call) and expr.func.id in ("min", "max") and len(expr.args) >= 2 and not expr.kwargs:
+        vals = [_number(fold(a, env), a) for a in expr.args]
+        return min(vals) if expr.func.id == "min" else max(vals)
+    raise Fail(error("NL0201", "expected a constant here", expr.span, "not a constant expression",
+                     help="constants are numbers, strings, tuples and arithmetic over other constants"))
+
+
+def _number(v, node):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Fail(error("NL0201", "arithmetic needs numbers", node.span, f"this is {type(v).__name__}"))
+    return v
+
+
+def _binop(expr: ast.BinOp, a, b):
+    op = expr.op
+    try:
+        if op == "+":
+            r = a + b
+        elif op == "-":
+            r = a - b
+        elif op == "*":
+            r = a * b
+        elif op == "/":
+            if b == 0:
+                raise ZeroDivisionError
+            r = a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
+        elif op == "%":
+            if b == 0:
+                raise ZeroDivisionError
+            r = a % b
+        else:  # **
+            if isinstance(a, int) and isinstance(b, int) and b >= 0 and abs(a) > 1 and b * math.log2(abs(a)) > 256:
+                raise OverflowError
+            r = a ** b
+            if isinstance(r, complex):
+                raise ValueError
+    except ZeroDivisionError:
+        raise Fail(error("NL0202", "division by zero", expr.right.span, "this is zero")) from None
+    except (OverflowError, ValueError):
+        raise Fail(error("NL0202", "this arithmetic has no finite real value", expr.span)) from None
+    if isinstance(r, float) and (math.isinf(r) or math.isnan(r)):
+        raise Fail(error("NL0202", "this arithmetic overflows", expr.span))
+    return r
+
+
+def fold_constants(assigns, network_names, base: Mapping[str, object] | None = None):
+    """Fold bindings in order; returns (constants, network bindings, diagnostics)."""
+    env: dict[str, object] = dict(base or {})
+    nets: dict[str, ast.Assign] = {}
+    diags: list[Diagnostic] = []
+    for a in assigns:
+        if is_network_expr(a.value, set(network_names) | set(nets)):
+            nets[a.name] = a
+            continue
+        try:
+            env[a.name] = fold(a.value, env)
+        except Fail as f:
+            if f.diag is not None:
+                diags.append(f.diag)
+            env[a.name] = Poison()
+        except RecursionError:
+            diags.append(error("NL0005", "this expression is nested too deeply", a.span))
+            env[a.name] = Poison()
+    return env, nets, diags
+
+
+class Poison:
+    """The value of a constant whose definition failed: later uses raise no second diagnostic."""

@@ -1,0 +1,140 @@
+"""Dimension inference: the per-head key and value widths of every memory and attention level.
+
+Widths flow from the block input (the model's `dim`), `linear(x, out)` and reads (heads × dv). Each
+level adds equations: width(key) = heads·dk, width(value) = heads·dv, width(query of a read) =
+heads·dk, width(e in self(e)) = heads·dk, and dk = dv for a residual memory. They are solved by
+propagation to a fixed point; a residual of inconsistent equations is a dimension mismatch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import ir
+from .diagnostics import Sink, error
+
+
+@dataclass
+class Unknowns:
+    heads: int
+    dk: int | None = None
+    dv: int | None = None
+    residual: bool = False
+    spans: dict = field(default_factory=dict)  # which span fixed dk / dv (for messages)
+
+
+class Widths:
+    def __init__(self, dim: int, bindings: dict, unknowns: dict):
+        self.dim = dim
+        self.bindings = bindings  # (block, name) → Value
+        self.unknowns = unknowns  # level → Unknowns
+        self.block = ""
+
+    def of(self, v, seen=()) -> int | None:
+        if isinstance(v, ir.Input):
+            return self.dim
+        if isinstance(v, ir.Const):
+            return None
+        if isinstance(v, ir.Ref):
+            key = (self.block, v.name)
+            if key in seen or key not in self.bindings:
+                return None
+            return self.of(self.bindings[key], seen + (key,))
+        if isinstance(v, ir.Op):
+            if v.fn == "linear":
+                return v.option("out")
+            if v.fn == "self":
+                return None
+            ws = [self.of(a, seen) for a in v.args]
+            return next((w for w in ws if w is not None), None)
+        if isinstance(v, ir.Bin):
+            a, b = self.of(v.left, seen), self.of(v.right, seen)
+            if a is None or b is None:
+                return a if a is not None else b
+            return max(a, b)  # a per-head gate (width heads) may scale a vector; checked elsewhere
+        if isinstance(v, ir.Read):
+            u = self.unknowns.get(v.level)
+            return u.heads * u.dv if u is not None and u.dv is not None else None
+        if isinstance(v, ir.Apply):
+            return self.dim
+        return None
+
+
+def _set(u: Unknowns, which: str, total: int | None, span, level: str, sink: Sink) -> bool:
+    """Record heads·d = total; returns True when it taught something new."""
+    if total is None:
+        return False
+    if total % u.heads:
+        sink.add(error("NL0204", f"width {total} does not split into {u.heads} heads for `{level}`", span,
+                       f"width {total}", help=f"make it a multiple of {u.heads}"))
+        return False
+    d = total // u.heads
+    cur = getattr(u, which)
+    if cur is None:
+        setattr(u, which, d)
+        u.spans[which] = span
+        if u.residual:
+            other = "dv" if which == "dk" else "dk"
+            if getattr(u, other) is None:
+                setattr(u, other, d)
+                u.spans[other] = span
+        return True
+    if cur != d:
+        from .diagnostics import Label
+
+        first = u.spans.get(which)
+        sink.add(error("NL0204", f"dimension mismatch for `{level}`: {which} is {cur} per head here {d}", span,
+                       f"{total} = {u.heads} × {d}",
+                       labels=[Label(first, f"{which} = {cur} from here")] if first is not None and first != span else [],
+                       help="a flow into a level must have the level's width"))
+    return False
+
+
+def infer(levels: dict, width: Widths, sink: Sink) -> None:
+    """levels: name → (block, Unknowns, flows dict role → Value, reads list[(block, Read)])."""
+    for _ in range(8):
+        changed = False
+        for name, (block, u, flows, reads) in levels.items():
+            width.block = block
+            key = flows.get("key")
+            if key is not None:
+                changed |= _set(u, "dk", width.of(key), key.span, name, _Quiet())
+            value = flows.get("value")
+            if isinstance(value, ir.Op) and value.fn == "self":
+                changed |= _set(u, "dk", width.of(value.args[0]), value.span, name, _Quiet())
+            elif value is not None:
+                changed |= _set(u, "dv", width.of(value), value.span, name, _Quiet())
+            for rblock, read in reads:
+                width.block = rblock
+                if read.query is not None:
+                    changed |= _set(u, "dk", width.of(read.query), read.query.span, name, _Quiet())
+        if not changed:
+            break
+    # a final pass reports every inconsistency with spans
+    for name, (block, u, flows, reads) in levels.items():
+        if u.dv is None and u.dk is not None and isinstance(flows.get("value"), ir.Op):
+            u.dv = u.dk  # a self-generated target of unknown width returns the key width
+        width.block = block
+        for role in ("key",):
+            if flows.get(role) is not None:
+                _set(u, "dk", width.of(flows[role]), flows[role].span, name, sink)
+        value = flows.get("value")
+        if isinstance(value, ir.Op) and value.fn == "self":
+            _set(u, "dk", width.of(value.args[0]), value.span, name, sink)
+        elif value is not None:
+            _set(u, "dv", width.of(value), value.span, name, sink)
+        for rblock, read in reads:
+            width.block = rblock
+            if read.query is not None:
+                _set(u, "dk", width.of(read.query), read.query.span, name, sink)
+        if u.residual and u.dk is not None and u.dv is not None and u.dk != u.dv:
+            sink.add(error("NL0204", f"`{name}` is residual, so its key and value widths must agree",
+                           u.spans.get("dv") or u.spans.get("dk"), f"dk = {u.dk}, dv = {u.dv}",
+                           help="M(k) = k + mlp(k) needs dk = dv; drop `residual` or change a width"))
+
+
+class _Quiet(Sink):
+    """Swallows diagnostics during propagation; the final pass reports them once."""
+
+    def add(self, diag):
+        pass

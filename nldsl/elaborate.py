@@ -1,0 +1,398 @@
+"""Pass 4: elaboration — from the resolved program to the model IR.
+
+Folds the constants, reads the outer level, optimizers and cms chains, elaborates every block used by
+the network (its bindings, its memory and attention levels, its output), infers the widths, and builds
+the network tree with each level's replica count. All problems are collected; the pass raises
+SpecError at its end if any is an error.
+"""
+
+from __future__ import annotations
+
+from . import ast, ir, levels as lv, phrases, schema
+from .consts import Fail, fold_constants, suggest
+from .diagnostics import Label, SpecError, Sink, error, warning
+from .dims import Unknowns, Widths, infer
+from .resolve import Program
+from .values import Scope, ValueBuilder, reads_in
+
+REQUIRED = ("vocab", "dim", "context")
+
+
+class Elaborator:
+    def __init__(self, program: Program):
+        self.p = program
+        self.sink = Sink()
+        self.blocks: dict[str, ir.BlockDef] = {}
+        self.block_args: dict[str, tuple] = {}
+        self.protos: dict[str, dict] = {}  # level name → fields gathered before widths are known
+        self.bindings: dict = {}  # (block, name) → Value
+        self.reads: dict[str, list] = {}  # level → [(block, Read)]
+        self.elaborating: list[str] = []
+
+    # ------------------------------------------------------------ entry
+
+    def run(self) -> ir.ModelIR:
+        p, sink = self.p, self.sink
+        assigns = [s.node for s in p.of_kind("const")]
+        network_names = [s.name for s in p.of_kind("block", "cms")]
+        env, nets, diags = fold_constants(assigns, network_names)
+        sink.extend(diags)
+        self.env, self.nets = env, nets
+        for key in REQUIRED:
+            if key not in env and key not in nets:
+                sink.add(error("NL0104", f"the model has no `{key}`", p.model.name_span, "in this model",
+                               help={"vocab": "e.g. `vocab = 256` for bytes", "dim": "e.g. `dim = 128`",
+                                     "context": "tokens per training sequence, e.g. `context = 256`"}[key]))
+        for key in REQUIRED + ("heads",):
+            v = env.get(key)
+            if key in env and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                span = p.lookup(key).span
+                sink.add(error("NL0203", f"`{key}` must be a positive integer", span, f"it is {v!r}"))
+        if sink.has_errors:
+            raise SpecError(sink.items)
+        self.dim, self.vocab, self.context = env["dim"], env["vocab"], env["context"]
+
+        self.optimizers = {}
+        for sym in p.of_kind("optimizer"):
+            for opt in lv.declared_optimizer(sym.node, env, sink):
+                self.optimizers[opt.name] = opt
+        outer = self._outer()
+        self.outer_name = outer.name if outer else "outer"
+        self.templates = {s.name: s.node for s in p.symbols if s.kind in ("memory", "attention")}
+        self.chains: dict[str, ir.Cms] = {}
+        for sym in p.of_kind("cms"):
+            chain = lv.cms_chain(sym.node, sym.name, self.dim, env, self.outer_name, self.optimizers, sink)
+            if chain is not None:
+                self.chains[sym.name] = chain
+        if "network" not in nets:
+            span = p.lookup("network").span if p.lookup("network") else p.model.name_span
+            sink.add(error("NL0104", "the model has no `network`", span, "",
+                           help="e.g. `network = embed(vocab, dim) -> stack(layer, layers) -> rmsnorm -> lm_head(tied = true)`"))
+            raise SpecError(sink.items)
+        network = self._net(nets["network"].value, ())
+        memories, attentions = self._finish_levels()
+        self._unused()
+        if sink.has_errors or outer is None or network is None:
+            raise SpecError(sink.items)
+        replicas = _replicas(network, self.blocks, self.chains)
+        consts = tuple((k, v) for k, v in env.items() if isinstance(v, (int, float, str, tuple)))
+        return ir.ModelIR(p.model.name, p.main.file, consts, self.vocab, self.dim, self.context, outer,
+                          tuple(memories), tuple(attentions), tuple(self.chains.values()),
+                          tuple(self.optimizers.values()), tuple(self.blocks.values()), network,
+                          tuple(sorted(replicas.items())), p.model.span)
+
+    # ------------------------------------------------------------ outer level
+
+    def _outer(self):
+        decls = [s for s in self.p.of_kind("level")]
+        outers = [s for s in decls if s.node.type is not None and phrases.word(s.node.type.words[0]) == "outer"]
+        for s in decls:
+            if s not in outers:
+                self.sink.add(error("NL0108", "a top-level `level` must be the outer level: `level NAME : outer`",
+                                    s.span, help="cms members are declared inside a `cms` chain"))
+        if not outers:
+            self.sink.add(error("NL0104", "the model has no outer level", self.p.model.name_span,
+                                help="add `level pretrain : outer { update adamw(lr = 3e-4) }`"))
+            return None
+        for extra in outers[1:]:
+            self.sink.add(error("NL0102", "a model has one outer level", extra.span, "second outer level",
+                                labels=[Label(outers[0].span, "first")]))
+        return lv.outer_level(outers[0].node, self.env, self.optimizers, self.sink)
+
+    # ------------------------------------------------------------ network
+
+    def _net(self, expr, stack: tuple) -> ir.Net | None:
+        try:
+            return self._net_or_fail(expr, stack)
+        except Fail as f:
+            if f.diag is not None:
+                self.sink.add(f.diag)
+            return None
+
+    def _net_or_fail(self, expr, stack):
+        if isinstance(expr, ast.Pipe):
+            stages = [self._net(s, stack) for s in expr.stages]
+            return ir.Seq(tuple(stages), expr.span) if all(stages) else None
+        if isinstance(expr, ast.Name):
+            return self._net_name(expr.id, expr, {}, stack)
+        if isinstance(expr, ast.Call):
+            fn = expr.func.id
+            if fn == "residual":
+                _args(expr, 1, ())
+                inner = self._net(expr.args[0], stack)
+                return ir.Residual(inner, expr.span) if inner else None
+            if fn == "stack":
+                _args(expr, 2, ())
+                inner = self._net(expr.args[0], stack)
+                n = phrases.positive_int(expr.args[1], self.env, "a stack count")
+                return ir.Stack(inner, n, expr.span) if inner else None
+            if fn == "embed":
+                _args(expr, 2, ())
+                vocab = phrases.positive_int(expr.args[0], self.env, "the vocabulary size")
+                dim = phrases.positive_int(expr.args[1], self.env, "the embedding width")
+                if dim != self.dim:
+                    raise Fail(error("NL0204", f"the embedding width {dim} is not the model width {self.dim}",
+                                     expr.args[1].span, help="the residual stream has width `dim`"))
+                return ir.Embed(vocab, dim, expr.span)
+            if fn == "lm_head":
+                _args(expr, 0, ("tied",))
+                tied = expr.kwarg("tied")
+                return ir.LMHead(bool(phrases.fold(tied, self.env)) if tied is not None else False, expr.span)
+            if fn in ("rmsnorm", "layernorm") and not expr.args:
+                return ir.Norm(fn, expr.span)
+            kwargs = {k.name: k for k in expr.kwargs}
+            if expr.args:
+                raise Fail(error("NL0107", "in a pipeline, a block takes only keyword arguments", expr.span,
+                                 help="the value flowing through the pipeline is its input"))
+            return self._net_name(fn, expr.func, kwargs, stack)
+        raise Fail(error("NL0405", "this is not a network stage", expr.span,
+                         help="stages are blocks, cms chains, norms, residual(...), stack(...), embed(...), lm_head(...)"))
+
+    def _net_name(self, name, node, kwargs, stack):
+        sym = self.p.lookup(name)
+        if name in ("rmsnorm", "layernorm"):
+            return ir.Norm(name, node.span)
+        if name in self.nets:
+            if name in stack:
+                raise Fail(error("NL0111", f"`{name}` is defined in terms of itself", node.span))
+            return self._net(self.nets[name].value, stack + (name,))
+        if sym is not None and sym.kind == "block":
+            self._block(sym, kwargs, node.span, stack)
+            return ir.BlockCall(name, node.span)
+        if sym is not None and sym.kind == "cms":
+            if kwargs:
+                raise Fail(error("NL0107", "a cms chain takes no arguments", node.span))
+            return ir.CmsCall(name, node.span) if name in self.chains else None
+        known = list(self.nets) + [s.name for s in self.p.of_kind("block", "cms")] + ["rmsnorm", "layernorm"]
+        raise Fail(error("NL0101", f"unknown network stage `{name}`", node.span,
+                         help=suggest(name, known) or "define a block or a cms chain with this name"))
+
+    # ------------------------------------------------------------ blocks
+
+    def _block(self, sym, kwargs, span, stack):
+        name = sym.name
+        args = tuple(sorted((k, id(v)) for k, v in kwargs.items()))
+        if name in self.blocks or name in self.elaborating:
+            if name in self.elaborating:
+                raise Fail(error("NL0111", f"the block `{name}` uses itself", span))
+            if kwargs and self.block_args.get(name) != tuple(sorted(kwargs)):
+                raise Fail(error("NL0601", f"`{name}` is used with different arguments in different places",
+                                 span, help="declare a second block for the other configuration"))
+            return
+        self.block_args[name] = tuple(sorted(kwargs))
+        self.elaborating.append(name)
+        try:
+            self.blocks[name] = self._block_body(sym.node, kwargs)
+        finally:
+            self.elaborating.pop()
+
+    def _block_body(self, node: ast.Block, kwargs) -> ir.BlockDef:
+        sink = self.sink
+        if not node.params:
+            raise Fail(error("NL0107", f"the block `{node.name}` needs an input parameter", node.name_span,
+                             help=f"block {node.name}(x) {{ ... }}"))
+        consts = dict(self.env)
+        inputs = (node.params[0].name,)
+        if node.params[0].default is not None:
+            sink.add(error("NL0107", "the first parameter is the block's input and has no default", node.params[0].span))
+        for prm in node.params[1:]:
+            src = kwargs[prm.name].value if prm.name in kwargs else prm.default
+            if src is None:
+                sink.add(error("NL0107", f"`{prm.name}` has no default and no argument", prm.span))
+                continue
+            try:
+                consts[prm.name] = phrases.fold(src, self.env)
+            except Fail as f:
+                sink.add(f.diag) if f.diag else None
+        for k, kw in kwargs.items():
+            if k not in [q.name for q in node.params[1:]]:
+                sink.add(error("NL0107", f"the block `{node.name}` has no parameter `{k}`", kw.span))
+        local_levels = {}
+        decls = [s for s in node.body if isinstance(s, ast.Decl)]
+        for d in decls:
+            if d.kind not in ("memory", "attention"):
+                sink.add(error("NL0108", f"a `{d.kind}` cannot be declared inside a block", d.span,
+                               help="declare it in the model and use it by name"))
+                continue
+            for ident in d.names:
+                if ident.name in local_levels:
+                    sink.add(error("NL0102", f"`{ident.name}` is declared twice in this block", ident.span))
+                local_levels[ident.name] = f"{node.name}.{ident.name}"
+        scope = Scope(node.name, inputs, consts, local_levels,
+                      later={s.name for s in node.body if isinstance(s, ast.Assign)},
+                      blocks={s.name for s in self.p.of_kind("block")}, chains=set(self.chains))
+        builder = ValueBuilder(scope)
+        output = None
+        for stmt in node.body:
+            if isinstance(stmt, ast.Assign):
+                if stmt.name in scope.bindings or stmt.name in inputs or stmt.name in local_levels:
+                    sink.add(error("NL0102", f"`{stmt.name}` is already defined in this block", stmt.name_span))
+                    continue
+                scope.later.discard(stmt.name)
+                value = self._value(builder, stmt.value, stmt.name)
+                if value is not None:
+                    scope.bindings[stmt.name] = value
+                    self.bindings[(node.name, stmt.name)] = value
+            elif isinstance(stmt, ast.Return):
+                if output is not None:
+                    sink.add(error("NL0102", "a block returns once", stmt.span))
+                output = self._value(builder, stmt.value, "out")
+            elif isinstance(stmt, ast.Prop):
+                sink.add(error("NL0108", f"`{stmt.key} ...` is a property; a block body holds bindings "
+                                         "`name = ...`, level declarations and `return`", stmt.span,
+                               help=f"did you mean `{stmt.key} = ...`?"))
+            elif isinstance(stmt, ast.Block):
+                sink.add(error("NL0108", "blocks are declared in the model, not inside another block", stmt.span))
+        if output is None:
+            sink.add(error("NL0104", f"the block `{node.name}` has no `return`", node.name_span,
+                           help="end it with `return <value>`"))
+        for d in decls:
+            if d.kind in ("memory", "attention"):
+                for ident in d.names:
+                    self._level_proto(d, ident, node.name, builder)
+        for value in list(scope.bindings.values()) + ([output] if output is not None else []):
+            for r in reads_in(value):
+                self.reads.setdefault(r.level, []).append((node.name, r))
+        return ir.BlockDef(node.name, inputs, tuple(scope.bindings.items()), output or ir.Const(0.0, node.span),
+                           tuple(local_levels.values()), node.span)
+
+    def _value(self, builder, expr, label, allow_self=False):
+        try:
+            return builder.build(expr, label, allow_self)
+        except Fail as f:
+            if f.diag is not None:
+                self.sink.add(f.diag)
+        except RecursionError:
+            self.sink.add(error("NL0005", "this expression is nested too deeply", expr.span))
+        return None
+
+    def _level_proto(self, decl: ast.Decl, ident: ast.Ident, block: str, builder: ValueBuilder):
+        from .memories import level_proto
+
+        proto = level_proto(self, decl, ident, block, builder)
+        if proto is not None:
+            self.protos[proto["name"]] = proto
+
+    # ------------------------------------------------------------ finishing
+
+    def _finish_levels(self):
+        from .memories import finish
+
+        unknowns = {n: (p["block"], p["unknowns"], p["flows"], self.reads.get(n, [])) for n, p in self.protos.items()}
+        infer(unknowns, Widths(self.dim, self.bindings, {n: u[1] for n, u in unknowns.items()}), self.sink)
+        return finish(self, self.protos)
+
+    def _unused(self):
+        used_blocks = set(self.blocks)
+        for s in self.p.symbols:
+            if s.span.file != self.p.main.file:
+                continue
+            if s.kind == "block" and s.name not in used_blocks:
+                self.sink.add(warning("NL0110", f"the block `{s.name}` is never used", s.span, "unused",
+                                      help="use it in `network = ...` or remove it"))
+            if s.kind == "cms" and s.name not in _used_chains(self):
+                self.sink.add(warning("NL0110", f"the cms chain `{s.name}` is never used", s.span, "unused"))
+            if s.kind == "optimizer" and not _optimizer_used(self, s.name):
+                self.sink.add(warning("NL0110", f"the optimizer `{s.name}` is never used", s.span, "unused",
+                                      help="name it in a level's `update`"))
+
+
+def _args(call: ast.Call, npos: int, kws: tuple):
+    if len(call.args) != npos:
+        raise Fail(error("NL0107", f"`{call.func.id}` takes {npos} positional argument(s)", call.span,
+                         f"given {len(call.args)}", help=schema.BUILTINS.get(call.func.id, "")))
+    for kw in call.kwargs:
+        if kw.name not in kws:
+            raise Fail(error("NL0107", f"`{call.func.id}` has no argument `{kw.name}`", kw.span))
+
+
+def _used_chains(el: Elaborator) -> set:
+    out = set()
+
+    def walk(net):
+        if isinstance(net, ir.CmsCall):
+            out.add(net.cms)
+        for child in _children(net):
+            walk(child)
+
+    for name in el.nets:
+        pass
+    for b in el.blocks.values():
+        for _, v in b.bindings + (("out", b.output),):
+            for node in _values(v):
+                if isinstance(node, ir.Apply) and isinstance(node.target, ir.CmsCall):
+                    out.add(node.target.cms)
+    for a in el.nets.values():
+        for node in ast.walk(a.value):
+            if isinstance(node, ast.Name) and node.id in el.chains:
+                out.add(node.id)
+    return out
+
+
+def _optimizer_used(el: Elaborator, name: str) -> bool:
+    opts = [m.optimizer for c in el.chains.values() for m in c.members]
+    for sym in el.p.of_kind("level", "cms"):
+        for node in ast.walk(sym.node):
+            if isinstance(node, ast.Name) and node.id == name:
+                return True
+    return any(o.name == name for o in opts)
+
+
+def _children(net):
+    if isinstance(net, ir.Seq):
+        return net.stages
+    if isinstance(net, (ir.Residual, ir.Stack)):
+        return (net.inner,)
+    return ()
+
+
+def _values(v):
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        yield x
+        if isinstance(x, ir.Op):
+            stack.extend(x.args)
+        elif isinstance(x, ir.Bin):
+            stack.extend((x.left, x.right))
+        elif isinstance(x, ir.Read) and x.query is not None:
+            stack.append(x.query)
+        elif isinstance(x, ir.Apply):
+            stack.append(x.arg)
+
+
+def _replicas(network, blocks, chains) -> dict:
+    counts: dict[str, int] = {}
+
+    def add_block(name, mult, seen=()):
+        if name in seen or name not in blocks:
+            return
+        b = blocks[name]
+        for lvl in b.levels:
+            counts[lvl] = counts.get(lvl, 0) + mult
+        for _, v in b.bindings + (("out", b.output),):
+            for node in _values(v):
+                if isinstance(node, ir.Apply):
+                    visit(node.target, mult, seen + (name,))
+
+    def visit(net, mult, seen=()):
+        if isinstance(net, ir.Stack):
+            visit(net.inner, mult * net.count, seen)
+        elif isinstance(net, ir.BlockCall):
+            add_block(net.block, mult, seen)
+        elif isinstance(net, ir.CmsCall) and net.cms in chains:
+            for m in chains[net.cms].members:
+                counts[m.name] = counts.get(m.name, 0) + mult
+        else:
+            for child in _children(net):
+                visit(child, mult, seen)
+
+    visit(network, 1)
+    return counts
+
+
+def elaborate(program: Program) -> tuple[ir.ModelIR, list]:
+    """Returns the model IR and the warnings collected; raises SpecError on errors."""
+    el = Elaborator(program)
+    model = el.run()
+    return model, list(el.sink.items)

@@ -1,0 +1,351 @@
+"""Pass 1: source text → AST. The only module that touches Lark; no Lark object leaves it.
+
+`parse(text, file)` returns a `Module` or raises `SpecError` with a syntax Diagnostic. Comments are
+collected by a lexer callback (for the formatter) and newlines inside brackets are dropped by a small
+post-lexer so that argument lists may wrap.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from . import ast
+from .diagnostics import SpecError, error
+
+MAX_BYTES = 4_000_000
+MAX_NESTING = 64
+
+_OPEN = {"LPAR", "LSQB"}
+_CLOSE = {"RPAR", "RSQB"}
+
+
+class _TooDeep(Exception):
+    def __init__(self, token: Token):
+        self.token = token
+
+
+class _PostLexer:
+    """Drops newlines inside () and [] and merges runs of newlines; bounds bracket nesting."""
+
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        depth = 0
+        braces = 0
+        prev_nl = False
+        for tok in stream:
+            if tok.type == "_NL":
+                if depth > 0 or prev_nl:
+                    continue
+                prev_nl = True
+                yield tok
+                continue
+            prev_nl = False
+            if tok.type in _OPEN or tok.type == "LBRACE":
+                depth += tok.type in _OPEN
+                braces += tok.type == "LBRACE"
+                if depth + braces > MAX_NESTING:
+                    raise _TooDeep(tok)
+            elif tok.type in _CLOSE:
+                depth = max(0, depth - 1)
+            elif tok.type == "RBRACE":
+                braces = max(0, braces - 1)
+            yield tok
+
+
+@functools.lru_cache(maxsize=None)
+def grammar_text() -> str:
+    return resources.files("nldsl.grammar").joinpath("nl.lark").read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=None)
+def _parser() -> Lark:
+    return Lark(
+        grammar_text(),
+        parser="lalr",
+        strict=True,
+        propagate_positions=True,
+        postlex=_PostLexer(),
+        lexer_callbacks={"COMMENT": _Comments.collect},
+        maybe_placeholders=True,
+    )
+
+
+class _Comments:
+    """Lark lexer callbacks are global to a parser; parsing is not re-entrant, so a stack suffices."""
+
+    stack: list[list[Token]] = []
+
+    @classmethod
+    def collect(cls, tok: Token) -> Token:
+        if cls.stack:
+            cls.stack[-1].append(tok)
+        return tok
+
+
+def _span(file: str, meta) -> ast.Span:
+    if getattr(meta, "empty", False):
+        return ast.Span(file, 0, 0, 0, 0)
+    return ast.Span(file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _tok_span(file: str, tok: Token) -> ast.Span:
+    return ast.Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Builds AST nodes. No checks here: every judgement belongs to a later pass."""
+
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def _s(self, meta):
+        return _span(self.file, meta)
+
+    # ---- file structure
+    def start(self, meta, children):
+        version = children[0] if children and isinstance(children[0], ast.Version) else None
+        items = tuple(c for c in children if not isinstance(c, ast.Version))
+        return ast.Module(self.file, version, items, ())
+
+    def version(self, meta, children):
+        return ast.Version(self.number(meta, children), self._s(meta))
+
+    def import_stmt(self, meta, children):
+        path, alias = children[0], (children[1] if len(children) > 1 else None)
+        return ast.Import(_unquote(path), str(alias) if alias is not None else None, self._s(meta))
+
+    def model(self, meta, children):
+        name, body = children
+        return ast.Model(str(name), _tok_span(self.file, name), body, self._s(meta))
+
+    def block(self, meta, children):
+        name, params, body = children
+        return ast.Block(str(name), _tok_span(self.file, name), params or (), body, self._s(meta))
+
+    def params(self, meta, children):
+        return tuple(children)
+
+    def param(self, meta, children):
+        name = children[0]
+        default = children[1] if len(children) > 1 else None
+        return ast.Param(str(name), default, self._s(meta))
+
+    def decl(self, meta, children):
+        kind, names = children[0], children[1]
+        typ = next((c for c in children[2:] if isinstance(c, ast.Phrase)), None)
+        body = next((c for c in children[2:] if isinstance(c, tuple)), None)
+        return ast.Decl(kind, names, typ, body, self._s(meta))
+
+    def decl_kind(self, meta, children):
+        return str(children[0])
+
+    def names(self, meta, children):
+        return tuple(ast.Ident(str(t), _tok_span(self.file, t)) for t in children)
+
+    def body(self, meta, children):
+        return tuple(children)
+
+    def assign(self, meta, children):
+        name, value = children
+        return ast.Assign(str(name), _tok_span(self.file, name), value, self._s(meta))
+
+    def prop(self, meta, children):
+        key = children[0]
+        return ast.Prop(str(key), _tok_span(self.file, key), tuple(children[1:]), self._s(meta))
+
+    def return_stmt(self, meta, children):
+        return ast.Return(children[0], self._s(meta))
+
+    def phrase(self, meta, children):
+        return ast.Phrase(tuple(children), self._s(meta))
+
+    # ---- expressions
+    def pipe(self, meta, children):
+        return ast.Pipe(tuple(children), self._s(meta))
+
+    def _bin(op):  # noqa: N805 - a small factory for the five binary operators
+        def rule(self, meta, children):
+            return ast.BinOp(op, children[0], children[1], self._s(meta))
+
+        return rule
+
+    add, sub, mul, div, mod, pow = _bin("+"), _bin("-"), _bin("*"), _bin("/"), _bin("%"), _bin("**")
+
+    def neg(self, meta, children):
+        return ast.UnaryOp("-", children[0], self._s(meta))
+
+    def pos(self, meta, children):
+        return ast.UnaryOp("+", children[0], self._s(meta))
+
+    def tuple(self, meta, children):
+        return ast.TupleExpr(tuple(c for c in children if c is not None), self._s(meta))
+
+    def list(self, meta, children):
+        return ast.ListExpr(tuple(c for c in children if c is not None), self._s(meta))
+
+    def number(self, meta, children):
+        text = str(children[0])
+        is_int = text.isdigit()
+        try:
+            value = int(text) if is_int else float(text)
+        except (ValueError, OverflowError):
+            value = float("inf")
+        return ast.Number(value, text, _tok_span(self.file, children[0]))
+
+    def string(self, meta, children):
+        return ast.String(_unquote(children[0]), _tok_span(self.file, children[0]))
+
+    def dotted(self, meta, children):
+        return ast.Name(tuple(str(t) for t in children), self._s(meta))
+
+    def call(self, meta, children):
+        func, args = children
+        args = args or ()
+        pos = tuple(a for a in args if not isinstance(a, ast.KwArg))
+        kws = tuple(a for a in args if isinstance(a, ast.KwArg))
+        return ast.Call(func, pos, kws, self._s(meta))
+
+    def args(self, meta, children):
+        return tuple(children)
+
+    def kwarg(self, meta, children):
+        name, value = children
+        return ast.KwArg(str(name), value, self._s(meta))
+
+
+def _unquote(tok) -> str:
+    body = str(tok)[1:-1]
+    out, i = [], 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            out.append({"n": "\n", "t": "\t", '"': '"', "\\": "\\"}.get(nxt, "\\" + nxt))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+_FRIENDLY = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "_NL": "a new line",
+    "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
+    "COMMA": "`,`", "COLON": "`:`", "EQUAL": "`=`", "DOT": "`.`", "$END": "the end of the file",
+    "PLUS": "`+`", "MINUS": "`-`", "STAR": "`*`", "SLASH": "`/`", "PERCENT": "`%`", "__ANON_0": "`->`",
+}
+
+
+def _describe(tok: Token) -> str:
+    if tok.type == "$END":
+        return "the end of the file"
+    if tok.type == "_NL":
+        return "the end of the line"
+    return f"`{tok}`"
+
+
+def _expected_text(expected) -> str:
+    names = sorted({_FRIENDLY.get(e, f"`{e.lower()}`" if e.isupper() and len(e) < 10 else _FRIENDLY.get(e, e))
+                    for e in expected})
+    names = [n for n in names if not n.startswith("`__")]
+    if not names:
+        return ""
+    if len(names) > 6:
+        names = names[:6] + ["…"]
+    return "expected " + ", ".join(names)
+
+
+def _syntax_help(err: UnexpectedInput, text: str) -> str:
+    if isinstance(err, UnexpectedToken):
+        tok = err.token
+        before = text.splitlines()[tok.line - 1][: tok.column - 1] if tok.line else ""
+        if tok.type == "LPAR" and before[-1:] == " " and before.rstrip()[-1:].isalnum():
+            return ("in a property with several words, arithmetic and parentheses go inside a call "
+                    "or a named constant: `every period tokens` with `period = 4 * 16`")
+        if tok.type == "LBRACE":
+            return "a block `{` opens only after a declaration header such as `memory m : linear`"
+        if tok.type == "EQUAL":
+            return "bindings are `name = expression`, one per line; keyword arguments go inside calls"
+        if tok.type == "COLON":
+            return "`name : type` is written after a declaration keyword: memory, attention, cms, level, optimizer"
+    return ""
+
+
+def parse(text: str, file: str = "<string>") -> ast.Module:
+    """Parse `.nl` source text into a Module, or raise SpecError with a syntax diagnostic."""
+    if len(text) > MAX_BYTES:
+        raise SpecError([error("NL0005", f"the spec is {len(text)} characters long; the limit is {MAX_BYTES}",
+                               ast.Span(file, 1, 1, 1, 2), help="split it into files joined by `import`")])
+    comments: list[Token] = []
+    _Comments.stack.append(comments)
+    try:
+        tree = _parser().parse(text)
+    except _TooDeep as e:
+        raise SpecError([error("NL0005", f"brackets nested more than {MAX_NESTING} deep",
+                               _tok_span(file, e.token), "too deep",
+                               help="name intermediate values with `x = ...`")]) from None
+    except UnexpectedInput as e:
+        raise SpecError([_syntax_diagnostic(e, text, file)]) from None
+    finally:
+        _Comments.stack.pop()
+    try:
+        module = _ToAst(file).transform(tree)
+    except RecursionError:
+        raise SpecError([error("NL0005", "the spec is nested too deeply to be read",
+                               ast.Span(file, 1, 1, 1, 2), help="name intermediate values with `x = ...`")]) from None
+    except VisitError as e:  # only a bug in _ToAst can get here
+        if isinstance(e.orig_exc, RecursionError):
+            raise SpecError([error("NL0005", "the spec is nested too deeply to be read",
+                                   ast.Span(file, 1, 1, 1, 2), help="name intermediate values")]) from None
+        raise e.orig_exc from None
+    return ast.Module(file, module.version, module.items, _comment_nodes(comments, text))
+
+
+def _comment_nodes(tokens, text: str) -> tuple[ast.Comment, ...]:
+    lines = text.split("\n")  # the lexer counts lines at "\n" only; str.splitlines also breaks at \f, \x85...
+    out = []
+    for t in tokens:
+        before = lines[t.line - 1][: t.column - 1] if t.line - 1 < len(lines) else ""
+        out.append(ast.Comment(str(t).rstrip(), t.line, t.column, before.strip() == ""))
+    return tuple(out)
+
+
+def _syntax_diagnostic(e: UnexpectedInput, text: str, file: str):
+    line = getattr(e, "line", 1) or 1
+    col = getattr(e, "column", 1) or 1
+    if isinstance(e, UnexpectedCharacters):
+        ch = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
+        name = f"U+{ord(ch):04X}" if not ch.isprintable() or ch in " \t" else f"`{ch}`"
+        span = ast.Span(file, line, col, line, col + 1)
+        return error("NL0002", f"unexpected character {name}", span, "not part of the language",
+                     help=_char_help(ch))
+    if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
+        lines = text.splitlines() or [""]
+        last = len(lines)
+        span = ast.Span(file, last, len(lines[-1]) + 1, last, len(lines[-1]) + 2)
+        expected = _expected_text(getattr(e, "expected", ()))
+        return error("NL0004", "the file ends in the middle of a construct", span, expected,
+                     help="check for a missing `}` or `)`")
+    tok = e.token
+    span = _tok_span(file, tok) if tok.line is not None else ast.Span(file, line, col, line, col + 1)
+    return error("NL0003", f"unexpected {_describe(tok)}", span, _expected_text(e.expected),
+                 help=_syntax_help(e, text))
+
+
+def _char_help(ch: str) -> str:
+    if ch in "‘’“”":
+        return "use plain ASCII quotes `\"`"
+    if ch in "×·−":
+        return "use ASCII operators: `*` for multiplication, `-` for minus"
+    if ch == ";":
+        return "statements end at a new line; `;` is not used"
+    if ch == "'":
+        return "strings use double quotes"
+    return "names are ASCII letters, digits and `_`; comments start with `#`"

@@ -1,0 +1,158 @@
+"""Reading property phrases: `every 16 tokens`, `reset per sequence`, `retain, gd at current`, ...
+
+Each reader takes a property (or one of its phrases) and the constants, and returns a value or raises
+`Fail` with a diagnostic that points at the offending word and says what would be accepted.
+"""
+
+from __future__ import annotations
+
+from . import ast, ir, schema
+from .consts import Fail, fold, suggest
+from .diagnostics import error
+
+
+def word(expr) -> str | None:
+    return expr.id if isinstance(expr, ast.Name) else None
+
+
+def words_text(phrase: ast.Phrase) -> list:
+    return [word(w) for w in phrase.words]
+
+
+def single(prop: ast.Prop) -> ast.Phrase:
+    if len(prop.values) != 1:
+        span = prop.values[1].span if len(prop.values) > 1 else prop.key_span
+        raise Fail(error("NL0201", f"`{prop.key}` takes one value", span,
+                         "unexpected" if len(prop.values) > 1 else "missing a value"))
+    return prop.values[0]
+
+
+def one_expr(prop: ast.Prop):
+    phrase = single(prop)
+    if len(phrase.words) != 1:
+        raise Fail(error("NL0201", f"`{prop.key}` takes one expression", phrase.words[1].span, "unexpected word"))
+    return phrase.words[0]
+
+
+def positive_int(expr, env, what: str) -> int:
+    v = fold(expr, env)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
+        raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {v!r}"))
+    return int(v)
+
+
+def number(expr, env, what: str) -> float:
+    v = fold(expr, env)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Fail(error("NL0201", f"{what} must be a number", expr.span, f"this is {v!r}"))
+    return v
+
+
+def _expect(phrase: ast.Phrase, forms: list[list[str]], what: str) -> list[str]:
+    """Match a phrase against accepted word sequences; return the matching form."""
+    got = words_text(phrase)
+    for form in forms:
+        if got == form:
+            return form
+    shown = " | ".join(" ".join(f) for f in forms)
+    bad = next((w for w, g in zip(phrase.words, got) if g is None or all(g not in f for f in forms)), phrase.words[0])
+    hint = suggest(word(bad) or "", [w for f in forms for w in f]) if word(bad) else ""
+    raise Fail(error("NL0206", f"unknown {what}", bad.span, f"expected {shown}", help=hint or f"write one of: {shown}"))
+
+
+def clock(prop: ast.Prop, env) -> ir.Clock:
+    phrase = single(prop)
+    ws = phrase.words
+    if len(ws) == 1 and word(ws[0]) == "never":
+        return ir.Clock("never", None, phrase.span)
+    if len(ws) == 1 and isinstance(ws[0], ast.Call) and ws[0].func.id == "every":
+        raise Fail(error("NL0301", "a clock is written `every N tokens` or `every N steps`", ws[0].span,
+                         "`every(...)` reads as a call", help="name the period: `period = 2 * 8` then `every period tokens`"))
+    if len(ws) == 3 and word(ws[0]) == "every":
+        unit = word(ws[2])
+        units = {"token": "tokens", "tokens": "tokens", "step": "steps", "steps": "steps"}
+        if unit not in units:
+            raise Fail(error("NL0301", "unknown clock unit", ws[2].span, "expected `tokens` or `steps`",
+                             help=suggest(unit or "", list(units)) or "clocks count tokens or outer steps"))
+        return ir.Clock(units[unit], positive_int(ws[1], env, "a clock period"), phrase.span)
+    raise Fail(error("NL0301", "malformed clock", phrase.span, "expected `every N tokens`, `every N steps` or `never`"))
+
+
+def rules(prop: ast.Prop) -> tuple[ir.Rule, ...]:
+    out = []
+    for phrase in prop.values:
+        head = phrase.words[0]
+        name = word(head) or (head.func.id if isinstance(head, ast.Call) else None)
+        if name not in schema.RULES:
+            raise Fail(error("NL0501", f"unknown update rule `{name or '?'}`", head.span,
+                             f"expected one of {', '.join(schema.RULES)}",
+                             help=suggest(name or "", schema.RULES) or "rules are applied in the order written"))
+        per_layer = False
+        if isinstance(head, ast.Call):
+            if head.args or any(k.name != "per_layer" for k in head.kwargs) or name != "dgd":
+                raise Fail(error("NL0107", f"`{name}` takes no arguments" if name != "dgd" else
+                                 "`dgd` takes only `per_layer = true`", head.span,
+                                 help="gates are properties of the memory: lr, retain, momentum"))
+            per_layer = bool(fold(head.kwarg("per_layer"), {"true": True, "false": False}))
+        at = "anchor" if name in ("gd", "momentum", "dgd") else "none"
+        rest = words_text(phrase)[1:]
+        if rest:
+            if rest not in (["at", "anchor"], ["at", "current"]):
+                raise Fail(error("NL0206", "unknown words after a rule", phrase.words[1].span,
+                                 "expected `at anchor` or `at current`"))
+            if at == "none":
+                raise Fail(error("NL0502", f"`{name}` takes no gradient, so it has no gradient point",
+                                 phrase.words[1].span, "remove this"))
+            at = rest[1]
+        out.append(ir.Rule(name, at, per_layer, phrase.span))
+    return tuple(out)
+
+
+def objective(prop: ast.Prop, env) -> ir.Objective:
+    expr = one_expr(prop)
+    name = word(expr) or (expr.func.id if isinstance(expr, ast.Call) else None)
+    if name not in schema.OBJECTIVES:
+        raise Fail(error("NL0501", f"unknown objective `{name or '?'}`", expr.span,
+                         f"expected one of {', '.join(schema.OBJECTIVES)}",
+                         help=suggest(name or "", schema.OBJECTIVES) or "custom(<expression of r>) defines your own"))
+    arity = {"huber": ("delta",), "lp": ("p",), "custom": ("expr",)}.get(name, ())
+    if isinstance(expr, ast.Call):
+        if not arity:
+            raise Fail(error("NL0107", f"`{name}` takes no arguments", expr.span))
+        if len(expr.args) != 1 or expr.kwargs:
+            raise Fail(error("NL0107", f"`{name}` takes one argument", expr.span, help=f"e.g. {name}(1.0)"))
+        if name == "custom":
+            return ir.Objective("custom", (), expr.args[0], expr.span)
+        v = number(expr.args[0], env, f"the argument of {name}")
+        if v <= 0 or (name == "lp" and v < 1):
+            raise Fail(error("NL0205", f"`{name}` needs a positive argument" + (" ≥ 1" if name == "lp" else ""),
+                             expr.args[0].span, f"this is {v:g}"))
+        return ir.Objective(name, ((arity[0], float(v)),), None, expr.span)
+    if arity:
+        raise Fail(error("NL0107", f"`{name}` needs an argument", expr.span, help=f"e.g. {name}(1.0)" if name != "custom" else "custom(0.5 * r * r)"))
+    return ir.Objective(name, (), None, expr.span)
+
+
+def read_mode(prop: ast.Prop) -> str:
+    form = _expect(single(prop), [["before", "write"], ["after", "write"], ["at", "anchor"]], "read order")
+    return {"before": "before", "after": "after", "at": "anchor"}[form[0]]
+
+
+def lifetime(prop: ast.Prop) -> str:
+    form = _expect(single(prop), [["reset", "per", "sequence"], ["persist"]], "state lifetime")
+    return "reset" if form[0] == "reset" else "persist"
+
+
+def by_level(prop: ast.Prop, allow_zero: bool = False) -> str | None:
+    phrase = single(prop)
+    got = words_text(phrase)
+    if allow_zero and got == ["zero"]:
+        return None
+    if len(got) == 2 and got[0] == "by" and got[1]:
+        return got[1]
+    forms = "`by LEVEL`" + (" or `zero`" if allow_zero else "")
+    raise Fail(error("NL0206", f"`{prop.key}` expects {forms}", phrase.span))
+
+
+def choice(prop: ast.Prop, options: tuple[str, ...]) -> str:
+    return _expect(single(prop), [[o] for o in options], f"value for `{prop.key}`")[0]

@@ -1,0 +1,178 @@
+"""Elaborating the expressions of a block body into dataflow values (`ir.Value`).
+
+Names resolve, in order, to: the block's parameters, its earlier bindings, its memory and attention
+levels (which are read by calling them), model constants, builtins, blocks and cms chains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import ast, ir, schema
+from .consts import Fail, Poison, fold, suggest
+from .diagnostics import error
+
+UNARY = {"l2norm", "rmsnorm", "layernorm", "silu", "gelu", "relu", "tanh", "sigmoid", "softplus",
+         "exp", "log", "abs", "sqrt"}
+
+
+@dataclass
+class Scope:
+    block: str
+    params: tuple[str, ...]
+    consts: dict
+    levels: dict  # local name → qualified level name (memories and attention)
+    bindings: dict = field(default_factory=dict)  # name → ir.Value
+    later: set = field(default_factory=set)  # bindings defined further down (for a better message)
+    blocks: set = field(default_factory=set)
+    chains: set = field(default_factory=set)
+    label_counts: dict = field(default_factory=dict)
+
+    def known(self):
+        return list(self.params) + list(self.bindings) + list(self.levels) + list(self.consts) + list(schema.BUILTINS)
+
+
+class ValueBuilder:
+    def __init__(self, scope: Scope):
+        self.scope = scope
+
+    def _label(self, base: str, fn: str) -> str:
+        key = (base, fn)
+        n = self.scope.label_counts.get(key, 0) + 1
+        self.scope.label_counts[key] = n
+        name = base if fn == "linear" else f"{base}_{fn}"
+        return name if n == 1 else f"{name}{n}"
+
+    def build(self, expr, label: str, allow_self: bool = False) -> ir.Value:
+        s = self.scope
+        if isinstance(expr, ast.Number):
+            return ir.Const(float(expr.value), expr.span)
+        if isinstance(expr, ast.Name):
+            n = expr.id
+            if n in s.params:
+                return ir.Input(n, expr.span)
+            if n in s.bindings:
+                return ir.Ref(n, expr.span)
+            if n in s.levels:
+                raise Fail(error("NL0404", f"`{n}` is a level; read it with a query: `{n}(x)`", expr.span))
+            if n in s.consts:
+                v = s.consts[n]
+                if isinstance(v, Poison):
+                    raise Fail(None)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    return ir.Const(float(v), expr.span)
+                raise Fail(error("NL0201", f"`{n}` is not a number", expr.span))
+            if n in s.later:
+                raise Fail(error("NL0101", f"`{n}` is used before it is defined", expr.span,
+                                 help="bindings are evaluated in order; move its definition up"))
+            raise Fail(error("NL0101", f"unknown name `{n}`", expr.span, "not defined in this block",
+                             help=suggest(n, s.known()) or "define it with `name = ...`"))
+        if isinstance(expr, ast.BinOp):
+            if expr.op == "%":
+                raise Fail(error("NL0106", "`%` is not defined on values", expr.span))
+            if expr.op == "**":
+                exponent = fold(expr.right, s.consts)
+                return ir.Bin("**", self.build(expr.left, label), ir.Const(float(exponent), expr.right.span), expr.span)
+            return ir.Bin(expr.op, self.build(expr.left, label), self.build(expr.right, label), expr.span)
+        if isinstance(expr, ast.UnaryOp):
+            inner = self.build(expr.operand, label)
+            return inner if expr.op == "+" else ir.Bin("*", ir.Const(-1.0, expr.span), inner, expr.span)
+        if isinstance(expr, ast.Call):
+            return self._call(expr, label, allow_self)
+        raise Fail(error("NL0201", "this kind of expression is not a value", expr.span,
+                         help="values are built from the block's input with builtins, memories and arithmetic"))
+
+    def _call(self, call: ast.Call, label: str, allow_self: bool) -> ir.Value:
+        s = self.scope
+        fn = call.func.id
+        if fn in s.levels:
+            if call.kwargs or len(call.args) > 1:
+                raise Fail(error("NL0404", f"a read of `{fn}` takes one query", call.span))
+            query = self.build(call.args[0], label) if call.args else None
+            return ir.Read(s.levels[fn], query, call.span)
+        if fn == "self":
+            if not allow_self:
+                raise Fail(error("NL0106", "`self(v)` is only meaningful as a memory's `value`", call.span,
+                                 help="it makes the memory generate its own target v̂ = M(v)"))
+            self._arity(call, 1, ())
+            return ir.Op("self", (self.build(call.args[0], label),), (), call.span)
+        if fn in UNARY:
+            self._arity(call, 1, ())
+            lab = self._label(label, fn) if fn in ("rmsnorm", "layernorm") else ""
+            return ir.Op(fn, (self.build(call.args[0], label),), (), call.span, lab)
+        if fn == "linear":
+            self._arity(call, 2, ("bias",))
+            out = self._int(call.args[1], "the output width of `linear`")
+            bias = bool(fold(call.kwarg("bias"), s.consts)) if call.kwarg("bias") is not None else False
+            x = self.build(call.args[0], label)
+            return ir.Op("linear", (x,), (("out", out), ("bias", bias)), call.span, self._label(label, "linear"))
+        if fn == "conv":
+            self._arity(call, 1, ("window",))
+            window = self._int(call.kwarg("window"), "the window of `conv`") if call.kwarg("window") is not None else 4
+            x = self.build(call.args[0], label)
+            return ir.Op("conv", (x,), (("window", window),), call.span, self._label(label, "conv"))
+        if fn in ("min", "max"):
+            self._arity(call, 2, ())
+            return ir.Op(fn, tuple(self.build(a, label) for a in call.args), (), call.span)
+        if fn in s.blocks or fn in s.chains:
+            self._arity(call, 1, ())
+            target = ir.BlockCall(fn, call.span) if fn in s.blocks else ir.CmsCall(fn, call.span)
+            return ir.Apply(target, self.build(call.args[0], label), call.span)
+        if fn in schema.BUILTINS:
+            raise Fail(error("NL0106", f"`{fn}` is a network combinator, not a value function", call.func.span,
+                             help="use it in the model's `network = ...` pipeline"))
+        raise Fail(error("NL0106", f"unknown function `{fn}`", call.func.span,
+                         help=suggest(fn, list(UNARY) + ["linear", "conv", "self", "min", "max"] + list(s.levels))
+                         or "see `nlc explain NL0106` for the builtins"))
+
+    def _arity(self, call: ast.Call, npos: int, kws: tuple[str, ...]):
+        if len(call.args) != npos:
+            raise Fail(error("NL0107", f"`{call.func.id}` takes {npos} positional argument{'s' if npos != 1 else ''}",
+                             call.span, f"given {len(call.args)}", help=schema.BUILTINS.get(call.func.id, "")))
+        for kw in call.kwargs:
+            if kw.name not in kws:
+                raise Fail(error("NL0107", f"`{call.func.id}` has no argument `{kw.name}`", kw.span,
+                                 help=suggest(kw.name, kws) or schema.BUILTINS.get(call.func.id, "")))
+
+    def _int(self, expr, what: str) -> int:
+        v = fold(expr, self.scope.consts)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
+            raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {v!r}"))
+        return int(v)
+
+
+def reads_in(value) -> list[ir.Read]:
+    """Every memory/attention read inside a value (not following Refs)."""
+    out = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, ir.Read):
+            out.append(v)
+            if v.query is not None:
+                stack.append(v.query)
+        elif isinstance(v, ir.Op):
+            stack.extend(v.args)
+        elif isinstance(v, ir.Bin):
+            stack.extend((v.left, v.right))
+        elif isinstance(v, ir.Apply):
+            stack.append(v.arg)
+    return out
+
+
+def refs_in(value) -> list[str]:
+    out = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, ir.Ref):
+            out.append(v.name)
+        elif isinstance(v, ir.Read) and v.query is not None:
+            stack.append(v.query)
+        elif isinstance(v, ir.Op):
+            stack.extend(v.args)
+        elif isinstance(v, ir.Bin):
+            stack.extend((v.left, v.right))
+        elif isinstance(v, ir.Apply):
+            stack.append(v.arg)
+    return out

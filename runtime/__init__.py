@@ -1,0 +1,1 @@
+"""Runtime that executes compiled nested-learning models (``nldsl.runtime``)."""

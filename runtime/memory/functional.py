@@ -1,0 +1,153 @@
+"""The memory function M_theta: R^dk -> R^dv, its forward pass and its hand-written backward pass.
+
+Parameters are per batch row and head: a weight `W` (linear) or `W1..WL` (mlp) shaped (B, H, out, in),
+biases `b1..bL` shaped (B, H, out). Inputs are (B, H, N, in) for N tokens at once. An mlp of depth L is
+    x_1 = k,  z_l = W_l x_l + b_l,  x_{l+1} = act(z_l),  M(k) = z_L  (+ k when residual),
+so W1 is the layer whose input is k. The backward pass returns, per layer, the output-side gradient
+delta_l = dl/dz_l (B, H, N, out); the weight gradient of token n is delta_l[n] x_l[n]^T. It is written
+with differentiable torch ops so that autograd can take the outer (second-order) gradient through it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from .config import MemoryConfig
+
+Params = dict[str, Tensor]
+
+
+def _gelu_grad(z: Tensor) -> Tensor:
+    cdf = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+    pdf = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    return cdf + z * pdf
+
+
+def _silu_grad(z: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1.0 + z * (1.0 - s))
+
+
+def _sigmoid_grad(z: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1.0 - s)
+
+
+def _tanh_grad(z: Tensor) -> Tensor:
+    return 1.0 - torch.tanh(z) ** 2
+
+
+# name -> (activation, its derivative); gelu is the exact (erf) one.
+ACTIVATION_FNS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    'silu': (torch.nn.functional.silu, _silu_grad),
+    'gelu': (torch.nn.functional.gelu, _gelu_grad),
+    'relu': (torch.relu, lambda z: (z > 0).to(z.dtype)),
+    'tanh': (torch.tanh, _tanh_grad),
+    'sigmoid': (torch.sigmoid, _sigmoid_grad),
+    'identity': (lambda z: z, torch.ones_like),
+}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Names and sizes of one layer: weight (out, in) and optional bias (out,)."""
+
+    index: int           # 1-based layer number
+    weight: str
+    bias: Optional[str]
+    fan_in: int
+    fan_out: int
+
+
+def layers(cfg: MemoryConfig) -> tuple[Layer, ...]:
+    if cfg.family == 'linear':
+        return (Layer(1, 'W', None, cfg.dk, cfg.dv),)
+    widths = [cfg.dk] + [cfg.hidden] * (cfg.depth - 1) + [cfg.dv]
+    return tuple(
+        Layer(i, f'W{i}', f'b{i}' if cfg.bias else None, widths[i - 1], widths[i])
+        for i in range(1, cfg.depth + 1))
+
+
+def param_shapes(cfg: MemoryConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of theta per head (without the leading batch and head dimensions)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in layers(cfg):
+        shapes[layer.weight] = (layer.fan_out, layer.fan_in)
+        if layer.bias:
+            shapes[layer.bias] = (layer.fan_out,)
+    return shapes
+
+
+def init_params(cfg: MemoryConfig, heads: int, generator: Optional[torch.Generator] = None,
+                dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None) -> Params:
+    """Initial state theta_0 shaped (heads, ...), to be learned by the outer level.
+
+    A linear memory starts empty (W = 0, as linear attention does); mlp weights are drawn from
+    N(0, 1/fan_in) and biases start at zero."""
+    params: Params = {}
+    for layer in layers(cfg):
+        shape = (heads, layer.fan_out, layer.fan_in)
+        if cfg.family == 'linear':
+            params[layer.weight] = torch.zeros(shape, dtype=dtype, device=device)
+        else:
+            weight = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+            params[layer.weight] = weight / math.sqrt(layer.fan_in)
+        if layer.bias:
+            params[layer.bias] = torch.zeros((heads, layer.fan_out), dtype=dtype, device=device)
+    return params
+
+
+def linear_apply(weight: Tensor, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """z = W x (+ b) for every token: weight (B, H, out, in), x (B, H, N, in) -> (B, H, N, out)."""
+    z = torch.matmul(x, weight.transpose(-1, -2))
+    return z if bias is None else z + bias.unsqueeze(-2)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A forward pass kept for backprop: the input x_l and pre-activation z_l of every layer."""
+
+    out: Tensor
+    inputs: tuple[Tensor, ...]
+    preacts: tuple[Tensor, ...]
+
+
+def forward(cfg: MemoryConfig, params: Params, x: Tensor) -> Forward:
+    act = ACTIVATION_FNS[cfg.act][0]
+    inputs, preacts = [], []
+    h = x
+    all_layers = layers(cfg)
+    for layer in all_layers:
+        inputs.append(h)
+        z = linear_apply(params[layer.weight], h, params[layer.bias] if layer.bias else None)
+        preacts.append(z)
+        h = act(z) if layer.index < len(all_layers) else z
+    out = x + h if cfg.residual else h
+    return Forward(out, tuple(inputs), tuple(preacts))
+
+
+def apply(cfg: MemoryConfig, params: Params, x: Tensor) -> Tensor:
+    """M_theta(x) for every token of x (B, H, N, dk)."""
+    return forward(cfg, params, x).out
+
+
+def backward(cfg: MemoryConfig, params: Params, fwd: Forward, dout: Tensor) -> tuple[Tensor, ...]:
+    """Per-layer output gradients delta_l = dl/dz_l given dout = dl/dM (B, H, N, dv)."""
+    act_grad = ACTIVATION_FNS[cfg.act][1]
+    all_layers = layers(cfg)
+    deltas = [dout]
+    for layer in reversed(all_layers[1:]):
+        back = torch.matmul(deltas[0], params[layer.weight])
+        deltas.insert(0, back * act_grad(fwd.preacts[layer.index - 2]))
+    return tuple(deltas)
+
+
+def gradients(cfg: MemoryConfig, objective: Callable[[Tensor, Tensor], Tensor], params: Params,
+              keys: Tensor, target: Tensor) -> tuple[Forward, tuple[Tensor, ...]]:
+    """Forward pass on the keys and the per-layer deltas of the objective against `target`."""
+    fwd = forward(cfg, params, keys)
+    return fwd, backward(cfg, params, fwd, objective(fwd.out, target))

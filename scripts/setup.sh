@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Prepare a virtual environment for nlc. Idempotent: a second run only checks and returns.
+#
+#   scripts/setup.sh          # .venv + torch (if missing) + triton + `pip install -e .`
+#   scripts/setup.sh --test   # the same, plus the test extras and Debian's chromium (browser tests)
+#
+# Environment:
+#   VENV         where the virtual environment lives (default: .venv in the repository root)
+#   PYTHON       the interpreter that creates it (default: python3)
+#   TORCH_INDEX  extra package index for the CPU build of torch (default: the PyTorch CPU index;
+#                set it empty to use only the ordinary indexes)
+#
+# The venv is created with --system-site-packages so that a torch already installed for the system
+# (for example a CUDA build) is reused; the CPU build of torch is installed only if `import torch` fails.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION="2.13.0"
+TORCH_INDEX="${TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
+
+with_tests=0
+for arg in "$@"; do
+    case "$arg" in
+        --test) with_tests=1 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# 1. The virtual environment.
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV (with system site packages)"
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+fi
+py="$VENV/bin/python"
+pip=("$py" -m pip --disable-pip-version-check)
+
+# 2. torch: keep whatever build is importable; otherwise install the CPU build.
+if ! "$py" -c 'import torch' >/dev/null 2>&1; then
+    say "installing torch==$TORCH_VERSION (CPU build)"
+    index_args=()
+    if [ -n "$TORCH_INDEX" ]; then
+        index_args=(--extra-index-url "$TORCH_INDEX")
+    fi
+    "${pip[@]}" install ${index_args[@]+"${index_args[@]}"} "torch==$TORCH_VERSION"
+fi
+
+# 3. triton (Linux only; the Triton paths of nlc are skipped elsewhere).
+if [ "$(uname -s)" = "Linux" ]; then
+    if ! "$py" -c 'import triton' >/dev/null 2>&1; then
+        say "installing triton"
+        "${pip[@]}" install triton
+    fi
+else
+    say "not Linux: skipping triton"
+fi
+
+# 4. nlc itself, editable. Skipped when pyproject.toml and the requested extras are unchanged since
+#    the last successful install and the package still imports.
+extras=""
+if [ "$with_tests" = 1 ]; then
+    extras="[test]"
+fi
+stamp="$VENV/.nlc-setup-stamp"
+digest="$("$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())' < pyproject.toml)"
+read -r have_digest have_extras 2>/dev/null < "$stamp" || true
+up_to_date=0
+if [ "${have_digest:-}" = "$digest" ] && { [ -z "$extras" ] || [ "${have_extras:-}" = "$extras" ]; } \
+        && [ -x "$VENV/bin/nlc" ] \
+        && "$py" -I -c 'import nldsl.grammar, nldsl.codegen, nldsl.runtime' >/dev/null 2>&1; then
+    up_to_date=1
+fi
+if [ "$up_to_date" = 0 ]; then
+    say "installing nlc (editable)${extras:+ with extras $extras}"
+    "${pip[@]}" install -e ".$extras"
+    # Remember the widest set of extras installed for this pyproject.toml.
+    if [ -z "$extras" ] && [ "${have_digest:-}" = "$digest" ]; then
+        extras="${have_extras:-}"
+    fi
+    printf '%s %s\n' "$digest" "$extras" > "$stamp"
+fi
+
+# 5. Chromium for the browser tests (Debian package). Without it those tests are skipped.
+install_chromium() {
+    if ! command -v apt-get >/dev/null 2>&1; then
+        say "warning: no apt-get; install Chromium yourself or the browser tests are skipped"
+        return 0
+    fi
+    local sudo_cmd=()
+    if [ "$(id -u)" != 0 ]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            say "warning: not root and no sudo; cannot install chromium, the browser tests are skipped"
+            return 0
+        fi
+        sudo_cmd=(sudo)
+    fi
+    say "installing chromium (apt-get)"
+    ${sudo_cmd[@]+"${sudo_cmd[@]}"} apt-get update
+    ${sudo_cmd[@]+"${sudo_cmd[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+}
+if [ "$with_tests" = 1 ] && [ ! -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then
+    install_chromium
+fi
+
+say "ready: $VENV"
