@@ -13,4 +13,13 @@ except _metadata.PackageNotFoundError:  # running from a checkout that is not in
 
 _install_source_tree_finder()
 
-__all__ = ["__version__"]
+
+
+def load(path, backend: str = "chunked"):
+    """The model of a compiled package directory or of a `.nl` spec (compiled on the fly into a cache)."""
+    from .compiler import load as _load
+
+    return _load(path, backend)
+
+
+__all__ = ["__version__", "load"]

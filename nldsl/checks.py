@@ -11,7 +11,7 @@ import networkx as nx
 
 from . import ir
 from .diagnostics import Diagnostic, Label, error, warning
-from .ranges import INF, interval, text
+from .ranges import INF, interval, number_text, text
 
 NEEDS = {  # rule → gates it reads
     "retain": ("retain",),
@@ -113,16 +113,19 @@ def _gate_checks(mem: ir.Memory, bindings) -> list[Diagnostic]:
         if isinstance(v, ir.Const) and not (lo_ok <= v.value <= hi_ok):
             out.append(error("NL0205", f"`{role}` = {v.value:g} is outside {want}", v.span))
             continue
-        if r[0] < lo_ok or r[1] > hi_ok or r[1] == INF:
-            out.append(warning("NL0504", f"the gate `{role}` of `{mem.name}` ranges over {text(r)}, outside {want}"
-                               + (" and unbounded" if INF in (abs(r[0]), abs(r[1])) else ""),
-                               v.span, "unbounded" if INF in (abs(r[0]), abs(r[1])) else text(r),
+        outside = r[0] < lo_ok or r[1] > hi_ok
+        unbounded = INF in (abs(r[0]), abs(r[1]))
+        if outside or unbounded:
+            what = f"ranges over {text(r)}" + (f", outside {want}" if outside else "")
+            out.append(warning("NL0504", f"the gate `{role}` of `{mem.name}` "
+                               + (f"is unbounded: it {what}" if unbounded else what),
+                               v.span, f"in {text(r)}",
                                help="squash it: `sigmoid(...)` for (0, 1), `c * sigmoid(...)` for (0, c)"))
     if "dgd" in [r.kind for r in mem.rules] and mem.objective.name == "l2" and "lr" in ranges and "retain" in ranges:
         eta_hi, alpha_lo = ranges["lr"][1], ranges["retain"][0]
         if not eta_hi <= alpha_lo / 2:
             out.append(warning("NL0507", "DGD with unit-norm keys is stable only for η ≤ α/2",
-                               mem.flow("lr").span, f"η can reach {text((eta_hi, eta_hi))[1:-1]}",
+                               mem.flow("lr").span, f"η can reach {number_text(eta_hi)}",
                                labels=[Label(_gate(mem, "retain").span, f"α can be as low as {alpha_lo:g}")],
                                help="bound η, e.g. `lr 0.25 * sigmoid(...)` with `retain 0.5 + 0.5 * sigmoid(...)`"))
     if {"delta", "dgd"} & {r.kind for r in mem.rules} and mem.chunk > 1 and "retain" in ranges and ranges["retain"][0] <= 0:
@@ -133,9 +136,6 @@ def _gate_checks(mem: ir.Memory, bindings) -> list[Diagnostic]:
 
 def _cms_checks(model: ir.ModelIR, chain: ir.Cms) -> list[Diagnostic]:
     out = []
-    if chain.taught_by != model.outer.name:
-        out.append(error("NL0101", f"`{chain.name}` is taught by the unknown level `{chain.taught_by}`", chain.span,
-                         help=f"the language-model loss is the outer level `{model.outer.name}`"))
     for m in chain.members:
         period = m.clock.in_tokens(model.context)
         if m.clock.unit == "never":
@@ -171,8 +171,6 @@ def check_model(model: ir.ModelIR) -> list[Diagnostic]:
                                att.span, help="drop `window` for full causal attention"))
     for chain in model.cms:
         out.extend(_cms_checks(model, chain))
-    if model.outer.clip is not None and model.outer.clip <= 0:
-        out.append(error("NL0205", "`clip` must be positive", model.outer.span))
     return out
 
 

@@ -196,6 +196,48 @@ def fmt(specs, check_only):
     sys.exit(status)
 
 
+@main.command(name="compile")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out_dir", default="build", show_default=True, type=click.Path(file_okay=False),
+              help="the package is written to OUTPUT/<model>/")
+@click.option("--force", is_flag=True, help="write even if the target directory holds other files")
+@click.option("--dump", "dump", default="", metavar="STAGES",
+              help="also write intermediate forms beside the package: comma-separated among ast, ir, graph, plan")
+@click.option("--format", "fmt", type=FORMATS, default="full", show_default=True, help="how to print problems")
+@guarded
+def compile_cmd(spec, out_dir, force, dump, fmt):
+    """Compile SPEC into a self-contained Python package of PyTorch modules.
+
+    \b
+    OUTPUT/<model>/ holds model.py (generated modules named after the spec), __init__.py,
+    levels.json (the level graph and clocks), plan.txt (the loop nest the runtime executes),
+    spec.nl (a copy of the spec) and manifest.json (the spec's hash and the nlc version).
+    Compiling twice gives the same bytes. Load the result with `nldsl.load(OUTPUT/<model>)`.
+    """
+    from .compiler import compile_spec, write_package
+
+    fe, files = compile_spec(spec)
+    if files is None:
+        sys.exit(_report(fe, fmt) or 1)
+    if fe.diagnostics:
+        click.echo(render_all(fe.diagnostics, fe.sources, fmt), err=True)
+    try:
+        target = write_package(files, out_dir, fe.model.name, force)
+    except FileExistsError as e:
+        click.echo(f"error[NL0602]: {e}\n  = help: choose another --output, or pass --force", err=True)
+        sys.exit(1)
+    for stage in [s.strip() for s in dump.split(",") if s.strip()]:
+        from .dump import dump_ast, dump_ir
+
+        texts = {"ast": lambda: dump_ast(fe.module), "ir": lambda: dump_ir(fe.model),
+                 "graph": lambda: files["levels.json"], "plan": lambda: files["plan.txt"]}
+        if stage not in texts:
+            raise click.BadParameter(f"unknown stage {stage!r}; choose among {', '.join(texts)}", param_hint="--dump")
+        ext = "json" if stage == "graph" else "txt"
+        (target.parent / f"{fe.model.name}.{stage}.{ext}").write_text(texts[stage](), encoding="utf-8")
+    click.echo(f"compiled {spec} -> {target}", err=True)
+
+
 @main.command()
 @click.argument("code", required=False)
 @guarded

@@ -38,11 +38,17 @@ def suggest(name: str, candidates) -> str:
     return f"did you mean `{close[0]}`?" if close else ""
 
 
+def shown(v) -> str:
+    """A folded value as a message shows it: `10.6667`, not `10.666666666666666`."""
+    return f"{v:g}" if isinstance(v, float) else repr(v)
+
+
 def fold(expr, env: Mapping[str, object]):
     """The value of a constant expression, or raise Fail with a diagnostic."""
     if isinstance(expr, ast.Number):
         if isinstance(expr.value, float) and math.isinf(expr.value):
-            raise Fail(error("NL0202", f"the number `{expr.text}` is too large", expr.span))
+            raise Fail(error("NL0202", f"the number `{expr.text}` is too large", expr.span, "beyond a 64-bit float",
+                             help="the largest number is about 1.8e308"))
         return expr.value
     if isinstance(expr, ast.String):
         return expr.value
@@ -100,10 +106,15 @@ def _binop(expr: ast.BinOp, a, b):
                 raise ValueError
     except ZeroDivisionError:
         raise Fail(error("NL0202", "division by zero", expr.right.span, "this is zero")) from None
-    except (OverflowError, ValueError):
-        raise Fail(error("NL0202", "this arithmetic has no finite real value", expr.span)) from None
+    except OverflowError:
+        raise Fail(error("NL0202", "this arithmetic overflows", expr.span, "too large for a number",
+                         help="constants are 64-bit floats or integers of at most 256 bits")) from None
+    except ValueError:
+        raise Fail(error("NL0202", "this arithmetic has no real value", expr.span,
+                         "a negative number to a fractional power")) from None
     if isinstance(r, float) and (math.isinf(r) or math.isnan(r)):
-        raise Fail(error("NL0202", "this arithmetic overflows", expr.span))
+        raise Fail(error("NL0202", "this arithmetic overflows", expr.span, "too large for a number",
+                         help="constants are 64-bit floats or integers of at most 256 bits"))
     return r
 
 

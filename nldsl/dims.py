@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import ir
-from .diagnostics import Sink, error
+from .diagnostics import Label, Sink, error
+
+GATE_ROLES = ("lr", "retain", "log_retain", "momentum")
 
 
 @dataclass
@@ -21,6 +23,8 @@ class Unknowns:
     dv: int | None = None
     residual: bool = False
     spans: dict = field(default_factory=dict)  # which span fixed dk / dv (for messages)
+    via_residual: set = field(default_factory=set)  # widths fixed by dk = dv of a residual memory
+    reported: bool = False  # a width error of this level was reported: later ones are consequences
 
 
 class Widths:
@@ -60,13 +64,19 @@ class Widths:
         return None
 
 
+def _report(u: Unknowns, sink: Sink, diag) -> None:
+    if not u.reported:
+        sink.add(diag)
+        u.reported = not isinstance(sink, _Quiet)
+
+
 def _set(u: Unknowns, which: str, total: int | None, span, level: str, sink: Sink) -> bool:
     """Record heads·d = total; returns True when it taught something new."""
     if total is None:
         return False
     if total % u.heads:
-        sink.add(error("NL0204", f"width {total} does not split into {u.heads} heads for `{level}`", span,
-                       f"width {total}", help=f"make it a multiple of {u.heads}"))
+        _report(u, sink, error("NL0204", f"width {total} does not split into {u.heads} heads for `{level}`", span,
+                               f"width {total}", help=f"make it a multiple of {u.heads}"))
         return False
     d = total // u.heads
     cur = getattr(u, which)
@@ -78,15 +88,23 @@ def _set(u: Unknowns, which: str, total: int | None, span, level: str, sink: Sin
             if getattr(u, other) is None:
                 setattr(u, other, d)
                 u.spans[other] = span
+                u.via_residual.add(other)
         return True
     if cur != d:
-        from .diagnostics import Label
-
         first = u.spans.get(which)
-        sink.add(error("NL0204", f"dimension mismatch for `{level}`: {which} is {cur} per head here {d}", span,
-                       f"{total} = {u.heads} × {d}",
-                       labels=[Label(first, f"{which} = {cur} from here")] if first is not None and first != span else [],
-                       help="a flow into a level must have the level's width"))
+        other = "dv" if which == "dk" else "dk"
+        if which in u.via_residual:
+            _report(u, sink, error(
+                "NL0204", f"`{level}` is residual, so its key and value widths must agree: {other} is {cur} "
+                f"per head, this gives {which} = {d}", span, f"{total} = {u.heads} × {d}",
+                labels=[Label(first, f"{other} = {cur} from here")] if first is not None and first != span else [],
+                help="M(k) = k + mlp(k) needs dk = dv; drop `residual = true` or change a width"))
+        else:
+            _report(u, sink, error(
+                "NL0204", f"dimension mismatch for `{level}`: {which} is {cur} per head, this flow gives {d}",
+                span, f"{total} = {u.heads} × {d}",
+                labels=[Label(first, f"{which} = {cur} from here")] if first is not None and first != span else [],
+                help="a flow into a level must have the level's width"))
     return False
 
 
@@ -127,7 +145,15 @@ def infer(levels: dict, width: Widths, sink: Sink) -> None:
             width.block = rblock
             if read.query is not None:
                 _set(u, "dk", width.of(read.query), read.query.span, name, sink)
-        if u.residual and u.dk is not None and u.dv is not None and u.dk != u.dv:
+        for role in GATE_ROLES:
+            gate = flows.get(role)
+            w = width.of(gate) if gate is not None else None
+            if w is not None and w not in (1, u.heads):
+                _report(u, sink, error(
+                    "NL0403", f"the gate `{role}` of `{name}` is one number per head: its width must be "
+                    f"{u.heads}, not {w}", gate.span, f"width {w}",
+                    help=f"project it to one value per head, e.g. `sigmoid(linear(x, heads))` with heads = {u.heads}"))
+        if u.residual and u.dk is not None and u.dv is not None and u.dk != u.dv and not u.reported:
             sink.add(error("NL0204", f"`{name}` is residual, so its key and value widths must agree",
                            u.spans.get("dv") or u.spans.get("dk"), f"dk = {u.dk}, dv = {u.dv}",
                            help="M(k) = k + mlp(k) needs dk = dv; drop `residual` or change a width"))

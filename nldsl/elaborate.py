@@ -9,7 +9,7 @@ SpecError at its end if any is an error.
 from __future__ import annotations
 
 from . import ast, ir, levels as lv, phrases, schema
-from .consts import Fail, fold_constants, suggest
+from .consts import Fail, fold_constants, shown, suggest
 from .diagnostics import Label, SpecError, Sink, error, warning
 from .dims import Unknowns, Widths, infer
 from .resolve import Program
@@ -47,7 +47,7 @@ class Elaborator:
             v = env.get(key)
             if key in env and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 span = p.lookup(key).span
-                sink.add(error("NL0203", f"`{key}` must be a positive integer", span, f"it is {v!r}"))
+                sink.add(error("NL0203", f"`{key}` must be a positive integer", span, f"it is {shown(v)}"))
         if sink.has_errors:
             raise SpecError(sink.items)
         self.dim, self.vocab, self.context = env["dim"], env["vocab"], env["context"]
@@ -71,7 +71,8 @@ class Elaborator:
             raise SpecError(sink.items)
         network = self._net(nets["network"].value, ())
         memories, attentions = self._finish_levels()
-        self._unused()
+        if not sink.has_errors:  # with errors, an unused definition is usually a consequence
+            self._unused()
         if sink.has_errors or outer is None or network is None:
             raise SpecError(sink.items)
         replicas = _replicas(network, self.blocks, self.chains)
@@ -125,7 +126,8 @@ class Elaborator:
                 _args(expr, 2, ())
                 inner = self._net(expr.args[0], stack)
                 n = phrases.positive_int(expr.args[1], self.env, "a stack count")
-                return ir.Stack(inner, n, expr.span) if inner else None
+                name = expr.args[0].id if isinstance(expr.args[0], ast.Name) else "layer"
+                return ir.Stack(inner, n, expr.span, name) if inner else None
             if fn == "embed":
                 _args(expr, 2, ())
                 vocab = phrases.positive_int(expr.args[0], self.env, "the vocabulary size")
@@ -183,8 +185,20 @@ class Elaborator:
         self.elaborating.append(name)
         try:
             self.blocks[name] = self._block_body(sym.node, kwargs)
+            self._applied_blocks(self.blocks[name], stack)
         finally:
             self.elaborating.pop()
+
+    def _applied_blocks(self, block: ir.BlockDef, stack):
+        """Elaborate the blocks that `block` applies to values (`y = other(x)`)."""
+        for _, v in block.bindings + (("return", block.output),):
+            for node in _values(v):
+                if isinstance(node, ir.Apply) and isinstance(node.target, ir.BlockCall):
+                    try:
+                        self._block(self.p.lookup(node.target.block), {}, node.span, stack)
+                    except Fail as f:
+                        if f.diag is not None:
+                            self.sink.add(f.diag)
 
     def _block_body(self, node: ast.Block, kwargs) -> ir.BlockDef:
         sink = self.sink
@@ -208,6 +222,7 @@ class Elaborator:
             if k not in [q.name for q in node.params[1:]]:
                 sink.add(error("NL0107", f"the block `{node.name}` has no parameter `{k}`", kw.span))
         local_levels = {}
+        first_span = {prm.name: prm.span for prm in node.params}  # local name → where it was first defined
         decls = [s for s in node.body if isinstance(s, ast.Decl)]
         for d in decls:
             if d.kind not in ("memory", "attention"):
@@ -216,26 +231,39 @@ class Elaborator:
                 continue
             for ident in d.names:
                 if ident.name in local_levels:
-                    sink.add(error("NL0102", f"`{ident.name}` is declared twice in this block", ident.span))
+                    sink.add(error("NL0102", f"`{ident.name}` is declared twice in this block", ident.span,
+                                   "declared again here", labels=[Label(first_span[ident.name], "first declared here")],
+                                   help="give each level of a block its own name"))
+                    continue
                 local_levels[ident.name] = f"{node.name}.{ident.name}"
+                first_span[ident.name] = ident.span
         scope = Scope(node.name, inputs, consts, local_levels,
                       later={s.name for s in node.body if isinstance(s, ast.Assign)},
-                      blocks={s.name for s in self.p.of_kind("block")}, chains=set(self.chains))
+                      blocks={s.name for s in self.p.of_kind("block")}, chains=set(self.chains),
+                      failed={s.key for s in node.body if isinstance(s, ast.Prop)})
         builder = ValueBuilder(scope)
-        output = None
+        output, returned = None, None
         for stmt in node.body:
             if isinstance(stmt, ast.Assign):
-                if stmt.name in scope.bindings or stmt.name in inputs or stmt.name in local_levels:
-                    sink.add(error("NL0102", f"`{stmt.name}` is already defined in this block", stmt.name_span))
+                if stmt.name in first_span:
+                    sink.add(error("NL0102", f"`{stmt.name}` is already defined in this block", stmt.name_span,
+                                   "defined again here", labels=[Label(first_span[stmt.name], "first defined here")],
+                                   help="bindings are single assignments; give the new value its own name"))
                     continue
+                first_span[stmt.name] = stmt.name_span
                 scope.later.discard(stmt.name)
                 value = self._value(builder, stmt.value, stmt.name)
                 if value is not None:
                     scope.bindings[stmt.name] = value
                     self.bindings[(node.name, stmt.name)] = value
+                else:
+                    scope.failed.add(stmt.name)
             elif isinstance(stmt, ast.Return):
-                if output is not None:
-                    sink.add(error("NL0102", "a block returns once", stmt.span))
+                if returned is not None:
+                    sink.add(error("NL0102", "a block returns once", stmt.span, "second return",
+                                   labels=[Label(returned, "first return")]))
+                    continue
+                returned = stmt.span
                 output = self._value(builder, stmt.value, "out")
             elif isinstance(stmt, ast.Prop):
                 sink.add(error("NL0108", f"`{stmt.key} ...` is a property; a block body holds bindings "
@@ -243,7 +271,7 @@ class Elaborator:
                                help=f"did you mean `{stmt.key} = ...`?"))
             elif isinstance(stmt, ast.Block):
                 sink.add(error("NL0108", "blocks are declared in the model, not inside another block", stmt.span))
-        if output is None:
+        if returned is None:
             sink.add(error("NL0104", f"the block `{node.name}` has no `return`", node.name_span,
                            help="end it with `return <value>`"))
         for d in decls:

@@ -294,6 +294,7 @@ class Stack:
     inner: "Net"
     count: int
     span: Span
+    name: str = "layer"  # the binding it repeats (`stack(layer, 4)`), used to name the modules
 
 
 @dataclass(frozen=True)

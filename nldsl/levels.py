@@ -19,8 +19,11 @@ def props_of(body, kind: str, sink: Sink, *, allow_decls: tuple[str, ...] = ()) 
     for stmt in body or ():
         if isinstance(stmt, ast.Prop):
             if stmt.key not in keys:
-                sink.add(error("NL0103", f"unknown key `{stmt.key}` for a {kind.replace('_', ' ')}", stmt.key_span,
-                               "unknown key", help=suggest(stmt.key, keys) or f"accepted: {', '.join(keys)}"))
+                alias = schema.KEY_ALIASES.get(stmt.key)
+                hint = (suggest(stmt.key, keys) or (f"did you mean `{alias}`?" if alias in keys else "")
+                        or f"accepted: {', '.join(keys)}")
+                sink.add(error("NL0103", f"unknown key `{stmt.key}` for {_what(kind)}", stmt.key_span,
+                               "unknown key", help=hint))
             elif stmt.key in out:
                 sink.add(error("NL0109", f"`{stmt.key}` is given more than once", stmt.key_span, "again here",
                                labels=[Label(out[stmt.key].key_span, "first given here")]))
@@ -29,9 +32,14 @@ def props_of(body, kind: str, sink: Sink, *, allow_decls: tuple[str, ...] = ()) 
         elif isinstance(stmt, ast.Decl) and stmt.kind in allow_decls:
             continue
         else:
-            sink.add(error("NL0108", f"this statement does not belong in a {kind.replace('_', ' ')}",
+            sink.add(error("NL0108", f"this statement does not belong in {_what(kind)}",
                            stmt.span, help="a declaration body holds `key value` properties"))
     return out
+
+
+def _what(kind: str) -> str:
+    return {"level": "the outer level", "cms_level": "a cms level", "attention": "an attention level",
+            "optimizer": "an optimizer"}.get(kind, f"a {kind}")
 
 
 def merged_props(template_body, instance_body, kind: str, sink: Sink) -> dict:
@@ -110,7 +118,8 @@ def optimizer(expr, env, owner: str, declared: dict) -> ir.Optimizer:
     if isinstance(expr, ast.Name) and name in declared:
         return declared[name]
     if name not in schema.OPTIMIZER_ARGS:
-        raise Fail(error("NL0501", f"unknown optimizer `{name or '?'}`", expr.span,
+        raise Fail(error("NL0501", f"unknown optimizer `{name or '?'}`",
+                         expr.func.span if isinstance(expr, ast.Call) else expr.span, "unknown optimizer",
                          help=suggest(name or "", list(schema.OPTIMIZER_ARGS) + list(declared))
                          or f"optimizers: {', '.join(schema.OPTIMIZER_ARGS)}, or an `optimizer` declaration"))
     args = call_args(expr if isinstance(expr, ast.Call) else None, schema.OPTIMIZER_ARGS[name], env, f"`{name}`")
@@ -125,9 +134,21 @@ def optimizer(expr, env, owner: str, declared: dict) -> ir.Optimizer:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
             ok = ok and (k not in ("beta", "beta1", "beta2", "beta3") or v < 1) and (k != "lr" or v > 0)
         if not ok:
-            raise Fail(error("NL0205", f"`{k}` of `{name}` is out of range", expr.span, f"{k} = {v!r}",
+            raise Fail(error("NL0205", f"`{k}` of `{name}` is out of range", _arg_span(expr, k, list(args)),
+                             f"{k} = {v!r}",
                              help="learning rates are > 0, betas in [0, 1), step counts positive integers"))
     return ir.Optimizer(f"{owner}.{name}", name, tuple(args.items()), expr.span, declared=False)
+
+
+def _arg_span(call, key: str, names: list):
+    """The span of argument `key` of a call (keyword or positional), else the call's."""
+    if not isinstance(call, ast.Call):
+        return call.span
+    for kw in call.kwargs:
+        if kw.name == key:
+            return kw.value.span
+    i = names.index(key) if key in names else len(call.args)
+    return call.args[i].span if i < len(call.args) else call.span
 
 
 def declared_optimizer(decl: ast.Decl, env, sink: Sink) -> list[ir.Optimizer]:
@@ -159,6 +180,10 @@ def outer_level(decl: ast.Decl, env, optimizers: dict, sink: Sink) -> ir.Outer |
         return None
     opt = guarded(sink, lambda: optimizer(phrases.one_expr(p["update"]), env, name, optimizers))
     clip = guarded(sink, lambda: phrases.number(phrases.one_expr(p["clip"]), env, "clip")) if "clip" in p else None
+    if clip is not None and clip <= 0:
+        sink.add(error("NL0205", "`clip` must be positive", p["clip"].values[0].span, f"this is {clip:g}",
+                       help="the largest gradient norm kept, e.g. `clip 1.0`; omit it for no clipping"))
+        clip = None
     bptt = guarded(sink, phrases.choice, p["bptt"], ("truncated", "full"), default="truncated") if "bptt" in p else "truncated"
     warmup = guarded(sink, lambda: int(phrases.number(phrases.one_expr(p["warmup"]), env, "warmup")), default=0) if "warmup" in p else 0
     schedule = guarded(sink, phrases.choice, p["schedule"], ("constant", "cosine"), default="constant") if "schedule" in p else "constant"
@@ -169,7 +194,10 @@ def outer_level(decl: ast.Decl, env, optimizers: dict, sink: Sink) -> ir.Outer |
 
 def cms_chain(decl: ast.Decl, name: str, width: int, env, outer: str, optimizers: dict, sink: Sink) -> ir.Cms | None:
     p = props_of(decl.body, "cms", sink, allow_decls=("level",))
-    variant, call, rest, head = type_call(decl.type, "cms", decl.span)
+    typed = guarded(sink, type_call, decl.type, "cms", decl.names[0].span)
+    if typed is None:
+        return None
+    variant, call, rest, head = typed
     if variant not in schema.DECL_TYPES["cms"]:
         sink.add(error("NL0206", f"unknown cms variant `{variant}`", head.span,
                        help=suggest(variant or "", schema.DECL_TYPES["cms"]) or "sequential | independent | nested"))
@@ -181,6 +209,11 @@ def cms_chain(decl: ast.Decl, name: str, width: int, env, outer: str, optimizers
         if agg not in ("weighted_sum", "sum", "mean"):
             sink.add(error("NL0206", f"unknown aggregation `{agg}`", call.span, help="weighted_sum | sum | mean"))
     taught = guarded(sink, phrases.by_level, p["taught"]) if "taught" in p else outer
+    if taught is not None and taught != outer:
+        sink.add(error("NL0101", f"`{name}` is taught by the unknown level `{taught}`",
+                       p["taught"].values[0].words[-1].span, "not a level that owns a loss",
+                       help=f"the language-model loss belongs to the outer level `{outer}`"))
+        taught = outer
     default_opt = ir.Optimizer(f"{name}.sgd", "sgd", (("lr", 1e-2), ("weight_decay", 0.0)), decl.span, False)
     opt = guarded(sink, lambda: optimizer(phrases.one_expr(p["update"]), env, name, optimizers)) if "update" in p else default_opt
     lifetime = guarded(sink, phrases.lifetime, p["state"], default="persist") if "state" in p else "persist"
@@ -193,6 +226,8 @@ def cms_chain(decl: ast.Decl, name: str, width: int, env, outer: str, optimizers
                 m = cms_member(stmt, ident, name, width, env, opt or default_opt, lr, optimizers, sink)
                 if m is not None:
                     members.append(m)
+    if not members and any(isinstance(s, ast.Decl) and s.kind == "level" for s in decl.body or ()):
+        return None  # every member failed and was reported
     if not members:
         sink.add(error("NL0104", f"the cms chain `{name}` has no levels", decl.names[0].span,
                        help="add members: `level fast : mlp(expand = 4) { clock every 16 tokens }`"))
@@ -204,12 +239,13 @@ def cms_chain(decl: ast.Decl, name: str, width: int, env, outer: str, optimizers
 def cms_member(stmt, ident, chain, width, env, opt, lr, optimizers, sink) -> ir.CmsMember | None:
     p = props_of(stmt.body, "cms_level", sink)
     try:
-        kind, call, rest, head = type_call(stmt.type, "level", stmt.span)
+        kind, call, rest, head = type_call(stmt.type, "level", ident.span)
         if kind != "mlp" or rest:
             raise Fail(error("NL0206", "a cms level is an MLP: `level NAME : mlp(expand = 4)`", head.span))
         args = call_args(call, schema.CMS_MLP_ARGS, env, "`mlp`")
     except Fail as f:
-        sink.add(f.diag)
+        if f.diag is not None:
+            sink.add(f.diag)
         return None
     hidden = args["hidden"] if args["hidden"] is not None else args["expand"] * width
     if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:

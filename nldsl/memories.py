@@ -23,7 +23,12 @@ def _template(el, decl: ast.Decl):
         if name in el.templates:
             tmpl = el.templates[name]
             if tmpl.kind != decl.kind:
-                raise Fail(error("NL0108", f"`{name}` is a {tmpl.kind} kind, not a {decl.kind}", decl.type.span))
+                article = "an" if tmpl.kind[0] in "aeiou" else "a"
+                raise Fail(error("NL0108", f"`{name}` is {article} {tmpl.kind} kind, not a {decl.kind} kind",
+                                 decl.type.span, f"{article} {tmpl.kind}",
+                                 labels=[Label(next((i.span for i in tmpl.names if i.name == name.split(".")[-1]),
+                                                tmpl.span), f"`{name}` is declared here")],
+                                 help=f"declare it with `{decl.kind} {name} : ...`, or use a {decl.kind} kind"))
             return tmpl, name
     return None, ""
 
@@ -57,17 +62,20 @@ def level_proto(el, decl: ast.Decl, ident: ast.Ident, block: str, builder) -> di
         if f.diag is not None:
             sink.add(f.diag)
         return None
-    flows = {}
+    flows, failed = {}, False
     for role in FLOW_ROLES:
         if role in props:
             expr = guarded(sink, phrases.one_expr, props[role])
+            v = None
             if expr is not None:
                 label = f"{ident.name}_{role}"
                 v = el._value(builder, expr, label, allow_self=(role == "value" and kind == "memory"))
-                if v is not None:
-                    flows[role] = v
-    proto = {"name": name, "block": block, "kind": kind, "template": tname, "ident": ident, "decl": decl,
-             "props": props, "flows": flows, "heads": heads, "family": tname_word, "targs": targs,
+            if v is not None:
+                flows[role] = v
+            else:
+                failed = True
+    proto = {"name": name, "block": block, "kind": kind, "template": tname, "ident": ident, "decl": typed,
+             "props": props, "flows": flows, "failed": failed, "heads": heads, "family": tname_word, "targs": targs,
              "unknowns": Unknowns(heads, residual=bool(targs.get("residual", False)))}
     for role in ("key", "value"):
         if role not in flows and role not in props:
@@ -81,6 +89,8 @@ def finish(el, protos: dict):
     for name, p in protos.items():
         u = p["unknowns"]
         if u.dk is None or u.dv is None:
+            if p["failed"] or u.reported:
+                continue  # the flow or width that failed has its own diagnostic
             el.sink.add(error("NL0204", f"cannot infer the widths of `{name}`", p["ident"].span,
                               help="give its key a known width, e.g. `key linear(x, dim)`"))
             continue
@@ -134,7 +144,8 @@ def _memory(el, p, u) -> ir.Memory | None:
     if "init" in props:
         init_by = guarded(sink, phrases.by_level, props["init"], True, default=el.outer_name)
         if init_by is not None and init_by != el.outer_name:
-            sink.add(error("NL0101", f"unknown level `{init_by}` in `init by`", props["init"].span,
+            sink.add(error("NL0101", f"unknown level `{init_by}` in `init by`", props["init"].values[0].words[-1].span,
+                           "not the outer level",
                            help=f"the initial state is learned by the outer level `{el.outer_name}`, or use `init zero`"))
     if rules is None:
         return None
@@ -151,7 +162,9 @@ def _memory(el, p, u) -> ir.Memory | None:
                                p["decl"].type.span if p["decl"].type else p["ident"].span, f"{key} = {val!r}"))
                 return None
         if t.get("act") not in schema.ACTIVATIONS:
-            sink.add(error("NL0206", f"unknown activation `{t.get('act')}`", p["ident"].span,
+            call = p["decl"].type.words[0] if p["decl"].type is not None else None
+            span = next((kw.value.span for kw in getattr(call, "kwargs", ()) if kw.name == "act"), p["ident"].span)
+            sink.add(error("NL0206", f"unknown activation `{t.get('act')}`", span, "unknown activation",
                            help=suggest(str(t.get("act")), schema.ACTIVATIONS) or ", ".join(schema.ACTIVATIONS)))
             return None
     value = p["flows"].get("value")

@@ -14,7 +14,7 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import ast
-from .diagnostics import SpecError, error
+from .diagnostics import Label, SpecError, error
 
 MAX_BYTES = 4_000_000
 MAX_NESTING = 64
@@ -245,9 +245,9 @@ _FRIENDLY = {
 
 def _describe(tok: Token) -> str:
     if tok.type == "$END":
-        return "the end of the file"
+        return "end of file"
     if tok.type == "_NL":
-        return "the end of the line"
+        return "end of line"
     return f"`{tok}`"
 
 
@@ -262,13 +262,20 @@ def _expected_text(expected) -> str:
     return "expected " + ", ".join(names)
 
 
+_OPERATORS = {"STAR", "SLASH", "PERCENT", "PLUS", "MINUS", "__ANON_0"}
+
+
 def _syntax_help(err: UnexpectedInput, text: str) -> str:
     if isinstance(err, UnexpectedToken):
         tok = err.token
-        before = text.splitlines()[tok.line - 1][: tok.column - 1] if tok.line else ""
+        before = _source_lines(text)[tok.line - 1][: tok.column - 1] if tok.line else ""
         if tok.type == "LPAR" and before[-1:] == " " and before.rstrip()[-1:].isalnum():
             return ("in a property with several words, arithmetic and parentheses go inside a call "
                     "or a named constant: `every period tokens` with `period = 4 * 16`")
+        if tok.type in _OPERATORS and "NAME" in err.expected:
+            # an operator is only refused after a word when the words form a several-word phrase
+            return ("in a property with several words, arithmetic goes inside a call or a named "
+                    "constant: `every period tokens` with `period = 4 * 16`")
         if tok.type == "LBRACE":
             return "a block `{` opens only after a declaration header such as `memory m : linear`"
         if tok.type == "EQUAL":
@@ -308,8 +315,16 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
     return ast.Module(file, module.version, module.items, _comment_nodes(comments, text))
 
 
+def _source_lines(text: str) -> list[str]:
+    """The lines as the lexer counts them: split at "\n" only (str.splitlines also splits at \f, \x85...)."""
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def _comment_nodes(tokens, text: str) -> tuple[ast.Comment, ...]:
-    lines = text.split("\n")  # the lexer counts lines at "\n" only; str.splitlines also breaks at \f, \x85...
+    lines = _source_lines(text)
     out = []
     for t in tokens:
         before = lines[t.line - 1][: t.column - 1] if t.line - 1 < len(lines) else ""
@@ -327,16 +342,59 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, file: str):
         return error("NL0002", f"unexpected character {name}", span, "not part of the language",
                      help=_char_help(ch))
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
-        lines = text.splitlines() or [""]
+        lines = _source_lines(text)
         last = len(lines)
         span = ast.Span(file, last, len(lines[-1]) + 1, last, len(lines[-1]) + 2)
         expected = _expected_text(getattr(e, "expected", ()))
+        opener = _unclosed(text, file)
+        if opener is not None:
+            return error("NL0004", f"the file ends before this `{opener[0]}` is closed", opener[1],
+                         f"unclosed `{opener[0]}`", labels=[Label(span, expected or "the file ends here")],
+                         help=f"add the missing `{_PAIRS[opener[0]]}`")
         return error("NL0004", "the file ends in the middle of a construct", span, expected,
                      help="check for a missing `}` or `)`")
     tok = e.token
     span = _tok_span(file, tok) if tok.line is not None else ast.Span(file, line, col, line, col + 1)
     return error("NL0003", f"unexpected {_describe(tok)}", span, _expected_text(e.expected),
                  help=_syntax_help(e, text))
+
+
+_PAIRS = {"(": ")", "[": "]", "{": "}"}
+
+
+def _unclosed(text: str, file: str):
+    """(bracket, span) of the innermost bracket still open at the end of `text`, skipping strings
+    and comments; None when every bracket is closed."""
+    stack = []
+    line, col, i, n = 1, 1, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        if ch == '"':
+            j = i + 1
+            while j < n and text[j] not in '"\n':
+                j += 2 if text[j] == "\\" else 1
+            col += j - i
+            i = j
+            if i < n and text[i] == '"':
+                i, col = i + 1, col + 1
+            continue
+        if ch in _PAIRS:
+            stack.append((ch, line, col))
+        elif ch in ")]}" and stack and _PAIRS[stack[-1][0]] == ch:
+            stack.pop()
+        if ch == "\n":
+            line, col = line + 1, 1
+        else:
+            col += 1
+        i += 1
+    if not stack:
+        return None
+    ch, line, col = stack[-1]
+    return ch, ast.Span(file, line, col, line, col + 1)
 
 
 def _char_help(ch: str) -> str:
@@ -348,4 +406,6 @@ def _char_help(ch: str) -> str:
         return "statements end at a new line; `;` is not used"
     if ch == "'":
         return "strings use double quotes"
+    if ch == '"':
+        return "this string is not closed before the end of its line"
     return "names are ASCII letters, digits and `_`; comments start with `#`"

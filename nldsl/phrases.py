@@ -7,7 +7,7 @@ Each reader takes a property (or one of its phrases) and the constants, and retu
 from __future__ import annotations
 
 from . import ast, ir, schema
-from .consts import Fail, fold, suggest
+from .consts import Fail, fold, shown, suggest
 from .diagnostics import error
 
 
@@ -37,14 +37,14 @@ def one_expr(prop: ast.Prop):
 def positive_int(expr, env, what: str) -> int:
     v = fold(expr, env)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
-        raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {v!r}"))
+        raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {shown(v)}"))
     return int(v)
 
 
 def number(expr, env, what: str) -> float:
     v = fold(expr, env)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise Fail(error("NL0201", f"{what} must be a number", expr.span, f"this is {v!r}"))
+        raise Fail(error("NL0201", f"{what} must be a number", expr.span, f"this is {shown(v)}"))
     return v
 
 
@@ -54,10 +54,14 @@ def _expect(phrase: ast.Phrase, forms: list[list[str]], what: str) -> list[str]:
     for form in forms:
         if got == form:
             return form
-    shown = " | ".join(" ".join(f) for f in forms)
+    listed = " | ".join(" ".join(f) for f in forms)
     bad = next((w for w, g in zip(phrase.words, got) if g is None or all(g not in f for f in forms)), phrase.words[0])
     hint = suggest(word(bad) or "", [w for f in forms for w in f]) if word(bad) else ""
-    raise Fail(error("NL0206", f"unknown {what}", bad.span, f"expected {shown}", help=hint or f"write one of: {shown}"))
+    if hint:  # the whole phrase with the word corrected, when that is one of the forms
+        fixed = [hint.split("`")[1] if w is bad else g for w, g in zip(phrase.words, got)]
+        if fixed in forms:
+            hint = f"did you mean `{' '.join(fixed)}`?"
+    raise Fail(error("NL0206", f"unknown {what}", bad.span, f"expected {listed}", help=hint or f"write one of: {listed}"))
 
 
 def clock(prop: ast.Prop, env) -> ir.Clock:
@@ -65,7 +69,7 @@ def clock(prop: ast.Prop, env) -> ir.Clock:
     ws = phrase.words
     if len(ws) == 1 and word(ws[0]) == "never":
         return ir.Clock("never", None, phrase.span)
-    if len(ws) == 1 and isinstance(ws[0], ast.Call) and ws[0].func.id == "every":
+    if ws and isinstance(ws[0], ast.Call) and ws[0].func.id == "every":
         raise Fail(error("NL0301", "a clock is written `every N tokens` or `every N steps`", ws[0].span,
                          "`every(...)` reads as a call", help="name the period: `period = 2 * 8` then `every period tokens`"))
     if len(ws) == 3 and word(ws[0]) == "every":
@@ -122,6 +126,7 @@ def objective(prop: ast.Prop, env) -> ir.Objective:
         if len(expr.args) != 1 or expr.kwargs:
             raise Fail(error("NL0107", f"`{name}` takes one argument", expr.span, help=f"e.g. {name}(1.0)"))
         if name == "custom":
+            _custom_objective(expr.args[0], env)
             return ir.Objective("custom", (), expr.args[0], expr.span)
         v = number(expr.args[0], env, f"the argument of {name}")
         if v <= 0 or (name == "lp" and v < 1):
@@ -131,6 +136,45 @@ def objective(prop: ast.Prop, env) -> ir.Objective:
     if arity:
         raise Fail(error("NL0107", f"`{name}` needs an argument", expr.span, help=f"e.g. {name}(1.0)" if name != "custom" else "custom(0.5 * r * r)"))
     return ir.Objective(name, (), None, expr.span)
+
+
+def _custom_objective(expr, env) -> None:
+    """Check that a custom objective is an elementwise expression of `r` that can be differentiated:
+    numbers, constants, `r`, + - * / **, and the functions of schema.OBJECTIVE_FUNCTIONS."""
+    uses_r = False
+    callees = {id(n.func) for n in ast.walk(expr) if isinstance(n, ast.Call)}
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Name) and id(node) not in callees:
+            if node.id == "r":
+                uses_r = True
+            elif node.id not in env:
+                raise Fail(error("NL0101", f"unknown name `{node.id}` in a custom objective", node.span,
+                                 "not `r` or a constant", help=suggest(node.id, ["r"] + list(env))
+                                 or "a custom objective is an expression of the residual `r` = M(k) − v"))
+        elif isinstance(node, ast.Call):
+            fn = node.func.id
+            if fn not in schema.OBJECTIVE_FUNCTIONS:
+                allowed = f"custom objectives use {', '.join(schema.OBJECTIVE_FUNCTIONS)}"
+                if fn in schema.BUILTINS:
+                    raise Fail(error("NL0508", f"`{fn}` cannot be used in a custom objective", node.func.span,
+                                     "no derivative rule for it here", help=allowed))
+                raise Fail(error("NL0106", f"unknown function `{fn}`", node.func.span, "unknown function",
+                                 help=suggest(fn, schema.OBJECTIVE_FUNCTIONS) or allowed))
+            want = 2 if fn in ("min", "max") else 1
+            if len(node.args) != want or node.kwargs:
+                raise Fail(error("NL0107", f"`{fn}` takes {want} argument{'s' if want > 1 else ''}", node.span,
+                                 f"given {len(node.args) + len(node.kwargs)}"))
+        elif isinstance(node, ast.BinOp) and node.op == "%":
+            raise Fail(error("NL0508", "`%` has no derivative", node.span, "not differentiable",
+                             help="write the loss with + - * / ** and smooth functions of `r`"))
+        elif isinstance(node, ast.BinOp) and node.op == "**" and any(
+                isinstance(n, ast.Name) and n.id == "r" for n in ast.walk(node.right)):
+            raise Fail(error("NL0508", "an exponent must be a constant", node.right.span, "depends on `r`"))
+        elif isinstance(node, (ast.String, ast.TupleExpr, ast.ListExpr, ast.Pipe)):
+            raise Fail(error("NL0201", "a custom objective is a numeric expression of `r`", node.span))
+    if not uses_r:
+        raise Fail(error("NL0508", "this custom objective does not depend on the residual `r`", expr.span,
+                         "its gradient is zero", help="e.g. `custom(0.5 * r * r)` is the l2 objective"))
 
 
 def read_mode(prop: ast.Prop) -> str:

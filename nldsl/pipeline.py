@@ -15,6 +15,8 @@ from typing import Optional
 from . import ast
 from .diagnostics import Diagnostic, SpecError, error
 
+MAX_SHOWN = 8_000_000  # bytes of an unreadable file kept to show the offending line
+
 PASSES = ("parse", "resolve", "elaborate", "check", "graph", "check_graph")
 
 
@@ -59,7 +61,8 @@ def decode(data: bytes, path: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        col = len(data[line_start : e.start].decode("utf-8", "replace")) + 1  # in characters, as the parser counts
         raise SpecError([error("NL0001", f"the file is not UTF-8 text (byte 0x{data[e.start]:02x})",
                                ast.Span(path, line, col, line, col + 1), "invalid byte",
                                help="save the spec as UTF-8")]) from None
@@ -92,9 +95,7 @@ def run_front_end(text: str, file: str, until: str = "check_graph", read=read_so
     fe.module = step("parse", lambda: parse(text, file))
     if until == "parse":
         return fe
-    fe.program = step("resolve", lambda: resolve(fe.module, read, text))
-    if fe.program is not None:
-        fe.sources.update(dict(fe.program.sources))
+    fe.program = step("resolve", lambda: resolve(fe.module, read, text, fe.sources))
     if until == "resolve":
         return fe
     result = step("elaborate", lambda: elaborate(fe.program))
@@ -128,5 +129,9 @@ def check_file(path: str) -> FrontEnd:
     except SpecError as e:
         fe = FrontEnd(path)
         fe.diagnostics.extend(e.diagnostics)
+        try:  # show the offending line of a file that is not UTF-8
+            fe.sources[path] = Path(path).read_bytes()[:MAX_SHOWN].decode("utf-8", "replace")
+        except OSError:
+            pass
         return fe
     return run_front_end(text, path)

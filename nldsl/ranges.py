@@ -94,8 +94,12 @@ def interval(value, bindings: dict) -> tuple[float, float]:
     return ANY
 
 
-def text(r) -> str:
-    def f(x):
-        return "∞" if x == INF else "-∞" if x == -INF else f"{x:g}"
+def number_text(x: float) -> str:
+    return "∞" if x == INF else "-∞" if x == -INF else f"{x:g}"
 
-    return f"[{f(r[0])}, {f(r[1])}]"
+
+def text(r) -> str:
+    """An interval as written in mathematics: an infinite end is open, `[0, ∞)`."""
+    lo = "(" if r[0] == -INF else "["
+    hi = ")" if r[1] == INF else "]"
+    return f"{lo}{number_text(r[0])}, {number_text(r[1])}{hi}"

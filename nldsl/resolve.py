@@ -8,6 +8,7 @@ definitions are reported with both places.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -62,6 +63,8 @@ def _check_duplicates(symbols: list[Symbol], sink: Sink) -> list[Symbol]:
     kept = []
     for s in symbols:
         first = seen.get(s.name)
+        if first is not None and first.span == s.span:
+            continue  # one definition reached through two imports (a diamond), not a duplicate
         if first is not None:
             sink.add(error("NL0102", f"`{s.name}` is defined more than once", s.span, "defined again here",
                            labels=[Label(first.span, "first defined here")],
@@ -75,12 +78,14 @@ def _check_duplicates(symbols: list[Symbol], sink: Sink) -> list[Symbol]:
 def load_imports(module: ast.Module, read: Reader, sink: Sink, sources: dict, stack=()) -> list[Symbol]:
     """Symbols brought in by `module`'s imports (recursively), qualified by their aliases."""
     out: list[Symbol] = []
+    here = os.path.normpath(module.file)
     for imp in (i for i in module.items if isinstance(i, ast.Import)):
         path = str(Path(module.file).parent / imp.path) if module.file not in ("<string>", "-") else imp.path
-        key = str(Path(path))
-        if key in stack or key == module.file:
-            sink.add(error("NL0007", f"import cycle: `{imp.path}` imports back into this file", imp.span,
-                           "cycle closes here", help="move the shared definitions into a third file"))
+        key = os.path.normpath(path)  # `lib/../lib/a.nl` is `lib/a.nl`: cycles are found by name
+        if key in stack or key == here:
+            chain = (stack[stack.index(key):] if key in stack else ()) + (here, key)
+            sink.add(error("NL0007", "import cycle: " + " → ".join(f"`{f}`" for f in chain), imp.span,
+                           "the cycle closes here", help="move the shared definitions into a third file"))
             continue
         try:
             text = read(path)
@@ -105,7 +110,7 @@ def load_imports(module: ast.Module, read: Reader, sink: Sink, sources: dict, st
                            help="move the shared definitions out of the model to the top level of a library file"))
             continue
         prefix = f"{imp.alias}." if imp.alias else ""
-        nested = load_imports(lib, read, sink, sources, stack + (module.file,))
+        nested = load_imports(lib, read, sink, sources, stack + (here,))
         if prefix:
             nested = [Symbol(prefix + s.name, s.node, s.kind, s.span) for s in nested]
         out.extend(nested)
@@ -113,10 +118,14 @@ def load_imports(module: ast.Module, read: Reader, sink: Sink, sources: dict, st
     return out
 
 
-def resolve(module: ast.Module, read: Reader, text: str) -> Program:
-    """Build the Program: the model and every definition it can see. Raises SpecError on errors."""
+def resolve(module: ast.Module, read: Reader, text: str, sources: dict | None = None) -> Program:
+    """Build the Program: the model and every definition it can see. Raises SpecError on errors.
+
+    `sources` (file → text) receives every file read, also when resolving fails, so that
+    diagnostics in imported files can show their lines."""
     sink = Sink()
-    sources = {module.file: text}
+    sources = {} if sources is None else sources
+    sources[module.file] = text
     if module.version is not None:
         num = module.version.number
         if not (isinstance(num, ast.Number) and num.text == "1"):

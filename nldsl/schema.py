@@ -97,6 +97,15 @@ KEYS = {
     },
 }
 
+# Words people reach for instead of a key (for "did you mean" when spelling is not close).
+KEY_ALIASES = {
+    "optimizer": "update", "optimiser": "update", "rule": "update", "rules": "update", "opt": "update",
+    "loss": "objective", "period": "clock", "every": "clock", "eta": "lr", "rate": "lr",
+    "learning_rate": "lr", "alpha": "retain", "decay": "retain", "forget": "retain", "beta": "momentum",
+    "keys": "key", "values": "value", "queries": "query", "lifetime": "state", "taught_by": "taught",
+    "chunk_size": "chunk", "clipping": "clip", "grad_clip": "clip",
+}
+
 BUILTINS = {
     # vector → vector functions usable in blocks
     "linear": "linear(x, out, bias = false): a learned projection to width `out`",
@@ -117,6 +126,8 @@ BUILTINS = {
     "sign": "sign(r)", "min": "min(a, b)", "max": "max(a, b)",
 }
 
+# functions allowed in `custom(<expression of r>)`: elementwise, with known derivatives
+OBJECTIVE_FUNCTIONS = ("abs", "sign", "exp", "log", "sqrt", "tanh", "sigmoid", "min", "max")
 GATE_KEYS = ("lr", "retain", "log_retain", "momentum")
 FLOW_KEYS = ("key", "value", "query") + GATE_KEYS
 RULES = ("retain", "gd", "momentum", "delta", "dgd")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import ast, ir, schema
-from .consts import Fail, Poison, fold, suggest
+from .consts import Fail, Poison, fold, shown, suggest
 from .diagnostics import error
 
 UNARY = {"l2norm", "rmsnorm", "layernorm", "silu", "gelu", "relu", "tanh", "sigmoid", "softplus",
@@ -24,6 +24,7 @@ class Scope:
     levels: dict  # local name → qualified level name (memories and attention)
     bindings: dict = field(default_factory=dict)  # name → ir.Value
     later: set = field(default_factory=set)  # bindings defined further down (for a better message)
+    failed: set = field(default_factory=set)  # bindings whose definition was reported: uses stay quiet
     blocks: set = field(default_factory=set)
     chains: set = field(default_factory=set)
     label_counts: dict = field(default_factory=dict)
@@ -51,6 +52,8 @@ class ValueBuilder:
             n = expr.id
             if n in s.params:
                 return ir.Input(n, expr.span)
+            if n in s.failed:
+                raise Fail(None)  # its definition already has a diagnostic
             if n in s.bindings:
                 return ir.Ref(n, expr.span)
             if n in s.levels:
@@ -137,7 +140,7 @@ class ValueBuilder:
     def _int(self, expr, what: str) -> int:
         v = fold(expr, self.scope.consts)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
-            raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {v!r}"))
+            raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {shown(v)}"))
         return int(v)
 
 

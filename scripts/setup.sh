@@ -61,25 +61,27 @@ else
     say "not Linux: skipping triton"
 fi
 
-# 4. nlc itself, editable. Skipped when pyproject.toml and the requested extras are unchanged since
-#    the last successful install and the package still imports.
+# 4. nlc itself, editable. Skipped when pyproject.toml, setup.py and the requested extras are unchanged
+#    since the last successful install and the package still imports.
 extras=""
 if [ "$with_tests" = 1 ]; then
     extras="[test]"
 fi
 stamp="$VENV/.nlc-setup-stamp"
-digest="$("$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())' < pyproject.toml)"
+digest="$(cat pyproject.toml setup.py | "$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 read -r have_digest have_extras 2>/dev/null < "$stamp" || true
+# Finds (without running) the subpackages from outside the checkout: true once nlc is installed.
+installed='import importlib.util as u, sys; sys.exit(not all(u.find_spec("nldsl." + n) for n in ("grammar", "codegen", "runtime")))'
 up_to_date=0
 if [ "${have_digest:-}" = "$digest" ] && { [ -z "$extras" ] || [ "${have_extras:-}" = "$extras" ]; } \
         && [ -x "$VENV/bin/nlc" ] \
-        && "$py" -I -c 'import nldsl.grammar, nldsl.codegen, nldsl.runtime' >/dev/null 2>&1; then
+        && "$py" -I -c "$installed" >/dev/null 2>&1; then
     up_to_date=1
 fi
 if [ "$up_to_date" = 0 ]; then
     say "installing nlc (editable)${extras:+ with extras $extras}"
     "${pip[@]}" install -e ".$extras"
-    # Remember the widest set of extras installed for this pyproject.toml.
+    # Remember the widest set of extras installed for these packaging files.
     if [ -z "$extras" ] && [ "${have_digest:-}" = "$digest" ]; then
         extras="${have_extras:-}"
     fi

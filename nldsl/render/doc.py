@@ -1,15 +1,17 @@
 """The level-graph document (schema ``nlc.graph/1``) as frozen dataclasses, and its clock tiers.
 
-The front end emits the document as a plain dict (so it can be written as JSON); every renderer except
-the JSON one reads it through :func:`load`, which checks the structure, fills optional fields and cleans
-display strings (newlines normalised, control characters dropped) in one place.
+The front end emits the document as a plain dict (so it can be written as JSON). Every renderer reads it
+through :func:`load` (the JSON one only to check it), which checks the structure, fills optional fields
+and cleans display strings (newlines normalised, control characters dropped) in one place.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 SCHEMA = "nlc.graph/1"
@@ -100,7 +102,7 @@ class GraphDoc:
     def incoming(self, name: str) -> tuple[Edge, ...]:
         return tuple(edge for edge in self.edges if edge.dst == name)
 
-    @property
+    @cached_property
     def tiers(self) -> tuple[Tier, ...]:
         groups: dict[tuple[int, tuple[int, float]], list[Level]] = {}
         for level in self.levels:
@@ -140,6 +142,10 @@ def human_count(value: int | float | None) -> str:
     raise AssertionError("unreachable")
 
 
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def cadence_phrase(unit: str, period: int | None) -> str:
     if unit == "never" or period is None:
         return "never"
@@ -161,7 +167,7 @@ def load(doc: Mapping[str, Any]) -> GraphDoc:
     raw_levels = _sequence(doc, "levels", "levels")
     levels = _with_ranks([_level(item, f"levels[{i}]") for i, item in enumerate(raw_levels)])
     names = [level.name for level in levels]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise GraphDocError(f"levels: duplicate level names {duplicates}")
     known = set(names)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nldsl.render.doc import GraphDoc, Level, load
+from nldsl.render.doc import Edge, Level, load
 from nldsl.render.style import EDGE_STYLES, kind_style
 
 FONT = "Helvetica"
@@ -38,7 +38,14 @@ def render_dot(doc: Mapping[str, Any]) -> str:
         lines.append(f"    style={quote('rounded,dashed')}; color={quote('#94a3b8')};")
         lines.extend(f"    {_node(level)}" for level in tier.levels)
         lines.append("  }")
-    lines.extend(f"  {_edge_line(graph, i)}" for i in range(len(graph.edges)))
+    # Invisible edges between the tiers keep them in clock order, fastest on the left; an edge from a
+    # slower tier to a faster one (meta, teach) is drawn but does not take part in that ordering.
+    firsts = [tier.levels[0].name for tier in graph.tiers]
+    for left, right in zip(firsts, firsts[1:], strict=False):
+        lines.append(f"  {quote(left)} -> {quote(right)} [style=invis];")
+    tier_of = graph.tier_of()
+    for edge in graph.edges:
+        lines.append(f"  {_edge_line(edge, backward=tier_of[edge.src] > tier_of[edge.dst])}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -56,8 +63,7 @@ def _node(level: Level) -> str:
     return f"{quote(level.name)} [{', '.join(attrs)}];"
 
 
-def _edge_line(graph: GraphDoc, index: int) -> str:
-    edge = graph.edges[index]
+def _edge_line(edge: Edge, backward: bool) -> str:
     style = EDGE_STYLES[edge.kind]
     attrs = [
         f"style={style.dot_style}",
@@ -67,4 +73,6 @@ def _edge_line(graph: GraphDoc, index: int) -> str:
     ]
     if edge.label:
         attrs.insert(0, f"label={quote(edge.label)}")
+    if backward:
+        attrs.append("constraint=false")
     return f"{quote(edge.src)} -> {quote(edge.dst)} [{', '.join(attrs)}];"

@@ -14,7 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from nldsl.render.doc import GraphDoc, human_count, load
+from nldsl.render.doc import GraphDoc, Level, human_count, load, plural
+from nldsl.render.layout import layout
+from nldsl.render.style import EDGE_STYLES, KIND_STYLES, OTHER_KIND, kind_class
+from nldsl.render.svg import draw
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -58,10 +61,6 @@ def _environment() -> Any:
 
 
 def render_html(doc: Mapping[str, Any]) -> str:
-    from nldsl.render.layout import layout
-    from nldsl.render.style import EDGE_STYLES, KIND_STYLES, OTHER_KIND
-    from nldsl.render.svg import draw
-
     graph = load(doc)
     title = f"{graph.model or 'level graph'} — level graph"
     kind_colours = {**KIND_STYLES, "other": OTHER_KIND}
@@ -74,7 +73,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
             source=graph.source,
             summary=_summary(graph),
             drawing=draw(layout(graph), title),
-            levels=[_level_row(graph, i) for i in range(len(graph.levels))],
+            levels=[_level_row(level) for level in graph.levels],
             edges=[EdgeRow(e.src, e.dst, e.kind, e.label) for e in graph.edges],
             kind_colours=kind_colours,
             edge_colours={kind: style.colour for kind, style in EDGE_STYLES.items()},
@@ -83,9 +82,6 @@ def render_html(doc: Mapping[str, Any]) -> str:
 
 
 def _summary(graph: GraphDoc) -> str:
-    def plural(n: int, word: str) -> str:
-        return f"{n} {word}{'' if n == 1 else 's'}"
-
     return " · ".join(
         [
             plural(len(graph.levels), "level"),
@@ -97,13 +93,13 @@ def _summary(graph: GraphDoc) -> str:
     )
 
 
-def _level_row(graph: GraphDoc, index: int) -> LevelRow:
-    from nldsl.render.style import kind_class
-
-    level = graph.levels[index]
-    declared = f"{level.line}:{level.col}" if level.line is not None else ""
-    if declared and level.col is None:
+def _level_row(level: Level) -> LevelRow:
+    if level.line is None:
+        declared = ""
+    elif level.col is None:
         declared = str(level.line)
+    else:
+        declared = f"{level.line}:{level.col}"
     return LevelRow(
         name=level.name,
         kind=level.kind,

@@ -45,14 +45,14 @@ def render_mermaid(doc: Mapping[str, Any]) -> str:
 
 def _styles(graph: GraphDoc, ids: dict[str, str]) -> list[str]:
     lines = []
-    for kind, style in [*KIND_STYLES.items(), ("other", OTHER_KIND)]:
+    for kind, box in [*KIND_STYLES.items(), ("other", OTHER_KIND)]:
         members = [ids[level.name] for level in graph.levels if kind_class(level.kind) == kind]
         if members:
-            lines.append(f"  classDef {kind} fill:{style.fill},stroke:{style.stroke},color:{style.ink}")
+            lines.append(f"  classDef {kind} fill:{box.fill},stroke:{box.stroke},color:{box.ink}")
             lines.append(f"  class {','.join(members)} {kind}")
-    for kind, style in EDGE_STYLES.items():
+    for kind, line in EDGE_STYLES.items():
         indices = [str(i) for i, edge in enumerate(graph.edges) if edge.kind == kind]
         if indices:
-            dash = f",stroke-dasharray:{style.dash}" if style.dash else ""
-            lines.append(f"  linkStyle {','.join(indices)} stroke:{style.colour}{dash}")
+            dash = f",stroke-dasharray:{line.dash}" if line.dash else ""
+            lines.append(f"  linkStyle {','.join(indices)} stroke:{line.colour}{dash}")
     return lines

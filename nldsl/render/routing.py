@@ -155,7 +155,7 @@ def _gaps(rects: dict[str, Rect], column: int, top: float, bottom: float) -> lis
 def _spread(crossings: list[tuple[float, int]], lo: float, hi: float) -> list[tuple[float, int]]:
     """Keep edges that pass through one gap at least LANE apart, inside [lo, hi] where possible."""
     lane = min(LANE, (hi - lo) / max(len(crossings) - 1, 1))
-    ys = []
+    ys: list[float] = []
     for y, _ in crossings:
         ys.append(max(y, ys[-1] + lane) if ys else y)
     overflow = ys[-1] - hi if ys else 0.0

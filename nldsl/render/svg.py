@@ -119,10 +119,10 @@ def _legend(layout: Layout) -> str:
     for item in layout.legend:
         x, y = item.x, item.y
         if item.category == "kind":
-            style = kind_style(item.key)
+            box = kind_style(item.key)
             parts.append(
                 f'<rect x="{num(x)}" y="{num(y)}" width="22" height="14" rx="4" '
-                f'fill="{esc(style.fill)}" stroke="{esc(style.stroke)}"/>'
+                f'fill="{esc(box.fill)}" stroke="{esc(box.stroke)}"/>'
                 f'<text x="{num(x + LEGEND_SWATCH)}" y="{num(y + 11)}">{esc(item.label)}</text>'
             )
         else:

@@ -10,7 +10,7 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
-from nldsl.render.doc import GraphDoc, Level, Tier, human_count, load
+from nldsl.render.doc import GraphDoc, Level, Tier, human_count, load, plural
 
 WIDTH = 100
 EDGE_ARROWS = {"flow": "<-", "teach": "<=", "meta": "<~"}
@@ -38,7 +38,8 @@ def render_text(doc: Mapping[str, Any], *, color: bool = False, width: int = WID
     console.print(_tree(graph))
     console.print()
     console.print(_table(graph))
-    return buffer.getvalue()
+    # rich pads lines to the console width; trailing blanks carry nothing
+    return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
 
 
 def _tree(graph: GraphDoc) -> Any:
@@ -64,9 +65,6 @@ def _tree(graph: GraphDoc) -> Any:
 
 
 def _summary(graph: GraphDoc) -> str:
-    def plural(n: int, word: str) -> str:
-        return f"{n} {word}{'' if n == 1 else 's'}"
-
     return ", ".join(
         [
             plural(len(graph.levels), "level"),
@@ -90,10 +88,10 @@ def _level_label(level: Level, tier: Tier) -> Any:
 
     label = Text(level.name, style="bold cyan")
     label.append(f"  {level.kind}", style="yellow")
-    if level.type:
-        label.append(f"  {level.type}")
     if level.clock.text != tier.label:
         label.append(f"  ({level.clock.text})", style="dim")
+    if level.type:
+        label.append(f"  {level.type}")
     return label
 
 

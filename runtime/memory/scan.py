@@ -1,4 +1,4 @@
-"""One tile of the chunk-parallel recurrence, solved with batched matmuls and one triangular solve.
+"""Tiles of the chunk-parallel recurrence, solved with batched matmuls and one triangular system.
 
 Every parameter P (out, in) of a memory (a bias is a (out, 1) matrix whose input is the constant 1)
 evolves inside a tile of L tokens as
@@ -9,22 +9,23 @@ evolves inside a tile of L tokens as
 with per-token scalars a, r, beta and vectors x, p, p2 (in), w, m (out) that do not depend on the state
 inside the tile. This covers every rule order: retain / gd / momentum / delta / dgd at the chunk anchor
 (p = c x, the dual form) and, at chunk size 1 with a linear memory and an affine gradient, gradients at
-the current state and self-generated targets (p a mix of k and v, the WY/UT form). Writing
+the current state and self-generated targets (p a mix of k and v: the WY/UT form). Writing
 P_t = a_t P_{t-1} + r_t S_t + e_t x_t^T, the unknown columns e_t = w_t + P_{t-1} p_t + S_t p2_t satisfy a
-unit lower-triangular system (I - A) E = R with A[t, i] = G[t-1, i] (p_t . x_i); G holds the in-tile
-products of the retention a, so nothing divides by a gate (a gate may be 0). Reads at the in-tile states
-(P_t xi_t or P_{t-1} xi_t) and the end state then follow without materialising any per-token P_t:
+unit lower-triangular system (I - A) E = R with A[t, i] = G[t-1, i] (p_t . x_i), where G holds the
+in-tile products of a. Nothing divides by a gate, so a gate may be 0. Reads at the in-tile states and
+the end state follow without materialising any per-token P_t:
 
     P_t xi_t = G[t,0] P_0 xi_t + Cm[t,0] S_0 xi_t + sum_{j<=t} Cm[t,j] (x_j . xi_t) m_j
                + sum_{i<=t} G[t,i] (x_i . xi_t) e_i,        Cm = G diag(r) B,
 
-B holding the in-tile products of beta. Autograd differentiates through all of it; it keeps the (L x L)
-matrices of every tile, which is acceptable at the chunk sizes used here.
+B holding the in-tile products of beta. All tensors may carry extra leading dimensions (a stack of
+tiles), so the state-independent parts and the reads run for many tiles at once. Autograd
+differentiates through everything; it keeps the L x L matrices of every tile.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -39,11 +40,11 @@ def segment_products(a: Tensor) -> Tensor:
     rows = torch.arange(length + 1, device=a.device)
     below = rows.unsqueeze(-1) > rows.unsqueeze(0)
     products = torch.cumprod(torch.where(below, steps, torch.ones_like(steps)), dim=-2)
-    return torch.where(below | (rows.unsqueeze(-1) == rows.unsqueeze(0)), products, torch.zeros_like(products))
+    return products.tril()
 
 
 def _rows(matrix: Tensor, mode: str) -> Tensor:
-    """Rows of a (L+1, L+1) product matrix for the states read by each token: after (t) or before (t-1)."""
+    """Rows of a (L+1, L+1) product matrix for the state each token reads: after (t) or before (t-1)."""
     return matrix[..., 1:, :] if mode == 'after' else matrix[..., :-1, :]
 
 
@@ -51,81 +52,115 @@ def _scaled(coef: Tensor, vectors: Tensor) -> Tensor:
     return coef.unsqueeze(-1) * vectors
 
 
+def _outer_sum(coef: Tensor, columns: Tensor, x: Tensor) -> Tensor:
+    """sum_t coef_t columns_t x_t^T: (..., L), (..., L, out), (..., L, in) -> (..., out, in)."""
+    return _scaled(coef, columns).transpose(-1, -2) @ x
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The state-independent in-tile products of a stack of tiles (leading dims ..., then L+1, L+1):
+    retention G from a, and with momentum the decay B from beta and the coupling Cm = G diag(r) B."""
+
+    retention: Tensor
+    decay: Optional[Tensor] = None
+    coupling: Optional[Tensor] = None
+
+    @staticmethod
+    def build(a: Union[Tensor, float], like: Tensor, beta: Optional[Tensor] = None,
+              r: Union[Tensor, float, None] = None) -> 'Geometry':
+        """`a` (..., L) or the constant 1 (no retention); `like` (..., L) gives shape, dtype, device."""
+        if isinstance(a, Tensor):
+            retention = segment_products(a)
+        else:
+            ones = torch.ones(like.shape[-1] + 1, like.shape[-1] + 1, dtype=like.dtype, device=like.device)
+            retention = ones.tril().expand(*like.shape[:-1], *ones.shape)
+        if beta is None:
+            return Geometry(retention)
+        decay = segment_products(beta)
+        r = r if isinstance(r, Tensor) else torch.full_like(like, float(r))
+        r = torch.cat([torch.zeros_like(r[..., :1]), r], dim=-1)
+        return Geometry(retention, decay, (retention * r.unsqueeze(-2)) @ decay)
+
+    def tile(self, index: int) -> 'Geometry':
+        """The geometry of tile `index` of a (B, H, n, ...) stack."""
+        def pick(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else t[:, :, index]
+        return Geometry(pick(self.retention), pick(self.decay), pick(self.coupling))
+
+
 @dataclass(frozen=True)
 class Momentum:
-    """Momentum terms of a tile: start S_0 (B, H, out, in), per-token m (B, H, L, out), beta and r
-    (B, H, L), p2 (B, H, L, in) or None."""
+    """Momentum terms of a tile: start S_0 (..., out, in), per-token m (..., L, out), p2 (..., L, in)."""
 
     start: Tensor
     m: Tensor
-    beta: Tensor
-    r: Tensor
-    p2: Optional[Tensor]
+    p2: Optional[Tensor] = None
+
+
+def system_inverse(geometry: Geometry, x: Tensor, p: Tensor) -> Tensor:
+    """(I - A)^-1 with A[t, i] = G[t-1, i] (p_t . x_i) (strictly lower): for tiles whose x and p are
+    known before the loop over tiles, so that each tile's solve becomes one matmul."""
+    eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
+    system = eye - _rows(geometry.retention, 'before')[..., 1:] * (p @ x.transpose(-1, -2))
+    return torch.linalg.solve_triangular(system, eye.expand_as(system), upper=False, unitriangular=True)
+
+
+def solve_columns(geometry: Geometry, start: Tensor, x: Tensor, p: Optional[Tensor], w: Tensor,
+                  momentum: Optional[Momentum] = None, inverse: Optional[Tensor] = None) -> Tensor:
+    """The columns e_t (..., L, out) of one tile; `inverse` is system_inverse(geometry, x, p) if known.
+
+    p (or momentum.p2) None means that term is absent; with neither present no solve is needed."""
+    rhs = w
+    if p is not None:
+        g_before = _rows(geometry.retention, 'before')
+        rhs = rhs + _scaled(g_before[..., 0], p @ start.transpose(-1, -2))
+        if momentum is not None:
+            c_before = _rows(geometry.coupling, 'before')
+            rhs = rhs + _scaled(c_before[..., 0], p @ momentum.start.transpose(-1, -2))
+            rhs = rhs + (c_before[..., 1:] * (p @ x.transpose(-1, -2))) @ momentum.m
+    if momentum is not None and momentum.p2 is not None:
+        d_after = _rows(geometry.decay, 'after')
+        rhs = rhs + _scaled(d_after[..., 0], momentum.p2 @ momentum.start.transpose(-1, -2))
+        rhs = rhs + (d_after[..., 1:] * (momentum.p2 @ x.transpose(-1, -2))) @ momentum.m
+    if p is None:
+        return rhs
+    if inverse is not None:
+        return inverse @ rhs
+    eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
+    system = eye - _rows(geometry.retention, 'before')[..., 1:] * (p @ x.transpose(-1, -2))
+    return torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
 
 
 @dataclass(frozen=True)
 class TileScan:
-    """The solved tile: enough to read at in-tile states and to produce the end state."""
+    """A solved tile (or a stack of them): reads at in-tile states and the end state."""
 
-    start: Tensor                 # P_0 (B, H, out, in)
-    x: Tensor                     # (B, H, L, in)
-    e: Tensor                     # (B, H, L, out)
-    retention: Tensor             # G (B, H, L+1, L+1)
-    momentum: Optional[Momentum]
-    coupling: Optional[Tensor]    # Cm = G diag(r) B
-    decay: Optional[Tensor]       # B (products of beta)
+    start: Tensor                 # P_0 (..., out, in)
+    x: Tensor                     # (..., L, in)
+    e: Tensor                     # (..., L, out)
+    geometry: Geometry
+    momentum: Optional[Momentum] = None
 
     def read(self, xi: Tensor, mode: str) -> Tensor:
-        """P_t xi_t (mode 'after') or P_{t-1} xi_t (mode 'before') for xi (B, H, L, in)."""
-        g = _rows(self.retention, mode)
+        """P_t xi_t (mode 'after') or P_{t-1} xi_t (mode 'before') for xi (..., L, in)."""
+        g = _rows(self.geometry.retention, mode)
         overlap = xi @ self.x.transpose(-1, -2)                       # (x_i . xi_t) at [t, i]
         out = _scaled(g[..., 0], xi @ self.start.transpose(-1, -2)) + (g[..., 1:] * overlap) @ self.e
         if self.momentum is not None:
-            c = _rows(self.coupling, mode)
+            c = _rows(self.geometry.coupling, mode)
             out = out + _scaled(c[..., 0], xi @ self.momentum.start.transpose(-1, -2))
             out = out + (c[..., 1:] * overlap) @ self.momentum.m
         return out
 
     def end(self) -> tuple[Tensor, Optional[Tensor]]:
         """(P_L, S_L): the parameter and the momentum after the last token of the tile."""
-        g = self.retention[..., -1, :]
-        end = g[..., 0, None, None] * self.start + (_scaled(g[..., 1:], self.e)).transpose(-1, -2) @ self.x
+        g = self.geometry.retention[..., -1, :]
+        end = g[..., 0, None, None] * self.start + _outer_sum(g[..., 1:], self.e, self.x)
         if self.momentum is None:
             return end, None
-        c, d, mom = self.coupling[..., -1, :], self.decay[..., -1, :], self.momentum
-        end = end + c[..., 0, None, None] * mom.start + _scaled(c[..., 1:], mom.m).transpose(-1, -2) @ self.x
-        momentum_end = d[..., 0, None, None] * mom.start + _scaled(d[..., 1:], mom.m).transpose(-1, -2) @ self.x
+        mom = self.momentum
+        c, d = self.geometry.coupling[..., -1, :], self.geometry.decay[..., -1, :]
+        end = end + c[..., 0, None, None] * mom.start + _outer_sum(c[..., 1:], mom.m, self.x)
+        momentum_end = d[..., 0, None, None] * mom.start + _outer_sum(d[..., 1:], mom.m, self.x)
         return end, momentum_end
-
-
-def scan_tile(start: Tensor, x: Tensor, a: Tensor, p: Optional[Tensor], w: Tensor,
-              momentum: Optional[Momentum] = None) -> TileScan:
-    """Solve one tile of P_t = P_{t-1}(a_t I + p_t x_t^T) + S_t(r_t I + p2_t x_t^T) + w_t x_t^T.
-
-    p (or momentum.p2) None means that term is absent; with neither present no solve is needed."""
-    retention = segment_products(a)
-    coupling = decay = None
-    if momentum is not None:
-        decay = segment_products(momentum.beta)
-        r = torch.cat([torch.zeros_like(momentum.r[..., :1]), momentum.r], dim=-1)
-        coupling = (retention * r.unsqueeze(-2)) @ decay
-    rhs = w
-    if p is not None:
-        g_before = _rows(retention, 'before')
-        p_overlap = p @ x.transpose(-1, -2)                               # (p_t . x_i) at [t, i]
-        rhs = rhs + _scaled(g_before[..., 0], p @ start.transpose(-1, -2))
-        if momentum is not None:
-            c_before = _rows(coupling, 'before')
-            rhs = rhs + _scaled(c_before[..., 0], p @ momentum.start.transpose(-1, -2))
-            rhs = rhs + (c_before[..., 1:] * p_overlap) @ momentum.m
-    if momentum is not None and momentum.p2 is not None:
-        d_after = _rows(decay, 'after')
-        rhs = rhs + _scaled(d_after[..., 0], momentum.p2 @ momentum.start.transpose(-1, -2))
-        rhs = rhs + (d_after[..., 1:] * (momentum.p2 @ x.transpose(-1, -2))) @ momentum.m
-    if p is None:
-        e = rhs
-    else:
-        eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
-        system = eye - g_before[..., 1:] * p_overlap                      # unit lower triangular
-        e = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
-    return TileScan(start, x, e, retention, momentum, coupling, decay)

@@ -1,0 +1,109 @@
+"""Time the chunk-parallel memory path against the token-by-token reference.
+
+    python benchmarks/memory_chunked_vs_reference.py [--backward] [--tokens 2048] [--only titans]
+
+Shapes follow a small layer: batch 2, model width 256 as 4 heads of dk = dv = 64, float32, CPU.
+Prints one row per memory family: milliseconds for the reference and the chunked path (forward, or
+forward + backward with --backward), their ratio, and the largest output difference between them.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from nldsl.runtime.memory import MemoryConfig, Rule, chunk_form, chunked, init_params, reference, \
+    standard_objective
+
+HEADS, WIDTH = 4, 64
+MLP = dict(family='mlp', depth=2, hidden=4 * WIDTH, act='silu')
+
+FAMILIES = {
+    'linear gd (TTT-linear)': (MemoryConfig('linear', WIDTH, WIDTH, rules=(Rule('gd'),), chunk=64), 'l2'),
+    'linear delta (Gated DeltaNet)': (
+        MemoryConfig('linear', WIDTH, WIDTH, rules=(Rule('retain'), Rule('gd', at='current'))), 'l2'),
+    'linear Titans (retain+momentum)': (
+        MemoryConfig('linear', WIDTH, WIDTH, rules=(Rule('retain'), Rule('momentum')), chunk=64), 'sq'),
+    'mlp Titans depth 2': (
+        MemoryConfig(dk=WIDTH, dv=WIDTH, residual=True, rules=(Rule('retain'), Rule('momentum')), chunk=64,
+                     **MLP), 'mse'),
+    'HOPE dgd mlp (self target)': (
+        MemoryConfig(dk=WIDTH, dv=WIDTH, residual=True, rules=(Rule('dgd'),), chunk=16, read='anchor',
+                     self_target=True, **MLP), 'l2'),
+}
+
+
+def make_inputs(cfg: MemoryConfig, batch: int, tokens: int, grad: bool):
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    def unit(x):
+        return torch.nn.functional.normalize(x, dim=-1)
+
+    q, k = unit(rand(batch, HEADS, tokens, cfg.dk)), unit(rand(batch, HEADS, tokens, cfg.dk))
+    v = rand(batch, HEADS, tokens, cfg.dv)
+    gates = {'eta': 0.1 * torch.sigmoid(rand(batch, HEADS, tokens)),
+             'alpha': torch.sigmoid(4.0 + rand(batch, HEADS, tokens)),
+             'beta': 0.9 * torch.sigmoid(rand(batch, HEADS, tokens))}
+    params0 = init_params(cfg, HEADS, generator=gen)
+    leaves = [q, k, v, *gates.values(), *params0.values()]
+    for leaf in leaves:
+        leaf.requires_grad_(grad)
+    return (q, k, v, gates, params0), leaves
+
+
+def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
+    """Median milliseconds over `repeats` calls (after one warm-up call) and the last output."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * sorted(times)[len(times) // 2], out
+
+
+def step(runner, cfg, objective, args, leaves, backward: bool):
+    def call():
+        with torch.set_grad_enabled(backward):
+            y, state = runner(cfg, objective, *args)
+            if backward:
+                loss = y.square().mean() + sum(p.square().mean() for p in state.params.values())
+                torch.autograd.grad(loss, leaves)
+            return y.detach()
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--backward', action='store_true', help='time forward + backward')
+    parser.add_argument('--tokens', type=int, default=2048)
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=3, help='timed calls of the chunked path')
+    parser.add_argument('--only', default='', help='run the families whose name contains this text')
+    opts = parser.parse_args()
+    mode = 'fwd+bwd' if opts.backward else 'fwd'
+    print(f"B={opts.batch} T={opts.tokens} heads={HEADS} dk=dv={WIDTH} float32 {mode}, "
+          f"{torch.get_num_threads()} threads")
+    header = f"{'family':34s} {'form':10s} {'C':>3s} {'reference ms':>13s} {'chunked ms':>11s} " \
+             f"{'ratio':>7s} {'max |dy|':>9s}"
+    print(header)
+    print('-' * len(header))
+    for name, (cfg, objective_name) in FAMILIES.items():
+        if opts.only.lower() not in name.lower():
+            continue
+        objective = standard_objective(objective_name)
+        args, leaves = make_inputs(cfg, opts.batch, opts.tokens, opts.backward)
+        ref_ms, y_ref = timed(step(reference, cfg, objective, args, leaves, opts.backward), 1)
+        chk_ms, y_chk = timed(step(chunked, cfg, objective, args, leaves, opts.backward), opts.repeats)
+        diff = (y_ref - y_chk).abs().max().item()
+        form = chunk_form(cfg, objective)[0]
+        print(f"{name:34s} {form:10s} {cfg.chunk:3d} {ref_ms:13.1f} {chk_ms:11.1f} "
+              f"{ref_ms / chk_ms:6.1f}x {diff:9.1e}", flush=True)
+
+
+if __name__ == '__main__':
+    main()

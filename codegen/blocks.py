@@ -1,0 +1,236 @@
+"""Lowering a block to Python: parameter construction and a forward pass in dependency order.
+
+Statements are the block's bindings and one call per memory/attention level. A level's call runs once
+its key, value, gates and query are known. Memories whose flows depend on their own reads (HOPE's
+self-modifying memories) form a *lockstep group*: they advance together over segments that never cross
+a chunk boundary, reading at their anchors, with the values they feed each other computed segment by
+segment; every other level runs once over the whole sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from nldsl import ir
+from nldsl.graph import deps, widths
+
+from .names import comment, literal, py
+
+ACT = {"silu": "F.silu", "gelu": "F.gelu", "relu": "F.relu", "tanh": "torch.tanh", "sigmoid": "torch.sigmoid",
+       "softplus": "F.softplus", "exp": "torch.exp", "log": "torch.log", "abs": "torch.abs", "sqrt": "torch.sqrt"}
+GATE_ROLES = ("lr", "retain", "log_retain", "momentum")
+
+
+class LoweringError(Exception):
+    def __init__(self, message: str, span):
+        super().__init__(message)
+        self.span = span
+
+
+@dataclass
+class ClassCode:
+    name: str
+    doc: str
+    init: list = field(default_factory=list)
+    forward_args: str = "x, state"
+    forward: list = field(default_factory=list)
+
+
+def _refs(v, out=None):
+    out = set() if out is None else out
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, ir.Ref):
+            out.add(x.name)
+        elif isinstance(x, ir.Op):
+            stack.extend(x.args)
+        elif isinstance(x, ir.Bin):
+            stack.extend((x.left, x.right))
+        elif isinstance(x, ir.Read) and x.query is not None:
+            stack.append(x.query)
+        elif isinstance(x, ir.Apply):
+            stack.append(x.arg)
+    return out
+
+
+def _direct_reads(v):
+    out = []
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, ir.Read):
+            out.append(x)
+        elif isinstance(x, ir.Op):
+            stack.extend(x.args)
+        elif isinstance(x, ir.Bin):
+            stack.extend((x.left, x.right))
+        elif isinstance(x, ir.Apply):
+            stack.append(x.arg)
+    return out
+
+
+class BlockLowering:
+    def __init__(self, model: ir.ModelIR, block: ir.BlockDef, spec_file: str):
+        self.model, self.block, self.file = model, block, spec_file
+        self.bindings = dict(block.bindings)
+        self.levels = [model.level(n) for n in block.levels if model.level(n) is not None]
+        self.widths = widths(model)
+        self.widths.block = block.name
+        self.heads = model.constant("heads", 1)
+        self.lines: list[str] = []
+        self.rename: dict[str, str] = {}
+        self.tmp = 0
+        self.reads = self._read_sites()
+
+    # ------------------------------------------------------------ helpers
+
+    def where(self, span) -> str:
+        return comment(f"{self.file}:{span.line}")
+
+    def _read_sites(self) -> dict:
+        sites: dict[str, ir.Read] = {}
+        for value in list(self.bindings.values()) + [self.block.output]:
+            for r in self._all_reads(value):
+                if r.level in sites and sites[r.level] != r:
+                    raise LoweringError(f"`{r.level}` is read more than once in its block; read it once and "
+                                        "name the result", r.span)
+                sites[r.level] = r
+        return sites
+
+    def _all_reads(self, v):
+        for r in _direct_reads(v):
+            yield r
+            if r.query is not None:
+                yield from self._all_reads(r.query)
+
+    def local(self, level_name: str) -> str:
+        return level_name.split(".", 1)[1]
+
+    def out_var(self, level_name: str) -> str:
+        return "y_" + py(self.local(level_name))
+
+    # ------------------------------------------------------------ expressions
+
+    def expr(self, v) -> str:
+        if isinstance(v, ir.Input):
+            return self.rename.get(v.name, py(v.name))
+        if isinstance(v, ir.Const):
+            return literal(float(v.value))
+        if isinstance(v, ir.Ref):
+            return self.rename.get(v.name, py(v.name))
+        if isinstance(v, ir.Read):
+            return self.rename.get(self.out_var(v.level), self.out_var(v.level))
+        if isinstance(v, ir.Bin):
+            return f"({self.expr(v.left)} {v.op} {self.expr(v.right)})"
+        if isinstance(v, ir.Apply):
+            target = v.target.block if isinstance(v.target, ir.BlockCall) else v.target.cms
+            call = "(" + self.expr(v.arg) + ", state)" if isinstance(v.target, ir.BlockCall) else "(" + self.expr(v.arg) + ")"
+            return f"self.{py(target)}{call}"
+        assert isinstance(v, ir.Op)
+        args = [self.expr(a) for a in v.args]
+        if v.fn in ("linear", "rmsnorm", "layernorm"):
+            return f"self.{py(v.label)}({args[0]})"
+        if v.fn == "conv":
+            self.tmp += 1
+            name = f"c{self.tmp}"
+            key = f"self.prefix + {literal('.' + v.label)}"
+            self.lines.append(f"{name}, state[{key}] = self.{py(v.label)}({args[0]}, state.get({key}))")
+            return name
+        if v.fn == "l2norm":
+            return f"rt.l2norm({args[0]}, heads={self._heads_for(v.args[0])})"
+        if v.fn in ("min", "max"):
+            return f"torch.{'minimum' if v.fn == 'min' else 'maximum'}({args[0]}, {args[1]})"
+        if v.fn == "self":
+            raise LoweringError("`self(...)` is only meaningful as a memory's value", v.span)
+        return f"{ACT[v.fn]}({args[0]})"
+
+    def _heads_for(self, v) -> int:
+        w = self.widths.of(v)
+        return self.heads if w and self.heads and w % self.heads == 0 else 1
+
+    # ------------------------------------------------------------ construction
+
+    def init_lines(self) -> list[str]:
+        out = ["self.prefix = prefix"]
+        seen = set()
+        values = list(self.bindings.values()) + [self.block.output] + [v for lv in self.levels for _, v in lv.flows]
+        for value in values:
+            for op in self._ops(value):
+                if op.label in seen or op.fn not in ("linear", "conv", "rmsnorm", "layernorm"):
+                    continue
+                seen.add(op.label)
+                width = self.widths.of(op.args[0])
+                if op.fn == "linear":
+                    out.append(f"self.{py(op.label)} = nn.Linear({width}, {op.option('out')}, bias={op.option('bias')!r})"
+                               f"  # {self.where(op.span)}")
+                elif op.fn == "conv":
+                    out.append(f"self.{py(op.label)} = rt.ShortConv({width}, window={op.option('window')})  # {self.where(op.span)}")
+                else:
+                    cls = "RMSNorm" if op.fn == "rmsnorm" else "LayerNorm"
+                    out.append(f"self.{py(op.label)} = rt.{cls}({width})  # {self.where(op.span)}")
+        for lv in self.levels:
+            out.append(f"self.{py(self.local(lv.name))} = {self._level_ctor(lv)}  # {self.where(lv.span)}")
+        for value in values:
+            for node in self._applies(value):
+                target = node.target.block if isinstance(node.target, ir.BlockCall) else node.target.cms
+                if target in seen:
+                    continue
+                seen.add(target)
+                from .names import camel
+
+                if isinstance(node.target, ir.BlockCall):
+                    out.append(f"self.{py(target)} = {camel(target, 'Block')}(prefix + {literal('.' + target)})")
+                else:
+                    out.append(f"self.{py(target)} = {camel(target, 'Cms')}()")
+        return out
+
+    def _ops(self, v):
+        stack = [v]
+        while stack:
+            x = stack.pop()
+            if isinstance(x, ir.Op):
+                yield x
+                stack.extend(reversed(x.args))
+            elif isinstance(x, ir.Bin):
+                stack.extend((x.right, x.left))
+            elif isinstance(x, ir.Read) and x.query is not None:
+                stack.append(x.query)
+            elif isinstance(x, ir.Apply):
+                stack.append(x.arg)
+
+    def _applies(self, v):
+        stack = [v]
+        while stack:
+            x = stack.pop()
+            if isinstance(x, ir.Apply):
+                yield x
+                stack.append(x.arg)
+            elif isinstance(x, ir.Op):
+                stack.extend(x.args)
+            elif isinstance(x, ir.Bin):
+                stack.extend((x.left, x.right))
+            elif isinstance(x, ir.Read) and x.query is not None:
+                stack.append(x.query)
+
+    def _level_ctor(self, lv) -> str:
+        if isinstance(lv, ir.Attention):
+            return (f"rt.CausalAttention({lv.heads}, {lv.dk}, {lv.dv}, window={literal(lv.window)}, "
+                    f"scale={literal(lv.scale)})")
+        rules = ", ".join(f"rt.Rule({r.kind!r}" + (f", at={r.at!r}" if r.at == "current" else "")
+                          + (", per_layer=True" if r.per_layer else "") + ")" for r in lv.rules)
+        cfg = (f"rt.MemoryConfig(family={lv.family!r}, dk={lv.dk}, dv={lv.dv}, depth={lv.depth}, "
+               f"hidden={lv.hidden}, act={lv.act!r}, residual={lv.residual!r}, bias={lv.bias!r}, "
+               f"rules=({rules},), read={lv.read!r}, chunk={lv.chunk}, self_target={lv.self_target!r})")
+        return (f"rt.MemoryLevel({cfg}, {self._objective(lv)}, heads={lv.heads}, "
+                f"learn_init={lv.init_by is not None!r}, name={literal(lv.name)})")
+
+    def _objective(self, lv: ir.Memory) -> str:
+        o = lv.objective
+        if o.name == "custom":
+            return f"objective_{py(lv.name)}"
+        params = "".join(f", {k}={literal(v)}" for k, v in o.params)
+        return f"rt.standard_objective({o.name!r}{params})"

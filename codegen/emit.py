@@ -1,0 +1,107 @@
+"""Rendering the compiled package: model.py from Jinja templates, levels.json, plan.txt, the spec, a manifest.
+
+Every generated Python file is parsed with `ast.parse` before anything is written; the same spec gives
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import ast as pyast
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+import jinja2
+
+from nldsl import __version__, ir
+from nldsl.graph import to_doc
+
+from .blocks import BlockLowering, ClassCode, LoweringError
+from .forward import forward_lines
+from .names import camel, comment, py
+from .network import NetLowering, cms_class
+from .plan import plan_text, runtime_info
+from .symbolic import NotDifferentiable, gradient_code
+
+
+@functools.lru_cache(maxsize=None)
+def _env() -> jinja2.Environment:
+    loader = jinja2.FunctionLoader(
+        lambda name: resources.files("nldsl.codegen").joinpath("templates", name).read_text(encoding="utf-8"))
+    return jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+
+
+@dataclass(frozen=True)
+class ObjectiveFn:
+    name: str
+    doc: str
+    code: str
+
+
+def _doc(text: str) -> str:
+    return comment(text).replace("\\", "/").replace('"', "'")
+
+
+def spec_hash(sources: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(sources):
+        h.update(name.encode() + b"\0" + sources[name].encode() + b"\0")
+    return h.hexdigest()
+
+
+def _classes(model: ir.ModelIR, spec_file: str) -> tuple[list, list]:
+    objectives = []
+    for m in model.memories:
+        if m.objective.name == "custom":
+            try:
+                code = gradient_code(m.objective.expr, dict(model.constants))
+            except NotDifferentiable as e:
+                raise LoweringError(f"cannot differentiate the custom objective of `{m.name}`: {e}", e.span) from None
+            objectives.append(ObjectiveFn(f"objective_{py(m.name)}",
+                                          _doc(f"d loss / d y of the custom objective of {m.name} ({spec_file}:{m.objective.span.line})"),
+                                          code))
+    classes = [cms_class(c, _doc(spec_file)) for c in model.cms]
+    for b in model.blocks:
+        bl = BlockLowering(model, b, _doc(spec_file))
+        cls = ClassCode(camel(b.name, "Block"), _doc(f"block {b.name} ({spec_file}:{b.span.line})"))
+        cls.init = bl.init_lines()
+        cls.forward_args = f"{py(b.params[0])}, state"
+        cls.forward = forward_lines(bl)
+        classes.append(cls)
+    net = NetLowering(model, _doc(spec_file))
+    model_cls = net.model_class()
+    return objectives, classes + net.classes + [model_cls]
+
+
+def generate(model: ir.ModelIR, graph, sources: dict, spec_file: str) -> dict[str, str]:
+    """filename → content of the compiled package (raises LoweringError for constructs with no lowering)."""
+    digest = spec_hash(sources)
+    objectives, classes = _classes(model, spec_file)
+    for cls in classes:
+        cls.init_args = ", prefix" if any("prefix" in line for line in cls.init) else ""
+    title = _doc(f"{model.name}: compiled from {spec_file}")
+    model_py = _env().get_template("model.py.jinja").render(
+        title=title, version=__version__, source=_doc(spec_file), spec_hash=digest, objectives=objectives,
+        classes=classes, model_class=classes[-1].name)
+    init_py = _env().get_template("package_init.py.jinja").render(title=title, version=__version__, source=_doc(spec_file))
+    for name, text in (("model.py", model_py), ("__init__.py", init_py)):
+        try:
+            pyast.parse(text, filename=name)
+        except SyntaxError as e:  # a bug in the generator, never in the spec
+            raise RuntimeError(f"generated {name} does not parse: {e}") from e
+    levels = to_doc(graph, model, spec_file)
+    levels["runtime"] = runtime_info(model)
+    manifest = {"nlc": __version__, "model": model.name, "spec": spec_file, "spec_sha256": digest,
+                "sources": {n: hashlib.sha256(t.encode()).hexdigest() for n, t in sorted(sources.items())},
+                "files": ["__init__.py", "model.py", "levels.json", "plan.txt", "spec.nl"]}
+    return {
+        "__init__.py": init_py,
+        "model.py": model_py,
+        "levels.json": json.dumps(levels, indent=2) + "\n",
+        "plan.txt": plan_text(model),
+        "spec.nl": sources[spec_file] if spec_file in sources else "",
+        "manifest.json": json.dumps(manifest, indent=2) + "\n",
+    }

@@ -1,0 +1,209 @@
+"""The forward pass of a lowered block: statements scheduled in dependency order, lockstep groups."""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+
+from nldsl import ir
+from nldsl.graph import deps
+
+from .blocks import GATE_ROLES, BlockLowering, LoweringError, _direct_reads, _refs
+from .names import literal, py
+
+
+def _closure(bl: BlockLowering, values) -> set:
+    """Binding names reachable through refs from some values."""
+    out, stack = set(), [r for v in values for r in _refs(v)]
+    while stack:
+        name = stack.pop()
+        if name in out or name not in bl.bindings:
+            continue
+        out.add(name)
+        stack.extend(_refs(bl.bindings[name]))
+    return out
+
+
+def _level_values(bl: BlockLowering, lv) -> list:
+    """Everything a level's call needs: its flows and the query at its read site."""
+    values = [v.args[0] if isinstance(v, ir.Op) and v.fn == "self" else v for role, v in lv.flows if role != "query"]
+    site = bl.reads.get(lv.name)
+    if site is not None and site.query is not None:
+        values.append(site.query)
+    elif lv.flow("query") is not None:
+        values.append(lv.flow("query"))
+    return values
+
+
+def groups(bl: BlockLowering) -> list[list]:
+    """Lockstep groups: strongly connected sets of memories whose flows read each other this tick."""
+    g = nx.DiGraph()
+    names = {lv.name for lv in bl.levels}
+    for lv in bl.levels:
+        g.add_node(lv.name)
+        for v in _level_values(bl, lv):
+            for src in deps(v, bl.bindings) & names:
+                g.add_edge(src, lv.name)
+    out = []
+    for comp in nx.strongly_connected_components(g):
+        if len(comp) > 1 or any(g.has_edge(n, n) for n in comp):
+            members = [lv for lv in bl.levels if lv.name in comp]
+            for lv in members:
+                if isinstance(lv, ir.Attention):
+                    raise LoweringError(f"attention `{lv.name}` cannot take part in a self-modifying group", lv.span)
+                if lv.read == "after":
+                    raise LoweringError(f"`{lv.name}` reads after write but feeds its own flows", lv.span)
+            out.append(members)
+    return out
+
+
+def forward_lines(bl: BlockLowering) -> list[str]:
+    level_groups = groups(bl)
+    in_group = {lv.name: i for i, grp in enumerate(level_groups) for lv in grp}
+    dyn: dict[int, list[str]] = {}
+    for i, grp in enumerate(level_groups):
+        names = {lv.name for lv in grp}
+        needed = _closure(bl, [v for lv in grp for v in _level_values(bl, lv)])
+        dyn[i] = [b for b in bl.bindings if b in needed and deps(bl.bindings[b], bl.bindings) & names]
+    owner = {}
+    for i, names in dyn.items():
+        for b in names:
+            owner[b] = f"g{i}"
+    for b in bl.bindings:
+        owner.setdefault(b, f"b:{b}")
+    for lv in bl.levels:
+        owner[lv.name] = f"g{in_group[lv.name]}" if lv.name in in_group else f"m:{lv.name}"
+
+    def needs(values, exclude=()):
+        out = set()
+        for v in values:
+            out |= {owner[r] for r in _refs(v) if r in owner}
+            out |= {owner[r.level] for r in _direct_reads(v) if r.level in owner}
+            for r in _direct_reads(v):
+                if r.query is not None:
+                    out |= needs([r.query])
+        return out - set(exclude)
+
+    order = {}
+    graph = nx.DiGraph()
+    for idx, b in enumerate(bl.bindings):
+        if owner[b] == f"b:{b}":
+            node = f"b:{b}"
+            order[node] = idx
+            graph.add_node(node)
+            for d in needs([bl.bindings[b]]) - {node}:
+                graph.add_edge(d, node)
+    for lv in bl.levels:
+        node = owner[lv.name]
+        order.setdefault(node, 1000 + bl.levels.index(lv))
+        graph.add_node(node)
+        vals = _level_values(bl, lv)
+        if node.startswith("g"):
+            vals += [bl.bindings[b] for b in dyn[int(node[1:])]]
+        for d in needs(vals) - {node}:
+            graph.add_edge(d, node)
+    try:
+        schedule = list(nx.lexicographical_topological_sort(graph, key=lambda n: order.get(n, 0)))
+    except nx.NetworkXUnfeasible:
+        raise LoweringError("the values of this block depend on each other in a cycle", bl.block.span) from None
+    for node in schedule:
+        if node.startswith("b:"):
+            name = node[2:]
+            bl.lines.append(f"{py(name)} = {bl.expr(bl.bindings[name])}  # {bl.where(bl.bindings[name].span)}")
+        elif node.startswith("m:"):
+            _level_call(bl, bl.model.level(node[2:]))
+        else:
+            i = int(node[1:])
+            _group_loop(bl, level_groups[i], dyn[i])
+    bl.lines.append(f"return {bl.expr(bl.block.output)}")
+    return bl.lines
+
+
+def _key(bl, lv) -> str:
+    return f"self.prefix + {literal('.' + bl.local(lv.name))}"
+
+
+def _call_args(bl: BlockLowering, lv) -> str:
+    site = bl.reads.get(lv.name)
+    query = site.query if site is not None and site.query is not None else (lv.flow("query") or lv.flow("key"))
+    value = lv.flow("value")
+    if isinstance(value, ir.Op) and value.fn == "self":
+        value = value.args[0]
+    q, k, v = bl.expr(query), bl.expr(lv.flow("key")), bl.expr(value)
+    if isinstance(lv, ir.Attention):
+        return f"{q}, {k}, {v}"
+    gates = ", ".join(f"{role!r}: {bl.expr(lv.flow(role))}" for role in GATE_ROLES if lv.flow(role) is not None)
+    return f"q={q}, k={k}, v={v}, gates={{{gates}}}"
+
+
+def _level_call(bl: BlockLowering, lv):
+    key = _key(bl, lv)
+    args = _call_args(bl, lv)
+    bl.lines.append(f"# {'attention' if isinstance(lv, ir.Attention) else 'memory'} {bl.local(lv.name)}"
+                    f"  ({bl.where(lv.span)})")
+    bl.lines.append(f"{bl.out_var(lv.name)}, state[{key}] = self.{py(bl.local(lv.name))}({args}, state.get({key}))"
+                    if isinstance(lv, ir.Attention) else
+                    f"{bl.out_var(lv.name)}, state[{key}] = self.{py(bl.local(lv.name))}({args}, state=state.get({key}))")
+
+
+def _group_loop(bl: BlockLowering, grp: list, dynamic: list[str]):
+    reads_at = {lv.name: lv.read for lv in grp}
+    step = 1 if any(m != "anchor" for m in reads_at.values()) else math.gcd(*[lv.chunk for lv in grp])
+    names = ", ".join(bl.local(lv.name) for lv in grp)
+    bl.lines.append(f"# self-modifying group: {names} advance together, {step} token(s) at a time,")
+    bl.lines.append("# each reading its state at the chunk anchor before the segment's writes")
+    states = {lv.name: "s_" + py(bl.local(lv.name)) for lv in grp}
+    for lv in grp:
+        bl.lines.append(f"{states[lv.name]} = state.get({_key(bl, lv)})")
+    outs = [bl.out_var(lv.name) for lv in grp] + [py(b) for b in dynamic]
+    bl.lines.append(f"parts = {{{', '.join(repr(o) + ': []' for o in outs)}}}")
+    first = states[grp[0].name]
+    length_src = next(iter(p for p in bl.block.params))
+    bl.lines.append(f"for start, end in rt.segments(rt.position_of({first}), {py(length_src)}.shape[1], {step}):")
+    body_start = len(bl.lines)
+    group_names = {lv.name for lv in grp}
+    static = set()
+    for lv in grp:
+        for v in _level_values(bl, lv):
+            static |= {r for r in _refs(v) if r not in dynamic}
+    for b in dynamic:
+        static |= {r for r in _refs(bl.bindings[b]) if r not in dynamic}
+    inputs = set(bl.block.params)
+    saved = dict(bl.rename)
+    slices = []
+    for name in sorted(static | inputs):
+        bl.rename[name] = py(name) + "_s"
+        slices.append(f"    {py(name)}_s = {py(name)}[:, start:end]")
+    outer_reads = {r.level for lv in grp for v in _level_values(bl, lv) for r in _direct_reads(v)} | {
+        r.level for b in dynamic for r in _direct_reads(bl.bindings[b])}
+    for level in sorted(outer_reads - group_names):
+        bl.rename[bl.out_var(level)] = bl.out_var(level) + "_s"
+        slices.append(f"    {bl.out_var(level)}_s = {bl.out_var(level)}[:, start:end]")
+    bl.lines.extend(slices)
+    inner: list[str] = []
+    saved_lines, bl.lines = bl.lines, inner
+    for lv in grp:
+        site = bl.reads.get(lv.name)
+        if site is None or site.query is None:
+            continue
+        if deps(site.query, bl.bindings) & group_names or _refs(site.query) & set(dynamic):
+            raise LoweringError(f"the query of `{lv.name}` depends on its group's own reads", site.span)
+        method = "read_anchor" if lv.read == "anchor" else "read_current"
+        inner.append(f"{bl.out_var(lv.name)} = self.{py(bl.local(lv.name))}.{method}({bl.expr(site.query)}, "
+                     f"{states[lv.name]})")
+    for b in dynamic:
+        inner.append(f"{py(b)} = {bl.expr(bl.bindings[b])}  # {bl.where(bl.bindings[b].span)}")
+    for lv in grp:
+        inner.append(f"_, {states[lv.name]} = self.{py(bl.local(lv.name))}({_call_args(bl, lv)}, "
+                     f"state={states[lv.name]})")
+    for o in outs:
+        inner.append(f"parts[{o!r}].append({o})")
+    bl.lines = saved_lines
+    bl.lines.extend("    " + line for line in inner)
+    bl.rename = saved
+    del body_start
+    for o in outs:
+        bl.lines.append(f"{o} = torch.cat(parts[{o!r}], dim=1)")
+    for lv in grp:
+        bl.lines.append(f"state[{_key(bl, lv)}] = {states[lv.name]}")

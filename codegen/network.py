@@ -1,0 +1,129 @@
+"""Lowering the network: cms chain classes, one class per stacked layer, and the model class.
+
+Module attribute names come from spec names only (blocks and chains by name, a norm by the stage it
+precedes, a stack by the binding it repeats), so state_dict keys are stable across recompiles.
+"""
+
+from __future__ import annotations
+
+from nldsl import ir
+
+from .blocks import ClassCode
+from .names import camel, literal, py
+
+
+def cms_class(chain: ir.Cms, spec_file: str) -> ClassCode:
+    cls = ClassCode(camel(chain.name, "Cms"), f"cms {chain.name} : {chain.variant} ({spec_file}:{chain.span.line})")
+    members = ", ".join(f"({m.name.split('.', 1)[1]!r}, rt.CmsMLP({m.width}, {m.hidden}, act={m.act!r}, "
+                        f"bias={m.bias!r}))" for m in chain.members)
+    cls.init = [f"self.chain = rt.CmsChain([{members}], variant={chain.variant!r}, agg={chain.agg!r})"]
+    cls.forward_args = "x"
+    cls.forward = ["return self.chain(x)"]
+    return cls
+
+
+class NetLowering:
+    def __init__(self, model: ir.ModelIR, spec_file: str):
+        self.model, self.file = model, spec_file
+        self.classes: list[ClassCode] = []
+
+    def stage_attr(self, net) -> str:
+        if isinstance(net, ir.BlockCall):
+            return py(net.block)
+        if isinstance(net, ir.CmsCall):
+            return py(net.cms)
+        return ""
+
+    def lower(self, net, cls: ClassCode, var: str, prefix_expr: str, used: dict) -> None:
+        """Append init/forward lines to `cls` computing `var = net(var)`."""
+        if isinstance(net, ir.Seq):
+            stages = list(net.stages)
+            for i, stage in enumerate(stages):
+                if isinstance(stage, ir.Norm):
+                    following = next((self.stage_attr(s) for s in stages[i + 1:] if self.stage_attr(s)), "")
+                    self._norm(stage, cls, var, f"{following}_norm" if following else "norm", used)
+                else:
+                    self.lower(stage, cls, var, prefix_expr, used)
+            return
+        if isinstance(net, ir.Residual):
+            t = f"t{len(used)}"
+            used[t] = True
+            cls.forward.append(f"{t} = {var}")
+            self.lower(net.inner, cls, t, prefix_expr, used)
+            cls.forward.append(f"{var} = {var} + {t}")
+            return
+        if isinstance(net, ir.Norm):
+            self._norm(net, cls, var, "norm", used)
+            return
+        if isinstance(net, ir.BlockCall):
+            attr = self._unique(py(net.block), used)
+            cls.init.append(f"self.{attr} = {camel(net.block, 'Block')}({prefix_expr} + {literal(attr)})"
+                            f"  # {self.file}:{net.span.line}")
+            cls.forward.append(f"{var} = self.{attr}({var}, state)")
+            return
+        if isinstance(net, ir.CmsCall):
+            attr = self._unique(py(net.cms), used)
+            cls.init.append(f"self.{attr} = {camel(net.cms, 'Cms')}()  # {self.file}:{net.span.line}")
+            cls.forward.append(f"{var} = self.{attr}({var})")
+            return
+        if isinstance(net, ir.Stack):
+            name = net.name
+            attr = self._unique(py(name), used)
+            inner = self.layer_class(net.inner, name)
+            cls.init.append(f"self.{attr} = nn.ModuleList([{inner}({prefix_expr} + {literal(attr + '.')} + str(i))"
+                            f" for i in range({net.count})])  # {self.file}:{net.span.line}")
+            cls.forward.append(f"for layer in self.{attr}:")
+            cls.forward.append(f"    {var} = layer({var}, state)")
+            return
+        if isinstance(net, ir.Embed):
+            cls.init.append(f"self.embed = rt.Embedding({net.vocab}, {net.dim})  # {self.file}:{net.span.line}")
+            cls.forward.append(f"{var} = self.embed({var})")
+            return
+        if isinstance(net, ir.LMHead):
+            if net.tied:
+                cls.forward.append(f"{var} = {var} @ self.embed.weight.t()  # lm_head, tied to the embedding")
+            else:
+                cls.init.append(f"self.lm_head = nn.Linear({self.model.dim}, {self.model.vocab}, bias=False)")
+                cls.forward.append(f"{var} = self.lm_head({var})")
+            return
+        raise TypeError(net)
+
+    def _norm(self, net: ir.Norm, cls: ClassCode, var: str, base: str, used: dict):
+        attr = self._unique(py(base), used)
+        kind = "RMSNorm" if net.kind == "rmsnorm" else "LayerNorm"
+        cls.init.append(f"self.{attr} = rt.{kind}({self.model.dim})  # {self.file}:{net.span.line}")
+        cls.forward.append(f"{var} = self.{attr}({var})")
+
+    def _unique(self, attr: str, used: dict) -> str:
+        name, n = attr, 1
+        while name in used:
+            n += 1
+            name = f"{attr}_{n}"
+        used[name] = True
+        return name
+
+    def layer_class(self, net, name: str) -> str:
+        cls_name = camel(name, "" if name.lower().endswith("layer") else "Layer")
+        if any(c.name == cls_name for c in self.classes):
+            return cls_name
+        cls = ClassCode(cls_name, f"one `{name}` of a stack ({self.file}:{net.span.line})")
+        cls.init.append("self.prefix = prefix")
+        cls.forward_args = "x, state"
+        used: dict = {"prefix": True}
+        self.lower(net, cls, "x", "self.prefix + '.'", used)
+        cls.forward.append("return x")
+        self.classes.append(cls)
+        return cls_name
+
+    def model_class(self) -> ClassCode:
+        m = self.model
+        cls = ClassCode(camel(m.name, "Model"), f"model {m.name} ({self.file}:{m.span.line if m.span else 1})")
+        cls.init.append(f"self.vocab_size = {m.vocab}")
+        cls.init.append(f"self.context = {m.context}")
+        used: dict = {"vocab_size": True, "context": True}
+        self.lower(m.network, cls, "h", "''", used)
+        cls.forward_args = "tokens, state=None"
+        cls.forward.insert(0, "state = {} if state is None else dict(state)")
+        cls.forward.insert(1, "h = tokens")
+        cls.forward.append("return h, state")
+        return cls

@@ -1,0 +1,62 @@
+"""The loop plan (semantics.md §5): the nest of clocks the runtime executes, as text and as data."""
+
+from __future__ import annotations
+
+from nldsl import ir
+from nldsl.checks import chunk_form
+
+
+def runtime_info(model: ir.ModelIR) -> dict:
+    """What the training loop needs to know about clocks and optimizers (stored in levels.json)."""
+    o = model.outer
+    return {
+        "context": model.context,
+        "outer": {"name": o.name, "every_steps": o.clock.period, "objective": o.objective,
+                  "optimizer": {"kind": o.optimizer.kind, "args": dict(o.optimizer.args), "name": o.optimizer.name},
+                  "clip": o.clip, "bptt": o.bptt, "warmup": o.warmup, "schedule": o.schedule},
+        "cms": [{"name": c.name, "variant": c.variant, "taught_by": c.taught_by, "lifetime": c.lifetime,
+                 "flush": c.flush,
+                 "levels": [{"name": m.name, "period": m.clock.period, "unit": m.clock.unit,
+                             "optimizer": {"kind": m.optimizer.kind, "args": dict(m.optimizer.args),
+                                           "name": m.optimizer.name},
+                             "lr": m.lr, "replicas": model.replica_count(m.name)} for m in c.members]}
+                for c in model.cms],
+        "memories": [{"name": m.name, "chunk": m.chunk, "lifetime": m.lifetime, "read": m.read,
+                      "form": chunk_form(m)[0], "replicas": model.replica_count(m.name)} for m in model.memories],
+        "attention": [{"name": a.name, "window": a.window} for a in model.attentions],
+    }
+
+
+def plan_text(model: ir.ModelIR) -> str:
+    o = model.outer
+    members = [m for c in model.cms for m in c.members if m.clock.unit == "tokens"]
+    periods = sorted({m.clock.period for m in members})
+    lines = [f"plan of model {model.name}: the nested loop the runtime executes", ""]
+    lines.append(f"for each outer step:                       # level {o.name}: {o.clock.text}, {o.optimizer.text}")
+    lines.append(f"  for each sequence of {model.context} tokens (a batch of rows):")
+    if periods:
+        cuts = ", ".join(str(p) for p in periods)
+        lines.append(f"    cut the sequence at the CMS window ends (every {cuts} tokens, counted from the sequence start)")
+        lines.append("    for each segment:")
+        ind = "      "
+    else:
+        ind = "    "
+    lines.append(f"{ind}forward through the network; in-context memories update inside it, token by token:")
+    for m in model.memories:
+        form, reason = chunk_form(m)
+        lines.append(f"{ind}  memory {m.name} ×{model.replica_count(m.name)}: chunk {m.chunk}, "
+                     f"{', '.join(r.kind for r in m.rules)}, read {m.read}, {form} form"
+                     f" ({'reset per sequence' if m.lifetime == 'reset' else 'persists'})")
+    for a in model.attentions:
+        lines.append(f"{ind}  attention {a.name}: KV cache grows every token" + (f", window {a.window}" if a.window else ""))
+    lines.append(f"{ind}loss {o.objective}; backward"
+                 + (" (gradients stop at the segment boundary: bptt truncated)" if periods and o.bptt == "truncated" else ""))
+    for m in members:
+        lines.append(f"{ind}every {m.clock.period} tokens: {m.name} steps {m.optimizer.text} "
+                     f"with its window's summed gradient (lr scale {m.lr:g})")
+    frozen = [m.name for c in model.cms for m in c.members if m.clock.unit == "never"]
+    if frozen:
+        lines.append(f"{ind}frozen MLPs trained by {o.name}: {', '.join(frozen)}")
+    lines.append(f"  accumulate {o.name}'s gradients; every {o.clock.period} step(s): clip "
+                 f"{o.clip if o.clip is not None else 'off'}, {o.optimizer.text}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,115 @@
+"""`nlc compile`: the front end, then code generation, then the package on disk.
+
+A spec that checks clean always compiles; a construct the generator cannot lower becomes an NL0601
+diagnostic naming it. Writing refuses a directory that holds anything but a previous compile of the
+same model unless `force` is set. `load` imports a compiled package (or compiles a `.nl` file into a
+cache keyed by the spec's hash first) and returns the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .diagnostics import SpecError, error
+from .pipeline import FrontEnd, check_file
+
+MANIFEST = "manifest.json"
+
+
+def generate_files(fe: FrontEnd) -> dict[str, str]:
+    """The compiled package's files for a checked front end; raises SpecError (NL0601) if not lowerable."""
+    from nldsl.codegen.blocks import LoweringError
+    from nldsl.codegen.emit import generate
+
+    try:
+        return generate(fe.model, fe.graph, fe.sources, fe.file)
+    except LoweringError as e:
+        raise SpecError([error("NL0601", f"this cannot be compiled yet: {e}", e.span,
+                               help="see docs/language.md for what each backend supports")]) from None
+
+
+def compile_spec(spec: str) -> tuple[FrontEnd, dict[str, str] | None]:
+    fe = check_file(spec)
+    if not fe.ok:
+        return fe, None
+    try:
+        return fe, generate_files(fe)
+    except SpecError as e:
+        fe.diagnostics.extend(e.diagnostics)
+        return fe, None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_package(files: dict[str, str], out_dir: str, model: str, force: bool = False) -> Path:
+    """Write DIR/<model>/; refuse a non-empty directory that is not an earlier build of `model`."""
+    target = Path(out_dir) / model
+    if target.exists() and any(target.iterdir()) and not force:
+        manifest = target / MANIFEST
+        ours = False
+        if manifest.is_file():
+            try:
+                ours = json.loads(manifest.read_text()).get("model") == model
+            except (OSError, ValueError):
+                ours = False
+        extra = {p.name for p in target.iterdir()} - set(files) - {"__pycache__"}
+        if not ours or extra:
+            raise FileExistsError(f"{target} holds other files ({', '.join(sorted(extra)) or 'not an nlc build'})")
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in sorted(files.items()):
+        _atomic_write(target / name, text)
+    return target
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("NLC_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                       os.path.join(Path.home(), ".cache"), "nlc")
+    return Path(root)
+
+
+def load(path, backend: str = "chunked"):
+    """A `torch.nn.Module` for a compiled package directory or a `.nl` spec (compiled into a cache)."""
+    p = Path(path)
+    if p.is_file():
+        fe, files = compile_spec(str(p))
+        if files is None:
+            raise SpecError(fe.diagnostics)
+        digest = json.loads(files[MANIFEST])["spec_sha256"]
+        target = cache_dir() / digest[:16]
+        package = target / fe.model.name
+        if not (package / MANIFEST).is_file():
+            write_package(files, str(target), fe.model.name, force=True)
+        p = package
+    elif not (p / MANIFEST).is_file():
+        candidates = [c for c in p.iterdir() if (c / MANIFEST).is_file()] if p.is_dir() else []
+        if len(candidates) != 1:
+            raise FileNotFoundError(f"{path} is neither a .nl spec nor a compiled package")
+        p = candidates[0]
+    module = _import_package(p)
+    from nldsl.runtime import set_backend
+
+    return set_backend(module.Model(), backend)
+
+
+def _import_package(package: Path):
+    digest = hashlib.sha256(str(package.resolve()).encode() + (package / MANIFEST).read_bytes()).hexdigest()[:12]
+    name = f"nlc_compiled_{package.name}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,187 @@
+"""The 'dual' form: chunk size C > 1, every gradient taken at the chunk anchor.
+
+Tiles are the chunks (cut at absolute positions that are multiples of C). Per group of equal tiles,
+the state-independent parts run at once: the rule coefficients, the in-tile products of the gates and,
+when delta/dgd act on the key-input layer, the inverse of its triangular system. The loop over tiles
+does what needs the anchor: one forward and hand-written backward pass of the memory on the tile's keys
+(all gradients of the tile in parallel), the solve for the update columns e and the end state. The reads
+of all tiles then run batched after the loop: at the anchor directly, or at the in-chunk states through
+the dual form (layer by layer for an MLP), never materialising per-token weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+from .coeffs import DualCoefficients, along, dual_coefficients
+from .config import MemoryConfig
+from .functional import Params
+from .scan import Geometry, Momentum, TileScan, solve_columns, system_inverse
+from .state import MemoryState
+from .tiles import TileGroup, tile_groups
+
+
+def run_dual(cfg: MemoryConfig, objective: Callable, q: Tensor, k: Tensor, v: Tensor,
+             gates: Mapping[str, Tensor], start: MemoryState) -> tuple[Tensor, MemoryState]:
+    carried = _Carried(dict(start.params), dict(start.anchor), start.momentum, start.position)
+    outputs = []
+    for group in tile_groups(start.position, k.shape[2], cfg.chunk, aligned=True):
+        y, carried = _run_group(cfg, objective, group, q, k, v, gates, carried)
+        outputs.append(y)
+    return torch.cat(outputs, dim=2), MemoryState(carried.theta, carried.anchor, carried.momentum,
+                                                  carried.position)
+
+
+@dataclass(frozen=True)
+class _Carried:
+    theta: Params
+    anchor: Params
+    momentum: Optional[Params]
+    position: int
+
+
+@dataclass(frozen=True)
+class _Group:
+    """State-independent quantities of a group of tiles (B, H, count, L, ...)."""
+
+    gates: dict[str, Tensor]
+    first: DualCoefficients          # the key-input weight (x = k)
+    scalar: DualCoefficients         # weights and biases whose transitions are scalar
+    geometry: Geometry
+    inverse: Optional[Tensor]        # key-input layer's system inverse, when delta/dgd act on it
+
+
+def _prepare(cfg: MemoryConfig, group: TileGroup, k: Tensor, gates: Mapping[str, Tensor]) -> _Group:
+    gg = group.split_gates(gates)
+    first = dual_coefficients(cfg.rules, gg, (k * k).sum(-1), lambda rule: True)
+    scalar = dual_coefficients(cfg.rules, gg, None, lambda rule: False)
+    geometry = Geometry.build(first.a, k[..., 0], gg.get('beta') if cfg.has_momentum else None, first.r)
+    p = along(first.cp, k)
+    inverse = system_inverse(geometry, k, p) if p is not None else None
+    return _Group(gg, first, scalar, geometry, inverse)
+
+
+def _pick(value, index: int):
+    return value[:, :, index] if isinstance(value, Tensor) else value
+
+
+def _run_group(cfg: MemoryConfig, objective: Callable, group: TileGroup, q: Tensor, k: Tensor, v: Tensor,
+               gates: Mapping[str, Tensor], carried: _Carried) -> tuple[Tensor, _Carried]:
+    qg, kg, vg = group.split(q), group.split(k), group.split(v)
+    prep = _prepare(cfg, group, kg, gates)
+    keep_scans = cfg.read != 'anchor'
+    tiles: list[dict[str, TileScan]] = []
+    anchors: list[Params] = []
+    for i in range(group.count):
+        anchors.append(carried.anchor)
+        scans = _solve_tile(cfg, objective, prep, i, kg[:, :, i], vg[:, :, i], carried)
+        if keep_scans:
+            tiles.append(scans)
+        theta, momentum = _end_states(cfg, scans)
+        position = carried.position + group.length
+        anchor = theta if position % cfg.chunk == 0 else carried.anchor
+        carried = _Carried(theta, anchor, momentum, position)
+    if keep_scans:
+        y = _read(cfg, _stack_scans(tiles, prep.geometry), qg, cfg.read)
+    else:
+        y = F.apply(cfg, {n: torch.stack([a[n] for a in anchors], 2) for n in anchors[0]}, qg)
+    return y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv), carried
+
+
+def _solve_tile(cfg: MemoryConfig, objective: Callable, prep: _Group, index: int, k: Tensor, v: Tensor,
+                carried: _Carried) -> dict[str, TileScan]:
+    """All gradients of the tile at the anchor, then every parameter's update columns."""
+    anchor = carried.anchor
+    target = F.apply(cfg, anchor, v) if cfg.self_target else v
+    fwd = F.forward(cfg, anchor, k)
+    deltas = F.backward(cfg, anchor, fwd, objective(fwd.out, target)) if cfg.has_gradient else None
+    gates = {name: gate[:, :, index] for name, gate in prep.gates.items()}
+    geometry = prep.geometry.tile(index)
+    per_layer = any(rule.per_layer for rule in cfg.rules)
+    scans = {}
+    for layer, x in zip(F.layers(cfg), fwd.inputs):
+        delta = deltas[layer.index - 1] if deltas is not None else None
+        inverse = None
+        if layer.index == 1:
+            co = _tile_coefficients(prep.first, index)
+            inverse = prep.inverse[:, :, index] if prep.inverse is not None else None
+        elif per_layer:
+            co = dual_coefficients(cfg.rules, gates, (x * x).sum(-1), lambda rule: rule.per_layer)
+        else:
+            co = _tile_coefficients(prep.scalar, index)
+        scans[layer.weight] = _scan(carried, layer.weight, geometry, gates, co, x, delta, inverse, False)
+        if layer.bias:
+            co = _tile_coefficients(prep.scalar, index)
+            scans[layer.bias] = _scan(carried, layer.bias, geometry, gates, co, torch.ones_like(k[..., :1]),
+                                      delta, None, True)
+    return scans
+
+
+def _tile_coefficients(co: DualCoefficients, index: int) -> DualCoefficients:
+    return DualCoefficients(*(_pick(getattr(co, f), index) for f in ('a', 'cp', 'cw', 'r', 'cp2')))
+
+
+def _scan(carried: _Carried, name: str, geometry: Geometry, gates: Mapping[str, Tensor],
+          co: DualCoefficients, x: Tensor, delta: Optional[Tensor], inverse: Optional[Tensor],
+          bias: bool) -> TileScan:
+    """Solve one parameter of one tile; a bias is handled as an (out, 1) matrix with input 1."""
+    def as_matrix(t: Tensor) -> Tensor:
+        return t.unsqueeze(-1) if bias else t
+
+    start = as_matrix(carried.theta[name])
+    w = along(co.cw, delta) if delta is not None else None
+    if w is None:
+        w = torch.zeros(*x.shape[:-1], start.shape[-2], dtype=x.dtype, device=x.device)
+    momentum = None
+    if carried.momentum is not None:
+        momentum = Momentum(as_matrix(carried.momentum[name]), -gates['eta'].unsqueeze(-1) * delta,
+                            along(co.cp2, x))
+    p = along(co.cp, x)
+    e = solve_columns(geometry, start, x, p, w, momentum, inverse)
+    return TileScan(start, x, e, geometry, momentum)
+
+
+def _end_states(cfg: MemoryConfig, scans: Mapping[str, TileScan]) -> tuple[Params, Optional[Params]]:
+    biases = {layer.bias for layer in F.layers(cfg) if layer.bias}
+    theta: Params = {}
+    momentum: Optional[Params] = {} if cfg.has_momentum else None
+    for name, scan in scans.items():
+        end, mom_end = scan.end()
+        theta[name] = end.squeeze(-1) if name in biases else end
+        if momentum is not None:
+            momentum[name] = mom_end.squeeze(-1) if name in biases else mom_end
+    return theta, momentum
+
+
+def _stack_scans(tiles: list[dict[str, TileScan]], geometry: Geometry) -> dict[str, TileScan]:
+    """Per-parameter TileScans of all tiles of a group, stacked along the tile dimension."""
+    stacked = {}
+    for name in tiles[0]:
+        per_tile = [t[name] for t in tiles]
+
+        def stack(field: str, source=None) -> Tensor:
+            return torch.stack([getattr(s if source is None else source(s), field) for s in per_tile], 2)
+
+        momentum = None
+        if per_tile[0].momentum is not None:
+            momentum = Momentum(stack('start', lambda s: s.momentum), stack('m', lambda s: s.momentum))
+        stacked[name] = TileScan(stack('start'), stack('x'), stack('e'), geometry, momentum)
+    return stacked
+
+
+def _read(cfg: MemoryConfig, scans: Mapping[str, TileScan], q: Tensor, mode: str) -> Tensor:
+    """M at the in-chunk states, layer by layer: each layer's query is the previous layer's output."""
+    act = F.ACTIVATION_FNS[cfg.act][0]
+    all_layers = F.layers(cfg)
+    ones = torch.ones_like(q[..., :1])
+    h = q
+    for layer in all_layers:
+        z = scans[layer.weight].read(h, mode)
+        if layer.bias:
+            z = z + scans[layer.bias].read(ones, mode)
+        h = act(z) if layer.index < len(all_layers) else z
+    return q + h if cfg.residual else h
