@@ -73,7 +73,9 @@ def _memory_checks(model: ir.ModelIR, mem: ir.Memory) -> list[Diagnostic]:
                                                         "retain": "e.g. `retain sigmoid(linear(x, heads))`",
                                                         "momentum": "e.g. `momentum 0.9`"}[gate]))
     if mem.flow("retain") is not None and mem.flow("log_retain") is not None:
-        out.append(error("NL0109", "give `retain` or `log_retain`, not both", mem.flow("log_retain").span))
+        out.append(error("NL0109", "give `retain` or `log_retain`, not both", mem.flow("log_retain").span,
+                         "the retention again, in log space", labels=[Label(mem.flow("retain").span, "the retention")],
+                         help="`log_retain` is log α; keep the one that is more convenient"))
     if mem.clock.unit == "tokens" and mem.clock.period != 1:
         out.append(error("NL0301", "an in-context memory updates every token", mem.clock.span,
                          help=f"to take gradients at a coarser point use `chunk {mem.clock.period}`"))
@@ -81,17 +83,54 @@ def _memory_checks(model: ir.ModelIR, mem: ir.Memory) -> list[Diagnostic]:
         out.append(warning("NL0304", f"chunk {mem.chunk} is longer than the context ({model.context} tokens)",
                            mem.span, help="every token of a sequence then reads the initial state"))
     out.extend(_gate_checks(mem, bindings))
+    out.extend(_gate_widths(model, mem))
+    if mem.objective.name == "custom":
+        out.extend(_custom_objective(model, mem))
     if mem.clock.unit == "never" and mem.init_by is None:
         out.append(warning("NL0402", f"`{mem.name}` never updates and owns nothing", mem.span,
                            help="give it a clock, or let the outer level learn its state with `init by`"))
-    if {"delta", "dgd"} & set(kinds) and not _normalised(mem.flow("key"), bindings):
+    delta_like = {"delta", "dgd"} & set(kinds) or (
+        mem.family == "linear" and mem.objective.name in ("l2", "sq", "mse")
+        and any(r.at == "current" for r in mem.rules))
+    if delta_like and not _normalised(mem.flow("key"), bindings):
         out.append(warning("NL0506", "delta-style rules expect unit-norm keys", mem.flow("key").span,
                            "not l2-normalised", help="write `key l2norm(...)`; with ‖k‖ > 1 the state can grow"))
     form, reason = chunk_form(mem)
     if form == "sequential":
+        at_current = any(r.at == "current" for r in mem.rules)
         out.append(warning("NL0505", f"`{mem.name}` has no exact chunk-parallel form: {reason}", mem.span,
-                           help="it runs token by token (correct but slow); `chunk N` with N > 1 makes it parallel"))
+                           help="it runs token by token (correct but slow); "
+                           + ("gradients `at anchor` with `chunk N` (N > 1) would make it parallel"
+                              if at_current else "`chunk N` with N > 1 makes it parallel")))
     return out
+
+
+def _gate_widths(model: ir.ModelIR, mem: ir.Memory) -> list[Diagnostic]:
+    from .graph import widths
+
+    w = widths(model)
+    w.block = mem.block
+    out = []
+    for role in ("lr", "retain", "log_retain", "momentum"):
+        v = mem.flow(role)
+        width = w.of(v) if v is not None else None
+        if width not in (None, 1, mem.heads):
+            out.append(error("NL0403", f"the gate `{role}` of `{mem.name}` has width {width}; a gate is one "
+                             f"number per head ({mem.heads})", v.span, f"width {width}",
+                             help=f"project it to the head count: `sigmoid(linear(x, {'heads' if mem.heads > 1 else 1}))`"))
+    return out
+
+
+def _custom_objective(model: ir.ModelIR, mem: ir.Memory) -> list[Diagnostic]:
+    from nldsl.codegen.symbolic import NotDifferentiable, derivative, from_ast
+
+    try:
+        derivative(from_ast(mem.objective.expr, dict(model.constants)))
+    except NotDifferentiable as e:
+        return [error("NL0508", f"the custom objective of `{mem.name}` cannot be differentiated: {e}", e.span,
+                      help="write it in `r` with numbers, constants, + - * / **, abs, sign, exp, log, sqrt, "
+                           "tanh, sigmoid, min and max")]
+    return []
 
 
 def _normalised(value, bindings) -> bool:
@@ -111,7 +150,9 @@ def _gate_checks(mem: ir.Memory, bindings) -> list[Diagnostic]:
         r = interval(v, bindings)
         ranges[role] = r
         if isinstance(v, ir.Const) and not (lo_ok <= v.value <= hi_ok):
-            out.append(error("NL0205", f"`{role}` = {v.value:g} is outside {want}", v.span))
+            out.append(error("NL0205", f"`{role}` = {v.value:g} is outside {want}", v.span, f"outside {want}",
+                             help={"lr": "a write rate is ≥ 0", "retain": "a retention α is in (0, 1]: 1 keeps everything",
+                                   "momentum": "a momentum β is in [0, 1]"}[role]))
             continue
         outside = r[0] < lo_ok or r[1] > hi_ok
         unbounded = INF in (abs(r[0]), abs(r[1]))
@@ -121,10 +162,14 @@ def _gate_checks(mem: ir.Memory, bindings) -> list[Diagnostic]:
                                + (f"is unbounded: it {what}" if unbounded else what),
                                v.span, f"in {text(r)}",
                                help="squash it: `sigmoid(...)` for (0, 1), `c * sigmoid(...)` for (0, c)"))
-    if "dgd" in [r.kind for r in mem.rules] and mem.objective.name == "l2" and "lr" in ranges and "retain" in ranges:
+    slope = {"l2": 1.0, "sq": 2.0, "mse": 2.0 / mem.dv, "dot": 0.0}.get(mem.objective.name)
+    if "dgd" in [r.kind for r in mem.rules] and slope is not None and "lr" in ranges and "retain" in ranges:
+        # along a unit key, dgd scales the state by α − (1 + a)·η, a the objective's gradient slope
         eta_hi, alpha_lo = ranges["lr"][1], ranges["retain"][0]
-        if not eta_hi <= alpha_lo / 2:
-            out.append(warning("NL0507", "DGD with unit-norm keys is stable only for η ≤ α/2",
+        bound = "α/2" if slope == 1.0 else f"α/{1 + slope:g}"
+        if not eta_hi <= alpha_lo / (1 + slope):
+            out.append(warning("NL0507", f"DGD with unit-norm keys and objective `{mem.objective.name}` is stable "
+                               f"only for η ≤ {bound}",
                                mem.flow("lr").span, f"η can reach {number_text(eta_hi)}",
                                labels=[Label(_gate(mem, "retain").span, f"α can be as low as {alpha_lo:g}")],
                                help="bound η, e.g. `lr 0.25 * sigmoid(...)` with `retain 0.5 + 0.5 * sigmoid(...)`"))
@@ -143,14 +188,15 @@ def _cms_checks(model: ir.ModelIR, chain: ir.Cms) -> list[Diagnostic]:
         if m.clock.period == 1:
             out.append(warning("NL0305", f"`{m.name}` updates every token: one backward pass per token", m.clock.span,
                                help="a period of 16 tokens or more keeps training fast"))
-        if period >= model.context:
+        if period > model.context:
             if chain.lifetime == "reset":
-                out.append(warning("NL0303", f"`{m.name}` never updates inside a sequence: its period "
-                                   f"({m.clock.period} tokens) is not shorter than the context ({model.context})",
+                out.append(warning("NL0303", f"`{m.name}` never completes a window inside a sequence: its period "
+                                   f"({m.clock.period} tokens) is longer than the context ({model.context}); only "
+                                   "the end-of-sequence flush updates it",
                                    m.clock.span, help="shorten the period, or `state persist` to carry windows across sequences"))
             else:
                 out.append(warning("NL0303", f"`{m.name}` spans sequences: its period ({m.clock.period} tokens) is "
-                                   f"not shorter than the context ({model.context}), so it updates across outer steps",
+                                   f"longer than the context ({model.context}), so its windows cross outer steps",
                                    m.clock.span, help="this is intended for a slow, persistent level"))
     if chain.variant == "nested":
         for a, b in zip(chain.members, chain.members[1:]):

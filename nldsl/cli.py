@@ -148,7 +148,11 @@ def graph(spec, fmt, output, diag_fmt):
     from .render import render
 
     fe = check_file(spec)
-    if not fe.ok or fe.graph is None:
+    if fe.ok and fe.graph is None:
+        click.echo(f"error[NL0105]: {spec} is a library (it defines no model); there is no level graph to show",
+                   err=True)
+        sys.exit(1)
+    if not fe.ok:
         sys.exit(_report(fe, diag_fmt) or 1)
     if fe.diagnostics and diag_fmt != "json":
         click.echo(render_all(fe.diagnostics, fe.sources, diag_fmt), err=True)

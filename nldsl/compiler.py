@@ -36,6 +36,11 @@ def generate_files(fe: FrontEnd) -> dict[str, str]:
 
 def compile_spec(spec: str) -> tuple[FrontEnd, dict[str, str] | None]:
     fe = check_file(spec)
+    if fe.ok and fe.model is None:
+        from .ast import Span
+
+        fe.diagnostics.append(error("NL0105", "this file is a library (it defines no model); nothing to compile",
+                                    Span(spec, 1, 1, 1, 2), help="import it from a spec that defines a model"))
     if not fe.ok:
         return fe, None
     try:

@@ -112,10 +112,10 @@ def _line_of(sources: Mapping[str, str], span: Span) -> str | None:
     text = sources.get(span.file)
     if text is None or span.line < 1:
         return None
-    lines = text.splitlines()
+    lines = text.split("\n")  # the parser counts lines by "\n" only (not by form feeds or U+2028)
     if span.line > len(lines):
         return ""
-    return lines[span.line - 1]
+    return lines[span.line - 1].rstrip("\r")
 
 
 def _caret_row(line: str, span: Span) -> tuple[str, str]:
@@ -133,17 +133,20 @@ def render_full(diag: Diagnostic, sources: Mapping[str, str]) -> str:
     spans = [(diag.span, diag.label, "^")] + [(l.span, l.message, "-") for l in diag.labels]
     gutter = max(len(str(s.line)) for s, _, _ in spans)
     out.append(f"{' ' * gutter}--> {diag.span}")
+    shown = None  # (file, line) of the source line drawn last: a label on it gets only a caret row
     for span, text, mark in spans:
         line = _line_of(sources, span)
         if line is None:
             if span is not diag.span:
                 out.append(f"{' ' * gutter} = {text} (at {span})")
             continue
-        if span is not diag.span and span.file != diag.span.file:
-            out.append(f"{' ' * gutter}::: {span}")
         pad, carets = _caret_row(line, span)
-        out.append(f"{' ' * gutter} |")
-        out.append(f"{span.line:>{gutter}} | {_clean(line)}")
+        if shown != (span.file, span.line):
+            if span is not diag.span and span.file != diag.span.file:
+                out.append(f"{' ' * gutter}::: {span}")
+            out.append(f"{' ' * gutter} |")
+            out.append(f"{span.line:>{gutter}} | {_clean(line)}")
+            shown = (span.file, span.line)
         out.append(f"{' ' * gutter} | {pad}{carets.replace('^', mark)} {text}".rstrip())
     out.append(f"{' ' * gutter} |")
     for note in diag.notes:

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from . import ir
 from .diagnostics import Label, Sink, error
 
-GATE_ROLES = ("lr", "retain", "log_retain", "momentum")
-
 
 @dataclass
 class Unknowns:
@@ -145,14 +143,6 @@ def infer(levels: dict, width: Widths, sink: Sink) -> None:
             width.block = rblock
             if read.query is not None:
                 _set(u, "dk", width.of(read.query), read.query.span, name, sink)
-        for role in GATE_ROLES:
-            gate = flows.get(role)
-            w = width.of(gate) if gate is not None else None
-            if w is not None and w not in (1, u.heads):
-                _report(u, sink, error(
-                    "NL0403", f"the gate `{role}` of `{name}` is one number per head: its width must be "
-                    f"{u.heads}, not {w}", gate.span, f"width {w}",
-                    help=f"project it to one value per head, e.g. `sigmoid(linear(x, heads))` with heads = {u.heads}"))
         if u.residual and u.dk is not None and u.dv is not None and u.dk != u.dv and not u.reported:
             sink.add(error("NL0204", f"`{name}` is residual, so its key and value widths must agree",
                            u.spans.get("dv") or u.spans.get("dk"), f"dk = {u.dk}, dv = {u.dv}",

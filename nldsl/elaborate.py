@@ -23,7 +23,7 @@ class Elaborator:
         self.p = program
         self.sink = Sink()
         self.blocks: dict[str, ir.BlockDef] = {}
-        self.block_args: dict[str, tuple] = {}
+        self.block_args: dict[str, tuple] = {}  # block → (its arguments, where first used)
         self.protos: dict[str, dict] = {}  # level name → fields gathered before widths are known
         self.bindings: dict = {}  # (block, name) → Value
         self.reads: dict[str, list] = {}  # level → [(block, Read)]
@@ -156,7 +156,8 @@ class Elaborator:
             return ir.Norm(name, node.span)
         if name in self.nets:
             if name in stack:
-                raise Fail(error("NL0111", f"`{name}` is defined in terms of itself", node.span))
+                raise Fail(error("NL0111", f"`{name}` is defined in terms of itself", node.span, "used inside its own definition",
+                                 help=f"to repeat a stage, use `stack({name}, n)` in the network"))
             return self._net(self.nets[name].value, stack + (name,))
         if sym is not None and sym.kind == "block":
             self._block(sym, kwargs, node.span, stack)
@@ -173,21 +174,31 @@ class Elaborator:
 
     def _block(self, sym, kwargs, span, stack):
         name = sym.name
-        args = tuple(sorted((k, id(v)) for k, v in kwargs.items()))
+        args = tuple(sorted((k, self._arg_key(kw.value)) for k, kw in kwargs.items()))
         if name in self.blocks or name in self.elaborating:
             if name in self.elaborating:
-                raise Fail(error("NL0111", f"the block `{name}` uses itself", span))
-            if kwargs and self.block_args.get(name) != tuple(sorted(kwargs)):
+                raise Fail(error("NL0111", f"the block `{name}` uses itself", span, "applied inside its own body",
+                                 help="blocks cannot recurse; use `stack(block, n)` in the network to repeat one"))
+            first_args, first_span = self.block_args[name]
+            if args != first_args:
                 raise Fail(error("NL0601", f"`{name}` is used with different arguments in different places",
-                                 span, help="declare a second block for the other configuration"))
+                                 span, "other arguments here", labels=[Label(first_span, "first used here")],
+                                 help="a block has one configuration; declare a second block for the other one"))
             return
-        self.block_args[name] = tuple(sorted(kwargs))
+        self.block_args[name] = (args, span)
         self.elaborating.append(name)
         try:
             self.blocks[name] = self._block_body(sym.node, kwargs)
             self._applied_blocks(self.blocks[name], stack)
         finally:
             self.elaborating.pop()
+
+    def _arg_key(self, expr):
+        """A block argument as compared between uses: its value when it folds, else its expression."""
+        try:
+            return repr(phrases.fold(expr, self.env))
+        except Fail:
+            return repr(ast.strip_spans(expr))
 
     def _applied_blocks(self, block: ir.BlockDef, stack):
         """Elaborate the blocks that `block` applies to values (`y = other(x)`)."""

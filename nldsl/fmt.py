@@ -151,7 +151,7 @@ def _key(s) -> Optional[tuple[str, str]]:
 def _simple(s, pad: int = 0) -> str:
     """A statement that has no body, on one line."""
     if isinstance(s, ast.Version):
-        return f"nl {_version_text(s.number)}"
+        return f"nl {format_expr(s.number)}"
     if isinstance(s, ast.Import):
         return f"import {quote(s.path)}" + ("" if s.alias is None else f" as {s.alias}")
     if isinstance(s, ast.Assign):
@@ -165,10 +165,6 @@ def _simple(s, pad: int = 0) -> str:
     if isinstance(s, ast.Decl) and s.body is None:
         return _header(s)
     raise TypeError(f"not a simple statement: {type(s).__name__}")
-
-
-def _version_text(number) -> str:
-    return number.text if isinstance(number, ast.Number) else str(number)
 
 
 def _is_trailing(c: ast.Comment, s) -> bool:
@@ -318,7 +314,6 @@ class _Formatter:
         for r in self.rows:
             line = INDENT * r.depth + r.text if r.text else ""
             if r.comment is not None:
-                column = widths.get(r.section, len(line)) if r.section is not None else len(line)
-                line = line.ljust(column) + "  " + r.comment
-            lines.append(line)
-        return "".join(line + "\n" for line in lines)
+                line = line.ljust(widths.get(r.section, 0)) + "  " + r.comment
+            lines.append(line + "\n")
+        return "".join(lines)

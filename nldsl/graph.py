@@ -129,20 +129,20 @@ def build_graph(model: ir.ModelIR) -> nx.MultiDiGraph:
     return g
 
 
+def optimizer_node(owner: str, opt: ir.Optimizer) -> str:
+    """Each level has its own optimizer level (a declared optimizer is a template: one state per user)."""
+    return f"{owner}.{opt.name if opt.declared else opt.kind}"
+
+
 def _optimizer_nodes(g, model: ir.ModelIR):
-    served: dict[str, list] = {}
-    opts: dict[str, ir.Optimizer] = {}
-    members = [m for c in model.cms for m in c.members if m.clock.unit != "never"]
-    for owner, opt in [(model.outer.name, model.outer.optimizer)] + [(m.name, m.optimizer) for m in members]:
-        served.setdefault(opt.name, []).append(owner)
-        opts[opt.name] = opt
     from .stats import optimizer_stats
 
-    for name, owners in served.items():
-        g.add_node(name, **optimizer_stats(model, opts[name], owners, g))
-        for owner in owners:
-            g.add_edge(owner, name, kind="flow", label="gradients")
-            g.add_edge(name, owner, kind="teach", label="step")
+    members = [m for c in model.cms for m in c.members if m.clock.unit != "never"]
+    for owner, opt in [(model.outer.name, model.outer.optimizer)] + [(m.name, m.optimizer) for m in members]:
+        name = optimizer_node(owner, opt)
+        g.add_node(name, **optimizer_stats(model, opt, [owner], g))
+        g.add_edge(owner, name, kind="flow", label="gradients")
+        g.add_edge(name, owner, kind="teach", label="step")
 
 
 def _stage_io(net, model, blocks):

@@ -46,7 +46,7 @@ def level_proto(el, decl: ast.Decl, ident: ast.Ident, block: str, builder) -> di
     props = merged_props(tmpl.body if tmpl else None, decl.body, key_kind, sink)
     name = f"{block}.{ident.name}"
     try:
-        tname_word, call, rest, head = type_call(typed.type, kind, typed.span)
+        tname_word, call, rest, head = type_call(typed.type, kind, ident.span)
         if tname_word not in schema.DECL_TYPES[kind]:
             known = list(schema.DECL_TYPES[kind]) + [n for n, t in el.templates.items() if t.kind == kind]
             raise Fail(error("NL0206", f"unknown {kind} type `{tname_word}`", head.span,

@@ -348,9 +348,13 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, file: str):
         expected = _expected_text(getattr(e, "expected", ()))
         opener = _unclosed(text, file)
         if opener is not None:
-            return error("NL0004", f"the file ends before this `{opener[0]}` is closed", opener[1],
-                         f"unclosed `{opener[0]}`", labels=[Label(span, expected or "the file ends here")],
-                         help=f"add the missing `{_PAIRS[opener[0]]}`")
+            ch, where, suspect = opener
+            labels = [Label(span, expected or "the file ends here")]
+            if suspect is not None and ch == "{":
+                labels.insert(0, Label(suspect, "perhaps this `{` is the one left open: "
+                                                "its `}` is not indented like its line"))
+            return error("NL0004", f"the file ends before this `{ch}` is closed", where,
+                         f"unclosed `{ch}`", labels=labels, help=f"add the missing `{_PAIRS[ch]}`")
         return error("NL0004", "the file ends in the middle of a construct", span, expected,
                      help="check for a missing `}` or `)`")
     tok = e.token
@@ -363,10 +367,13 @@ _PAIRS = {"(": ")", "[": "]", "{": "}"}
 
 
 def _unclosed(text: str, file: str):
-    """(bracket, span) of the innermost bracket still open at the end of `text`, skipping strings
-    and comments; None when every bracket is closed."""
-    stack = []
+    """The innermost bracket still open at the end of `text` (strings and comments skipped), as
+    (bracket, span, suspect): `suspect` is the span of a `{` that was closed by a `}` indented
+    differently from the line that opened it, which is usually the one really left open."""
+    stack, suspect = [], None
     line, col, i, n = 1, 1, 0, len(text)
+    indent = lambda ln: len(ln) - len(ln.lstrip(" \t"))  # noqa: E731
+    lines = text.split("\n")
     while i < n:
         ch = text[i]
         if ch == "#":
@@ -385,7 +392,10 @@ def _unclosed(text: str, file: str):
         if ch in _PAIRS:
             stack.append((ch, line, col))
         elif ch in ")]}" and stack and _PAIRS[stack[-1][0]] == ch:
-            stack.pop()
+            _, oline, ocol = stack.pop()
+            here = lines[line - 1]
+            if ch == "}" and here[: col - 1].strip() == "" and indent(here) != indent(lines[oline - 1]):
+                suspect = suspect or ast.Span(file, oline, ocol, oline, ocol + 1)
         if ch == "\n":
             line, col = line + 1, 1
         else:
@@ -394,7 +404,7 @@ def _unclosed(text: str, file: str):
     if not stack:
         return None
     ch, line, col = stack[-1]
-    return ch, ast.Span(file, line, col, line, col + 1)
+    return ch, ast.Span(file, line, col, line, col + 1), suspect
 
 
 def _char_help(ch: str) -> str:

@@ -48,9 +48,11 @@ def read_source(path: str) -> str:
     except IsADirectoryError:
         raise SpecError([error("NL0001", f"`{path}` is a directory", span, help="give a .nl file")]) from None
     except FileNotFoundError:
-        raise SpecError([error("NL0001", f"no such file `{path}`", span)]) from None
+        raise SpecError([error("NL0001", f"no such file `{path}`", span, "not found",
+                               help="check the path; a relative path starts from the current directory")]) from None
     except OSError as e:
-        raise SpecError([error("NL0001", f"cannot read `{path}`: {e.strerror}", span)]) from None
+        raise SpecError([error("NL0001", f"cannot read `{path}`: {e.strerror}", span, "unreadable",
+                               help="check the file's permissions")]) from None
     return decode(data, path)
 
 
@@ -93,7 +95,15 @@ def run_front_end(text: str, file: str, until: str = "check_graph", read=read_so
         return out
 
     fe.module = step("parse", lambda: parse(text, file))
-    if until == "parse":
+    if until == "parse" or (fe.module is not None and is_library(fe.module)):
+        if fe.module is not None and until != "parse":  # a library: check that its imports resolve
+            from .diagnostics import Sink
+            from .resolve import load_imports
+
+            sink = Sink()
+            load_imports(fe.module, read, sink, fe.sources)
+            fe.diagnostics.extend(sink.items)
+            fe.reached = "resolve"
         return fe
     fe.program = step("resolve", lambda: resolve(fe.module, read, text, fe.sources))
     if until == "resolve":
@@ -105,8 +115,8 @@ def run_front_end(text: str, file: str, until: str = "check_graph", read=read_so
     if until == "elaborate":
         return fe
     checked = step("check", lambda: check_model(fe.model))
-    if checked is not None:
-        fe.diagnostics.extend(checked)
+    if checked is not None:  # a memory kind instantiated n times reports its problems once
+        fe.diagnostics.extend(d for i, d in enumerate(checked) if d not in checked[:i] and d not in fe.diagnostics)
     if until == "check" or not fe.ok:
         return fe
     fe.graph = step("graph", lambda: build_graph(fe.model))
@@ -116,6 +126,12 @@ def run_front_end(text: str, file: str, until: str = "check_graph", read=read_so
     if extra is not None:
         fe.diagnostics.extend(extra)
     return fe
+
+
+def is_library(module: ast.Module) -> bool:
+    """A file of shared definitions (blocks, kinds, constants) and no model: imported, not compiled."""
+    kinds = {type(i) for i in module.items}
+    return ast.Model not in kinds and bool(kinds - {ast.Import})
 
 
 def check_text(text: str, file: str = "<string>") -> list[Diagnostic]:

@@ -92,9 +92,7 @@ KEYS = {
         "warmup": "learning-rate warm-up steps",
         "schedule": "`constant` (default) or `cosine`",
     },
-    "optimizer": {
-        "clock": "`every N steps` (default: the clock of the level it serves)",
-    },
+    "optimizer": {},  # an optimizer ticks with each level it serves (it is a template: one state per level)
 }
 
 # Words people reach for instead of a key (for "did you mean" when spelling is not close).

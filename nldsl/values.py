@@ -57,7 +57,8 @@ class ValueBuilder:
             if n in s.bindings:
                 return ir.Ref(n, expr.span)
             if n in s.levels:
-                raise Fail(error("NL0404", f"`{n}` is a level; read it with a query: `{n}(x)`", expr.span))
+                raise Fail(error("NL0404", f"`{n}` is a level, not a value", expr.span, "a level",
+                                 help=f"read it with a query: `{n}(q)`"))
             if n in s.consts:
                 v = s.consts[n]
                 if isinstance(v, Poison):
@@ -72,7 +73,8 @@ class ValueBuilder:
                              help=suggest(n, s.known()) or "define it with `name = ...`"))
         if isinstance(expr, ast.BinOp):
             if expr.op == "%":
-                raise Fail(error("NL0106", "`%` is not defined on values", expr.span))
+                raise Fail(error("NL0106", "`%` is not defined on values", expr.span, "on a value",
+                                 help="`%` works on constants only, e.g. `pad = dim % 8`"))
             if expr.op == "**":
                 exponent = fold(expr.right, s.consts)
                 return ir.Bin("**", self.build(expr.left, label), ir.Const(float(exponent), expr.right.span), expr.span)
@@ -90,7 +92,9 @@ class ValueBuilder:
         fn = call.func.id
         if fn in s.levels:
             if call.kwargs or len(call.args) > 1:
-                raise Fail(error("NL0404", f"a read of `{fn}` takes one query", call.span))
+                raise Fail(error("NL0404", f"a read of `{fn}` takes one query", call.span,
+                                 f"given {len(call.args) + len(call.kwargs)}",
+                                 help=f"`{fn}(q)` reads the memory at q; combine inputs first, e.g. `{fn}(a + b)`"))
             query = self.build(call.args[0], label) if call.args else None
             return ir.Read(s.levels[fn], query, call.span)
         if fn == "self":

@@ -7,8 +7,9 @@
 # Environment:
 #   VENV         where the virtual environment lives (default: .venv in the repository root)
 #   PYTHON       the interpreter that creates it (default: python3)
-#   TORCH_INDEX  extra package index for the CPU build of torch (default: the PyTorch CPU index;
-#                set it empty to use only the ordinary indexes)
+#   TORCH_INDEX  an extra package index to take the CPU build of torch from (default: none, the
+#                ordinary indexes; point it at PyTorch's CPU wheel index where pip would otherwise
+#                pick a CUDA build)
 #
 # The venv is created with --system-site-packages so that a torch already installed for the system
 # (for example a CUDA build) is reused; the CPU build of torch is installed only if `import torch` fails.
@@ -20,7 +21,7 @@ cd "$ROOT"
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
-TORCH_INDEX="${TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
+TORCH_INDEX="${TORCH_INDEX-}"
 
 with_tests=0
 for arg in "$@"; do

@@ -11,7 +11,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from nldsl.render.doc import EDGE_KINDS, GraphDoc, Level
-from nldsl.render.routing import Rect, Route, route_edges, sample
+from nldsl.render.routing import LOOP_REACH, Rect, Route, loop_sides, route_edges, sample
 from nldsl.render.style import EDGE_STYLES, KIND_STYLES, kind_class
 
 FONT_SIZE = 12
@@ -95,7 +95,12 @@ def layout(graph: GraphDoc) -> Layout:
     """Place every level of the document and route every edge."""
     lines = {level.name: box_lines(level) for level in graph.levels}
     order = _order_columns(graph)
-    columns = _place_columns(graph, order, lines)
+    # Inner edges of the first column may loop out on its left: leave them room.
+    column_of = graph.tier_of()
+    loops_left = loop_sides(graph.edges, column_of).get(0) == "left" and any(
+        column_of[edge.src] == column_of[edge.dst] == 0 for edge in graph.edges
+    )
+    columns = _place_columns(graph, order, lines, MARGIN + (LOOP_REACH if loops_left else 0))
     tallest = max((len(names) for names in order), default=0)
     body_top = MARGIN + HEADER_HEIGHT + CHANNEL
     body_bottom = body_top + _stack_height(tallest)
@@ -127,11 +132,11 @@ def _stack_height(count: int) -> float:
 
 
 def _place_columns(
-    graph: GraphDoc, order: list[list[str]], lines: dict[str, tuple[str, ...]]
+    graph: GraphDoc, order: list[list[str]], lines: dict[str, tuple[str, ...]], left: float
 ) -> list[Column]:
-    """Columns left to right, each as wide as its widest box or header."""
+    """Columns left to right from ``left``, each as wide as its widest box or header."""
     columns = []
-    x = float(MARGIN)
+    x = float(left)
     for tier, names in zip(graph.tiers, order, strict=True):
         header = f"tier {tier.index}: {tier.label}"
         w = max([MIN_BOX_WIDTH, text_width(header)] + [_box_width(lines[name]) for name in names])

@@ -3,12 +3,14 @@
 An edge between neighbouring columns is one cubic Bézier curve from a side of its source box to a side
 of its target box. An edge that skips columns passes each column in between horizontally, through the
 free space above, between or below that column's boxes (the gap nearest to the straight line between
-its ends). An edge inside one column loops out to the right of it. Where several edges leave or enter
-the same side of a box, their ends are spread along that side, ordered by the height of the other end.
+its ends). An edge inside one column loops out on the side of that column that fewer other edges use.
+Where several edges leave or enter the same side of a box, their ends are spread along that side,
+ordered by the height of the other end.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ Segment = tuple[Point, Point, Point, Point]  # cubic Bézier: start, control, co
 BOX_CLEARANCE = 9.0  # how close a passing edge may come to a box above or below it
 LANE = 5.0  # vertical distance between edges that pass a column through the same gap
 LOOP_BULGE_MAX = 120.0
+LOOP_REACH = 0.75 * LOOP_BULGE_MAX  # how far a loop's curve can reach out from its column
 
 
 @dataclass(frozen=True)
@@ -54,14 +57,15 @@ def route_edges(
     bottom: float,
 ) -> tuple[Route, ...]:
     """Route every edge. ``columns`` are (x, width) per column; edges stay within [top, bottom]."""
-    sides = [_sides(rects[edge.src], rects[edge.dst]) for edge in edges]
+    loops = loop_sides(edges, {name: rect.column for name, rect in rects.items()})
+    sides = [_sides(rects[edge.src], rects[edge.dst], loops) for edge in edges]
     anchors = _ports(edges, sides, rects)
     passes = _passes(edges, rects, columns, anchors, top, bottom)
     routes = []
     for i, edge in enumerate(edges):
         start, end = anchors[(i, 0)], anchors[(i, 1)]
         if sides[i][0] == sides[i][1]:
-            routes.append(Route(edge, (_loop(start, end),)))
+            routes.append(Route(edge, (_loop(start, end, sides[i][0]),)))
             continue
         forward = sides[i][0] == "right"
         waypoints = [start]
@@ -85,12 +89,26 @@ def sample(segments: Sequence[Segment], steps: int = 24) -> list[Point]:
     return out
 
 
-def _sides(src: Rect, dst: Rect) -> tuple[str, str]:
+def loop_sides(edges: Sequence[Edge], column_of: dict[str, int]) -> dict[int, str]:
+    """The side of each column on which its inner edges loop: the side fewer other edges use."""
+    used: Counter[tuple[int, str]] = Counter()
+    for edge in edges:
+        a, b = column_of[edge.src], column_of[edge.dst]
+        if a < b:
+            used[(a, "right")] += 1
+            used[(b, "left")] += 1
+        elif a > b:
+            used[(a, "left")] += 1
+            used[(b, "right")] += 1
+    return {c: "left" if used[(c, "left")] < used[(c, "right")] else "right" for c in set(column_of.values())}
+
+
+def _sides(src: Rect, dst: Rect, loops: dict[int, str]) -> tuple[str, str]:
     if src.column < dst.column:
         return ("right", "left")
     if src.column > dst.column:
         return ("left", "right")
-    return ("right", "right")
+    return (loops[src.column], loops[src.column])
 
 
 def _ports(
@@ -107,7 +125,7 @@ def _ports(
         rect = rects[name]
         x = rect.x + rect.w if side == "right" else rect.x
         for slot, (_, i, end) in enumerate(sorted(shared)):
-            anchors[(i, end)] = (x, rect.y + rect.h * (0.2 + 0.6 * (slot + 1) / (len(shared) + 1)))
+            anchors[(i, end)] = (x, rect.y + rect.h * (0.1 + 0.8 * (slot + 1) / (len(shared) + 1)))
     return anchors
 
 
@@ -170,7 +188,7 @@ def _smooth(p: Point, q: Point) -> Segment:
     return (p, (p[0] + half, p[1]), (q[0] - half, q[1]), q)
 
 
-def _loop(start: Point, end: Point) -> Segment:
-    """Both ends on the right side of one column: bulge out to the right."""
-    bulge = min(LOOP_BULGE_MAX, 36 + 0.3 * abs(end[1] - start[1]))
+def _loop(start: Point, end: Point, side: str) -> Segment:
+    """Both ends on the same side of one column: bulge out on that side."""
+    bulge = min(LOOP_BULGE_MAX, 36 + 0.3 * abs(end[1] - start[1])) * (1 if side == "right" else -1)
     return (start, (start[0] + bulge, start[1]), (end[0] + bulge, end[1]), end)

@@ -17,7 +17,7 @@ through the tiles (it keeps each tile's L x L matrices and anchor activations).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 from torch import Tensor
 
@@ -25,13 +25,10 @@ from .config import MemoryConfig
 from .dual import run_dual
 from .functional import Params
 from .inputs import check_inputs, start_state
-from .objectives import affine_coefficients, standard_objective
+from .objectives import GradFn, affine_coefficients, standard_objective
 from .reference import reference
 from .state import MemoryState
 from .wy import run_wy
-
-Objective = Callable[[Tensor, Tensor], Tensor]
-
 
 def chunk_form(cfg: MemoryConfig, objective: object = None) -> tuple[str, str]:
     """('dual' | 'wy' | 'sequential', reason) for this config and objective.
@@ -56,15 +53,18 @@ def chunk_form(cfg: MemoryConfig, objective: object = None) -> tuple[str, str]:
     return 'wy', "chunk size 1, linear memory, affine gradient: WY/UT form over tiles of free size"
 
 
-def chunked(cfg: MemoryConfig, objective: Objective, q: Tensor, k: Tensor, v: Tensor,
+def chunked(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
             gates: Mapping[str, Tensor], params0: Optional[Params], state: Optional[MemoryState] = None,
             tile: int = 64) -> tuple[Tensor, MemoryState]:
-    """Same contract and results as `reference`, computed chunk-parallel where an exact form exists."""
+    """Same contract and results as `reference`, computed chunk-parallel where an exact form exists.
+
+    `tile` is the tile size of the 'wy' form; the 'dual' form's tiles are the chunks themselves; the
+    'sequential' form is the reference recurrence (see `chunk_form`)."""
     check_inputs(cfg, q, k, v, gates)
     if tile < 1:
         raise ValueError(f"tile size must be >= 1, got {tile}")
     form, _ = chunk_form(cfg, objective)
-    if form == 'sequential':
+    if form == 'sequential' or k.shape[2] == 0:
         return reference(cfg, objective, q, k, v, gates, params0, state)
     start = start_state(cfg, params0, state, k)
     if form == 'wy':

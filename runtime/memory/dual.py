@@ -11,7 +11,7 @@ the dual form (layer by layer for an MLP), never materialising per-token weights
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -20,12 +20,13 @@ from . import functional as F
 from .coeffs import DualCoefficients, along, dual_coefficients
 from .config import MemoryConfig
 from .functional import Params
+from .objectives import GradFn
 from .scan import Geometry, Momentum, TileScan, solve_columns, system_inverse
 from .state import MemoryState
 from .tiles import TileGroup, tile_groups
 
 
-def run_dual(cfg: MemoryConfig, objective: Callable, q: Tensor, k: Tensor, v: Tensor,
+def run_dual(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
              gates: Mapping[str, Tensor], start: MemoryState) -> tuple[Tensor, MemoryState]:
     carried = _Carried(dict(start.params), dict(start.anchor), start.momentum, start.position)
     outputs = []
@@ -69,7 +70,7 @@ def _pick(value, index: int):
     return value[:, :, index] if isinstance(value, Tensor) else value
 
 
-def _run_group(cfg: MemoryConfig, objective: Callable, group: TileGroup, q: Tensor, k: Tensor, v: Tensor,
+def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor, k: Tensor, v: Tensor,
                gates: Mapping[str, Tensor], carried: _Carried) -> tuple[Tensor, _Carried]:
     qg, kg, vg = group.split(q), group.split(k), group.split(v)
     prep = _prepare(cfg, group, kg, gates)
@@ -92,7 +93,7 @@ def _run_group(cfg: MemoryConfig, objective: Callable, group: TileGroup, q: Tens
     return y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv), carried
 
 
-def _solve_tile(cfg: MemoryConfig, objective: Callable, prep: _Group, index: int, k: Tensor, v: Tensor,
+def _solve_tile(cfg: MemoryConfig, objective: GradFn, prep: _Group, index: int, k: Tensor, v: Tensor,
                 carried: _Carried) -> dict[str, TileScan]:
     """All gradients of the tile at the anchor, then every parameter's update columns."""
     anchor = carried.anchor

@@ -8,7 +8,7 @@ anchor moves to theta_t.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -16,13 +16,11 @@ from torch import Tensor
 from . import functional as F
 from .config import MemoryConfig, Rule
 from .functional import Params
+from .objectives import GradFn
 from .inputs import check_inputs, start_state
 from .state import MemoryState
 
-Objective = Callable[[Tensor, Tensor], Tensor]
-
-
-def reference(cfg: MemoryConfig, objective: Objective, q: Tensor, k: Tensor, v: Tensor,
+def reference(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
               gates: Mapping[str, Tensor], params0: Optional[Params],
               state: Optional[MemoryState] = None) -> tuple[Tensor, MemoryState]:
     """Run the memory over T tokens one at a time; returns y (B, H, T, dv) and the carried state."""
@@ -44,13 +42,14 @@ def reference(cfg: MemoryConfig, objective: Objective, q: Tensor, k: Tensor, v: 
         position += 1
         if position % cfg.chunk == 0:
             anchor = theta
-    return torch.cat(outputs, dim=2), MemoryState(theta, anchor, momentum, position)
+    y = torch.cat(outputs, dim=2) if outputs else v.new_zeros(*v.shape[:3], cfg.dv)
+    return y, MemoryState(theta, anchor, momentum, position)
 
 
 class _Token:
     """The inputs of one token and the update rules acting on a state with them."""
 
-    def __init__(self, cfg: MemoryConfig, objective: Objective, q: Tensor, k: Tensor, v: Tensor,
+    def __init__(self, cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
                  gates: Mapping[str, Tensor]) -> None:
         self.cfg, self.objective = cfg, objective
         self.q, self.k, self.v = q, k, v          # (B, H, 1, width)

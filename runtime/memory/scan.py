@@ -156,11 +156,12 @@ class TileScan:
     def end(self) -> tuple[Tensor, Optional[Tensor]]:
         """(P_L, S_L): the parameter and the momentum after the last token of the tile."""
         g = self.geometry.retention[..., -1, :]
-        end = g[..., 0, None, None] * self.start + _outer_sum(g[..., 1:], self.e, self.x)
         if self.momentum is None:
-            return end, None
+            return g[..., 0, None, None] * self.start + _outer_sum(g[..., 1:], self.e, self.x), None
         mom = self.momentum
         c, d = self.geometry.coupling[..., -1, :], self.geometry.decay[..., -1, :]
-        end = end + c[..., 0, None, None] * mom.start + _outer_sum(c[..., 1:], mom.m, self.x)
+        columns = _scaled(g[..., 1:], self.e) + _scaled(c[..., 1:], mom.m)
+        end = g[..., 0, None, None] * self.start + c[..., 0, None, None] * mom.start \
+            + columns.transpose(-1, -2) @ self.x
         momentum_end = d[..., 0, None, None] * mom.start + _outer_sum(d[..., 1:], mom.m, self.x)
         return end, momentum_end

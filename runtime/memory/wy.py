@@ -8,20 +8,20 @@ pair U = T w, Wp = T (g * p) with e = U + Wp W_0^T. The loop over tiles then cos
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor
 
 from .coeffs import along, wy_coefficients
 from .config import MemoryConfig
-from .objectives import affine_coefficients
+from .objectives import GradFn, affine_coefficients
 from .scan import Geometry, TileScan, system_inverse
 from .state import MemoryState
 from .tiles import tile_groups
 
 
-def run_wy(cfg: MemoryConfig, objective: Callable, q: Tensor, k: Tensor, v: Tensor,
+def run_wy(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
            gates: Mapping[str, Tensor], start: MemoryState, tile: int) -> tuple[Tensor, MemoryState]:
     affine = affine_coefficients(objective, cfg.dv) if cfg.has_gradient else (0.0, 0.0)
     mode = 'after' if cfg.read == 'after' else 'before'

@@ -170,6 +170,23 @@ def test_mutated_examples_parse_or_raise_spec_error(data):
         assert_round_trip(text, path.name)
 
 
+def test_end_of_file_error_points_inside_the_file():
+    # the form feed, U+2028 and U+0085 are line breaks for str.splitlines() but not for the lexer
+    text = "# a\x0cb\u2028c\x85d\nmodel m {\n"
+    with pytest.raises(SpecError) as info:
+        parse(text, "eof.nl")
+    (diag,) = info.value.diagnostics
+    assert diag.span.line <= text.count("\n") + 1
+    check_diagnostics(info.value.diagnostics, text, "eof.nl")
+
+
+def test_rendered_source_line_is_the_line_of_the_error():
+    text = "# a form feed \x0c in a comment\nx = )\n"
+    with pytest.raises(SpecError) as info:
+        parse(text, "ff.nl")
+    assert "x = )" in render_all(info.value.diagnostics, {"ff.nl": text})
+
+
 @pytest.mark.parametrize("line", JUNK_LINES)
 def test_junk_lines(line):
     parse_or_diagnose(line + "\n")

@@ -23,6 +23,14 @@ def test_every_format_renders_every_sample(any_doc, fmt):
         assert item["name"] in out
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_empty_graph_renders(fmt):
+    empty = {"schema": "nlc.graph/1", "model": "empty", "source": "", "levels": [], "edges": []}
+    out = render(empty, fmt)
+    assert out.endswith("\n")
+    assert ("empty" in out) == (fmt != "mermaid")  # Mermaid output carries no title
+
+
 def test_the_default_format_is_text(tiny_doc):
     assert render(tiny_doc) == render(tiny_doc, "text")
 

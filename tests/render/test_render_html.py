@@ -76,7 +76,9 @@ def test_every_edge_is_a_styled_path_with_an_arrowhead(hope_doc):
     for path, edge in zip(paths, hope_doc["edges"], strict=True):
         assert path.get("stroke-dasharray") == dashes[edge["kind"]]
         assert path.get("marker-end") == f"url(#arrow-{edge['kind']})"
-        assert re.fullmatch(r"M[\d.]+,[\d.]+( C[\d.]+,[\d.]+ [\d.]+,[\d.]+ [\d.]+,[\d.]+)+", path.get("d"))
+        number = r"-?[\d.]+"
+        point = f"{number},{number}"
+        assert re.fullmatch(f"M{point}( C{point} {point} {point})+", path.get("d")), path.get("d")
     markers = {m.get("id") for m in svg.iter(f"{SVG}marker")}
     assert markers == {"arrow-flow", "arrow-teach", "arrow-meta"}
 

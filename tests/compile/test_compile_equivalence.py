@@ -1,0 +1,104 @@
+"""Every example, compiled: the reference and chunked backends agree, and split runs equal whole runs.
+
+float64 throughout (`model.double()`), B = 2, lengths that are not multiples of any chunk size (the
+examples use chunks of 8 and 16), and a carried-in state: a prefix runs first and the comparison is on
+the continuation, so every memory starts mid-chunk from a non-trivial state. Gradients are taken of a
+random linear functional of the logits and of every carried tensor, with respect to every parameter
+(projections, initial memory states, gate parameters) and the embedding outputs of both calls.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compile_testkit import (EXAMPLES, assert_close, assert_states_close, build, example_id, flatten_state,
+                             probe, set_backend, tokens)
+
+B = 2
+PREFIX, CONTINUATION = 11, 10  # 21 tokens in all: inside the second 8-token chunk, the second 16-token chunk
+SPLITS = (5, 8, 16)  # inside a chunk, at the end of an 8-token chunk, at the end of a 16-token chunk
+
+_MODELS: dict = {}
+
+
+@pytest.fixture
+def model_of(tmp_path_factory):
+    def get(spec):
+        if spec not in _MODELS:
+            _MODELS[spec] = build(spec, tmp_path_factory.mktemp(example_id(spec)))
+        return _MODELS[spec]
+    return get
+
+
+def run_with_gradients(model, prefix, continuation, seed):
+    """logits and states of prefix then continuation, and the gradients of a probe of both."""
+    embedded = []
+    hook = model.embed.register_forward_hook(lambda module, inputs, output: embedded.append(output))
+    try:
+        logits_p, state_p = model(prefix)
+        logits_c, state_c = model(continuation, state_p)
+    finally:
+        hook.remove()
+    loss = probe(logits_p, None, seed) + probe(logits_c, state_c, seed + 1)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = dict(model.named_parameters())
+    leaves = [params[n] for n in names] + embedded
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    named = {f"d/d {n}": g for n, g in zip(names + ["embedded prefix", "embedded continuation"], grads)}
+    return logits_p, state_p, logits_c, state_c, named
+
+
+@pytest.mark.parametrize("spec", EXAMPLES, ids=example_id)
+def test_reference_and_chunked_agree(spec, model_of):
+    model = model_of(spec)
+    prefix, continuation = tokens(model, B, PREFIX, 1), tokens(model, B, CONTINUATION, 2)
+    runs = {}
+    for backend in ("reference", "chunked"):
+        set_backend(model, backend)
+        runs[backend] = run_with_gradients(model, prefix, continuation, seed=3)
+    ref, chk = runs["reference"], runs["chunked"]
+    assert_close(ref[0], chk[0], "prefix logits")
+    assert_states_close(ref[1], chk[1], "state after the prefix")
+    assert_close(ref[2], chk[2], "continuation logits")
+    assert_states_close(ref[3], chk[3], "state after the continuation")
+    assert sorted(ref[4]) == sorted(chk[4])
+    unused = []
+    for name, g_ref in ref[4].items():
+        g_chk = chk[4][name]
+        assert (g_ref is None) == (g_chk is None), f"{name}: used by one backend only"
+        if g_ref is None:
+            unused.append(name)
+            continue
+        assert_close(g_ref, g_chk, name)
+    # every parameter reaches the loss, the memories' initial states and gate projections included
+    assert not unused, f"parameters that get no gradient: {unused}"
+
+
+@pytest.mark.parametrize("backend", ["chunked", "reference"])
+@pytest.mark.parametrize("spec", EXAMPLES, ids=example_id)
+def test_split_runs_equal_the_whole_run(spec, backend, model_of):
+    model = set_backend(model_of(spec), backend)
+    x = tokens(model, B, PREFIX + CONTINUATION, 4)
+    with torch.no_grad():
+        whole, whole_state = model(x)
+        for a in SPLITS:
+            first, state = model(x[:, :a])
+            second, state = model(x[:, a:], state)
+            assert_close(whole, torch.cat([first, second], dim=1), f"logits split at {a}")
+            assert_states_close(whole_state, state, f"state split at {a}")
+
+
+@pytest.mark.parametrize("spec", ["examples/gated_deltanet.nl", "examples/titans.nl"], ids=example_id)
+def test_decoding_token_by_token_equals_the_whole_run(spec, model_of):
+    """The split at every position: one call per token (the chunked backend)."""
+    model = set_backend(model_of(spec), "chunked")
+    x = tokens(model, B, 19, 5)
+    with torch.no_grad():
+        whole, whole_state = model(x)
+        state, outs = None, []
+        for t in range(x.shape[1]):
+            y, state = model(x[:, t:t + 1], state)
+            outs.append(y)
+    assert_close(whole, torch.cat(outs, dim=1), "logits decoded token by token")
+    assert_states_close(whole_state, state, "state decoded token by token")
+    assert all(t.shape[0] == B for t in flatten_state(state).values() if t.dim() > 0)
