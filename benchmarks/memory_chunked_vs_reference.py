@@ -3,8 +3,9 @@
     python benchmarks/memory_chunked_vs_reference.py [--backward] [--tokens 2048] [--only titans]
 
 Shapes follow a small layer: batch 2, model width 256 as 4 heads of dk = dv = 64, float32, CPU.
-Prints one row per memory family: milliseconds for the reference and the chunked path (forward, or
-forward + backward with --backward), their ratio, and the largest output difference between them.
+Prints one row per memory family: the best of --repeats interleaved timings in milliseconds for the
+reference and the chunked path (forward, or forward + backward with --backward), their ratio, and the
+largest output difference between them.
 """
 from __future__ import annotations
 
@@ -55,15 +56,17 @@ def make_inputs(cfg: MemoryConfig, batch: int, tokens: int, grad: bool):
     return (q, k, v, gates, params0), leaves
 
 
-def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    """Median milliseconds over `repeats` calls (after one warm-up call) and the last output."""
-    out = fn()
-    times = []
+def timed(fns, repeats: int) -> tuple[list[float], list[torch.Tensor]]:
+    """Best milliseconds of each function over `repeats` interleaved rounds (after one warm-up call),
+    and each one's output. The minimum is the figure least disturbed by other load on the machine."""
+    outs = [fn() for fn in fns]
+    best = [float('inf')] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * sorted(times)[len(times) // 2], out
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], 1000.0 * (time.perf_counter() - start))
+    return best, outs
 
 
 def step(runner, cfg, objective, args, leaves, backward: bool):
@@ -82,9 +85,12 @@ def main() -> None:
     parser.add_argument('--backward', action='store_true', help='time forward + backward')
     parser.add_argument('--tokens', type=int, default=2048)
     parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=3, help='timed calls of the chunked path')
+    parser.add_argument('--repeats', type=int, default=3, help='timed rounds (the best one is printed)')
+    parser.add_argument('--threads', type=int, default=0, help='torch threads (default: torch decides)')
     parser.add_argument('--only', default='', help='run the families whose name contains this text')
     opts = parser.parse_args()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     mode = 'fwd+bwd' if opts.backward else 'fwd'
     print(f"B={opts.batch} T={opts.tokens} heads={HEADS} dk=dv={WIDTH} float32 {mode}, "
           f"{torch.get_num_threads()} threads")
@@ -97,8 +103,9 @@ def main() -> None:
             continue
         objective = standard_objective(objective_name)
         args, leaves = make_inputs(cfg, opts.batch, opts.tokens, opts.backward)
-        ref_ms, y_ref = timed(step(reference, cfg, objective, args, leaves, opts.backward), 1)
-        chk_ms, y_chk = timed(step(chunked, cfg, objective, args, leaves, opts.backward), opts.repeats)
+        (ref_ms, chk_ms), (y_ref, y_chk) = timed(
+            [step(reference, cfg, objective, args, leaves, opts.backward),
+             step(chunked, cfg, objective, args, leaves, opts.backward)], opts.repeats)
         diff = (y_ref - y_chk).abs().max().item()
         form = chunk_form(cfg, objective)[0]
         print(f"{name:34s} {form:10s} {cfg.chunk:3d} {ref_ms:13.1f} {chk_ms:11.1f} "

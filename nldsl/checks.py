@@ -51,7 +51,7 @@ def chunk_form(mem: ir.Memory) -> tuple[str, str]:
     return "sequential", f"chunk 1 with the non-quadratic objective `{mem.objective.name}`: only the sequential form is exact"
 
 
-def _memory_checks(model: ir.ModelIR, mem: ir.Memory) -> list[Diagnostic]:
+def _memory_checks(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     kinds = [r.kind for r in mem.rules]
     bindings = _bindings(model, mem.block)
@@ -83,7 +83,7 @@ def _memory_checks(model: ir.ModelIR, mem: ir.Memory) -> list[Diagnostic]:
         out.append(warning("NL0304", f"chunk {mem.chunk} is longer than the context ({model.context} tokens)",
                            mem.span, help="every token of a sequence then reads the initial state"))
     out.extend(_gate_checks(mem, bindings))
-    out.extend(_gate_widths(model, mem))
+    out.extend(_gate_widths(model, mem, w))
     if mem.objective.name == "custom":
         out.extend(_custom_objective(model, mem))
     if mem.clock.unit == "never" and mem.init_by is None:
@@ -105,10 +105,8 @@ def _memory_checks(model: ir.ModelIR, mem: ir.Memory) -> list[Diagnostic]:
     return out
 
 
-def _gate_widths(model: ir.ModelIR, mem: ir.Memory) -> list[Diagnostic]:
-    from .graph import widths
-
-    w = widths(model)
+def _gate_widths(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:
+    """`w`: the model's Widths (graph.widths), built once per model: it indexes every binding."""
     w.block = mem.block
     out = []
     for role in ("lr", "retain", "log_retain", "momentum"):
@@ -208,9 +206,12 @@ def _cms_checks(model: ir.ModelIR, chain: ir.Cms) -> list[Diagnostic]:
 
 
 def check_model(model: ir.ModelIR) -> list[Diagnostic]:
+    from .graph import widths
+
     out: list[Diagnostic] = []
+    w = widths(model)
     for mem in model.memories:
-        out.extend(_memory_checks(model, mem))
+        out.extend(_memory_checks(model, mem, w))
     for att in model.attentions:
         if att.window is not None and att.window >= model.context:
             out.append(warning("NL0304", f"the window of `{att.name}` ({att.window}) covers the whole context",

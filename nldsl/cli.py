@@ -68,6 +68,8 @@ def main():
       nlc check examples/hope.nl
       nlc graph examples/hope.nl --format html -o hope.html
       nlc fmt --check examples/*.nl
+      nlc compile examples/hope.nl -o build/
+      nlc train examples/hope.nl --steps 100 --out runs/hope
       nlc explain NL0302
     """
 
@@ -240,6 +242,93 @@ def compile_cmd(spec, out_dir, force, dump, fmt):
         ext = "json" if stage == "graph" else "txt"
         (target.parent / f"{fe.model.name}.{stage}.{ext}").write_text(texts[stage](), encoding="utf-8")
     click.echo(f"compiled {spec} -> {target}", err=True)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(exists=True))
+@click.option("--data", default=None, type=click.Path(exists=True),
+              help="a text file or a folder of .txt/.md files (default: the bundled English corpus)")
+@click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1),
+              help="total outer steps (a resumed run continues to this count)")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1), help="rows per batch")
+@click.option("--seq", default=None, type=click.IntRange(min=2), help="tokens per row (default: the spec's context)")
+@click.option("--out", default="runs/latest", show_default=True, type=click.Path(file_okay=False),
+              help="the run directory")
+@click.option("--resume", "resume", default=None, type=click.Path(exists=True, file_okay=False),
+              help="continue the run in this directory from its last checkpoint")
+@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...)")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64", "bfloat16"]),
+              help="parameter and activation dtype")
+@click.option("--seed", default=0, show_default=True, type=int, help="seeds initialisation and data order")
+@click.option("--checkpoint-every", default=50, show_default=True, type=click.IntRange(min=1),
+              help="write a checkpoint every N steps (and at the end)")
+@click.option("--eval-every", default=50, show_default=True, type=click.IntRange(min=1),
+              help="measure the validation loss every N steps (and at the end)")
+@click.option("--backend", default="chunked", show_default=True, type=click.Choice(["chunked", "reference"]),
+              help="how memory levels run: chunk-parallel, or token by token (the ground truth)")
+@guarded
+def train(spec, data, steps, batch, seq, out, resume, device, dtype, seed, checkpoint_every, eval_every, backend):
+    """Train SPEC (a .nl file, compiled on the fly, or a compiled package) with the nested loop.
+
+    In-context memories update inside the forward pass, each CMS level steps at the end of its window
+    with the window-summed gradient, the outer level steps at its clock. The run directory gets
+    metrics.jsonl, checkpoints (safetensors + JSON), loss.png and update_norms.png.
+    """
+    import json
+    from pathlib import Path
+
+    from .runtime.train.run import TrainConfig
+    from .train import run_training
+
+    if resume:
+        saved = json.loads((Path(resume) / "config.json").read_text())
+        saved.update(steps=steps, out=resume)
+        cfg = TrainConfig(**saved)
+    else:
+        cfg = TrainConfig(spec, data, steps, batch, seq, out, device, dtype, seed, checkpoint_every, eval_every,
+                          backend=backend)
+    sys.exit(run_training(cfg, resume=bool(resume)))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(exists=True))
+@guarded
+def plan(spec):
+    """Print the loop nest the runtime will execute for SPEC (a .nl file or a compiled package)."""
+    from pathlib import Path
+
+    from .compiler import MANIFEST, compile_spec
+
+    p = Path(spec)
+    if p.is_dir():
+        package = p if (p / MANIFEST).is_file() else next((c for c in p.iterdir() if (c / MANIFEST).is_file()), None)
+        if package is None:
+            click.echo(f"error: {spec} is not a compiled package", err=True)
+            sys.exit(1)
+        click.echo((package / "plan.txt").read_text(), nl=False)
+        return
+    fe, files = compile_spec(spec)
+    if files is None:
+        sys.exit(_report(fe, "full") or 1)
+    click.echo(files["plan.txt"], nl=False)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@guarded
+def plot(run):
+    """Draw RUN/loss.png and RUN/update_norms.png from RUN/metrics.jsonl."""
+    from pathlib import Path
+
+    from .runtime.train.metrics import plot as draw
+
+    try:
+        paths = draw(Path(run))
+    except FileNotFoundError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    for p in paths:
+        click.echo(f"wrote {p}", err=True)
 
 
 @main.command()

@@ -97,8 +97,9 @@ def optimizer_stats(model, opt: ir.Optimizer, owners, g) -> dict:
 def outer_params(model: ir.ModelIR, w) -> int:
     """Parameters the outer level owns: projections, norms, convolutions, embeddings, frozen MLPs."""
     total = 0
+    uses = block_uses(model)
     for b in model.blocks:
-        reps = max((model.replica_count(lv) for lv in b.levels), default=1)
+        reps = max(1, uses.get(b.name, 0))
         w.block = b.name
         total += reps * sum(_op_params(v, w) for _, v in b.bindings + (("out", b.output),))
         total += reps * sum(_op_params(v, w) for lvname in b.levels for _, v in (model.level(lvname).flows
@@ -109,6 +110,47 @@ def outer_params(model: ir.ModelIR, w) -> int:
             if m.clock.unit == "never":
                 total += (2 * m.width * m.hidden + (m.hidden + m.width if m.bias else 0)) * max(1, model.replica_count(m.name))
     return total
+
+
+def block_uses(model: ir.ModelIR) -> dict:
+    """How many copies of each block the network holds (through stack, repeated stages and blocks
+    applied inside other blocks); each copy has its own parameters."""
+    blocks = {b.name: b for b in model.blocks}
+    counts: dict = {}
+
+    def visit(net, mult, inside=()):
+        if isinstance(net, ir.Stack):
+            visit(net.inner, mult * net.count, inside)
+        elif isinstance(net, ir.BlockCall) and net.block in blocks and net.block not in inside:
+            counts[net.block] = counts.get(net.block, 0) + mult
+            b = blocks[net.block]
+            for _, v in b.bindings + (("out", b.output),):
+                for node in _walk(v):
+                    if isinstance(node, ir.Apply):
+                        visit(node.target, mult, inside + (net.block,))
+        elif isinstance(net, ir.Seq):
+            for stage in net.stages:
+                visit(stage, mult, inside)
+        elif isinstance(net, ir.Residual):
+            visit(net.inner, mult, inside)
+
+    visit(model.network, 1)
+    return counts
+
+
+def _walk(v):
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        yield x
+        if isinstance(x, ir.Op):
+            stack.extend(x.args)
+        elif isinstance(x, ir.Bin):
+            stack.extend((x.left, x.right))
+        elif isinstance(x, ir.Read) and x.query is not None:
+            stack.append(x.query)
+        elif isinstance(x, ir.Apply):
+            stack.append(x.arg)
 
 
 def _op_params(v, w) -> int:

@@ -4,9 +4,9 @@ Tiles are the chunks (cut at absolute positions that are multiples of C). Per gr
 the state-independent parts run at once: the rule coefficients, the in-tile products of the gates and,
 when delta/dgd act on the key-input layer, the inverse of its triangular system. The loop over tiles
 does what needs the anchor: one forward and hand-written backward pass of the memory on the tile's keys
-(all gradients of the tile in parallel), the solve for the update columns e and the end state. The reads
-of all tiles then run batched after the loop: at the anchor directly, or at the in-chunk states through
-the dual form (layer by layer for an MLP), never materialising per-token weights.
+(all gradients of the tile in parallel), the solve for the update columns e, the end state, and the
+reads at in-chunk states through the dual form (layer by layer for an MLP), never materialising
+per-token weights. Reads at the anchor run batched over the group after the loop.
 """
 from __future__ import annotations
 
@@ -74,22 +74,22 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
                gates: Mapping[str, Tensor], carried: _Carried) -> tuple[Tensor, _Carried]:
     qg, kg, vg = group.split(q), group.split(k), group.split(v)
     prep = _prepare(cfg, group, kg, gates)
-    keep_scans = cfg.read != 'anchor'
-    tiles: list[dict[str, TileScan]] = []
-    anchors: list[Params] = []
+    outputs, anchors = [], []
     for i in range(group.count):
-        anchors.append(carried.anchor)
         scans = _solve_tile(cfg, objective, prep, i, kg[:, :, i], vg[:, :, i], carried)
-        if keep_scans:
-            tiles.append(scans)
+        if cfg.read == 'anchor':
+            anchors.append(carried.anchor)
+        else:
+            outputs.append(_read(cfg, scans, qg[:, :, i], cfg.read))
         theta, momentum = _end_states(cfg, scans)
         position = carried.position + group.length
         anchor = theta if position % cfg.chunk == 0 else carried.anchor
         carried = _Carried(theta, anchor, momentum, position)
-    if keep_scans:
-        y = _read(cfg, _stack_scans(tiles, prep.geometry), qg, cfg.read)
-    else:
+    if cfg.read == 'anchor':
+        # Every token of a tile reads its anchor: one batched pass over the whole group.
         y = F.apply(cfg, {n: torch.stack([a[n] for a in anchors], 2) for n in anchors[0]}, qg)
+    else:
+        y = torch.stack(outputs, 2)
     return y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv), carried
 
 
@@ -156,22 +156,6 @@ def _end_states(cfg: MemoryConfig, scans: Mapping[str, TileScan]) -> tuple[Param
         if momentum is not None:
             momentum[name] = mom_end.squeeze(-1) if name in biases else mom_end
     return theta, momentum
-
-
-def _stack_scans(tiles: list[dict[str, TileScan]], geometry: Geometry) -> dict[str, TileScan]:
-    """Per-parameter TileScans of all tiles of a group, stacked along the tile dimension."""
-    stacked = {}
-    for name in tiles[0]:
-        per_tile = [t[name] for t in tiles]
-
-        def stack(field: str, source=None) -> Tensor:
-            return torch.stack([getattr(s if source is None else source(s), field) for s in per_tile], 2)
-
-        momentum = None
-        if per_tile[0].momentum is not None:
-            momentum = Momentum(stack('start', lambda s: s.momentum), stack('m', lambda s: s.momentum))
-        stacked[name] = TileScan(stack('start'), stack('x'), stack('e'), geometry, momentum)
-    return stacked
 
 
 def _read(cfg: MemoryConfig, scans: Mapping[str, TileScan], q: Tensor, mode: str) -> Tensor:

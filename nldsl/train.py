@@ -1,0 +1,72 @@
+"""`python -m nldsl.train ...` (also under torchrun) and the progress display of `nlc train`."""
+
+from __future__ import annotations
+
+import sys
+
+
+class Progress:
+    """A rich progress bar with tokens/s, loss, learning rate and per-level update counts (or plain lines)."""
+
+    def __init__(self, total: int, start: int, levels: list[str]):
+        self.total, self.levels = total, levels
+        self.live = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+            self.bar = Bar(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           TextColumn("{task.fields[info]}"), console=Console(stderr=True))
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+            self.bar.start()
+            self.live = True
+        self.every = max(1, total // 20)
+
+    def __call__(self, rec: dict):
+        counts = " ".join(f"{name.split('.')[-1]}:{rec['levels'][name]['updates']}" for name in self.levels
+                          if name in rec["levels"])
+        info = (f"loss {rec['loss']:.3f}  {rec['tokens_per_s']:.0f} tok/s  lr {rec['lr']:.2e}"
+                + (f"  val {rec['val_loss']:.3f}" if "val_loss" in rec else "") + f"  [{counts}]")
+        if self.live:
+            self.bar.update(self.task, completed=rec["step"], info=info)
+        elif rec["step"] % self.every == 0 or rec["step"] == self.total or "val_loss" in rec:
+            print(f"step {rec['step']}/{self.total}  {info}", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.live:
+            self.bar.stop()
+
+
+def run_training(cfg, resume: bool) -> int:
+    """Train and report; returns the process exit code (1 for a diverged run or a bad spec)."""
+    from nldsl.diagnostics import SpecError, render_all
+    from nldsl.runtime.train import Diverged, Trainer
+
+    try:
+        trainer = Trainer(cfg, resume=resume)
+    except SpecError as e:
+        print(render_all(e.diagnostics, {}), file=sys.stderr)
+        return 1
+    names = list(trainer.loop.stats)
+    progress = Progress(cfg.steps, trainer.loop.step_count, names)
+    try:
+        last = trainer.train(progress)
+    except Diverged as e:
+        progress.close()
+        print(f"error: training diverged: {e}\n  = note: the last good checkpoint in {trainer.run} is intact\n"
+              f"  = help: lower that level's learning rate or bound its gates", file=sys.stderr)
+        return 1
+    progress.close()
+    if last:
+        summary = f"step {last['step']}: loss {last['loss']:.3f} ({last['bits_per_byte']:.3f} bits/byte)"
+        if "val_loss" in last:
+            summary += f", validation {last['val_loss']:.3f} ({last['val_bits_per_byte']:.3f} bits/byte)"
+        print(summary, file=sys.stderr)
+    print(f"run: {trainer.run}  (metrics.jsonl, loss.png, update_norms.png, checkpoint.json)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from nldsl.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,0 +1,136 @@
+"""Checkpoints: safetensors for every tensor, JSON for everything else; never pickle.
+
+A checkpoint is `weights-<step>.safetensors` plus `checkpoint.json` naming it. Both are written to a
+temporary file and renamed, the JSON last, so a run killed at any moment leaves the previous complete
+checkpoint in place; older weight files are removed only after the new JSON is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from nldsl.runtime.memory import MemoryState
+
+CHECKPOINT = "checkpoint.json"
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _split_optimizer(prefix: str, sd: dict, tensors: dict) -> dict:
+    """An optimizer state_dict with its tensors moved into `tensors`; returns the JSON part."""
+    state = {}
+    for idx, slots in sd["state"].items():
+        entry = {}
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                name = f"{prefix}.{idx}.{key}"
+                tensors[name] = value.detach().clone().contiguous()
+                entry[key] = {"tensor": name}
+            else:
+                entry[key] = value
+        state[str(idx)] = entry
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def _join_optimizer(js: dict, tensors: dict) -> dict:
+    state = {}
+    for idx, slots in js["state"].items():
+        state[int(idx)] = {k: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
+                           for k, v in slots.items()}
+    groups = []
+    for g in js["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def save(run: Path, model, loop, extra: dict) -> Path:
+    """Write a checkpoint of the model, the loop (optimizers, clocks, carried states) and `extra`."""
+    run.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    optim = {"outer": _split_optimizer("optim.outer", loop.outer_opt.state_dict(), tensors)}
+    for name, opt in loop.cms_opts.items():
+        optim[name] = _split_optimizer(f"optim.{name}", opt.state_dict(), tensors)
+    carried = []
+    for key, st in loop.carried.items():
+        if isinstance(st, MemoryState):
+            carried.append(key)
+            for k, v in st.to_tensors().items():
+                tensors[f"carried.{key}.{k}"] = v.detach().clone().contiguous()
+    for name, p in model.named_parameters():  # gradients accumulated over an open window or clock period
+        if p.grad is not None:
+            tensors[f"grad.{name}"] = p.grad.detach().clone().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    step = loop.step_count
+    weights = run / f"weights-{step:08d}.safetensors"
+    _atomic(weights, lambda tmp: save_file(tensors, tmp))
+    doc = {
+        "step": step, "weights": weights.name, "optimizers": optim, "carried": carried,
+        "loop": {"accumulated": loop.accumulated, "stream_position": loop.stream_position,
+                 "stats": {k: [v.updates, v.last_norm] for k, v in loop.stats.items()}},
+        "python_random": _jsonable(random.getstate()), **extra,
+    }
+    path = run / CHECKPOINT
+    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    for old in run.glob("weights-*.safetensors"):
+        if old.name != weights.name:
+            old.unlink()
+    return path
+
+
+def _jsonable(x):
+    if isinstance(x, tuple):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _tuples(x):
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+def load(run: Path, model, loop) -> dict:
+    """Restore model, loop and RNG from RUN/checkpoint.json; returns the JSON document."""
+    doc = json.loads((run / CHECKPOINT).read_text())
+    tensors = load_file(str(run / doc["weights"]))
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    loop.outer_opt.load_state_dict(_join_optimizer(doc["optimizers"]["outer"], tensors))
+    for name, opt in loop.cms_opts.items():
+        opt.load_state_dict(_join_optimizer(doc["optimizers"][name], tensors))
+    loop.carried = {}
+    for key in doc["carried"]:
+        prefix = f"carried.{key}."
+        loop.carried[key] = MemoryState.from_tensors({k[len(prefix):]: v for k, v in tensors.items()
+                                                      if k.startswith(prefix)})
+    for name, p in model.named_parameters():
+        p.grad = tensors[f"grad.{name}"].clone() if f"grad.{name}" in tensors else None
+    torch.set_rng_state(tensors["rng.torch"])
+    random.setstate(_tuples(doc["python_random"]))
+    loop.step_count = doc["step"]
+    loop.accumulated = doc["loop"]["accumulated"]
+    loop.stream_position = doc["loop"]["stream_position"]
+    for k, (updates, norm) in doc["loop"]["stats"].items():
+        if k in loop.stats:
+            loop.stats[k].updates, loop.stats[k].last_norm = updates, norm
+    return doc

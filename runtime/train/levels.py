@@ -1,0 +1,72 @@
+"""Which parameters each level owns, and the clocks the loop must honour (from levels.json).
+
+A CMS member `chain.member` owns the parameters of every module path `…<chain>.chain.<member>.…`
+(one per replica); members that never tick (`clock never`) are frozen MLPs trained by the outer level,
+which owns every other parameter: projections, embeddings, norms, gate parameters and the initial
+states of the in-context memories.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+
+@dataclass
+class CmsLevel:
+    name: str  # chain.member
+    period: int
+    optimizer: dict  # {"kind", "args", "name"}
+    lr: float
+    lifetime: str  # persist | reset
+    flush: str  # partial | drop
+    params: list = field(default_factory=list)  # [(qualified name, Parameter)]
+
+
+@dataclass
+class Ownership:
+    outer: list  # [(name, Parameter)]
+    cms: list  # [CmsLevel]
+    memories: list  # [{"name", "lifetime", ...}] from levels.json
+
+
+def _py(name: str) -> str:
+    """The attribute name generated code uses for a spec name (mirrors codegen.names.py for plain names)."""
+    from nldsl.codegen.names import py
+
+    return py(name)
+
+
+def ownership(model: nn.Module, info: dict) -> Ownership:
+    cms: list[CmsLevel] = []
+    claimed: set[str] = set()
+    named = list(model.named_parameters())
+    for chain in info["cms"]:
+        chain_attr = _py(chain["name"])
+        for lv in chain["levels"]:
+            if lv["unit"] != "tokens":
+                continue
+            member = lv["name"].split(".", 1)[1]
+            pattern = re.compile(rf"(^|\.){re.escape(chain_attr)}(_\d+)?\.chain\.{re.escape(member)}\.")
+            params = [(n, p) for n, p in named if pattern.search(n)]
+            claimed.update(n for n, _ in params)
+            cms.append(CmsLevel(lv["name"], lv["period"], lv["optimizer"], lv["lr"], chain["lifetime"],
+                                chain["flush"], params))
+    outer = [(n, p) for n, p in named if n not in claimed]
+    return Ownership(outer, cms, info["memories"])
+
+
+def memory_lifetime(state_key: str, memories: list) -> str:
+    """'persist' or 'reset' for a carried-state key such as 'layer.0.selfmod_titans.mem'."""
+    for m in memories:
+        if state_key == m["name"] or state_key.endswith("." + m["name"]):
+            return m["lifetime"]
+    return "reset"
+
+
+def window_ends(position: int, length: int, period: int) -> list[int]:
+    """Offsets r in 1..length at which a window of `period` tokens closes, counting from `position`."""
+    first = period - position % period
+    return list(range(first, length + 1, period))

@@ -1,0 +1,152 @@
+"""`nlc train`: compile (if needed), build the data stream, run the nested loop, log, checkpoint, plot.
+
+A run directory holds everything: `config.json` (the arguments), `model/` (the compiled package),
+`metrics.jsonl`, `checkpoint.json` + `weights-*.safetensors`, and the plots. `--resume RUN` continues
+bit-exactly from the last checkpoint up to the total `--steps`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class TrainConfig:
+    spec: str
+    data: Optional[str] = None
+    steps: int = 200
+    batch: int = 8
+    seq: Optional[int] = None
+    out: str = "runs/latest"
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    checkpoint_every: int = 50
+    eval_every: int = 50
+    eval_batches: int = 4
+    backend: str = "chunked"
+
+
+def _prepare_model_dir(cfg: TrainConfig, run: Path) -> Path:
+    from nldsl.compiler import MANIFEST, compile_spec, write_package
+    from nldsl.diagnostics import SpecError
+
+    src = Path(cfg.spec)
+    if src.is_dir():
+        package = src if (src / MANIFEST).is_file() else next(p for p in src.iterdir() if (p / MANIFEST).is_file())
+        target = run / "model"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__"))
+        return target
+    fe, files = compile_spec(str(src))
+    if files is None:
+        raise SpecError(fe.diagnostics)
+    return write_package(files, str(run), "model", force=True)
+
+
+def _lr_factor(step: int, outer: dict, total: int) -> float:
+    warm = outer.get("warmup") or 0
+    f = min(1.0, step / warm) if warm else 1.0
+    if outer.get("schedule") == "cosine" and total > warm:
+        progress = min(1.0, max(0.0, (step - warm) / (total - warm)))
+        f *= 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=None):
+        from nldsl.compiler import _import_package
+        from nldsl.runtime import data as D
+        from nldsl.runtime import set_backend
+        from nldsl.runtime.optim import make_optimizer
+
+        from .loop import NestedLoop
+        from .metrics import MetricsLog
+
+        self.cfg, self.log = cfg, log or (lambda msg: print(msg, file=sys.stderr))
+        self.run = Path(cfg.out)
+        self.run.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        model_dir = self.run / "model" if resume else _prepare_model_dir(cfg, self.run)
+        module = _import_package(model_dir)
+        self.model = set_backend(module.Model(), cfg.backend).to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
+        levels = json.loads((model_dir / "levels.json").read_text())
+        self.info = levels["runtime"]
+        self.seq = cfg.seq or self.info["context"]
+        docs = D.load_documents(cfg.data)
+        train_docs, val_docs = D.split(docs, seed=cfg.seed)
+        tok = D.ByteTokenizer()
+        self.stream = D.PackedStream([tok.encode(t) for _, t in train_docs], self.seq, cfg.batch, seed=cfg.seed)
+        self.val = D.val_batches([tok.encode(t) for _, t in val_docs], self.seq, cfg.batch, cfg.eval_batches)
+        self.loop = NestedLoop(self.model, self.info, make_optimizer)
+        self.base_lr = [g["lr"] for g in self.loop.outer_opt.param_groups]
+        resume_step = None
+        if resume:
+            from .checkpoint import load
+
+            doc = load(self.run, self.model, self.loop)
+            self.stream.load_state_dict(doc["data"])
+            resume_step = doc["step"]
+            self.log(f"resumed {self.run} at step {resume_step}")
+        self.metrics = MetricsLog(self.run, resume_step)
+        (self.run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    def _set_lr(self):
+        f = _lr_factor(self.loop.step_count + 1, self.info["outer"], self.cfg.steps)
+        for g, base in zip(self.loop.outer_opt.param_groups, self.base_lr):
+            g["lr"] = base * f
+        return self.base_lr[0] * f
+
+    def checkpoint(self):
+        from .checkpoint import save
+
+        save(self.run, self.model, self.loop, {"data": self.stream.state_dict(), "config": asdict(self.cfg)})
+
+    def train(self, progress=None) -> dict:
+        from nldsl.runtime.data import bits_per_byte
+
+        from .loop import Diverged
+
+        last = {}
+        t0 = time.perf_counter()
+        done_tokens = 0
+        while self.loop.step_count < self.cfg.steps:
+            lr = self._set_lr()
+            batch = next(self.stream).to(self.cfg.device)
+            try:
+                result = self.loop.step(batch)
+            except Diverged:
+                self.metrics.close()
+                raise
+            done_tokens += result.tokens
+            elapsed = time.perf_counter() - t0
+            step = self.loop.step_count
+            record = {"step": step, "loss": result.loss, "bits_per_byte": bits_per_byte(result.loss), "lr": lr,
+                      "tokens": result.tokens, "tokens_per_s": done_tokens / max(elapsed, 1e-9),
+                      "levels": {k: {"updates": v.updates, "norm": v.last_norm} for k, v in self.loop.stats.items()}}
+            if step % self.cfg.eval_every == 0 or step == self.cfg.steps:
+                self.model.eval()
+                record["val_loss"] = self.loop.evaluate(self.val)
+                record["val_bits_per_byte"] = bits_per_byte(record["val_loss"])
+                self.model.train()
+            self.metrics.write(record)
+            last = record
+            if progress is not None:
+                progress(record)
+            if step % self.cfg.checkpoint_every == 0 or step == self.cfg.steps:
+                self.checkpoint()
+        self.metrics.close()
+        from .metrics import plot
+
+        plot(self.run)
+        return last
