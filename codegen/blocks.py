@@ -17,7 +17,7 @@ import networkx as nx
 from nldsl import ir
 from nldsl.graph import deps, widths
 
-from .names import comment, literal, py
+from .names import Names, camel, comment, literal, py
 
 ACT = {"silu": "F.silu", "gelu": "F.gelu", "relu": "F.relu", "tanh": "torch.tanh", "sigmoid": "torch.sigmoid",
        "softplus": "F.softplus", "exp": "torch.exp", "log": "torch.log", "abs": "torch.abs", "sqrt": "torch.sqrt"}
@@ -82,9 +82,15 @@ class BlockLowering:
         self.widths.block = block.name
         self.heads = model.constant("heads", 1)
         self.lines: list[str] = []
-        self.rename: dict[str, str] = {}
+        self.rename: dict[str, str] = {}       # spec name -> local (the slices of a lockstep group)
+        self.read_rename: dict[str, str] = {}  # level name -> local holding its read
         self.tmp = 0
         self.reads = self._read_sites()
+        self.attrs = self._attributes()
+        # locals of forward(): the spec's names first (py is one-to-one), then the generator's own
+        self.locals = Names({"self", "state", "parts", "start", "end", "torch", "F", "nn", "rt"})
+        for name in list(block.params) + list(self.bindings):
+            self.locals.claim(("spec", name), py(name))
 
     # ------------------------------------------------------------ helpers
 
@@ -111,34 +117,60 @@ class BlockLowering:
         return level_name.split(".", 1)[1]
 
     def out_var(self, level_name: str) -> str:
-        return "y_" + py(self.local(level_name))
+        return self.locals.claim(("read", level_name), "y_" + py(self.local(level_name)))
+
+    def _attributes(self) -> Names:
+        """Attribute names of the block class: levels by their local names, then applied blocks and
+        chains, then projections, convolutions and norms by their labels; never two alike (a label may
+        equal a level's name or another label: each still gets its own module and state key)."""
+        attrs = Names({"prefix"})
+        for lv in self.levels:
+            attrs.claim(("level", lv.name), py(self.local(lv.name)))
+        values = self._values()
+        for value in values:
+            for node in self._applies(value):
+                target = node.target.block if isinstance(node.target, ir.BlockCall) else node.target.cms
+                attrs.claim(("apply", target), py(target))
+        for value in values:
+            for op in self._ops(value):
+                if op.fn in ("linear", "conv", "rmsnorm", "layernorm"):
+                    attrs.claim(("op", op), py(op.label))
+        return attrs
+
+    def _values(self) -> list:
+        return list(self.bindings.values()) + [self.block.output] + [v for lv in self.levels for _, v in lv.flows]
+
+    def attr(self, kind: str, key) -> str:
+        return self.attrs.names[(kind, key)]
+
+    def level_attr(self, level_name: str) -> str:
+        return self.attr("level", level_name)
 
     # ------------------------------------------------------------ expressions
 
     def expr(self, v) -> str:
-        if isinstance(v, ir.Input):
-            return self.rename.get(v.name, py(v.name))
+        if isinstance(v, (ir.Input, ir.Ref)):
+            return self.rename.get(v.name, self.locals.names[("spec", v.name)])
         if isinstance(v, ir.Const):
             return literal(float(v.value))
-        if isinstance(v, ir.Ref):
-            return self.rename.get(v.name, py(v.name))
         if isinstance(v, ir.Read):
-            return self.rename.get(self.out_var(v.level), self.out_var(v.level))
+            return self.read_rename.get(v.level, self.out_var(v.level))
         if isinstance(v, ir.Bin):
             return f"({self.expr(v.left)} {v.op} {self.expr(v.right)})"
         if isinstance(v, ir.Apply):
             target = v.target.block if isinstance(v.target, ir.BlockCall) else v.target.cms
             call = "(" + self.expr(v.arg) + ", state)" if isinstance(v.target, ir.BlockCall) else "(" + self.expr(v.arg) + ")"
-            return f"self.{py(target)}{call}"
+            return f"self.{self.attr('apply', target)}{call}"
         assert isinstance(v, ir.Op)
         args = [self.expr(a) for a in v.args]
         if v.fn in ("linear", "rmsnorm", "layernorm"):
-            return f"self.{py(v.label)}({args[0]})"
+            return f"self.{self.attr('op', v)}({args[0]})"
         if v.fn == "conv":
             self.tmp += 1
-            name = f"c{self.tmp}"
-            key = f"self.prefix + {literal('.' + v.label)}"
-            self.lines.append(f"{name}, state[{key}] = self.{py(v.label)}({args[0]}, state.get({key}))")
+            name = self.locals.fresh(f"c{self.tmp}")
+            attr = self.attr("op", v)
+            key = f"self.prefix + {literal('.' + attr)}"
+            self.lines.append(f"{name}, state[{key}] = self.{attr}({args[0]}, state.get({key}))")
             return name
         if v.fn == "l2norm":
             return f"rt.l2norm({args[0]}, heads={self._heads_for(v.args[0])})"
@@ -157,35 +189,35 @@ class BlockLowering:
     def init_lines(self) -> list[str]:
         out = ["self.prefix = prefix"]
         seen = set()
-        values = list(self.bindings.values()) + [self.block.output] + [v for lv in self.levels for _, v in lv.flows]
+        values = self._values()
         for value in values:
             for op in self._ops(value):
-                if op.label in seen or op.fn not in ("linear", "conv", "rmsnorm", "layernorm"):
+                if op in seen or op.fn not in ("linear", "conv", "rmsnorm", "layernorm"):
                     continue
-                seen.add(op.label)
+                seen.add(op)
                 width = self.widths.of(op.args[0])
+                attr = self.attr("op", op)
                 if op.fn == "linear":
-                    out.append(f"self.{py(op.label)} = nn.Linear({width}, {op.option('out')}, bias={op.option('bias')!r})"
+                    out.append(f"self.{attr} = nn.Linear({width}, {op.option('out')}, bias={op.option('bias')!r})"
                                f"  # {self.where(op.span)}")
                 elif op.fn == "conv":
-                    out.append(f"self.{py(op.label)} = rt.ShortConv({width}, window={op.option('window')})  # {self.where(op.span)}")
+                    out.append(f"self.{attr} = rt.ShortConv({width}, window={op.option('window')})  # {self.where(op.span)}")
                 else:
                     cls = "RMSNorm" if op.fn == "rmsnorm" else "LayerNorm"
-                    out.append(f"self.{py(op.label)} = rt.{cls}({width})  # {self.where(op.span)}")
+                    out.append(f"self.{attr} = rt.{cls}({width})  # {self.where(op.span)}")
         for lv in self.levels:
-            out.append(f"self.{py(self.local(lv.name))} = {self._level_ctor(lv)}  # {self.where(lv.span)}")
+            out.append(f"self.{self.level_attr(lv.name)} = {self._level_ctor(lv)}  # {self.where(lv.span)}")
         for value in values:
             for node in self._applies(value):
                 target = node.target.block if isinstance(node.target, ir.BlockCall) else node.target.cms
-                if target in seen:
+                if ("apply", target) in seen:
                     continue
-                seen.add(target)
-                from .names import camel
-
+                seen.add(("apply", target))
+                attr = self.attr("apply", target)
                 if isinstance(node.target, ir.BlockCall):
-                    out.append(f"self.{py(target)} = {camel(target, 'Block')}(prefix + {literal('.' + target)})")
+                    out.append(f"self.{attr} = {camel(target, 'Block')}(prefix + {literal('.' + attr)})")
                 else:
-                    out.append(f"self.{py(target)} = {camel(target, 'Cms')}()")
+                    out.append(f"self.{attr} = {camel(target, 'Cms')}()")
         return out
 
     def _ops(self, v):

@@ -68,7 +68,7 @@ def _classes(model: ir.ModelIR, spec_file: str) -> tuple[list, list]:
         bl = BlockLowering(model, b, _doc(spec_file))
         cls = ClassCode(camel(b.name, "Block"), _doc(f"block {b.name} ({spec_file}:{b.span.line})"))
         cls.init = bl.init_lines()
-        cls.forward_args = f"{py(b.params[0])}, state"
+        cls.forward_args = f"{bl.expr(ir.Input(b.params[0], b.span))}, state"
         cls.forward = forward_lines(bl)
         classes.append(cls)
     net = NetLowering(model, _doc(spec_file))

@@ -110,7 +110,7 @@ def forward_lines(bl: BlockLowering) -> list[str]:
     for node in schedule:
         if node.startswith("b:"):
             name = node[2:]
-            bl.lines.append(f"{py(name)} = {bl.expr(bl.bindings[name])}  # {bl.where(bl.bindings[name].span)}")
+            bl.lines.append(f"{bl.expr(ir.Ref(name, None))} = {bl.expr(bl.bindings[name])}  # {bl.where(bl.bindings[name].span)}")
         elif node.startswith("m:"):
             _level_call(bl, bl.model.level(node[2:]))
         else:
@@ -121,7 +121,7 @@ def forward_lines(bl: BlockLowering) -> list[str]:
 
 
 def _key(bl, lv) -> str:
-    return f"self.prefix + {literal('.' + bl.local(lv.name))}"
+    return f"self.prefix + {literal('.' + bl.level_attr(lv.name))}"
 
 
 def _call_args(bl: BlockLowering, lv) -> str:
@@ -142,9 +142,10 @@ def _level_call(bl: BlockLowering, lv):
     args = _call_args(bl, lv)
     bl.lines.append(f"# {'attention' if isinstance(lv, ir.Attention) else 'memory'} {bl.local(lv.name)}"
                     f"  ({bl.where(lv.span)})")
-    bl.lines.append(f"{bl.out_var(lv.name)}, state[{key}] = self.{py(bl.local(lv.name))}({args}, state.get({key}))"
+    attr = bl.level_attr(lv.name)
+    bl.lines.append(f"{bl.out_var(lv.name)}, state[{key}] = self.{attr}({args}, state.get({key}))"
                     if isinstance(lv, ir.Attention) else
-                    f"{bl.out_var(lv.name)}, state[{key}] = self.{py(bl.local(lv.name))}({args}, state=state.get({key}))")
+                    f"{bl.out_var(lv.name)}, state[{key}] = self.{attr}({args}, state=state.get({key}))")
 
 
 def _group_loop(bl: BlockLowering, grp: list, dynamic: list[str]):
@@ -153,14 +154,14 @@ def _group_loop(bl: BlockLowering, grp: list, dynamic: list[str]):
     names = ", ".join(bl.local(lv.name) for lv in grp)
     bl.lines.append(f"# self-modifying group: {names} advance together, {step} token(s) at a time,")
     bl.lines.append("# each reading its state at the chunk anchor before the segment's writes")
-    states = {lv.name: "s_" + py(bl.local(lv.name)) for lv in grp}
+    states = {lv.name: bl.locals.fresh("s_" + py(bl.local(lv.name))) for lv in grp}
     for lv in grp:
         bl.lines.append(f"{states[lv.name]} = state.get({_key(bl, lv)})")
-    outs = [bl.out_var(lv.name) for lv in grp] + [py(b) for b in dynamic]
+    outs = [bl.out_var(lv.name) for lv in grp] + [bl.expr(ir.Ref(b, None)) for b in dynamic]
     bl.lines.append(f"parts = {{{', '.join(repr(o) + ': []' for o in outs)}}}")
     first = states[grp[0].name]
     length_src = next(iter(p for p in bl.block.params))
-    bl.lines.append(f"for start, end in rt.segments(rt.position_of({first}), {py(length_src)}.shape[1], {step}):")
+    bl.lines.append(f"for start, end in rt.segments(rt.position_of({first}), {bl.expr(ir.Input(length_src, None))}.shape[1], {step}):")
     body_start = len(bl.lines)
     group_names = {lv.name for lv in grp}
     static = set()
@@ -170,16 +171,17 @@ def _group_loop(bl: BlockLowering, grp: list, dynamic: list[str]):
     for b in dynamic:
         static |= {r for r in _refs(bl.bindings[b]) if r not in dynamic}
     inputs = set(bl.block.params)
-    saved = dict(bl.rename)
+    saved, saved_reads = dict(bl.rename), dict(bl.read_rename)
     slices = []
     for name in sorted(static | inputs):
-        bl.rename[name] = py(name) + "_s"
-        slices.append(f"    {py(name)}_s = {py(name)}[:, start:end]")
+        whole = bl.expr(ir.Ref(name, None))
+        bl.rename[name] = bl.locals.fresh(whole + "_s")
+        slices.append(f"    {bl.rename[name]} = {whole}[:, start:end]")
     outer_reads = {r.level for lv in grp for v in _level_values(bl, lv) for r in _direct_reads(v)} | {
         r.level for b in dynamic for r in _direct_reads(bl.bindings[b])}
     for level in sorted(outer_reads - group_names):
-        bl.rename[bl.out_var(level)] = bl.out_var(level) + "_s"
-        slices.append(f"    {bl.out_var(level)}_s = {bl.out_var(level)}[:, start:end]")
+        bl.read_rename[level] = bl.locals.fresh(bl.out_var(level) + "_s")
+        slices.append(f"    {bl.read_rename[level]} = {bl.out_var(level)}[:, start:end]")
     bl.lines.extend(slices)
     inner: list[str] = []
     saved_lines, bl.lines = bl.lines, inner
@@ -190,18 +192,18 @@ def _group_loop(bl: BlockLowering, grp: list, dynamic: list[str]):
         if deps(site.query, bl.bindings) & group_names or _refs(site.query) & set(dynamic):
             raise LoweringError(f"the query of `{lv.name}` depends on its group's own reads", site.span)
         method = "read_anchor" if lv.read == "anchor" else "read_current"
-        inner.append(f"{bl.out_var(lv.name)} = self.{py(bl.local(lv.name))}.{method}({bl.expr(site.query)}, "
+        inner.append(f"{bl.out_var(lv.name)} = self.{bl.level_attr(lv.name)}.{method}({bl.expr(site.query)}, "
                      f"{states[lv.name]})")
     for b in dynamic:
-        inner.append(f"{py(b)} = {bl.expr(bl.bindings[b])}  # {bl.where(bl.bindings[b].span)}")
+        inner.append(f"{bl.locals.names[('spec', b)]} = {bl.expr(bl.bindings[b])}  # {bl.where(bl.bindings[b].span)}")
     for lv in grp:
-        inner.append(f"_, {states[lv.name]} = self.{py(bl.local(lv.name))}({_call_args(bl, lv)}, "
+        inner.append(f"_, {states[lv.name]} = self.{bl.level_attr(lv.name)}({_call_args(bl, lv)}, "
                      f"state={states[lv.name]})")
     for o in outs:
         inner.append(f"parts[{o!r}].append({o})")
     bl.lines = saved_lines
     bl.lines.extend("    " + line for line in inner)
-    bl.rename = saved
+    bl.rename, bl.read_rename = saved, saved_reads
     del body_start
     for o in outs:
         bl.lines.append(f"{o} = torch.cat(parts[{o!r}], dim=1)")

@@ -3,7 +3,9 @@
 Spec identifiers are already `[A-Za-z_][A-Za-z0-9_]*` (the grammar guarantees it); this module only
 keeps them from colliding with Python keywords, builtins, torch.nn.Module attributes and the names
 generated code uses itself. The same spec name always maps to the same Python name, so state_dict
-keys survive recompiles.
+keys survive recompiles, and different spec names never map to the same Python name (`py` and `camel`
+are one-to-one); names the generator makes up itself come from a `Names` scope, which never hands out
+a name twice.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn  # noqa: F401  (only to list Module attributes; codegen run
 
 _RESERVED = (
     set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins)) | set(dir(nn.Module))
+    | set(vars(nn.Module()))  # instance attributes such as `training`
     | {"self", "state", "torch", "nn", "rt", "F", "math", "tokens", "logits", "h", "t", "y", "parts",
        "prefix", "segment", "start", "end", "backend"}
 )
@@ -23,18 +26,66 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def py(name: str) -> str:
-    """A Python identifier for a spec name (dots become `__`)."""
+    """A Python identifier for a spec name (dots become `__`).
+
+    Reserved names, names starting with `_` and names ending with `_` get one more `_`: `print` →
+    `print_`, `print_` → `print__`, so two spec names never meet."""
     name = name.replace(".", "__")
     if not _IDENT.match(name):
         raise ValueError(f"not an identifier: {name!r}")
-    if name in _RESERVED or name.startswith("_"):
+    if name in _RESERVED or name.startswith("_") or name.endswith("_"):
         return name + "_"
     return name
 
 
+_SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z][a-z0-9]*)*$")
+
+
 def camel(name: str, suffix: str) -> str:
-    parts = [p for p in re.split(r"[_.]+", name) if p]
-    return "".join(p[:1].upper() + p[1:] for p in parts) + suffix
+    """A class name: `selfmod_titans` → `SelfmodTitans` + suffix for lower-case snake names (where the
+    capitals mark the word starts, so no two names meet); any other spelling is kept behind `N_`,
+    with `_` doubled and `.` written `_0` (`fooBar` → `N_fooBar`, `lib.x_y` → `N_lib_0x__y`)."""
+    if _SNAKE.match(name):
+        return "".join(p[:1].upper() + p[1:] for p in name.split("_")) + suffix
+    if not _IDENT.match(name.replace(".", "_")):
+        raise ValueError(f"not an identifier: {name!r}")
+    return "N_" + name.replace("_", "__").replace(".", "_0") + suffix
+
+
+# Attributes of rt.CmsChain itself: a CMS member registered under one of these names would clash.
+_CMS_ATTRS = {"agg", "names", "variant", "aggregation", "VARIANTS", "AGGREGATIONS"}
+
+
+def cms_member(name: str) -> str:
+    """The attribute a CMS member is registered under in rt.CmsChain (its spec name where possible)."""
+    p = py(name)
+    return p + "_" if p in _CMS_ATTRS else p
+
+
+class Names:
+    """One Python namespace (a class's attributes, a function's locals): hands out unique names.
+
+    `claim(key, base)` returns the name for `key`, the first time `base` if it is free, else `base_2`,
+    `base_3`, ...; the same key always gets the same name."""
+
+    def __init__(self, taken=()):
+        self.taken = set(taken)
+        self.names: dict = {}
+
+    def claim(self, key, base: str) -> str:
+        if key in self.names:
+            return self.names[key]
+        name, n = base, 1
+        while name in self.taken or name in _RESERVED:
+            n += 1
+            name = f"{base}_{n}"
+        self.taken.add(name)
+        self.names[key] = name
+        return name
+
+    def fresh(self, base: str) -> str:
+        """A new name that no other claim gets."""
+        return self.claim(object(), base)
 
 
 def comment(text: str) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from nldsl import ir
 
 from .blocks import ClassCode
-from .names import camel, literal, py
+from .names import camel, cms_member, literal, py
 
 
 def cms_class(chain: ir.Cms, spec_file: str) -> ClassCode:
     cls = ClassCode(camel(chain.name, "Cms"), f"cms {chain.name} : {chain.variant} ({spec_file}:{chain.span.line})")
-    members = ", ".join(f"({m.name.split('.', 1)[1]!r}, rt.CmsMLP({m.width}, {m.hidden}, act={m.act!r}, "
+    members = ", ".join(f"({cms_member(m.name.split('.', 1)[1])!r}, rt.CmsMLP({m.width}, {m.hidden}, act={m.act!r}, "
                         f"bias={m.bias!r}))" for m in chain.members)
     cls.init = [f"self.chain = rt.CmsChain([{members}], variant={chain.variant!r}, agg={chain.agg!r})"]
     cls.forward_args = "x"
@@ -103,7 +103,8 @@ class NetLowering:
         return name
 
     def layer_class(self, net, name: str) -> str:
-        cls_name = camel(name, "" if name.lower().endswith("layer") else "Layer")
+        # `layer` -> Layer, `my_layer` -> MyLayer, any other name `my` -> MyStack: never two alike
+        cls_name = camel(name, "" if name.lower().endswith("layer") else "Stack")
         if any(c.name == cls_name for c in self.classes):
             return cls_name
         cls = ClassCode(cls_name, f"one `{name}` of a stack ({self.file}:{net.span.line})")
@@ -120,7 +121,7 @@ class NetLowering:
         cls = ClassCode(camel(m.name, "Model"), f"model {m.name} ({self.file}:{m.span.line if m.span else 1})")
         cls.init.append(f"self.vocab_size = {m.vocab}")
         cls.init.append(f"self.context = {m.context}")
-        used: dict = {"vocab_size": True, "context": True}
+        used: dict = {"vocab_size": True, "context": True, "embed": True, "lm_head": True}
         self.lower(m.network, cls, "h", "''", used)
         cls.forward_args = "tokens, state=None"
         cls.forward.insert(0, "state = {} if state is None else dict(state)")

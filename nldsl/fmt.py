@@ -24,7 +24,10 @@ Layout rules:
   or own-line comment between them) start in the same column.
 
 `format_source(format_source(s)) == format_source(s)`, and `parse(format_source(s))` equals
-`parse(s)` up to spans.
+`parse(s)` up to spans. Comments are placed by the line numbers in the spans; a module without
+spans (built by hand) is laid out with every body expanded. `format_module` raises ValueError for
+an AST no source could produce: a phrase of several words with a word that is not a name, call,
+number or string.
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ def level_proto(el, decl: ast.Decl, ident: ast.Ident, block: str, builder) -> di
              "unknowns": Unknowns(heads, residual=bool(targs.get("residual", False)))}
     for role in ("key", "value"):
         if role not in flows and role not in props:
+            proto["failed"] = True  # its widths cannot be inferred: that is a consequence
             sink.add(error("NL0104", f"`{name}` has no `{role}`", ident.span,
                            help=f"add `{role} <expression>` to the {kind} or its kind"))
     return proto

@@ -83,6 +83,9 @@ def clock(prop: ast.Prop, env) -> ir.Clock:
 
 
 def rules(prop: ast.Prop) -> tuple[ir.Rule, ...]:
+    if not prop.values:
+        raise Fail(error("NL0201", f"`{prop.key}` takes one or more update rules", prop.key_span, "missing a value",
+                         help=f"e.g. `{prop.key} gd` or `{prop.key} retain, momentum`"))
     out = []
     for phrase in prop.values:
         head = phrase.words[0]

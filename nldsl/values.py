@@ -81,6 +81,8 @@ class ValueBuilder:
             return ir.Bin(expr.op, self.build(expr.left, label), self.build(expr.right, label), expr.span)
         if isinstance(expr, ast.UnaryOp):
             inner = self.build(expr.operand, label)
+            if expr.op == "-" and isinstance(inner, ir.Const):
+                return ir.Const(-inner.value, expr.span)  # a negative number, checked like one
             return inner if expr.op == "+" else ir.Bin("*", ir.Const(-1.0, expr.span), inner, expr.span)
         if isinstance(expr, ast.Call):
             return self._call(expr, label, allow_self)

@@ -142,3 +142,17 @@ def test_golden_rendering(name, in_errors):
                     f"create it with `NLC_REGEN=1 python -m pytest {Path(__file__).name}`")
     assert text == golden.read_text(encoding="utf-8"), (
         f"the rendering of {name}.nl changed; if intended, regenerate with NLC_REGEN=1:\n{text}")
+
+
+def test_a_diamond_of_imports_is_not_a_duplicate(tmp_path, monkeypatch):
+    """Two libraries that import one shared file bring in the same definitions once, not twice."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "common.nl").write_text("nl 1\nrate = 0.5\n", encoding="utf-8")
+    (tmp_path / "lib" / "a.nl").write_text('nl 1\nimport "common.nl"\n', encoding="utf-8")
+    (tmp_path / "lib" / "b.nl").write_text('nl 1\nimport "../lib/common.nl"\n', encoding="utf-8")
+    spec = (ERRORS / "unused_block.nl").read_text(encoding="utf-8")
+    spec = spec.replace("model tiny {", 'import "lib/a.nl"\nimport "lib/b.nl"\nmodel tiny {')
+    (tmp_path / "main.nl").write_text(spec, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    fe = check_file("main.nl")
+    assert [d.code for d in fe.diagnostics] == ["NL0110"], render_all(fe.diagnostics, fe.sources)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fmt_testkit import EXAMPLES, KEYWORDS, assert_round_trip, example_id, shape
+from fmt_testkit import EXAMPLES, assert_round_trip, example_id, modules, shape
 from nldsl import ast
 from nldsl.diagnostics import SpecError
 from nldsl.fmt import format_expr, format_module, format_source, quote
@@ -338,67 +338,6 @@ def test_syntax_errors_raise_spec_error():
 
 # ---------------------------------------------------------------- generated specs
 
-names = st.from_regex(r"[a-z_][a-z0-9_]{0,5}", fullmatch=True).filter(lambda s: s not in KEYWORDS)
-number_texts = st.from_regex(r"(\d{1,3}\.\d{0,2}|\.\d{1,2}|\d{1,4})([eE][+-]?\d{1,2})?", fullmatch=True)
-S = ast.NO_SPAN
-
-
-def number(text: str) -> ast.Number:
-    return ast.Number(int(text) if text.isdigit() else float(text), text, S)
-
-
-dotted = st.lists(names, min_size=1, max_size=2).map(lambda p: ast.Name(tuple(p), S))
-atoms = st.one_of(dotted, number_texts.map(number), st.text(max_size=6).map(lambda v: ast.String(v, S)))
-
-
-def _extend(inner):
-    binop = st.builds(lambda op, l, r: ast.BinOp(op, l, r, S), st.sampled_from(["+", "-", "*", "/", "%", "**"]), inner, inner)
-    unary = st.builds(lambda op, x: ast.UnaryOp(op, x, S), st.sampled_from(["-", "+"]), inner)
-    pipe = st.lists(inner, min_size=2, max_size=3).map(lambda xs: ast.Pipe(tuple(xs), S))
-    kwargs = st.lists(st.builds(lambda n, v: ast.KwArg(n, v, S), names, inner), max_size=2)
-    call = st.builds(lambda f, a, k: ast.Call(f, tuple(a), tuple(k), S), dotted, st.lists(inner, max_size=2), kwargs)
-    tup = st.lists(inner, max_size=3).map(lambda xs: ast.TupleExpr(tuple(xs), S))
-    lst = st.lists(inner, max_size=3).map(lambda xs: ast.ListExpr(tuple(xs), S))
-    return st.one_of(binop, unary, pipe, call, tup, lst)
-
-
-exprs = st.recursive(atoms, _extend, max_leaves=8)
-simple_calls = st.builds(lambda f, a: ast.Call(f, tuple(a), (), S), dotted, st.lists(atoms, max_size=2))
-words = st.one_of(atoms, simple_calls)
-phrases = st.one_of(
-    exprs.map(lambda e: ast.Phrase((e,), S)),
-    st.lists(words, min_size=2, max_size=4).map(lambda ws: ast.Phrase(tuple(ws), S)),
-)
-assigns = st.builds(lambda n, v: ast.Assign(n, S, v, S), names, exprs)
-props = st.builds(lambda k, vs: ast.Prop(k, S, tuple(vs), S), names, st.lists(phrases, max_size=3))
-returns = exprs.map(lambda e: ast.Return(e, S))
-kinds = st.sampled_from(["memory", "attention", "cms", "level", "optimizer"])
-idents = st.lists(names.map(lambda n: ast.Ident(n, S)), min_size=1, max_size=3).map(tuple)
-params = st.lists(st.builds(lambda n, d: ast.Param(n, d, S), names, st.none() | exprs), max_size=3).map(tuple)
-
-
-def _statements(inner):
-    body = st.lists(inner, max_size=3).map(tuple)
-    decl = st.builds(lambda k, ns, t, b: ast.Decl(k, ns, t, b, S), kinds, idents, st.none() | phrases, st.none() | body)
-    block = st.builds(lambda n, p, b: ast.Block(n, S, p, b, S), names, params, body)
-    return st.one_of(decl, block)
-
-
-statements = st.recursive(st.one_of(assigns, props, returns), _statements, max_leaves=6)
-bodies = st.lists(statements, max_size=4).map(tuple)
-items = st.one_of(
-    assigns,
-    st.builds(lambda p, a: ast.Import(p, a, S), st.text(max_size=8), st.none() | names),
-    st.builds(lambda n, b: ast.Model(n, S, b, S), names, bodies),
-    statements.filter(lambda s: isinstance(s, (ast.Decl, ast.Block))),
-)
-modules = st.builds(
-    lambda v, its: ast.Module("", v, tuple(its), ()),
-    st.none() | st.just(ast.Version(number("1"), S)),
-    st.lists(items, max_size=4),
-)
-
-
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(modules)
 def test_generated_modules_round_trip(module):
@@ -416,7 +355,8 @@ def test_examples_with_comments_and_blank_lines_added(data):
     for i, line in enumerate(lines):
         continued = i > 0 and lines[i - 1].rstrip().endswith("\\")
         if not continued and data.draw(st.integers(0, 5)) == 0:
-            out.append(data.draw(st.sampled_from(["", "# added", "      # added, indented", "# ünï 名前"])))
+            added = ["", "# added", "      # added, indented", "# ünï 名前"]
+            out.append(data.draw(st.sampled_from(added)))
         if not line.rstrip().endswith("\\") and data.draw(st.integers(0, 4)) == 0:
             line += data.draw(st.sampled_from(["  # trailing", "#t", " # η ≥ 0"]))
         out.append(line)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 from lark import Lark
 
-from fmt_testkit import EXAMPLES, KEYWORDS, assert_round_trip
+from fmt_testkit import EXAMPLES, KEYWORDS, NUMBER_RE, assert_round_trip
 from nldsl import ast
 from nldsl.diagnostics import Diagnostic, SpecError, render_all
 from nldsl.parser import grammar_text, parse
@@ -48,7 +48,7 @@ def check_diagnostics(diags, text: str, file: str) -> None:
 # ---------------------------------------------------------------- (a) generated from the grammar
 
 names = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True).filter(lambda s: s not in KEYWORDS)
-numbers = st.from_regex(r"(\d{1,3}\.\d{0,2}|\.\d{1,2}|\d{1,4})([eE][+-]?\d{1,2})?", fullmatch=True)
+numbers = st.from_regex(NUMBER_RE, fullmatch=True)
 strings = st.from_regex(r'"([^"\\\n]|\\.){0,6}"', fullmatch=True)
 
 
@@ -146,7 +146,8 @@ def _mutate(text: str, data) -> str:
             lines.insert(i, lines[i])
         elif op == "unicode":
             at = data.draw(st.integers(0, len(lines[i])), label="column")
-            lines[i] = lines[i][:at] + data.draw(st.text(min_size=1, max_size=4), label="chars") + lines[i][at:]
+            chars = data.draw(st.text(min_size=1, max_size=4), label="chars")
+            lines[i] = lines[i][:at] + chars + lines[i][at:]
         elif op == "truncate":
             joined = "\n".join(lines)
             lines = joined[: data.draw(st.integers(0, len(joined)), label="length")].split("\n")
@@ -154,7 +155,8 @@ def _mutate(text: str, data) -> str:
             junk = data.draw(st.binary(min_size=1, max_size=16), label="bytes").decode("latin-1")
             lines.insert(i, junk)
         elif op == "rename":
-            lines[i] = lines[i].replace("m", data.draw(st.sampled_from(["é", "名", "m\u0301", "µ"]), label="letter"))
+            letter = data.draw(st.sampled_from(["é", "名", "m\u0301", "µ"]), label="letter")
+            lines[i] = lines[i].replace("m", letter)
         else:
             lines.insert(i, data.draw(st.sampled_from(JUNK_LINES), label="junk line"))
     return "\n".join(lines)
