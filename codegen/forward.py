@@ -173,13 +173,14 @@ def _group_loop(bl: BlockLowering, grp: list, dynamic: list[str]):
     inputs = set(bl.block.params)
     saved, saved_reads = dict(bl.rename), dict(bl.read_rename)
     slices = []
-    for name in sorted(static | inputs):
+    # in the block's own order (parameters, then bindings), so the code never depends on how names sort
+    for name in [n for n in list(bl.block.params) + list(bl.bindings) if n in static | inputs]:
         whole = bl.expr(ir.Ref(name, None))
         bl.rename[name] = bl.locals.fresh(whole + "_s")
         slices.append(f"    {bl.rename[name]} = {whole}[:, start:end]")
     outer_reads = {r.level for lv in grp for v in _level_values(bl, lv) for r in _direct_reads(v)} | {
         r.level for b in dynamic for r in _direct_reads(bl.bindings[b])}
-    for level in sorted(outer_reads - group_names):
+    for level in [lv.name for lv in bl.levels if lv.name in outer_reads - group_names]:
         bl.read_rename[level] = bl.locals.fresh(bl.out_var(level) + "_s")
         slices.append(f"    {bl.read_rename[level]} = {bl.out_var(level)}[:, start:end]")
     bl.lines.extend(slices)

@@ -22,6 +22,10 @@ def cms_class(chain: ir.Cms, spec_file: str) -> ClassCode:
     return cls
 
 
+# attributes the network lowering sets itself: a block or chain of the same name gets another one
+FIXED = frozenset({"embed", "lm_head", "vocab_size", "context", "prefix"})
+
+
 class NetLowering:
     def __init__(self, model: ir.ModelIR, spec_file: str):
         self.model, self.file = model, spec_file
@@ -96,7 +100,7 @@ class NetLowering:
 
     def _unique(self, attr: str, used: dict) -> str:
         name, n = attr, 1
-        while name in used:
+        while name in used or name in FIXED:
             n += 1
             name = f"{attr}_{n}"
         used[name] = True
@@ -121,7 +125,7 @@ class NetLowering:
         cls = ClassCode(camel(m.name, "Model"), f"model {m.name} ({self.file}:{m.span.line if m.span else 1})")
         cls.init.append(f"self.vocab_size = {m.vocab}")
         cls.init.append(f"self.context = {m.context}")
-        used: dict = {"vocab_size": True, "context": True, "embed": True, "lm_head": True}
+        used: dict = {"vocab_size": True, "context": True}
         self.lower(m.network, cls, "h", "''", used)
         cls.forward_args = "tokens, state=None"
         cls.forward.insert(0, "state = {} if state is None else dict(state)")

@@ -8,11 +8,11 @@
 - `val_batches`: fixed validation batches; `bits_per_byte`: nats per token to bits per byte.
 """
 
-from .documents import CORPUS_DIR, TEXT_SUFFIXES, default_corpus_files, load_documents, split
+from .documents import CORPUS_DIR, TEXT_SUFFIXES, load_documents, split
 from .packing import PackedStream, val_batches
 from .tokenizer import EOS, ByteTokenizer, bits_per_byte
 
 __all__ = [
     "CORPUS_DIR", "EOS", "ByteTokenizer", "PackedStream", "TEXT_SUFFIXES", "bits_per_byte",
-    "default_corpus_files", "load_documents", "split", "val_batches",
+    "load_documents", "split", "val_batches",
 ]

@@ -70,9 +70,9 @@ def _rank(seed: int, name: str) -> int:
 
 def _tail_cut(text: str, val_fraction: float) -> int:
     """Where the validation tail of `text` starts: at `1 - val_fraction` of it, moved on to the start
-    of the next line when there is one, and always leaving both parts non-empty."""
+    of the next line when one begins within 1000 characters, and always leaving both parts non-empty."""
     cut = min(max(int(len(text) * (1.0 - val_fraction)), 1), len(text) - 1)
-    newline = text.find("\n", cut)
+    newline = text.find("\n", cut, cut + 1000)
     if 0 <= newline < len(text) - 1:
         cut = newline + 1
     return cut
@@ -115,9 +115,4 @@ def split(
     return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
 
 
-def default_corpus_files() -> list[Path]:
-    """The bundled corpus' text files (for reporting its size)."""
-    return sorted(CORPUS_DIR.glob("*.txt"))
-
-
-__all__ = ["CORPUS_DIR", "TEXT_SUFFIXES", "default_corpus_files", "load_documents", "split"]
+__all__ = ["CORPUS_DIR", "TEXT_SUFFIXES", "load_documents", "split"]

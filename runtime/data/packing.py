@@ -10,6 +10,7 @@ then a separator, then shard r of the next epoch, and so on: an endless stream p
 
     row_r = shard_r(epoch 0) + [eos] + shard_r(epoch 1) + [eos] + ...
 
+(a shard that already ends with a separator gets a second one there: an empty document, harmless),
 and batch n holds, for every row, tokens [n*T, n*T + T] of that stream: T inputs and, shifted by one,
 T targets. Batch n+1 starts where batch n's inputs stopped (its first token is batch n's last), so the
 inputs of consecutive batches are one unbroken text per row: a `persist` memory that carries row r's
@@ -105,7 +106,7 @@ class PackedStream:
         crc = 0
         for d in self._docs:
             crc = zlib.crc32(d.numel().to_bytes(8, "little"), crc)
-            crc = zlib.crc32(d.to(torch.long).numpy().tobytes(), crc)
+            crc = zlib.crc32(d.numpy(), crc)
         self.checksum = crc
         self.step = 0
         self.last_reset: Optional[torch.Tensor] = None

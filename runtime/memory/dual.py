@@ -5,8 +5,8 @@ the state-independent parts run at once: the rule coefficients, the in-tile prod
 when delta/dgd act on the key-input layer, the inverse of its triangular system. The loop over tiles
 does what needs the anchor: one forward and hand-written backward pass of the memory on the tile's keys
 (all gradients of the tile in parallel), the solve for the update columns e, the end state, and the
-reads at in-chunk states through the dual form (layer by layer for an MLP), never materialising
-per-token weights. Reads at the anchor run batched over the group after the loop.
+read: at the anchor directly, or at the in-chunk states through the dual form (layer by layer for an
+MLP), never materialising per-token weights.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class _Carried:
 
 
 @dataclass(frozen=True)
-class _Group:
+class _Prepared:
     """State-independent quantities of a group of tiles (B, H, count, L, ...)."""
 
     gates: dict[str, Tensor]
@@ -56,14 +56,15 @@ class _Group:
     inverse: Optional[Tensor]        # key-input layer's system inverse, when delta/dgd act on it
 
 
-def _prepare(cfg: MemoryConfig, group: TileGroup, k: Tensor, gates: Mapping[str, Tensor]) -> _Group:
+def _prepare(cfg: MemoryConfig, group: TileGroup, k: Tensor, gates: Mapping[str, Tensor]) -> _Prepared:
     gg = group.split_gates(gates)
+    # Only the x x^T parts depend on the parameter; a and r (hence the geometry) are shared by all.
     first = dual_coefficients(cfg.rules, gg, (k * k).sum(-1), lambda rule: True)
     scalar = dual_coefficients(cfg.rules, gg, None, lambda rule: False)
     geometry = Geometry.build(first.a, k[..., 0], gg.get('beta') if cfg.has_momentum else None, first.r)
     p = along(first.cp, k)
     inverse = system_inverse(geometry, k, p) if p is not None else None
-    return _Group(gg, first, scalar, geometry, inverse)
+    return _Prepared(gg, first, scalar, geometry, inverse)
 
 
 def _pick(value, index: int):
@@ -74,26 +75,22 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
                gates: Mapping[str, Tensor], carried: _Carried) -> tuple[Tensor, _Carried]:
     qg, kg, vg = group.split(q), group.split(k), group.split(v)
     prep = _prepare(cfg, group, kg, gates)
-    outputs, anchors = [], []
+    outputs = []
     for i in range(group.count):
         scans = _solve_tile(cfg, objective, prep, i, kg[:, :, i], vg[:, :, i], carried)
         if cfg.read == 'anchor':
-            anchors.append(carried.anchor)
+            outputs.append(F.apply(cfg, carried.anchor, qg[:, :, i]))
         else:
             outputs.append(_read(cfg, scans, qg[:, :, i], cfg.read))
         theta, momentum = _end_states(cfg, scans)
         position = carried.position + group.length
         anchor = theta if position % cfg.chunk == 0 else carried.anchor
         carried = _Carried(theta, anchor, momentum, position)
-    if cfg.read == 'anchor':
-        # Every token of a tile reads its anchor: one batched pass over the whole group.
-        y = F.apply(cfg, {n: torch.stack([a[n] for a in anchors], 2) for n in anchors[0]}, qg)
-    else:
-        y = torch.stack(outputs, 2)
+    y = torch.stack(outputs, 2)
     return y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv), carried
 
 
-def _solve_tile(cfg: MemoryConfig, objective: GradFn, prep: _Group, index: int, k: Tensor, v: Tensor,
+def _solve_tile(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, index: int, k: Tensor, v: Tensor,
                 carried: _Carried) -> dict[str, TileScan]:
     """All gradients of the tile at the anchor, then every parameter's update columns."""
     anchor = carried.anchor

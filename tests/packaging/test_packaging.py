@@ -67,6 +67,8 @@ def test_metadata(pyproject):
     assert (project["name"], project["version"], project["requires-python"]) == ("nlc", "0.1.0", ">=3.10")
     assert project["scripts"] == {"nlc": "nldsl.cli:main"}
     assert "triton>=3; sys_platform == 'linux'" in project["dependencies"]
+    # the parser runs Lark in strict mode, which refuses to start without interegular
+    assert any(dep.startswith("lark[interegular]") for dep in project["dependencies"])
     assert set(project["optional-dependencies"]) == {"test", "bench"}
     assert {"slow", "triton", "browser"} <= {
         marker.split(":")[0] for marker in pyproject["tool"]["pytest"]["ini_options"]["markers"]

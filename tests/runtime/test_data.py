@@ -38,7 +38,9 @@ def oracle_rows(stream: PackedStream, docs, epochs: int) -> list[list[int]]:
 # -- tokenizer ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["", "plain ASCII, with\nnewlines\tand tabs", "Opticæ × 2 — naïve café", "日本語 🙂 Ελληνικά"])
+@pytest.mark.parametrize(
+    "text", ["", "plain ASCII, with\nnewlines\tand tabs", "Opticæ × 2 — naïve café", "日本語 🙂 Ελληνικά"]
+)
 def test_tokenizer_round_trip(text):
     ids = TOK.encode(text)
     assert ids == list(text.encode("utf-8")) and all(0 <= i < 256 for i in ids)
@@ -103,7 +105,8 @@ def test_default_corpus_is_the_stated_english_text():
     assert len(docs) == 5
 
     readme = (CORPUS_DIR / "README.md").read_text(encoding="utf-8")
-    stated = {m[0]: int(m[1].replace(",", "")) for m in re.findall(r"^\| `([^`]+\.txt)` \|.*\| ([\d,]+) \|$", readme, re.M)}
+    rows = re.findall(r"^\| `([^`]+\.txt)` \|.*\| ([\d,]+) \|$", readme, re.M)
+    stated = {name: int(size.replace(",", "")) for name, size in rows}
     actual = {f.name: f.stat().st_size for f in files}
     assert stated == actual
     total = sum(actual.values())
@@ -158,6 +161,8 @@ def test_split_with_few_documents_holds_out_tails():
     assert val[0][1].startswith("line ") and train[0][1].endswith("\n")  # cut at a line start
     assert abs(len(val[0][1]) / len(one[0][1]) - 0.05) < 0.01
     assert split(one, 0.5) != (one, [])  # never holds out the only document whole
+    long_line = [("wide.txt", "x" * 50_000 + "\n")]  # no line start near the cut: cut where the fraction says
+    assert len(split(long_line, 0.1)[1][0][1]) == 5_001
 
     default = load_documents()
     train, val = split(default)  # five documents: too few to hold out whole ones at 5%
@@ -290,8 +295,9 @@ def test_resume_refuses_other_data_or_settings():
     stream = PackedStream(docs, 8, 2, seed=0)
     next(stream)
     state = stream.state_dict()
-    for other in (PackedStream(docs, 8, 2, seed=1), PackedStream(docs, 9, 2, seed=0),
-                  PackedStream(docs, 8, 3, seed=0), PackedStream(synthetic_docs([100, 200, 300], seed=9), 8, 2, seed=0)):
+    others = (PackedStream(docs, 8, 2, seed=1), PackedStream(docs, 9, 2, seed=0), PackedStream(docs, 8, 3, seed=0),
+              PackedStream(synthetic_docs([100, 200, 300], seed=9), 8, 2, seed=0))
+    for other in others:
         with pytest.raises(ValueError, match="resume"):
             other.load_state_dict(state)
     with pytest.raises(ValueError, match="version"):
