@@ -77,10 +77,7 @@ def write_package(files: dict[str, str], out_dir: str, model: str, force: bool =
     return target
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("NLC_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                       os.path.join(Path.home(), ".cache"), "nlc")
-    return Path(root)
+from .cachedir import cache_dir  # noqa: E402  (re-exported: the cache of compiled specs)
 
 
 def load(path, backend: str = "chunked"):

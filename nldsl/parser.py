@@ -64,15 +64,40 @@ def grammar_text() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _parser() -> Lark:
-    return Lark(
-        grammar_text(),
-        parser="lalr",
-        strict=True,
-        propagate_positions=True,
-        postlex=_PostLexer(),
-        lexer_callbacks={"COMMENT": _Comments.collect},
-        maybe_placeholders=True,
-    )
+    options = dict(parser="lalr", strict=True, propagate_positions=True, postlex=_PostLexer(),
+                   lexer_callbacks={"COMMENT": _Comments.collect}, maybe_placeholders=True)
+    cache = _cache_file()
+    if cache is not None:
+        try:
+            return Lark(grammar_text(), cache=cache, **options)
+        except Exception:  # noqa: BLE001 - an unreadable or stale cache only costs the build below
+            pass
+    return Lark(grammar_text(), **options)
+
+
+def _cache_file() -> str | None:
+    """The parse tables, cached in the user's own nlc cache folder (never a shared temporary one).
+
+    Building the LALR tables takes longer than checking a typical spec; the file name carries the
+    grammar's and Lark's versions, so a changed grammar never reads stale tables. NLC_NO_CACHE=1
+    turns the cache off.
+    """
+    import hashlib
+    import os
+
+    import lark
+
+    if os.environ.get("NLC_NO_CACHE"):
+        return None
+    from .cachedir import cache_dir
+
+    root = str(cache_dir())
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    key = hashlib.sha256((grammar_text() + lark.__version__).encode()).hexdigest()[:16]
+    return os.path.join(root, f"grammar-{key}.lark-tables")
 
 
 class _Comments:

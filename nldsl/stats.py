@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import ir
 
-MOMENT_SLOTS = {"sgd": 0, "momentum": 1, "adamw": 2, "muon": 1, "m3": 3, "deep_momentum": 1}
+MOMENT_SLOTS = {"sgd": 0, "momentum": 1, "adamw": 2, "muon": 1, "m3": 5, "deep_momentum": 1}
 
 
 def human(n) -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from .base import LevelOptimizer, UpdateNormMixin, check_rate
 

@@ -106,7 +106,7 @@ class DeepMomentum(LevelOptimizer):
             state['step'] = 0
             state['momentum_buffer'] = torch.zeros_like(p, memory_format=torch.preserve_format)
             for key, value in zip(('w1', 'b1', 'w2'), _identity_fit(hidden)):
-                state[key] = value.to(device=p.device, dtype=p.dtype)
+                state[key] = value.to(device=p.device, dtype=p.dtype, copy=True)
         if state['w1'].numel() != hidden:
             raise ValueError(f'DeepMomentum: the memory has {state["w1"].numel()} hidden units, the group says {hidden}')
         state['step'] += 1

@@ -139,12 +139,16 @@ class NestedLoop:
     def _apply(self, name: str, opt, params):
         if self.reduce_grads is not None:
             self.reduce_grads(params)
-        before = [p.detach().clone() for p in params]
+        measured = hasattr(opt, "last_update_norm")  # nlc's optimizers measure their own update
+        before = None if measured else [p.detach().clone() for p in params]
         opt.step()
         opt.zero_grad(set_to_none=True)
         if not _finite(p.detach() for p in params):
             raise Diverged(name, self.step_count, "parameters after the update")
-        norm = math.sqrt(sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(params, before)))
+        norm = float(opt.last_update_norm) if measured else math.sqrt(
+            sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(params, before)))
+        if not math.isfinite(norm):
+            raise Diverged(name, self.step_count, "update")
         st = self.stats[name]
         st.updates += 1
         st.last_norm = norm

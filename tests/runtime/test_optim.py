@@ -206,7 +206,7 @@ def test_newton_schulz_cubic_converges_to_the_polar_factor(shape):
     U, _, Vh = torch.linalg.svd(G, full_matrices=False)
     X = newton_schulz(G, 40, NS_CUBIC)
     torch.testing.assert_close(X, U @ Vh, rtol=0, atol=1e-10)
-    # the quintic keeps the singular vectors too: XᵀX commutes-free check via the polar factor's sign
+    # the quintic keeps the singular vectors and lands within its band around the same polar factor
     Q = newton_schulz(G, 5, NS_QUINTIC)
     assert torch.linalg.matrix_norm(Q - U @ Vh, ord=2) < 0.35
 
@@ -482,3 +482,32 @@ def test_step_takes_a_closure(kind):
     for _ in range(20):
         last = opt.step(closure).item()
     assert last < first
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_an_optimizer_loaded_from_a_live_state_dict_owns_its_state(kind):
+    loss_fn, init = resume_problem()
+    first = [x.clone().requires_grad_() for x in init]
+    opt1 = make_optimizer(kind, first, **RESUME_ARGS[kind])
+    run(opt1, loss_fn, first, 3)
+    saved = save_state(opt1.state_dict())[0]
+    second = [x.detach().clone().requires_grad_() for x in first]
+    opt2 = make_optimizer(kind, second, **RESUME_ARGS[kind])
+    opt2.load_state_dict(opt1.state_dict())
+    run(opt2, loss_fn, second, 3)
+    assert save_state(opt1.state_dict())[0] == saved
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, F64])
+def test_deep_momentum_fresh_memories_do_not_share_state(dtype):
+    def first_two_steps():
+        p = torch.zeros(6, 5, dtype=dtype, requires_grad=True)
+        opt = DeepMomentum([p], lr=0.1, hidden=4)
+        for seed in (80, 81):
+            p.grad = rand(6, 5, seed=seed, dtype=dtype) ** 3
+            opt.step()
+        return p.detach().clone(), opt.state[p]['w2'].clone()
+
+    p1, w1 = first_two_steps()
+    p2, w2 = first_two_steps()
+    assert torch.equal(p1, p2) and torch.equal(w1, w2)

@@ -1,0 +1,123 @@
+"""The nested loop honours every clock, resumes bit-exactly after SIGKILL, and stops on divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nldsl.runtime.train import Diverged, TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+HOPE = str(ROOT / "examples" / "hope.nl")
+
+
+def _config(tmp_path, spec=HOPE, **kw):
+    base = dict(spec=spec, steps=4, batch=2, seq=32, out=str(tmp_path / "run"), checkpoint_every=2, eval_every=2,
+                eval_batches=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+def test_every_level_updates_as_often_as_its_clock_says(tmp_path):
+    steps, seq = 4, 32
+    trainer = Trainer(_config(tmp_path, steps=steps, seq=seq))
+    trainer.train()
+    counts = {name: st.updates for name, st in trainer.loop.stats.items()}
+    tokens = steps * seq  # per row: the CMS chain of hope.nl persists, so windows run along each row's stream
+    expected = {
+        "selfmod_titans.mem_k": tokens, "selfmod_titans.mem_v": tokens, "selfmod_titans.mem_eta": tokens,
+        "selfmod_titans.mem_alpha": tokens, "selfmod_titans.mem": tokens,
+        "continuum.fast": tokens // 16, "continuum.mid": tokens // 64, "continuum.slow": tokens // 256,
+        "pretrain": steps,
+    }
+    assert counts == expected
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["levels"]["continuum.fast"]["norm"] > 0 for r in records[1:])
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+    assert (tmp_path / "run" / "update_norms.png").stat().st_size > 0
+
+
+def test_cms_levels_step_only_at_window_ends(tmp_path):
+    trainer = Trainer(_config(tmp_path, steps=1, seq=48))
+    fast = dict(trainer.loop.own.cms[0].params)
+    slow = dict(trainer.loop.own.cms[2].params)
+    before_fast = {n: p.detach().clone() for n, p in fast.items()}
+    before_slow = {n: p.detach().clone() for n, p in slow.items()}
+    trainer.train()
+    assert any(not torch.equal(p.detach(), before_fast[n]) for n, p in fast.items())
+    assert all(torch.equal(p.detach(), before_slow[n]) for n, p in slow.items())  # 48 < 256: no window closed
+    assert all(p.grad is not None for p in slow.values())  # ... but its window's gradient is accumulating
+
+
+def _run_cli(args, env):
+    return subprocess.Popen([sys.executable, "-m", "nldsl.cli", "train", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_after_sigkill_is_bit_exact(tmp_path):
+    env = {**os.environ, "NLC_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    common = ["examples/hope.nl", "--steps", "4", "--batch", "2", "--seq", "24", "--checkpoint-every", "2",
+              "--eval-every", "2"]
+    straight = _run_cli(common + ["--out", str(tmp_path / "straight")], env)
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+
+    killed_dir = tmp_path / "killed"
+    proc = _run_cli(common + ["--out", str(killed_dir)], env)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        ckpt = killed_dir / "checkpoint.json"
+        if ckpt.exists() and json.loads(ckpt.read_text())["step"] >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = json.loads((killed_dir / "checkpoint.json").read_text())["step"]
+    assert step_at_kill in (2, 4)
+    resumed = _run_cli(["examples/hope.nl", "--steps", "4", "--resume", str(killed_dir)], env)
+    out = resumed.stdout.read()
+    assert resumed.wait(timeout=600) == 0, out
+
+    def losses(run):
+        return [(r["step"], r["loss"], r.get("val_loss")) for r in
+                map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    assert losses(killed_dir) == losses(tmp_path / "straight")
+    a = load_file(str(tmp_path / "straight" / json.loads((tmp_path / "straight" / "checkpoint.json").read_text())["weights"]))
+    b = load_file(str(killed_dir / json.loads((killed_dir / "checkpoint.json").read_text())["weights"]))
+    assert a.keys() == b.keys()
+    for key in a:
+        if key != "rng.torch":
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_a_non_finite_update_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
+    trainer = Trainer(_config(tmp_path, steps=2))
+    trainer.train()
+    ckpt = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert ckpt["step"] == 2
+    cfg = _config(tmp_path, steps=4)
+    resumed = Trainer(cfg, resume=True)
+    name, param = resumed.loop.own.cms[0].params[0]
+    param.register_hook(lambda g: g * float("nan"))
+    with pytest.raises(Diverged) as info:
+        resumed.train()
+    assert info.value.level == "continuum.fast"
+    assert info.value.step == 3
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 2
+    load_file(str(tmp_path / "run" / ckpt["weights"]))  # the last good weights are intact
