@@ -1,4 +1,5 @@
-# nlc: two entry points. `make demo` sets up .venv and draws the HOPE level graph; `make test` sets up
+# nlc: two entry points. `make demo` sets up .venv, draws the HOPE level graph and trains HOPE for a
+# few minutes on the bundled corpus; `make test` sets up
 # .venv with the test extras (and Chromium for the browser tests) and runs the test suite.
 # The set-up itself lives in scripts/setup.sh, shared with the README and CI.
 
@@ -11,8 +12,15 @@ TEST_CMD = $(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: demo test setup setup-test
 
+# The main job: compile HOPE, train it for a few minutes on the bundled corpus (CPU), plot the losses.
+DEMO_STEPS ?= 60
+DEMO_RUN ?= runs/hope-demo
+
 demo: setup
 	$(VENV)/bin/nlc graph examples/hope.nl
+	$(VENV)/bin/nlc train examples/hope.nl --steps $(DEMO_STEPS) --batch 8 --seq 256 --eval-every 20 \
+		--checkpoint-every 20 --out $(DEMO_RUN)
+	@echo "loss curve: $(DEMO_RUN)/loss.png   per-level update norms: $(DEMO_RUN)/update_norms.png"
 
 test: setup-test
 	$(TEST_CMD)

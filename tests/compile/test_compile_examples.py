@@ -1,0 +1,280 @@
+"""`nlc compile` end to end: every example compiles to a package that imports, runs and trains; the
+output is deterministic; the CLI writes, refuses and dumps as documented; `nldsl.load` compiles a spec
+into its cache or imports a compiled directory; constructs the generator cannot lower are NL0601."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import nldsl
+from compile_testkit import EXAMPLES, ROOT, compile_ok, example_id, in_root, memory_levels, write_spec
+from nldsl.cli import main
+from nldsl.compiler import compile_spec, load
+from nldsl.diagnostics import SpecError
+
+FILES = {"__init__.py", "model.py", "levels.json", "plan.txt", "spec.nl", "manifest.json"}
+
+
+def cli(*args, cwd=ROOT):
+    """Run `nlc` in-process from `cwd` (relative spec paths, as a user would type them)."""
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(main, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+def stderr_of(result) -> str:
+    return getattr(result, "stderr", "") or result.output
+
+
+# ------------------------------------------------------------------ every example
+
+
+@pytest.mark.parametrize("spec", EXAMPLES, ids=example_id)
+def test_example_compiles_to_a_clean_package(spec):
+    with in_root():
+        files = compile_ok(spec)
+        again = compile_ok(spec)
+    assert set(files) == FILES
+    assert files == again, "compiling twice gave different bytes"
+    for name in ("model.py", "__init__.py"):
+        ast.parse(files[name], filename=name)
+    levels, manifest = json.loads(files["levels.json"]), json.loads(files["manifest.json"])
+    assert manifest["spec"] == spec and manifest["spec_sha256"] in files["model.py"]
+    assert set(manifest["files"]) <= FILES
+    assert levels["runtime"]["memories"] is not None
+    assert files["spec.nl"] == (ROOT / spec).read_text(encoding="utf-8")
+    for name, text in files.items():
+        assert str(ROOT) not in text, f"{name} names the machine's checkout"
+        assert text.endswith("\n")
+
+
+@pytest.mark.parametrize("spec", EXAMPLES, ids=example_id)
+def test_example_model_runs_forward_and_backward(spec, tmp_path):
+    with in_root():
+        fe, files = compile_spec(spec)
+    torch.manual_seed(0)
+    model = load(spec if Path(spec).is_absolute() else ROOT / spec)
+    assert model.vocab_size == fe.model.vocab
+    assert model.context == fe.model.context
+    # 18 tokens: past the examples' 8- and 16-token chunks, so every memory's writes reach a later read
+    x = torch.randint(0, model.vocab_size, (2, 18))
+    logits, state = model(x)
+    assert logits.shape == (2, 18, model.vocab_size) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, model.vocab_size), x[:, 1:].reshape(-1))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without a gradient: {missing}"
+    assert isinstance(state, dict)
+    # one memory module per declared memory and replica
+    assert len(memory_levels(model)) == sum(r["replicas"] for r in json.loads(files["levels.json"])["runtime"]["memories"])
+
+
+def test_compiling_is_deterministic_across_processes(tmp_path):
+    """Two fresh interpreters with different hash seeds write the same bytes for every example."""
+    script = ("import sys; from nldsl.compiler import compile_spec, write_package\n"
+              "for spec in sys.argv[2:]:\n"
+              "    fe, files = compile_spec(spec)\n"
+              "    write_package(files, sys.argv[1], fe.model.name)\n")
+    trees = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}"
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        subprocess.run([sys.executable, "-c", script, str(out), *EXAMPLES], cwd=ROOT, env=env, check=True,
+                       capture_output=True, timeout=300)
+        trees.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    assert trees[0].keys() == trees[1].keys() and len(trees[0]) == len(EXAMPLES) * len(FILES)
+    for name in trees[0]:
+        assert trees[0][name] == trees[1][name], f"{name} depends on the hash seed"
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def test_cli_compile_writes_the_package(tmp_path):
+    result = cli("compile", "examples/hope.nl", "-o", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    target = tmp_path / "hope"
+    assert {p.name for p in target.iterdir()} == FILES
+    with in_root():
+        assert {p.name: p.read_text(encoding="utf-8") for p in target.iterdir()} == compile_ok("examples/hope.nl")
+    # a second compile into the same place is an update of the same build: allowed
+    assert cli("compile", "examples/hope.nl", "-o", str(tmp_path)).exit_code == 0
+
+
+def test_cli_compile_runs_as_a_program(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "nldsl.cli", "compile", "examples/ttt_linear.nl", "-o", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "compiled examples/ttt_linear.nl" in result.stderr
+    assert {p.name for p in (tmp_path / "ttt_linear").iterdir()} == FILES
+
+
+def test_cli_refuses_a_directory_holding_other_files(tmp_path):
+    target = tmp_path / "titans"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine\n")
+    result = cli("compile", "examples/titans.nl", "-o", str(tmp_path))
+    assert result.exit_code == 1
+    assert "NL0602" in stderr_of(result) and "notes.txt" in stderr_of(result)
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"], "refused, yet wrote"
+    result = cli("compile", "examples/titans.nl", "-o", str(tmp_path), "--force")
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in target.iterdir()} == FILES | {"notes.txt"}
+
+
+def test_cli_refuses_another_models_build(tmp_path):
+    assert cli("compile", "examples/titans.nl", "-o", str(tmp_path)).exit_code == 0
+    manifest = tmp_path / "titans" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["model"] = "someone_else"
+    manifest.write_text(json.dumps(data))
+    assert cli("compile", "examples/titans.nl", "-o", str(tmp_path)).exit_code == 1
+
+
+def test_cli_dumps_beside_the_package(tmp_path):
+    result = cli("compile", "examples/gated_deltanet.nl", "-o", str(tmp_path), "--dump", "ast,ir,graph,plan")
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"gated_deltanet", "gated_deltanet.ast.txt", "gated_deltanet.ir.txt",
+                     "gated_deltanet.graph.json", "gated_deltanet.plan.txt"}
+    package = tmp_path / "gated_deltanet"
+    assert (tmp_path / "gated_deltanet.plan.txt").read_text() == (package / "plan.txt").read_text()
+    assert json.loads((tmp_path / "gated_deltanet.graph.json").read_text()) == json.loads((package / "levels.json").read_text())
+    assert "gdn_block" in (tmp_path / "gated_deltanet.ast.txt").read_text()
+    assert "gdn_block.fast" in (tmp_path / "gated_deltanet.ir.txt").read_text()
+
+
+def test_cli_unknown_dump_stage_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["compile", str(ROOT / "examples/transformer.nl"), "-o", str(tmp_path),
+                                       "--dump", "bytecode"])
+    assert result.exit_code == 2
+    assert "bytecode" in result.output and "Traceback" not in result.output
+
+
+def test_cli_missing_spec_is_a_clean_error(tmp_path):
+    result = cli("compile", str(tmp_path / "nowhere.nl"), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert "NL0001" in stderr_of(result)
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ what the generator cannot lower
+
+READ_TWICE = """
+nl 1
+model twice {
+  vocab    = 32
+  dim      = 8
+  heads    = 2
+  context  = 64
+
+  level pretrain : outer {
+    clock     every 1 step
+    objective next_token
+    update    adamw(lr = 1e-3)
+  }
+
+  block mix(x) {
+    memory fast : linear per head {
+      key       k
+      value     v
+      lr        eta
+      update    gd at current
+    }
+    k   = l2norm(linear(x, dim))
+    v   = linear(x, dim)
+    eta = sigmoid(linear(x, heads))
+    a   = fast(k)
+    b   = fast(v)
+    return a + b
+  }
+
+  network = embed(vocab, dim) -> residual(rmsnorm -> mix) -> rmsnorm -> lm_head(tied = true)
+}
+"""
+
+
+def test_a_memory_read_twice_is_nl0601(tmp_path):
+    spec = write_spec(tmp_path, READ_TWICE, "twice.nl")
+    fe, files = compile_spec(str(spec))
+    assert files is None
+    codes = [d.code for d in fe.diagnostics if d.is_error]
+    assert codes == ["NL0601"]
+    assert fe.diagnostics[-1].span.line == 25  # the second read
+    for fmt in ("full", "json"):
+        result = subprocess.run([sys.executable, "-m", "nldsl.cli", "compile", "twice.nl", "-o", "out", "--format", fmt],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1
+        text = result.stdout + result.stderr
+        assert "NL0601" in text and "read more than once" in text
+        assert "Traceback" not in text and "NL0901" not in text
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SpecError) as info:
+        nldsl.load(spec)
+    assert [d.code for d in info.value.diagnostics] == ["NL0601"]
+
+
+# ------------------------------------------------------------------ nldsl.load
+
+
+def test_load_compiles_a_spec_into_the_cache_once(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NLC_CACHE", str(cache))
+    spec = tmp_path / "ttt.nl"
+    spec.write_text((ROOT / "examples/ttt_linear.nl").read_text(encoding="utf-8"), encoding="utf-8")
+    model = nldsl.load(spec)
+    entries = list(cache.iterdir())
+    assert len(entries) == 1 and (entries[0] / "ttt_linear" / "manifest.json").is_file()
+    model_py = entries[0] / "ttt_linear" / "model.py"
+    stamp = model_py.stat().st_mtime_ns
+    again = nldsl.load(spec, backend="reference")
+    assert model_py.stat().st_mtime_ns == stamp, "a cached build was written again"
+    assert type(again) is type(model), "the cached package was imported twice"
+    assert {m.backend for m in memory_levels(again).values()} == {"reference"}
+    assert {m.backend for m in memory_levels(model).values()} == {"chunked"}
+    # a changed spec is a different entry
+    spec.write_text(spec.read_text(encoding="utf-8") + "# changed\n", encoding="utf-8")
+    nldsl.load(spec)
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_load_imports_a_compiled_directory(tmp_path):
+    assert cli("compile", "examples/transformer.nl", "-o", str(tmp_path)).exit_code == 0
+    torch.manual_seed(1)
+    direct = nldsl.load(tmp_path / "transformer")
+    torch.manual_seed(1)
+    parent = nldsl.load(tmp_path)  # the directory holding one package
+    assert type(direct).__name__ == "TransformerModel"
+    for (n1, p1), (n2, p2) in zip(direct.state_dict().items(), parent.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    # the package's own build() gives the same model
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import transformer as package  # noqa: E402
+        torch.manual_seed(1)
+        built = package.build(backend="reference")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("transformer", None)
+        sys.modules.pop("transformer.model", None)
+    assert list(built.state_dict()) == list(direct.state_dict())
+
+
+def test_load_refuses_what_is_not_a_package(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError):
+        nldsl.load(tmp_path / "empty")
+    with pytest.raises(ValueError):
+        nldsl.load(ROOT / "examples/transformer.nl", backend="triton-someday")
