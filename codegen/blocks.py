@@ -39,38 +39,13 @@ class ClassCode:
     forward: list = field(default_factory=list)
 
 
-def _refs(v, out=None):
-    out = set() if out is None else out
-    stack = [v]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, ir.Ref):
-            out.add(x.name)
-        elif isinstance(x, ir.Op):
-            stack.extend(x.args)
-        elif isinstance(x, ir.Bin):
-            stack.extend((x.left, x.right))
-        elif isinstance(x, ir.Read) and x.query is not None:
-            stack.append(x.query)
-        elif isinstance(x, ir.Apply):
-            stack.append(x.arg)
-    return out
+def _refs(v) -> set:
+    return {x.name for x in ir.walk(v) if isinstance(x, ir.Ref)}
 
 
-def _direct_reads(v):
-    out = []
-    stack = [v]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, ir.Read):
-            out.append(x)
-        elif isinstance(x, ir.Op):
-            stack.extend(x.args)
-        elif isinstance(x, ir.Bin):
-            stack.extend((x.left, x.right))
-        elif isinstance(x, ir.Apply):
-            stack.append(x.arg)
-    return out
+def _direct_reads(v) -> list:
+    """Reads in a value, not counting reads inside another read's query."""
+    return [x for x in ir.walk(v, queries=False) if isinstance(x, ir.Read)]
 
 
 class BlockLowering:
@@ -221,32 +196,10 @@ class BlockLowering:
         return out
 
     def _ops(self, v):
-        stack = [v]
-        while stack:
-            x = stack.pop()
-            if isinstance(x, ir.Op):
-                yield x
-                stack.extend(reversed(x.args))
-            elif isinstance(x, ir.Bin):
-                stack.extend((x.right, x.left))
-            elif isinstance(x, ir.Read) and x.query is not None:
-                stack.append(x.query)
-            elif isinstance(x, ir.Apply):
-                stack.append(x.arg)
+        return (x for x in ir.walk(v) if isinstance(x, ir.Op))
 
     def _applies(self, v):
-        stack = [v]
-        while stack:
-            x = stack.pop()
-            if isinstance(x, ir.Apply):
-                yield x
-                stack.append(x.arg)
-            elif isinstance(x, ir.Op):
-                stack.extend(x.args)
-            elif isinstance(x, ir.Bin):
-                stack.extend((x.left, x.right))
-            elif isinstance(x, ir.Read) and x.query is not None:
-                stack.append(x.query)
+        return (x for x in ir.walk(v) if isinstance(x, ir.Apply))
 
     def _level_ctor(self, lv) -> str:
         if isinstance(lv, ir.Attention):

@@ -222,6 +222,10 @@ def compile_cmd(spec, out_dir, force, dump, fmt):
     """
     from .compiler import compile_spec, write_package
 
+    stages = [s.strip() for s in dump.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in ("ast", "ir", "graph", "plan")]
+    if unknown:  # before anything is written
+        raise click.BadParameter(f"unknown stage {unknown[0]!r}; choose among ast, ir, graph, plan", param_hint="--dump")
     fe, files = compile_spec(spec)
     if files is None:
         sys.exit(_report(fe, fmt) or 1)
@@ -232,13 +236,11 @@ def compile_cmd(spec, out_dir, force, dump, fmt):
     except FileExistsError as e:
         click.echo(f"error[NL0602]: {e}\n  = help: choose another --output, or pass --force", err=True)
         sys.exit(1)
-    for stage in [s.strip() for s in dump.split(",") if s.strip()]:
+    for stage in stages:
         from .dump import dump_ast, dump_ir
 
         texts = {"ast": lambda: dump_ast(fe.module), "ir": lambda: dump_ir(fe.model),
                  "graph": lambda: files["levels.json"], "plan": lambda: files["plan.txt"]}
-        if stage not in texts:
-            raise click.BadParameter(f"unknown stage {stage!r}; choose among {', '.join(texts)}", param_hint="--dump")
         ext = "json" if stage == "graph" else "txt"
         (target.parent / f"{fe.model.name}.{stage}.{ext}").write_text(texts[stage](), encoding="utf-8")
     click.echo(f"compiled {spec} -> {target}", err=True)

@@ -203,7 +203,7 @@ class Elaborator:
     def _applied_blocks(self, block: ir.BlockDef, stack):
         """Elaborate the blocks that `block` applies to values (`y = other(x)`)."""
         for _, v in block.bindings + (("return", block.output),):
-            for node in _values(v):
+            for node in ir.walk(v):
                 if isinstance(node, ir.Apply) and isinstance(node.target, ir.BlockCall):
                     try:
                         self._block(self.p.lookup(node.target.block), {}, node.span, stack)
@@ -358,7 +358,7 @@ def _used_chains(el: Elaborator) -> set:
         pass
     for b in el.blocks.values():
         for _, v in b.bindings + (("out", b.output),):
-            for node in _values(v):
+            for node in ir.walk(v):
                 if isinstance(node, ir.Apply) and isinstance(node.target, ir.CmsCall):
                     out.add(node.target.cms)
     for a in el.nets.values():
@@ -385,21 +385,6 @@ def _children(net):
     return ()
 
 
-def _values(v):
-    stack = [v]
-    while stack:
-        x = stack.pop()
-        yield x
-        if isinstance(x, ir.Op):
-            stack.extend(x.args)
-        elif isinstance(x, ir.Bin):
-            stack.extend((x.left, x.right))
-        elif isinstance(x, ir.Read) and x.query is not None:
-            stack.append(x.query)
-        elif isinstance(x, ir.Apply):
-            stack.append(x.arg)
-
-
 def _replicas(network, blocks, chains) -> dict:
     counts: dict[str, int] = {}
 
@@ -410,7 +395,7 @@ def _replicas(network, blocks, chains) -> dict:
         for lvl in b.levels:
             counts[lvl] = counts.get(lvl, 0) + mult
         for _, v in b.bindings + (("out", b.output),):
-            for node in _values(v):
+            for node in ir.walk(v):
                 if isinstance(node, ir.Apply):
                     visit(node.target, mult, seen + (name,))
 

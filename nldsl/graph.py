@@ -19,65 +19,18 @@ SCHEMA = "nlc.graph/1"
 KIND_ORDER = {"attention": 0, "memory": 1, "cms": 2, "optimizer": 3, "outer": 4}
 
 
-def deps(value, bindings: dict, seen=()) -> set:
+def deps(value, bindings: dict) -> set:
     """Levels whose reads a value depends on (following the block's bindings)."""
-    out = set()
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, ir.Ref):
-            if v.name not in seen and v.name in bindings:
-                out |= deps(bindings[v.name], bindings, seen + (v.name,))
-        elif isinstance(v, ir.Read):
-            out.add(v.level)
-            if v.query is not None:
-                stack.append(v.query)
-        elif isinstance(v, ir.Op):
-            stack.extend(v.args)
-        elif isinstance(v, ir.Bin):
-            stack.extend((v.left, v.right))
-        elif isinstance(v, ir.Apply):
-            stack.append(v.arg)
-    return out
+    return {v.level for v in ir.walk(value, bindings) if isinstance(v, ir.Read)}
 
 
-def _reads(value, bindings, seen=()):
+def _reads(value, bindings):
     """Every Read reachable from a value, following bindings."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, ir.Ref):
-            if v.name not in seen and v.name in bindings:
-                seen = seen + (v.name,)
-                stack.append(bindings[v.name])
-        elif isinstance(v, ir.Read):
-            yield v
-            if v.query is not None:
-                stack.append(v.query)
-        elif isinstance(v, ir.Op):
-            stack.extend(v.args)
-        elif isinstance(v, ir.Bin):
-            stack.extend((v.left, v.right))
-        elif isinstance(v, ir.Apply):
-            stack.append(v.arg)
+    return [v for v in ir.walk(value, bindings) if isinstance(v, ir.Read)]
 
 
-def _uses_input(value, bindings, seen=()) -> bool:
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, ir.Input):
-            return True
-        if isinstance(v, ir.Ref) and v.name not in seen and v.name in bindings:
-            seen = seen + (v.name,)
-            stack.append(bindings[v.name])
-        elif isinstance(v, ir.Read) and v.query is not None:
-            stack.append(v.query)
-        elif isinstance(v, ir.Op):
-            stack.extend(v.args)
-        elif isinstance(v, ir.Bin):
-            stack.extend((v.left, v.right))
-    return False
+def _uses_input(value, bindings) -> bool:
+    return any(isinstance(v, ir.Input) for v in ir.walk(value, bindings))
 
 
 def widths(model: ir.ModelIR) -> Widths:

@@ -375,3 +375,39 @@ class ModelIR:
 
     def replica_count(self, name: str) -> int:
         return dict(self.replicas).get(name, 1)
+
+
+# ---------------------------------------------------------------- traversal
+
+
+def children(v) -> tuple:
+    """The values a dataflow node reads directly."""
+    if isinstance(v, Op):
+        return v.args
+    if isinstance(v, Bin):
+        return (v.left, v.right)
+    if isinstance(v, Read):
+        return (v.query,) if v.query is not None else ()
+    if isinstance(v, Apply):
+        return (v.arg,)
+    return ()
+
+
+def walk(value, bindings: Optional[dict] = None, queries: bool = True):
+    """Every node below `value`, pre-order, left to right.
+
+    With `bindings` (a block's name → value), a `Ref` is followed into its binding (each once); with
+    `queries=False` the query of a `Read` is not entered (the read itself is still yielded).
+    """
+    seen: set = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if v is None:
+            continue
+        yield v
+        if isinstance(v, Ref) and bindings is not None and v.name in bindings and v.name not in seen:
+            seen.add(v.name)
+            stack.append(bindings[v.name])
+        elif not (isinstance(v, Read) and not queries):
+            stack.extend(reversed(children(v)))

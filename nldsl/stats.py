@@ -125,7 +125,7 @@ def block_uses(model: ir.ModelIR) -> dict:
             counts[net.block] = counts.get(net.block, 0) + mult
             b = blocks[net.block]
             for _, v in b.bindings + (("out", b.output),):
-                for node in _walk(v):
+                for node in ir.walk(v):
                     if isinstance(node, ir.Apply):
                         visit(node.target, mult, inside + (net.block,))
         elif isinstance(net, ir.Seq):
@@ -138,43 +138,20 @@ def block_uses(model: ir.ModelIR) -> dict:
     return counts
 
 
-def _walk(v):
-    stack = [v]
-    while stack:
-        x = stack.pop()
-        yield x
-        if isinstance(x, ir.Op):
-            stack.extend(x.args)
-        elif isinstance(x, ir.Bin):
-            stack.extend((x.left, x.right))
-        elif isinstance(x, ir.Read) and x.query is not None:
-            stack.append(x.query)
-        elif isinstance(x, ir.Apply):
-            stack.append(x.arg)
-
-
 def _op_params(v, w) -> int:
     total = 0
-    stack = [v]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, ir.Op):
-            width = w.of(x.args[0]) if x.args else None
-            if x.fn == "linear" and width:
-                total += width * x.option("out") + (x.option("out") if x.option("bias") else 0)
-            elif x.fn == "conv" and width:
-                total += width * x.option("window")
-            elif x.fn == "rmsnorm" and width:
-                total += width
-            elif x.fn == "layernorm" and width:
-                total += 2 * width
-            stack.extend(x.args)
-        elif isinstance(x, ir.Bin):
-            stack.extend((x.left, x.right))
-        elif isinstance(x, ir.Read) and x.query is not None:
-            stack.append(x.query)
-        elif isinstance(x, ir.Apply):
-            stack.append(x.arg)
+    for x in ir.walk(v):
+        if not isinstance(x, ir.Op):
+            continue
+        width = w.of(x.args[0]) if x.args else None
+        if x.fn == "linear" and width:
+            total += width * x.option("out") + (x.option("out") if x.option("bias") else 0)
+        elif x.fn == "conv" and width:
+            total += width * x.option("window")
+        elif x.fn == "rmsnorm" and width:
+            total += width
+        elif x.fn == "layernorm" and width:
+            total += 2 * width
     return total
 
 

@@ -152,36 +152,8 @@ class ValueBuilder:
 
 def reads_in(value) -> list[ir.Read]:
     """Every memory/attention read inside a value (not following Refs)."""
-    out = []
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, ir.Read):
-            out.append(v)
-            if v.query is not None:
-                stack.append(v.query)
-        elif isinstance(v, ir.Op):
-            stack.extend(v.args)
-        elif isinstance(v, ir.Bin):
-            stack.extend((v.left, v.right))
-        elif isinstance(v, ir.Apply):
-            stack.append(v.arg)
-    return out
+    return [v for v in ir.walk(value) if isinstance(v, ir.Read)]
 
 
 def refs_in(value) -> list[str]:
-    out = []
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, ir.Ref):
-            out.append(v.name)
-        elif isinstance(v, ir.Read) and v.query is not None:
-            stack.append(v.query)
-        elif isinstance(v, ir.Op):
-            stack.extend(v.args)
-        elif isinstance(v, ir.Bin):
-            stack.extend((v.left, v.right))
-        elif isinstance(v, ir.Apply):
-            stack.append(v.arg)
-    return out
+    return [v.name for v in ir.walk(value) if isinstance(v, ir.Ref)]

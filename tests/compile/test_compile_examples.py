@@ -161,6 +161,7 @@ def test_cli_unknown_dump_stage_is_a_usage_error(tmp_path):
                                        "--dump", "bytecode"])
     assert result.exit_code == 2
     assert "bytecode" in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir()), "a usage error still wrote the package"
 
 
 def test_cli_missing_spec_is_a_clean_error(tmp_path):
