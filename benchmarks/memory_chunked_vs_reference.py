@@ -1,6 +1,7 @@
 """Time the chunk-parallel memory path against the token-by-token reference.
 
     python benchmarks/memory_chunked_vs_reference.py [--backward] [--tokens 2048] [--only titans]
+    python benchmarks/memory_chunked_vs_reference.py --threads 1 --clock cpu    # on a busy machine
 
 Shapes follow a small layer: batch 2, model width 256 as 4 heads of dk = dv = 64, float32, CPU.
 Prints one row per memory family: the best of --repeats interleaved timings in milliseconds for the
@@ -56,16 +57,16 @@ def make_inputs(cfg: MemoryConfig, batch: int, tokens: int, grad: bool):
     return (q, k, v, gates, params0), leaves
 
 
-def timed(fns, repeats: int) -> tuple[list[float], list[torch.Tensor]]:
+def timed(fns, repeats: int, clock) -> tuple[list[float], list[torch.Tensor]]:
     """Best milliseconds of each function over `repeats` interleaved rounds (after one warm-up call),
     and each one's output. The minimum is the figure least disturbed by other load on the machine."""
     outs = [fn() for fn in fns]
     best = [float('inf')] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            start = time.perf_counter()
+            start = clock()
             outs[i] = fn()
-            best[i] = min(best[i], 1000.0 * (time.perf_counter() - start))
+            best[i] = min(best[i], 1000.0 * (clock() - start))
     return best, outs
 
 
@@ -88,12 +89,16 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3, help='timed rounds (the best one is printed)')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (default: torch decides)')
     parser.add_argument('--only', default='', help='run the families whose name contains this text')
+    parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
+                        help='wall time, or the process CPU time (steadier on a shared machine; with '
+                             'several threads it adds up every thread)')
     opts = parser.parse_args()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     mode = 'fwd+bwd' if opts.backward else 'fwd'
+    clock = time.perf_counter if opts.clock == 'wall' else time.process_time
     print(f"B={opts.batch} T={opts.tokens} heads={HEADS} dk=dv={WIDTH} float32 {mode}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, {opts.clock} clock")
     header = f"{'family':34s} {'form':10s} {'C':>3s} {'reference ms':>13s} {'chunked ms':>11s} " \
              f"{'ratio':>7s} {'max |dy|':>9s}"
     print(header)
@@ -105,7 +110,7 @@ def main() -> None:
         args, leaves = make_inputs(cfg, opts.batch, opts.tokens, opts.backward)
         (ref_ms, chk_ms), (y_ref, y_chk) = timed(
             [step(reference, cfg, objective, args, leaves, opts.backward),
-             step(chunked, cfg, objective, args, leaves, opts.backward)], opts.repeats)
+             step(chunked, cfg, objective, args, leaves, opts.backward)], opts.repeats, clock)
         diff = (y_ref - y_chk).abs().max().item()
         form = chunk_form(cfg, objective)[0]
         print(f"{name:34s} {form:10s} {cfg.chunk:3d} {ref_ms:13.1f} {chk_ms:11.1f} "

@@ -55,7 +55,7 @@ def chunk_form(cfg: MemoryConfig, objective: object = None) -> tuple[str, str]:
 
 def chunked(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
             gates: Mapping[str, Tensor], params0: Optional[Params], state: Optional[MemoryState] = None,
-            tile: int = 64) -> tuple[Tensor, MemoryState]:
+            tile: int = 32) -> tuple[Tensor, MemoryState]:
     """Same contract and results as `reference`, computed chunk-parallel where an exact form exists.
 
     `tile` is the tile size of the 'wy' form; the 'dual' form's tiles are the chunks themselves; the

@@ -19,8 +19,11 @@ the end state follow without materialising any per-token P_t:
                + sum_{i<=t} G[t,i] (x_i . xi_t) e_i,        Cm = G diag(r) B,
 
 B holding the in-tile products of beta. All tensors may carry extra leading dimensions (a stack of
-tiles), so the state-independent parts and the reads run for many tiles at once. Autograd
+tiles), so the state-independent parts (and the wy form's reads) run for many tiles at once. Autograd
 differentiates through everything; it keeps the L x L matrices of every tile.
+
+Unlike the textbook gated-delta rewrite (beta = eta / alpha), this form never divides by a gate: the
+retention alpha may be 0 on the chunk-parallel path.
 """
 from __future__ import annotations
 
@@ -33,14 +36,16 @@ from torch import Tensor
 
 def segment_products(a: Tensor) -> Tensor:
     """G (..., L+1, L+1) with G[t, i] = a_{i+1} * ... * a_t for i <= t (1 on the diagonal), 0 above;
-    index 0 is the tile start, index t the state after the t-th token. a is (..., L)."""
+    index 0 is the tile start, index t the state after the t-th token. a is (..., L).
+
+    Running products of the masked gates, never a division or a log: exact when a gate is 0 or tiny,
+    and so is the gradient (differences of cumulative log-gates would amplify rounding by 1/a)."""
     length = a.shape[-1]
     padded = torch.cat([torch.ones_like(a[..., :1]), a], dim=-1)
-    steps = padded.unsqueeze(-1).expand(*padded.shape, length + 1)          # steps[t, i] = a_t
     rows = torch.arange(length + 1, device=a.device)
-    below = rows.unsqueeze(-1) > rows.unsqueeze(0)
-    products = torch.cumprod(torch.where(below, steps, torch.ones_like(steps)), dim=-2)
-    return products.tril()
+    later = rows.unsqueeze(0) > rows.unsqueeze(-1)                       # [i, t]: t > i
+    steps = torch.where(later, padded.unsqueeze(-2), torch.ones_like(padded).unsqueeze(-2))
+    return torch.cumprod(steps, dim=-1).transpose(-1, -2).tril()
 
 
 def _rows(matrix: Tensor, mode: str) -> Tensor:
