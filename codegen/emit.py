@@ -20,6 +20,7 @@ from nldsl.graph import to_doc
 
 from .blocks import BlockLowering, ClassCode, LoweringError
 from .forward import forward_lines
+from .kernels import model_kernels
 from .names import camel, comment, py
 from .network import NetLowering, cms_class
 from .plan import plan_text, runtime_info
@@ -96,10 +97,11 @@ def generate(model: ir.ModelIR, graph, sources: dict, spec_file: str) -> dict[st
     levels["runtime"] = runtime_info(model)
     manifest = {"nlc": __version__, "model": model.name, "spec": spec_file, "spec_sha256": digest,
                 "sources": {n: hashlib.sha256(t.encode()).hexdigest() for n, t in sorted(sources.items())},
-                "files": ["__init__.py", "model.py", "levels.json", "plan.txt", "spec.nl"]}
+                "files": ["__init__.py", "model.py", "kernels.py", "levels.json", "plan.txt", "spec.nl"]}
     return {
         "__init__.py": init_py,
         "model.py": model_py,
+        "kernels.py": model_kernels(model, spec_file),
         "levels.json": json.dumps(levels, indent=2) + "\n",
         "plan.txt": plan_text(model),
         "spec.nl": sources[spec_file] if spec_file in sources else "",

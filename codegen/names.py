@@ -12,13 +12,25 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import math
 import re
 
-from torch import nn  # noqa: F401  (only to list Module attributes; codegen runs with torch present)
+# The public attributes of torch.nn.Module (class and instance: `training`), written out so that compiling
+# never imports torch (it would double the time of `nlc compile`); tests/compile checks that this list
+# still covers the installed torch. Names starting with `_` are mangled anyway.
+MODULE_ATTRIBUTES = frozenset("""
+T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double
+dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half
+ipu load_state_dict modules mtia named_buffers named_children named_modules named_parameters parameters
+register_backward_hook register_buffer register_forward_hook register_forward_pre_hook
+register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook
+register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook
+register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory state_dict to
+to_empty train training type xpu zero_grad
+""".split())
 
 _RESERVED = (
-    set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins)) | set(dir(nn.Module))
-    | set(vars(nn.Module()))  # instance attributes such as `training`
+    set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins)) | MODULE_ATTRIBUTES
     | {"self", "state", "torch", "nn", "rt", "F", "math", "tokens", "logits", "h", "t", "y", "parts",
        "prefix", "segment", "start", "end", "backend"}
 )
@@ -97,6 +109,8 @@ def literal(value) -> str:
     """A Python literal for a number, bool, string or tuple of those (via repr: never raw spec text)."""
     if isinstance(value, bool) or value is None:
         return repr(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"  # repr gives `inf` / `nan`, which are not Python literals
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):

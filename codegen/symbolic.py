@@ -16,6 +16,8 @@ from typing import Mapping, Union
 
 from nldsl import ast
 
+from .names import literal
+
 
 class NotDifferentiable(Exception):
     def __init__(self, message: str, span):
@@ -154,7 +156,7 @@ _TORCH = {"abs": "torch.abs", "sign": "torch.sign", "exp": "torch.exp", "log": "
 
 def to_torch(e: E) -> str:
     if isinstance(e, Num):
-        return repr(float(e.value))
+        return literal(float(e.value))
     if isinstance(e, Var):
         return "r"
     if isinstance(e, BinE):

@@ -38,32 +38,79 @@ class Progress:
 
 
 def run_training(cfg, resume: bool) -> int:
-    """Train and report; returns the process exit code (1 for a diverged run or a bad spec)."""
+    """Train and report; returns the process exit code (1 for a diverged run or a bad spec).
+
+    Under torchrun every process calls this; rank 0 alone shows progress and writes the run."""
     from nldsl.diagnostics import SpecError, render_all
-    from nldsl.runtime.train import Diverged, Trainer
+    from nldsl.runtime.train.distributed import ParallelError, PeerFailed, from_env
 
     try:
-        trainer = Trainer(cfg, resume=resume)
-    except SpecError as e:
-        print(render_all(e.diagnostics, {}), file=sys.stderr)
+        comm = from_env(cfg.parallel, cfg.device)
+    except ParallelError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    names = list(trainer.loop.stats)
-    progress = Progress(cfg.steps, trainer.loop.step_count, names)
+    try:
+        return _train(cfg, resume, comm)
+    except SpecError as e:
+        if comm.is_main:
+            print(render_all(e.diagnostics, {}), file=sys.stderr)
+        return _failed(comm)
+    except ParallelError as e:
+        if comm.is_main:
+            print(f"error: {e}", file=sys.stderr)
+        return _failed(comm)
+    except PeerFailed:  # rank 0 reports why
+        return _failed(comm)
+    finally:
+        comm.close()
+
+
+def _failed(comm) -> int:
+    """Exit code 1, once every process got here: torchrun stops the others when one exits with an
+    error, and rank 0 must have reported it first. (Every rank meets these errors at the same point.)"""
+    comm.all(False)
+    return 1
+
+
+def _train(cfg, resume: bool, comm) -> int:
+    from nldsl.runtime.train import Diverged, Trainer
+
+    trainer = Trainer(cfg, resume=resume, comm=comm)
+    progress = Progress(cfg.steps, trainer.loop.step_count, list(trainer.loop.stats)) if comm.is_main else None
     try:
         last = trainer.train(progress)
     except Diverged as e:
-        progress.close()
-        print(f"error: training diverged: {e}\n  = note: the last good checkpoint in {trainer.run} is intact\n"
-              f"  = help: lower that level's learning rate or bound its gates", file=sys.stderr)
-        return 1
+        if progress is not None:
+            progress.close()
+            print(f"error: training diverged: {e}\n  = note: the last good checkpoint in {trainer.run} is intact\n"
+                  f"  = help: lower that level's learning rate or bound its gates", file=sys.stderr)
+        return _failed(comm)
+    if progress is None:
+        return 0
     progress.close()
     if last:
         summary = f"step {last['step']}: loss {last['loss']:.3f} ({last['bits_per_byte']:.3f} bits/byte)"
         if "val_loss" in last:
             summary += f", validation {last['val_loss']:.3f} ({last['val_bits_per_byte']:.3f} bits/byte)"
+        if comm.world > 1:
+            summary += f" [{comm.world} processes, {cfg.parallel}]"
         print(summary, file=sys.stderr)
     print(f"run: {trainer.run}  (metrics.jsonl, loss.png, update_norms.png, checkpoint.json)", file=sys.stderr)
     return 0
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """`nlc train --nproc N`: run `python -m nldsl.train ARGS` in N processes on this machine with torchrun
+    (`torch.distributed.run --standalone`) in a subprocess; returns its exit code."""
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    # torchrun would set 1 thread per process (with a warning); share the cores out instead
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "nldsl.train", *args]
+    return subprocess.call(cmd, env=env)
 
 
 if __name__ == "__main__":  # pragma: no cover

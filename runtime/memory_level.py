@@ -1,9 +1,12 @@
 """`MemoryLevel`: an in-context memory level as a torch module, the unit generated code instantiates.
 
 It owns the learned initial state θ_0 (parameters named after the memory's weights: `W`, or `W1`, `W2`,
-`b1`, ...), splits (B, T, heads·d) inputs into heads, maps the spec's gate names (lr, retain, log_retain,
-momentum) to the memory library's (eta, alpha, beta), and runs the chosen backend:
-`reference` (token by token, the ground truth) or `chunked` (chunk-parallel, the CPU production path).
+`b1`, ...; zero buffers instead with `learn_init=False`, the spec's `init zero`), splits (B, T, heads·d)
+inputs into heads, maps the spec's gate names (lr, retain, log_retain, momentum) to the memory
+library's (eta, alpha, beta), and runs the chosen backend:
+`reference` (token by token, the ground truth), `chunked` (chunk-parallel, the CPU production path) or
+`triton` (the generated kernels, nldsl.runtime.triton; it falls back to `chunked` with a warning where
+they cannot run).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import Tensor, nn
 from .memory import MemoryConfig, MemoryState, chunked, init_params, initial_state, reference
 from .memory import functional as F
 
-BACKENDS = ("reference", "chunked")
+BACKENDS = ("reference", "chunked", "triton")
 GATE_NAMES = {"lr": "eta", "retain": "alpha", "momentum": "beta"}
 
 Gate = Union[Tensor, float, int]
@@ -33,8 +36,8 @@ class MemoryLevel(nn.Module):
         for key, value in theta0.items():
             if learn_init:
                 self.register_parameter(key, nn.Parameter(value))
-            else:
-                self.register_buffer(key, value)
+            else:  # `init zero`: θ_0 = 0 for every family (init_params draws MLP weights at random)
+                self.register_buffer(key, torch.zeros_like(value))
         self._keys = tuple(theta0)
 
     def params0(self) -> dict:
@@ -69,8 +72,12 @@ class MemoryLevel(nn.Module):
         cfg = self.cfg
         qh, kh = self._split(q, cfg.dk), self._split(k, cfg.dk)
         vh = self._split(v, cfg.dk if cfg.self_target else cfg.dv)
-        run = reference if self.backend == "reference" else chunked
-        y, new_state = run(cfg, self.objective, qh, kh, vh, self._gates(gates, kh), self.params0(), state)
+        if self.backend == "triton":
+            from .triton import run_memory as run
+            y, new_state = run(self, qh, kh, vh, self._gates(gates, kh), self.params0(), state)
+        else:
+            run = reference if self.backend == "reference" else chunked
+            y, new_state = run(cfg, self.objective, qh, kh, vh, self._gates(gates, kh), self.params0(), state)
         return self._merge(y), new_state
 
     def read_anchor(self, q: Tensor, state: Optional[MemoryState]) -> Tensor:

@@ -3,6 +3,12 @@
 A checkpoint is `weights-<step>.safetensors` plus `checkpoint.json` naming it. Both are written to a
 temporary file and renamed, the JSON last, so a run killed at any moment leaves the previous complete
 checkpoint in place; older weight files are removed only after the new JSON is in place.
+
+Under data parallelism every process takes part (the tensors are gathered) and only rank 0 writes.
+A checkpoint always holds the full state as one process would: unsharded parameters and optimizer
+states, the carried memory states of all rows, and the gradients of open windows and clock periods in
+their global value; `load` lays them out for the current processes, so a run resumes under any
+number of them.
 """
 
 from __future__ import annotations
@@ -34,15 +40,15 @@ def _atomic(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def _split_optimizer(prefix: str, sd: dict, tensors: dict) -> dict:
-    """An optimizer state_dict with its tensors moved into `tensors`; returns the JSON part."""
+def _split_optimizer(prefix: str, sd: dict, tensors: dict, full=lambda t: t) -> dict:
+    """An optimizer state_dict with its (full) tensors moved into `tensors`; returns the JSON part."""
     state = {}
     for idx, slots in sd["state"].items():
         entry = {}
         for key, value in slots.items():
             if isinstance(value, torch.Tensor):
                 name = f"{prefix}.{idx}.{key}"
-                tensors[name] = value.detach().clone().contiguous()
+                tensors[name] = full(value.detach()).clone().contiguous()
                 entry[key] = {"tensor": name}
             else:
                 entry[key] = value
@@ -64,22 +70,27 @@ def _join_optimizer(js: dict, tensors: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def save(run: Path, model, loop, extra: dict) -> Path:
-    """Write a checkpoint of the model, the loop (optimizers, clocks, carried states) and `extra`."""
-    run.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    optim = {"outer": _split_optimizer("optim.outer", loop.outer_opt.state_dict(), tensors)}
+def save(run: Path, model, loop, extra: dict) -> Path | None:
+    """Write a checkpoint of the model, the loop (optimizers, clocks, carried states) and `extra`.
+
+    Every process must call it; rank 0 writes and returns the path, the others return None."""
+    comm = loop.comm
+    tensors = {f"model.{k}": comm.full(v.detach()).clone().contiguous() for k, v in model.state_dict().items()}
+    optim = {"outer": _split_optimizer("optim.outer", loop.outer_opt.state_dict(), tensors, comm.full)}
     for name, opt in loop.cms_opts.items():
-        optim[name] = _split_optimizer(f"optim.{name}", opt.state_dict(), tensors)
+        optim[name] = _split_optimizer(f"optim.{name}", opt.state_dict(), tensors, comm.full)
     carried = []
     for key, st in loop.carried.items():
         if isinstance(st, MemoryState):
             carried.append(key)
-            for k, v in st.to_tensors().items():
-                tensors[f"carried.{key}.{k}"] = v.detach().clone().contiguous()
-    for name, p in model.named_parameters():  # gradients accumulated over an open window or clock period
-        if p.grad is not None:
-            tensors[f"grad.{name}"] = p.grad.detach().clone().contiguous()
+            for k, v in st.to_tensors().items():  # (B, ...) per-row tensors: every process's rows
+                tensors[f"carried.{key}.{k}"] = comm.gather_rows(v.detach()).clone().contiguous()
+    # gradients accumulated over an open window or clock period, as one process would hold them
+    for name, g in comm.global_grads(model.named_parameters(), loop.reductions()).items():
+        tensors[f"grad.{name}"] = g.clone().contiguous()
+    if not comm.is_main:
+        return None
+    run.mkdir(parents=True, exist_ok=True)
     tensors["rng.torch"] = torch.get_rng_state()
     step = loop.step_count
     weights = run / f"weights-{step:08d}.safetensors"
@@ -112,19 +123,24 @@ def _tuples(x):
 
 def load(run: Path, model, loop) -> dict:
     """Restore model, loop and RNG from RUN/checkpoint.json; returns the JSON document."""
+    comm = loop.comm
     doc = json.loads((run / CHECKPOINT).read_text())
     tensors = load_file(str(run / doc["weights"]))
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    loop.outer_opt.load_state_dict(_join_optimizer(doc["optimizers"]["outer"], tensors))
+    comm.load_model(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    loop.outer_opt.load_state_dict(comm.optimizer_state(loop.outer_opt,
+                                                        _join_optimizer(doc["optimizers"]["outer"], tensors)))
     for name, opt in loop.cms_opts.items():
-        opt.load_state_dict(_join_optimizer(doc["optimizers"][name], tensors))
+        opt.load_state_dict(comm.optimizer_state(opt, _join_optimizer(doc["optimizers"][name], tensors)))
     loop.carried = {}
     for key in doc["carried"]:
         prefix = f"carried.{key}."
-        loop.carried[key] = MemoryState.from_tensors({k[len(prefix):]: v for k, v in tensors.items()
-                                                      if k.startswith(prefix)})
+        loop.carried[key] = MemoryState.from_tensors({
+            k[len(prefix):]: (comm.rows(v) if v.dim() else v).to(comm.device)  # this process's rows
+            for k, v in tensors.items() if k.startswith(prefix)})
+    kinds = loop.reductions()
     for name, p in model.named_parameters():
-        p.grad = tensors[f"grad.{name}"].clone() if f"grad.{name}" in tensors else None
+        saved = tensors.get(f"grad.{name}")
+        p.grad = None if saved is None else comm.local_grad(p, saved, kinds[name])
     torch.set_rng_state(tensors["rng.torch"])
     random.setstate(_tuples(doc["python_random"]))
     loop.step_count = doc["step"]

@@ -3,10 +3,12 @@
 Per outer step each batch is cut at the union of the CMS window ends. Every segment runs forward (the
 in-context memories update inside it and carry their state to the next segment), computes the summed
 next-token loss and runs backward; each CMS level whose window closes then steps its optimizer with the
-window-summed gradient of the loss. The outer level's gradients (averaged over the step's tokens)
-accumulate until its clock ticks. Under `bptt truncated` the carried states are detached at segment
-boundaries. Every level counts its updates and records the norm of each; a non-finite update stops the
-run with `Diverged` naming the level and the step.
+window-summed gradient of the loss. The outer level's gradients (averaged over each step's tokens)
+accumulate until its clock ticks and are averaged over the steps of the period. Under `bptt truncated`
+the carried states are detached at segment boundaries. With several processes (`comm`, see
+distributed.py) each rank runs the same loop on its rows; gradients are reduced before every step
+and reported numbers are global. Every level counts its updates and records the norm of each; a
+non-finite update stops the run with `Diverged` naming the level and the step.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import Single
 from .levels import Ownership, memory_lifetime, ownership, window_ends
 
 
@@ -49,16 +52,26 @@ def _finite(tensors) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the loss: at least float32 (float64 stays float64)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly sharded) tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 @dataclass
 class StepResult:
     loss: float  # mean next-token loss (nats) over the step's tokens
-    tokens: int
+    tokens: int  # over all processes
     cms_steps: list = field(default_factory=list)  # names of CMS levels that stepped
     outer_stepped: bool = False
 
 
 class NestedLoop:
-    def __init__(self, model: nn.Module, info: dict, make_optimizer, *, reduce_grads=None):
+    def __init__(self, model: nn.Module, info: dict, make_optimizer, *, comm=None):
         self.model, self.info = model, info
         self.own: Ownership = ownership(model, info)
         outer = info["outer"]
@@ -73,7 +86,14 @@ class NestedLoop:
         self.accumulated = 0
         self.stream_position = 0  # tokens seen per row (for windows counted along the stream)
         self.carried: dict = {}  # persistent memory states
-        self.reduce_grads = reduce_grads  # all-reduce hook for data parallelism (None: one process)
+        # data parallelism: reduce_grads(params, kind) before every step, global sums (Single: one process)
+        self.comm = comm if comm is not None else Single()
+
+    def reductions(self) -> dict:
+        """How each parameter's gradient combines over processes: 'sum' (CMS windows) or 'mean' (outer)."""
+        out = {name: "mean" for name, _ in self.own.outer}
+        out.update({name: "sum" for lv in self.own.cms for name, _ in lv.params})
+        return out
 
     def _level_names(self):
         names = [m["name"] for m in self.info["memories"]] + [a["name"] for a in self.info.get("attention", [])]
@@ -116,15 +136,17 @@ class NestedLoop:
         state = {k: v for k, v in self.carried.items()}
         total, tokens, cms_steps = 0.0, 0, []
         self.step_count += 1
+        earlier = self._set_aside_outer_grads()
         for start, end in self._cuts(length):
             logits, state = self.model(x[:, start:end], state)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y[:, start:end].reshape(-1),
+            loss = F.cross_entropy(_upcast(logits.reshape(-1, logits.shape[-1])), y[:, start:end].reshape(-1),
                                    reduction="sum")
-            if not math.isfinite(loss.item()):
+            value, count = self.comm.sum([loss.item(), y[:, start:end].numel()])  # over all processes
+            if not math.isfinite(value):
                 raise Diverged(self.info["outer"]["name"], self.step_count, "loss")
             loss.backward()
-            total += loss.item()
-            tokens += y[:, start:end].numel()
+            total += value
+            tokens += int(count)
             state = _detach(state)
             for lv in self._closing(end, length):
                 self._cms_step(lv)
@@ -133,20 +155,22 @@ class NestedLoop:
         self.carried = {k: v for k, v in state.items() if memory_lifetime(k, self.own.memories) == "persist"}
         self.stream_position += length
         self.accumulated += 1
-        stepped = self._outer_step(tokens)
+        stepped = self._outer_step(y.numel(), earlier)
         return StepResult(total / max(tokens, 1), tokens, cms_steps, stepped)
 
     def _apply(self, name: str, opt, params):
-        if self.reduce_grads is not None:
-            self.reduce_grads(params)
-        measured = hasattr(opt, "last_update_norm")  # nlc's optimizers measure their own update
-        before = None if measured else [p.detach().clone() for p in params]
+        measured = hasattr(opt, "last_update_norm")  # nlc's optimizers measure their own (global) update
+        before = None if measured else [_local(p.detach()).clone() for p in params]
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if not _finite(p.detach() for p in params):
+        finite = _finite(_local(p.detach()) for p in params)
+        if not (self.comm.all(finite) if self.comm.sharded else finite):  # replicas agree without asking
             raise Diverged(name, self.step_count, "parameters after the update")
-        norm = float(opt.last_update_norm) if measured else math.sqrt(
-            sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(params, before)))
+        if measured:
+            norm = float(opt.last_update_norm)
+        else:
+            square = sum(float((_local(p.detach()) - b).pow(2).sum()) for p, b in zip(params, before))
+            norm = math.sqrt(self.comm.sum([square])[0] if self.comm.sharded else square)
         if not math.isfinite(norm):
             raise Diverged(name, self.step_count, "update")
         st = self.stats[name]
@@ -155,19 +179,37 @@ class NestedLoop:
 
     def _cms_step(self, lv):
         params = [p for _, p in lv.params]
+        self.comm.reduce_grads(params, "sum")  # the window's gradient summed over every row of every process
         for p in params:
             if p.grad is not None and lv.lr != 1.0:
                 p.grad.mul_(lv.lr)
         self._apply(lv.name, self.cms_opts[lv.name], params)
 
-    def _outer_step(self, tokens: int) -> bool:
+    def _set_aside_outer_grads(self) -> dict:
+        """The outer gradients accumulated by earlier steps of the clock period (already per-token means)."""
+        earlier = {}
+        if self.accumulated:
+            for _, p in self.own.outer:
+                if p.grad is not None:
+                    earlier[p] = p.grad
+                    p.grad = None
+        return earlier
+
+    def _outer_step(self, tokens: int, earlier: dict) -> bool:
+        """`tokens`: this process's tokens of the step; `earlier`: what `_set_aside_outer_grads` took."""
         outer = self.info["outer"]
         params = [p for _, p in self.own.outer]
-        for p in params:
+        for p in params:  # this step's gradient as a mean over its tokens, added to the earlier steps'
             if p.grad is not None:
                 p.grad.div_(max(tokens, 1))
+            if p in earlier:
+                if p.grad is None:
+                    p.grad = earlier[p]
+                else:
+                    p.grad.add_(earlier[p])
         if self.accumulated < outer["every_steps"]:
             return False
+        self.comm.reduce_grads(params, "mean")  # each process has the same number of tokens
         if self.accumulated > 1:
             for p in params:
                 if p.grad is not None:
@@ -179,19 +221,28 @@ class NestedLoop:
         return True
 
     def _memory_stats(self, state: dict, length: int):
+        # per memory and state: [non-finite?, sum of squares, rows], summed over processes in one go
+        found = []
         for m in self.info["memories"]:
             keys = [k for k in state if k == m["name"] or k.endswith("." + m["name"])]
-            st = self.stats[m["name"]]
-            st.updates += length
-            norms = []
             for k in keys:
                 s = state[k]
                 if hasattr(s, "params"):
                     tensors = list(s.params.values())
-                    if not _finite(tensors):
-                        raise Diverged(m["name"], self.step_count, "memory state")
-                    norms.append(math.sqrt(sum(float(t.pow(2).sum()) for t in tensors) / max(1, tensors[0].shape[0])))
-            st.last_norm = sum(norms) / len(norms) if norms else 0.0
+                    found.append((m["name"], [0.0 if _finite(tensors) else 1.0,
+                                              sum(float(t.pow(2).sum()) for t in tensors), tensors[0].shape[0]]))
+        flat = self.comm.sum([v for _, values in found for v in values])
+        norms: dict = {}
+        for i, (name, _) in enumerate(found):
+            bad, square, rows = flat[3 * i:3 * i + 3]
+            if bad:
+                raise Diverged(name, self.step_count, "memory state")
+            norms.setdefault(name, []).append(math.sqrt(square / max(1.0, rows)))
+        for m in self.info["memories"]:
+            st = self.stats[m["name"]]
+            st.updates += length
+            got = norms.get(m["name"], [])
+            st.last_norm = sum(got) / len(got) if got else 0.0
         for a in self.info.get("attention", []):
             self.stats[a["name"]].updates += length
 
@@ -204,8 +255,10 @@ class NestedLoop:
         for batch in batches:
             x, y = batch[:, :-1], batch[:, 1:]
             logits, _ = self.model(x, None)
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum"))
+            total += float(F.cross_entropy(_upcast(logits.reshape(-1, logits.shape[-1])), y.reshape(-1),
+                                           reduction="sum"))
             tokens += y.numel()
+        total, tokens = self.comm.sum([total, tokens])
         return total / max(tokens, 1)
 
     def expected_updates(self, steps: int, length: int) -> dict:

@@ -3,6 +3,10 @@
 A run directory holds everything: `config.json` (the arguments), `model/` (the compiled package),
 `metrics.jsonl`, `checkpoint.json` + `weights-*.safetensors`, and the plots. `--resume RUN` continues
 bit-exactly from the last checkpoint up to the total `--steps`.
+
+Under torchrun (WORLD_SIZE > 1) the run is data-parallel (distributed.py): `--batch` is the global
+batch, each process reads its rows of it, and only rank 0 compiles the spec and writes the run
+directory (metrics, checkpoints, plots).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class TrainConfig:
     eval_every: int = 50
     eval_batches: int = 4
     backend: str = "chunked"
+    parallel: str = "ddp"  # with several processes: ddp (replicas) or fsdp (sharded parameters)
 
 
 def _prepare_model_dir(cfg: TrainConfig, run: Path) -> Path:
@@ -64,31 +69,53 @@ def _lr_factor(step: int, outer: dict, total: int) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, log=None):
+    """One process's part of a run. `comm` (distributed.py) defaults to what the environment says:
+    data-parallel under torchrun with several processes, else a single process."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=None, comm=None):
         from nldsl.compiler import _import_package
         from nldsl.runtime import data as D
         from nldsl.runtime import set_backend
         from nldsl.runtime.optim import make_optimizer
 
+        from .distributed import PeerFailed, from_env
         from .loop import NestedLoop
         from .metrics import MetricsLog
 
         self.cfg, self.log = cfg, log or (lambda msg: print(msg, file=sys.stderr))
+        self.comm = comm if comm is not None else from_env(cfg.parallel, cfg.device)
+        self.main = self.comm.is_main
         self.run = Path(cfg.out)
         self.run.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
-        model_dir = self.run / "model" if resume else _prepare_model_dir(cfg, self.run)
+        model_dir, failure = self.run / "model", None
+        if self.main and not resume:  # rank 0 compiles; the others wait and import what it wrote
+            try:
+                model_dir = _prepare_model_dir(cfg, self.run)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+                failure = e
+        if not self.comm.all(failure is None):
+            raise failure or PeerFailed("rank 0 could not prepare the model")
         module = _import_package(model_dir)
-        self.model = set_backend(module.Model(), cfg.backend).to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
+        self.device = self.comm.device
+        self.model = set_backend(module.Model(), cfg.backend).to(device=self.device, dtype=getattr(torch, cfg.dtype))
         levels = json.loads((model_dir / "levels.json").read_text())
         self.info = levels["runtime"]
+        self.comm.check_optimizers(self.info)
+        self.model = self.comm.wrap(self.model)
         self.seq = cfg.seq or self.info["context"]
         docs = D.load_documents(cfg.data)
         train_docs, val_docs = D.split(docs, seed=cfg.seed)
         tok = D.ByteTokenizer()
-        self.stream = D.PackedStream([tok.encode(t) for _, t in train_docs], self.seq, cfg.batch, seed=cfg.seed)
-        self.val = D.val_batches([tok.encode(t) for _, t in val_docs], self.seq, cfg.batch, cfg.eval_batches)
-        self.loop = NestedLoop(self.model, self.info, make_optimizer)
+        stream = D.PackedStream([tok.encode(t) for _, t in train_docs], self.seq, cfg.batch, seed=cfg.seed)
+        self.stream = self.comm.shard_stream(stream)  # this process's rows of the global batch
+        self.val = [self.comm.rows(b).to(self.device) for b in
+                    D.val_batches([tok.encode(t) for _, t in val_docs], self.seq, cfg.batch, cfg.eval_batches)]
+        for chain in self.info["cms"]:
+            if chain["variant"] == "nested":
+                self.log(f"warning: the nested chain `{chain['name']}` trains as a sequential one: the periodic "
+                         "reset of its faster levels to their initial state is not executed yet")
+        self.loop = NestedLoop(self.model, self.info, make_optimizer, comm=self.comm)
         self.base_lr = [g["lr"] for g in self.loop.outer_opt.param_groups]
         resume_step = None
         if resume:
@@ -97,9 +124,12 @@ class Trainer:
             doc = load(self.run, self.model, self.loop)
             self.stream.load_state_dict(doc["data"])
             resume_step = doc["step"]
-            self.log(f"resumed {self.run} at step {resume_step}")
-        self.metrics = MetricsLog(self.run, resume_step)
-        (self.run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+            if self.main:
+                self.log(f"resumed {self.run} at step {resume_step}")
+        self.metrics = None
+        if self.main:  # only rank 0 writes the run directory
+            self.metrics = MetricsLog(self.run, resume_step)
+            (self.run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
     def _set_lr(self):
         f = _lr_factor(self.loop.step_count + 1, self.info["outer"], self.cfg.steps)
@@ -110,7 +140,8 @@ class Trainer:
     def checkpoint(self):
         from .checkpoint import save
 
-        save(self.run, self.model, self.loop, {"data": self.stream.state_dict(), "config": asdict(self.cfg)})
+        save(self.run, self.model, self.loop, {"data": self.stream.state_dict(), "config": asdict(self.cfg),
+                                               "processes": self.comm.world})
 
     def train(self, progress=None) -> dict:
         from nldsl.runtime.data import bits_per_byte
@@ -122,11 +153,11 @@ class Trainer:
         done_tokens = 0
         while self.loop.step_count < self.cfg.steps:
             lr = self._set_lr()
-            batch = next(self.stream).to(self.cfg.device)
+            batch = next(self.stream).to(self.device)
             try:
                 result = self.loop.step(batch)
             except Diverged:
-                self.metrics.close()
+                self.close()
                 raise
             done_tokens += result.tokens
             elapsed = time.perf_counter() - t0
@@ -139,14 +170,20 @@ class Trainer:
                 record["val_loss"] = self.loop.evaluate(self.val)
                 record["val_bits_per_byte"] = bits_per_byte(record["val_loss"])
                 self.model.train()
-            self.metrics.write(record)
+            if self.metrics is not None:
+                self.metrics.write(record)
             last = record
             if progress is not None:
                 progress(record)
             if step % self.cfg.checkpoint_every == 0 or step == self.cfg.steps:
                 self.checkpoint()
-        self.metrics.close()
-        from .metrics import plot
+        self.close()
+        if self.main:
+            from .metrics import plot
 
-        plot(self.run)
+            plot(self.run)
         return last
+
+    def close(self):
+        if self.metrics is not None:
+            self.metrics.close()

@@ -15,14 +15,15 @@ import ast
 import builtins
 import io
 import keyword
-import subprocess
 import tokenize
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
-from compile_testkit import (assert_close, build, compile_ok, flatten_state, nlc_command, tokens, write_spec)
+from compile_testkit import assert_close, build, compile_ok, flatten_state, tokens, write_spec
+from nldsl.cli import main
 
 TEMPLATE = """
 nl 1
@@ -311,14 +312,64 @@ def test_a_spec_comment_with_docstring_quotes_cannot_open_code(tmp_path):
 def test_names_the_language_keeps_are_refused_cleanly(word, tmp_path):
     text = spec_text(PLAIN).replace("block alpha(x)", f"block {word}(x)").replace("residual(alpha)", f"residual({word})")
     spec = write_spec(tmp_path, text, "kept.nl")
-    result = subprocess.run(nlc_command() + ["compile", str(spec), "-o", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=120)
-    if result.returncode == 0:
+    result = CliRunner().invoke(main, ["compile", str(spec), "-o", str(tmp_path / "out")])
+    if result.exit_code == 0:
         # accepted: then it must be a working, mangled model
         files = compile_ok(spec)
         ast.parse(files["model.py"])
         build(spec, tmp_path / "out2")
         return
-    assert result.returncode == 1, result.stderr
-    assert "error[NL0" in result.stderr
-    assert "Traceback" not in result.stderr and "internal compiler error" not in result.stderr
+    assert result.exit_code == 1, result.output
+    assert "error[NL0" in result.output
+    assert "Traceback" not in result.output and "internal compiler error" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+OVERFLOW = """
+nl 1
+model overflow {
+  vocab    = 32
+  dim      = 8
+  heads    = 2
+  context  = 64
+
+  level pretrain : outer {
+    clock     every 1 step
+    objective next_token
+    update    adamw(lr = 1e-3)
+  }
+
+  block mix(x) {
+    memory mem : linear per head {
+      chunk     2
+      key       k
+      value     v
+      lr        0.1
+      objective custom(r * r + 0 * 1e999 * r)
+      update    gd
+    }
+    k = l2norm(linear(x, dim))
+    v = linear(x, dim)
+    y = linear(mem(k), dim) * 1e-999 + linear(x, dim) * 1e999
+    return y
+  }
+
+  network = embed(vocab, dim) -> residual(rmsnorm -> mix) -> rmsnorm -> lm_head(tied = true)
+}
+"""
+
+
+def test_a_literal_beyond_a_float_never_becomes_a_name(tmp_path):
+    """`1e999` is refused (NL0202) or written as float('inf'): `repr` would write `inf`, a NameError."""
+    spec = write_spec(tmp_path, OVERFLOW, "overflow.nl")
+    result = CliRunner().invoke(main, ["compile", str(spec), "-o", str(tmp_path / "out")])
+    if result.exit_code == 1:
+        assert "NL0202" in result.output and "Traceback" not in result.output
+        return
+    assert result.exit_code == 0, result.output
+    code = (tmp_path / "out" / "overflow" / "model.py").read_text()
+    names = {n.id for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Name)}
+    assert not names & {"inf", "nan"}
+    model = build(spec, tmp_path / "out2")
+    with torch.no_grad():
+        model(tokens(model, 1, 3, 0))  # runs (the logits are not finite, as the spec asks)

@@ -482,3 +482,22 @@ def test_the_gradient_point_is_read_from_the_spec(tmp_path):
     y1, _ = run_memory(retain_current, flow, gates, state)
     y2, _ = run_memory(retain_anchor, flow, gates, state)
     assert (y1 - y2).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("memory_type", ["linear", "mlp(depth = 2, hidden = 4, act = silu)"])
+def test_init_zero_starts_from_zero_and_init_by_learns_theta0(memory_type, tmp_path):
+    """`init zero`: θ_0 = 0 (not learned, also for an MLP memory); `init by pretrain`: θ_0 is a parameter."""
+    for init in ("zero", "by pretrain"):
+        text = MEMORY_SPEC.format(update="gd", objective="l2", chunk=2, read="after write", value="v")
+        text = text.replace("memory mem : linear per head {", f"memory mem : {memory_type} per head {{\n      init      {init}")
+        text = text.replace("      retain    alpha\n", "").replace("      momentum  beta\n", "")
+        name = f"init_{'zero' if init == 'zero' else 'by'}"
+        model = build(write_spec(tmp_path, text, f"{name}.nl"), tmp_path / name)
+        mem = model.mix.mem
+        params = dict(mem.named_parameters(recurse=False))
+        buffers = dict(mem.named_buffers(recurse=False))
+        if init == "zero":
+            assert not params and buffers
+            assert all(torch.count_nonzero(b) == 0 for b in buffers.values()), "init zero is not zero"
+        else:
+            assert params and not buffers

@@ -1,0 +1,181 @@
+"""A compiled Titans memory layer against titans-pytorch's NeuralMemory, forward + backward on the CPU.
+
+    pip install titans-pytorch==0.5.5          # the optional `bench` extra: pip install -e .[bench]
+    python benchmarks/peer_titans.py [--batch 2] [--tokens 2048] [--repeats 1] [--threads N] [--no-memory]
+                                     [--profile]
+
+The peer is `titans_pytorch.NeuralMemory(dim=256, heads=4, chunk_size=64)` with its defaults: dim_head
+defaults to dim, so each of the 4 heads has a depth-2 GELU MLP 256 → 1024 → 256 (MemoryMLP with
+expansion 4), wrapped in a LayerNorm with a learned gain plus a residual; q, k, v are linear maps of the
+RMS-normed input to 4 × 256; the inner loss is the mse weighted by a sigmoid rate; momentum and decay
+gates come from each chunk's mean input. Ours is benchmarks/titans_peer.nl compiled by nlc: the same
+per-head MLP weights (printed below: titans-pytorch stores them (in, out), nlc (out, in)), the same
+projections, sigmoid rate, momentum and retention gates per token, chunk 64, the chunked backend. The
+LayerNorm inside the memory and the retrieval gate of titans-pytorch are not in ours (see the spec).
+
+Timing: both layers in this process on the same float32 input (B, T, 256), interleaved, after one
+warm-up at 128 tokens; the figure is the wall time of forward + backward of `out.square().mean()`, the
+best of --repeats, with the process CPU time beside it. Memory: each layer again in a fresh subprocess;
+the figure is the peak resident set size of that process during forward + backward (getrusage's
+ru_maxrss) minus its resident size just before, i.e. what the operating system had to provide for the
+activations, the autograd graph and the gradients. The last line is `speedup_vs_titans_pytorch: X`, the
+peer's time over ours (above 1: ours is faster). `--profile` adds torch.profiler's top operators of
+ours at 256 tokens. Prints figures; asserts nothing but the matching weight shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "benchmarks" / "titans_peer.nl"
+DIM, HEADS, CHUNK = 256, 4, 64
+
+
+def build_ours():
+    os.environ.setdefault("NLC_CACHE", tempfile.mkdtemp(prefix="nlc-bench-"))
+    import nldsl
+
+    torch.manual_seed(0)
+    return nldsl.load(SPEC, backend="chunked").neural_memory
+
+
+def build_peer():
+    from titans_pytorch import NeuralMemory
+
+    torch.manual_seed(0)
+    return NeuralMemory(dim=DIM, heads=HEADS, chunk_size=CHUNK)
+
+
+def run_ours(layer, x):
+    return layer(x, {})
+
+
+def run_peer(layer, x):
+    return layer(x)[0]
+
+
+LAYERS = {"nlc (titans_peer.nl)": (build_ours, run_ours), "titans-pytorch 0.5.5": (build_peer, run_peer)}
+
+
+def memory_shapes(name: str, layer) -> list[tuple[int, int]]:
+    """Per-head weight matrices of the memory MLP as (in, out)."""
+    if name.startswith("nlc"):
+        return [tuple(reversed(tuple(p.shape[1:]))) for n, p in layer.mem.named_parameters()]
+    return [tuple(p.shape[1:]) for p in layer.memory_model_parameters if p.dim() == 3]
+
+
+def inputs(batch: int, tokens: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(batch, tokens, DIM, generator=gen)
+
+
+def step(run, layer, x) -> tuple[float, float]:
+    layer.zero_grad(set_to_none=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = run(layer, x)
+    out.square().mean().backward()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child(name: str, batch: int, tokens: int) -> None:
+    """One forward + backward in this (fresh) process; prints the peak memory figures as JSON."""
+    build, run = LAYERS[name]
+    layer, x = build(), inputs(batch, tokens)
+    step(run, layer, inputs(batch, 128))  # the same warm-up as the timing run
+    before = rss_bytes()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    seconds, _ = step(run, layer, x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"before": before, "peak": peak, "peak_before": peak_before, "seconds": seconds}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's; 1 avoids thread hand-offs on a busy machine)")
+    parser.add_argument("--child", choices=sorted(LAYERS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        child(args.child, args.batch, args.tokens)
+        return
+    try:
+        import titans_pytorch  # noqa: F401
+    except ImportError:
+        sys.exit("titans-pytorch is not installed: pip install titans-pytorch==0.5.5")
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; B={args.batch}, T={args.tokens}, "
+          f"dim {DIM}, {HEADS} heads, chunk {CHUNK}, float32, forward + backward")
+    layers = {name: build() for name, (build, _) in LAYERS.items()}
+    shapes = {name: memory_shapes(name, layer) for name, layer in layers.items()}
+    for name, layer in layers.items():
+        params = sum(p.numel() for p in layer.parameters() if p.requires_grad)
+        print(f"  {name}: per-head memory weights (in, out) {shapes[name]}, {params:,} parameters in the layer")
+    assert len(set(map(tuple, shapes.values()))) == 1, "the per-head memory weights differ"
+    extra = [tuple(p.shape[1:]) for p in layers["titans-pytorch 0.5.5"].memory_model_parameters if p.dim() != 3]
+    print(f"  titans-pytorch's memory also holds a LayerNorm gain per head: {extra}")
+
+    x = inputs(args.batch, args.tokens)
+    for name, (_, run) in LAYERS.items():
+        step(run, layers[name], inputs(args.batch, 128))
+    times = {name: [] for name in LAYERS}
+    for _ in range(args.repeats):
+        for name, (_, run) in LAYERS.items():
+            times[name].append(step(run, layers[name], x))
+            print(f"  {name}: {times[name][-1][0]:.2f} s wall, {times[name][-1][1]:.2f} s CPU", flush=True)
+    best = {name: min(t) for name, t in times.items()}
+
+    memory = {}
+    if not args.no_memory:
+        for name in LAYERS:
+            proc = subprocess.run([sys.executable, __file__, "--child", name, "--batch", str(args.batch),
+                                   "--tokens", str(args.tokens)] + (["--threads", str(args.threads)] if args.threads else []),
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"  {name}: memory run failed:\n{proc.stderr[-2000:]}")
+                continue
+            memory[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    print()
+    print(f"{'layer':<24}{'fwd+bwd wall s':>16}{'CPU s':>10}{'peak extra RSS MiB':>20}")
+    for name in LAYERS:
+        wall, cpu = best[name]
+        mib = f"{(memory[name]['peak'] - memory[name]['before']) / 2**20:,.0f}" if name in memory else "-"
+        print(f"{name:<24}{wall:>16.2f}{cpu:>10.2f}{mib:>20}")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        layer, run = layers["nlc (titans_peer.nl)"], run_ours
+        small = inputs(args.batch, 256)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(run, layer, small)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+    ours, peer = best["nlc (titans_peer.nl)"][0], best["titans-pytorch 0.5.5"][0]
+    print(f"speedup_vs_titans_pytorch: {peer / ours:.2f}")
+
+
+if __name__ == "__main__":
+    main()

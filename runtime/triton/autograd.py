@@ -1,0 +1,79 @@
+"""autograd.Functions around the generated kernels.
+
+`ChunkFunction` runs `<level>_fwd`. Its backward is the generated `<level>_bwd` kernel when the level
+has one (it re-reads the start state of every tile, stored by the forward, and recomputes the tile);
+otherwise it recomputes the call with the chunked PyTorch path and differentiates that (exact, but
+the work of the backward is not fused). `StepFunction` runs the token-by-token `<level>_step` kernel
+(decoding, and levels with no chunk-parallel form); its backward always recomputes with the chunked
+path. Inputs and outputs are float32 contiguous tensors (launch.py casts).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..memory import MemoryState, chunked
+
+GATES = ("eta", "alpha", "beta")
+
+
+def recompute_grads(cfg, objective, position: int, inputs, grad_outputs):
+    """Gradients of (y, theta, anchor, momentum) w.r.t. the nine inputs, by the chunked path."""
+    dy, dtheta1, danchor1, dmom1 = grad_outputs
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in inputs]
+        q, k, v, eta, alpha, beta, theta0, anchor0, mom0 = leaves
+        required = cfg.required_gates()
+        gates = {n: g for n, g in zip(GATES, (eta, alpha, beta)) if n in required}
+        state = MemoryState({"W": theta0}, {"W": anchor0}, {"W": mom0} if cfg.has_momentum else None, position)
+        y, end = chunked(cfg, objective, q, k, v, gates, None, state)
+        outs = [y, end.params["W"], end.anchor["W"]]
+        grads = [dy, dtheta1, danchor1]
+        if cfg.has_momentum:
+            outs.append(end.momentum["W"])
+            grads.append(dmom1)
+        pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
+        if not pairs:
+            return (None,) * len(leaves)
+        return torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
+
+
+def _only_needed(ctx, grads):
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[4:]))
+
+
+class ChunkFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, kernels, cfg, objective, position, q, k, v, eta, alpha, beta, theta0, anchor0, mom0):
+        store = kernels.bwd is not None and any(ctx.needs_input_grad[4:])
+        y, theta1, anchor1, mom1, starts, mstarts = kernels.launch_fwd(
+            position, q, k, v, eta, alpha, beta, theta0, anchor0, mom0, store=store)
+        ctx.kernels, ctx.cfg, ctx.objective, ctx.position = kernels, cfg, objective, position
+        ctx.save_for_backward(q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts)
+        return y, theta1, anchor1, mom1
+
+    @staticmethod
+    def backward(ctx, dy, dtheta1, danchor1, dmom1):
+        saved = ctx.saved_tensors
+        kernels = ctx.kernels
+        if kernels.bwd is not None:
+            grads = kernels.launch_bwd(ctx.position, saved, dy, dtheta1, danchor1, dmom1)
+        else:
+            kernels.launches["recompute"] += 1
+            grads = recompute_grads(ctx.cfg, ctx.objective, ctx.position, saved[:9], (dy, dtheta1, danchor1, dmom1))
+        return (None, None, None, None) + _only_needed(ctx, grads)
+
+
+class StepFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, kernels, cfg, objective, position, q, k, v, eta, alpha, beta, theta0, anchor0, mom0):
+        y, theta1, anchor1, mom1 = kernels.launch_step(position, q, k, v, eta, alpha, beta, theta0, anchor0, mom0)
+        ctx.kernels, ctx.cfg, ctx.objective, ctx.position = kernels, cfg, objective, position
+        ctx.save_for_backward(q, k, v, eta, alpha, beta, theta0, anchor0, mom0)
+        return y, theta1, anchor1, mom1
+
+    @staticmethod
+    def backward(ctx, dy, dtheta1, danchor1, dmom1):
+        ctx.kernels.launches["recompute"] += 1
+        grads = recompute_grads(ctx.cfg, ctx.objective, ctx.position, ctx.saved_tensors, (dy, dtheta1, danchor1, dmom1))
+        return (None, None, None, None) + _only_needed(ctx, grads)

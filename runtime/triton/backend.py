@@ -1,0 +1,62 @@
+"""Choosing between the generated kernels and the chunked path for one call of a memory level."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from typing import Mapping, Optional
+
+from torch import Tensor
+
+from ..memory import MemoryState, chunked
+from ..memory.inputs import check_inputs, start_state
+
+
+class TritonFallbackWarning(RuntimeWarning):
+    """A memory level asked for the triton backend runs on the chunked PyTorch path instead."""
+
+
+_WARNED: set = set()
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_unavailable(like: Tensor) -> Optional[str]:
+    """Why the kernels cannot run on tensors like `like` (None when they can)."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if not like.is_cuda and not interpreting():
+        return f"the tensors are on {like.device.type} and TRITON_INTERPRET=1 is not set"
+    return None
+
+
+def fall_back(level: str, reason: str) -> None:
+    """One warning line per level and reason."""
+    if (level, reason) in _WARNED:
+        return
+    _WARNED.add((level, reason))
+    warnings.warn(f"memory level {level or '(unnamed)'}: triton backend falls back to the chunked path: {reason}",
+                  TritonFallbackWarning, stacklevel=4)
+
+
+def run_memory(level, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tensor], params0,
+               state: Optional[MemoryState] = None) -> tuple[Tensor, MemoryState]:
+    """What `MemoryLevel.forward` runs for backend 'triton' (q, k, v split into heads)."""
+    from .registry import kernels_for
+
+    cfg, objective, name = level.cfg, level.objective, level.level_name
+    reason = triton_unavailable(q)
+    kernels = None
+    if reason is None:
+        kernels, reason = kernels_for(cfg, objective, name)
+    if kernels is None:
+        fall_back(name, reason)
+        return chunked(cfg, objective, q, k, v, gates, params0, state)
+    check_inputs(cfg, q, k, v, gates)
+    if k.shape[2] == 0:
+        return chunked(cfg, objective, q, k, v, gates, params0, state)
+    start = start_state(cfg, params0, state, k)
+    return kernels.run(cfg, objective, q, k, v, gates, start)

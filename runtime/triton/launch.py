@@ -1,0 +1,167 @@
+"""Launching one level's generated kernels: buffers, grids, block sizes and the carried state.
+
+Kernels work on contiguous float32 copies of q, k, v (B, H, T, d), of the gates (B, H, T) and of the
+state (B, H, dv, dk); outputs are cast back to the inputs' dtype. One program handles a block of BV
+rows of W for one (batch, head): the rows of a linear memory evolve independently. Gradients that sum
+over the row blocks (q, k, v, gates) come back as per-block partials and are summed here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from ..memory import MemoryConfig, MemoryState
+from .backend import interpreting
+
+GATES = ("eta", "alpha", "beta")
+GATE_FILL = {"eta": 0.0, "alpha": 1.0, "beta": 1.0}
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << max(0, (n - 1).bit_length()))
+
+
+@dataclass
+class LevelKernels:
+    """The generated kernels of one linear memory level and their constants (see codegen/kernels.py).
+
+    `fwd` is None for levels with no chunk-parallel form (they run `step`); `bwd` is None where the
+    backward recomputes with the chunked PyTorch path. `tile` is the tile of the wy form (free),
+    `block_v` the rows of W per program, `decode_tokens` the call length up to which `step` runs."""
+
+    level: str
+    form: str
+    dk: int
+    dv: int
+    chunk: int
+    block_t: int
+    read: str
+    self_target: bool
+    momentum: bool
+    fwd: Any
+    bwd: Any
+    step: Any
+    reason: str = ""
+    backward: str = ""
+    tile: Optional[int] = None
+    block_v: Optional[int] = None
+    decode_tokens: int = 1
+    launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0})
+
+    # ---------------------------------------------------------------- sizes
+
+    def wy_tile(self) -> int:
+        if self.tile is not None:
+            return _pow2(self.tile)
+        return 16 if interpreting() else self.block_t
+
+    def rows_per_program(self) -> int:
+        if self.block_v is not None:
+            return _pow2(self.block_v)
+        full = _pow2(self.dv)
+        return full if interpreting() else min(full, 64)
+
+    @staticmethod
+    def precision(dtype: torch.dtype) -> str:
+        """tl.dot's input precision: exact float32 under the interpreter and for float32/64 inputs,
+        tf32 for half-precision inputs on a GPU."""
+        if interpreting() or dtype in (torch.float32, torch.float64):
+            return "ieee"
+        return "tf32"
+
+    def tiles(self, position: int, tokens: int) -> tuple[int, int, dict]:
+        """(offset, n_tiles, extra constexprs) of a call of `tokens` tokens starting at `position`."""
+        if self.form == "dual":
+            offset = position % self.chunk
+            return offset, -(-(tokens + offset) // self.chunk), {}
+        tile = self.wy_tile()
+        return 0, -(-tokens // tile), {"C": tile, "BT": tile, "LOG2_BT": int(math.log2(tile))}
+
+    # ---------------------------------------------------------------- running
+
+    def uses_step(self, tokens: int) -> bool:
+        return self.fwd is None or tokens <= self.decode_tokens
+
+    def run(self, cfg: MemoryConfig, objective, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tensor],
+            start: MemoryState) -> tuple[Tensor, MemoryState]:
+        """y (B, H, T, dv) and the carried state after the call, differentiable w.r.t. every input."""
+        from .autograd import ChunkFunction, StepFunction
+
+        batch, heads, tokens, _ = k.shape
+        dtype = v.dtype
+        f32 = lambda t: t.to(torch.float32).contiguous()  # noqa: E731
+        gate_args = []
+        for name in GATES:
+            if name in gates and gates[name] is not None:
+                gate_args.append(f32(gates[name]))
+            else:
+                gate_args.append(torch.full((batch, heads, tokens), GATE_FILL[name], dtype=torch.float32,
+                                            device=k.device))
+        theta0 = f32(start.params["W"])
+        anchor0 = f32(start.anchor["W"])
+        mom0 = f32(start.momentum["W"]) if cfg.has_momentum else torch.zeros_like(theta0)
+        inputs = (f32(q), f32(k), f32(v), *gate_args, theta0, anchor0, mom0)
+        fn = StepFunction if self.uses_step(tokens) else ChunkFunction
+        y, theta1, anchor1, mom1 = fn.apply(self, cfg, objective, start.position, *inputs)
+        state = MemoryState({"W": theta1.to(dtype)}, {"W": anchor1.to(dtype)},
+                            {"W": mom1.to(dtype)} if cfg.has_momentum else None, start.position + tokens)
+        return y.to(dtype), state
+
+    # ---------------------------------------------------------------- launches (float32 contiguous tensors)
+
+    def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, theta0, anchor0, mom0, store: bool):
+        batch, heads, tokens, _ = k.shape
+        offset, n_tiles, extra = self.tiles(position, tokens)
+        bv = self.rows_per_program()
+        y = torch.empty(batch, heads, tokens, self.dv, dtype=torch.float32, device=k.device)
+        theta1, anchor1 = torch.empty_like(theta0), torch.empty_like(theta0)
+        mom1 = torch.empty_like(theta0) if self.momentum else mom0.clone()
+        shape = (batch, heads, n_tiles, self.dv, self.dk) if store else (1,)
+        starts = torch.empty(shape, dtype=torch.float32, device=k.device)
+        mstarts = torch.empty(shape if self.momentum else (1,), dtype=torch.float32, device=k.device)
+        grid = (-(-self.dv // bv), batch * heads)
+        self.fwd[grid](q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1, starts, mstarts,
+                       tokens, offset, n_tiles, BV=bv, STORE=store, PREC=self.precision(q.dtype), **extra)
+        self.launches["fwd"] += 1
+        return y, theta1, anchor1, mom1, starts, mstarts
+
+    def launch_bwd(self, position: int, saved, dy, dtheta1, danchor1, dmom1):
+        q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved
+        batch, heads, tokens, _ = k.shape
+        offset, n_tiles, extra = self.tiles(position, tokens)
+        bv = self.rows_per_program()
+        nv = -(-self.dv // bv)
+        dev = k.device
+        zeros = lambda *s: torch.zeros(*s, dtype=torch.float32, device=dev)  # noqa: E731
+        dq, dk = zeros(nv, batch, heads, tokens, self.dk), zeros(nv, batch, heads, tokens, self.dk)
+        dv = zeros(nv, batch, heads, tokens, self.dv)
+        deta, dalpha, dbeta = (zeros(nv, batch, heads, tokens) for _ in range(3))
+        dtheta0, danchor0, dmom0 = (zeros(batch, heads, self.dv, self.dk) for _ in range(3))
+        aligned = self.form != "dual" or (position + tokens) % self.chunk == 0
+        d_end = (dtheta1 + danchor1) if aligned else dtheta1
+        d_anchor_end = torch.zeros_like(danchor1) if aligned else danchor1
+        grid = (nv, batch * heads)
+        self.bwd[grid](q, k, v, eta, alpha, beta, anchor0, starts, mstarts,
+                       dy.contiguous(), d_end.contiguous(), dmom1.contiguous(), d_anchor_end.contiguous(),
+                       dq, dk, dv, deta, dalpha, dbeta, dtheta0, danchor0, dmom0,
+                       tokens, offset, n_tiles, batch * heads, BV=bv, PREC=self.precision(q.dtype), **extra)
+        self.launches["bwd"] += 1
+        return (dq.sum(0), dk.sum(0), dv.sum(0), deta.sum(0), dalpha.sum(0), dbeta.sum(0),
+                dtheta0, danchor0, dmom0)
+
+    def launch_step(self, position: int, q, k, v, eta, alpha, beta, theta0, anchor0, mom0):
+        batch, heads, tokens, _ = k.shape
+        bv = self.rows_per_program()
+        y = torch.empty(batch, heads, tokens, self.dv, dtype=torch.float32, device=k.device)
+        theta1, anchor1 = torch.empty_like(theta0), torch.empty_like(theta0)
+        mom1 = torch.empty_like(theta0) if self.momentum else mom0.clone()
+        grid = (-(-self.dv // bv), batch * heads)
+        self.step[grid](q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1,
+                        tokens, position % self.chunk, BV=bv)
+        self.launches["step"] += 1
+        return y, theta1, anchor1, mom1

@@ -1,0 +1,69 @@
+"""`nlc export --hf`: a directory transformers loads offline with trust_remote_code."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import nldsl
+from nldsl.cli import main
+from nldsl.runtime.generate import generate, load_run
+
+
+def test_export_writes_weights_config_and_the_compiled_package(tiny_hope_run, runner, tmp_path):
+    out = tmp_path / "hf"
+    result = runner.invoke(main, ["export", str(tiny_hope_run), "--hf", str(out)])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert names >= {"config.json", "generation_config.json", "model.safetensors", "modeling_nlc.py", "nlc_compiled.py",
+                     "nlc_package"}
+    config = json.loads((out / "config.json").read_text())
+    manifest = json.loads((tiny_hope_run / "model" / "manifest.json").read_text())
+    assert config["model_type"] == "nlc" and config["vocab_size"] == 256
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_nlc.NlcForCausalLM"
+    assert config["nlc_spec_sha256"] == manifest["spec_sha256"] and config["nlc_step"] == 12
+    modeling = (out / "modeling_nlc.py").read_text()
+    ast.parse(modeling)
+    assert "from .nlc_compiled import Model" in modeling
+    assert (out / "nlc_compiled.py").read_text() == (tiny_hope_run / "model" / "model.py").read_text()
+
+    run = load_run(tiny_hope_run)
+    weights = load_file(str(out / "model.safetensors"))
+    assert set(weights) == {f"model.{k}" for k in run.model.state_dict()}
+    package = nldsl.load(out / "nlc_package")  # the copied package loads with nlc alone
+    package.load_state_dict({k[len("model."):]: v for k, v in weights.items()})
+    tokens = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(package(tokens)[0], run.model(tokens)[0])
+
+    again = runner.invoke(main, ["export", str(tiny_hope_run), "--hf", str(out)])
+    assert again.exit_code == 1 and "not empty" in again.output
+    assert runner.invoke(main, ["export", str(tiny_hope_run), "--hf", str(out), "--force"]).exit_code == 0
+
+
+@pytest.mark.parametrize("which", ["tiny_hope", "transformer"])
+def test_transformers_loads_the_export_offline(tiny_hope_run, example_runs, tmp_path, monkeypatch, which):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    transformers = pytest.importorskip("transformers")
+    from nldsl.runtime.export_hf import export_hf
+
+    run_dir = tiny_hope_run if which == "tiny_hope" else example_runs["transformer"]
+    out = export_hf(run_dir, tmp_path / "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True).eval()
+    assert type(model).__name__ == "NlcForCausalLM"
+    run = load_run(run_dir)
+    tokens = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, _ = run.model(tokens)
+        theirs = model(tokens.to(torch.long), labels=tokens)
+    assert torch.allclose(theirs.logits.to(ours.dtype), ours, atol=1e-5)
+    assert theirs.loss is not None and torch.isfinite(theirs.loss)
+
+    prompt = [84, 104, 101, 32]  # "The "
+    with torch.no_grad():
+        generated = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)
+    assert generated[0, len(prompt):].tolist() == generate(run.model, prompt, 6, temperature=0)

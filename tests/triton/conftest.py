@@ -1,0 +1,33 @@
+"""The Triton tests run the generated kernels under the Triton interpreter on a CPU (or natively on a
+GPU). TRITON_INTERPRET must be set before any kernel module is imported: a kernel decorated without it
+stays a compiled-kernel object that needs a GPU. Generated kernel modules go to a private cache."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import torch
+    _CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    _CUDA = False
+
+if not _CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_kernel_cache(tmp_path_factory):
+    """NLC_CACHE points at a fresh directory for the session (rendered kernel modules land there)."""
+    old = os.environ.get("NLC_CACHE")
+    os.environ["NLC_CACHE"] = str(tmp_path_factory.mktemp("nlc-kernels"))
+    yield os.environ["NLC_CACHE"]
+    if old is None:
+        os.environ.pop("NLC_CACHE", None)
+    else:
+        os.environ["NLC_CACHE"] = old

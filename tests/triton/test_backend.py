@@ -1,0 +1,152 @@
+"""`MemoryLevel.backend = 'triton'`: compiled models run their linear memories on the generated kernels
+(here under the Triton interpreter), agree with the chunked backend, and fall back to it with one
+warning naming the level and the reason where the kernels cannot run."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
+
+import torch  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from nldsl.cli import main  # noqa: E402
+from nldsl.compiler import load  # noqa: E402
+from nldsl.runtime import BACKENDS, MemoryConfig, MemoryLevel, Rule, set_backend, standard_objective  # noqa: E402
+from nldsl.runtime.triton import TritonFallbackWarning, backend as triton_backend  # noqa: E402
+from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
+from specs import memory_spec  # noqa: E402
+from triton_testkit import ratio, OUTPUT_RATIO, ANCHOR_RATIO, GATE_RATIO  # noqa: E402
+
+pytestmark = pytest.mark.triton
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    """Each test sees the fallback warnings anew (they are given once per level and reason)."""
+    monkeypatch.setattr(triton_backend, "_WARNED", set())
+
+
+def level(cfg, objective="l2", name="blk.mem", heads=2):
+    torch.manual_seed(0)
+    lv = MemoryLevel(cfg, standard_objective(objective), heads, name=name)
+    with torch.no_grad():
+        for p in lv.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return lv
+
+
+def inputs(cfg, heads=2, tokens=10, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, tokens, heads * cfg.dk, generator=gen) * cfg.dk ** -0.5
+    k = torch.randn(2, tokens, heads * cfg.dk, generator=gen) * cfg.dk ** -0.5
+    v = torch.randn(2, tokens, heads * cfg.dv, generator=gen)
+    gates = {"lr": 0.3 * torch.rand(2, tokens, heads, generator=gen),
+             "retain": 0.7 + 0.3 * torch.rand(2, tokens, heads, generator=gen),
+             "momentum": 0.8 * torch.rand(2, tokens, heads, generator=gen)}
+    return q, k, v, gates
+
+
+def run_level(lv, cfg, backend):
+    lv.backend = backend
+    q, k, v, gates = (x.requires_grad_(True) if isinstance(x, torch.Tensor) else x for x in inputs(cfg))
+    gates = {n: g.requires_grad_(True) for n, g in gates.items() if n in ("lr", "retain", "momentum")}
+    y, state = lv(q, k, v, gates)
+    loss = (y * torch.linspace(-1, 1, y.shape[-1])).sum() + sum(p.sum() for p in state.params.values())
+    loss.backward()
+    grads = {"q": q.grad, "k": k.grad, "v": v.grad, **{n: g.grad for n, g in gates.items()}}
+    grads.update({n: p.grad.clone() for n, p in lv.named_parameters()})
+    lv.zero_grad()
+    return y, state, grads
+
+
+CFG = MemoryConfig("linear", 8, 8, rules=(Rule("retain"), Rule("momentum")), chunk=4, read="anchor")
+
+
+def test_the_triton_backend_is_a_backend():
+    assert "triton" in BACKENDS
+    assert "triton" in CliRunner().invoke(main, ["train", "--help"]).output
+
+
+def test_a_memory_level_runs_its_kernels_and_matches_chunked():
+    lv = level(CFG)
+    found, _ = kernels_for(CFG, lv.objective, "blk.mem")
+    before = dict(found.launches)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TritonFallbackWarning)
+        y, state, grads = run_level(lv, CFG, "triton")
+    assert found.launches["fwd"] == before["fwd"] + 1 and found.launches["bwd"] == before["bwd"] + 1
+    y0, state0, grads0 = run_level(lv, CFG, "chunked")
+    assert ratio(y0, y) <= OUTPUT_RATIO
+    assert ratio(state0.params["W"], state.params["W"]) <= OUTPUT_RATIO
+    for name in grads0:
+        assert ratio(grads0[name], grads[name]) <= (GATE_RATIO if name in ("lr", "retain", "momentum") else ANCHOR_RATIO), name
+
+
+def test_without_the_interpreter_on_a_cpu_it_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    lv = level(CFG, name="blk.cpu")
+    with pytest.warns(TritonFallbackWarning, match=r"memory level blk\.cpu: .*TRITON_INTERPRET=1 is not set") as got:
+        y, _, _ = run_level(lv, CFG, "triton")
+        run_level(lv, CFG, "triton")
+    assert len([w for w in got if issubclass(w.category, TritonFallbackWarning)]) == 1
+    y0, _, _ = run_level(lv, CFG, "chunked")
+    assert torch.equal(y, y0)
+
+
+def test_an_mlp_memory_falls_back_and_says_why():
+    cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=8, rules=(Rule("gd"),), chunk=4)
+    lv = level(cfg, name="blk.deep")
+    with pytest.warns(TritonFallbackWarning, match=r"memory level blk\.deep: .*MLP memories have no generated Triton kernels"):
+        y, _, _ = run_level(lv, cfg, "triton")
+    y0, _, _ = run_level(lv, cfg, "chunked")
+    assert torch.equal(y, y0)
+
+
+def _model_run(model):
+    torch.manual_seed(3)
+    x = torch.randint(0, model.vocab_size, (2, 10))
+    logits, state = model(x)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, model.vocab_size), x[:, 1:].reshape(-1))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return logits, grads
+
+
+@pytest.mark.parametrize("spec", ["examples/gated_deltanet.nl", "examples/ttt_linear.nl"])
+def test_a_compiled_example_on_the_triton_backend_matches_chunked(spec):
+    torch.manual_seed(0)
+    model = load(ROOT / spec, backend="triton")
+    assert {m.backend for m in model.modules() if isinstance(m, MemoryLevel)} == {"triton"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TritonFallbackWarning)
+        logits, grads = _model_run(model)
+    logits0, grads0 = _model_run(set_backend(model, "chunked"))
+    assert ratio(logits0, logits) <= OUTPUT_RATIO
+    assert set(grads) == set(grads0)
+    for name in grads0:
+        assert ratio(grads0[name], grads[name]) <= ANCHOR_RATIO, name
+
+
+def test_a_custom_objective_runs_on_its_packages_kernels(tmp_path):
+    spec = tmp_path / "custom.nl"
+    spec.write_text(memory_spec(name="custom_memory", objective="custom(sqrt(1 + r * r) - 1)",
+                                update="retain, gd", read="before write"), encoding="utf-8")
+    torch.manual_seed(0)
+    model = load(spec, backend="triton")
+    (lv,) = [m for m in model.modules() if isinstance(m, MemoryLevel)]
+    found, reason = kernels_for(lv.cfg, lv.objective, lv.level_name)
+    assert found is not None, reason
+    assert found.fwd.fn.__module__.endswith(".kernels")  # the compiled package's kernels.py
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TritonFallbackWarning)
+        logits, grads = _model_run(model)
+    logits0, grads0 = _model_run(set_backend(model, "chunked"))
+    assert ratio(logits0, logits) <= OUTPUT_RATIO
+    for name in grads0:
+        assert ratio(grads0[name], grads[name]) <= ANCHOR_RATIO, name

@@ -1,0 +1,206 @@
+"""The generated kernels of linear memories against the float64 reference and the chunked path:
+outputs, final states and the gradients w.r.t. q, k, v, the gates and the initial (or carried) state,
+within the float32 ratios of docs/semantics.md §6. Shapes are tiny (B = 2, H = 2, T = 10, C = 4,
+dk = dv = 8) because the kernels run under the Triton interpreter on a CPU."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
+
+import torch  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from nldsl.compiler import compile_spec  # noqa: E402
+from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
+from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
+from triton_testkit import Case, compare, ratio, run_path, run_reference, to32, OUTPUT_RATIO  # noqa: E402
+
+pytestmark = pytest.mark.triton
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kernels(cfg, objective, level="tests.mem"):
+    found, reason = kernels_for(cfg, objective, level)
+    assert found is not None, reason
+    return found
+
+
+def check(case: Case, against_chunked: bool = True) -> None:
+    """Triton vs reference (and vs chunked); the Triton backward kernel must have run where one exists."""
+    lk = kernels(case.cfg, case.objective)
+    before = dict(lk.launches)
+    tri = run_path(case, "triton", lk)
+    compare(run_reference(case), tri, "triton vs reference")
+    if against_chunked:
+        compare(run_path(case, "chunked"), tri, "triton vs chunked")
+    used = {k: lk.launches[k] - before[k] for k in before}
+    if lk.uses_step(case.tokens):
+        assert used["step"] == 1 and used["recompute"] == 1, used
+    else:
+        assert used["fwd"] == 1, used
+        assert used["bwd"] == (1 if lk.bwd is not None else 0), used
+
+
+def linear(rules, chunk=4, read="after", self_target=False, dk=8, dv=8):
+    return MemoryConfig("linear", dk, dv, rules=tuple(Rule(*r) if isinstance(r, tuple) else Rule(r) for r in rules),
+                        read=read, chunk=chunk, self_target=self_target)
+
+
+# ------------------------------------------------------------------ the examples' linear memories
+
+def example_level(name: str):
+    """The example's (only) linear memory, its dimensions shrunk to dk = dv = 8."""
+    old = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        fe, _ = compile_spec(f"examples/{name}.nl")
+    finally:
+        os.chdir(old)
+    (m,) = [m for m in fe.model.memories if m.family == "linear"]
+    rules = tuple(Rule(r.kind, "current" if r.at == "current" else "anchor", r.per_layer) for r in m.rules)
+    cfg = MemoryConfig("linear", 8, 8, rules=rules, read=m.read, chunk=m.chunk, self_target=m.self_target)
+    return cfg, standard_objective(m.objective.name, **dict(m.objective.params))
+
+
+EXAMPLES = ["linear_attention", "gated_deltanet", "ttt_linear", "deltanet"]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("tokens, position", [(10, None), (10, 6), (37, 3)])
+def test_example_memory_levels(name, tokens, position):
+    cfg, objective = example_level(name)
+    check(Case(cfg, objective, tokens=tokens, position=position, seed=tokens))
+
+
+# ------------------------------------------------------------------ specs written here
+
+SPECS = {
+    # Titans' linear memory: [retain, momentum at anchor], read at the anchor (HOPE Eq. 90)
+    "titans_linear": (linear(["retain", "momentum"], read="anchor"), "l2"),
+    "titans_after_mse": (linear(["retain", "momentum"], read="after"), "mse"),
+    "momentum_then_retain": (linear(["momentum", "retain"], read="before"), "sq"),
+    # HOPE's matrix memory: dgd with a self-generated target, read at the anchor
+    "hope_matrix": (linear(["dgd"], read="anchor", self_target=True), "l2"),
+    "hope_matrix_after": (linear(["dgd"], read="after", self_target=True), "l2"),
+    # a transition after the momentum (momentum enters the triangular system)
+    "momentum_delta": (linear(["retain", "momentum", "delta"], read="after"), "l2"),
+    "gd_then_delta": (linear(["retain", "gd", "delta"], read="before"), "l2"),
+    # elementwise objectives at the anchor (second derivative in the backward kernel)
+    "huber_before": (linear(["retain", "gd"], read="before"), ("huber", {"delta": 0.3})),
+    "lp_after": (linear(["gd"], read="after"), ("lp", {"p": 3.0})),
+    # gradient point at chunk size 1: Titans without momentum (at the anchor) vs Gated DeltaNet (current)
+    "retain_gd_at_anchor_c1": (linear(["retain", "gd"], chunk=1), "l2"),
+    "retain_gd_at_current_c1": (linear(["retain", ("gd", "current")], chunk=1), "l2"),
+    "gdn_as_delta_dot": (linear(["retain", "delta", "gd"], chunk=1), "dot"),
+    "dgd_current_self_c1": (linear([("dgd", "current")], chunk=1, read="anchor", self_target=True), "sq"),
+    # no chunk-parallel form: the step kernel
+    "momentum_c1": (linear(["retain", "momentum"], chunk=1), "l2"),
+    "l1_current_c1": (linear([("gd", "current")], chunk=1), "l1"),
+    # chunk not a power of two, dk != dv
+    "chunk3_rect": (linear(["retain", "gd"], chunk=3, dk=8, dv=12), "l2"),
+}
+
+
+def objective_of(spec):
+    if isinstance(spec, tuple):
+        return standard_objective(spec[0], **spec[1])
+    return standard_objective(spec)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_spec_levels_with_a_carried_state(name):
+    cfg, objective = SPECS[name]
+    check(Case(cfg, objective_of(objective), position=5, seed=3))
+
+
+def test_the_gradient_point_is_meaning():
+    """[retain, gd at anchor] and [retain, gd at current] at C = 1 are different models (semantics §2.2;
+    each matches the reference in test_spec_levels_with_a_carried_state): the kernels differ too."""
+    runs = []
+    for name in ("retain_gd_at_anchor_c1", "retain_gd_at_current_c1"):
+        cfg = SPECS[name][0]
+        runs.append(run_path(Case(cfg, objective_of("l2")), "triton", kernels(cfg, objective_of("l2"))))
+    assert ratio(runs[0].y, runs[1].y) > 4 * OUTPUT_RATIO
+
+
+def test_several_row_blocks_sum_their_partial_gradients():
+    cfg = linear(["retain", "momentum", "delta"], dv=32)
+    lk = kernels(cfg, objective_of("l2"), "tests.blocks")
+    lk.block_v = 16
+    try:
+        case = Case(cfg, objective_of("l2"), position=2, seed=5)
+        compare(run_reference(case), run_path(case, "triton", lk), "two row blocks")
+    finally:
+        lk.block_v = None
+
+
+def test_wy_tiles_of_free_size_give_the_same_result():
+    cfg = linear(["retain", ("gd", "current")], chunk=1)
+    lk = kernels(cfg, objective_of("l2"), "tests.tiles")
+    case = Case(cfg, objective_of("l2"), tokens=37, seed=9)
+    runs = []
+    for tile in (16, 32):
+        lk.tile = tile
+        runs.append(run_path(case, "triton", lk))
+    lk.tile = None
+    compare(runs[0], runs[1], "tile 16 vs 32")
+
+
+# ------------------------------------------------------------------ splitting and decoding
+
+def _split_run(lk, cfg, objective, case: Case, cuts):
+    from triton_testkit import make_inputs
+    from nldsl.runtime.memory.inputs import start_state
+    inp = make_inputs(cfg, case.batch, case.heads, case.tokens, case.seed, grad=False)
+    q, k, v = to32(inp.q), to32(inp.k), to32(inp.v)
+    gates = {n: to32(inp.gates[n]) for n in cfg.required_gates()}
+    params0 = to32(inp.params0)
+    state, outs = None, []
+    bounds = [0, *cuts, case.tokens]
+    for a, b in zip(bounds, bounds[1:]):
+        start = start_state(cfg, params0, state, k)
+        y, state = lk.run(cfg, objective, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b],
+                          {n: g[:, :, a:b] for n, g in gates.items()}, start)
+        outs.append(y)
+    return torch.cat(outs, 2), state
+
+
+@pytest.mark.parametrize("name", ["titans_linear", "hope_matrix", "retain_gd_at_current_c1", "momentum_delta"])
+def test_a_split_run_and_token_by_token_decoding_equal_the_whole_run(name):
+    cfg, objective = SPECS[name]
+    objective = objective_of(objective)
+    lk = kernels(cfg, objective)
+    case = Case(cfg, objective, tokens=10, seed=11)
+    y, state = _split_run(lk, cfg, objective, case, [])
+    for cuts in ([3], [4, 8], list(range(1, 10))):  # inside a chunk, at chunk ends, every token (decoding)
+        ys, states = _split_run(lk, cfg, objective, case, cuts)
+        assert ratio(y, ys) <= OUTPUT_RATIO, cuts
+        for key, value in state.to_tensors().items():
+            assert ratio(value.float(), states.to_tensors()[key].float()) <= OUTPUT_RATIO, (cuts, key)
+
+
+# ------------------------------------------------------------------ random rule combinations
+
+RULES = st.lists(st.sampled_from(["retain", "gd", "momentum", "delta", "dgd"]), min_size=1, max_size=3)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(rules=RULES, chunk=st.sampled_from([1, 3, 4]), read=st.sampled_from(["after", "before", "anchor"]),
+       current=st.booleans(), self_target=st.booleans(),
+       objective=st.sampled_from(["l2", "sq", "mse", "dot", "huber"]),
+       position=st.sampled_from([None, 0, 2, 5]), seed=st.integers(0, 2 ** 16))
+def test_random_rule_combinations(rules, chunk, read, current, self_target, objective, position, seed):
+    at = "current" if current and chunk == 1 else "anchor"
+    try:
+        cfg = MemoryConfig("linear", 8, 8, rules=tuple(Rule(r, at if r in ("gd", "momentum", "dgd") else "anchor")
+                                                       for r in rules),
+                           read=read, chunk=chunk, self_target=self_target)
+    except ValueError:
+        from hypothesis import assume
+        assume(False)
+    check(Case(cfg, objective_of(objective), position=position, seed=seed), against_chunked=False)

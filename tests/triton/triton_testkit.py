@@ -1,0 +1,137 @@
+"""Shared helpers of the Triton tests: running one memory configuration through the reference
+(float64), the chunked path and the generated kernels (float32), and the float32 error ratios of the
+correctness contract (docs/semantics.md §6: RMS(x - y) / RMS(x))."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+
+from memory_testkit import gradients, make_inputs, probe_loss, random_state, state_leaves  # noqa: E402
+
+from nldsl.runtime.memory import MemoryConfig, MemoryState, chunked, reference  # noqa: E402
+from nldsl.runtime.memory.inputs import start_state  # noqa: E402
+
+# semantics.md §6, float32 paths
+OUTPUT_RATIO = 5e-3
+GATE_RATIO = 2e-2
+ANCHOR_RATIO = 3e-2
+
+
+def ratio(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    """RMS(x - y) / RMS(x), with an absolute floor for (near-)zero references."""
+    x, y = expected.detach().double(), actual.detach().double()
+    diff = (x - y).pow(2).mean().sqrt().item() if x.numel() else 0.0
+    if diff <= 1e-6:
+        return 0.0
+    return diff / max(x.pow(2).mean().sqrt().item(), 1e-12)
+
+
+def to32(x):
+    if x is None:
+        return None
+    if isinstance(x, dict):
+        return {n: to32(t) for n, t in x.items()}
+    if isinstance(x, MemoryState):
+        params = to32(x.params)
+        anchor = {n: params[n] if t is x.params[n] else to32(t) for n, t in x.anchor.items()}
+        return MemoryState(params, anchor, to32(x.momentum), x.position)
+    return x.detach().float().requires_grad_(True)
+
+
+@dataclass
+class Case:
+    cfg: MemoryConfig
+    objective: object
+    batch: int = 2
+    heads: int = 2
+    tokens: int = 10
+    position: Optional[int] = None       # a carried-in state at this position, or a fresh sequence
+    seed: int = 0
+
+
+@dataclass
+class Run:
+    y: torch.Tensor
+    state: MemoryState
+    grads: dict
+
+
+def _gates(case: Case, gates: dict) -> dict:
+    return {n: gates[n] for n in case.cfg.required_gates()}
+
+
+def run_reference(case: Case) -> Run:
+    """float64 ground truth: outputs, final state and the gradients of a fixed probe loss."""
+    inp = make_inputs(case.cfg, case.batch, case.heads, case.tokens, case.seed)
+    st = None if case.position is None else random_state(case.cfg, case.batch, case.heads, case.position,
+                                                         case.seed + 1)
+    gates = _gates(case, inp.gates)
+    y, end = reference(case.cfg, case.objective, inp.q, inp.k, inp.v, gates, inp.params0, st)
+    leaves = _leaves(inp, gates, st)
+    return Run(y, end, gradients(probe_loss(y, end, case.seed + 2), leaves))
+
+
+def run_path(case: Case, path: str, kernels=None) -> Run:
+    """The same case in float32 on the chunked path or on `kernels` (a LevelKernels)."""
+    inp = make_inputs(case.cfg, case.batch, case.heads, case.tokens, case.seed)
+    st = None if case.position is None else random_state(case.cfg, case.batch, case.heads, case.position,
+                                                         case.seed + 1)
+    q, k, v = to32(inp.q), to32(inp.k), to32(inp.v)
+    gates = to32(_gates(case, inp.gates))
+    params0 = to32(inp.params0)
+    st32 = to32(st)
+    if path == "chunked":
+        y, end = chunked(case.cfg, case.objective, q, k, v, gates, params0, st32)
+    else:
+        start = start_state(case.cfg, params0, st32, k)
+        y, end = kernels.run(case.cfg, case.objective, q, k, v, gates, start)
+    leaves = {"q": q, "k": k, "v": v}
+    leaves.update({f"gate.{n}": g for n, g in gates.items()})
+    leaves.update({f"theta0.{n}": p for n, p in params0.items()})
+    if st32 is not None:
+        leaves.update(state_leaves(st32))
+        for n in list(leaves):
+            if n.startswith("theta0."):
+                del leaves[n]
+    loss = probe_loss(y.double(), _double_state(end), case.seed + 2)
+    return Run(y, end, gradients(loss, leaves))
+
+
+def _double_state(state: MemoryState) -> MemoryState:
+    d = lambda g: None if g is None else {n: t.double() for n, t in g.items()}  # noqa: E731
+    return MemoryState(d(state.params), d(state.anchor), d(state.momentum), state.position)
+
+
+def _leaves(inp, gates, st) -> dict:
+    leaves = {"q": inp.q, "k": inp.k, "v": inp.v}
+    leaves.update({f"gate.{n}": g for n, g in gates.items()})
+    if st is None:
+        leaves.update({f"theta0.{n}": p for n, p in inp.params0.items()})
+    else:
+        leaves.update(state_leaves(st))
+    return leaves
+
+
+def compare(expected: Run, actual: Run, what: str, grads: bool = True) -> None:
+    """Outputs and states within OUTPUT_RATIO; gradients within the gate / anchor ratios."""
+    assert ratio(expected.y, actual.y) <= OUTPUT_RATIO, f"{what}: y ratio {ratio(expected.y, actual.y):.2e}"
+    exp, act = expected.state.to_tensors(), actual.state.to_tensors()
+    assert set(exp) == set(act), f"{what}: state entries {sorted(act)} != {sorted(exp)}"
+    assert expected.state.position == actual.state.position
+    for key in exp:
+        if key != "position":
+            r = ratio(exp[key], act[key])
+            assert r <= OUTPUT_RATIO, f"{what}: state {key} ratio {r:.2e}"
+    if not grads:
+        return
+    assert set(expected.grads) == set(actual.grads), f"{what}: {sorted(actual.grads)} != {sorted(expected.grads)}"
+    for name in expected.grads:
+        limit = GATE_RATIO if name.startswith("gate.") else ANCHOR_RATIO
+        r = ratio(expected.grads[name], actual.grads[name])
+        assert r <= limit, f"{what}: d/d{name} ratio {r:.2e} (limit {limit})"
