@@ -12,7 +12,8 @@ from .memory_level import BACKENDS, MemoryLevel, position_of, segments
 
 
 def set_backend(model, backend: str):
-    """Run every memory level of `model` on `backend` ('reference' or 'chunked'); returns the model."""
+    """Run every memory level of `model` on `backend` (one of BACKENDS: 'reference', 'chunked', 'triton');
+    returns the model."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     for module in model.modules():
