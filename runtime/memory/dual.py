@@ -15,7 +15,6 @@ from typing import Mapping, Optional
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from . import functional as F
 from .coeffs import DualCoefficients, along, dual_coefficients
@@ -25,12 +24,6 @@ from .objectives import GradFn
 from .scan import Geometry, Momentum, TileScan, solve_columns, system_inverse
 from .state import MemoryState
 from .tiles import TileGroup, tile_groups
-
-
-# Autograd keeps every tile's intermediates (several weight-sized tensors per tile) unless tiles are
-# recomputed in backward; recomputation costs one extra forward of each tile and keeps memory at
-# the tile boundaries. Set to False to trade memory for speed.
-CHECKPOINT_TILES = True
 
 
 def run_dual(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
@@ -83,20 +76,13 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
     qg, kg, vg = group.split(q), group.split(k), group.split(v)
     prep = _prepare(cfg, group, kg, gates)
     outputs = []
-    recompute = CHECKPOINT_TILES and torch.is_grad_enabled() and group.count > 1
     for i in range(group.count):
-        def tile(theta, anchor, momentum, qi, ki, vi, i=i, position=carried.position):
-            at = _Carried(theta, anchor, momentum, position)
-            scans = _solve_tile(cfg, objective, prep, i, ki, vi, at)
-            y = F.apply(cfg, anchor, qi) if cfg.read == 'anchor' else _read(cfg, scans, qi, cfg.read)
-            return (y,) + _end_states(cfg, scans)
-
-        args = (carried.theta, carried.anchor, carried.momentum, qg[:, :, i], kg[:, :, i], vg[:, :, i])
-        if recompute:  # keep only tile boundaries for backward; recompute each tile's inside
-            y, theta, momentum = checkpoint(tile, *args, use_reentrant=False)
+        scans = _solve_tile(cfg, objective, prep, i, kg[:, :, i], vg[:, :, i], carried)
+        if cfg.read == 'anchor':
+            outputs.append(F.apply(cfg, carried.anchor, qg[:, :, i]))
         else:
-            y, theta, momentum = tile(*args)
-        outputs.append(y)
+            outputs.append(_read(cfg, scans, qg[:, :, i], cfg.read))
+        theta, momentum = _end_states(cfg, scans)
         position = carried.position + group.length
         anchor = theta if position % cfg.chunk == 0 else carried.anchor
         carried = _Carried(theta, anchor, momentum, position)
