@@ -3,7 +3,7 @@ PyTorch Transformer of the same width, depth, heads and vocabulary, in one proce
 
     python benchmarks/train_speed.py [--spec examples/hope.nl] [--batch 8] [--seq 256] [--steps 3]
                                      [--warmup 2] [--threads 2] [--data random|corpus] [--no-peer]
-                                     [--peer-mode fast_state|inplace] [--profile]
+                                     [--peer-mode fast_state|inplace] [--profile] [--quiet]
 
 Contenders, each timed for a full training step (forward, loss, backward, optimizer step and every
 inner/online update the method makes):
@@ -25,6 +25,8 @@ is batch x seq over the median wall time of a step. Both configurations, both pa
 difference between the two HOPEs that the peer's configuration cannot remove are printed. `--profile`
 adds where one nlc training step spends its time (torch.profiler operators and cProfile functions).
 The last line is `speedup_vs_nested_learning: X` (nlc tokens/s over nested-learning's; the goal is 2).
+On a machine shared with other work, set OMP_WAIT_POLICY=PASSIVE (or --threads 1): OpenMP's default
+busy-waiting slows steps made of many small operators far more than steps made of few large ones.
 Figures are printed for people to read; nothing is asserted.
 """
 
@@ -109,10 +111,11 @@ class Nlc:
             "memory chunks (tokens)": chunks,
             "memory gradient path": "backprop through the writes inside each segment",
             "memory state": (mem[0]["notes"][1] if mem and len(mem[0]["notes"]) > 1 else "-"),
-            "CMS levels (period)": ", ".join(f'{lv["name"].split(".")[-1]} {lv["clock"]["period"]}' for lv in cms)
-                                   or "none",
+            "CMS levels (period)": ", ".join(f'{lv["name"].split(".")[-1]} {lv["clock"]["period"] or "-"}'
+                                             for lv in cms) or "none",
             "CMS MLP": cms[0]["type"] if cms else "-",
-            "CMS update": (", ".join(cms_opts) + ", window-summed LM-loss gradient, persists") if cms else "-",
+            "CMS update": (", ".join(cms_opts) + ", window-summed LM-loss gradient, state "
+                           + "/".join(sorted({c["lifetime"] for c in self.info["cms"]}))) if cms else "-",
             "segments per sequence": "cut at every CMS window end",
             "outer optimizer": f'{opt["kind"]}(lr={opt["args"].get("lr")}, betas={tuple(opt["args"].get("betas", ()))},'
                                f' wd={opt["args"].get("weight_decay")}), clip {outer.get("clip")}',
@@ -202,7 +205,8 @@ class Peer:
         c = self.config
         d = c.dim
         return {
-            "vocab / dim / heads / layers": f"{c.vocab_size} / {d} / {c.heads} (unused by hope_selfmod) / {c.num_layers}",
+            "vocab / dim / heads / layers": f"{c.vocab_size} / {d} / {c.heads} (unused by hope_selfmod) / "
+                                            f"{c.num_layers}",
             "memories per layer": f"6 (k, v, q, eta, alpha, memory): residual mlp {d}->{d}->{d} (eta, alpha: "
                                   f"{d}->{d}->1), gelu, full width, no heads",
             "memory chunks (tokens)": f"k, v, eta, alpha {self.chunk_other}, memory {self.chunk_memory}",
@@ -426,9 +430,13 @@ def main(argv=None) -> int:
             peer = Peer(api, nlc.sizes, periods, chunks, args.peer_mode, outer,
                         cms_lrs[0] if cms_lrs else 1e-2, args.seed)
             contenders.append(peer)
-            if not nlc.cms_periods() or not nlc.memory_chunks():
-                print(f"note: {Path(spec).name} has no CMS or no chunked memories; the peer HOPE takes hope.nl's "
-                      f"CMS periods {periods} and memory chunks {chunks}")
+            if nlc.ir.name != "hope":
+                print(f"note: the peer is nested-learning's HOPE and {Path(spec).name} defines `{nlc.ir.name}`, so "
+                      "the ratio compares different architectures; the mismatch list below is written for hope.nl")
+            if not nlc.cms_periods():
+                print(f"note: {Path(spec).name} has no CMS on a token clock; the peer takes hope.nl's periods {periods}")
+            if not nlc.memory_chunks():
+                print(f"note: {Path(spec).name} has no chunked memory; the peer takes hope.nl's chunks {chunks}")
         else:
             print(f"nested-learning is not available ({reason}); install it with `pip install 'nlc[bench]'` "
                   f"(or `pip install nested-learning=={PEER_VERSION}`). Measuring nlc and the Transformer only.")
@@ -436,8 +444,9 @@ def main(argv=None) -> int:
     contenders.append(tf)
 
     # ---- configurations side by side
-    print(f"\nconfigurations ({Path(spec).name} against nested-learning "
-          f"{peer.version + ' HOPEModel(block_variant=hope_selfmod), ' + args.peer_mode + ' mode' if peer else '(absent)'})")
+    against = (f"{peer.version} HOPEModel(block_variant=hope_selfmod), {args.peer_mode} mode" if peer
+               else "(absent)")
+    print(f"\nconfigurations ({Path(spec).name} against nested-learning {against})")
     mine = nlc.describe()
     theirs = peer.describe() if peer else {}
     width = max(len(k) for k in mine)
@@ -449,7 +458,8 @@ def main(argv=None) -> int:
     print(f"  nlc ({nlc.ir.name}):        {nlc.params():>10,d}")
     if peer:
         print(f"  nested-learning HOPE:  {peer.params():>10,d}  ({peer.unused_params():,d} of them in the unused M_q)")
-    print(f"  transformer:           {tf.params():>10,d}  (pre-norm, causal SDPA, MLP x4, tied head, learned positions)")
+    print(f"  transformer:           {tf.params():>10,d}  "
+          "(pre-norm, causal SDPA, MLP x4, tied head, learned positions)")
     if peer:
         print("\nmismatches the peer's configuration cannot remove:")
         for m in PEER_MISMATCHES:

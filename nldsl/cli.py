@@ -294,6 +294,9 @@ def train(spec, data, steps, batch, seq, out, resume, device, dtype, seed, check
     import os
     from pathlib import Path
 
+    # a step makes many small tensor operations: OpenMP threads spinning between them cost more than
+    # they save on a shared machine (set OMP_WAIT_POLICY yourself to override)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .runtime.train.run import TrainConfig
     from .train import launch, run_training
 
