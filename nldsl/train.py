@@ -50,26 +50,24 @@ def run_training(cfg, resume: bool) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        return _train(cfg, resume, comm)
+        code = _train(cfg, resume, comm)
     except SpecError as e:
         if comm.is_main:
             print(render_all(e.diagnostics, {}), file=sys.stderr)
-        return _failed(comm)
+        code = 1
     except ParallelError as e:
         if comm.is_main:
             print(f"error: {e}", file=sys.stderr)
-        return _failed(comm)
+        code = 1
     except PeerFailed:  # rank 0 reports why
-        return _failed(comm)
-    finally:
-        comm.close()
-
-
-def _failed(comm) -> int:
-    """Exit code 1, once every process got here: torchrun stops the others when one exits with an
-    error, and rank 0 must have reported it first. (Every rank meets these errors at the same point.)"""
-    comm.all(False)
-    return 1
+        code = 1
+    except BaseException:
+        comm.close(together=False)  # the others may be anywhere: do not wait for them
+        raise
+    # every rank gets here at the same point (these errors are met by all, or announced by rank 0):
+    # leave together, so that none is stopped by torchrun before rank 0 has written or reported
+    comm.close()
+    return code
 
 
 def _train(cfg, resume: bool, comm) -> int:
@@ -84,7 +82,7 @@ def _train(cfg, resume: bool, comm) -> int:
             progress.close()
             print(f"error: training diverged: {e}\n  = note: the last good checkpoint in {trainer.run} is intact\n"
                   f"  = help: lower that level's learning rate or bound its gates", file=sys.stderr)
-        return _failed(comm)
+        return 1
     if progress is None:
         return 0
     progress.close()
@@ -113,7 +111,26 @@ def launch(nproc: int, args: list[str]) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def _exit_now(code) -> None:
+    """Leave a torchrun worker without the interpreter's teardown. Even after the process group is
+    destroyed, a worker sometimes aborts in that teardown ("terminate called without an active
+    exception", seen with gloo on CPU on a busy machine, in C++ with no Python frame), which would
+    turn a finished run into a failed one."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
 if __name__ == "__main__":  # pragma: no cover
+    import os
+
     from nldsl.cli import main
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+    try:
+        main(["train", *sys.argv[1:]])
+    except SystemExit as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _exit_now(e.code)
+        raise

@@ -67,7 +67,7 @@ class Single:
     def rows(self, batch: torch.Tensor) -> torch.Tensor:
         return batch
 
-    def close(self) -> None:
+    def close(self, together: bool = True) -> None:
         pass
 
     # ------------------------------------------------------------------ the loop
@@ -186,8 +186,11 @@ class DataParallel(Single):
         k = n // self.world
         return batch[self.rank * k:(self.rank + 1) * k]
 
-    def close(self) -> None:
+    def close(self, together: bool = True) -> None:
+        """Leave the process group; `together`: first wait for every rank (all must call it then)."""
         if self.owns_group and self.dist.is_initialized():
+            if together:  # nobody leaves (or is stopped by torchrun) while rank 0 still writes the run
+                self.dist.barrier()
             self.dist.destroy_process_group()
 
     # ------------------------------------------------------------------ the loop

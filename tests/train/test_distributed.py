@@ -106,6 +106,9 @@ for job in json.loads(open(sys.argv[1]).read()):
         out["full." + name] = comm.full(p.detach()).clone().contiguous()
     save_file(out, job["dump"] + f"-{comm.rank}.safetensors")
 comms[0].close()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)  # as `python -m nldsl.train` does: no interpreter teardown after the process group is gone
 """
 
 
