@@ -6,6 +6,8 @@ levels (which are read by calling them), model constants, builtins, blocks and c
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 from . import ast, ir, schema
@@ -47,6 +49,9 @@ class ValueBuilder:
     def build(self, expr, label: str, allow_self: bool = False) -> ir.Value:
         s = self.scope
         if isinstance(expr, ast.Number):
+            if not math.isfinite(float(expr.value)):
+                raise Fail(error("NL0202", f"the number `{expr.text}` is too large", expr.span,
+                                 help="numbers are 64-bit floats: at most about 1.8e308"))
             return ir.Const(float(expr.value), expr.span)
         if isinstance(expr, ast.Name):
             n = expr.id

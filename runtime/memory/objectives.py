@@ -78,7 +78,11 @@ def _huber(delta: float) -> GradFn:
 def _lp(p: float) -> GradFn:
     def grad(y: Tensor, v: Tensor) -> Tensor:
         r = y - v
-        return p * torch.abs(r) ** (p - 1.0) * torch.sign(r)
+        # |r|^(p-1) has an infinite slope at r = 0 when p < 2; where r = 0 the gradient is 0 and so is its
+        # derivative (the subgradient convention), instead of 0 · ∞ = NaN in the outer backward
+        a = torch.abs(r)
+        safe = torch.where(a > 0, a, torch.ones_like(a))
+        return p * safe ** (p - 1.0) * torch.sign(r)
     return grad
 
 
