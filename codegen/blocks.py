@@ -9,13 +9,10 @@ segment; every other level runs once over the whole sequence.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from nldsl import ir
-from nldsl.graph import deps, widths
+from nldsl.graph import widths
 
 from .names import Names, camel, comment, literal, py
 

@@ -7,13 +7,10 @@ the same bytes.
 from __future__ import annotations
 
 import ast as pyast
-import functools
 import hashlib
 import json
 from dataclasses import dataclass
-from importlib import resources
 
-import jinja2
 
 from nldsl import __version__, ir
 from nldsl.graph import to_doc
@@ -25,14 +22,7 @@ from .names import camel, comment, py
 from .network import NetLowering, cms_class
 from .plan import plan_text, runtime_info
 from .symbolic import NotDifferentiable, gradient_code
-
-
-@functools.lru_cache(maxsize=None)
-def _env() -> jinja2.Environment:
-    loader = jinja2.FunctionLoader(
-        lambda name: resources.files("nldsl.codegen").joinpath("templates", name).read_text(encoding="utf-8"))
-    return jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                              lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+from .jinja import environment
 
 
 @dataclass(frozen=True)
@@ -84,10 +74,10 @@ def generate(model: ir.ModelIR, graph, sources: dict, spec_file: str) -> dict[st
     for cls in classes:
         cls.init_args = ", prefix" if any("prefix" in line for line in cls.init) else ""
     title = _doc(f"{model.name}: compiled from {spec_file}")
-    model_py = _env().get_template("model.py.jinja").render(
+    model_py = environment().get_template("model.py.jinja").render(
         title=title, version=__version__, source=_doc(spec_file), spec_hash=digest, objectives=objectives,
         classes=classes, model_class=classes[-1].name)
-    init_py = _env().get_template("package_init.py.jinja").render(title=title, version=__version__, source=_doc(spec_file))
+    init_py = environment().get_template("package_init.py.jinja").render(title=title, version=__version__, source=_doc(spec_file))
     for name, text in (("model.py", model_py), ("__init__.py", init_py)):
         try:
             pyast.parse(text, filename=name)

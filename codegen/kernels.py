@@ -26,18 +26,16 @@ Like the rest of the generator, this module does not import torch.
 from __future__ import annotations
 
 import ast as pyast
-import functools
 import math
 from dataclasses import dataclass
-from importlib import resources
 from typing import Mapping, Optional
 
-import jinja2
 
 from nldsl import ir
 
 from . import symbolic as S
 from .names import comment, literal, py
+from .jinja import environment
 
 # ------------------------------------------------------------------ polynomials of the gates
 
@@ -698,14 +696,6 @@ def _step_lines(cfg, objective: ObjectiveCode) -> tuple[tuple, tuple]:
 
 # ------------------------------------------------------------------ rendering
 
-@functools.lru_cache(maxsize=None)
-def _env() -> jinja2.Environment:
-    loader = jinja2.FunctionLoader(
-        lambda name: resources.files("nldsl.codegen").joinpath("templates", name).read_text(encoding="utf-8"))
-    return jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                              lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
-
-
 @dataclass(frozen=True)
 class Skipped:
     level: str
@@ -722,7 +712,7 @@ class Skipped:
 
 def render(plans, title: str, skipped=()) -> str:
     """The text of kernels.py for these plans (levels without kernels listed in `skipped`)."""
-    text = _env().get_template("kernels.py.jinja").render(title=title, plans=list(plans), skipped=list(skipped))
+    text = environment().get_template("kernels.py.jinja").render(title=title, plans=list(plans), skipped=list(skipped))
     try:
         pyast.parse(text, filename="kernels.py")
     except SyntaxError as e:  # a bug in the generator, never in the spec

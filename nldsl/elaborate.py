@@ -11,7 +11,7 @@ from __future__ import annotations
 from . import ast, ir, levels as lv, phrases, schema
 from .consts import Fail, fold_constants, shown, suggest
 from .diagnostics import Label, SpecError, Sink, error, warning
-from .dims import Unknowns, Widths, infer
+from .dims import Widths, infer
 from .resolve import Program
 from .values import Scope, ValueBuilder, reads_in
 
