@@ -13,13 +13,15 @@ TEST_CMD = $(PY) -m pytest $(PYTEST_ARGS)
 .PHONY: demo test setup setup-test
 
 # The main job: compile HOPE, train it for a few minutes on the bundled corpus (CPU), plot the losses.
-DEMO_STEPS ?= 60
+DEMO_STEPS ?= 200
 DEMO_RUN ?= runs/hope-demo
 
 demo: setup
 	$(VENV)/bin/nlc graph examples/hope.nl
-	$(VENV)/bin/nlc train examples/hope.nl --steps $(DEMO_STEPS) --batch 8 --seq 256 --eval-every 20 \
-		--checkpoint-every 20 --out $(DEMO_RUN)
+	$(VENV)/bin/nlc train examples/hope.nl --steps $(DEMO_STEPS) --batch 8 --seq 256 --eval-every 25 \
+		--checkpoint-every 25 --out $(DEMO_RUN)
+	$(VENV)/bin/nlc generate $(DEMO_RUN) --prompt "Alice was " --max-new-tokens 200 --seed 0
+	@echo
 	@echo "loss curve: $(DEMO_RUN)/loss.png   per-level update norms: $(DEMO_RUN)/update_norms.png"
 
 test: setup-test

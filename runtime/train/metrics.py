@@ -14,6 +14,8 @@ class MetricsLog:
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()  # a fresh run in a used directory starts a fresh log
         self.tb = None
         try:  # TensorBoard when it is installed; nothing otherwise
             from torch.utils.tensorboard import SummaryWriter
