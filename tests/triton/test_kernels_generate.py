@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from nldsl.codegen import symbolic as S
-from nldsl.codegen.kernels import (Poly, derivative, fold_dual, fold_wy, kernel_form, level_kernels_source,
-                                   objective_code, plan_level, triton_code)
+from nldsl.codegen.kernel_coefs import Poly, fold_dual, fold_wy
+from nldsl.codegen.kernel_objectives import derivative, objective_code, triton_code
+from nldsl.codegen.kernels import kernel_form, level_kernels_source, plan_level
 from nldsl.compiler import compile_spec
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective
 from nldsl.runtime.memory.coeffs import dual_coefficients, wy_coefficients
