@@ -106,8 +106,6 @@ def check(specs, fmt, dump, werror):
             status |= 0 if fe.ok else 1
         else:
             status |= _report(fe, fmt, quiet_ok=True)
-            if fmt == "full" and fe.ok and not fe.diagnostics:
-                pass
         if werror and fe.diagnostics:
             status = 1
     if fmt == "json":

@@ -346,16 +346,8 @@ def _args(call: ast.Call, npos: int, kws: tuple):
 
 
 def _used_chains(el: Elaborator) -> set:
+    """Chains applied inside a block or named in a network binding."""
     out = set()
-
-    def walk(net):
-        if isinstance(net, ir.CmsCall):
-            out.add(net.cms)
-        for child in _children(net):
-            walk(child)
-
-    for name in el.nets:
-        pass
     for b in el.blocks.values():
         for _, v in b.bindings + (("out", b.output),):
             for node in ir.walk(v):
@@ -369,12 +361,9 @@ def _used_chains(el: Elaborator) -> set:
 
 
 def _optimizer_used(el: Elaborator, name: str) -> bool:
-    opts = [m.optimizer for c in el.chains.values() for m in c.members]
-    for sym in el.p.of_kind("level", "cms"):
-        for node in ast.walk(sym.node):
-            if isinstance(node, ast.Name) and node.id == name:
-                return True
-    return any(o.name == name for o in opts)
+    """An optimizer declaration is used when a level or chain names it (in its `update`)."""
+    return any(isinstance(node, ast.Name) and node.id == name
+               for sym in el.p.of_kind("level", "cms") for node in ast.walk(sym.node))
 
 
 def _children(net):
