@@ -17,7 +17,8 @@ For every linear memory level the generator fixes, from its configuration, what 
 - the **dimensions** dk, dv and the chunk size C, inlined as `tl.constexpr` defaults.
 
 Templates (templates/kernels*.py.jinja) only test flags and paste these strings. The output is
-deterministic. MLP memories get no kernels yet; the runtime falls back to the chunked path for them.
+deterministic. MLP memories are planned by kernels_mlp.py (depth 2, retain / gd / momentum at the anchor);
+the others fall back to the chunked path.
 A memory configuration is anything with the fields of `nldsl.ir.Memory` that matter here (family, dk,
 dv, chunk, read, self_target, rules with kind and at): the IR itself, or the runtime's MemoryConfig.
 Like the rest of the generator, this module does not import torch.
@@ -216,7 +217,7 @@ def _affine_text(a: float, b: float, y: str, target: str) -> str:
 def kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
     """('dual' | 'wy' | 'recurrent' | 'none', reason) of a memory configuration."""
     if cfg.family != "linear":
-        return "none", "MLP memories have no generated Triton kernels yet"
+        return "none", "an MLP memory has no linear-family kernels (codegen/kernels_mlp.py plans it)"
     if cfg.chunk > 1:
         return "dual", f"chunk {cfg.chunk}: gradients at the chunk anchor, one tile per chunk (dual form)"
     if _has_momentum(cfg):
@@ -375,9 +376,10 @@ class Skipped:
         return literal(self.reason)
 
 
-def render(plans, title: str, skipped=()) -> str:
+def render(plans, title: str, skipped=(), mlp_plans=()) -> str:
     """The text of kernels.py for these plans (levels without kernels listed in `skipped`)."""
-    text = environment().get_template("kernels.py.jinja").render(title=title, plans=list(plans), skipped=list(skipped))
+    text = environment().get_template("kernels.py.jinja").render(title=title, plans=list(plans), skipped=list(skipped),
+                                                                 mlp_plans=list(mlp_plans))
     try:
         pyast.parse(text, filename="kernels.py")
     except SyntaxError as e:  # a bug in the generator, never in the spec
@@ -390,23 +392,38 @@ def _doc(text: str) -> str:
 
 
 def model_kernels(model: ir.ModelIR, spec_file: str) -> str:
-    """kernels.py of a compiled package: every linear memory level of the model."""
-    plans, skipped = [], []
+    """kernels.py of a compiled package: every linear memory level of the model, and the MLP memory
+    levels with a fused form (kernels_mlp.py)."""
+    from .kernels_mlp import mlp_kernel_form, plan_mlp_level
+
+    plans, skipped, mlp_plans = [], [], []
     for m in model.memories:
         cfg = m
         o = m.objective
         code = objective_code(o.name, dict(o.params), m.dv, o.expr, dict(model.constants))
+        if m.family == "mlp":
+            form, reason = mlp_kernel_form(cfg, code)
+            if form == "none":
+                skipped.append(Skipped(m.name, reason))
+            else:
+                mlp_plans.append(plan_mlp_level(m.name, cfg, code, _doc(f"memory level {m.name} ({spec_file}:{m.span.line})")))
+            continue
         form, reason = kernel_form(cfg, code)
         if form == "none":
             skipped.append(Skipped(m.name, reason))
             continue
         doc = _doc(f"memory level {m.name} ({spec_file}:{m.span.line})")
         plans.append(plan_level(m.name, cfg, code, doc))
-    return render(plans, _doc(f"{model.name}: Triton kernels of the memory levels of {spec_file}"), skipped)
+    return render(plans, _doc(f"{model.name}: Triton kernels of the memory levels of {spec_file}"), skipped,
+                  mlp_plans)
 
 
 def level_kernels_source(level: str, cfg, objective: ObjectiveCode) -> str:
     """kernels.py text for one level outside a compiled package (the runtime's on-demand rendering)."""
+    if cfg.family == "mlp":
+        from .kernels_mlp import plan_mlp_level
+
+        return render([], _doc(f"Triton kernels of memory level {level}"), (), [plan_mlp_level(level, cfg, objective)])
     plan = plan_level(level, cfg, objective)
     return render([plan], _doc(f"Triton kernels of memory level {level}"))
 

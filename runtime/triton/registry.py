@@ -24,13 +24,12 @@ _CACHE: dict = {}
 def kernels_for(cfg: MemoryConfig, objective, level: str) -> tuple[Optional[object], str]:
     """(LevelKernels, '') or (None, the reason there are none)."""
     from nldsl.codegen.kernels import kernel_form, level_kernels_source, runtime_objective_code
+    from nldsl.codegen.kernels_mlp import mlp_kernel_form
 
-    if cfg.family != "linear":
-        return None, "MLP memories have no generated Triton kernels yet"
     code = runtime_objective_code(objective, cfg.dv)
     if code is None:
         return _package_kernels(objective, level)
-    form, reason = kernel_form(cfg, code)
+    form, reason = (mlp_kernel_form if cfg.family == "mlp" else kernel_form)(cfg, code)
     if form == "none":
         return None, reason
     name = level or "memory"

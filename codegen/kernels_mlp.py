@@ -1,0 +1,163 @@
+"""The Triton kernel plan of an MLP memory level (codegen/kernels.py renders it into kernels.py).
+
+Fused: a depth-2 MLP W2 act(W1 k) (+ k with a residual), no biases, chunk C > 1 (every gradient at
+the chunk anchor), rules among retain, gd and momentum in any order, any objective with a kernel form
+(codegen/kernel_objectives.py), a value target or a self-generated one M_anchor(v), and every read
+mode. Inside a tile (one chunk) the rules act on W1 and W2 as scalars, so the state at token t is
+    W_t = g_t W_0 + c_t S_0 + sum_{s <= t} C[t, s] delta_s x_s^T
+(S the momentum, g, c, C products of the folded per-token coefficients, delta_s x_s^T the gradient of
+token s at the anchor) and the read goes through the dual form, layer by layer, without per-token
+weights. delta / dgd (a transition acting on a layer's input), biases, other depths and chunk size 1
+have no fused form and fall back (`mlp_kernel_form` names the reason).
+
+Like the rest of the generator, this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .kernel_coefs import VARIABLES, Poly, _has_gradient, _has_momentum, fold_dual
+from .kernel_objectives import ObjectiveCode
+from .kernels import Coef, _affine_text, _block, rules_text
+from .names import literal, py
+
+FUSED_RULES = ("retain", "gd", "momentum")
+
+# activation -> (Triton code of act(z), of act'(z)); gelu is the exact (erf) one, as the runtime's
+ACTIVATIONS = {
+    "silu": ("z * tl.sigmoid(z)", "tl.sigmoid(z) * (1.0 + z * (1.0 - tl.sigmoid(z)))"),
+    "gelu": ("0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))",
+             "0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * tl.exp(-0.5 * z * z) * 0.3989422804014327"),
+    "relu": ("tl.maximum(z, 0.0)", "tl.where(z > 0, 1.0, 0.0)"),
+    "tanh": ("_nl_tanh(z)", "1.0 - _nl_tanh(z) * _nl_tanh(z)"),
+    "sigmoid": ("tl.sigmoid(z)", "tl.sigmoid(z) * (1.0 - tl.sigmoid(z))"),
+    "identity": ("z", "1.0 + 0.0 * z"),
+}
+
+
+def mlp_kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
+    """('dual', reason) for an MLP memory the kernels fuse, else ('none', the reason it falls back)."""
+    if cfg.family != "mlp":
+        return "none", "not an MLP memory"
+    if cfg.depth != 2:
+        return "none", f"an MLP memory of depth {cfg.depth} has no fused kernel (only depth 2)"
+    if cfg.bias:
+        return "none", "an MLP memory with biases has no fused kernel"
+    if cfg.chunk < 2:
+        return "none", ("chunk 1 with an MLP memory: the gradient is not linear in the state, no chunk-parallel "
+                        "form")
+    other = [r.kind for r in cfg.rules if r.kind not in FUSED_RULES]
+    if other:
+        return "none", (f"rule {other[0]} on an MLP memory (a transition on a layer's input) has no fused "
+                        "kernel; fused rules: retain, gd, momentum")
+    if not _has_gradient(cfg):
+        return "none", "an MLP memory with no gradient rule has no fused kernel"
+    if cfg.act not in ACTIVATIONS:
+        return "none", f"activation {cfg.act} has no kernel form"
+    return "dual", (f"chunk {cfg.chunk}: gradients at the chunk anchor, the dual form of a depth-2 MLP per "
+                    "tile, W1 and W2 kept on chip across tiles")
+
+
+@dataclass(frozen=True)
+class MlpKernelPlan:
+    """Everything the MLP templates print for one level; every field is a flag, a number or code."""
+
+    level: str
+    prefix: str
+    doc: str
+    reason: str
+    dk: int
+    hidden: int
+    dv: int
+    chunk: int
+    block_t: int
+    read: str                  # after | before | anchor
+    residual: bool
+    self_target: bool
+    momentum: bool
+    act: str
+    act_code: str
+    dact_code: str
+    objective: ObjectiveCode
+    uses: tuple                # the gates the coefficients read
+    coefs: tuple               # Coef lines (c_a, c_cw, c_r, c_cm)
+    rules_text: str
+
+    @property
+    def level_literal(self) -> str:
+        return literal(self.level)
+
+    @property
+    def read_literal(self) -> str:
+        return literal(self.read)
+
+    @property
+    def reason_literal(self) -> str:
+        return literal(self.reason)
+
+    @property
+    def block_k(self) -> int:
+        return _block(self.dk)
+
+    @property
+    def block_h(self) -> int:
+        return _block(self.hidden)
+
+    @property
+    def block_v(self) -> int:
+        return _block(self.dv)
+
+    @property
+    def has_cw(self) -> bool:
+        return any(c.name == "c_cw" for c in self.coefs)
+
+    @property
+    def affine(self) -> bool:
+        return self.objective.affine is not None
+
+    @property
+    def affine_expr(self) -> str:
+        a, b = self.objective.affine
+        return _affine_text(a, b, "O", "TG")
+
+    @property
+    def rg(self) -> str:
+        """The in-tile products the read uses: 'a' (after: up to t) or 'b' (before: up to t - 1)."""
+        return "a" if self.read == "after" else "b"
+
+    @property
+    def needs_before(self) -> bool:
+        return self.read == "before"
+
+    @property
+    def read_text(self) -> str:
+        return {"after": "y_t = M_(W_t)(q_t) (after the write)",
+                "before": "y_t = M_(W_(t-1))(q_t) (before the write)",
+                "anchor": "y_t = M_(W_anchor)(q_t) (the chunk's start state)"}[self.read]
+
+    @staticmethod
+    def gate_default(gate: str) -> str:
+        return "0.0" if gate == "eta" else "1.0"
+
+
+def plan_mlp_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> MlpKernelPlan:
+    """The kernel plan of a fused MLP memory level (raises ValueError for one that falls back)."""
+    form, reason = mlp_kernel_form(cfg, objective)
+    if form == "none":
+        raise ValueError(f"memory level {level}: {reason}")
+    momentum = _has_momentum(cfg)
+    co = fold_dual(cfg.rules)
+    coefs = [Coef("c_a", co["a"], 1.0)]
+    if not co["cw"].is_zero:
+        coefs.append(Coef("c_cw", co["cw"], 0.0))
+    if momentum:
+        coefs.append(Coef("c_r", co["r"], 0.0))
+        coefs.append(Coef("c_cm", -Poly.var("eta"), 0.0))
+    uses = tuple(v for v in VARIABLES if any(c.poly.uses(v) for c in coefs) or (v == "beta" and momentum))
+    act, dact = ACTIVATIONS[cfg.act]
+    return MlpKernelPlan(
+        level=level, prefix=py(level), doc=doc or f"memory level {level}", reason=reason, dk=cfg.dk,
+        hidden=cfg.hidden, dv=cfg.dv, chunk=cfg.chunk, block_t=_block(cfg.chunk), read=cfg.read,
+        residual=cfg.residual, self_target=cfg.self_target, momentum=momentum, act=cfg.act, act_code=act,
+        dact_code=dact, objective=objective, uses=uses, coefs=tuple(coefs), rules_text=rules_text(cfg.rules))

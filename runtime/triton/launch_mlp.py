@@ -1,0 +1,100 @@
+"""Launching the generated kernel of a fused MLP memory level (codegen/kernels_mlp.py).
+
+The kernel works on contiguous float32 copies of q, k, v (B, H, T, d), of the gates (B, H, T) and of
+the state: W1 (B, H, hidden, dk), W2 (B, H, dv, hidden), their anchors and momenta; outputs are cast
+back to the inputs' dtype. One program handles one (batch, head): both layers' weights stay on chip
+across the tiles. With `store`, the forward also writes the start state (theta and momentum) of every
+tile, from which the backward recomputes each tile (autograd_mlp.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from ..memory import MemoryConfig, MemoryState
+
+GATES = ("eta", "alpha", "beta")
+GATE_FILL = {"eta": 0.0, "alpha": 1.0, "beta": 1.0}
+WEIGHTS = ("W1", "W2")
+
+
+@dataclass
+class MlpLevelKernels:
+    """The generated forward kernel of one MLP memory level and its constants."""
+
+    level: str
+    dk: int
+    hidden: int
+    dv: int
+    chunk: int
+    block_t: int
+    read: str
+    momentum: bool
+    fwd: Any
+    reason: str = ""
+    backward: str = ("per tile in reverse from the tile start states the forward stored, each tile "
+                     "recomputed and differentiated with the chunked PyTorch path")
+    launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd_tiles": 0})
+
+    @staticmethod
+    def precision(dtype: torch.dtype) -> str:
+        from .launch import LevelKernels
+
+        return LevelKernels.precision(dtype)
+
+    def tiles(self, position: int, tokens: int) -> tuple[int, int]:
+        """(offset, n_tiles) of a call of `tokens` tokens starting at `position`."""
+        offset = position % self.chunk
+        return offset, -(-(tokens + offset) // self.chunk)
+
+    def run(self, cfg: MemoryConfig, objective, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tensor],
+            start: MemoryState) -> tuple[Tensor, MemoryState]:
+        """y (B, H, T, dv) and the carried state after the call, differentiable w.r.t. every input."""
+        from .autograd_mlp import MlpChunkFunction
+
+        batch, heads, tokens, _ = k.shape
+        dtype = v.dtype
+        f32 = lambda t: t.to(torch.float32).contiguous()  # noqa: E731
+        gate_args = []
+        for name in GATES:
+            if name in gates and gates[name] is not None:
+                gate_args.append(f32(gates[name]))
+            else:
+                gate_args.append(torch.full((batch, heads, tokens), GATE_FILL[name], dtype=torch.float32,
+                                            device=k.device))
+        state = [f32(start.params[w]) for w in WEIGHTS] + [f32(start.anchor[w]) for w in WEIGHTS]
+        if cfg.has_momentum:
+            state += [f32(start.momentum[w]) for w in WEIGHTS]
+        else:
+            state += [torch.zeros_like(s) for s in state[:2]]
+        outs = MlpChunkFunction.apply(self, cfg, objective, start.position, f32(q), f32(k), f32(v), *gate_args,
+                                      *state)
+        y, w1, w2, a1, a2, s1, s2 = (t.to(dtype) for t in outs)
+        end = MemoryState({"W1": w1, "W2": w2}, {"W1": a1, "W2": a2},
+                          {"W1": s1, "W2": s2} if cfg.has_momentum else None, start.position + tokens)
+        return y, end
+
+    def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, store: bool):
+        """y, the end state (W1, W2, anchors, momenta) and, with `store`, the tile start states."""
+        batch, heads, tokens, _ = k.shape
+        offset, n_tiles = self.tiles(position, tokens)
+        dev = k.device
+        y = torch.empty(batch, heads, tokens, self.dv, dtype=torch.float32, device=dev)
+        ends = [torch.empty_like(t) for t in (w1, w2, a1, a2)]
+        moms = [torch.empty_like(s1), torch.empty_like(s2)] if self.momentum else [s1.clone(), s2.clone()]
+        if store:
+            starts = [torch.empty(batch, heads, n_tiles, *w.shape[2:], dtype=torch.float32, device=dev)
+                      for w in (w1, w2)]
+            mstarts = ([torch.empty_like(s) for s in starts] if self.momentum
+                       else [torch.empty(1, dtype=torch.float32, device=dev)] * 2)
+        else:
+            starts = mstarts = [torch.empty(1, dtype=torch.float32, device=dev)] * 2
+        grid = (batch * heads,)
+        self.fwd[grid](q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, y, *ends, *moms, *starts, *mstarts,
+                       tokens, offset, n_tiles, STORE=store, PREC=self.precision(q.dtype))
+        self.launches["fwd"] += 1
+        return (y, *ends, *moms), (starts, mstarts)

@@ -1,0 +1,86 @@
+"""The generated kernels of MLP memories against the float64 reference and the chunked path: outputs,
+final states and the gradients w.r.t. q, k, v, the gates and the initial (or carried) state, within the
+float32 ratios of docs/semantics.md §6. Shapes are tiny (dk = dv = 8, hidden 16, T 10 to 37) because the
+kernels run under the Triton interpreter on a CPU."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
+
+from nldsl.compiler import compile_spec  # noqa: E402
+from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
+from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
+from triton_testkit import Case, compare, run_path, run_reference  # noqa: E402
+
+pytestmark = pytest.mark.triton
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kernels(cfg, objective, level="tests.deep"):
+    found, reason = kernels_for(cfg, objective, level)
+    assert found is not None, reason
+    return found
+
+
+def check(case: Case, against_chunked: bool = True) -> None:
+    """Triton vs reference (and vs chunked); the fused forward ran once and the backward walked every tile."""
+    lk = kernels(case.cfg, case.objective)
+    before = dict(lk.launches)
+    tri = run_path(case, "triton", lk)
+    compare(run_reference(case), tri, "triton vs reference")
+    if against_chunked:
+        compare(run_path(case, "chunked"), tri, "triton vs chunked")
+    offset = (case.position or 0) % case.cfg.chunk
+    tiles = -(-(case.tokens + offset) // case.cfg.chunk)
+    assert lk.launches["fwd"] - before["fwd"] == 1
+    assert lk.launches["bwd_tiles"] - before["bwd_tiles"] == tiles
+
+
+def mlp(rules, chunk=4, read="after", act="silu", residual=True, self_target=False, dk=8, hidden=16):
+    return MemoryConfig("mlp", dk, dk, depth=2, hidden=hidden, act=act, residual=residual,
+                        rules=tuple(Rule(r) for r in rules), read=read, chunk=chunk, self_target=self_target)
+
+
+TITANS = ("retain", "momentum")
+
+
+def test_titans_combination_forward_and_backward():
+    check(Case(mlp(TITANS, read="anchor"), standard_objective("sq"), tokens=10))
+
+
+@pytest.mark.parametrize("read", ["after", "before", "anchor"])
+@pytest.mark.parametrize("tokens, position", [(10, None), (10, 6), (37, 3)])
+def test_titans_rules_every_read_carried_state_and_ragged_tail(read, tokens, position):
+    check(Case(mlp(TITANS, read=read), standard_objective("sq"), tokens=tokens, position=position, seed=tokens))
+
+
+@pytest.mark.parametrize("rules", [("gd",), ("retain", "gd"), ("gd", "retain"), ("momentum",),
+                                   ("momentum", "retain"), ("retain", "gd", "momentum"), ("gd", "momentum")])
+def test_rule_orders(rules):
+    check(Case(mlp(rules, read="after"), standard_objective("l2"), tokens=13, position=5, seed=1))
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu", "relu", "tanh", "sigmoid", "identity"])
+def test_activations(act):
+    check(Case(mlp(TITANS, act=act, read="after", hidden=12), standard_objective("mse"), tokens=11, seed=2),
+          against_chunked=False)
+
+
+@pytest.mark.parametrize("objective", [standard_objective("dot"), standard_objective("huber", delta=0.5),
+                                       standard_objective("l1"), standard_objective("lp", p=3.0)])
+def test_objectives(objective):
+    check(Case(mlp(("retain", "gd"), read="before"), objective, tokens=10, seed=3), against_chunked=False)
+
+
+def test_no_residual_and_a_self_generated_target():
+    check(Case(mlp(("gd",), residual=False, self_target=True, read="after"), standard_objective("l2"),
+               tokens=12, position=2, seed=4), against_chunked=False)
+
+
+def test_wider_chunk_hidden_and_heads():
+    check(Case(mlp(TITANS, chunk=8, hidden=24, dk=12, read="anchor"), standard_objective("sq"), batch=1,
+               heads=3, tokens=20, seed=5), against_chunked=False)
