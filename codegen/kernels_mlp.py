@@ -19,20 +19,23 @@ from dataclasses import dataclass
 
 from .kernel_coefs import VARIABLES, Poly, _has_gradient, _has_momentum, fold_dual
 from .kernel_objectives import ObjectiveCode
-from .kernels import Coef, _affine_text, _block, rules_text
+from .kernels import Coef, _affine_text, _block, _dgate_lines, rules_text
 from .names import literal, py
 
 FUSED_RULES = ("retain", "gd", "momentum")
 
-# activation -> (Triton code of act(z), of act'(z)); gelu is the exact (erf) one, as the runtime's
+# activation -> Triton code of act(z), act'(z) and act''(z); gelu is the exact (erf) one, as the runtime's
+_SIG = "tl.sigmoid(z)"
+_PHI = "tl.exp(-0.5 * z * z) * 0.3989422804014327"
 ACTIVATIONS = {
-    "silu": ("z * tl.sigmoid(z)", "tl.sigmoid(z) * (1.0 + z * (1.0 - tl.sigmoid(z)))"),
+    "silu": ("z * tl.sigmoid(z)", f"{_SIG} * (1.0 + z * (1.0 - {_SIG}))",
+             f"{_SIG} * (1.0 - {_SIG}) * (2.0 + z * (1.0 - 2.0 * {_SIG}))"),
     "gelu": ("0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))",
-             "0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * tl.exp(-0.5 * z * z) * 0.3989422804014327"),
-    "relu": ("tl.maximum(z, 0.0)", "tl.where(z > 0, 1.0, 0.0)"),
-    "tanh": ("_nl_tanh(z)", "1.0 - _nl_tanh(z) * _nl_tanh(z)"),
-    "sigmoid": ("tl.sigmoid(z)", "tl.sigmoid(z) * (1.0 - tl.sigmoid(z))"),
-    "identity": ("z", "1.0 + 0.0 * z"),
+             f"0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * {_PHI}", f"{_PHI} * (2.0 - z * z)"),
+    "relu": ("tl.maximum(z, 0.0)", "tl.where(z > 0, 1.0, 0.0)", "0.0 * z"),
+    "tanh": ("_nl_tanh(z)", "1.0 - _nl_tanh(z) * _nl_tanh(z)", "-2.0 * _nl_tanh(z) * (1.0 - _nl_tanh(z) * _nl_tanh(z))"),
+    "sigmoid": (_SIG, f"{_SIG} * (1.0 - {_SIG})", f"{_SIG} * (1.0 - {_SIG}) * (1.0 - 2.0 * {_SIG})"),
+    "identity": ("z", "1.0 + 0.0 * z", "0.0 * z"),
 }
 
 
@@ -79,9 +82,11 @@ class MlpKernelPlan:
     act: str
     act_code: str
     dact_code: str
+    ddact_code: str
     objective: ObjectiveCode
     uses: tuple                # the gates the coefficients read
     coefs: tuple               # Coef lines (c_a, c_cw, c_r, c_cm)
+    dgate_lines: tuple         # backward: gate gradients from the coefficient gradients
     rules_text: str
 
     @property
@@ -122,6 +127,12 @@ class MlpKernelPlan:
         return _affine_text(a, b, "O", "TG")
 
     @property
+    def affine_grads(self) -> tuple[str, str]:
+        """An affine objective's d D / d O and d D / d target, as literals."""
+        a, b = self.objective.affine
+        return repr(float(a)), repr(float(-b))
+
+    @property
     def rg(self) -> str:
         """The in-tile products the read uses: 'a' (after: up to t) or 'b' (before: up to t - 1)."""
         return "a" if self.read == "after" else "b"
@@ -155,9 +166,10 @@ def plan_mlp_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> 
         coefs.append(Coef("c_r", co["r"], 0.0))
         coefs.append(Coef("c_cm", -Poly.var("eta"), 0.0))
     uses = tuple(v for v in VARIABLES if any(c.poly.uses(v) for c in coefs) or (v == "beta" and momentum))
-    act, dact = ACTIVATIONS[cfg.act]
+    act, dact, ddact = ACTIVATIONS[cfg.act]
     return MlpKernelPlan(
         level=level, prefix=py(level), doc=doc or f"memory level {level}", reason=reason, dk=cfg.dk,
         hidden=cfg.hidden, dv=cfg.dv, chunk=cfg.chunk, block_t=_block(cfg.chunk), read=cfg.read,
         residual=cfg.residual, self_target=cfg.self_target, momentum=momentum, act=cfg.act, act_code=act,
-        dact_code=dact, objective=objective, uses=uses, coefs=tuple(coefs), rules_text=rules_text(cfg.rules))
+        dact_code=dact, ddact_code=ddact, objective=objective, uses=uses, coefs=tuple(coefs),
+        dgate_lines=_dgate_lines(coefs, uses), rules_text=rules_text(cfg.rules))

@@ -1,11 +1,11 @@
-"""The autograd.Function around the generated MLP-memory forward kernel.
+"""The autograd.Function around the generated MLP-memory kernels.
 
 Forward: the fused kernel (launch_mlp.py), which also stores every tile's start state (theta and
 momentum; the anchor of tile j > 0 is its start state, tiles being aligned to the chunks) when a
-gradient is needed. Backward: the tiles in reverse order, each recomputed from its stored start state
-with the chunked PyTorch path (the same dual form) and differentiated by autograd, the gradient of its
-start state handed to the tile before. Exact and memory-light (one tile's graph at a time), but the
-backward itself is not a fused Triton kernel.
+gradient is needed. Backward: the generated `<level>_bwd` kernel, which walks the tiles in reverse and
+recomputes each from its stored start state. Without one (`bwd` None) the same walk runs in PyTorch:
+each tile recomputed with the chunked path (the same dual form) and differentiated by autograd, the
+gradient of its start state handed to the tile before (one tile's graph at a time).
 """
 
 from __future__ import annotations
@@ -34,64 +34,72 @@ class MlpChunkFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
-        saved = ctx.saved_tensors
-        q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2 = saved[:12]
-        starts, mstarts = saved[12:14], saved[14:16]
-        cfg, kernels = ctx.cfg, ctx.kernels
-        tokens = k.shape[2]
-        offset, n_tiles = kernels.tiles(ctx.position, tokens)
-        gate_inputs = dict(zip(GATES, (eta, alpha, beta)))
-        required = cfg.required_gates()
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        dgates = {n: torch.zeros_like(g) for n, g in gate_inputs.items()}
-        d_theta, d_anchor = _pair(dw1, dw2), _pair(da1, da2)
-        d_mom = _pair(ds1, ds2) if cfg.has_momentum else None
-        d_start = None
-        for j in reversed(range(n_tiles)):
-            lo, hi = max(0, j * cfg.chunk - offset), min(tokens, (j + 1) * cfg.chunk - offset)
-            with torch.enable_grad():
-                xs = [t[:, :, lo:hi].detach().requires_grad_(True) for t in (q, k, v)]
-                gates = {n: gate_inputs[n][:, :, lo:hi].detach().requires_grad_(True) for n in required}
-                if j == 0:
-                    theta = {w: t.detach().requires_grad_(True) for w, t in zip(WEIGHTS, (w1, w2))}
-                    anchor = {w: t.detach().requires_grad_(True) for w, t in zip(WEIGHTS, (a1, a2))}
-                    mom = ({w: t.detach().requires_grad_(True) for w, t in zip(WEIGHTS, (s1, s2))}
-                           if cfg.has_momentum else None)
-                else:
-                    theta = {w: st[:, :, j].detach().requires_grad_(True) for w, st in zip(WEIGHTS, starts)}
-                    anchor = theta
-                    mom = ({w: ms[:, :, j].detach().requires_grad_(True) for w, ms in zip(WEIGHTS, mstarts)}
-                           if cfg.has_momentum else None)
-                y, end = chunked(cfg, ctx.objective, *xs, gates, None,
-                                 MemoryState(theta, anchor, mom, ctx.position + lo))
-                outputs, grads = [y], [dy[:, :, lo:hi]]
-                for w in WEIGHTS:
-                    outputs += [end.params[w], end.anchor[w]]
-                    grads += [d_theta[w], d_anchor[w]]
-                    if mom is not None:
-                        outputs.append(end.momentum[w])
-                        grads.append(d_mom[w])
-                leaves = xs + list(gates.values()) + list(theta.values())
-                if j == 0:
-                    leaves += list(anchor.values())
-                if mom is not None:
-                    leaves += list(mom.values())
-                got = torch.autograd.grad(outputs, leaves, grads, allow_unused=True)
-            kernels.launches["bwd_tiles"] += 1
-            got = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(got, leaves)]
-            for acc, g in zip((dq, dk, dv), got[:3]):
-                acc[:, :, lo:hi] = g
-            for n, g in zip(gates, got[3:3 + len(gates)]):
-                dgates[n][:, :, lo:hi] = g
-            rest = got[3 + len(gates):]
-            d_theta, rest = _pair(*rest[:2]), rest[2:]
-            d_anchor = _pair(torch.zeros_like(d_theta["W1"]), torch.zeros_like(d_theta["W2"]))
-            if j == 0:
-                d_start, rest = _pair(*rest[:2]), rest[2:]
-            if mom is not None:
-                d_mom = _pair(*rest[:2])
-        grads = (dq, dk, dv, dgates["eta"], dgates["alpha"], dgates["beta"], d_theta["W1"], d_theta["W2"],
-                 d_start["W1"], d_start["W2"],
-                 d_mom["W1"] if d_mom is not None else None, d_mom["W2"] if d_mom is not None else None)
+        if ctx.kernels.bwd is not None:
+            grads = ctx.kernels.launch_bwd(ctx.position, ctx.saved_tensors, dy, dw1, dw2, da1, da2, ds1, ds2)
+        else:
+            grads = _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2)
         needed = ctx.needs_input_grad[4:]
         return (None, None, None, None) + tuple(g if need else None for g, need in zip(grads, needed))
+
+
+def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
+    """The backward in PyTorch: every tile recomputed by the chunked path, in reverse."""
+    saved = ctx.saved_tensors
+    q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2 = saved[:12]
+    starts, mstarts = saved[12:14], saved[14:16]
+    cfg, kernels = ctx.cfg, ctx.kernels
+    tokens = k.shape[2]
+    offset, n_tiles = kernels.tiles(ctx.position, tokens)
+    gate_inputs = dict(zip(GATES, (eta, alpha, beta)))
+    required = cfg.required_gates()
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dgates = {n: torch.zeros_like(g) for n, g in gate_inputs.items()}
+    d_theta, d_anchor = _pair(dw1, dw2), _pair(da1, da2)
+    d_mom = _pair(ds1, ds2) if cfg.has_momentum else None
+    d_start = None
+    for j in reversed(range(n_tiles)):
+        lo, hi = max(0, j * cfg.chunk - offset), min(tokens, (j + 1) * cfg.chunk - offset)
+        with torch.enable_grad():
+            xs = [t[:, :, lo:hi].detach().requires_grad_(True) for t in (q, k, v)]
+            gates = {n: gate_inputs[n][:, :, lo:hi].detach().requires_grad_(True) for n in required}
+            if j == 0:
+                theta = {w: t.detach().requires_grad_(True) for w, t in zip(WEIGHTS, (w1, w2))}
+                anchor = {w: t.detach().requires_grad_(True) for w, t in zip(WEIGHTS, (a1, a2))}
+                mom = ({w: t.detach().requires_grad_(True) for w, t in zip(WEIGHTS, (s1, s2))}
+                       if cfg.has_momentum else None)
+            else:
+                theta = {w: st[:, :, j].detach().requires_grad_(True) for w, st in zip(WEIGHTS, starts)}
+                anchor = theta
+                mom = ({w: ms[:, :, j].detach().requires_grad_(True) for w, ms in zip(WEIGHTS, mstarts)}
+                       if cfg.has_momentum else None)
+            y, end = chunked(cfg, ctx.objective, *xs, gates, None,
+                             MemoryState(theta, anchor, mom, ctx.position + lo))
+            outputs, grads = [y], [dy[:, :, lo:hi]]
+            for w in WEIGHTS:
+                outputs += [end.params[w], end.anchor[w]]
+                grads += [d_theta[w], d_anchor[w]]
+                if mom is not None:
+                    outputs.append(end.momentum[w])
+                    grads.append(d_mom[w])
+            leaves = xs + list(gates.values()) + list(theta.values())
+            if j == 0:
+                leaves += list(anchor.values())
+            if mom is not None:
+                leaves += list(mom.values())
+            got = torch.autograd.grad(outputs, leaves, grads, allow_unused=True)
+        kernels.launches["bwd_tiles"] += 1
+        got = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(got, leaves)]
+        for acc, g in zip((dq, dk, dv), got[:3]):
+            acc[:, :, lo:hi] = g
+        for n, g in zip(gates, got[3:3 + len(gates)]):
+            dgates[n][:, :, lo:hi] = g
+        rest = got[3 + len(gates):]
+        d_theta, rest = _pair(*rest[:2]), rest[2:]
+        d_anchor = _pair(torch.zeros_like(d_theta["W1"]), torch.zeros_like(d_theta["W2"]))
+        if j == 0:
+            d_start, rest = _pair(*rest[:2]), rest[2:]
+        if mom is not None:
+            d_mom = _pair(*rest[:2])
+    return (dq, dk, dv, dgates["eta"], dgates["alpha"], dgates["beta"], d_theta["W1"], d_theta["W2"],
+            d_start["W1"], d_start["W2"],
+            d_mom["W1"] if d_mom is not None else None, d_mom["W2"] if d_mom is not None else None)

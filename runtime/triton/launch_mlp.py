@@ -24,7 +24,8 @@ WEIGHTS = ("W1", "W2")
 
 @dataclass
 class MlpLevelKernels:
-    """The generated forward kernel of one MLP memory level and its constants."""
+    """The generated kernels of one MLP memory level and their constants. `bwd` None makes the backward
+    walk the tiles with the chunked PyTorch path instead of the generated kernel (autograd_mlp.py)."""
 
     level: str
     dk: int
@@ -35,10 +36,15 @@ class MlpLevelKernels:
     read: str
     momentum: bool
     fwd: Any
+    bwd: Any = None
     reason: str = ""
-    backward: str = ("per tile in reverse from the tile start states the forward stored, each tile "
-                     "recomputed and differentiated with the chunked PyTorch path")
-    launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd_tiles": 0})
+    launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "bwd_tiles": 0})
+
+    @property
+    def backward(self) -> str:
+        if self.bwd is not None:
+            return "Triton backward kernel (the tiles in reverse, each recomputed from its stored start state)"
+        return "the tiles in reverse, each recomputed and differentiated with the chunked PyTorch path"
 
     @staticmethod
     def precision(dtype: torch.dtype) -> str:
@@ -98,3 +104,23 @@ class MlpLevelKernels:
                        tokens, offset, n_tiles, STORE=store, PREC=self.precision(q.dtype))
         self.launches["fwd"] += 1
         return (y, *ends, *moms), (starts, mstarts)
+
+    def launch_bwd(self, position: int, saved, dy, dw1, dw2, da1, da2, ds1, ds2):
+        """Gradients of the forward's 12 tensor inputs (q, k, v, the three gates, W1, W2, their anchors and
+        momenta) from the stored tile start states."""
+        q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, st1, st2, ss1, ss2 = saved
+        tokens = k.shape[2]
+        offset, n_tiles = self.tiles(position, tokens)
+        # the anchor out is theta out when the call ends on a chunk boundary
+        aligned = (position + tokens) % self.chunk == 0
+        d_end = (dw1 + da1, dw2 + da2) if aligned else (dw1, dw2)
+        d_anchor = (torch.zeros_like(da1), torch.zeros_like(da2)) if aligned else (da1, da2)
+        grads_in = [torch.zeros_like(t) for t in (q, k, v, eta, alpha, beta)]
+        grads_state = [torch.zeros_like(t) for t in (w1, w2, a1, a2, s1, s2)]
+        c = lambda t: t.contiguous()  # noqa: E731
+        self.bwd[(k.shape[0] * k.shape[1],)](
+            q, k, v, eta, alpha, beta, a1, a2, st1, st2, ss1, ss2,
+            c(dy), c(d_end[0]), c(d_end[1]), c(ds1), c(ds2), c(d_anchor[0]), c(d_anchor[1]),
+            *grads_in, *grads_state, tokens, offset, n_tiles, PREC=self.precision(q.dtype))
+        self.launches["bwd"] += 1
+        return (*grads_in, *grads_state)

@@ -4,7 +4,7 @@ float32 ratios of docs/semantics.md §6. Shapes are tiny (dk = dv = 8, hidden 16
 kernels run under the Triton interpreter on a CPU."""
 from __future__ import annotations
 
-import os
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -26,9 +26,10 @@ def kernels(cfg, objective, level="tests.deep"):
     return found
 
 
-def check(case: Case, against_chunked: bool = True) -> None:
-    """Triton vs reference (and vs chunked); the fused forward ran once and the backward walked every tile."""
-    lk = kernels(case.cfg, case.objective)
+def check(case: Case, against_chunked: bool = True, lk=None) -> None:
+    """Triton vs reference (and vs chunked); the fused forward and backward kernels ran once each (or,
+    without a backward kernel, the PyTorch backward walked every tile)."""
+    lk = lk or kernels(case.cfg, case.objective)
     before = dict(lk.launches)
     tri = run_path(case, "triton", lk)
     compare(run_reference(case), tri, "triton vs reference")
@@ -36,8 +37,8 @@ def check(case: Case, against_chunked: bool = True) -> None:
         compare(run_path(case, "chunked"), tri, "triton vs chunked")
     offset = (case.position or 0) % case.cfg.chunk
     tiles = -(-(case.tokens + offset) // case.cfg.chunk)
-    assert lk.launches["fwd"] - before["fwd"] == 1
-    assert lk.launches["bwd_tiles"] - before["bwd_tiles"] == tiles
+    used = {name: lk.launches[name] - before[name] for name in before}
+    assert used == {"fwd": 1, "bwd": 1, "bwd_tiles": 0} if lk.bwd is not None else {"fwd": 1, "bwd": 0, "bwd_tiles": tiles}, used
 
 
 def mlp(rules, chunk=4, read="after", act="silu", residual=True, self_target=False, dk=8, hidden=16):
@@ -48,39 +49,50 @@ def mlp(rules, chunk=4, read="after", act="silu", residual=True, self_target=Fal
 TITANS = ("retain", "momentum")
 
 
+def mcase(cfg, objective, **kw) -> Case:
+    """A case with write rates below 0.2, where the MLP memories stay bounded over 40 tokens."""
+    return Case(cfg, objective, eta_max=0.2, **kw)
+
+
 def test_titans_combination_forward_and_backward():
-    check(Case(mlp(TITANS, read="anchor"), standard_objective("sq"), tokens=10))
+    check(mcase(mlp(TITANS, read="anchor"), standard_objective("sq"), tokens=10))
 
 
-@pytest.mark.parametrize("read", ["after", "before", "anchor"])
-@pytest.mark.parametrize("tokens, position", [(10, None), (10, 6), (37, 3)])
+@pytest.mark.parametrize("read, tokens, position", [("after", 10, None), ("after", 37, 3), ("before", 10, 6),
+                                                    ("anchor", 19, 6)])
 def test_titans_rules_every_read_carried_state_and_ragged_tail(read, tokens, position):
-    check(Case(mlp(TITANS, read=read), standard_objective("sq"), tokens=tokens, position=position, seed=tokens))
+    check(mcase(mlp(TITANS, read=read), standard_objective("sq"), tokens=tokens, position=position, seed=tokens))
 
 
-@pytest.mark.parametrize("rules", [("gd",), ("retain", "gd"), ("gd", "retain"), ("momentum",),
-                                   ("momentum", "retain"), ("retain", "gd", "momentum"), ("gd", "momentum")])
+@pytest.mark.parametrize("rules", [("gd",), ("gd", "retain"), ("momentum",), ("momentum", "retain"),
+                                   ("retain", "gd", "momentum")])
 def test_rule_orders(rules):
-    check(Case(mlp(rules, read="after"), standard_objective("l2"), tokens=13, position=5, seed=1))
+    check(mcase(mlp(rules, read="after"), standard_objective("l2"), tokens=13, position=5, seed=1))
 
 
 @pytest.mark.parametrize("act", ["silu", "gelu", "relu", "tanh", "sigmoid", "identity"])
 def test_activations(act):
-    check(Case(mlp(TITANS, act=act, read="after", hidden=12), standard_objective("mse"), tokens=11, seed=2),
+    check(mcase(mlp(TITANS, act=act, read="after", hidden=12), standard_objective("mse"), tokens=11, seed=2),
           against_chunked=False)
 
 
 @pytest.mark.parametrize("objective", [standard_objective("dot"), standard_objective("huber", delta=0.5),
-                                       standard_objective("l1"), standard_objective("lp", p=3.0)])
+                                       standard_objective("lp", p=3.0)])
 def test_objectives(objective):
-    check(Case(mlp(("retain", "gd"), read="before"), objective, tokens=10, seed=3), against_chunked=False)
+    check(mcase(mlp(("retain", "gd"), read="before"), objective, tokens=10, seed=3), against_chunked=False)
 
 
 def test_no_residual_and_a_self_generated_target():
-    check(Case(mlp(("gd",), residual=False, self_target=True, read="after"), standard_objective("l2"),
+    check(mcase(mlp(("gd",), residual=False, self_target=True, read="after"), standard_objective("l2"),
                tokens=12, position=2, seed=4), against_chunked=False)
 
 
 def test_wider_chunk_hidden_and_heads():
-    check(Case(mlp(TITANS, chunk=8, hidden=24, dk=12, read="anchor"), standard_objective("sq"), batch=1,
+    check(mcase(mlp(TITANS, chunk=8, hidden=24, dk=12, read="anchor"), standard_objective("sq"), batch=1,
                heads=3, tokens=20, seed=5), against_chunked=False)
+
+
+def test_the_pytorch_tile_walk_backward_agrees():
+    cfg = mlp(TITANS, read="after")
+    walk = dataclasses.replace(kernels(cfg, standard_objective("sq")), bwd=None, launches={"fwd": 0, "bwd": 0, "bwd_tiles": 0})
+    check(mcase(cfg, standard_objective("sq"), tokens=13, position=2, seed=6), against_chunked=False, lk=walk)

@@ -53,6 +53,7 @@ class Case:
     tokens: int = 10
     position: Optional[int] = None       # a carried-in state at this position, or a fresh sequence
     seed: int = 0
+    eta_max: float = 0.4                 # write rates drawn in (0.02, eta_max)
 
 
 @dataclass
@@ -68,7 +69,7 @@ def _gates(case: Case, gates: dict) -> dict:
 
 def run_reference(case: Case) -> Run:
     """float64 ground truth: outputs, final state and the gradients of a fixed probe loss."""
-    inp = make_inputs(case.cfg, case.batch, case.heads, case.tokens, case.seed)
+    inp = make_inputs(case.cfg, case.batch, case.heads, case.tokens, case.seed, eta_max=case.eta_max)
     st = None if case.position is None else random_state(case.cfg, case.batch, case.heads, case.position,
                                                          case.seed + 1)
     gates = _gates(case, inp.gates)
@@ -79,7 +80,7 @@ def run_reference(case: Case) -> Run:
 
 def run_path(case: Case, path: str, kernels=None) -> Run:
     """The same case in float32 on the chunked path or on `kernels` (a LevelKernels)."""
-    inp = make_inputs(case.cfg, case.batch, case.heads, case.tokens, case.seed)
+    inp = make_inputs(case.cfg, case.batch, case.heads, case.tokens, case.seed, eta_max=case.eta_max)
     st = None if case.position is None else random_state(case.cfg, case.batch, case.heads, case.position,
                                                          case.seed + 1)
     q, k, v = to32(inp.q), to32(inp.k), to32(inp.v)
