@@ -19,6 +19,56 @@ from .names import Names, camel, comment, literal, py
 ACT = {"silu": "F.silu", "gelu": "F.gelu", "relu": "F.relu", "tanh": "torch.tanh", "sigmoid": "torch.sigmoid",
        "softplus": "F.softplus", "exp": "torch.exp", "log": "torch.log", "abs": "torch.abs", "sqrt": "torch.sqrt"}
 GATE_ROLES = ("lr", "retain", "log_retain", "momentum")
+# activations a ShortConv or a BoundedGate applies itself (runtime/layers.py), fused for backend 'triton'
+LAYER_ACTS = ("silu", "gelu", "relu", "tanh", "sigmoid", "softplus")
+
+
+def conv_chain(v):
+    """(conv op, activation, l2norm heads or None) when `v` is act(conv(..)), l2norm(conv(..)) or
+    l2norm(act(conv(..))): the chain one ShortConv call computes."""
+    if not isinstance(v, ir.Op):
+        return None
+    inner, norm = (v.args[0], True) if v.fn == "l2norm" else (v, False)
+    act = "identity"
+    if isinstance(inner, ir.Op) and inner.fn in LAYER_ACTS:
+        act, inner = inner.fn, inner.args[0]
+    if isinstance(inner, ir.Op) and inner.fn == "conv" and (norm or act != "identity"):
+        return inner, act, norm
+    return None
+
+
+def _affine(v):
+    """(scale, shift, x) with v = shift + scale * x, for v = x, c * x, x * c, c + y, y + c, y - c or
+    c - y (y = x or c * x, c a constant): one scale and one shift at most, so nothing is rounded anew."""
+    if isinstance(v, ir.Bin) and v.op in "+-":
+        if isinstance(v.left, ir.Const) and not isinstance(v.right, ir.Const):
+            scale, x = _scaled(v.right)
+            return (scale if v.op == "+" else -scale), float(v.left.value), x
+        if isinstance(v.right, ir.Const) and not isinstance(v.left, ir.Const):
+            scale, x = _scaled(v.left)
+            return scale, (float(v.right.value) if v.op == "+" else -float(v.right.value)), x
+    scale, x = _scaled(v)
+    return scale, 0.0, x
+
+
+def _scaled(v):
+    if isinstance(v, ir.Bin) and v.op == "*":
+        if isinstance(v.left, ir.Const) and not isinstance(v.right, ir.Const):
+            return float(v.left.value), v.right
+        if isinstance(v.right, ir.Const) and not isinstance(v.left, ir.Const):
+            return float(v.right.value), v.left
+    return 1.0, v
+
+
+def bounded_gate(v):
+    """(act, scale, shift, argument) when `v` is shift + scale * act(z) with a scale or a shift (a gate's
+    bounding chain, e.g. `0.5 + 0.5 * sigmoid(z)` or `-softplus(z)`), else None."""
+    if not isinstance(v, ir.Bin):
+        return None
+    scale, shift, x = _affine(v)
+    if isinstance(x, ir.Op) and x.fn in LAYER_ACTS and x is not v:
+        return x.fn, scale, shift, x.args[0]
+    return None
 
 
 class LoweringError(Exception):
@@ -60,7 +110,8 @@ class BlockLowering:
         self.reads = self._read_sites()
         self.attrs = self._attributes()
         # locals of forward(): the spec's names first (py is one-to-one), then the generator's own
-        self.locals = Names({"self", "state", "parts", "start", "end", "torch", "F", "nn", "rt"})
+        self.locals = Names({"self", "state", "parts", "start", "end", "torch", "F", "nn", "rt", "sa",
+                             "outputs", "seg_start", "seg_end"})
         for name in list(block.params) + list(self.bindings):
             self.locals.claim(("spec", name), py(name))
 
@@ -107,6 +158,9 @@ class BlockLowering:
             for op in self._ops(value):
                 if op.fn in ("linear", "conv", "rmsnorm", "layernorm"):
                     attrs.claim(("op", op), py(op.label))
+        for name, value in self.bindings.items():
+            if bounded_gate(value) is not None:
+                attrs.claim(("gate", value), py(name) + "_gate")
         return attrs
 
     def _values(self) -> list:
@@ -128,22 +182,26 @@ class BlockLowering:
         if isinstance(v, ir.Read):
             return self.read_rename.get(v.level, self.out_var(v.level))
         if isinstance(v, ir.Bin):
+            if ("gate", v) in self.attrs.names:
+                return f"self.{self.attr('gate', v)}({self.expr(bounded_gate(v)[3])})"
             return f"({self.expr(v.left)} {v.op} {self.expr(v.right)})"
         if isinstance(v, ir.Apply):
             target = v.target.block if isinstance(v.target, ir.BlockCall) else v.target.cms
             call = "(" + self.expr(v.arg) + ", state)" if isinstance(v.target, ir.BlockCall) else "(" + self.expr(v.arg) + ")"
             return f"self.{self.attr('apply', target)}{call}"
         assert isinstance(v, ir.Op)
+        chain = conv_chain(v)
+        if chain is not None:
+            conv, act, norm = chain
+            extra = f", act={act!r}" if act != "identity" else ""
+            if norm:
+                extra += f", l2norm_heads={self._heads_for(v.args[0])}"
+            return self._conv(conv, extra)
         args = [self.expr(a) for a in v.args]
         if v.fn in ("linear", "rmsnorm", "layernorm"):
             return f"self.{self.attr('op', v)}({args[0]})"
         if v.fn == "conv":
-            self.tmp += 1
-            name = self.locals.fresh(f"c{self.tmp}")
-            attr = self.attr("op", v)
-            key = f"self.prefix + {literal('.' + attr)}"
-            self.lines.append(f"{name}, state[{key}] = self.{attr}({args[0]}, state.get({key}))")
-            return name
+            return self._conv(v, "")
         if v.fn == "l2norm":
             return f"rt.l2norm({args[0]}, heads={self._heads_for(v.args[0])})"
         if v.fn in ("min", "max"):
@@ -151,6 +209,16 @@ class BlockLowering:
         if v.fn == "self":
             raise LoweringError("`self(...)` is only meaningful as a memory's value", v.span)
         return f"{ACT[v.fn]}({args[0]})"
+
+    def _conv(self, v: ir.Op, extra: str) -> str:
+        """A ShortConv call as its own statement (it returns its cache); `extra`: its act / l2norm_heads."""
+        arg = self.expr(v.args[0])
+        self.tmp += 1
+        name = self.locals.fresh(f"c{self.tmp}")
+        attr = self.attr("op", v)
+        key = f"self.prefix + {literal('.' + attr)}"
+        self.lines.append(f"{name}, state[{key}] = self.{attr}({arg}, state.get({key}){extra})")
+        return name
 
     def _heads_for(self, v) -> int:
         w = self.widths.of(v)
@@ -177,6 +245,12 @@ class BlockLowering:
                 else:
                     cls = "RMSNorm" if op.fn == "rmsnorm" else "LayerNorm"
                     out.append(f"self.{attr} = rt.{cls}({width})  # {self.where(op.span)}")
+        for name, value in self.bindings.items():
+            gate = bounded_gate(value)
+            if gate is not None:
+                act, scale, shift, _ = gate
+                out.append(f"self.{self.attr('gate', value)} = rt.BoundedGate({act!r}, scale={literal(scale)}, "
+                           f"shift={literal(shift)})  # {self.where(value.span)}")
         for lv in self.levels:
             out.append(f"self.{self.level_attr(lv.name)} = {self._level_ctor(lv)}  # {self.where(lv.span)}")
         for value in values:

@@ -2,28 +2,29 @@
 
 Generated code uses only these names: memory levels (`MemoryLevel`, `MemoryConfig`, `Rule`,
 `standard_objective`), layers (`ShortConv`, `CausalAttention`, `RMSNorm`, `LayerNorm`, `CmsMLP`,
-`CmsChain`, `l2norm`) and the segment helpers of self-modifying groups (`segments`, `position_of`).
+`CmsChain`, `BoundedGate`, `l2norm`) and the segment helpers of self-modifying groups (`segments`, `position_of`).
 """
 
-from .layers import CausalAttention, CmsChain, CmsMLP, Embedding, KVCache, LayerNorm, RMSNorm, ShortConv, activation, l2norm
+from .layers import BoundedGate, CausalAttention, CmsChain, CmsMLP, Embedding, KVCache, LayerNorm, RMSNorm, ShortConv, activation, l2norm
 from .layers import window_positions
 from .memory import MemoryConfig, MemoryState, Rule, standard_objective
 from .memory_level import BACKENDS, MemoryLevel, position_of, segments
 
 
 def set_backend(model, backend: str):
-    """Run every memory level of `model` on `backend` (one of BACKENDS: 'reference', 'chunked', 'triton');
+    """Run every memory level of `model` on `backend` (one of BACKENDS: 'reference', 'chunked', 'triton'),
+    and its prologue layers (short convolutions, bounded gates, RMS norms) fused for 'triton';
     returns the model."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     for module in model.modules():
-        if isinstance(module, MemoryLevel):
+        if isinstance(module, (MemoryLevel, ShortConv, BoundedGate, RMSNorm)):
             module.backend = backend
     return model
 
 
 __all__ = [
-    "BACKENDS", "CausalAttention", "CmsChain", "CmsMLP", "Embedding", "KVCache", "LayerNorm", "MemoryConfig", "MemoryLevel",
+    "BACKENDS", "BoundedGate", "CausalAttention", "CmsChain", "CmsMLP", "Embedding", "KVCache", "LayerNorm", "MemoryConfig", "MemoryLevel",
     "MemoryState", "RMSNorm", "Rule", "ShortConv", "activation", "l2norm", "position_of", "segments",
     "set_backend", "standard_objective", "window_positions",
 ]

@@ -34,6 +34,16 @@ def activation(name: str) -> Callable[[Tensor], Tensor]:
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
 
 
+def fused_prologue(backend: str, like: Tensor) -> bool:
+    """Whether a prologue layer runs its fused Triton kernel: the backend is triton and Triton can run
+    on tensors like `like` (CUDA, or TRITON_INTERPRET=1 on a CPU). Otherwise the PyTorch ops run."""
+    if backend != "triton":
+        return False
+    from .triton.backend import triton_unavailable
+
+    return triton_unavailable(like) is None
+
+
 def l2norm(x: Tensor, heads: int, eps: float = 1e-6) -> Tensor:
     """Scale each head's slice of the last dim to unit L2 norm: x * rsqrt(sum(x^2) + eps) per head."""
     width = x.shape[-1]
@@ -45,11 +55,13 @@ def l2norm(x: Tensor, heads: int, eps: float = 1e-6) -> Tensor:
 
 
 class ShortConv(nn.Module):
-    """Causal depthwise convolution over time: y_t = sum_j weight[:, j] * x_{t-(window-1)+j} (+ bias).
+    """Causal depthwise convolution over time: y_t = sum_j weight[:, j] * x_{t-(window-1)+j} (+ bias),
+    then optionally an activation and a per-head L2 norm (`l2norm(act(conv(x)))` in a spec).
 
     `weight[:, -1]` multiplies the current token. Inputs before the sequence start are zeros; the cache
     holds the last window-1 inputs, (B, window-1, width). The taps are summed in a fixed order, so a
-    split run equals the unsplit run bit for bit.
+    split run equals the unsplit run bit for bit. With `backend = 'triton'` (set by `set_backend`)
+    convolution, activation and norm run as one fused kernel where Triton can run.
     """
 
     def __init__(self, width: int, window: int = 4, bias: bool = False):
@@ -57,12 +69,23 @@ class ShortConv(nn.Module):
         if width < 1 or window < 1:
             raise ValueError("ShortConv needs width >= 1 and window >= 1")
         self.width, self.window = width, window
+        self.backend = "chunked"
         self.weight = nn.Parameter(torch.empty(width, window))
         self.bias = nn.Parameter(torch.zeros(width)) if bias else None
         bound = 1.0 / math.sqrt(window)
         nn.init.uniform_(self.weight, -bound, bound)
 
-    def forward(self, x: Tensor, cache: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, cache: Optional[Tensor] = None, act: str = "identity",
+                l2norm_heads: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        fn = activation(act)
+        if l2norm_heads is not None and (l2norm_heads < 1 or self.width % l2norm_heads):
+            raise ValueError(f"width {self.width} does not split into {l2norm_heads} heads")
+        if fused_prologue(self.backend, x):
+            from .triton.prologue import ACTIVATIONS, conv_act_norm
+
+            if act in ACTIVATIONS:
+                y = conv_act_norm(x, cache, self.weight, self.bias, act, l2norm_heads)
+                return y, self._next_cache(x, cache)
         batch, length, _ = x.shape
         if cache is None:
             cache = x.new_zeros(batch, self.window - 1, self.width)
@@ -72,7 +95,51 @@ class ShortConv(nn.Module):
             y = y + padded[:, j:j + length] * self.weight[:, j]
         if self.bias is not None:
             y = y + self.bias
+        if act != "identity":
+            y = fn(y)
+        if l2norm_heads is not None:
+            y = l2norm(y, l2norm_heads)
         return y, padded[:, padded.shape[1] - (self.window - 1):]
+
+    def _next_cache(self, x: Tensor, cache: Optional[Tensor]) -> Tensor:
+        """The last window-1 inputs of cache ++ x, without concatenating the whole call."""
+        keep, length = self.window - 1, x.shape[1]
+        if length >= keep:
+            return x[:, length - keep:]
+        if cache is None:
+            cache = x.new_zeros(x.shape[0], keep, self.width)
+        return torch.cat([cache[:, length:], x], dim=1)
+
+
+class BoundedGate(nn.Module):
+    """A gate's bounding chain: shift + scale * act(z) (`0.5 + 0.5 * sigmoid(z)`, `-softplus(z)`).
+
+    The PyTorch path applies the spec's operations in the spec's order (the scale is skipped when it
+    is 1, the shift when it is 0); with `backend = 'triton'` one fused kernel computes the chain where
+    Triton can run. No parameters.
+    """
+
+    def __init__(self, act: str, scale: float = 1.0, shift: float = 0.0):
+        super().__init__()
+        self.fn = activation(act)
+        self.act, self.scale, self.shift = act, float(scale), float(shift)
+        self.backend = "chunked"
+
+    def extra_repr(self) -> str:
+        return f"act={self.act!r}, scale={self.scale}, shift={self.shift}"
+
+    def forward(self, z: Tensor) -> Tensor:
+        if fused_prologue(self.backend, z):
+            from .triton.prologue import ACTIVATIONS, bounded_gate
+
+            if self.act in ACTIVATIONS:
+                return bounded_gate(z, self.act, self.scale, self.shift)
+        y = self.fn(z)
+        if self.scale != 1.0:
+            y = self.scale * y
+        if self.shift != 0.0:
+            y = self.shift + y
+        return y
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,14 +199,19 @@ class CausalAttention(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight over the last dim."""
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last dim (one fused kernel for backend 'triton')."""
 
     def __init__(self, width: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
+        self.backend = "chunked"
         self.weight = nn.Parameter(torch.ones(width))
 
     def forward(self, x: Tensor) -> Tensor:
+        if fused_prologue(self.backend, x):
+            from .triton.prologue import rms_norm
+
+            return rms_norm(x, self.weight, self.eps)
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
