@@ -1,4 +1,4 @@
-"""`MemoryLevel.backend = 'triton'`: compiled models run their linear memories on the generated kernels
+"""`MemoryLevel.backend = 'triton'`: compiled models run their memories on the generated kernels
 (here under the Triton interpreter), agree with the chunked backend, and fall back to it with one
 warning naming the level and the reason where the kernels cannot run."""
 from __future__ import annotations
@@ -98,10 +98,10 @@ def test_without_the_interpreter_on_a_cpu_it_falls_back_with_one_warning(monkeyp
     assert torch.equal(y, y0)
 
 
-def test_an_mlp_memory_falls_back_and_says_why():
-    cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=8, rules=(Rule("gd"),), chunk=4)
+def test_an_mlp_memory_without_a_fused_form_falls_back_and_says_why():
+    cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=8, rules=(Rule("dgd"),), chunk=4, residual=True)
     lv = level(cfg, name="blk.deep")
-    with pytest.warns(TritonFallbackWarning, match=r"memory level blk\.deep: .*MLP memories have no generated Triton kernels"):
+    with pytest.warns(TritonFallbackWarning, match=r"memory level blk\.deep: .*rule dgd on an MLP memory .*no fused kernel"):
         y, _, _ = run_level(lv, cfg, "triton")
     y0, _, _ = run_level(lv, cfg, "chunked")
     assert torch.equal(y, y0)
