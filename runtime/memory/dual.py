@@ -23,7 +23,13 @@ from .functional import Params
 from .objectives import GradFn
 from .scan import Geometry, Momentum, TileScan, solve_columns, system_inverse
 from .state import MemoryState
+from .recompute import run_recomputed
 from .tiles import TileGroup, tile_groups
+
+# Recompute each tile in backward from its saved start state (recompute.py) instead of keeping every
+# tile's intermediates: the same results with a small fraction of the memory. False keeps plain
+# autograd through the tiles (needed only for higher-order gradients through a memory level).
+RECOMPUTE_TILES = True
 
 
 def run_dual(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
@@ -55,6 +61,13 @@ class _Prepared:
     geometry: Geometry
     inverse: Optional[Tensor]        # key-input layer's system inverse, when delta/dgd act on it
 
+    def tile(self, index: int) -> '_Prepared':
+        """The same quantities for tile `index` alone (B, H, L, ...)."""
+        return _Prepared({name: gate[:, :, index] for name, gate in self.gates.items()},
+                         _tile_coefficients(self.first, index), _tile_coefficients(self.scalar, index),
+                         self.geometry.tile(index),
+                         self.inverse[:, :, index] if self.inverse is not None else None)
+
 
 def _prepare(cfg: MemoryConfig, group: TileGroup, k: Tensor, gates: Mapping[str, Tensor]) -> _Prepared:
     gg = group.split_gates(gates)
@@ -75,45 +88,60 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
                gates: Mapping[str, Tensor], carried: _Carried) -> tuple[Tensor, _Carried]:
     qg, kg, vg = group.split(q), group.split(k), group.split(v)
     prep = _prepare(cfg, group, kg, gates)
-    outputs = []
-    for i in range(group.count):
-        scans = _solve_tile(cfg, objective, prep, i, kg[:, :, i], vg[:, :, i], carried)
-        if cfg.read == 'anchor':
-            outputs.append(F.apply(cfg, carried.anchor, qg[:, :, i]))
-        else:
-            outputs.append(_read(cfg, scans, qg[:, :, i], cfg.read))
-        theta, momentum = _end_states(cfg, scans)
-        position = carried.position + group.length
-        anchor = theta if position % cfg.chunk == 0 else carried.anchor
-        carried = _Carried(theta, anchor, momentum, position)
-    y = torch.stack(outputs, 2)
+
+    def step(tile: _Prepared, qi: Tensor, ki: Tensor, vi: Tensor, theta: Params, anchor: Params,
+             momentum: Optional[Params]) -> tuple[Tensor, Params, Optional[Params]]:
+        return _tile_step(cfg, objective, tile, qi, ki, vi, _Carried(theta, anchor, momentum, 0))
+
+    if RECOMPUTE_TILES and torch.is_grad_enabled() and group.count > 1 and group.length == cfg.chunk:
+        # Keep only tile-start states for backward (see recompute.py); whole chunks end on a boundary.
+        y, theta, momentum = run_recomputed(step, prep, qg, kg, vg, carried.theta, carried.anchor,
+                                            carried.momentum)
+        position = carried.position + group.tokens
+        carried = _Carried(theta, theta, momentum, position)
+    else:
+        outputs = []
+        for i in range(group.count):
+            y, theta, momentum = step(prep.tile(i), qg[:, :, i], kg[:, :, i], vg[:, :, i], carried.theta,
+                                      carried.anchor, carried.momentum)
+            outputs.append(y)
+            position = carried.position + group.length
+            anchor = theta if position % cfg.chunk == 0 else carried.anchor
+            carried = _Carried(theta, anchor, momentum, position)
+        y = torch.stack(outputs, 2)
     return y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv), carried
 
 
-def _solve_tile(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, index: int, k: Tensor, v: Tensor,
+def _tile_step(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, q: Tensor, k: Tensor, v: Tensor,
+               carried: _Carried) -> tuple[Tensor, Params, Optional[Params]]:
+    """One tile: its output and the state after it."""
+    scans = _solve_tile(cfg, objective, prep, k, v, carried)
+    y = F.apply(cfg, carried.anchor, q) if cfg.read == 'anchor' else _read(cfg, scans, q, cfg.read)
+    return (y, *_end_states(cfg, scans))
+
+
+def _solve_tile(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, k: Tensor, v: Tensor,
                 carried: _Carried) -> dict[str, TileScan]:
     """All gradients of the tile at the anchor, then every parameter's update columns."""
     anchor = carried.anchor
     target = F.apply(cfg, anchor, v) if cfg.self_target else v
     fwd = F.forward(cfg, anchor, k)
     deltas = F.backward(cfg, anchor, fwd, objective(fwd.out, target)) if cfg.has_gradient else None
-    gates = {name: gate[:, :, index] for name, gate in prep.gates.items()}
-    geometry = prep.geometry.tile(index)
+    gates, geometry = prep.gates, prep.geometry
     per_layer = any(rule.per_layer for rule in cfg.rules)
     scans = {}
     for layer, x in zip(F.layers(cfg), fwd.inputs):
         delta = deltas[layer.index - 1] if deltas is not None else None
         inverse = None
         if layer.index == 1:
-            co = _tile_coefficients(prep.first, index)
-            inverse = prep.inverse[:, :, index] if prep.inverse is not None else None
+            co, inverse = prep.first, prep.inverse
         elif per_layer:
             co = dual_coefficients(cfg.rules, gates, (x * x).sum(-1), lambda rule: rule.per_layer)
         else:
-            co = _tile_coefficients(prep.scalar, index)
+            co = prep.scalar
         scans[layer.weight] = _scan(carried, layer.weight, geometry, gates, co, x, delta, inverse, False)
         if layer.bias:
-            co = _tile_coefficients(prep.scalar, index)
+            co = prep.scalar
             scans[layer.bias] = _scan(carried, layer.bias, geometry, gates, co, torch.ones_like(k[..., :1]),
                                       delta, None, True)
     return scans
