@@ -90,7 +90,7 @@ def load(path, backend: str = "chunked"):
         digest = json.loads(files[MANIFEST])["spec_sha256"]
         target = cache_dir() / digest[:16]
         package = target / fe.model.name
-        if not (package / MANIFEST).is_file():
+        if not _holds(package, files):  # absent, or written by another version of the code generator
             write_package(files, str(target), fe.model.name, force=True)
         p = package
     elif not (p / MANIFEST).is_file():
@@ -102,6 +102,14 @@ def load(path, backend: str = "chunked"):
     from nldsl.runtime import set_backend
 
     return set_backend(module.Model(), backend)
+
+
+def _holds(package: Path, files: dict[str, str]) -> bool:
+    """Whether `package` holds exactly the text of `files`."""
+    try:
+        return all((package / name).read_text(encoding="utf-8") == text for name, text in files.items())
+    except OSError:
+        return False
 
 
 def _import_package(package: Path):
