@@ -243,12 +243,12 @@ def run_study(budget: Budget, out: Path, runs: Path, models=MODELS) -> dict:
 # ------------------------------------------------------------------------------------------ reporting
 
 
-def niah_by_length(entry: dict) -> dict:
-    """Accuracy per prompt length, averaged over depths."""
+def niah_by_length(entry: dict, key: str = "accuracy") -> dict:
+    """NIAH `key` (accuracy: whole keys; digit_accuracy: digits) per prompt length, averaged over depths."""
     cells = entry["niah"]["results"]["cells"]
     by = {}
     for c in cells:
-        by.setdefault(c["length"], []).append(c["accuracy"])
+        by.setdefault(c["length"], []).append(c[key])
     return {length: statistics.fmean(v) for length, v in sorted(by.items())}
 
 
@@ -260,25 +260,27 @@ def _forgetting_cell(entry: dict) -> str:
     f = entry["forgetting"]
     if not f["applicable"]:
         return "n/a"
+    from nldsl.runtime.data import bits_per_byte
+
     r = f["results"]
-    return f"{r['loss_a_after_a'] * 1.4427:.3f} → {r['loss_a_after_b'] * 1.4427:.3f}"
+    return " → ".join(f"{bits_per_byte(r[k]):.3f}" for k in ("loss_a_before", "loss_a_after_a", "loss_a_after_b"))
 
 
 def table(doc: dict) -> str:
     """The figures table of docs/results.md, from the results JSON."""
     lengths = sorted({length for e in doc["models"].values() for length in niah_by_length(e)})
     head = (["model", "parameters", "val bits/byte", "MQAR acc. (text-trained)", "MQAR acc. (MQAR-trained)"]
-            + [f"NIAH @{n}" for n in lengths]
-            + ["forgetting: bits/byte on A after A → after B", "tokens/s (load avg)"])
+            + [f"NIAH @{n}: keys (digits)" for n in lengths]
+            + ["forgetting: bits/byte on A before → after A → after B", "tokens/s (load avg)"])
     rows = []
     for name, e in doc["models"].items():
-        niah = niah_by_length(e)
+        niah, digits = niah_by_length(e), niah_by_length(e, "digit_accuracy")
         load = e["train"]["load_average"].get("mean")
         rows.append([LABELS.get(name, name), f"{e['parameters'] / 1e6:.2f}M",
                      _fmt(e["ppl"]["results"]["bits_per_byte"]),
                      _fmt(e["mqar_text"]["results"]["accuracy"]),
                      _fmt(e["mqar_synthetic"]["results"]["accuracy"])]
-                    + [_fmt(niah.get(n), ".2f") for n in lengths]
+                    + [f"{_fmt(niah.get(n), '.2f')} ({_fmt(digits.get(n), '.2f')})" for n in lengths]
                     + [_forgetting_cell(e), f"{_fmt(e['train']['tokens_per_s'], '.0f')} ({_fmt(load, '.1f')})"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -290,7 +292,8 @@ def table(doc: dict) -> str:
                  f"{b['mqar_steps']} steps × {b['mqar_batch']} × {b['mqar_seq']} bytes of synthetic MQAR "
                  f"({b['mqar_pairs']} pairs in {b['mqar_length']} bytes); evaluated on {b['mqar_examples']} "
                  f"unseen examples; chance ≈ {chance:.3f}. NIAH: accuracy over depths "
-                 f"{', '.join(str(d) for d in b['niah_depths'])} × {b['niah_trials']} keys per cell. "
+                 f"{', '.join(str(d) for d in b['niah_depths'])} × {b['niah_trials']} keys per cell (digits: "
+                 "the fraction of digits right; chance 0.1). "
                  "Forgetting applies only to a model with a persistent level.")
     return "\n".join(lines)
 
@@ -336,17 +339,21 @@ def plots(doc: dict, images: Path) -> list:
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, e in models.items():
-        niah = niah_by_length(e)
-        ax.plot(list(niah), list(niah.values()), "o-", label=LABELS[name])
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("prompt length (bytes)")
-    ax.set_ylabel("passkey accuracy")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title("needle in a haystack")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (key, title, chance) in zip(axes, (("accuracy", "whole passkey right", None),
+                                               ("digit_accuracy", "passkey digits right", 0.1))):
+        for name, e in models.items():
+            niah = niah_by_length(e, key)
+            ax.plot(list(niah), list(niah.values()), "o-", label=LABELS[name])
+        if chance is not None:
+            ax.axhline(chance, color="k", ls="--", lw=1, label="chance")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prompt length (bytes)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(f"needle in a haystack: {title}")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
     plt.close(fig)
