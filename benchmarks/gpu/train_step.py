@@ -1,0 +1,201 @@
+"""A whole training step of a spec (default examples/hope.nl) on the triton backend against the chunked
+PyTorch backend, on the same device.
+
+    python benchmarks/gpu/train_step.py                          # on a GPU: B=8, T=512, float32
+    python benchmarks/gpu/train_step.py --batch 16 --seq 1024 --dtype bfloat16
+    python benchmarks/gpu/train_step.py --tiny                   # any machine: B=1, T=16, the interpreter on a CPU
+
+A step is what `nlc train` runs: `nldsl.runtime.train.NestedLoop.step` on one (B, T+1) batch, i.e. the
+sequence cut at every CMS window end, each segment's forward with the in-context memories, the loss,
+backward, the CMS levels whose windows close, then the outer optimizer. Both backends get the same
+initial weights (one seed) and the same batch; they are warmed up, then timed round-robin (one step
+of each per round, the device synchronised around each step); tokens/s is B·T over the median step
+time. The script prints the card, both rates and their ratio, the first step's loss on each backend
+(they start from the same weights, so they agree to float32 rounding), which memory levels run
+generated kernels and which fall back to the chunked path (and why), and how many fused prologue
+kernels (convolution, gates, norms) one step launches.
+
+Without a GPU the script runs on the CPU under the Triton interpreter (TRITON_INTERPRET=1) at tiny
+shapes, to show that the harness works end to end; interpreter times are not speed figures, and the
+output says that no GPU figures exist yet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
+
+GPU_SHAPE = (8, 512)   # (batch, tokens)
+TINY_SHAPE = (1, 16)   # one 16-token CMS window of hope.nl
+
+
+def build(spec: str, backend: str, device: torch.device, dtype: torch.dtype, seed: int, workdir: str):
+    """The compiled spec on `backend` as `nlc train` loads it, and its NestedLoop."""
+    from nldsl.compiler import _import_package, compile_spec, write_package
+    from nldsl.diagnostics import SpecError
+    from nldsl.runtime import set_backend
+    from nldsl.runtime.optim import make_optimizer
+    from nldsl.runtime.train import NestedLoop
+
+    fe, files = compile_spec(spec)
+    if files is None:
+        raise SpecError(fe.diagnostics)
+    package = write_package(files, workdir, "model", force=True)
+    module = _import_package(package)
+    torch.manual_seed(seed)
+    model = set_backend(module.Model(), backend).to(device=device, dtype=dtype)
+    info = json.loads((package / "levels.json").read_text())["runtime"]
+    return model, NestedLoop(model, info, make_optimizer)
+
+
+def level_report(model, device: torch.device, dtype: torch.dtype) -> list[tuple[str, str]]:
+    """(memory level, 'generated kernels' or the reason it falls back to the chunked path)."""
+    from nldsl.runtime import MemoryLevel
+    from nldsl.runtime.triton import triton_unavailable
+    from nldsl.runtime.triton.registry import kernels_for
+
+    probe = torch.zeros(1, device=device, dtype=dtype)
+    rows, seen = [], set()
+    for module in model.modules():
+        if not isinstance(module, MemoryLevel) or module.level_name in seen:
+            continue
+        seen.add(module.level_name)
+        reason = triton_unavailable(probe)
+        if reason is None:
+            kernels, reason = kernels_for(module.cfg, module.objective, module.level_name)
+            reason = reason if kernels is None else ""
+        rows.append((module.level_name, "generated kernels" if not reason else f"falls back: {reason}"))
+    return rows
+
+
+def timed(loop, batch, device) -> tuple[float, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    loss = loop.step(batch).loss
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, loss
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--spec", default="examples/hope.nl")
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--seq", type=int, help="tokens per sequence (default 512 on a GPU)")
+    ap.add_argument("--steps", type=int, help="timed rounds (default 5 on a GPU, 1 with --tiny)")
+    ap.add_argument("--warmup", type=int, help="untimed steps per backend first (default 2 on a GPU, 1 with --tiny)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes (implied without a GPU)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args(argv)
+    for name in ("batch", "seq", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1")
+    if args.warmup is not None and args.warmup < 0:
+        ap.error("--warmup must be at least 0")
+
+    from nldsl.diagnostics import SpecError
+    from nldsl.runtime.triton import TritonFallbackWarning
+    from nldsl.runtime.triton import backend as triton_backend
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    tiny = args.tiny or not cuda
+    if not cuda and args.dtype != "float32":
+        print("the Triton interpreter runs float32 only; using float32")
+        args.dtype = "float32"
+    dtype = getattr(torch, args.dtype)
+    batch_size, seq = TINY_SHAPE if tiny else GPU_SHAPE
+    batch_size, seq = args.batch or batch_size, args.seq or seq
+    steps = args.steps or (1 if tiny else 5)
+    warmup = args.warmup if args.warmup is not None else (1 if tiny else 2)
+    card = torch.cuda.get_device_name(device) if cuda else "no GPU (CPU, Triton interpreter)"
+    interpreting = triton_backend.interpreting()
+
+    print(f"spec {args.spec}; device: {card}; B={batch_size}, T={seq}, {args.dtype}; "
+          f"{warmup} warm-up step(s), {steps} timed round(s)")
+    if interpreting:
+        print("TRITON_INTERPRET=1: the kernels run in the Triton interpreter; its times are not speed figures")
+
+    with tempfile.TemporaryDirectory(prefix="nlc-train-step-") as workdir:
+        try:
+            loops = {}
+            for backend in ("chunked", "triton"):
+                loops[backend] = build(args.spec, backend, device, dtype, args.seed, os.path.join(workdir, backend))
+        except SpecError as e:
+            print(f"{args.spec}: the spec does not compile:", file=sys.stderr)
+            for d in e.diagnostics:
+                print(f"  {d.code}: {d.message}", file=sys.stderr)
+            return 1
+        vocab = loops["chunked"][0].vocab_size
+        gen = torch.Generator().manual_seed(args.seed)
+        batch = torch.randint(0, vocab, (batch_size, seq + 1), generator=gen).to(device)
+
+        levels = level_report(loops["triton"][0], device, dtype)
+        from nldsl.runtime.triton import prologue
+
+        first_loss, times = {}, {b: [] for b in loops}
+        launches_before = dict(prologue.LAUNCHES)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TritonFallbackWarning)
+            for backend, (_, loop) in loops.items():
+                for i in range(warmup):
+                    t, loss = timed(loop, batch, device)
+                    first_loss.setdefault(backend, loss)
+                    print(f"  warm-up {backend:8s} step {i + 1}: {t:8.3f} s  loss {loss:.4f}")
+            prologue_per_step = {k: (prologue.LAUNCHES[k] - launches_before[k]) // max(warmup, 1) for k in launches_before}
+            for r in range(steps):
+                for backend, (_, loop) in loops.items():
+                    t, loss = timed(loop, batch, device)
+                    first_loss.setdefault(backend, loss)
+                    times[backend].append(t)
+                    print(f"  round {r + 1} {backend:8s}: {t:8.3f} s  loss {loss:.4f}")
+        fell_back = sorted({str(w.message) for w in caught if issubclass(w.category, TritonFallbackWarning)})
+
+    rate = {b: batch_size * seq / statistics.median(ts) for b, ts in times.items()}
+    ratio = rate["triton"] / rate["chunked"]
+    print()
+    print("memory levels on the triton backend:")
+    for name, how in levels:
+        print(f"  {name:32s} {how}")
+    expected = {f"memory level {name}: triton backend falls back to the chunked path: {how[len('falls back: '):]}"
+                for name, how in levels if how.startswith("falls back: ")}
+    for message in fell_back:
+        if message not in expected:
+            print(f"  warning during the run: {message}")
+    fused = {k: v for k, v in prologue_per_step.items() if v} if warmup else {}
+    print("fused prologue kernels per step: " + (", ".join(f"{k} {v}" for k, v in fused.items()) or "none"))
+    print(f"first-step loss: chunked {first_loss['chunked']:.6f}, triton {first_loss['triton']:.6f}")
+    print()
+    print(f"| backend | tokens/s | median step (s) |   ({card})")
+    print("|---|---|---|")
+    for b in ("chunked", "triton"):
+        print(f"| {b} | {rate[b]:,.0f} | {statistics.median(times[b]):.3f} |")
+    print(f"triton / chunked: {ratio:.2f}x")
+    if interpreting:
+        print("These figures come from the Triton interpreter on a CPU: they are not speed figures, "
+              "and no GPU figures exist yet.")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"spec": args.spec, "device": card, "interpreter": interpreting, "batch": batch_size,
+                       "seq": seq, "dtype": args.dtype, "tokens_per_s": rate, "ratio": ratio,
+                       "step_s": times, "first_loss": first_loss,
+                       "levels": [{"level": n, "status": s} for n, s in levels],
+                       "fallback_warnings": fell_back, "prologue_launches_per_step": fused}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
