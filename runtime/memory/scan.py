@@ -162,11 +162,56 @@ class TileScan:
         """(P_L, S_L): the parameter and the momentum after the last token of the tile."""
         g = self.geometry.retention[..., -1, :]
         if self.momentum is None:
-            return g[..., 0, None, None] * self.start + _outer_sum(g[..., 1:], self.e, self.x), None
+            return state_update(self.start, g[..., 0], _scaled(g[..., 1:], self.e), self.x), None
         mom = self.momentum
         c, d = self.geometry.coupling[..., -1, :], self.geometry.decay[..., -1, :]
         columns = _scaled(g[..., 1:], self.e) + _scaled(c[..., 1:], mom.m)
-        end = g[..., 0, None, None] * self.start + c[..., 0, None, None] * mom.start \
-            + columns.transpose(-1, -2) @ self.x
-        momentum_end = d[..., 0, None, None] * mom.start + _outer_sum(d[..., 1:], mom.m, self.x)
-        return end, momentum_end
+        end = state_update(self.start, g[..., 0], columns, self.x, mom.start, c[..., 0])
+        return end, state_update(mom.start, d[..., 0], _scaled(d[..., 1:], mom.m), self.x)
+
+
+def state_update(start: Tensor, scale: Tensor, columns: Tensor, x: Tensor, other: Optional[Tensor] = None,
+                 other_scale: Optional[Tensor] = None) -> Tensor:
+    """scale * start (+ other_scale * other) + columns^T x, for start and other (..., out, in), scales
+    (...), columns (..., L, out), x (..., L, in): the weight-sized work of a tile.
+
+    Its backward is written by hand: it keeps references to the inputs only and makes one pass over
+    the weights per gradient (autograd's version multiplies and then sums for every gate, and makes
+    several weight-sized temporaries per tile)."""
+    return _StateUpdate.apply(start, scale, columns, x, other, other_scale)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """sum over the last two dimensions of a * b, as one batched matmul (no product in memory)."""
+    lead = torch.broadcast_shapes(a.shape, b.shape)[:-2]
+    flat_a = a.expand(*lead, *a.shape[-2:]).reshape(-1, 1, a.shape[-2] * a.shape[-1])
+    flat_b = b.expand(*lead, *b.shape[-2:]).reshape(-1, b.shape[-2] * b.shape[-1], 1)
+    return torch.bmm(flat_a, flat_b).view(lead)
+
+
+def _times(t: Tensor, scale: Tensor) -> Tensor:
+    return t * scale[..., None, None]
+
+
+class _StateUpdate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, start, scale, columns, x, other, other_scale):
+        ctx.save_for_backward(start, scale, columns, x, other, other_scale)
+        base = _times(start, scale)
+        if other is not None:
+            base.addcmul_(other, other_scale[..., None, None])
+        rows, length, width = base.shape[-2], x.shape[-2], x.shape[-1]
+        out = torch.baddbmm(base.reshape(-1, rows, width), columns.reshape(-1, length, rows).transpose(1, 2),
+                            x.reshape(-1, length, width))
+        return out.view(base.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        start, scale, columns, x, other, other_scale = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        return (_times(grad, scale) if need[0] else None,
+                _dot(grad, start) if need[1] else None,
+                x @ grad.transpose(-1, -2) if need[2] else None,
+                columns @ grad if need[3] else None,
+                _times(grad, other_scale) if need[4] else None,
+                _dot(grad, other) if need[5] else None)
