@@ -11,7 +11,8 @@ memory (docs/semantics.md §2.5 for the short convolution's cache).
 - `rms_norm`: x · rsqrt(mean(x²) + eps) · weight over the last dim, forward and backward in one pass
   each (the weight gradient as per-program partial sums).
 
-Every kernel computes in float32 and stores in the input's dtype. The kernels are plain `@triton.jit`
+Every kernel computes in float32 and stores in the input's dtype; the backwards are first order only
+(`once_differentiable`: a double backward through them is an error, not a silent zero). The kernels are plain `@triton.jit`
 functions specialised by constexpr flags (activation, bias, norm), so nothing is rendered per spec.
 `runtime/layers.py` calls them for the triton backend when `triton_unavailable` says they can run;
 importing this module imports Triton.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from .backend import interpreting
 
@@ -214,6 +216,7 @@ class ConvActNorm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         x, cache, weight, bias = ctx.saved_tensors
         batch, tokens, width = x.shape
@@ -284,6 +287,7 @@ class BoundedGate(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         (z,) = ctx.saved_tensors
         dz = torch.empty_like(z)
@@ -353,6 +357,7 @@ class RMSNormFunction(torch.autograd.Function):
         return y.reshape(shape)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         x2, weight, rstd = ctx.saved_tensors
         rows, width = x2.shape
