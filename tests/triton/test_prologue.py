@@ -56,6 +56,7 @@ def conv_run(conv, x, cache, backend, act, heads):
     (6, 2, 2, "tanh", True, 1, 30, False),       # a head of 3 channels (tile padded to 4)
     (16, 4, None, "softplus", False, 2, 2, True),  # fewer tokens than the window: the cache shifts
     (10, 1, 5, "relu", True, 2, 11, True),       # window 1: no cache at all
+    (8, 4, 2, "silu", False, 2, 1, True),        # one token with a carried cache (decoding)
 ])
 def test_fused_conv_act_norm_matches_the_pytorch_ops(width, window, heads, act, bias, batch, tokens, with_cache):
     conv, x, cache = conv_case(width, window, bias, batch, tokens, with_cache)
@@ -185,3 +186,24 @@ def test_gated_deltanet_with_a_fused_prologue_matches_chunked():
         assert ratio(grads0[name], grads[name]) <= ANCHOR_RATIO, name
     convs = [n for n in grads0 if n.endswith("_conv.weight")]
     assert len(convs) == 6 and all(ratio(grads0[n], grads[n]) <= OUTPUT_RATIO for n in convs)
+
+
+def test_hope_with_a_fused_prologue_matches_chunked():
+    """HOPE's q convolution + l2norm and its η and α gates (their gradients reach the loss once a
+    sequence passes the 16-token chunk of its memory `mem`); its memories fall back (dgd)."""
+    torch.manual_seed(0)
+    model = load(ROOT / "examples/hope.nl", backend="triton")
+    tokens = torch.randint(0, model.vocab_size, (2, 21))
+    before = dict(prologue.LAUNCHES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TritonFallbackWarning)
+        logits, grads = _train_step(model, tokens)
+    ran = {name: prologue.LAUNCHES[name] - before[name] for name in before}
+    # 2 layers: 1 convolution, 2 gates × 3 segments of the self-modifying group, 2 + 2 + 1 RMS norms
+    assert ran == {"conv_fwd": 2, "conv_bwd": 2, "gate_fwd": 12, "gate_bwd": 12, "rms_fwd": 5, "rms_bwd": 5}
+    logits0, grads0 = _train_step(set_backend(model, "chunked"), tokens)
+    assert ratio(logits0, logits) <= TIGHT
+    assert set(grads) == set(grads0)
+    for name in grads0:
+        assert ratio(grads0[name], grads[name]) <= 1e-4, name
+    assert any(name.endswith("eta.weight") for name in grads0)
