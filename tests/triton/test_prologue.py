@@ -22,6 +22,8 @@ from triton_testkit import ANCHOR_RATIO, OUTPUT_RATIO, ratio  # noqa: E402
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
 TIGHT = 1e-5  # float32, the same sums in nearly the same order
+# the kernels run natively on a GPU, under the interpreter on a CPU (conftest.py sets TRITON_INTERPRET=1)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def launches(name: str) -> int:
@@ -30,19 +32,19 @@ def launches(name: str) -> int:
 
 def conv_case(width, window, bias, batch, tokens, with_cache, seed=0):
     torch.manual_seed(seed)
-    conv = ShortConv(width, window, bias=bias)
+    conv = ShortConv(width, window, bias=bias).to(DEVICE)
     if bias:
         with torch.no_grad():
             conv.bias.normal_()
-    x = torch.randn(batch, tokens, width, requires_grad=True)
-    cache = torch.randn(batch, window - 1, width, requires_grad=True) if with_cache else None
+    x = torch.randn(batch, tokens, width, device=DEVICE, requires_grad=True)
+    cache = torch.randn(batch, window - 1, width, device=DEVICE, requires_grad=True) if with_cache else None
     return conv, x, cache
 
 
 def conv_run(conv, x, cache, backend, act, heads):
     conv.backend = backend
     y, new_cache = conv(x, cache, act=act, l2norm_heads=heads)
-    weights = torch.linspace(-1.0, 2.0, y.numel()).reshape(y.shape)
+    weights = torch.linspace(-1.0, 2.0, y.numel(), device=DEVICE).reshape(y.shape)
     loss = (y * weights).sum() + (new_cache * new_cache).sum()
     leaves = [t for t in (x, cache, conv.weight, conv.bias) if t is not None]
     return y, new_cache, torch.autograd.grad(loss, leaves)
@@ -87,8 +89,8 @@ def test_a_fused_conv_run_in_pieces_equals_one_run():
 def test_fused_bounded_gate_matches_the_pytorch_chain(act, scale, shift):
     torch.manual_seed(1)
     gate = BoundedGate(act, scale=scale, shift=shift)
-    z = (3 * torch.randn(2, 37, 4)).requires_grad_(True)
-    dy = torch.randn(2, 37, 4)
+    z = (3 * torch.randn(2, 37, 4, device=DEVICE)).requires_grad_(True)
+    dy = torch.randn(2, 37, 4, device=DEVICE)
     before = (launches("gate_fwd"), launches("gate_bwd"))
     gate.backend = "triton"
     y = gate(z)
@@ -110,11 +112,11 @@ def test_the_pytorch_gate_is_the_specs_expression_bit_for_bit():
 @pytest.mark.parametrize("width, shape", [(24, (2, 7)), (128, (3, 5)), (5, (11,))])
 def test_fused_rmsnorm_matches_the_pytorch_ops(width, shape):
     torch.manual_seed(2)
-    norm = RMSNorm(width)
+    norm = RMSNorm(width).to(DEVICE)
     with torch.no_grad():
-        norm.weight.add_(0.3 * torch.randn(width))
-    x = torch.randn(*shape, width, requires_grad=True)
-    dy = torch.randn(*shape, width)
+        norm.weight.add_(0.3 * torch.randn(width, device=DEVICE))
+    x = torch.randn(*shape, width, device=DEVICE, requires_grad=True)
+    dy = torch.randn(*shape, width, device=DEVICE)
     before = (launches("rms_fwd"), launches("rms_bwd"))
     norm.backend = "triton"
     y = norm(x)
@@ -128,6 +130,7 @@ def test_fused_rmsnorm_matches_the_pytorch_ops(width, shape):
 
 def test_other_backends_and_a_cpu_without_the_interpreter_run_the_pytorch_ops(monkeypatch):
     conv, x, cache = conv_case(8, 4, False, 2, 9, True)
+    conv, x, cache = conv.cpu(), x.detach().cpu(), cache.detach().cpu()
     norm, gate = RMSNorm(8), BoundedGate("sigmoid", scale=0.5)
     before = dict(prologue.LAUNCHES)
     for backend in ("chunked", "reference"):
@@ -170,8 +173,8 @@ def _train_step(model, tokens):
 
 def test_gated_deltanet_with_a_fused_prologue_matches_chunked():
     torch.manual_seed(0)
-    model = load(ROOT / "examples/gated_deltanet.nl", backend="triton")
-    tokens = torch.randint(0, model.vocab_size, (2, 11))
+    model = load(ROOT / "examples/gated_deltanet.nl", backend="triton").to(DEVICE)
+    tokens = torch.randint(0, model.vocab_size, (2, 11), device=DEVICE)
     before = dict(prologue.LAUNCHES)
     with warnings.catch_warnings():
         warnings.simplefilter("error", TritonFallbackWarning)
@@ -192,8 +195,8 @@ def test_hope_with_a_fused_prologue_matches_chunked():
     """HOPE's q convolution + l2norm and its η and α gates (their gradients reach the loss once a
     sequence passes the 16-token chunk of its memory `mem`); its memories fall back (dgd)."""
     torch.manual_seed(0)
-    model = load(ROOT / "examples/hope.nl", backend="triton")
-    tokens = torch.randint(0, model.vocab_size, (2, 21))
+    model = load(ROOT / "examples/hope.nl", backend="triton").to(DEVICE)
+    tokens = torch.randint(0, model.vocab_size, (2, 21), device=DEVICE)
     before = dict(prologue.LAUNCHES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TritonFallbackWarning)
