@@ -1,20 +1,24 @@
 """The Triton kernel plan of an MLP memory level (codegen/kernels.py renders it into kernels.py).
 
 Fused: a depth-2 MLP W2 act(W1 k) (+ k with a residual), no biases, chunk C > 1 (every gradient at
-the chunk anchor), rules among retain, gd and momentum in any order, any objective with a kernel form
-(codegen/kernel_objectives.py), a value target or a self-generated one M_anchor(v), and every read
-mode. Inside a tile (one chunk) the rules act on W1 and W2 as scalars, so the state at token t is
+the chunk anchor), the rules retain, gd, momentum, delta and dgd in any order (but not a transition
+together with momentum), any objective with a kernel form (codegen/kernel_objectives.py), a value
+target or a self-generated one M_anchor(v), and every read mode. Inside a tile (one chunk) retain, gd
+and momentum act on W1 and W2 as scalars, so the state after token t is
     W_t = g_t W_0 + c_t S_0 + sum_{s <= t} C[t, s] delta_s x_s^T
 (S the momentum, g, c, C products of the folded per-token coefficients, delta_s x_s^T the gradient of
 token s at the anchor) and the read goes through the dual form, layer by layer, without per-token
-weights. delta / dgd (a transition acting on a layer's input), biases, other depths and chunk size 1
-have no fused form and fall back (`mlp_kernel_form` names the reason).
+weights. delta / dgd add the transition W1 (a I + cp k k^T) on the key-input layer (W2 sees dgd as
+retention and a step, delta not at all): W1's update columns then solve a triangular system per tile,
+as in the linear family. Per-layer transitions, biases, other depths and chunk size 1 have no fused
+form and fall back (`mlp_kernel_form` names the reason).
 
 Like the rest of the generator, this module does not import torch.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .kernel_coefs import VARIABLES, Poly, _has_gradient, _has_momentum, fold_dual
@@ -22,7 +26,7 @@ from .kernel_objectives import ObjectiveCode
 from .kernels import Coef, _affine_text, _block, _dgate_lines, rules_text
 from .names import literal, py
 
-FUSED_RULES = ("retain", "gd", "momentum")
+TRANSITION_RULES = ("delta", "dgd")
 
 # activation -> Triton code of act(z), act'(z) and act''(z); gelu is the exact (erf) one, as the runtime's
 _SIG = "tl.sigmoid(z)"
@@ -50,10 +54,13 @@ def mlp_kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
     if cfg.chunk < 2:
         return "none", ("chunk 1 with an MLP memory: the gradient is not linear in the state, no chunk-parallel "
                         "form")
-    other = [r.kind for r in cfg.rules if r.kind not in FUSED_RULES]
-    if other:
-        return "none", (f"rule {other[0]} on an MLP memory (a transition on a layer's input) has no fused "
-                        "kernel; fused rules: retain, gd, momentum")
+    kinds = [r.kind for r in cfg.rules]
+    transitions = [k for k in kinds if k in TRANSITION_RULES]
+    if any(getattr(r, "per_layer", False) for r in cfg.rules):
+        return "none", "a per-layer delta / dgd transition on an MLP memory has no fused kernel"
+    if transitions and "momentum" in kinds:
+        return "none", (f"rule {transitions[0]} together with momentum on an MLP memory has no fused kernel "
+                        "(the transition would act on the momentum term)")
     if not _has_gradient(cfg):
         return "none", "an MLP memory with no gradient rule has no fused kernel"
     if cfg.act not in ACTIVATIONS:
@@ -79,6 +86,7 @@ class MlpKernelPlan:
     residual: bool
     self_target: bool
     momentum: bool
+    transition: bool           # delta / dgd: W1 (the key-input layer) has the transition W (a I + cp k k^T)
     act: str
     act_code: str
     dact_code: str
@@ -138,8 +146,21 @@ class MlpKernelPlan:
         return "a" if self.read == "after" else "b"
 
     @property
-    def needs_before(self) -> bool:
+    def uses_n2(self) -> bool:
+        return "n2" in self.uses
+
+    @property
+    def reads_before(self) -> bool:
         return self.read == "before"
+
+    @property
+    def needs_before(self) -> bool:
+        """The in-tile products up to t - 1 (Gb, gb): the read before the write, or a transition's system."""
+        return self.read == "before" or self.transition
+
+    @property
+    def log2_bt(self) -> int:
+        return int(math.log2(self.block_t))
 
     @property
     def read_text(self) -> str:
@@ -159,9 +180,13 @@ def plan_mlp_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> 
         raise ValueError(f"memory level {level}: {reason}")
     momentum = _has_momentum(cfg)
     co = fold_dual(cfg.rules)
+    transition = not co["cp"].is_zero
     coefs = [Coef("c_a", co["a"], 1.0)]
     if not co["cw"].is_zero:
         coefs.append(Coef("c_cw", co["cw"], 0.0))
+    if transition:
+        coefs.append(Coef("c_cp", co["cp"], 0.0))
+        coefs.append(Coef("c_cw2", fold_dual(_scalar_rules(cfg.rules))["cw"], 0.0))
     if momentum:
         coefs.append(Coef("c_r", co["r"], 0.0))
         coefs.append(Coef("c_cm", -Poly.var("eta"), 0.0))
@@ -170,6 +195,23 @@ def plan_mlp_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> 
     return MlpKernelPlan(
         level=level, prefix=py(level), doc=doc or f"memory level {level}", reason=reason, dk=cfg.dk,
         hidden=cfg.hidden, dv=cfg.dv, chunk=cfg.chunk, block_t=_block(cfg.chunk), read=cfg.read,
-        residual=cfg.residual, self_target=cfg.self_target, momentum=momentum, act=cfg.act, act_code=act,
+        residual=cfg.residual, self_target=cfg.self_target, momentum=momentum, transition=transition,
+        act=cfg.act, act_code=act,
         dact_code=dact, ddact_code=ddact, objective=objective, uses=uses, coefs=tuple(coefs),
         dgate_lines=_dgate_lines(coefs, uses), rules_text=rules_text(cfg.rules))
+
+
+@dataclass(frozen=True)
+class _ScalarRule:
+    kind: str
+
+
+def _scalar_rules(rules) -> tuple:
+    """The rules as W2 (a layer whose input is not k) sees them: dgd retains and steps, delta does nothing."""
+    out = []
+    for rule in rules:
+        if rule.kind == "dgd":
+            out += [_ScalarRule("retain"), _ScalarRule("gd")]
+        elif rule.kind != "delta":
+            out.append(_ScalarRule(rule.kind))
+    return tuple(out)

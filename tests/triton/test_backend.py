@@ -99,9 +99,9 @@ def test_without_the_interpreter_on_a_cpu_it_falls_back_with_one_warning(monkeyp
 
 
 def test_an_mlp_memory_without_a_fused_form_falls_back_and_says_why():
-    cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=8, rules=(Rule("dgd"),), chunk=4, residual=True)
+    cfg = MemoryConfig("mlp", 8, 8, depth=3, hidden=8, rules=(Rule("gd"),), chunk=4, residual=True)
     lv = level(cfg, name="blk.deep")
-    with pytest.warns(TritonFallbackWarning, match=r"memory level blk\.deep: .*rule dgd on an MLP memory .*no fused kernel"):
+    with pytest.warns(TritonFallbackWarning, match=r"memory level blk\.deep: .*MLP memory of depth 3 has no fused kernel"):
         y, _, _ = run_level(lv, cfg, "triton")
     y0, _, _ = run_level(lv, cfg, "chunked")
     assert torch.equal(y, y0)

@@ -244,8 +244,13 @@ def test_compiled_packages_carry_kernels_for_their_linear_memories(name, level):
     assert compiled(name)["kernels.py"] == text
 
 
-def test_mlp_memories_without_a_fused_form_are_listed_with_the_reason():
-    text = compiled("hope")["kernels.py"]
+def test_mlp_memories_without_a_fused_form_are_listed_with_the_reason(tmp_path):
+    hope = (ROOT / "examples" / "hope.nl").read_text(encoding="utf-8")
+    assert "mlp(depth = 2, hidden = head_dim" in hope
+    spec = tmp_path / "deep_hope.nl"
+    spec.write_text(hope.replace("mlp(depth = 2, hidden = head_dim", "mlp(depth = 3, hidden = head_dim"), encoding="utf-8")
+    _, files = compile_spec(str(spec))
+    text = files["kernels.py"]
     namespace: dict = {}
     tree = ast.parse(text)
     for node in tree.body:
@@ -253,4 +258,4 @@ def test_mlp_memories_without_a_fused_form_are_listed_with_the_reason():
             namespace = ast.literal_eval(node.value)
     levels = {f"selfmod_titans.{m}" for m in ("mem_k", "mem_v", "mem_eta", "mem_alpha", "mem")}
     assert set(namespace) == levels
-    assert all(reason.startswith("rule dgd on an MLP memory") for reason in namespace.values())
+    assert all("MLP memory of depth 3" in reason for reason in namespace.values())

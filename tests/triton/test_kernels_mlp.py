@@ -5,6 +5,7 @@ kernels run under the Triton interpreter on a CPU."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,47 @@ def test_the_pytorch_tile_walk_backward_agrees():
     cfg = mlp(TITANS, read="after")
     walk = dataclasses.replace(kernels(cfg, standard_objective("sq")), bwd=None, launches={"fwd": 0, "bwd": 0, "bwd_tiles": 0})
     check(mcase(cfg, standard_objective("sq"), tokens=13, position=2, seed=6), against_chunked=False, lk=walk)
+
+
+@pytest.mark.parametrize("rules, read, tokens, position", [
+    (("dgd",), "anchor", 19, 3), (("dgd",), "after", 13, None), (("retain", "delta", "gd"), "before", 11, 6),
+    (("gd", "delta"), "after", 10, None)])
+def test_transitions_on_the_key_input_layer(rules, read, tokens, position):
+    check(mcase(mlp(rules, read=read), standard_objective("l2"), tokens=tokens, position=position, seed=7))
+
+
+def test_the_hope_selfmod_memory_dgd_with_a_self_generated_target():
+    cfg = mlp(("dgd",), read="anchor", self_target=True, chunk=8)
+    check(mcase(cfg, standard_objective("l2"), tokens=21, position=5, seed=8), against_chunked=False)
+
+
+# ------------------------------------------------------------------ the examples' MLP memories
+
+def example_levels(name: str) -> list:
+    """The example's MLP memories with a standard objective, shrunk to dk = dv = 8, hidden 16 (one per
+    distinct configuration)."""
+    old = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        fe, _ = compile_spec(f"examples/{name}.nl")
+    finally:
+        os.chdir(old)
+    found = {}
+    for m in fe.model.memories:
+        if m.family != "mlp" or m.objective.name == "custom":
+            continue
+        rules = tuple(Rule(r.kind, "anchor", r.per_layer) for r in m.rules)
+        cfg = MemoryConfig("mlp", 8, 8, depth=m.depth, hidden=16, act=m.act, residual=m.residual, bias=m.bias,
+                           rules=rules, read=m.read, chunk=m.chunk, self_target=m.self_target)
+        found[cfg] = standard_objective(m.objective.name, **dict(m.objective.params))
+    return list(found.items())
+
+
+EXAMPLE_LEVELS = [(name, cfg, objective) for name in ("titans", "ttt_mlp", "hope", "miras")
+                  for cfg, objective in example_levels(name)]
+
+
+@pytest.mark.parametrize("name, cfg, objective", EXAMPLE_LEVELS, ids=[
+    f"{name}-{cfg.chunk}-{objective.name}" for name, cfg, objective in EXAMPLE_LEVELS])
+def test_example_memory_levels(name, cfg, objective):
+    check(mcase(cfg, objective, tokens=cfg.chunk + 5, position=3, seed=cfg.chunk), against_chunked=False)

@@ -27,7 +27,8 @@ def mlp(rules=("retain", "momentum"), chunk=4, depth=2, bias=False, act="silu", 
                         rules=tuple(Rule(r) for r in rules), read=read, chunk=chunk)
 
 
-@pytest.mark.parametrize("rules", [("gd",), ("retain", "momentum"), ("momentum", "retain"), ("retain", "gd", "momentum")])
+@pytest.mark.parametrize("rules", [("gd",), ("retain", "momentum"), ("momentum", "retain"), ("retain", "gd", "momentum"),
+                                   ("dgd",), ("retain", "delta", "gd")])
 @pytest.mark.parametrize("read", ["after", "before", "anchor"])
 def test_retain_gd_and_momentum_at_the_anchor_are_fused(rules, read):
     form, reason = mlp_kernel_form(mlp(rules, read=read), L2)
@@ -35,8 +36,9 @@ def test_retain_gd_and_momentum_at_the_anchor_are_fused(rules, read):
 
 
 @pytest.mark.parametrize("cfg, reason", [
-    (mlp(("dgd",)), "rule dgd on an MLP memory"),
-    (mlp(("retain", "delta", "gd")), "rule delta on an MLP memory"),
+    (mlp(("dgd", "momentum")), "rule dgd together with momentum"),
+    (mlp(("delta", "gd", "momentum")), "rule delta together with momentum"),
+    (MemoryConfig("mlp", 8, 8, depth=2, hidden=16, rules=(Rule("dgd", per_layer=True),), chunk=4), "per-layer"),
     (mlp(depth=3), "depth 3"),
     (mlp(depth=1), "depth 1"),
     (mlp(bias=True), "biases"),
@@ -66,7 +68,11 @@ def test_kernels_are_named_after_the_level_and_inline_the_dimensions():
 
 def test_only_the_rules_present_are_generated():
     gd = level_kernels_source("b.m", mlp(("gd",), read="after"), L2)
-    assert "S1 = tl.load" not in gd and "c_cm" not in gd and "c_cw" in gd
+    assert "S1 = tl.load" not in gd and "c_cm" not in gd and "c_cw" in gd and "c_cp" not in gd
+    dgd = level_kernels_source("b.m", mlp(("dgd",), read="after"), L2)
+    assert "c_cp = " in dgd and "c_cw2 = " in dgd and "n2 = " not in dgd
+    gd_delta = level_kernels_source("b.m", mlp(("gd", "delta"), read="after"), L2)
+    assert "n2 = tl.sum(K * K, axis=1)" in gd_delta and "d_n2[:, None] * K" in gd_delta
     mom = level_kernels_source("b.m", mlp(("retain", "momentum"), read="after"), L2)
     assert "S1 = tl.load" in mom and "c_cm" in mom and "c_cw" not in mom
 
@@ -104,7 +110,8 @@ def _compiled(name: str) -> str:
     return files["kernels.py"]
 
 
-@pytest.mark.parametrize("name, level", [("titans", "lmm_block.mem"), ("ttt_mlp", "ttt_block.inner")])
+@pytest.mark.parametrize("name, level", [("titans", "lmm_block.mem"), ("ttt_mlp", "ttt_block.inner"),
+                                         ("hope", "selfmod_titans.mem"), ("miras", "smooth_block.mem")])
 def test_compiled_packages_carry_kernels_for_their_fused_mlp_memories(name, level):
     text = _compiled(name)
     assert f"{level!r}: MlpLevelKernels(" in text
