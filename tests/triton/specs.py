@@ -1,4 +1,4 @@
-"""Small `.nl` specs with one linear memory level, for the Triton tests."""
+"""Small `.nl` specs with one memory level (linear unless told), for the Triton tests."""
 from __future__ import annotations
 
 TEMPLATE = """\
@@ -18,7 +18,7 @@ model {name} {{
   }}
 
   block mix(x) {{
-    memory mem : linear per head {{
+    memory mem : {kind} per head {{
       clock     every 1 token
       chunk     {chunk}
       key       k
@@ -45,12 +45,13 @@ model {name} {{
 
 
 def memory_spec(name: str = "tiny", chunk: int = 4, objective: str = "l2", update: str = "gd",
-                read: str = "after write", self_target: bool = False) -> str:
+                read: str = "after write", self_target: bool = False, kind: str = "linear") -> str:
+    """A one-level spec; `kind` is the memory function (e.g. "mlp(depth = 2, hidden = 16, act = silu)")."""
     gates = ""
     if "retain" in update or "dgd" in update:
         gates += "      retain    alpha\n"
     if "momentum" in update:
         gates += "      momentum  beta\n"
-    return TEMPLATE.format(name=name, chunk=chunk, objective=objective, update=update, read=read, gates=gates,
+    return TEMPLATE.format(name=name, kind=kind, chunk=chunk, objective=objective, update=update, read=read, gates=gates,
                            value="self(v)" if self_target else "v")
 

@@ -17,6 +17,7 @@ from nldsl.runtime import MemoryLevel, set_backend  # noqa: E402
 from nldsl.runtime.triton import TritonFallbackWarning, backend as triton_backend  # noqa: E402
 from nldsl.runtime.triton.launch_mlp import MlpLevelKernels  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
+from specs import memory_spec  # noqa: E402
 from triton_testkit import ratio, OUTPUT_RATIO, ANCHOR_RATIO  # noqa: E402
 
 pytestmark = pytest.mark.triton
@@ -58,3 +59,37 @@ def test_a_compiled_mlp_memory_example_on_the_triton_backend_matches_chunked(spe
     assert set(grads) == set(grads0)
     for name in grads0:
         assert ratio(grads0[name], grads[name]) <= ANCHOR_RATIO, name
+
+
+def test_an_mlp_memory_with_a_custom_objective_runs_on_its_packages_kernels(tmp_path):
+    spec = tmp_path / "custom_mlp.nl"
+    spec.write_text(memory_spec(name="custom_mlp", objective="custom(sqrt(1 + r * r) - 1)", update="retain, gd",
+                                read="before write", kind="mlp(depth = 2, hidden = 16, act = silu, residual = true)"),
+                    encoding="utf-8")
+    torch.manual_seed(0)
+    model = load(spec, backend="triton")
+    (lv,) = [m for m in model.modules() if isinstance(m, MemoryLevel)]
+    found, reason = kernels_for(lv.cfg, lv.objective, lv.level_name)
+    assert isinstance(found, MlpLevelKernels), reason
+    assert found.fwd.fn.__module__.endswith(".kernels")  # the compiled package's kernels.py
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TritonFallbackWarning)
+        logits, grads = _model_run(model, tokens=10)
+    logits0, grads0 = _model_run(set_backend(model, "chunked"), tokens=10)
+    assert ratio(logits0, logits) <= OUTPUT_RATIO
+    for name in grads0:
+        assert ratio(grads0[name], grads[name]) <= ANCHOR_RATIO, name
+
+
+def test_a_level_without_a_fused_form_falls_back_with_one_line(tmp_path):
+    spec = tmp_path / "deep.nl"
+    spec.write_text(memory_spec(name="deep_mlp", update="gd", kind="mlp(depth = 3, hidden = 16, act = silu)"),
+                    encoding="utf-8")
+    torch.manual_seed(0)
+    model = load(spec, backend="triton")
+    with pytest.warns(TritonFallbackWarning, match=r"memory level mix\.mem: .*depth 3 has no fused kernel") as got:
+        logits, _ = _model_run(model, tokens=10)
+        _model_run(model, tokens=10)
+    assert len([w for w in got if issubclass(w.category, TritonFallbackWarning)]) == 1
+    logits0, _ = _model_run(set_backend(model, "chunked"), tokens=10)
+    assert ratio(logits0, logits) <= OUTPUT_RATIO  # the level ran on the chunked path (the prologue may be fused)
