@@ -386,8 +386,11 @@ def plots(doc: dict, images: Path) -> list:
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.6))
     colors = [f"C{i}" for i in range(len(names))]
-    for ax, (title, values) in zip(axes, panels):
-        ax.bar([LABELS[n] for n in names], values, color=colors)
+    fmt = {0: "%.3f", 1: "%.3f", 2: "%.3f", 3: "%.0f"}
+    for i, (ax, (title, values)) in enumerate(zip(axes, panels)):
+        bars = ax.bar([LABELS[n] for n in names], values, color=colors)
+        ax.bar_label(bars, fmt=fmt[i], fontsize=8)
+        ax.set_ylim(0, 1.15 * max(values + [0.1 if i in (1, 2) else 1e-9]))
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
