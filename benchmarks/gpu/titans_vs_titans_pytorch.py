@@ -13,8 +13,9 @@ dim); the figures are medians of forward (no gradient) and of forward + backward
 
 On a GPU two configurations run: `matched` is titans_peer.nl itself (dim 256, 4 heads of 256, hidden
 1024, chunk 64); `small-heads` is the same spec at 8 heads of 32 (hidden 128). The generated kernels
-keep a head's W1 and W2 in registers across chunks, which fits small heads; a configuration whose
-kernels fail to compile is reported as such and the others still run.
+keep a head's W1 and W2 in registers across chunks, which fits small heads only: where a head's state
+does not fit (the matched configuration) the level would fall back to the chunked path, so the row
+says so instead of timing it; a kernel that fails to compile is reported the same way.
 
 Without a GPU the script runs end to end under the Triton interpreter at a tiny size (dim 32, 2 heads
 of 16, hidden 64, chunk 8), checks ours against the chunked PyTorch backend (outputs and gradients),
@@ -147,26 +148,32 @@ def error_vs_chunked(layer, x) -> float:
     return max([rel(y, y0)] + [rel(g[n], g0[n]) for n in g0])
 
 
-def fused_levels(layer) -> list[str]:
-    """The memory levels of our layer that run generated kernels (the others would fall back)."""
+def fused_levels(layer, like: torch.Tensor) -> tuple[list[str], list[str]]:
+    """The memory levels of our layer that run generated kernels, and the reasons any would fall back
+    on tensors like `like` (a head whose state does not fit on chip)."""
     from nldsl.runtime import MemoryLevel
     from nldsl.runtime.triton.registry import kernels_for
 
-    names = []
+    names, unfit = [], []
     for m in layer.modules():
         if isinstance(m, MemoryLevel):
             found, reason = kernels_for(m.cfg, m.objective, m.level_name)
             if found is None:
                 sys.exit(f"memory level {m.level_name} has no generated kernels: {reason}")
             names.append(f"{m.level_name} (backward: {found.backward})")
-    return names
+            if found.unfit(like):
+                unfit.append(f"{m.level_name}: {found.unfit(like)}")
+    return names, unfit
 
 
 def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: int, gpu: bool) -> list[dict]:
     ours = build_ours(cfg, folder, device)
     peer = build_peer(cfg, device)
+    names, unfit = fused_levels(ours, torch.empty(0, device=device))
     print(f"[{cfg.name}] dim {cfg.dim}, {cfg.heads} heads of {cfg.head_dim}, hidden {4 * cfg.head_dim}, "
-          f"chunk {cfg.chunk}; generated kernels for {', '.join(fused_levels(ours))}")
+          f"chunk {cfg.chunk}; generated kernels for {', '.join(names)}")
+    for line in unfit:
+        print(f"  falls back to the chunked path, not timed: {line}")
     rows = []
     for batch, tokens in cfg.shapes:
         gen = torch.Generator().manual_seed(1)
@@ -175,10 +182,13 @@ def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: i
             grad = mode == "fwd+bwd"
             row = {"config": cfg.name, "batch": batch, "tokens": tokens, "dim": cfg.dim, "heads": cfg.heads,
                    "head_dim": cfg.head_dim, "chunk": cfg.chunk, "mode": mode, "dtype": "float32"}
-            try:
-                row["ours_ms"] = time_call(lambda: step(run_ours, ours, x, grad), repeats, warmup)
-            except Exception as e:  # a kernel that does not compile for these sizes: say so, go on
-                row["ours_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if unfit:
+                row["ours_error"] = "the generated kernels do not fit these heads (see above)"
+            else:
+                try:
+                    row["ours_ms"] = time_call(lambda: step(run_ours, ours, x, grad), repeats, warmup)
+                except Exception as e:  # a kernel that does not compile for these sizes: say so, go on
+                    row["ours_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             row["peer_ms"] = time_call(lambda: step(run_peer, peer, x, grad), repeats, warmup)
             if "ours_ms" in row:
                 row["speedup"] = row["peer_ms"] / row["ours_ms"]

@@ -1,4 +1,6 @@
-"""Choosing between the generated kernels and the chunked path for one call of a memory level."""
+"""Choosing between the generated kernels and the chunked path for one call of a memory level: no
+Triton, tensors the kernels cannot take, a level without kernels, or (MLP memories) a head whose state
+does not fit on chip fall back with one warning per level and reason."""
 
 from __future__ import annotations
 
@@ -52,6 +54,9 @@ def run_memory(level, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tenso
     kernels = None
     if reason is None:
         kernels, reason = kernels_for(cfg, objective, name)
+    if kernels is not None and getattr(kernels, "unfit", None) is not None:
+        reason = kernels.unfit(q)
+        kernels = None if reason else kernels
     if kernels is None:
         fall_back(name, reason)
         return chunked(cfg, objective, q, k, v, gates, params0, state)

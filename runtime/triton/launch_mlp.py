@@ -10,16 +10,25 @@ tile, from which the backward recomputes each tile (autograd_mlp.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from ..memory import MemoryConfig, MemoryState
+from .backend import interpreting
 
 GATES = ("eta", "alpha", "beta")
 GATE_FILL = {"eta": 0.0, "alpha": 1.0, "beta": 1.0}
 WEIGHTS = ("W1", "W2")
+# The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
+# program keeps in registers on a GPU: 128 KiB, half an SM's register file. A heuristic bound: above it
+# the kernel would spill or fail to compile, and the level runs the chunked path instead.
+ON_CHIP_FLOATS = 32768
+
+
+def _block(n: int) -> int:
+    return max(16, 1 << max(0, (n - 1).bit_length()))
 
 
 @dataclass
@@ -51,6 +60,19 @@ class MlpLevelKernels:
         from .launch import LevelKernels
 
         return LevelKernels.precision(dtype)
+
+    def state_floats(self) -> int:
+        """float32 values of the state one program holds: theta, anchor (and momentum) of W1 and W2."""
+        copies = 3 if self.momentum else 2
+        return copies * _block(self.hidden) * (_block(self.dk) + _block(self.dv))
+
+    def unfit(self, like: Tensor) -> Optional[str]:
+        """Why the kernels cannot run on a GPU for tensors like `like` (None when they can)."""
+        if interpreting() or not like.is_cuda or self.state_floats() <= ON_CHIP_FLOATS:
+            return None
+        return (f"a head's state (W1 {self.hidden}x{self.dk}, W2 {self.dv}x{self.hidden}, with anchors"
+                f"{' and momenta' if self.momentum else ''}: {self.state_floats()} float32 values) does not fit "
+                f"on chip (the generated kernel keeps it in registers; limit {ON_CHIP_FLOATS})")
 
     def tiles(self, position: int, tokens: int) -> tuple[int, int]:
         """(offset, n_tiles) of a call of `tokens` tokens starting at `position`."""

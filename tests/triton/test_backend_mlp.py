@@ -93,3 +93,25 @@ def test_a_level_without_a_fused_form_falls_back_with_one_line(tmp_path):
     assert len([w for w in got if issubclass(w.category, TritonFallbackWarning)]) == 1
     logits0, _ = _model_run(set_backend(model, "chunked"), tokens=10)
     assert ratio(logits0, logits) <= OUTPUT_RATIO  # the level ran on the chunked path (the prologue may be fused)
+
+
+def test_on_a_gpu_a_head_too_large_for_the_registers_falls_back(monkeypatch):
+    from types import SimpleNamespace
+
+    from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective
+
+    def lmm(width, hidden):
+        cfg = MemoryConfig("mlp", width, width, depth=2, hidden=hidden, act="gelu", residual=True,
+                           rules=(Rule("retain"), Rule("momentum")), read="anchor", chunk=64)
+        found, reason = kernels_for(cfg, standard_objective("mse"), f"blk.mem{width}")
+        assert found is not None, reason
+        return found
+
+    gpu_tensor = SimpleNamespace(is_cuda=True)
+    peer, titans = lmm(256, 1024), lmm(32, 64)  # rendered under the interpreter
+    assert peer.unfit(gpu_tensor) is None  # the interpreter has no register file
+    monkeypatch.delenv("TRITON_INTERPRET")
+    reason = peer.unfit(gpu_tensor)
+    assert reason and "W1 1024x256" in reason and "does not fit on chip" in reason
+    assert titans.unfit(gpu_tensor) is None  # titans.nl's heads
+    assert peer.unfit(SimpleNamespace(is_cuda=False)) is None
