@@ -58,7 +58,7 @@ class Config:
 
 GPU_CONFIGS = (Config("matched", 256, 4, 256, 64, ((2, 2048), (8, 2048))),
                Config("small-heads", 256, 8, 32, 64, ((2, 2048), (8, 2048))))
-TINY_CONFIGS = (Config("tiny", 32, 2, 16, 8, ((1, 40), (2, 23))),)
+TINY_CONFIGS = (Config("tiny", 32, 2, 16, 8, ((2, 23),)),)
 
 
 def spec_text(cfg: Config) -> str:

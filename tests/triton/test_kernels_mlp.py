@@ -141,3 +141,8 @@ EXAMPLE_LEVELS = [(name, cfg, objective) for name in ("titans", "ttt_mlp", "hope
     f"{name}-{cfg.chunk}-{objective.name}" for name, cfg, objective in EXAMPLE_LEVELS])
 def test_example_memory_levels(name, cfg, objective):
     check(mcase(cfg, objective, tokens=cfg.chunk + 5, position=3, seed=cfg.chunk), against_chunked=False)
+
+
+@pytest.mark.parametrize("rules, tokens, position", [(TITANS, 1, 5), (TITANS, 3, None), (("dgd",), 2, 1)])
+def test_calls_shorter_than_a_chunk(rules, tokens, position):
+    check(mcase(mlp(rules, read="after"), standard_objective("l2"), tokens=tokens, position=position, seed=9))
