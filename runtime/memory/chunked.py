@@ -12,10 +12,10 @@ Three forms (`chunk_form` names the one a config gets, with the reason, for the 
 - 'sequential': C = 1 with momentum, with an MLP memory, or with a non-affine objective: no exact
   chunk-parallel form is implemented, so the reference recurrence runs token by token.
 
-No formula divides by a gate, so retention alpha = 0 is handled. In the 'dual' form the backward pass
-recomputes each tile from the state saved at its start (recompute.py), so a long sequence keeps one
-state per chunk rather than every tile's intermediates; the 'wy' form's states are small and it is
-plain autograd.
+No formula divides by a gate, so retention alpha = 0 is handled. In the 'dual' form with large states
+the backward pass recomputes each tile from the state saved at its start (recompute.py), so a long
+sequence keeps one state per chunk rather than every tile's intermediates; small memories (and the
+'wy' form) use plain autograd, which is faster when memory is not the limit.
 """
 from __future__ import annotations
 

@@ -26,10 +26,13 @@ from .state import MemoryState
 from .recompute import run_recomputed
 from .tiles import TileGroup, tile_groups
 
-# Recompute each tile in backward from its saved start state (recompute.py) instead of keeping every
-# tile's intermediates: the same results with a small fraction of the memory. False keeps plain
-# autograd through the tiles (needed only for higher-order gradients through a memory level).
-RECOMPUTE_TILES = True
+# Recompute each tile in backward from its saved start state (recompute.py) when the states a group of
+# tiles would keep add up to this many bytes: plain autograd keeps several state-sized tensors per tile
+# (4 heads of a 256 -> 1024 -> 256 MLP at B = 2, T = 2048: 4.4 GB of resident memory against 1.4 GB),
+# and recomputation costs one more forward of every tile (about a quarter more time), which small
+# memories are better off without. 0 recomputes always; float('inf') never (plain autograd is needed
+# only for higher-order gradients through a memory level).
+RECOMPUTE_MIN_BYTES = 64 * 2 ** 20
 
 
 def run_dual(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
@@ -93,7 +96,8 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
              momentum: Optional[Params]) -> tuple[Tensor, Params, Optional[Params]]:
         return _tile_step(cfg, objective, tile, qi, ki, vi, _Carried(theta, anchor, momentum, 0))
 
-    if RECOMPUTE_TILES and torch.is_grad_enabled() and group.count > 1 and group.length == cfg.chunk:
+    if torch.is_grad_enabled() and group.count > 1 and group.length == cfg.chunk \
+            and _state_bytes(carried) * group.count >= RECOMPUTE_MIN_BYTES:
         # Keep only tile-start states for backward (see recompute.py); whole chunks end on a boundary.
         y, theta, momentum = run_recomputed(step, prep, qg, kg, vg, carried.theta, carried.anchor,
                                             carried.momentum)
@@ -110,6 +114,12 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
             carried = _Carried(theta, anchor, momentum, position)
         y = torch.stack(outputs, 2)
     return y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv), carried
+
+
+def _state_bytes(carried: _Carried) -> int:
+    """Bytes of one tile-start state: the parameters (each full batch) and the momentum."""
+    tensors = [*carried.theta.values(), *(carried.momentum or {}).values()]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _tile_step(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, q: Tensor, k: Tensor, v: Tensor,

@@ -26,7 +26,7 @@ CONFIGS = {
 
 
 def run(cfg, objective, inputs, state, recompute, monkeypatch):
-    monkeypatch.setattr(dual, 'RECOMPUTE_TILES', recompute)
+    monkeypatch.setattr(dual, 'RECOMPUTE_MIN_BYTES', 0 if recompute else float('inf'))
     obj = standard_objective(objective) if objective != 'huber' else standard_objective('huber', delta=0.5)
     return chunked(cfg, obj, inputs.q, inputs.k, inputs.v, inputs.gates, inputs.params0, state)
 
@@ -62,7 +62,7 @@ def test_only_tile_start_states_are_kept(monkeypatch):
                        read='anchor')
 
     def saved_bytes(recompute: bool, tokens: int) -> int:
-        monkeypatch.setattr(dual, 'RECOMPUTE_TILES', recompute)
+        monkeypatch.setattr(dual, 'RECOMPUTE_MIN_BYTES', 0 if recompute else float('inf'))
         inputs = make_inputs(cfg, batch=1, heads=2, tokens=tokens, seed=0)
         storages = {}
 
