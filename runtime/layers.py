@@ -36,8 +36,9 @@ def activation(name: str) -> Callable[[Tensor], Tensor]:
 
 def fused_prologue(backend: str, like: Tensor) -> bool:
     """Whether a prologue layer runs its fused Triton kernel: the backend is triton and Triton can run
-    on tensors like `like` (CUDA, or TRITON_INTERPRET=1 on a CPU). Otherwise the PyTorch ops run."""
-    if backend != "triton":
+    on tensors like `like` (CUDA, or TRITON_INTERPRET=1 on a CPU). Otherwise, and for an empty
+    tensor, the PyTorch ops run."""
+    if backend != "triton" or like.numel() == 0:
         return False
     from .triton.backend import triton_unavailable
 

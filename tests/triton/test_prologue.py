@@ -144,6 +144,13 @@ def test_other_backends_and_a_cpu_without_the_interpreter_run_the_pytorch_ops(mo
     assert prologue.LAUNCHES == before
 
 
+def test_an_empty_call_passes_the_cache_on():
+    conv, x, cache = conv_case(8, 4, True, 2, 0, True)
+    conv.backend = "triton"
+    y, new_cache = conv(x, cache, act="silu", l2norm_heads=2)
+    assert y.shape == (2, 0, 8) and torch.equal(new_cache, cache)
+
+
 def test_bad_conv_options_are_refused_with_a_message():
     conv, x, cache = conv_case(8, 4, False, 1, 5, True)
     for backend in ("chunked", "triton"):
