@@ -9,7 +9,8 @@ read at the anchor (its memory level runs the generated `<level>_fwd` / `<level>
 peer is `titans_pytorch.NeuralMemory(dim, heads, dim_head, chunk_size)` with its defaults (the same
 MLP shapes; see benchmarks/peer_titans.py for what differs). Both take the same float32 input (B, T,
 dim); the figures are medians of forward (no gradient) and of forward + backward of
-`out.square().mean()` (CUDA events after warm-up), and the ratio is the peer's time over ours.
+`out.square().mean()` (CUDA events after warm-up), and the ratio is the peer's time over ours. Our
+layer on the chunked PyTorch backend is timed beside them for reference.
 
 On a GPU two configurations run: `matched` is titans_peer.nl itself (dim 256, 4 heads of 256, hidden
 1024, chunk 64); `small-heads` is the same spec at 8 heads of 32 (hidden 128). The generated kernels
@@ -148,6 +149,17 @@ def error_vs_chunked(layer, x) -> float:
     return max([rel(y, y0)] + [rel(g[n], g0[n]) for n in g0])
 
 
+def time_chunked(layer, x, grad: bool, repeats: int, warmup: int) -> float:
+    """Our layer on the chunked PyTorch backend (the fallback), for reference."""
+    from nldsl.runtime import set_backend
+
+    set_backend(layer, "chunked")
+    try:
+        return time_call(lambda: step(run_ours, layer, x, grad), repeats, warmup)
+    finally:
+        set_backend(layer, "triton")
+
+
 def fused_levels(layer, like: torch.Tensor) -> tuple[list[str], list[str]]:
     """The memory levels of our layer that run generated kernels, and the reasons any would fall back
     on tensors like `like` (a head whose state does not fit on chip)."""
@@ -190,12 +202,14 @@ def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: i
                 except Exception as e:  # a kernel that does not compile for these sizes: say so, go on
                     row["ours_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             row["peer_ms"] = time_call(lambda: step(run_peer, peer, x, grad), repeats, warmup)
+            row["chunked_ms"] = time_chunked(ours, x, grad, repeats, warmup)
             if "ours_ms" in row:
                 row["speedup"] = row["peer_ms"] / row["ours_ms"]
             if not gpu and grad:
                 row["error_vs_chunked"] = error_vs_chunked(ours, x)
             rows.append(row)
-            line = f"  B={batch:<2} T={tokens:<5} {mode:<8} titans-pytorch {row['peer_ms']:10.2f} ms | "
+            line = (f"  B={batch:<2} T={tokens:<5} {mode:<8} titans-pytorch {row['peer_ms']:10.2f} ms | "
+                    f"ours chunked {row['chunked_ms']:10.2f} ms | ")
             if "ours_ms" in row:
                 line += f"generated {row['ours_ms']:10.2f} ms | ratio {row['speedup']:7.2f}x"
             else:
