@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
 
+from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
+
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
@@ -146,3 +148,27 @@ def test_example_memory_levels(name, cfg, objective):
 @pytest.mark.parametrize("rules, tokens, position", [(TITANS, 1, 5), (TITANS, 3, None), (("dgd",), 2, 1)])
 def test_calls_shorter_than_a_chunk(rules, tokens, position):
     check(mcase(mlp(rules, read="after"), standard_objective("l2"), tokens=tokens, position=position, seed=9))
+
+
+# ------------------------------------------------------------------ random combinations
+
+RULES = st.lists(st.sampled_from(["retain", "gd", "momentum", "delta", "dgd"]), min_size=1, max_size=3)
+
+
+@settings(max_examples=16, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(rules=RULES, chunk=st.sampled_from([2, 3, 4]), read=st.sampled_from(["after", "before", "anchor"]),
+       act=st.sampled_from(["silu", "gelu", "tanh"]), residual=st.booleans(), self_target=st.booleans(),
+       objective=st.sampled_from(["l2", "mse", "dot", "huber"]), position=st.sampled_from([None, 0, 2, 5]),
+       tokens=st.integers(1, 13), seed=st.integers(0, 2 ** 16))
+def test_random_fused_combinations(rules, chunk, read, act, residual, self_target, objective, position, tokens,
+                                   seed):
+    try:
+        cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=12, act=act, residual=residual,
+                           rules=tuple(Rule(r) for r in rules), read=read, chunk=chunk, self_target=self_target)
+    except ValueError:  # a combination the semantics rule out
+        assume(False)
+    found, _ = kernels_for(cfg, standard_objective(objective), "tests.random")
+    assume(found is not None)
+    check(mcase(cfg, standard_objective(objective), tokens=tokens, position=position, seed=seed),
+          against_chunked=False, lk=found)
