@@ -158,6 +158,12 @@ class BlockLowering:
             for op in self._ops(value):
                 if op.fn in ("linear", "conv", "rmsnorm", "layernorm"):
                     attrs.claim(("op", op), py(op.label))
+        # an l2norm that no ShortConv applies is a module named after its binding
+        named = [(py(name) + "_l2norm", value) for name, value in self.bindings.items()]
+        for base, value in named + [("l2norm", value) for value in values]:
+            for op in self._ops(value):
+                if op.fn == "l2norm" and conv_chain(op) is None:
+                    attrs.claim(("op", op), base)
         for name, value in self.bindings.items():
             if bounded_gate(value) is not None:
                 attrs.claim(("gate", value), py(name) + "_gate")
@@ -203,7 +209,7 @@ class BlockLowering:
         if v.fn == "conv":
             return self._conv(v, "")
         if v.fn == "l2norm":
-            return f"rt.l2norm({args[0]}, heads={self._heads_for(v.args[0])})"
+            return f"self.{self.attr('op', v)}({args[0]})"
         if v.fn in ("min", "max"):
             return f"torch.{'minimum' if v.fn == 'min' else 'maximum'}({args[0]}, {args[1]})"
         if v.fn == "self":
@@ -232,12 +238,14 @@ class BlockLowering:
         values = self._values()
         for value in values:
             for op in self._ops(value):
-                if op in seen or op.fn not in ("linear", "conv", "rmsnorm", "layernorm"):
+                if op in seen or ("op", op) not in self.attrs.names:
                     continue
                 seen.add(op)
                 width = self.widths.of(op.args[0])
                 attr = self.attr("op", op)
-                if op.fn == "linear":
+                if op.fn == "l2norm":
+                    out.append(f"self.{attr} = rt.L2Norm(heads={self._heads_for(op.args[0])})  # {self.where(op.span)}")
+                elif op.fn == "linear":
                     out.append(f"self.{attr} = nn.Linear({width}, {op.option('out')}, bias={op.option('bias')!r})"
                                f"  # {self.where(op.span)}")
                 elif op.fn == "conv":

@@ -2,10 +2,12 @@
 
 Generated code uses only these names: memory levels (`MemoryLevel`, `MemoryConfig`, `Rule`,
 `standard_objective`), layers (`ShortConv`, `CausalAttention`, `RMSNorm`, `LayerNorm`, `CmsMLP`,
-`CmsChain`, `BoundedGate`, `l2norm`) and the segment helpers of self-modifying groups (`segments`, `position_of`).
+`CmsChain`, `BoundedGate`, `L2Norm`, `l2norm`) and the segment helpers of self-modifying groups
+(`segments`, `position_of`).
 """
 
-from .layers import BoundedGate, CausalAttention, CmsChain, CmsMLP, Embedding, KVCache, LayerNorm, RMSNorm, ShortConv, activation, l2norm
+from .layers import BoundedGate, CausalAttention, CmsChain, CmsMLP, Embedding, KVCache, L2Norm, LayerNorm, RMSNorm, ShortConv
+from .layers import activation, l2norm
 from .layers import window_positions
 from .memory import MemoryConfig, MemoryState, Rule, standard_objective
 from .memory_level import BACKENDS, MemoryLevel, position_of, segments
@@ -13,18 +15,18 @@ from .memory_level import BACKENDS, MemoryLevel, position_of, segments
 
 def set_backend(model, backend: str):
     """Run every memory level of `model` on `backend` (one of BACKENDS: 'reference', 'chunked', 'triton'),
-    and its prologue layers (short convolutions, bounded gates, RMS norms) fused for 'triton';
+    and its prologue layers (short convolutions, bounded gates, L2 and RMS norms) fused for 'triton';
     returns the model."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     for module in model.modules():
-        if isinstance(module, (MemoryLevel, ShortConv, BoundedGate, RMSNorm)):
+        if isinstance(module, (MemoryLevel, ShortConv, BoundedGate, L2Norm, RMSNorm)):
             module.backend = backend
     return model
 
 
 __all__ = [
-    "BACKENDS", "BoundedGate", "CausalAttention", "CmsChain", "CmsMLP", "Embedding", "KVCache", "LayerNorm", "MemoryConfig", "MemoryLevel",
+    "BACKENDS", "BoundedGate", "CausalAttention", "CmsChain", "CmsMLP", "Embedding", "KVCache", "L2Norm", "LayerNorm", "MemoryConfig", "MemoryLevel",
     "MemoryState", "RMSNorm", "Rule", "ShortConv", "activation", "l2norm", "position_of", "segments",
     "set_backend", "standard_objective", "window_positions",
 ]

@@ -55,6 +55,26 @@ def l2norm(x: Tensor, heads: int, eps: float = 1e-6) -> Tensor:
     return xh.flatten(-2)
 
 
+class L2Norm(nn.Module):
+    """`l2norm(x)` of a spec: each head's slice of the last dim scaled to unit L2 norm (see `l2norm`);
+    one fused kernel each way for backend 'triton'. No parameters."""
+
+    def __init__(self, heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.heads, self.eps = heads, eps
+        self.backend = "chunked"
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.heads >= 1 and x.shape[-1] % self.heads == 0 and fused_prologue(self.backend, x):
+            from .triton.prologue import l2_norm
+
+            return l2_norm(x, self.heads, self.eps)
+        return l2norm(x, self.heads, self.eps)
+
+
 class ShortConv(nn.Module):
     """Causal depthwise convolution over time: y_t = sum_j weight[:, j] * x_{t-(window-1)+j} (+ bias),
     then optionally an activation and a per-head L2 norm (`l2norm(act(conv(x)))` in a spec).

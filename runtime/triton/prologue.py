@@ -10,6 +10,7 @@ memory (docs/semantics.md §2.5 for the short convolution's cache).
   `-softplus(...)`), in one elementwise pass each way.
 - `rms_norm`: x · rsqrt(mean(x²) + eps) · weight over the last dim, forward and backward in one pass
   each (the weight gradient as per-program partial sums).
+- `l2_norm`: a per-head L2 norm on its own (HOPE's k and v, read from memories), one pass each way.
 
 Every kernel computes in float32 and stores in the input's dtype; the backwards are first order only
 (`once_differentiable`: a double backward through them is an error, not a silent zero). The kernels are plain `@triton.jit`
@@ -28,7 +29,8 @@ from torch.autograd.function import once_differentiable
 from .backend import interpreting
 
 ACTIVATIONS = {"identity": 0, "silu": 1, "sigmoid": 2, "relu": 3, "tanh": 4, "softplus": 5}
-LAUNCHES = {"conv_fwd": 0, "conv_bwd": 0, "gate_fwd": 0, "gate_bwd": 0, "rms_fwd": 0, "rms_bwd": 0}
+LAUNCHES = {"conv_fwd": 0, "conv_bwd": 0, "gate_fwd": 0, "gate_bwd": 0, "rms_fwd": 0, "rms_bwd": 0,
+            "l2_fwd": 0, "l2_bwd": 0}
 
 
 def _pow2(n: int) -> int:
@@ -374,3 +376,66 @@ class RMSNormFunction(torch.autograd.Function):
 def rms_norm(x, weight, eps: float = 1e-6):
     """x * rsqrt(mean(x^2, -1) + eps) * weight, fused."""
     return RMSNormFunction.apply(x, weight, eps)
+
+
+# ------------------------------------------------------------------------------- per-head l2norm
+
+
+@triton.jit
+def l2_fwd_kernel(x, y, rnorm, R, D, eps, BR: tl.constexpr, BD: tl.constexpr):
+    r = tl.program_id(0) * BR + tl.arange(0, BR)
+    c = tl.arange(0, BD)
+    ok = (r < R)[:, None] & (c < D)[None, :]
+    xv = tl.load(x + r[:, None] * D + c[None, :], mask=ok, other=0.0).to(tl.float32)
+    n = tl.rsqrt(tl.sum(xv * xv, axis=1) + eps)
+    tl.store(rnorm + r, n, mask=r < R)
+    tl.store(y + r[:, None] * D + c[None, :], (xv * n[:, None]).to(y.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def l2_bwd_kernel(x, rnorm, dy, dx, R, D, BR: tl.constexpr, BD: tl.constexpr):
+    r = tl.program_id(0) * BR + tl.arange(0, BR)
+    c = tl.arange(0, BD)
+    ok = (r < R)[:, None] & (c < D)[None, :]
+    xv = tl.load(x + r[:, None] * D + c[None, :], mask=ok, other=0.0).to(tl.float32)
+    g = tl.load(dy + r[:, None] * D + c[None, :], mask=ok, other=0.0).to(tl.float32)
+    n = tl.load(rnorm + r, mask=r < R, other=0.0)
+    yn = xv * n[:, None]
+    gx = n[:, None] * (g - yn * tl.sum(yn * g, axis=1)[:, None])
+    tl.store(dx + r[:, None] * D + c[None, :], gx.to(dx.dtype.element_ty), mask=ok)
+
+
+class L2NormFunction(torch.autograd.Function):
+    """Each head's slice of the last dim scaled to unit norm: rows of D = width / heads."""
+
+    @staticmethod
+    def forward(ctx, x, heads, eps):
+        shape = x.shape
+        group = shape[-1] // heads
+        x2 = x.reshape(-1, group).contiguous()
+        rows = x2.shape[0]
+        block, br = _rms_geometry(group)
+        y = torch.empty_like(x2)
+        rnorm = torch.empty(rows, dtype=torch.float32, device=x.device)
+        l2_fwd_kernel[(-(-rows // br),)](x2, y, rnorm, rows, group, eps, BR=br, BD=block)
+        LAUNCHES["l2_fwd"] += 1
+        ctx.save_for_backward(x2, rnorm)
+        ctx.shape = shape
+        return y.reshape(shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x2, rnorm = ctx.saved_tensors
+        rows, group = x2.shape
+        block, br = _rms_geometry(group)
+        dx = torch.empty_like(x2)
+        l2_bwd_kernel[(-(-rows // br),)](x2, rnorm, dy.reshape(rows, group).contiguous(), dx, rows, group,
+                                         BR=br, BD=block)
+        LAUNCHES["l2_bwd"] += 1
+        return dx.reshape(ctx.shape), None, None
+
+
+def l2_norm(x, heads: int, eps: float = 1e-6):
+    """x * rsqrt(sum(x^2) + eps) per head's slice of the last dim, fused."""
+    return L2NormFunction.apply(x, heads, eps)

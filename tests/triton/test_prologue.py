@@ -1,5 +1,5 @@
 """The fused prologue kernels (runtime/triton/prologue.py) against the PyTorch ops they replace: short
-causal convolution + activation + per-head l2norm, bounded gates and RMSNorm, outputs and gradients
+causal convolution + activation + per-head l2norm, bounded gates, L2Norm and RMSNorm, outputs and gradients
 (inputs, carried cache, conv weights and bias, norm weights), and a compiled example whose prologue
 and memory run on the triton backend against the chunked one."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ pytest.importorskip("triton", reason="Triton is not installed: the fused kernels
 import torch  # noqa: E402
 
 from nldsl.compiler import load  # noqa: E402
-from nldsl.runtime import BoundedGate, MemoryLevel, RMSNorm, ShortConv, set_backend  # noqa: E402
+from nldsl.runtime import BoundedGate, L2Norm, MemoryLevel, RMSNorm, ShortConv, l2norm, set_backend  # noqa: E402
 from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from nldsl.runtime.triton import prologue  # noqa: E402
 from triton_testkit import ANCHOR_RATIO, OUTPUT_RATIO, ratio  # noqa: E402
@@ -128,19 +128,35 @@ def test_fused_rmsnorm_matches_the_pytorch_ops(width, shape):
     assert ratio(y0, y) <= TIGHT and ratio(gx0, gx) <= TIGHT and ratio(gw0, gw) <= TIGHT
 
 
+@pytest.mark.parametrize("heads, shape", [(4, (2, 9, 32)), (3, (2, 5, 12)), (2, (7, 10))])
+def test_fused_l2norm_matches_the_pytorch_ops(heads, shape):
+    torch.manual_seed(3)
+    norm = L2Norm(heads)
+    x = torch.randn(*shape, device=DEVICE, requires_grad=True)
+    dy = torch.randn(*shape, device=DEVICE)
+    before = (launches("l2_fwd"), launches("l2_bwd"))
+    norm.backend = "triton"
+    y = norm(x)
+    (gx,) = torch.autograd.grad(y, x, dy)
+    assert (launches("l2_fwd"), launches("l2_bwd")) == (before[0] + 1, before[1] + 1)
+    y0 = l2norm(x, heads)
+    (gx0,) = torch.autograd.grad(y0, x, dy)
+    assert ratio(y0, y) <= TIGHT and ratio(gx0, gx) <= TIGHT
+
+
 def test_other_backends_and_a_cpu_without_the_interpreter_run_the_pytorch_ops(monkeypatch):
     conv, x, cache = conv_case(8, 4, False, 2, 9, True)
     conv, x, cache = conv.cpu(), x.detach().cpu(), cache.detach().cpu()
-    norm, gate = RMSNorm(8), BoundedGate("sigmoid", scale=0.5)
+    norm, gate, l2 = RMSNorm(8), BoundedGate("sigmoid", scale=0.5), L2Norm(2)
     before = dict(prologue.LAUNCHES)
     for backend in ("chunked", "reference"):
-        conv.backend = norm.backend = gate.backend = backend
-        conv(x, cache, act="silu", l2norm_heads=2), norm(x), gate(x)
+        conv.backend = norm.backend = gate.backend = l2.backend = backend
+        conv(x, cache, act="silu", l2norm_heads=2), norm(x), gate(x), l2(x)
     conv.backend = "triton"
     conv(x, cache, act="gelu")  # no fused gelu: the PyTorch ops
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    conv.backend = norm.backend = gate.backend = "triton"
-    conv(x, cache, act="silu", l2norm_heads=2), norm(x), gate(x)
+    conv.backend = norm.backend = gate.backend = l2.backend = "triton"
+    conv(x, cache, act="silu", l2norm_heads=2), norm(x), gate(x), l2(x)
     assert prologue.LAUNCHES == before
 
 
@@ -188,7 +204,8 @@ def test_gated_deltanet_with_a_fused_prologue_matches_chunked():
         logits, grads = _train_step(model, tokens)
     # 2 layers × 3 convolutions, 2 layers × 1 bounded gate (g), 2 × 3 + 1 RMS norms; forward and backward
     ran = {name: prologue.LAUNCHES[name] - before[name] for name in before}
-    assert ran == {"conv_fwd": 6, "conv_bwd": 6, "gate_fwd": 2, "gate_bwd": 2, "rms_fwd": 7, "rms_bwd": 7}
+    assert ran == {"conv_fwd": 6, "conv_bwd": 6, "gate_fwd": 2, "gate_bwd": 2, "rms_fwd": 7, "rms_bwd": 7,
+                   "l2_fwd": 0, "l2_bwd": 0}
     logits0, grads0 = _train_step(set_backend(model, "chunked"), tokens)
     assert ratio(logits0, logits) <= OUTPUT_RATIO
     assert set(grads) == set(grads0)
@@ -199,7 +216,7 @@ def test_gated_deltanet_with_a_fused_prologue_matches_chunked():
 
 
 def test_hope_with_a_fused_prologue_matches_chunked():
-    """HOPE's q convolution + l2norm, its η and α gates (their gradients reach the loss once a sequence
+    """HOPE's q convolution + l2norm, its k and v l2norms, its η and α gates (their gradients reach the loss once a sequence
     passes the 16-token chunk of its memory `mem`) and its RMS norms fused, its memories on the chunked
     path: the prologue alone makes the difference, so it must be float32 rounding."""
     torch.manual_seed(0)
@@ -211,8 +228,10 @@ def test_hope_with_a_fused_prologue_matches_chunked():
     before = dict(prologue.LAUNCHES)
     logits, grads = _train_step(model, tokens)
     ran = {name: prologue.LAUNCHES[name] - before[name] for name in before}
-    # 2 layers: 1 convolution, 2 gates × 3 segments of the self-modifying group, 2 + 2 + 1 RMS norms
-    assert ran == {"conv_fwd": 2, "conv_bwd": 2, "gate_fwd": 12, "gate_bwd": 12, "rms_fwd": 5, "rms_bwd": 5}
+    # 2 layers: 1 convolution, 2 gates and 2 l2norms (k, v) × 3 segments of the self-modifying group,
+    # 2 + 2 + 1 RMS norms
+    assert ran == {"conv_fwd": 2, "conv_bwd": 2, "gate_fwd": 12, "gate_bwd": 12, "rms_fwd": 5, "rms_bwd": 5,
+                   "l2_fwd": 12, "l2_bwd": 12}
     logits0, grads0 = _train_step(set_backend(model, "chunked"), tokens)
     assert ratio(logits0, logits) <= TIGHT
     assert set(grads) == set(grads0)
