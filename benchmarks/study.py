@@ -206,12 +206,18 @@ def mqar_text(budget: Budget, path: Path) -> Path:
 
 
 def study_model(name: str, budget: Budget, runs: Path, mqar_data: Path) -> dict:
+    from nldsl.runtime.train.loop import Diverged
+
     spec = SPECS / f"{name}.nl"
     print(f"== {LABELS[name]} ({spec.relative_to(ROOT)})", flush=True)
     package = compile_once(spec, runs / f"{name}-compiled")
     entry = {"spec": spec.relative_to(ROOT).as_posix(), "parameters": count_parameters(package)}
     run = runs / name
-    entry["train"] = train(spec, package, run, budget.steps, budget.batch, budget.seq, budget.evals, budget.seed)
+    try:
+        entry["train"] = train(spec, package, run, budget.steps, budget.batch, budget.seq, budget.evals, budget.seed)
+    except Diverged as e:  # recorded, and the study goes on with the next model
+        print(f"  {e}", flush=True)
+        return {**entry, "diverged": str(e)}
     entry["ppl"] = evaluate(run, "ppl", {"max_tokens": budget.ppl_tokens})
     mqar_opts = {"mqar_pairs": budget.mqar_pairs, "mqar_length": budget.mqar_length,
                  "mqar_examples": budget.mqar_examples, "seed": budget.seed}
@@ -222,8 +228,12 @@ def study_model(name: str, budget: Budget, runs: Path, mqar_data: Path) -> dict:
     entry["forgetting"] = evaluate(run, "forgetting", {"max_tokens": budget.forgetting_tokens})
     print(f"  -- synthetic MQAR: {budget.mqar_steps} steps", flush=True)
     recall_run = runs / f"{name}-mqar"
-    entry["mqar_train"] = train(spec, package, recall_run, budget.mqar_steps, budget.mqar_batch, budget.mqar_seq,
-                                budget.evals, budget.seed, data=mqar_data)
+    try:
+        entry["mqar_train"] = train(spec, package, recall_run, budget.mqar_steps, budget.mqar_batch,
+                                    budget.mqar_seq, budget.evals, budget.seed, data=mqar_data)
+    except Diverged as e:
+        print(f"  {e}", flush=True)
+        return {**entry, "diverged": f"on synthetic MQAR: {e}"}
     entry["mqar_synthetic"] = evaluate(recall_run, "mqar", mqar_opts)
     return entry
 
@@ -262,11 +272,19 @@ def run_study(budget: Budget, out: Path, runs: Path, models=MODELS) -> dict:
 # ------------------------------------------------------------------------------------------ reporting
 
 
+def _dig(doc, *keys):
+    """doc[k0][k1]…, or None where a key is missing (a model that diverged has no later figures)."""
+    for k in keys:
+        if not isinstance(doc, dict) or k not in doc:
+            return None
+        doc = doc[k]
+    return doc
+
+
 def niah_by_length(entry: dict, key: str = "accuracy") -> dict:
     """NIAH `key` (accuracy: whole keys; digit_accuracy: digits) per prompt length, averaged over depths."""
-    cells = entry["niah"]["results"]["cells"]
     by = {}
-    for c in cells:
+    for c in _dig(entry, "niah", "results", "cells") or []:
         by.setdefault(c["length"], []).append(c[key])
     return {length: statistics.fmean(v) for length, v in sorted(by.items())}
 
@@ -276,41 +294,47 @@ def _fmt(value, spec: str = ".3f", missing: str = "—") -> str:
 
 
 def _forgetting_cell(entry: dict) -> str:
-    f = entry["forgetting"]
-    if not f["applicable"]:
-        return "n/a"
     from nldsl.runtime.data import bits_per_byte
 
+    f = entry.get("forgetting")
+    if f is None:
+        return "—"
+    if not f["applicable"]:
+        return "n/a"
     r = f["results"]
     return " → ".join(f"{bits_per_byte(r[k]):.3f}" for k in ("loss_a_before", "loss_a_after_a", "loss_a_after_b"))
 
 
+def _row(name: str, e: dict, lengths: list) -> list:
+    niah, digits = niah_by_length(e), niah_by_length(e, "digit_accuracy")
+    speed = f"{_fmt(_dig(e, 'train', 'tokens_per_s'), '.0f')} ({_fmt(_dig(e, 'train', 'load_average', 'mean'), '.1f')})"
+    return ([LABELS.get(name, name), f"{e['parameters'] / 1e6:.2f}M",
+             _fmt(_dig(e, "ppl", "results", "bits_per_byte")),
+             _fmt(_dig(e, "mqar_text", "results", "accuracy")),
+             _fmt(_dig(e, "mqar_synthetic", "results", "accuracy"))]
+            + [f"{_fmt(niah.get(n), '.2f')} ({_fmt(digits.get(n), '.2f')})" for n in lengths]
+            + [_forgetting_cell(e), speed])
+
+
 def table(doc: dict) -> str:
     """The figures table of docs/results.md, from the results JSON."""
-    lengths = sorted({length for e in doc["models"].values() for length in niah_by_length(e)})
+    models = doc["models"]
+    lengths = sorted({length for e in models.values() for length in niah_by_length(e)})
     head = (["model", "parameters", "val bits/byte", "MQAR acc. (text-trained)", "MQAR acc. (MQAR-trained)"]
             + [f"NIAH @{n}: keys (digits)" for n in lengths]
             + ["forgetting: bits/byte on A before → after A → after B", "tokens/s (load avg)"])
-    rows = []
-    for name, e in doc["models"].items():
-        niah, digits = niah_by_length(e), niah_by_length(e, "digit_accuracy")
-        load = e["train"]["load_average"].get("mean")
-        rows.append([LABELS.get(name, name), f"{e['parameters'] / 1e6:.2f}M",
-                     _fmt(e["ppl"]["results"]["bits_per_byte"]),
-                     _fmt(e["mqar_text"]["results"]["accuracy"]),
-                     _fmt(e["mqar_synthetic"]["results"]["accuracy"])]
-                    + [f"{_fmt(niah.get(n), '.2f')} ({_fmt(digits.get(n), '.2f')})" for n in lengths]
-                    + [_forgetting_cell(e), f"{_fmt(e['train']['tokens_per_s'], '.0f')} ({_fmt(load, '.1f')})"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(_row(name, e, lengths)) + " |" for name, e in models.items()]
     b = doc["budget"]
-    chance = next(iter(doc["models"].values()))["mqar_text"]["results"]["chance"]
+    chance = next((_dig(e, "mqar_text", "results", "chance") for e in models.values() if "mqar_text" in e), None)
     lines.append("")
+    lines += [f"{LABELS.get(name, name)} diverged ({e['diverged']}); the figures after that point are missing."
+              for name, e in models.items() if "diverged" in e]
     lines.append(f"Language modelling: {b['steps']} steps × {b['batch']} × {b['seq']} bytes = "
                  f"{b['steps'] * b['batch'] * b['seq']:,} training bytes per model. MQAR-trained: "
                  f"{b['mqar_steps']} steps × {b['mqar_batch']} × {b['mqar_seq']} bytes of synthetic MQAR "
                  f"({b['mqar_pairs']} pairs in {b['mqar_length']} bytes); evaluated on {b['mqar_examples']} "
-                 f"unseen examples; chance ≈ {chance:.3f}. NIAH: accuracy over depths "
+                 f"unseen examples; chance ≈ {_fmt(chance)}. NIAH: accuracy over depths "
                  f"{', '.join(str(d) for d in b['niah_depths'])} × {b['niah_trials']} keys per cell (digits: "
                  "the fraction of digits right; chance 0.1). "
                  "Forgetting applies only to a model with a persistent level.")
@@ -342,11 +366,14 @@ def plots(doc: dict, images: Path) -> list:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, e in models.items():
         for ax, key in zip(axes, ("train", "mqar_train")):
-            curve = e[key]["curve"]
-            line, = ax.plot([c["tokens"] for c in curve], [c["loss_bpb"] for c in curve], label=LABELS[name],
-                            alpha=0.8)
+            curve = _dig(e, key, "curve")
+            if not curve:
+                continue
+            color = f"C{MODELS.index(name)}"
+            ax.plot([c["tokens"] for c in curve], [c["loss_bpb"] for c in curve], label=LABELS[name], color=color,
+                    alpha=0.8)
             val = [c for c in curve if "val_bpb" in c]
-            ax.plot([c["tokens"] for c in val], [c["val_bpb"] for c in val], "o", color=line.get_color(), ms=4)
+            ax.plot([c["tokens"] for c in val], [c["val_bpb"] for c in val], "o", color=color, ms=4)
     axes[0].set_title("language modelling (line: training, dots: validation)")
     axes[1].set_title("trained on synthetic MQAR")
     for ax in axes:
@@ -363,7 +390,9 @@ def plots(doc: dict, images: Path) -> list:
                                                ("digit_accuracy", "passkey digits right", 0.1))):
         for name, e in models.items():
             niah = niah_by_length(e, key)
-            ax.plot(list(niah), list(niah.values()), "o-", label=LABELS[name])
+            if not niah:
+                continue
+            ax.plot(list(niah), list(niah.values()), "o-", label=LABELS[name], color=f"C{MODELS.index(name)}")
         if chance is not None:
             ax.axhline(chance, color="k", ls="--", lw=1, label="chance")
         ax.set_xscale("log", base=2)
@@ -377,27 +406,27 @@ def plots(doc: dict, images: Path) -> list:
     fig.savefig(paths[1], dpi=110)
     plt.close(fig)
 
-    names = list(models)
     panels = [
-        ("validation bits per byte (lower is better)", [models[n]["ppl"]["results"]["bits_per_byte"] for n in names]),
-        ("MQAR accuracy, MQAR-trained", [models[n]["mqar_synthetic"]["results"]["accuracy"] for n in names]),
-        ("MQAR accuracy, text-trained", [models[n]["mqar_text"]["results"]["accuracy"] for n in names]),
-        ("training tokens/s", [models[n]["train"]["tokens_per_s"] or 0.0 for n in names]),
+        ("validation bits per byte (lower is better)", ("ppl", "results", "bits_per_byte"), "%.3f"),
+        ("MQAR accuracy, MQAR-trained", ("mqar_synthetic", "results", "accuracy"), "%.3f"),
+        ("MQAR accuracy, text-trained", ("mqar_text", "results", "accuracy"), "%.3f"),
+        ("training tokens/s", ("train", "tokens_per_s"), "%.0f"),
     ]
+    chance = next((_dig(e, "mqar_text", "results", "chance") for e in models.values() if "mqar_text" in e), None)
     fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.6))
-    colors = [f"C{i}" for i in range(len(names))]
-    fmt = {0: "%.3f", 1: "%.3f", 2: "%.3f", 3: "%.0f"}
-    for i, (ax, (title, values)) in enumerate(zip(axes, panels)):
-        bars = ax.bar([LABELS[n] for n in names], values, color=colors)
-        ax.bar_label(bars, fmt=fmt[i], fontsize=8)
-        ax.set_ylim(0, 1.15 * max(values + [0.1 if i in (1, 2) else 1e-9]))
+    for ax, (title, keys, fmt) in zip(axes, panels):
+        shown = [(n, _dig(e, *keys)) for n, e in models.items() if _dig(e, *keys) is not None]
+        bars = ax.bar([LABELS[n] for n, _ in shown], [v for _, v in shown],
+                      color=[f"C{MODELS.index(n)}" for n, _ in shown])
+        ax.bar_label(bars, fmt=fmt, fontsize=8)
+        top = max([v for _, v in shown] + [0.1 if keys[0].startswith("mqar") else 1e-9])
+        ax.set_ylim(0, 1.15 * top)
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
-    chance = models[names[0]]["mqar_text"]["results"]["chance"]
-    for ax in axes[1:3]:
-        ax.axhline(chance, color="k", ls="--", lw=1, label="chance")
-        ax.legend(fontsize=8)
+        if keys[0].startswith("mqar") and chance is not None:
+            ax.axhline(chance, color="k", ls="--", lw=1, label="chance")
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(paths[2], dpi=110)
     plt.close(fig)

@@ -135,3 +135,17 @@ def test_a_document_without_markers_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="markers"):
         study.write_table({"models": {}}, path)
     assert path.read_text() == "# Results\n\nno markers here\n"
+
+
+@pytest.mark.slow
+def test_a_model_that_diverged_gets_a_row_and_the_rest_still_reports(quick, tmp_path):
+    _, _, doc = quick
+    broken = dict(doc, models=dict(doc["models"]))
+    titans = doc["models"]["titans"]
+    broken["models"]["titans"] = {"spec": titans["spec"], "parameters": titans["parameters"],
+                                  "diverged": "non-finite loss in level `pretrain` at step 18"}
+    text = study.table(broken)
+    row = next(r for r in text.splitlines() if r.startswith("| Titans"))
+    assert row.split("|")[3].strip() == "—" and "n/a" not in row
+    assert "Titans (LMM) diverged (non-finite loss in level `pretrain` at step 18)" in text
+    assert [p.name for p in study.plots(broken, tmp_path)] == ["study_loss.png", "study_niah.png", "study_bars.png"]
