@@ -13,6 +13,7 @@ from .consts import Fail, fold_constants, shown, suggest
 from .diagnostics import Label, SpecError, Sink, error, warning
 from .dims import Widths, infer
 from .resolve import Program
+from .shadowing import block_shadowing, model_shadowing
 from .values import Scope, ValueBuilder, reads_in
 
 REQUIRED = ("vocab", "dim", "context")
@@ -28,6 +29,7 @@ class Elaborator:
         self.bindings: dict = {}  # (block, name) → Value
         self.reads: dict[str, list] = {}  # level → [(block, Read)]
         self.elaborating: list[str] = []
+        self.shadow_checked: set[str] = set()
 
     # ------------------------------------------------------------ entry
 
@@ -38,6 +40,8 @@ class Elaborator:
         env, nets, diags = fold_constants(assigns, network_names)
         sink.extend(diags)
         self.env, self.nets = env, nets
+        self.const_spans = {s.name: s.span for s in p.of_kind("const") if s.name in env}
+        model_shadowing(p, sink)
         for key in REQUIRED:
             if key not in env and key not in nets:
                 sink.add(error("NL0104", f"the model has no `{key}`", p.model.name_span, "in this model",
@@ -232,6 +236,9 @@ class Elaborator:
         for k, kw in kwargs.items():
             if k not in [q.name for q in node.params[1:]]:
                 sink.add(error("NL0107", f"the block `{node.name}` has no parameter `{k}`", kw.span))
+        if node.name not in self.shadow_checked:
+            self.shadow_checked.add(node.name)
+            block_shadowing(node, self.const_spans, sink)
         local_levels = {}
         first_span = {prm.name: prm.span for prm in node.params}  # local name → where it was first defined
         decls = [s for s in node.body if isinstance(s, ast.Decl)]

@@ -1,8 +1,10 @@
 """Pass 1: source text → AST. The only module that touches Lark; no Lark object leaves it.
 
-`parse(text, file)` returns a `Module` or raises `SpecError` with a syntax Diagnostic. Comments are
-collected by a lexer callback (for the formatter) and newlines inside brackets are dropped by a small
-post-lexer so that argument lists may wrap.
+`parse(text, file)` returns a `Module` or raises `SpecError` with every syntax Diagnostic of the file:
+after an error the parser resynchronises at the next statement (the statement in error is blanked out,
+its braces kept, and the text parsed again), so unrelated errors each get one diagnostic and an error
+never causes follow-on ones. Comments are collected by a lexer callback (for the formatter) and
+newlines inside brackets are dropped by a small post-lexer so that argument lists may wrap.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .diagnostics import Label, SpecError, error
 
 MAX_BYTES = 4_000_000
 MAX_NESTING = 64
+MAX_SYNTAX_ERRORS = 20
 
 _OPEN = {"LPAR", "LSQB"}
 _CLOSE = {"RPAR", "RSQB"}
@@ -318,13 +321,7 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
     comments: list[Token] = []
     _Comments.stack.append(comments)
     try:
-        tree = _parser().parse(text)
-    except _TooDeep as e:
-        raise SpecError([error("NL0005", f"brackets nested more than {MAX_NESTING} deep",
-                               _tok_span(file, e.token), "too deep",
-                               help="name intermediate values with `x = ...`")]) from None
-    except UnexpectedInput as e:
-        raise SpecError([_syntax_diagnostic(e, text, file)]) from None
+        tree = _parse_all(text, file)
     finally:
         _Comments.stack.pop()
     try:
@@ -338,6 +335,98 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
                                    ast.Span(file, 1, 1, 1, 2), help="name intermediate values")]) from None
         raise e.orig_exc from None
     return ast.Module(file, module.version, module.items, _comment_nodes(comments, text))
+
+
+def _parse_all(text: str, file: str):
+    """The parse tree of `text`, or SpecError with one diagnostic per syntax error of the file."""
+    diagnostics, current, blanked, stubborn = [], text, set(), set()
+    for _ in range(3 * MAX_SYNTAX_ERRORS):
+        try:
+            tree = _parser().parse(current)
+        except _TooDeep as e:
+            diagnostics.append(error("NL0005", f"brackets nested more than {MAX_NESTING} deep",
+                                     _tok_span(file, e.token), "too deep", help="name intermediate values with `x = ...`"))
+            break
+        except UnexpectedInput as e:
+            diag = _syntax_diagnostic(e, current, file)
+            if diag.span.line not in blanked:
+                diagnostics.append(diag)
+            at_end = isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END")
+            if at_end or len(diagnostics) >= MAX_SYNTAX_ERRORS:
+                break
+            lines = _statement_lines(current, diag.span.line)
+            if diag.span.line in blanked:  # the placeholder itself does not fit here: drop its braces too
+                stubborn.update(lines)
+            current = _blank(current, lines, keep_braces=not (set(lines) & stubborn))
+            blanked.update(lines)
+            continue
+        if not diagnostics:
+            return tree
+        break
+    raise SpecError(diagnostics)
+
+
+def _depths(lines: list[str]) -> list[int]:
+    """The depth of () and [] at the start of each line (strings and comments skipped)."""
+    out, depth = [], 0
+    for line in lines:
+        out.append(depth)
+        for ch in _code_chars(line):
+            if ch in "([":
+                depth += 1
+            elif ch in ")]":
+                depth = max(0, depth - 1)
+    return out
+
+
+def _code_chars(line: str):
+    """The characters of a line outside strings and comments."""
+    i, n = 0, len(line)
+    while i < n:
+        ch = line[i]
+        if ch == "#":
+            return
+        if ch == '"':
+            i += 1
+            while i < n and line[i] != '"':
+                i += 2 if line[i] == "\\" else 1
+            i += 1
+            continue
+        yield ch
+        i += 1
+
+
+def _statement_lines(text: str, line: int) -> range:
+    """The lines (1-based) of the statement holding `line`: a call or list wrapped over several lines
+    counts as one statement."""
+    lines = _source_lines(text)
+    if not lines:
+        return range(line, line + 1)
+    depths = _depths(lines) + [0]
+    line = min(max(line, 1), len(lines))
+    start = line
+    while start > 1 and depths[start - 1] > 0:
+        start -= 1
+    end = line
+    while end < len(lines) and depths[end] > 0:
+        end += 1
+    return range(start, end + 1)
+
+
+def _blank(text: str, region: range, keep_braces: bool = True) -> str:
+    """`text` with the lines of `region` emptied. Their braces are kept balanced: a `{` they open
+    becomes the header of an empty placeholder declaration, a `}` they close stays."""
+    lines = text.split("\n")
+    opened = 0
+    for n in region if keep_braces else ():
+        for ch in _code_chars(lines[n - 1]):
+            opened += (ch == "{") - (ch == "}")
+    first = region.start - 1
+    indent = lines[first][: len(lines[first]) - len(lines[first].lstrip(" \t"))]
+    for n in region:
+        lines[n - 1] = ""
+    lines[first] = indent + ("level _ { " * opened if opened > 0 else "} " * -opened).rstrip()
+    return "\n".join(lines)
 
 
 def _source_lines(text: str) -> list[str]:

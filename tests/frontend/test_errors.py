@@ -37,9 +37,9 @@ EXPECT = re.compile(r"# expect: (?:(error|warning) )?(NL\d{4}) at (?:(\S+):)?(\d
 GOLDEN_SPECS = ("syntax_unclosed_brace", "import_library_with_model", "residual_memory_widths",
                 "dgd_unstable", "unknown_key_did_you_mean")
 
-# Codes the front end does not emit on a spec: NL0112 (shadowing) is reserved, NL0602 belongs to the
-# code generator's output directory and NL0901 to internal errors (tests/frontend/test_cli.py).
-NOT_FROM_SPECS = {"NL0112", "NL0602", "NL0901"}
+# Codes the front end does not emit on a spec: NL0602 belongs to the code generator's output directory
+# and NL0901 to internal errors (tests/frontend/test_cli.py).
+NOT_FROM_SPECS = {"NL0602", "NL0901"}
 
 LEAKS = (re.compile(r"Traceback"), re.compile(r'File "'), re.compile(r"\bnldsl[./]"), re.compile(r"\.py\b"),
          re.compile(r"site-packages"))
