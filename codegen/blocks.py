@@ -226,6 +226,28 @@ class BlockLowering:
         self.lines.append(f"{name}, state[{key}] = self.{attr}({arg}, state.get({key}){extra})")
         return name
 
+    def expr_on(self, v, tokens: str) -> str:
+        """`v` computed from other tokens: the block input replaced by `tokens`, bindings inlined (the
+        prefix of an attention passes its key and value flows, which are token-wise; nldsl/contexts.py)."""
+        if isinstance(v, ir.Input):
+            return tokens
+        if isinstance(v, ir.Ref):
+            return self.expr_on(self.bindings[v.name], tokens)
+        if isinstance(v, ir.Const):
+            return literal(float(v.value))
+        if isinstance(v, ir.Bin):
+            return f"({self.expr_on(v.left, tokens)} {v.op} {self.expr_on(v.right, tokens)})"
+        if not isinstance(v, ir.Op) or v.fn in ("conv", "self"):
+            raise LoweringError("an attention prefix needs token-wise key and value flows", v.span)
+        args = [self.expr_on(a, tokens) for a in v.args]
+        if v.fn in ("linear", "rmsnorm", "layernorm"):
+            return f"self.{self.attr('op', v)}({args[0]})"
+        if v.fn == "l2norm":
+            return f"rt.l2norm({args[0]}, heads={self._heads_for(v.args[0])})"
+        if v.fn in ("min", "max"):
+            return f"torch.{'minimum' if v.fn == 'min' else 'maximum'}({args[0]}, {args[1]})"
+        return f"{ACT[v.fn]}({args[0]})"
+
     def _heads_for(self, v) -> int:
         w = self.widths.of(v)
         return self.heads if w and self.heads and w % self.heads == 0 else 1
@@ -281,6 +303,10 @@ class BlockLowering:
         return (x for x in ir.walk(v) if isinstance(x, ir.Apply))
 
     def _level_ctor(self, lv) -> str:
+        if isinstance(lv, ir.Attention) and lv.has_prefix:
+            return (f"sa.SegmentAttention({lv.heads}, {lv.dk}, {lv.dv}, width={self.widths.of(ir.Input('', lv.span))}, "
+                    f"segment={literal(lv.segment)}, window={literal(lv.window)}, persistent={lv.persistent}, "
+                    f"scale={literal(lv.scale)})")
         if isinstance(lv, ir.Attention):
             return (f"rt.CausalAttention({lv.heads}, {lv.dk}, {lv.dv}, window={literal(lv.window)}, "
                     f"scale={literal(lv.scale)})")

@@ -76,7 +76,8 @@ def generate(model: ir.ModelIR, graph, sources: dict, spec_file: str) -> dict[st
     title = _doc(f"{model.name}: compiled from {spec_file}")
     model_py = environment().get_template("model.py.jinja").render(
         title=title, version=__version__, source=_doc(spec_file), spec_hash=digest, objectives=objectives,
-        classes=classes, model_class=classes[-1].name)
+        classes=classes, model_class=classes[-1].name,
+        segment_attention=any(att.has_prefix for att in model.attentions))
     init_py = environment().get_template("package_init.py.jinja").render(title=title, version=__version__, source=_doc(spec_file))
     for name, text in (("model.py", model_py), ("__init__.py", init_py)):
         try:

@@ -7,6 +7,7 @@ import math
 import networkx as nx
 
 from nldsl import ir
+from nldsl.contexts import context_reads
 from nldsl.graph import deps
 
 from .blocks import GATE_ROLES, BlockLowering, LoweringError, _direct_reads, _refs
@@ -25,9 +26,21 @@ def _closure(bl: BlockLowering, values) -> set:
     return out
 
 
+def _context_values(lv) -> list:
+    """What an attention's context needs this tick: its values and its reads' queries, not the reads,
+    which see the memories at the segment start (before this segment's writes)."""
+    ctx = lv.flow("context")
+    if ctx is None:
+        return []
+    refs = [x for x in ir.walk(ctx, queries=False) if isinstance(x, (ir.Ref, ir.Input))]
+    return refs + [r.query for r in context_reads(ctx) if r.query is not None]
+
+
 def _level_values(bl: BlockLowering, lv) -> list:
     """Everything a level's call needs: its flows and the query at its read site."""
-    values = [v.args[0] if isinstance(v, ir.Op) and v.fn == "self" else v for role, v in lv.flows if role != "query"]
+    values = [v.args[0] if isinstance(v, ir.Op) and v.fn == "self" else v
+              for role, v in lv.flows if role not in ("query", "context")]
+    values += _context_values(lv)
     site = bl.reads.get(lv.name)
     if site is not None and site.query is not None:
         values.append(site.query)
@@ -59,6 +72,34 @@ def groups(bl: BlockLowering) -> list[list]:
 
 
 def forward_lines(bl: BlockLowering) -> list[str]:
+    """The forward pass; a block with an attention context runs segment by segment (semantics.md §4.1)."""
+    segmented = [lv for lv in bl.levels if isinstance(lv, ir.Attention) and lv.flow("context") is not None]
+    if not segmented:
+        return _schedule(bl)
+    if len({lv.segment for lv in segmented}) > 1:
+        raise LoweringError("the attention contexts of one block must share their segment", segmented[1].span)
+    head = segmented[0]
+    whole = {p: bl.expr(ir.Input(p, None)) for p in bl.block.params}
+    for p in bl.block.params:
+        bl.rename[p] = bl.locals.fresh(whole[p] + "_seg")
+    first = next(iter(bl.block.params))
+    lines = [f"# {bl.local(head.name)} attends within segments of {head.segment} tokens and reads its context at "
+             "each segment start:",
+             "# the block runs one segment at a time",
+             "outputs = []",
+             f"for seg_start, seg_end in rt.segments(rt.position_of(state.get({_key(bl, head)})), "
+             f"{whole[first]}.shape[1], {head.segment}):"]
+    lines += [f"    {bl.rename[p]} = {whole[p]}[:, seg_start:seg_end]" for p in bl.block.params]
+    body = _schedule(bl)
+    result = body.pop()
+    assert result.startswith("return ")
+    lines += ["    " + line for line in body] + [f"    outputs.append({result[len('return '):]})",
+                                                 "return torch.cat(outputs, dim=1)"]
+    bl.lines = lines
+    return lines
+
+
+def _schedule(bl: BlockLowering) -> list[str]:
     level_groups = groups(bl)
     in_group = {lv.name: i for i, grp in enumerate(level_groups) for lv in grp}
     dyn: dict[int, list[str]] = {}
@@ -103,6 +144,10 @@ def forward_lines(bl: BlockLowering) -> list[str]:
             vals += [bl.bindings[b] for b in dyn[int(node[1:])]]
         for d in needs(vals) - {node}:
             graph.add_edge(d, node)
+    for lv in bl.levels:  # a context reads its memories before this segment's writes
+        for r in context_reads(lv.flow("context")) if isinstance(lv, ir.Attention) and lv.flow("context") else ():
+            if r.level in owner and owner[r.level] != owner[lv.name]:
+                graph.add_edge(owner[lv.name], owner[r.level])
     try:
         schedule = list(nx.lexicographical_topological_sort(graph, key=lambda n: order.get(n, 0)))
     except nx.NetworkXUnfeasible:
@@ -137,13 +182,41 @@ def _call_args(bl: BlockLowering, lv) -> str:
     return f"q={q}, k={k}, v={v}, gates={{{gates}}}"
 
 
+def _prefix_args(bl: BlockLowering, lv: ir.Attention) -> str:
+    """Lines computing an attention's persistent and context tokens, passed through its key and value
+    flows; returns the keyword arguments of its call."""
+    name, out = py(bl.local(lv.name)), ""
+    key, value = lv.flow("key"), lv.flow("value")
+    if lv.persistent:
+        tokens = bl.locals.fresh(f"p_{name}")
+        first = next(iter(bl.block.params))
+        bl.lines.append(f"{tokens} = self.{bl.level_attr(lv.name)}.tokens({bl.expr(ir.Input(first, None))})"
+                        "  # the persistent tokens")
+        out += f", persistent=({bl.expr_on(key, tokens)}, {bl.expr_on(value, tokens)})"
+    ctx = lv.flow("context")
+    if ctx is not None:
+        saved = dict(bl.read_rename)
+        for r in context_reads(ctx):
+            mem = bl.model.level(r.level)
+            var = bl.locals.fresh(f"h_{py(bl.local(r.level))}")
+            bl.lines.append(f"{var} = self.{bl.level_attr(r.level)}.read_anchor({bl.expr(r.query)}, "
+                            f"state.get({_key(bl, mem)}))  # the memory at the segment start")
+            bl.read_rename[r.level] = var
+        tokens = bl.locals.fresh(f"ctx_{name}")
+        bl.lines.append(f"{tokens} = {bl.expr(ctx)}  # {bl.where(ctx.span)}")
+        bl.read_rename = saved
+        out += f", context=({bl.expr_on(key, tokens)}, {bl.expr_on(value, tokens)})"
+    return out
+
+
 def _level_call(bl: BlockLowering, lv):
     key = _key(bl, lv)
     args = _call_args(bl, lv)
     bl.lines.append(f"# {'attention' if isinstance(lv, ir.Attention) else 'memory'} {bl.local(lv.name)}"
                     f"  ({bl.where(lv.span)})")
+    prefix = _prefix_args(bl, lv) if isinstance(lv, ir.Attention) and lv.has_prefix else ""
     attr = bl.level_attr(lv.name)
-    bl.lines.append(f"{bl.out_var(lv.name)}, state[{key}] = self.{attr}({args}, state.get({key}))"
+    bl.lines.append(f"{bl.out_var(lv.name)}, state[{key}] = self.{attr}({args}, state.get({key}){prefix})"
                     if isinstance(lv, ir.Attention) else
                     f"{bl.out_var(lv.name)}, state[{key}] = self.{attr}({args}, state=state.get({key}))")
 

@@ -48,7 +48,11 @@ def plan_text(model: ir.ModelIR) -> str:
                      f"{', '.join(r.kind for r in m.rules)}, read {m.read}, {form} form"
                      f" ({'reset per sequence' if m.lifetime == 'reset' else 'persists'})")
     for a in model.attentions:
-        lines.append(f"{ind}  attention {a.name}: KV cache grows every token" + (f", window {a.window}" if a.window else ""))
+        lines.append(f"{ind}  attention {a.name}: KV cache grows every token" + (f", window {a.window}" if a.window else "")
+                     + (f", within segments of {a.segment} tokens" if a.segment else "")
+                     + (f", {a.persistent} persistent tokens" if a.persistent else "")
+                     + (", a context read at each segment start (the block runs segment by segment)"
+                        if a.flow("context") is not None else ""))
     lines.append(f"{ind}loss {o.objective}; backward"
                  + (" (gradients stop at the segment boundary: bptt truncated)" if periods and o.bptt == "truncated" else ""))
     for m in members:

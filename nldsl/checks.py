@@ -10,6 +10,7 @@ from __future__ import annotations
 import networkx as nx
 
 from . import ir
+from .contexts import attention_checks
 from .diagnostics import Diagnostic, Label, error, warning
 from .ranges import INF, interval, number_text, text
 
@@ -216,6 +217,7 @@ def check_model(model: ir.ModelIR) -> list[Diagnostic]:
         if att.window is not None and att.window >= model.context:
             out.append(warning("NL0304", f"the window of `{att.name}` ({att.window}) covers the whole context",
                                att.span, help="drop `window` for full causal attention"))
+        out.extend(attention_checks(model, att, w))
     for chain in model.cms:
         out.extend(_cms_checks(model, chain))
     return out

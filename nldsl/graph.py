@@ -55,7 +55,8 @@ def build_graph(model: ir.ModelIR) -> nx.MultiDiGraph:
             target = v.args[0] if isinstance(v, ir.Op) and v.fn == "self" else v
             for src in sorted(deps(target, bindings)):
                 g.add_edge(src, lv.name, kind="flow", label=role)
-                tick.add_edge(("read", src), ("write", lv.name))
+                if role != "context":  # read at the segment start: the state before this segment's writes
+                    tick.add_edge(("read", src), ("write", lv.name))
         if lv.kind == "attention" or lv.read == "after":
             tick.add_edge(("write", lv.name), ("read", lv.name))
         if lv.kind == "memory" and lv.init_by is not None:

@@ -212,13 +212,23 @@ class Attention:
     flows: tuple[tuple[str, Value], ...]
     span: Span
     kind: str = "attention"
+    segment: Optional[int] = None  # attend within segments of this many tokens (semantics.md §4.1)
+    persistent: int = 0  # learned tokens every query sees
+
+    @property
+    def has_prefix(self) -> bool:
+        """Whether it runs as a SegmentAttention: persistent tokens, segments or a context."""
+        return self.segment is not None or self.persistent > 0 or self.flow("context") is not None
 
     def flow(self, role):
         return dict(self.flows).get(role)
 
     @property
     def type_text(self) -> str:
-        return f"softmax, window {self.window}" if self.window else "softmax, causal"
+        text = f"softmax, window {self.window}" if self.window else "softmax, causal"
+        if self.segment:
+            text = f"softmax, segments of {self.segment}"
+        return text + (f", {self.persistent} persistent tokens" if self.persistent else "")
 
 
 @dataclass(frozen=True)

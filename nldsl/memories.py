@@ -13,7 +13,7 @@ from .diagnostics import Label, error
 from .dims import Unknowns
 from .levels import call_args, guarded, heads_of, merged_props, type_call
 
-FLOW_ROLES = ("key", "value", "query", "lr", "retain", "log_retain", "momentum")
+FLOW_ROLES = ("key", "value", "query", "context", "lr", "retain", "log_retain", "momentum")
 
 
 def _template(el, decl: ast.Decl):
@@ -110,13 +110,20 @@ def _attention(el, p, u) -> ir.Attention | None:
     scale = None
     if "scale" in props:
         scale = guarded(sink, lambda: phrases.number(phrases.one_expr(props["scale"]), el.env, "scale"))
+    segment = None
+    if "segment" in props:
+        segment = guarded(sink, lambda: phrases.positive_int(phrases.one_expr(props["segment"]), el.env, "a segment"))
+    persistent = 0
+    if "persistent" in props:
+        persistent = guarded(sink, lambda: phrases.positive_int(phrases.one_expr(props["persistent"]), el.env,
+                                                                 "a number of persistent tokens"), default=0)
     clock = ir.Clock("tokens", 1, p["ident"].span)
     if "clock" in props:
         clock = guarded(sink, phrases.clock, props["clock"], el.env) or clock
         if clock.unit != "tokens" or clock.period != 1:
             sink.add(error("NL0301", "attention's state grows every token", clock.span, "expected `every 1 token`"))
     return ir.Attention(p["name"], p["block"], p["heads"], u.dk, u.dv, window, scale, clock,
-                        tuple(p["flows"].items()), p["ident"].span)
+                        tuple(p["flows"].items()), p["ident"].span, segment=segment, persistent=persistent or 0)
 
 
 def _memory(el, p, u) -> ir.Memory | None:

@@ -70,6 +70,10 @@ KEYS = {
         "query": "the default query when read as `a()`",
         "window": "sliding window length in tokens (omit for full causal attention)",
         "scale": "the logit scale (default head_dim ** -0.5)",
+        "segment": "attend within segments of N tokens: a query sees its own segment only (Titans MAC)",
+        "persistent": "N learned persistent tokens every query sees, in the block input's space ([T] §3.3)",
+        "context": "tokens prepended to each segment, one per token: a memory read there reads the memory "
+                   "as it was at the segment's start (Titans MAC's h = M*(q))",
     },
     "cms": {
         "taught": "`by <level>`: whose loss gradient drives the window updates (default: the outer level)",

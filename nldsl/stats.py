@@ -64,6 +64,14 @@ def level_stats(model: ir.ModelIR, lv, w) -> dict:
                "state_text": f"{human(per_token)} per token" + (f" × {lv.window}" if lv.window else ""),
                "update_cost": None, "heads": lv.heads, "replicas": reps,
                "notes": [f"sliding window {lv.window}" if lv.window else "full causal attention"]}
+        if lv.segment:
+            tokens = lv.segment * (2 if lv.flow("context") is not None else 1)
+            out.update(state_size=per_token * tokens, state_text=f"{human(per_token)} per token × {tokens}",
+                       notes=[f"attends within segments of {lv.segment} tokens"])
+        if lv.flow("context") is not None:
+            out["notes"].append("a context token per segment token, read at the segment start")
+        if lv.persistent:
+            out["notes"].append(f"{lv.persistent} learned persistent tokens")
     elif isinstance(lv, ir.CmsMember):
         params = (2 * lv.width * lv.hidden + (lv.hidden + lv.width if lv.bias else 0)) * reps
         frozen = lv.clock.unit == "never"
@@ -105,6 +113,8 @@ def outer_params(model: ir.ModelIR, w) -> int:
         total += reps * sum(_op_params(v, w) for lvname in b.levels for _, v in (model.level(lvname).flows
                                                                                if model.level(lvname) else ()))
     total += _net_params(model.network, model, 1)
+    for att in model.attentions:
+        total += att.persistent * model.dim * max(1, model.replica_count(att.name))
     for c in model.cms:
         for m in c.members:
             if m.clock.unit == "never":

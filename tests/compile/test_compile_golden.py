@@ -1,4 +1,4 @@
-"""Goldens of the generated code: model.py and plan.txt of three examples, and the state_dict keys of
+"""Goldens of the generated code: model.py and plan.txt of four examples, and the state_dict keys of
 hope.nl's model (names and shapes), so that the generated code and checkpoint keys cannot drift
 silently. Regenerate with `NLC_REGEN=1 pytest tests/compile/test_compile_golden.py` and review the diff.
 
@@ -20,7 +20,7 @@ from compile_testkit import ROOT, compile_ok, in_root
 from nldsl.compiler import load
 
 GOLDEN = ROOT / "tests" / "golden" / "compile"
-SPECS = ["hope", "titans", "gated_deltanet"]
+SPECS = ["hope", "titans", "gated_deltanet", "titans_mac"]
 REGEN = os.environ.get("NLC_REGEN") == "1"
 SHA = re.compile(r"\b[0-9a-f]{64}\b")
 
