@@ -17,8 +17,8 @@ For every linear memory level the generator fixes, from its configuration, what 
 - the **dimensions** dk, dv and the chunk size C, inlined as `tl.constexpr` defaults.
 
 Templates (templates/kernels*.py.jinja) only test flags and paste these strings. The output is
-deterministic. MLP memories are planned by kernels_mlp.py (depth 2, retain / gd / momentum at the anchor);
-the others fall back to the chunked path.
+deterministic. MLP memories are planned by kernels_mlp.py (depth 2, gradients at the chunk anchor;
+its docstring says what falls back to the chunked path).
 A memory configuration is anything with the fields of `nldsl.ir.Memory` that matter here (family, dk,
 dv, chunk, read, self_target, rules with kind and at): the IR itself, or the runtime's MemoryConfig.
 Like the rest of the generator, this module does not import torch.
@@ -406,7 +406,8 @@ def model_kernels(model: ir.ModelIR, spec_file: str) -> str:
             if form == "none":
                 skipped.append(Skipped(m.name, reason))
             else:
-                mlp_plans.append(plan_mlp_level(m.name, cfg, code, _doc(f"memory level {m.name} ({spec_file}:{m.span.line})")))
+                doc = _doc(f"memory level {m.name} ({spec_file}:{m.span.line})")
+                mlp_plans.append(plan_mlp_level(m.name, cfg, code, doc))
             continue
         form, reason = kernel_form(cfg, code)
         if form == "none":

@@ -37,7 +37,8 @@ ACTIVATIONS = {
     "gelu": ("0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))",
              f"0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * {_PHI}", f"{_PHI} * (2.0 - z * z)"),
     "relu": ("tl.maximum(z, 0.0)", "tl.where(z > 0, 1.0, 0.0)", "0.0 * z"),
-    "tanh": ("_nl_tanh(z)", "1.0 - _nl_tanh(z) * _nl_tanh(z)", "-2.0 * _nl_tanh(z) * (1.0 - _nl_tanh(z) * _nl_tanh(z))"),
+    "tanh": ("_nl_tanh(z)", "1.0 - _nl_tanh(z) * _nl_tanh(z)",
+             "-2.0 * _nl_tanh(z) * (1.0 - _nl_tanh(z) * _nl_tanh(z))"),
     "sigmoid": (_SIG, f"{_SIG} * (1.0 - {_SIG})", f"{_SIG} * (1.0 - {_SIG}) * (1.0 - 2.0 * {_SIG})"),
     "identity": ("z", "1.0 + 0.0 * z", "0.0 * z"),
 }

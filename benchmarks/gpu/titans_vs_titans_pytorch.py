@@ -65,8 +65,10 @@ TINY_CONFIGS = (Config("tiny", 32, 2, 16, 8, ((2, 23),)),)
 def spec_text(cfg: Config) -> str:
     """titans_peer.nl at this configuration's sizes (the hidden width stays 4 x head_dim)."""
     text = SPEC.read_text(encoding="utf-8")
-    swaps = {"  dim      = 256\n": f"  dim      = {cfg.dim}\n", "  heads    = 4\n": f"  heads    = {cfg.heads}\n",
-             "  head_dim = 256 ": f"  head_dim = {cfg.head_dim} ", "      chunk     64\n": f"      chunk     {cfg.chunk}\n"}
+    swaps = {"  dim      = 256\n": f"  dim      = {cfg.dim}\n",
+             "  heads    = 4\n": f"  heads    = {cfg.heads}\n",
+             "  head_dim = 256 ": f"  head_dim = {cfg.head_dim} ",
+             "      chunk     64\n": f"      chunk     {cfg.chunk}\n"}
     for old, new in swaps.items():
         if old not in text:
             sys.exit(f"benchmarks/titans_peer.nl changed: cannot find {old.strip()!r}")

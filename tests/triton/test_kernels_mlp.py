@@ -41,7 +41,8 @@ def check(case: Case, against_chunked: bool = True, lk=None) -> None:
     offset = (case.position or 0) % case.cfg.chunk
     tiles = -(-(case.tokens + offset) // case.cfg.chunk)
     used = {name: lk.launches[name] - before[name] for name in before}
-    assert used == {"fwd": 1, "bwd": 1, "bwd_tiles": 0} if lk.bwd is not None else {"fwd": 1, "bwd": 0, "bwd_tiles": tiles}, used
+    expected = {"fwd": 1, "bwd": 1, "bwd_tiles": 0} if lk.bwd is not None else {"fwd": 1, "bwd": 0, "bwd_tiles": tiles}
+    assert used == expected, used
 
 
 def mlp(rules, chunk=4, read="after", act="silu", residual=True, self_target=False, dk=8, hidden=16):
@@ -97,7 +98,8 @@ def test_wider_chunk_hidden_and_heads():
 
 def test_the_pytorch_tile_walk_backward_agrees():
     cfg = mlp(TITANS, read="after")
-    walk = dataclasses.replace(kernels(cfg, standard_objective("sq")), bwd=None, launches={"fwd": 0, "bwd": 0, "bwd_tiles": 0})
+    walk = dataclasses.replace(kernels(cfg, standard_objective("sq")), bwd=None,
+                               launches={"fwd": 0, "bwd": 0, "bwd_tiles": 0})
     check(mcase(cfg, standard_objective("sq"), tokens=13, position=2, seed=6), against_chunked=False, lk=walk)
 
 

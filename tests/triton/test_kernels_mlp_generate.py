@@ -27,8 +27,8 @@ def mlp(rules=("retain", "momentum"), chunk=4, depth=2, bias=False, act="silu", 
                         rules=tuple(Rule(r) for r in rules), read=read, chunk=chunk)
 
 
-@pytest.mark.parametrize("rules", [("gd",), ("retain", "momentum"), ("momentum", "retain"), ("retain", "gd", "momentum"),
-                                   ("dgd",), ("retain", "delta", "gd")])
+@pytest.mark.parametrize("rules", [("gd",), ("retain", "momentum"), ("momentum", "retain"),
+                                   ("retain", "gd", "momentum"), ("dgd",), ("retain", "delta", "gd")])
 @pytest.mark.parametrize("read", ["after", "before", "anchor"])
 def test_retain_gd_and_momentum_at_the_anchor_are_fused(rules, read):
     form, reason = mlp_kernel_form(mlp(rules, read=read), L2)
