@@ -11,8 +11,8 @@ position t sees:
   segment of t is ⌊t/L⌋, counted from the sequence start);
 - without a segment: the tokens at positions ≤ t (the last `window` of them with a window).
 
-The carried state is a `KVCache` of the current segment's keys and values (context tokens included;
-the last window − 1 tokens with a window) and the position, so a sequence split anywhere and run in
+The carried state is a `KVCache` of the current segment's keys and values (each context token before
+its token; the last window − 1 tokens with a window) and the position, so a sequence split anywhere and run in
 pieces gives the whole run's outputs. A call that crosses a segment boundary is cut there.
 """
 
@@ -106,9 +106,15 @@ class SegmentAttention(nn.Module):
         o = F.scaled_dot_product_attention(q, torch.cat(keys, dim=2), torch.cat(values, dim=2),
                                            attn_mask=torch.cat(masks, dim=1), scale=self.scale)
         if self.segment is not None:  # the segment's tokens and context tokens stay visible to its later queries
-            new_k = torch.cat([cache.k, k] + ([ck] if ctx is not None else []), dim=2)
-            new_v = torch.cat([cache.v, v] + ([cv] if ctx is not None else []), dim=2)
+            new_k = torch.cat([cache.k, _by_position(ck, k) if ctx is not None else k], dim=2)
+            new_v = torch.cat([cache.v, _by_position(cv, v) if ctx is not None else v], dim=2)
         else:
             keep = stream_k.shape[2] if self.window is None else min(self.window - 1, stream_k.shape[2])
             new_k, new_v = stream_k[:, :, stream_k.shape[2] - keep:], stream_v[:, :, stream_v.shape[2] - keep:]
         return o.transpose(1, 2).flatten(-2), KVCache(new_k, new_v, cache.position + n)
+
+
+def _by_position(context: Tensor, tokens: Tensor) -> Tensor:
+    """(B, H, n, d) context and token entries as c_1, x_1, c_2, x_2, ...: the cache's order does not
+    depend on where a sequence was split."""
+    return torch.stack([context, tokens], dim=3).flatten(2, 3)

@@ -88,7 +88,8 @@ def test_split_runs_equal_the_whole_run(spec, backend, model_of):
             assert_states_close(whole_state, state, f"state split at {a}")
 
 
-@pytest.mark.parametrize("spec", ["examples/gated_deltanet.nl", "examples/titans.nl"], ids=example_id)
+@pytest.mark.parametrize("spec", ["examples/gated_deltanet.nl", "examples/titans.nl", "examples/titans_mac.nl"],
+                         ids=example_id)
 def test_decoding_token_by_token_equals_the_whole_run(spec, model_of):
     """The split at every position: one call per token (the chunked backend)."""
     model = set_backend(model_of(spec), "chunked")

@@ -259,9 +259,11 @@ def test_segment_attention_against_a_token_loop_and_split_runs(segment, window, 
     context = context if with_context else None
     whole, cache = att(q, k, v, None, persistent=persistent, context=context)
     assert_close(loop_attention(q, k, v, persistent, context, segment=segment, window=window), whole, "whole run")
-    for a in (1, 4, 6):
+    for a in (1, 4, 6, 9):
         cut = lambda pair, s: None if pair is None else (pair[0][:, s], pair[1][:, s])  # noqa: E731
         first, c = att(q[:, :a], k[:, :a], v[:, :a], None, persistent=persistent, context=cut(context, slice(0, a)))
         second, c = att(q[:, a:], k[:, a:], v[:, a:], c, persistent=persistent, context=cut(context, slice(a, None)))
         assert_close(whole, torch.cat([first, second], dim=1), f"split at {a}")
         assert c.position == cache.position == 11
+        assert_close(cache.k, c.k, f"carried keys, split at {a}")
+        assert_close(cache.v, c.v, f"carried values, split at {a}")
