@@ -62,7 +62,7 @@ def test_titans_combination_forward_and_backward():
     check(mcase(mlp(TITANS, read="anchor"), standard_objective("sq"), tokens=10))
 
 
-@pytest.mark.parametrize("read, tokens, position", [("after", 10, None), ("after", 37, 3), ("before", 10, 6),
+@pytest.mark.parametrize("read, tokens, position", [("after", 10, None), ("after", 29, 3), ("before", 10, 6),
                                                     ("anchor", 19, 6)])
 def test_titans_rules_every_read_carried_state_and_ragged_tail(read, tokens, position):
     check(mcase(mlp(TITANS, read=read), standard_objective("sq"), tokens=tokens, position=position, seed=tokens))
@@ -157,7 +157,7 @@ def test_calls_shorter_than_a_chunk(rules, tokens, position):
 RULES = st.lists(st.sampled_from(["retain", "gd", "momentum", "delta", "dgd"]), min_size=1, max_size=3)
 
 
-@settings(max_examples=16, deadline=None, derandomize=True,
+@settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(rules=RULES, chunk=st.sampled_from([2, 3, 4]), read=st.sampled_from(["after", "before", "anchor"]),
        act=st.sampled_from(["silu", "gelu", "tanh"]), residual=st.booleans(), self_target=st.booleans(),
