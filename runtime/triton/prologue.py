@@ -13,8 +13,9 @@ memory (docs/semantics.md §2.5 for the short convolution's cache).
 - `l2_norm`: a per-head L2 norm on its own (HOPE's k and v, read from memories), one pass each way.
 
 Every kernel computes in float32 and stores in the input's dtype; the backwards are first order only
-(`once_differentiable`: a double backward through them is an error, not a silent zero). The kernels are plain `@triton.jit`
-functions specialised by constexpr flags (activation, bias, norm), so nothing is rendered per spec.
+(`once_differentiable`: a double backward through them is an error, not a silent zero). The kernels
+are plain `@triton.jit` functions specialised by constexpr flags (activation, bias, norm), so nothing
+is rendered per spec.
 `runtime/layers.py` calls them for the triton backend when `triton_unavailable` says they can run;
 importing this module imports Triton.
 """
