@@ -155,7 +155,8 @@ def main(argv=None) -> int:
                     t, loss = timed(loop, batch, device)
                     first_loss.setdefault(backend, loss)
                     print(f"  warm-up {backend:8s} step {i + 1}: {t:8.3f} s  loss {loss:.4f}")
-            prologue_per_step = {k: (prologue.LAUNCHES[k] - launches_before[k]) // max(warmup, 1) for k in launches_before}
+            prologue_per_step = {k: (prologue.LAUNCHES[k] - launches_before[k]) // max(warmup, 1)
+                                 for k in launches_before}
             for r in range(steps):
                 for backend, (_, loop) in loops.items():
                     t, loss = timed(loop, batch, device)

@@ -216,9 +216,10 @@ def test_gated_deltanet_with_a_fused_prologue_matches_chunked():
 
 
 def test_hope_with_a_fused_prologue_matches_chunked():
-    """HOPE's q convolution + l2norm, its k and v l2norms, its η and α gates (their gradients reach the loss once a sequence
-    passes the 16-token chunk of its memory `mem`) and its RMS norms fused, its memories on the chunked
-    path: the prologue alone makes the difference, so it must be float32 rounding."""
+    """HOPE's q convolution + l2norm, its k and v l2norms, its η and α gates (their gradients reach the
+    loss once a sequence passes the 16-token chunk of its memory `mem`) and its RMS norms fused, its
+    memories on the chunked path: the prologue alone makes the difference, so it must be float32
+    rounding."""
     torch.manual_seed(0)
     model = load(ROOT / "examples/hope.nl", backend="triton").to(DEVICE)
     for module in model.modules():
