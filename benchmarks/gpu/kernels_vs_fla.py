@@ -23,11 +23,11 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
+
+from timing import rel, time_call  # benchmarks/gpu/timing.py
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
@@ -88,31 +88,6 @@ def run_fla(x, grad: bool):
     if grad:
         (o.float().square().sum() + state.float().square().sum()).backward()
     return o.transpose(1, 2), state.transpose(-1, -2)
-
-
-def time_call(fn, repeats: int, warmup: int) -> float:
-    """Median milliseconds of fn() (CUDA events on a GPU, wall clock otherwise)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
-def rel(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-12)).item()
 
 
 def main() -> int:

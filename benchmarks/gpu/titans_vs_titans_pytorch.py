@@ -30,15 +30,15 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from timing import rel, time_call  # benchmarks/gpu/timing.py
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
@@ -108,31 +108,6 @@ def step(run, layer, x, grad: bool):
     out = run(layer, x)
     out.square().mean().backward()
     return out
-
-
-def time_call(fn, repeats: int, warmup: int) -> float:
-    """Median milliseconds of fn() (CUDA events on a GPU, wall clock otherwise)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
-def rel(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-12)).item()
 
 
 def error_vs_chunked(layer, x) -> float:

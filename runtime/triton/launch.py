@@ -22,6 +22,19 @@ GATES = ("eta", "alpha", "beta")
 GATE_FILL = {"eta": 0.0, "alpha": 1.0, "beta": 1.0}
 
 
+def as_f32(t: Tensor) -> Tensor:
+    """The kernels read contiguous float32."""
+    return t.to(torch.float32).contiguous()
+
+
+def gate_arguments(gates: Mapping[str, Tensor], k: Tensor) -> list[Tensor]:
+    """eta, alpha, beta as float32 (B, H, T), a gate the rules do not read filled with its neutral value."""
+    batch, heads, tokens = k.shape[:3]
+    return [as_f32(gates[name]) if gates.get(name) is not None
+            else torch.full((batch, heads, tokens), GATE_FILL[name], dtype=torch.float32, device=k.device)
+            for name in GATES]
+
+
 def _pow2(n: int) -> int:
     return max(16, 1 << max(0, (n - 1).bit_length()))
 
@@ -94,18 +107,11 @@ class LevelKernels:
 
         batch, heads, tokens, _ = k.shape
         dtype = v.dtype
-        f32 = lambda t: t.to(torch.float32).contiguous()  # noqa: E731
-        gate_args = []
-        for name in GATES:
-            if name in gates and gates[name] is not None:
-                gate_args.append(f32(gates[name]))
-            else:
-                gate_args.append(torch.full((batch, heads, tokens), GATE_FILL[name], dtype=torch.float32,
-                                            device=k.device))
-        theta0 = f32(start.params["W"])
-        anchor0 = f32(start.anchor["W"])
-        mom0 = f32(start.momentum["W"]) if cfg.has_momentum else torch.zeros_like(theta0)
-        inputs = (f32(q), f32(k), f32(v), *gate_args, theta0, anchor0, mom0)
+        gate_args = gate_arguments(gates, k)
+        theta0 = as_f32(start.params["W"])
+        anchor0 = as_f32(start.anchor["W"])
+        mom0 = as_f32(start.momentum["W"]) if cfg.has_momentum else torch.zeros_like(theta0)
+        inputs = (as_f32(q), as_f32(k), as_f32(v), *gate_args, theta0, anchor0, mom0)
         fn = StepFunction if self.uses_step(tokens) else ChunkFunction
         y, theta1, anchor1, mom1 = fn.apply(self, cfg, objective, start.position, *inputs)
         state = MemoryState({"W": theta1.to(dtype)}, {"W": anchor1.to(dtype)},

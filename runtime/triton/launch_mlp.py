@@ -17,9 +17,8 @@ from torch import Tensor
 
 from ..memory import MemoryConfig, MemoryState
 from .backend import interpreting
+from .launch import as_f32, gate_arguments
 
-GATES = ("eta", "alpha", "beta")
-GATE_FILL = {"eta": 0.0, "alpha": 1.0, "beta": 1.0}
 WEIGHTS = ("W1", "W2")
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
 # program keeps in registers on a GPU: 128 KiB, half an SM's register file. A heuristic bound: above it
@@ -86,20 +85,13 @@ class MlpLevelKernels:
 
         batch, heads, tokens, _ = k.shape
         dtype = v.dtype
-        f32 = lambda t: t.to(torch.float32).contiguous()  # noqa: E731
-        gate_args = []
-        for name in GATES:
-            if name in gates and gates[name] is not None:
-                gate_args.append(f32(gates[name]))
-            else:
-                gate_args.append(torch.full((batch, heads, tokens), GATE_FILL[name], dtype=torch.float32,
-                                            device=k.device))
-        state = [f32(start.params[w]) for w in WEIGHTS] + [f32(start.anchor[w]) for w in WEIGHTS]
+        gate_args = gate_arguments(gates, k)
+        state = [as_f32(start.params[w]) for w in WEIGHTS] + [as_f32(start.anchor[w]) for w in WEIGHTS]
         if cfg.has_momentum:
-            state += [f32(start.momentum[w]) for w in WEIGHTS]
+            state += [as_f32(start.momentum[w]) for w in WEIGHTS]
         else:
             state += [torch.zeros_like(s) for s in state[:2]]
-        outs = MlpChunkFunction.apply(self, cfg, objective, start.position, f32(q), f32(k), f32(v), *gate_args,
+        outs = MlpChunkFunction.apply(self, cfg, objective, start.position, as_f32(q), as_f32(k), as_f32(v), *gate_args,
                                       *state)
         y, w1, w2, a1, a2, s1, s2 = (t.to(dtype) for t in outs)
         end = MemoryState({"W1": w1, "W2": w2}, {"W1": a1, "W2": a2},

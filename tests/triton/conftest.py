@@ -31,3 +31,10 @@ def private_kernel_cache(tmp_path_factory):
         os.environ.pop("NLC_CACHE", None)
     else:
         os.environ["NLC_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def fresh_fallback_warnings(monkeypatch):
+    """Each test sees the triton backend's fallback warnings anew (given once per level and reason)."""
+    from nldsl.runtime.triton import backend
+    monkeypatch.setattr(backend, "_WARNED", set())

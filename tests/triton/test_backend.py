@@ -16,19 +16,13 @@ from click.testing import CliRunner  # noqa: E402
 from nldsl.cli import main  # noqa: E402
 from nldsl.compiler import load  # noqa: E402
 from nldsl.runtime import BACKENDS, MemoryConfig, MemoryLevel, Rule, set_backend, standard_objective  # noqa: E402
-from nldsl.runtime.triton import TritonFallbackWarning, backend as triton_backend  # noqa: E402
+from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
 from specs import memory_spec  # noqa: E402
 from triton_testkit import ratio, OUTPUT_RATIO, ANCHOR_RATIO, GATE_RATIO  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def fresh_warnings(monkeypatch):
-    """Each test sees the fallback warnings anew (they are given once per level and reason)."""
-    monkeypatch.setattr(triton_backend, "_WARNED", set())
 
 
 def level(cfg, objective="l2", name="blk.mem", heads=2):

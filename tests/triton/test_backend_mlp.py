@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from nldsl.compiler import load  # noqa: E402
 from nldsl.runtime import MemoryLevel, set_backend  # noqa: E402
-from nldsl.runtime.triton import TritonFallbackWarning, backend as triton_backend  # noqa: E402
+from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from nldsl.runtime.triton.launch_mlp import MlpLevelKernels  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
 from specs import memory_spec  # noqa: E402
@@ -22,11 +22,6 @@ from triton_testkit import ratio, OUTPUT_RATIO, ANCHOR_RATIO  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(triton_backend, "_WARNED", set())
 
 
 def _model_run(model, tokens=20):
