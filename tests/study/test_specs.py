@@ -1,4 +1,5 @@
-"""The four study specs: they check without a diagnostic, and their sizes are in 5–20M parameters and within ±5% of each other."""
+"""The four study specs check without a diagnostic, and their sizes lie in 5–20M parameters, within
+±5% of each other."""
 
 from __future__ import annotations
 
