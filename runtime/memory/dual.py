@@ -32,7 +32,7 @@ from .tiles import TileGroup, tile_groups
 # and recomputation costs one more forward of every tile (about a quarter more time), which small
 # memories are better off without. 0 recomputes always; float('inf') never (plain autograd is needed
 # only for higher-order gradients through a memory level).
-RECOMPUTE_MIN_BYTES = 64 * 2 ** 20
+RECOMPUTE_MIN_BYTES = 256 * 2 ** 20
 
 
 def run_dual(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
