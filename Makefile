@@ -34,7 +34,7 @@ setup-test:
 	VENV=$(VENV) scripts/setup.sh --test
 
 # The side-by-side study of docs/results.md: train and evaluate the four specs of examples/study/ from
-# scratch (about an hour on two CPU cores), write results/study/results.json, the plots and the table.
+# scratch (20 to 60 minutes on two CPU cores), write results/study/results.json, the plots and the table.
 # Scale it with e.g. `make study STUDY_ARGS="--steps 500 --mqar-steps 300"`.
 STUDY_ARGS ?=
 
