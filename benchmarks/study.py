@@ -1,8 +1,10 @@
 """The side-by-side study (docs/results.md): Transformer, Titans, Gated DeltaNet and HOPE at equal size.
 
-    .venv/bin/python benchmarks/study.py                 # the full study (make study), about an hour
+    .venv/bin/python benchmarks/study.py                 # the full study (make study), 20-60 minutes
     .venv/bin/python benchmarks/study.py --steps 500     # a bigger token budget
-    .venv/bin/python benchmarks/study.py --quick --out /tmp/s --doc /tmp/s/results.md   # smoke test
+    .venv/bin/python benchmarks/study.py --models titans # redo one model, keep the others' results
+    .venv/bin/python benchmarks/study.py --report-only   # redraw plots and table from the JSON
+    .venv/bin/python benchmarks/study.py --quick --out build/study --doc build/study/results.md  # smoke test
 
 From scratch, for each spec of examples/study/ (about 5.5M parameters each), the same way for all:
 
