@@ -56,11 +56,11 @@ TABLE_END = "<!-- study:table:end -->"
 class Budget:
     """Everything that sizes the study; the same for every model."""
 
-    steps: int = 120  # language-modelling steps
+    steps: int = 320  # language-modelling steps
     batch: int = 8
     seq: int = 256
     evals: int = 6  # validation passes during training (evenly spaced)
-    mqar_steps: int = 100  # steps on synthetic MQAR
+    mqar_steps: int = 300  # steps on synthetic MQAR
     mqar_batch: int = 16
     mqar_seq: int = 128
     mqar_pairs: int = 8
