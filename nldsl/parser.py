@@ -310,7 +310,12 @@ def _syntax_help(err: UnexpectedInput, text: str) -> str:
             return "bindings are `name = expression`, one per line; keyword arguments go inside calls"
         if tok.type == "COLON":
             return "`name : type` is written after a declaration keyword: memory, attention, cms, level, optimizer"
-    return ""
+        if tok.type == "_NL":
+            return ("the line ends in the middle of an expression: finish it on this line (a line "
+                    "continues only inside parentheses or brackets)")
+        if tok.type in ("RPAR", "RSQB", "COMMA"):
+            return "a value is missing here: write one, or remove the separator before it"
+    return "compare the line with the construct's form in docs/language.md"
 
 
 def parse(text: str, file: str = "<string>") -> ast.Module:

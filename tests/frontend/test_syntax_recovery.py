@@ -89,3 +89,15 @@ def test_each_diagnostic_renders_with_its_own_line_and_caret():
     rendered = [render_full(d, sources) for d in info.value.diagnostics]
     assert "bad.nl:3:15" in rendered[0] and "vocab = 256 256" in rendered[0] and "^" in rendered[0]
     assert "bad.nl:4:9" in rendered[1] and "dim = = 4" in rendered[1] and "^" in rendered[1]
+
+
+@pytest.mark.parametrize('broken', ['  vocab    = 256 +', '  heads    = = 4', '  dim      = max(4, , 5)',
+                                    '  dim      = [1, 2', '  layers   = 2 3', '  context  = (',
+                                    '  vocab    : 256'])
+def test_every_syntax_error_has_a_help_line(broken):
+    """Each syntax diagnostic says what to do, not only what was expected."""
+    at = line_of("vocab")
+    with pytest.raises(SpecError) as info:
+        parse(with_lines({at["vocab"]: broken}), "bad.nl")
+    for d in info.value.diagnostics:
+        assert d.help, f"{d.code} {d.message!r} has no help line"
