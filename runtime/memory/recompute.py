@@ -12,7 +12,8 @@ gradient to the tile before. Each tile's forward runs twice; the results are tho
 autograd (the same operations, in the same order).
 
 The tile step is any function (tile inputs, q, k, v, theta, anchor, momentum) -> (y, theta,
-momentum); tile inputs are a structure of tensors (dataclasses, dicts, tuples; other values pass
+momentum) whose output y does not depend on the values of its own end state: when a tile is
+recomputed, its state updates (scan.state_update) build their graph without computing values; tile inputs are a structure of tensors (dataclasses, dicts, tuples; other values pass
 through) whose tensors carry the tile index at dimension 2, like q, k and v (B, H, count, L, ...).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .functional import Params
+from .scan import graph_only
 
 TileStep = Callable[..., tuple[Tensor, Params, Optional[Params]]]
 
@@ -150,7 +152,7 @@ class _Recompute(torch.autograd.Function):
             own_anchor = i == 0 and not layout.shared_anchor
             anchor = {name: first_anchor[name].detach().requires_grad_() for name in names} if own_anchor \
                 else theta
-            with torch.enable_grad():
+            with torch.enable_grad(), graph_only():  # the end state is saved: only its graph is needed
                 y, end, end_mom = layout.step(tile_inputs, qi, ki, vi, theta, anchor, momentum)
             outs = [y, *end.values(), *(end_mom or {}).values()]
             grads = [grad_y[:, :, i], *(grad_theta[m] for m in names), *(grad_mom.get(m) for m in mom_names)]

@@ -193,10 +193,27 @@ def _times(t: Tensor, scale: Tensor) -> Tensor:
     return t * scale[..., None, None]
 
 
+class graph_only:
+    """Within this context state updates build their autograd nodes but skip computing their values
+    (uninitialised tensors of the right shape): for recomputing a chunk in backward, where the end
+    state is already saved and only its graph is needed."""
+
+    active = False
+
+    def __enter__(self) -> None:
+        self.before, graph_only.active = graph_only.active, True
+
+    def __exit__(self, *exc) -> None:
+        graph_only.active = self.before
+
+
 class _StateUpdate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, start, scale, columns, x, other, other_scale):
         ctx.save_for_backward(start, scale, columns, x, other, other_scale)
+        if graph_only.active:
+            shape = torch.broadcast_shapes(start.shape, scale.shape + (1, 1))
+            return start.new_empty(shape)
         base = _times(start, scale)
         if other is not None:
             base.addcmul_(other, other_scale[..., None, None])
