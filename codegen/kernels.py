@@ -58,8 +58,37 @@ class Coef:
         return f"{self.name} = tl.where(valid, {value}, {self.masked!r})"
 
 
+class PlanNames:
+    """What the kernel plans of both families paste the same way (a plan has level, read, reason, dk,
+    coefs and objective)."""
+
+    @property
+    def level_literal(self) -> str:
+        return literal(self.level)
+
+    @property
+    def read_literal(self) -> str:
+        return literal(self.read)
+
+    @property
+    def reason_literal(self) -> str:
+        return literal(self.reason)
+
+    @property
+    def has_cw(self) -> bool:
+        return any(c.name == "c_cw" for c in self.coefs)
+
+    @property
+    def block_k(self) -> int:
+        return _block(self.dk)
+
+    @property
+    def affine(self) -> bool:
+        return self.objective.affine is not None
+
+
 @dataclass(frozen=True)
-class KernelPlan:
+class KernelPlan(PlanNames):
     """Everything the templates print for one level; every field is a flag, a number or code."""
 
     level: str                 # the spec's level name (block.level)
@@ -90,20 +119,8 @@ class KernelPlan:
 
     # names and literals the templates paste
     @property
-    def level_literal(self) -> str:
-        return literal(self.level)
-
-    @property
     def form_literal(self) -> str:
         return literal(self.form)
-
-    @property
-    def read_literal(self) -> str:
-        return literal(self.read)
-
-    @property
-    def reason_literal(self) -> str:
-        return literal(self.reason)
 
     @property
     def backward_reason_literal(self) -> str:
@@ -138,14 +155,6 @@ class KernelPlan:
         return "n2" in self.uses
 
     @property
-    def has_cw(self) -> bool:
-        return any(c.name == "c_cw" for c in self.coefs)
-
-    @property
-    def block_k(self) -> int:
-        return _block(self.dk)
-
-    @property
     def tile_tokens(self) -> int:
         """Tokens per tile: the chunk (dual form) or the tile of the wy form (free; the launcher may
         pass another power of two)."""
@@ -159,10 +168,6 @@ class KernelPlan:
     @property
     def dual(self) -> bool:
         return self.form == "dual"
-
-    @property
-    def affine(self) -> bool:
-        return self.objective.affine is not None
 
     @property
     def affine_expr(self) -> str:

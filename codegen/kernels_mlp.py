@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from .kernel_coefs import VARIABLES, Poly, _has_gradient, _has_momentum, fold_dual
 from .kernel_objectives import ObjectiveCode
-from .kernels import Coef, _affine_text, _block, _dgate_lines, rules_text
-from .names import literal, py
+from .kernels import Coef, PlanNames, _affine_text, _block, _dgate_lines, rules_text
+from .names import py
 
 TRANSITION_RULES = ("delta", "dgd")
 
@@ -71,7 +71,7 @@ def mlp_kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class MlpKernelPlan:
+class MlpKernelPlan(PlanNames):
     """Everything the MLP templates print for one level; every field is a flag, a number or code."""
 
     level: str
@@ -99,36 +99,12 @@ class MlpKernelPlan:
     rules_text: str
 
     @property
-    def level_literal(self) -> str:
-        return literal(self.level)
-
-    @property
-    def read_literal(self) -> str:
-        return literal(self.read)
-
-    @property
-    def reason_literal(self) -> str:
-        return literal(self.reason)
-
-    @property
-    def block_k(self) -> int:
-        return _block(self.dk)
-
-    @property
     def block_h(self) -> int:
         return _block(self.hidden)
 
     @property
     def block_v(self) -> int:
         return _block(self.dv)
-
-    @property
-    def has_cw(self) -> bool:
-        return any(c.name == "c_cw" for c in self.coefs)
-
-    @property
-    def affine(self) -> bool:
-        return self.objective.affine is not None
 
     @property
     def affine_expr(self) -> str:
