@@ -19,7 +19,7 @@ from nldsl.runtime import BACKENDS, MemoryConfig, MemoryLevel, Rule, set_backend
 from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
 from specs import memory_spec  # noqa: E402
-from triton_testkit import ratio, OUTPUT_RATIO, ANCHOR_RATIO, GATE_RATIO  # noqa: E402
+from triton_testkit import ratio, OUTPUT_RATIO, ANCHOR_RATIO, GATE_RATIO, model_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,17 +101,6 @@ def test_an_mlp_memory_without_a_fused_form_falls_back_and_says_why():
     assert torch.equal(y, y0)
 
 
-def _model_run(model):
-    torch.manual_seed(3)
-    x = torch.randint(0, model.vocab_size, (2, 10))
-    logits, state = model(x)
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, model.vocab_size), x[:, 1:].reshape(-1))
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    return logits, grads
-
-
 @pytest.mark.parametrize("spec", ["examples/gated_deltanet.nl", "examples/ttt_linear.nl"])
 def test_a_compiled_example_on_the_triton_backend_matches_chunked(spec):
     torch.manual_seed(0)
@@ -119,8 +108,8 @@ def test_a_compiled_example_on_the_triton_backend_matches_chunked(spec):
     assert {m.backend for m in model.modules() if isinstance(m, MemoryLevel)} == {"triton"}
     with warnings.catch_warnings():
         warnings.simplefilter("error", TritonFallbackWarning)
-        logits, grads = _model_run(model)
-    logits0, grads0 = _model_run(set_backend(model, "chunked"))
+        logits, grads = model_run(model)
+    logits0, grads0 = model_run(set_backend(model, "chunked"))
     assert ratio(logits0, logits) <= OUTPUT_RATIO
     assert set(grads) == set(grads0)
     for name in grads0:
@@ -139,8 +128,8 @@ def test_a_custom_objective_runs_on_its_packages_kernels(tmp_path):
     assert found.fwd.fn.__module__.endswith(".kernels")  # the compiled package's kernels.py
     with warnings.catch_warnings():
         warnings.simplefilter("error", TritonFallbackWarning)
-        logits, grads = _model_run(model)
-    logits0, grads0 = _model_run(set_backend(model, "chunked"))
+        logits, grads = model_run(model)
+    logits0, grads0 = model_run(set_backend(model, "chunked"))
     assert ratio(logits0, logits) <= OUTPUT_RATIO
     for name in grads0:
         assert ratio(grads0[name], grads[name]) <= ANCHOR_RATIO, name

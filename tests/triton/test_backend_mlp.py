@@ -18,21 +18,10 @@ from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from nldsl.runtime.triton.launch_mlp import MlpLevelKernels  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
 from specs import memory_spec  # noqa: E402
-from triton_testkit import ratio, OUTPUT_RATIO, ANCHOR_RATIO  # noqa: E402
+from triton_testkit import ratio, OUTPUT_RATIO, ANCHOR_RATIO, model_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _model_run(model, tokens=20):
-    torch.manual_seed(3)
-    x = torch.randint(0, model.vocab_size, (2, tokens))
-    logits, _ = model(x)
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, model.vocab_size), x[:, 1:].reshape(-1))
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    return logits, grads
 
 
 @pytest.mark.parametrize("spec", ["examples/titans.nl", "examples/ttt_mlp.nl"])
@@ -46,10 +35,10 @@ def test_a_compiled_mlp_memory_example_on_the_triton_backend_matches_chunked(spe
     before = {id(lv): kernels_for(lv.cfg, lv.objective, lv.level_name)[0].launches["bwd"] for lv in levels}
     with warnings.catch_warnings():
         warnings.simplefilter("error", TritonFallbackWarning)
-        logits, grads = _model_run(model)
+        logits, grads = model_run(model, tokens=20)
     after = {id(lv): kernels_for(lv.cfg, lv.objective, lv.level_name)[0].launches["bwd"] for lv in levels}
     assert all(after[i] > before[i] for i in before)
-    logits0, grads0 = _model_run(set_backend(model, "chunked"))
+    logits0, grads0 = model_run(set_backend(model, "chunked"), tokens=20)
     assert ratio(logits0, logits) <= OUTPUT_RATIO
     assert set(grads) == set(grads0)
     for name in grads0:
@@ -69,8 +58,8 @@ def test_an_mlp_memory_with_a_custom_objective_runs_on_its_packages_kernels(tmp_
     assert found.fwd.fn.__module__.endswith(".kernels")  # the compiled package's kernels.py
     with warnings.catch_warnings():
         warnings.simplefilter("error", TritonFallbackWarning)
-        logits, grads = _model_run(model, tokens=10)
-    logits0, grads0 = _model_run(set_backend(model, "chunked"), tokens=10)
+        logits, grads = model_run(model, tokens=10)
+    logits0, grads0 = model_run(set_backend(model, "chunked"), tokens=10)
     assert ratio(logits0, logits) <= OUTPUT_RATIO
     for name in grads0:
         assert ratio(grads0[name], grads[name]) <= ANCHOR_RATIO, name
@@ -83,10 +72,10 @@ def test_a_level_without_a_fused_form_falls_back_with_one_line(tmp_path):
     torch.manual_seed(0)
     model = load(spec, backend="triton")
     with pytest.warns(TritonFallbackWarning, match=r"memory level mix\.mem: .*depth 3 has no fused kernel") as got:
-        logits, _ = _model_run(model, tokens=10)
-        _model_run(model, tokens=10)
+        logits, _ = model_run(model, tokens=10)
+        model_run(model, tokens=10)
     assert len([w for w in got if issubclass(w.category, TritonFallbackWarning)]) == 1
-    logits0, _ = _model_run(set_backend(model, "chunked"), tokens=10)
+    logits0, _ = model_run(set_backend(model, "chunked"), tokens=10)
     assert ratio(logits0, logits) <= OUTPUT_RATIO  # the level ran on the chunked path (the prologue may be fused)
 
 

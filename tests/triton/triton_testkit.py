@@ -136,3 +136,15 @@ def compare(expected: Run, actual: Run, what: str, grads: bool = True) -> None:
         limit = GATE_RATIO if name.startswith("gate.") else ANCHOR_RATIO
         r = ratio(expected.grads[name], actual.grads[name])
         assert r <= limit, f"{what}: d/d{name} ratio {r:.2e} (limit {limit})"
+
+
+def model_run(model, tokens: int = 10):
+    """Logits of a fixed random batch (2 rows) and every parameter's gradient of its next-token loss."""
+    torch.manual_seed(3)
+    x = torch.randint(0, model.vocab_size, (2, tokens))
+    logits, _ = model(x)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, model.vocab_size), x[:, 1:].reshape(-1))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return logits, grads
