@@ -19,7 +19,7 @@ from nldsl.runtime import BACKENDS, MemoryConfig, MemoryLevel, Rule, set_backend
 from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
 from specs import memory_spec  # noqa: E402
-from triton_testkit import ratio, OUTPUT_RATIO, ANCHOR_RATIO, GATE_RATIO, model_run  # noqa: E402
+from triton_testkit import DEVICE, ratio, OUTPUT_RATIO, ANCHOR_RATIO, GATE_RATIO, model_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,10 +31,10 @@ def level(cfg, objective="l2", name="blk.mem", heads=2):
     with torch.no_grad():
         for p in lv.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    return lv
+    return lv.to(DEVICE)
 
 
-def inputs(cfg, heads=2, tokens=10, seed=1):
+def inputs(cfg, heads=2, tokens=10, seed=1, device=DEVICE):
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(2, tokens, heads * cfg.dk, generator=gen) * cfg.dk ** -0.5
     k = torch.randn(2, tokens, heads * cfg.dk, generator=gen) * cfg.dk ** -0.5
@@ -42,15 +42,16 @@ def inputs(cfg, heads=2, tokens=10, seed=1):
     gates = {"lr": 0.3 * torch.rand(2, tokens, heads, generator=gen),
              "retain": 0.7 + 0.3 * torch.rand(2, tokens, heads, generator=gen),
              "momentum": 0.8 * torch.rand(2, tokens, heads, generator=gen)}
-    return q, k, v, gates
+    return q.to(device), k.to(device), v.to(device), {n: g.to(device) for n, g in gates.items()}
 
 
 def run_level(lv, cfg, backend):
     lv.backend = backend
-    q, k, v, gates = (x.requires_grad_(True) if isinstance(x, torch.Tensor) else x for x in inputs(cfg))
+    device = next(lv.parameters()).device
+    q, k, v, gates = (x.requires_grad_(True) if isinstance(x, torch.Tensor) else x for x in inputs(cfg, device=device))
     gates = {n: g.requires_grad_(True) for n, g in gates.items() if n in ("lr", "retain", "momentum")}
     y, state = lv(q, k, v, gates)
-    loss = (y * torch.linspace(-1, 1, y.shape[-1])).sum() + sum(p.sum() for p in state.params.values())
+    loss = (y * torch.linspace(-1, 1, y.shape[-1], device=y.device)).sum() + sum(p.sum() for p in state.params.values())
     loss.backward()
     grads = {"q": q.grad, "k": k.grad, "v": v.grad, **{n: g.grad for n, g in gates.items()}}
     grads.update({n: p.grad.clone() for n, p in lv.named_parameters()})
@@ -83,7 +84,7 @@ def test_a_memory_level_runs_its_kernels_and_matches_chunked():
 
 def test_without_the_interpreter_on_a_cpu_it_falls_back_with_one_warning(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    lv = level(CFG, name="blk.cpu")
+    lv = level(CFG, name="blk.cpu").cpu()
     with pytest.warns(TritonFallbackWarning, match=r"memory level blk\.cpu: .*TRITON_INTERPRET=1 is not set") as got:
         y, _, _ = run_level(lv, CFG, "triton")
         run_level(lv, CFG, "triton")

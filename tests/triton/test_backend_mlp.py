@@ -3,6 +3,7 @@ levels run the generated kernels with no fallback and agree with the chunked bac
 fused form (HOPE's self-modifying dgd memories) falls back with one warning naming it and the reason."""
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -93,8 +94,9 @@ def test_on_a_gpu_a_head_too_large_for_the_registers_falls_back(monkeypatch):
 
     gpu_tensor = SimpleNamespace(is_cuda=True)
     peer, titans = lmm(256, 1024), lmm(32, 64)  # rendered under the interpreter
-    assert peer.unfit(gpu_tensor) is None  # the interpreter has no register file
-    monkeypatch.delenv("TRITON_INTERPRET")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        assert peer.unfit(gpu_tensor) is None  # the interpreter has no register file
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     reason = peer.unfit(gpu_tensor)
     assert reason and "W1 1024x256" in reason and "does not fit on chip" in reason
     assert titans.unfit(gpu_tensor) is None  # titans.nl's heads

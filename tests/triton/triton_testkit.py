@@ -1,6 +1,7 @@
 """Shared helpers of the Triton tests: running one memory configuration through the reference
-(float64), the chunked path and the generated kernels (float32), and the float32 error ratios of the
-correctness contract (docs/semantics.md §6: RMS(x - y) / RMS(x))."""
+(float64), the chunked path and the generated kernels (float32, or bf16 on a GPU), and the error ratios
+of the correctness contract (docs/semantics.md §6: RMS(x - y) / RMS(x)). The reference runs on the CPU;
+the other paths run on DEVICE: the GPU where there is one, else the CPU under the Triton interpreter."""
 from __future__ import annotations
 
 import sys
@@ -12,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 
-from memory_testkit import gradients, make_inputs, probe_loss, random_state, state_leaves  # noqa: E402
+from memory_testkit import Inputs, gradients, make_inputs, probe_loss, random_state, state_leaves  # noqa: E402
 
 from nldsl.runtime.memory import MemoryConfig, MemoryState, chunked, reference  # noqa: E402
 from nldsl.runtime.memory.inputs import start_state  # noqa: E402
@@ -22,26 +23,42 @@ OUTPUT_RATIO = 5e-3
 GATE_RATIO = 2e-2
 ANCHOR_RATIO = 3e-2
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 def ratio(expected: torch.Tensor, actual: torch.Tensor) -> float:
     """RMS(x - y) / RMS(x), with an absolute floor for (near-)zero references."""
-    x, y = expected.detach().double(), actual.detach().double()
+    x, y = expected.detach().cpu().double(), actual.detach().cpu().double()
     diff = (x - y).pow(2).mean().sqrt().item() if x.numel() else 0.0
     if diff <= 1e-6:
         return 0.0
     return diff / max(x.pow(2).mean().sqrt().item(), 1e-12)
 
 
-def to32(x):
+def to32(x, dtype: torch.dtype = torch.float32):
+    """A fresh leaf copy on DEVICE in `dtype` (tensors, dicts of them, memory states)."""
     if x is None:
         return None
     if isinstance(x, dict):
-        return {n: to32(t) for n, t in x.items()}
+        return {n: to32(t, dtype) for n, t in x.items()}
     if isinstance(x, MemoryState):
-        params = to32(x.params)
-        anchor = {n: params[n] if t is x.params[n] else to32(t) for n, t in x.anchor.items()}
-        return MemoryState(params, anchor, to32(x.momentum), x.position)
-    return x.detach().float().requires_grad_(True)
+        params = to32(x.params, dtype)
+        anchor = {n: params[n] if t is x.params[n] else to32(t, dtype) for n, t in x.anchor.items()}
+        return MemoryState(params, anchor, to32(x.momentum, dtype), x.position)
+    return x.detach().to(DEVICE, dtype).requires_grad_(True)
+
+
+def rounded(x, dtype: torch.dtype):
+    """A float64 leaf copy of x rounded through `dtype` (the values a `dtype` path receives)."""
+    if x is None:
+        return None
+    if isinstance(x, dict):
+        return {n: rounded(t, dtype) for n, t in x.items()}
+    if isinstance(x, MemoryState):
+        params = rounded(x.params, dtype)
+        anchor = {n: params[n] if t is x.params[n] else rounded(t, dtype) for n, t in x.anchor.items()}
+        return MemoryState(params, anchor, rounded(x.momentum, dtype), x.position)
+    return x.detach().to(dtype).double().requires_grad_(True)
 
 
 @dataclass
@@ -54,6 +71,7 @@ class Case:
     position: Optional[int] = None       # a carried-in state at this position, or a fresh sequence
     seed: int = 0
     eta_max: float = 0.4                 # write rates drawn in (0.02, eta_max)
+    dtype: torch.dtype = torch.float32   # of the chunked and triton paths' inputs
 
 
 @dataclass
@@ -73,20 +91,24 @@ def run_reference(case: Case) -> Run:
     st = None if case.position is None else random_state(case.cfg, case.batch, case.heads, case.position,
                                                          case.seed + 1)
     gates = _gates(case, inp.gates)
+    if case.dtype != torch.float32:  # the values the lower-precision path sees, in float64
+        inp = Inputs(*(rounded(t, case.dtype) for t in (inp.q, inp.k, inp.v)), rounded(inp.gates, case.dtype),
+                     rounded(inp.params0, case.dtype))
+        gates, st = _gates(case, inp.gates), rounded(st, case.dtype)
     y, end = reference(case.cfg, case.objective, inp.q, inp.k, inp.v, gates, inp.params0, st)
     leaves = _leaves(inp, gates, st)
     return Run(y, end, gradients(probe_loss(y, end, case.seed + 2), leaves))
 
 
 def run_path(case: Case, path: str, kernels=None) -> Run:
-    """The same case in float32 on the chunked path or on `kernels` (a LevelKernels)."""
+    """The same case in case.dtype on DEVICE, on the chunked path or on `kernels` (a LevelKernels)."""
     inp = make_inputs(case.cfg, case.batch, case.heads, case.tokens, case.seed, eta_max=case.eta_max)
     st = None if case.position is None else random_state(case.cfg, case.batch, case.heads, case.position,
                                                          case.seed + 1)
-    q, k, v = to32(inp.q), to32(inp.k), to32(inp.v)
-    gates = to32(_gates(case, inp.gates))
-    params0 = to32(inp.params0)
-    st32 = to32(st)
+    q, k, v = (to32(t, case.dtype) for t in (inp.q, inp.k, inp.v))
+    gates = to32(_gates(case, inp.gates), case.dtype)
+    params0 = to32(inp.params0, case.dtype)
+    st32 = to32(st, case.dtype)
     if path == "chunked":
         y, end = chunked(case.cfg, case.objective, q, k, v, gates, params0, st32)
     else:
@@ -100,12 +122,12 @@ def run_path(case: Case, path: str, kernels=None) -> Run:
         for n in list(leaves):
             if n.startswith("theta0."):
                 del leaves[n]
-    loss = probe_loss(y.double(), _double_state(end), case.seed + 2)
+    loss = probe_loss(y.cpu().double(), _double_state(end), case.seed + 2)
     return Run(y, end, gradients(loss, leaves))
 
 
 def _double_state(state: MemoryState) -> MemoryState:
-    d = lambda g: None if g is None else {n: t.double() for n, t in g.items()}  # noqa: E731
+    d = lambda g: None if g is None else {n: t.cpu().double() for n, t in g.items()}  # noqa: E731
     return MemoryState(d(state.params), d(state.anchor), d(state.momentum), state.position)
 
 
@@ -139,9 +161,11 @@ def compare(expected: Run, actual: Run, what: str, grads: bool = True) -> None:
 
 
 def model_run(model, tokens: int = 10):
-    """Logits of a fixed random batch (2 rows) and every parameter's gradient of its next-token loss."""
+    """Logits of a fixed random batch (2 rows) and every parameter's gradient of its next-token loss
+    (the model is moved to DEVICE)."""
     torch.manual_seed(3)
-    x = torch.randint(0, model.vocab_size, (2, tokens))
+    model.to(DEVICE)
+    x = torch.randint(0, model.vocab_size, (2, tokens)).to(DEVICE)
     logits, _ = model(x)
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, model.vocab_size), x[:, 1:].reshape(-1))
     loss.backward()

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: the Triton test suite (compiled kernels, float32 and bf16) and the three
+# harnesses of this folder, each step under its own time limit, logs and JSON figures under $OUT.
+#
+#   OUT=/tmp/gpu benchmarks/gpu/device_check.sh [STEP ...]     # default: every step, in this order
+#
+# Steps: setup env tests fla titans step. `setup` installs nlc (editable, no dependencies) and any
+# wheels found in .whl/ (lark, titans-pytorch, flash-linear-attention and what they need) for a machine
+# that cannot reach a package index. Limits in seconds come from LIMIT_<STEP> (e.g. LIMIT_TESTS=300).
+set -u
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-/tmp/nlc-gpu}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY="${PY:-python3}"
+LOG="$OUT/summary.txt"
+
+run_step() {  # name limit command...
+    local name="$1" limit="$2"; shift 2
+    local start=$SECONDS
+    echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
+    local file="$OUT/$name.txt"
+    [[ "$name" == step* ]] && file="/tmp/nlc-$name.txt"  # at most 8 files come back: these only in summary
+    timeout "$limit" "$@" >"$file" 2>&1
+    local rc=$?
+    echo "=== $name: rc=$rc after $((SECONDS - start))s" | tee -a "$LOG"
+    tail -n "${TAIL:-30}" "$file" | tee -a "$LOG"
+}
+
+step_setup() {
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+        || "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .
+}
+
+step_env() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+    "$PY" -c 'import sys, torch, triton; print(sys.version.split()[0], "torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
+    "$PY" -c 'import nldsl, lark; from nldsl.runtime.triton import LevelKernels; print("nldsl from", nldsl.__file__)'
+    "$PY" -c 'import importlib.metadata as m; print(*(f"{p} {m.version(p)}" for p in ("fla-core", "titans-pytorch")))'
+}
+
+want() { [ "$#" -eq 0 ] || [[ " $* " == *" $STEP "* ]]; }
+
+STEPS=(setup env tests fla titans step)
+for STEP in "${STEPS[@]}"; do
+    want "$@" || continue
+    case "$STEP" in
+        setup) echo "=== setup" | tee -a "$LOG"; step_setup >>"$LOG" 2>&1; echo "=== setup: rc=$?" | tee -a "$LOG"
+               export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} ;;
+        env) echo "=== env" | tee -a "$LOG"; step_env 2>&1 | tee -a "$LOG" ;;
+        tests) run_step tests "${LIMIT_TESTS:-200}" "$PY" -m pytest -q -p no:cacheprovider tests/triton \
+                   -n "${WORKERS:-12}" --timeout=170 -rfE ${PYTEST_EXTRA:-} ;;
+        fla) run_step fla "${LIMIT_FLA:-150}" "$PY" benchmarks/gpu/kernels_vs_fla.py --json "$OUT/fla.json" ;;
+        titans) run_step titans "${LIMIT_TITANS:-70}" "$PY" benchmarks/gpu/titans_vs_titans_pytorch.py \
+                    --json "$OUT/titans.json" ;;
+        step) run_step step_f32 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --json "$OUT/step_f32.json"
+              run_step step_bf16 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --dtype bfloat16 \
+                  --json "$OUT/step_bf16.json" ;;
+    esac
+done
