@@ -52,11 +52,13 @@ for STEP in "${STEPS[@]}"; do
         setup) echo "=== setup" | tee -a "$LOG"; step_setup >>"$LOG" 2>&1; echo "=== setup: rc=$?" | tee -a "$LOG"
                export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} ;;
         env) echo "=== env" | tee -a "$LOG"; step_env 2>&1 | tee -a "$LOG" ;;
-        tests) run_step tests "${LIMIT_TESTS:-200}" "$PY" -m pytest -q -p no:cacheprovider tests/triton \
-                   -n "${WORKERS:-12}" --timeout=170 -rfE ${PYTEST_EXTRA:-} ;;
-        fla) run_step fla "${LIMIT_FLA:-150}" "$PY" benchmarks/gpu/kernels_vs_fla.py --json "$OUT/fla.json" ;;
+        tests) NLC_FAILURE_LOG="$OUT/failures.txt" run_step tests "${LIMIT_TESTS:-200}" "$PY" -m pytest -v \
+                   -p no:cacheprovider -p no:benchmark tests/triton -n "${WORKERS:-12}" --timeout=170 -rfE \
+                   ${PYTEST_EXTRA:-} ;;
+        fla) run_step fla "${LIMIT_FLA:-150}" "$PY" benchmarks/gpu/kernels_vs_fla.py --json "$OUT/fla.json" \
+                 ${FLA_ARGS:-} ;;
         titans) run_step titans "${LIMIT_TITANS:-70}" "$PY" benchmarks/gpu/titans_vs_titans_pytorch.py \
-                    --json "$OUT/titans.json" ;;
+                    --json "$OUT/titans.json" ${TITANS_ARGS:-} ;;
         step) run_step step_f32 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --json "$OUT/step_f32.json"
               run_step step_bf16 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --dtype bfloat16 \
                   --json "$OUT/step_bf16.json" ;;

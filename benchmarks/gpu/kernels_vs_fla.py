@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -90,12 +91,22 @@ def run_fla(x, grad: bool):
     return o.transpose(1, 2), state.transpose(-1, -2)
 
 
+def first_call(fn) -> float:
+    """Seconds of one synchronised call (the first one compiles, and autotunes where a kernel does)."""
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--peak", type=float, default=None, help="the card's dense bf16 peak in TFLOP/s")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--shapes", default=None, help="B×T pairs to run, e.g. 8x2048,1x16384 (default: both)")
     args = ap.parse_args()
 
     gpu = torch.cuda.is_available()
@@ -110,6 +121,8 @@ def main() -> int:
         device, dtype = "cpu", torch.float32
         shapes, heads, dim = TINY_SHAPES, TINY_HEADS, TINY_DIM
         name, peak, repeats, warmup = "CPU (Triton interpreter)", None, 1, 0
+    if args.shapes:
+        shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
     cfg, kernels = gdn_kernels(dim)
     print(f"device: {name}; dtype {str(dtype).replace('torch.', '')}; {heads} heads, head dim {dim}; "
           f"fla {'present' if have_fla else 'absent (its columns are skipped)'}")
@@ -124,6 +137,8 @@ def main() -> int:
             flops = flops_forward(batch, tokens, heads, dim, dim) * (3 if grad else 1)
             row = {"batch": batch, "tokens": tokens, "heads": heads, "dim": dim, "mode": mode,
                    "dtype": str(dtype).replace("torch.", ""), "device": name}
+            first = first_call(lambda: run_generated(cfg, kernels, x, grad))
+            print(f"  B={batch} T={tokens} {mode}: first call of the generated kernels {first:.1f} s", flush=True)
             ours_ms = time_call(lambda: run_generated(cfg, kernels, x, grad), repeats, warmup)
             row["generated_ms"] = ours_ms
             row["generated_tflops"] = flops / ours_ms / 1e9
@@ -134,6 +149,8 @@ def main() -> int:
                                  gates, {"W": torch.zeros(heads, dim, dim)})
                 row["error_vs_chunked"] = max(rel(y, y0), rel(s, s0.params["W"]))
             if have_fla and gpu:
+                first = first_call(lambda: run_fla(x, grad))
+                print(f"  B={batch} T={tokens} {mode}: first call of fla (with its autotuning) {first:.1f} s", flush=True)
                 fla_ms = time_call(lambda: run_fla(x, grad), repeats, warmup)
                 row["fla_ms"] = fla_ms
                 row["fla_tflops"] = flops / fla_ms / 1e9

@@ -202,6 +202,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--configs", default=None, help="comma-separated configuration names (default: all)")
     args = ap.parse_args()
     if importlib.util.find_spec("titans_pytorch") is None:
         print("titans-pytorch is not installed: pip install titans-pytorch==0.5.5")
@@ -209,7 +210,8 @@ def main() -> int:
     os.environ.setdefault("NLC_CACHE", tempfile.mkdtemp(prefix="nlc-bench-"))
     gpu = torch.cuda.is_available()
     if gpu:
-        device, configs, repeats, warmup = "cuda", GPU_CONFIGS, args.repeats, args.warmup
+        device, repeats, warmup = "cuda", args.repeats, args.warmup
+        configs = [c for c in GPU_CONFIGS if not args.configs or c.name in args.configs.split(",")]
         name = torch.cuda.get_device_name()
     else:
         device, configs, repeats, warmup = "cpu", TINY_CONFIGS, 1, 0

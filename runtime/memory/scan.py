@@ -108,7 +108,7 @@ def system_inverse(geometry: Geometry, x: Tensor, p: Tensor) -> Tensor:
     known before the loop over tiles, so that each tile's solve becomes one matmul."""
     eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
     system = eye - _rows(geometry.retention, 'before')[..., 1:] * (p @ x.transpose(-1, -2))
-    return torch.linalg.solve_triangular(system, eye.expand_as(system), upper=False, unitriangular=True)
+    return _solve_lower(system, eye.expand_as(system))
 
 
 def solve_columns(geometry: Geometry, start: Tensor, x: Tensor, p: Optional[Tensor], w: Tensor,
@@ -134,6 +134,15 @@ def solve_columns(geometry: Geometry, start: Tensor, x: Tensor, p: Optional[Tens
         return inverse @ rhs
     eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
     system = eye - _rows(geometry.retention, 'before')[..., 1:] * (p @ x.transpose(-1, -2))
+    return _solve_lower(system, rhs)
+
+
+def _solve_lower(system: Tensor, rhs: Tensor) -> Tensor:
+    """X with system X = rhs, system unit lower triangular; half-precision inputs are solved in float32
+    (the triangular solve has no bf16 / fp16 kernels)."""
+    if system.dtype in (torch.float16, torch.bfloat16):
+        x = torch.linalg.solve_triangular(system.float(), rhs.float(), upper=False, unitriangular=True)
+        return x.to(rhs.dtype)
     return torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
 
 

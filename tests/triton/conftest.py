@@ -38,3 +38,13 @@ def fresh_fallback_warnings(monkeypatch):
     """Each test sees the triton backend's fallback warnings anew (given once per level and reason)."""
     from nldsl.runtime.triton import backend
     monkeypatch.setattr(backend, "_WARNED", set())
+
+
+def pytest_runtest_logreport(report):
+    """With NLC_FAILURE_LOG set, every failure is appended to that file as it happens, so that a run
+    stopped by a time limit (a lent GPU) still says what failed and why."""
+    path = os.environ.get("NLC_FAILURE_LOG")
+    if path and report.failed:
+        lines = report.longreprtext.strip().splitlines()
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"FAILED {report.nodeid} ({report.when})\n" + "\n".join(lines[-15:]) + "\n\n")
