@@ -233,7 +233,9 @@ def kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
     return "wy", "chunk 1, gradient affine in W: WY/UT form over tiles of free size"
 
 
-WY_TILE = 64  # the default tile of the wy form, whose tiles are free (a GPU-sized default)
+# The default tile of the wy form, whose tiles are free. On an H200 a 64-token tile spilled heavily and
+# its backward compiled for minutes; 16 compiles in seconds (benchmarks/gpu/compile_report.py).
+WY_TILE = 16
 
 
 def _block(n: int) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..memory import MemoryState, chunked
+from .backend import OutOfResources, without_backward_kernel
 
 GATES = ("eta", "alpha", "beta")
 
@@ -56,9 +57,13 @@ class ChunkFunction(torch.autograd.Function):
     def backward(ctx, dy, dtheta1, danchor1, dmom1):
         saved = ctx.saved_tensors
         kernels = ctx.kernels
+        grads = None
         if kernels.bwd is not None:
-            grads = kernels.launch_bwd(ctx.position, saved, dy, dtheta1, danchor1, dmom1)
-        else:
+            try:
+                grads = kernels.launch_bwd(ctx.position, saved, dy, dtheta1, danchor1, dmom1)
+            except OutOfResources as error:
+                without_backward_kernel(kernels, error)
+        if grads is None:
             kernels.launches["recompute"] += 1
             grads = recompute_grads(ctx.cfg, ctx.objective, ctx.position, saved[:9], (dy, dtheta1, danchor1, dmom1))
         return (None, None, None, None) + _only_needed(ctx, grads)

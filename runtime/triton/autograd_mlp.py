@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..memory import MemoryState, chunked
+from .backend import OutOfResources, without_backward_kernel
 
 GATES = ("eta", "alpha", "beta")
 WEIGHTS = ("W1", "W2")
@@ -34,9 +35,13 @@ class MlpChunkFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
+        grads = None
         if ctx.kernels.bwd is not None:
-            grads = ctx.kernels.launch_bwd(ctx.position, ctx.saved_tensors, dy, dw1, dw2, da1, da2, ds1, ds2)
-        else:
+            try:
+                grads = ctx.kernels.launch_bwd(ctx.position, ctx.saved_tensors, dy, dw1, dw2, da1, da2, ds1, ds2)
+            except OutOfResources as error:
+                without_backward_kernel(ctx.kernels, error)
+        if grads is None:
             grads = _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2)
         needed = ctx.needs_input_grad[4:]
         return (None, None, None, None) + tuple(g if need else None for g, need in zip(grads, needed))

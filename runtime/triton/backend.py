@@ -1,6 +1,8 @@
 """Choosing between the generated kernels and the chunked path for one call of a memory level: no
-Triton, tensors the kernels cannot take, a level without kernels, or (MLP memories) a head whose state
-does not fit on chip fall back with one warning per level and reason."""
+Triton, tensors the kernels cannot take, a level without kernels, (MLP memories) a head whose state
+does not fit on chip, or a kernel that needs more shared memory than the device has fall back with one
+warning per level and reason. A backward kernel that does not fit leaves the level's forward fused and
+its backward to PyTorch (the tiles recomputed by the chunked path)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,12 @@ class TritonFallbackWarning(RuntimeWarning):
 
 
 _WARNED: set = set()
+_UNLAUNCHABLE: dict = {}   # id(kernels) -> why its forward kernel cannot launch on this device
+
+try:
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # pragma: no cover - no Triton: nothing launches, nothing to catch
+    OutOfResources = ()
 
 
 def interpreting() -> bool:
@@ -44,6 +52,13 @@ def fall_back(level: str, reason: str) -> None:
                   TritonFallbackWarning, stacklevel=4)
 
 
+def without_backward_kernel(kernels, error: Exception) -> None:
+    """The level's backward kernel does not fit the device: from now on its backward runs in PyTorch."""
+    kernels.bwd = None
+    fall_back(kernels.level, f"its backward kernel does not fit the device ({error}); the backward runs the "
+                             "chunked PyTorch path")
+
+
 def run_memory(level, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tensor], params0,
                state: Optional[MemoryState] = None) -> tuple[Tensor, MemoryState]:
     """What `MemoryLevel.forward` runs for backend 'triton' (q, k, v split into heads)."""
@@ -57,6 +72,8 @@ def run_memory(level, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tenso
     if kernels is not None and getattr(kernels, "unfit", None) is not None:
         reason = kernels.unfit(q)
         kernels = None if reason else kernels
+    if kernels is not None and id(kernels) in _UNLAUNCHABLE:
+        kernels, reason = None, _UNLAUNCHABLE[id(kernels)]
     if kernels is None:
         fall_back(name, reason)
         return chunked(cfg, objective, q, k, v, gates, params0, state)
@@ -64,4 +81,9 @@ def run_memory(level, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tenso
     if k.shape[2] == 0:
         return chunked(cfg, objective, q, k, v, gates, params0, state)
     start = start_state(cfg, params0, state, k)
-    return kernels.run(cfg, objective, q, k, v, gates, start)
+    try:
+        return kernels.run(cfg, objective, q, k, v, gates, start)
+    except OutOfResources as error:
+        _UNLAUNCHABLE[id(kernels)] = f"its forward kernel does not fit the device ({error})"
+        fall_back(name, _UNLAUNCHABLE[id(kernels)])
+        return chunked(cfg, objective, q, k, v, gates, params0, state)

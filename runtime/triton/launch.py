@@ -35,6 +35,18 @@ def gate_arguments(gates: Mapping[str, Tensor], k: Tensor) -> list[Tensor]:
             for name in GATES]
 
 
+GPU_ROWS = 16
+
+
+def launch_options(warps: Optional[int], large: bool) -> dict:
+    """Warps per program: `warps` if set, else 8 for large states, whose tiles spill at 4 (ptxas for
+    sm_90: Gated DeltaNet at head width 128 spills 9.0 KB per thread in the forward at 4 warps and 0.6 KB
+    at 8; titans.nl's MLP memory 9.2 KB and 0.6 KB), else Triton's default."""
+    if warps is not None:
+        return {"num_warps": warps}
+    return {"num_warps": 8} if large and not interpreting() else {}
+
+
 def _pow2(n: int) -> int:
     return max(16, 1 << max(0, (n - 1).bit_length()))
 
@@ -64,6 +76,7 @@ class LevelKernels:
     tile: Optional[int] = None
     block_v: Optional[int] = None
     decode_tokens: int = 1
+    warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0})
 
     # ---------------------------------------------------------------- sizes
@@ -74,10 +87,12 @@ class LevelKernels:
         return 16 if interpreting() else self.block_t
 
     def rows_per_program(self) -> int:
+        """Rows of W per program: all of them under the interpreter; on a GPU GPU_ROWS, which keeps the
+        kernels' live tiles within the register file (benchmarks/gpu/compile_report.py measures it)."""
         if self.block_v is not None:
             return _pow2(self.block_v)
         full = _pow2(self.dv)
-        return full if interpreting() else min(full, 64)
+        return full if interpreting() else min(full, GPU_ROWS)
 
     @staticmethod
     def precision(dtype: torch.dtype) -> str:
@@ -86,6 +101,9 @@ class LevelKernels:
         if interpreting() or dtype in (torch.float32, torch.float64):
             return "ieee"
         return "tf32"
+
+    def launch_options(self) -> dict:
+        return launch_options(self.warps, max(self.dk, self.dv) > 32)
 
     def tiles(self, position: int, tokens: int) -> tuple[int, int, dict]:
         """(offset, n_tiles, extra constexprs) of a call of `tokens` tokens starting at `position`."""
@@ -132,7 +150,8 @@ class LevelKernels:
         mstarts = torch.empty(shape if self.momentum else (1,), dtype=torch.float32, device=k.device)
         grid = (-(-self.dv // bv), batch * heads)
         self.fwd[grid](q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1, starts, mstarts,
-                       tokens, offset, n_tiles, BV=bv, STORE=store, PREC=self.precision(q.dtype), **extra)
+                       tokens, offset, n_tiles, BV=bv, STORE=store, PREC=self.precision(q.dtype), **extra,
+                       **self.launch_options())
         self.launches["fwd"] += 1
         return y, theta1, anchor1, mom1, starts, mstarts
 
@@ -155,7 +174,8 @@ class LevelKernels:
         self.bwd[grid](q, k, v, eta, alpha, beta, anchor0, starts, mstarts,
                        dy.contiguous(), d_end.contiguous(), dmom1.contiguous(), d_anchor_end.contiguous(),
                        dq, dk, dv, deta, dalpha, dbeta, dtheta0, danchor0, dmom0,
-                       tokens, offset, n_tiles, batch * heads, BV=bv, PREC=self.precision(q.dtype), **extra)
+                       tokens, offset, n_tiles, batch * heads, BV=bv, PREC=self.precision(q.dtype), **extra,
+                       **self.launch_options())
         self.launches["bwd"] += 1
         return (dq.sum(0), dk.sum(0), dv.sum(0), deta.sum(0), dalpha.sum(0), dbeta.sum(0),
                 dtheta0, danchor0, dmom0)
@@ -168,6 +188,6 @@ class LevelKernels:
         mom1 = torch.empty_like(theta0) if self.momentum else mom0.clone()
         grid = (-(-self.dv // bv), batch * heads)
         self.step[grid](q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1,
-                        tokens, position % self.chunk, BV=bv)
+                        tokens, position % self.chunk, BV=bv, **self.launch_options())
         self.launches["step"] += 1
         return y, theta1, anchor1, mom1

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..memory import MemoryConfig, MemoryState
 from .backend import interpreting
-from .launch import as_f32, gate_arguments
+from .launch import as_f32, gate_arguments, launch_options
 
 WEIGHTS = ("W1", "W2")
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
@@ -46,6 +46,7 @@ class MlpLevelKernels:
     fwd: Any
     bwd: Any = None
     reason: str = ""
+    warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "bwd_tiles": 0})
 
     @property
@@ -59,6 +60,9 @@ class MlpLevelKernels:
         from .launch import LevelKernels
 
         return LevelKernels.precision(dtype)
+
+    def launch_options(self) -> dict:
+        return launch_options(self.warps, self.state_floats() > 4096)
 
     def state_floats(self) -> int:
         """float32 values of the state one program holds: theta, anchor (and momentum) of W1 and W2."""
@@ -115,7 +119,7 @@ class MlpLevelKernels:
             starts = mstarts = [torch.empty(1, dtype=torch.float32, device=dev)] * 2
         grid = (batch * heads,)
         self.fwd[grid](q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, y, *ends, *moms, *starts, *mstarts,
-                       tokens, offset, n_tiles, STORE=store, PREC=self.precision(q.dtype))
+                       tokens, offset, n_tiles, STORE=store, PREC=self.precision(q.dtype), **self.launch_options())
         self.launches["fwd"] += 1
         return (y, *ends, *moms), (starts, mstarts)
 
@@ -135,6 +139,7 @@ class MlpLevelKernels:
         self.bwd[(k.shape[0] * k.shape[1],)](
             q, k, v, eta, alpha, beta, a1, a2, st1, st2, ss1, ss2,
             c(dy), c(d_end[0]), c(d_end[1]), c(ds1), c(ds2), c(d_anchor[0]), c(d_anchor[1]),
-            *grads_in, *grads_state, tokens, offset, n_tiles, PREC=self.precision(q.dtype))
+            *grads_in, *grads_state, tokens, offset, n_tiles, PREC=self.precision(q.dtype),
+            **self.launch_options())
         self.launches["bwd"] += 1
         return (*grads_in, *grads_state)
