@@ -15,7 +15,7 @@ are comparable rates, not counted instructions; the share is of the card's dense
 
 Without a GPU the script runs the generated kernels end to end under the Triton interpreter at tiny
 shapes in float32 (the interpreter has no bf16 tl.dot), checks them against the chunked PyTorch
-path, skips fla if it is not installed, and says that no GPU figures exist yet.
+path, skips fla if it is not installed, and says that it made no GPU figures.
 """
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def main() -> int:
                 line += f" | rel. diff vs chunked {row['error_vs_chunked']:.1e}"
             print(line)
     if not gpu:
-        print("no GPU figures exist yet: this run used the Triton interpreter on a CPU at tiny shapes "
+        print("no GPU figures from this run: it used the Triton interpreter on a CPU at tiny shapes "
               "(its timings say nothing about GPU speed); run on a GPU for the bf16 comparison with fla")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -20,8 +20,8 @@ says so instead of timing it; a kernel that fails to compile is reported the sam
 
 Without a GPU the script runs end to end under the Triton interpreter at a tiny size (dim 32, 2 heads
 of 16, hidden 64, chunk 8), checks ours against the chunked PyTorch backend (outputs and gradients),
-times both layers (interpreter timings say nothing about GPU speed) and says that no GPU figures
-exist yet.
+times both layers (interpreter timings say nothing about GPU speed) and says that it made no GPU
+figures.
 """
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def main() -> int:
         for cfg in configs:
             rows += bench_config(cfg, Path(folder), device, repeats, warmup, gpu)
     if not gpu:
-        print("no GPU figures exist yet: this run used the Triton interpreter on a CPU at a tiny size "
+        print("no GPU figures from this run: it used the Triton interpreter on a CPU at a tiny size "
               "(its timings say nothing about GPU speed); run on a GPU for the comparison")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -17,7 +17,7 @@ kernels (convolution, gates, norms) one step launches.
 
 Without a GPU the script runs on the CPU under the Triton interpreter (TRITON_INTERPRET=1) at tiny
 shapes, to show that the harness works end to end; interpreter times are not speed figures, and the
-output says that no GPU figures exist yet.
+output says that it made no GPU figures.
 """
 from __future__ import annotations
 
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     print(f"triton / chunked: {ratio:.2f}x")
     if interpreting:
         print("These figures come from the Triton interpreter on a CPU: they are not speed figures, "
-              "and no GPU figures exist yet.")
+              "so there are no GPU figures from this run.")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"spec": args.spec, "device": card, "interpreter": interpreting, "batch": batch_size,
