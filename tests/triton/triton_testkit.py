@@ -35,30 +35,28 @@ def ratio(expected: torch.Tensor, actual: torch.Tensor) -> float:
     return diff / max(x.pow(2).mean().sqrt().item(), 1e-12)
 
 
-def to32(x, dtype: torch.dtype = torch.float32):
-    """A fresh leaf copy on DEVICE in `dtype` (tensors, dicts of them, memory states)."""
+def _leaves_like(x, make):
+    """x (a tensor, a dict of them or a memory state) with every tensor replaced by make(tensor); an
+    anchor that is its theta stays shared."""
     if x is None:
         return None
     if isinstance(x, dict):
-        return {n: to32(t, dtype) for n, t in x.items()}
+        return {n: _leaves_like(t, make) for n, t in x.items()}
     if isinstance(x, MemoryState):
-        params = to32(x.params, dtype)
-        anchor = {n: params[n] if t is x.params[n] else to32(t, dtype) for n, t in x.anchor.items()}
-        return MemoryState(params, anchor, to32(x.momentum, dtype), x.position)
-    return x.detach().to(DEVICE, dtype).requires_grad_(True)
+        params = _leaves_like(x.params, make)
+        anchor = {n: params[n] if t is x.params[n] else make(t) for n, t in x.anchor.items()}
+        return MemoryState(params, anchor, _leaves_like(x.momentum, make), x.position)
+    return make(x)
+
+
+def to32(x, dtype: torch.dtype = torch.float32):
+    """A fresh leaf copy on DEVICE in `dtype` (tensors, dicts of them, memory states)."""
+    return _leaves_like(x, lambda t: t.detach().to(DEVICE, dtype).requires_grad_(True))
 
 
 def rounded(x, dtype: torch.dtype):
     """A float64 leaf copy of x rounded through `dtype` (the values a `dtype` path receives)."""
-    if x is None:
-        return None
-    if isinstance(x, dict):
-        return {n: rounded(t, dtype) for n, t in x.items()}
-    if isinstance(x, MemoryState):
-        params = rounded(x.params, dtype)
-        anchor = {n: params[n] if t is x.params[n] else rounded(t, dtype) for n, t in x.anchor.items()}
-        return MemoryState(params, anchor, rounded(x.momentum, dtype), x.position)
-    return x.detach().to(dtype).double().requires_grad_(True)
+    return _leaves_like(x, lambda t: t.detach().to(dtype).double().requires_grad_(True))
 
 
 @dataclass
