@@ -179,9 +179,10 @@ def main() -> int:
     ap.add_argument("--tile", type=int, help="the wy form's tile (tokens per tile) instead of the level's")
     ap.add_argument("--block-v", type=int, help="rows of the state per program (linear memories)")
     ap.add_argument("--warps", type=int, help="warps per program instead of the level's")
+    ap.add_argument("--stages", type=int, help="software-pipelining stages instead of the level's")
     args = ap.parse_args()
     os.environ.setdefault("NLC_CACHE", tempfile.mkdtemp(prefix="nlc-compile-"))
-    overrides = {"tile": args.tile, "block_v": args.block_v, "warps": args.warps}
+    overrides = {"tile": args.tile, "block_v": args.block_v, "warps": args.warps, "stages": args.stages}
     for name in args.configs:
         report(name, args.arch, overrides)
     return 0

@@ -49,7 +49,9 @@ def _detach(state):
 
 
 def _finite(tensors) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    """Every element of every tensor is finite (one device synchronisation, not one per tensor)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
@@ -221,17 +223,21 @@ class NestedLoop:
         return True
 
     def _memory_stats(self, state: dict, length: int):
-        # per memory and state: [non-finite?, sum of squares, rows], summed over processes in one go
-        found = []
+        # per memory and state: [non-finite?, sum of squares, rows], summed over processes in one go; the
+        # squares come off the device in one synchronisation (a sum of squares is non-finite exactly when
+        # an element is, or when it overflows as the per-tensor sums it replaces did)
+        found, squares = [], []
         for m in self.info["memories"]:
             keys = [k for k in state if k == m["name"] or k.endswith("." + m["name"])]
             for k in keys:
                 s = state[k]
                 if hasattr(s, "params"):
                     tensors = list(s.params.values())
-                    found.append((m["name"], [0.0 if _finite(tensors) else 1.0,
-                                              sum(float(t.pow(2).sum()) for t in tensors), tensors[0].shape[0]]))
-        flat = self.comm.sum([v for _, values in found for v in values])
+                    found.append((m["name"], tensors[0].shape[0]))
+                    squares.append(sum(t.detach().float().pow(2).sum() for t in tensors))
+        values = torch.stack(squares).tolist() if squares else []
+        flat = self.comm.sum([v for (_, rows), square in zip(found, values)
+                              for v in (0.0 if math.isfinite(square) else 1.0, square, rows)])
         norms: dict = {}
         for i, (name, _) in enumerate(found):
             bad, square, rows = flat[3 * i:3 * i + 3]

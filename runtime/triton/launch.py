@@ -38,13 +38,17 @@ def gate_arguments(gates: Mapping[str, Tensor], k: Tensor) -> list[Tensor]:
 GPU_ROWS = 16
 
 
-def launch_options(warps: Optional[int], large: bool) -> dict:
-    """Warps per program: `warps` if set, else 8 for large states, whose tiles spill at 4 (ptxas for
-    sm_90: Gated DeltaNet at head width 128 spills 9.0 KB per thread in the forward at 4 warps and 0.6 KB
-    at 8; titans.nl's MLP memory 9.2 KB and 0.6 KB), else Triton's default."""
-    if warps is not None:
-        return {"num_warps": warps}
-    return {"num_warps": 8} if large and not interpreting() else {}
+def launch_options(warps: Optional[int], stages: Optional[int], large: bool) -> dict:
+    """Launch options on a GPU (the interpreter ignores them): `warps` and `stages` where set; else one
+    software-pipelining stage, since the tile loop carries the state and pipelining it multiplies its
+    buffers (ptxas for sm_90: the backward of an MLP memory 32 -> 128 -> 32 needs 284 KB of shared
+    memory at Triton's default and 77 KB at one stage; Gated DeltaNet's at head width 128 spills 8.7 KB
+    per thread, and 1.4 KB at one stage); and 8 warps for large states, whose tiles spill at 4 (Gated
+    DeltaNet's forward at width 128: 9.0 KB at 4 warps, 0.6 KB at 8)."""
+    if interpreting():
+        return {}
+    return {"num_stages": 1 if stages is None else stages,
+            "num_warps": warps if warps is not None else (8 if large else 4)}
 
 
 def _pow2(n: int) -> int:
@@ -77,6 +81,7 @@ class LevelKernels:
     block_v: Optional[int] = None
     decode_tokens: int = 1
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
+    stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0})
 
     # ---------------------------------------------------------------- sizes
@@ -103,7 +108,7 @@ class LevelKernels:
         return "tf32"
 
     def launch_options(self) -> dict:
-        return launch_options(self.warps, max(self.dk, self.dv) > 32)
+        return launch_options(self.warps, self.stages, max(self.dk, self.dv) > 32)
 
     def tiles(self, position: int, tokens: int) -> tuple[int, int, dict]:
         """(offset, n_tiles, extra constexprs) of a call of `tokens` tokens starting at `position`."""

@@ -47,6 +47,7 @@ class MlpLevelKernels:
     bwd: Any = None
     reason: str = ""
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
+    stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "bwd_tiles": 0})
 
     @property
@@ -62,7 +63,7 @@ class MlpLevelKernels:
         return LevelKernels.precision(dtype)
 
     def launch_options(self) -> dict:
-        return launch_options(self.warps, self.state_floats() > 4096)
+        return launch_options(self.warps, self.stages, self.state_floats() > 4096)
 
     def state_floats(self) -> int:
         """float32 values of the state one program holds: theta, anchor (and momentum) of W1 and W2."""
