@@ -4,7 +4,8 @@
 #
 #   OUT=/tmp/gpu benchmarks/gpu/device_check.sh [STEP ...]     # default: every step, in this order
 #
-# Steps: setup env tests fla titans step. `setup` installs nlc (editable, no dependencies) and any
+# Steps: setup env tests fla titans step suite (suite: the rest of the test suite, not run by default).
+# `setup` installs nlc (editable, no dependencies) and any
 # wheels found in .whl/ (lark, titans-pytorch, flash-linear-attention and what they need) for a machine
 # that cannot reach a package index. Limits in seconds come from LIMIT_<STEP> (e.g. LIMIT_TESTS=300).
 set -u
@@ -20,7 +21,9 @@ run_step() {  # name limit command...
     local start=$SECONDS
     echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
     local file="$OUT/$name.txt"
-    [[ "$name" == step* ]] && file="/tmp/nlc-$name.txt"  # at most 8 files come back: these only in summary
+    # at most 8 files come back from a lent machine: the harnesses' logs only as tails in the summary
+    # (their figures are in their JSON files)
+    [[ "$name" == tests || "$name" == suite ]] || file="/tmp/nlc-$name.txt"
     timeout "$limit" "$@" >"$file" 2>&1
     local rc=$?
     echo "=== $name: rc=$rc after $((SECONDS - start))s" | tee -a "$LOG"
@@ -43,9 +46,9 @@ step_env() {
     "$PY" -c 'import importlib.metadata as m; print(*(f"{p} {m.version(p)}" for p in ("fla-core", "titans-pytorch")))'
 }
 
-want() { [ "$#" -eq 0 ] || [[ " $* " == *" $STEP "* ]]; }
+want() { if [ "$#" -eq 0 ]; then [ "$STEP" != suite ]; else [[ " $* " == *" $STEP "* ]]; fi; }
 
-STEPS=(setup env tests fla titans step)
+STEPS=(setup env tests fla titans step suite)
 for STEP in "${STEPS[@]}"; do
     want "$@" || continue
     case "$STEP" in
@@ -59,6 +62,8 @@ for STEP in "${STEPS[@]}"; do
                  ${FLA_ARGS:-} ;;
         titans) run_step titans "${LIMIT_TITANS:-70}" "$PY" benchmarks/gpu/titans_vs_titans_pytorch.py \
                     --json "$OUT/titans.json" ${TITANS_ARGS:-} ;;
+        suite) run_step suite "${LIMIT_SUITE:-300}" "$PY" -m pytest -q -p no:cacheprovider -p no:benchmark \
+                   -n "${WORKERS:-12}" --timeout=280 -m "not triton and not browser" -rfE ;;
         step) run_step step_f32 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --json "$OUT/step_f32.json"
               run_step step_bf16 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --dtype bfloat16 \
                   --json "$OUT/step_bf16.json" ;;
