@@ -3,7 +3,8 @@
 Fused: a depth-2 MLP W2 act(W1 k) (+ k with a residual), no biases, chunk C > 1 (every gradient at
 the chunk anchor), the rules retain, gd, momentum, delta and dgd in any order (but not a transition
 together with momentum), any objective with a kernel form (codegen/kernel_objectives.py), a value
-target or a self-generated one M_anchor(v), and every read mode. Inside a tile (one chunk) retain, gd
+target or a self-generated one M_anchor(v), and every read mode. A tile is the chunk, or SUB_TILE
+tokens of it when the chunk is a larger multiple of SUB_TILE. Inside a tile retain, gd
 and momentum act on W1 and W2 as scalars, so the state after token t is
     W_t = g_t W_0 + c_t S_0 + sum_{s <= t} C[t, s] delta_s x_s^T
 (S the momentum, g, c, C products of the folded per-token coefficients, delta_s x_s^T the gradient of
@@ -27,6 +28,11 @@ from .kernels import Coef, PlanNames, _affine_text, _block, _dgate_lines, rules_
 from .names import py
 
 TRANSITION_RULES = ("delta", "dgd")
+
+# Tokens per tile when a chunk is a larger multiple of it: the gradients of a chunk are all at its anchor,
+# so the chunk runs as consecutive tiles from their own start states, the anchor moving at the chunk's
+# end. A 64-token tile of an MLP memory (hidden 128) spilled ~100 KB per thread in ptxas for sm_90.
+SUB_TILE = 16
 
 # activation -> Triton code of act(z), act'(z) and act''(z); gelu is the exact (erf) one, as the runtime's
 _SIG = "tl.sigmoid(z)"
@@ -82,7 +88,7 @@ class MlpKernelPlan(PlanNames):
     hidden: int
     dv: int
     chunk: int
-    block_t: int
+    tile_len: int              # tokens per tile: the chunk, or SUB_TILE when the chunk is a larger multiple of it
     read: str                  # after | before | anchor
     residual: bool
     self_target: bool
@@ -97,6 +103,15 @@ class MlpKernelPlan(PlanNames):
     coefs: tuple               # Coef lines (c_a, c_cw, c_r, c_cm)
     dgate_lines: tuple         # backward: gate gradients from the coefficient gradients
     rules_text: str
+
+    @property
+    def block_t(self) -> int:
+        return _block(self.tile_len)
+
+    @property
+    def n_sub(self) -> int:
+        """Tiles per chunk."""
+        return self.chunk // self.tile_len
 
     @property
     def block_h(self) -> int:
@@ -171,11 +186,16 @@ def plan_mlp_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> 
     act, dact, ddact = ACTIVATIONS[cfg.act]
     return MlpKernelPlan(
         level=level, prefix=py(level), doc=doc or f"memory level {level}", reason=reason, dk=cfg.dk,
-        hidden=cfg.hidden, dv=cfg.dv, chunk=cfg.chunk, block_t=_block(cfg.chunk), read=cfg.read,
+        hidden=cfg.hidden, dv=cfg.dv, chunk=cfg.chunk, tile_len=tile_length(cfg.chunk), read=cfg.read,
         residual=cfg.residual, self_target=cfg.self_target, momentum=momentum, transition=transition,
         act=cfg.act, act_code=act,
         dact_code=dact, ddact_code=ddact, objective=objective, uses=uses, coefs=tuple(coefs),
         dgate_lines=_dgate_lines(coefs, uses), rules_text=rules_text(cfg.rules))
+
+
+def tile_length(chunk: int) -> int:
+    """Tokens per tile for a chunk of `chunk` tokens (see SUB_TILE)."""
+    return SUB_TILE if chunk > SUB_TILE and chunk % SUB_TILE == 0 else chunk
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """The autograd.Function around the generated MLP-memory kernels.
 
 Forward: the fused kernel (launch_mlp.py), which also stores every tile's start state (theta and
-momentum; the anchor of tile j > 0 is its start state, tiles being aligned to the chunks) when a
-gradient is needed. Backward: the generated `<level>_bwd` kernel, which walks the tiles in reverse and
-recomputes each from its stored start state. Without one (`bwd` None) the same walk runs in PyTorch:
-each tile recomputed with the chunked path (the same dual form) and differentiated by autograd, the
-gradient of its start state handed to the tile before (one tile's graph at a time).
+momentum; tiles are aligned to the chunks, a chunk one or more tiles, and the anchor of a chunk that
+opens inside the call is the start state of its first tile) when a gradient is needed. Backward: the
+generated `<level>_bwd` kernel, which walks the tiles in reverse and recomputes each from its stored
+start state. Without one (`bwd` None) a walk over the chunks runs in PyTorch: each chunk recomputed
+with the chunked path (the same dual form) from the start state of its first tile and differentiated
+by autograd, the gradient of its start state handed to the chunk before (one chunk's graph at a time).
 """
 
 from __future__ import annotations
@@ -48,13 +49,17 @@ class MlpChunkFunction(torch.autograd.Function):
 
 
 def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
-    """The backward in PyTorch: every tile recomputed by the chunked path, in reverse."""
+    """The backward in PyTorch: every chunk recomputed by the chunked path, in reverse."""
     saved = ctx.saved_tensors
     q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2 = saved[:12]
     starts, mstarts = saved[12:14], saved[14:16]
     cfg, kernels = ctx.cfg, ctx.kernels
     tokens = k.shape[2]
-    offset, n_tiles = kernels.tiles(ctx.position, tokens)
+    offset, sub0, n_tiles = kernels.tiles(ctx.position, tokens)
+    # chunk by chunk: the tiles that open a chunk (and tile 0), whose start states the forward stored
+    n_sub = kernels.chunk // kernels.tile_len
+    heads = [j for j in range(n_tiles) if j == 0 or (j + sub0) % n_sub == 0]
+    ends = heads[1:] + [n_tiles]
     gate_inputs = dict(zip(GATES, (eta, alpha, beta)))
     required = cfg.required_gates()
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -62,8 +67,8 @@ def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
     d_theta, d_anchor = _pair(dw1, dw2), _pair(da1, da2)
     d_mom = _pair(ds1, ds2) if cfg.has_momentum else None
     d_start = None
-    for j in reversed(range(n_tiles)):
-        lo, hi = max(0, j * cfg.chunk - offset), min(tokens, (j + 1) * cfg.chunk - offset)
+    for j, end_tile in reversed(list(zip(heads, ends))):
+        lo, hi = max(0, j * kernels.tile_len - offset), min(tokens, end_tile * kernels.tile_len - offset)
         with torch.enable_grad():
             xs = [t[:, :, lo:hi].detach().requires_grad_(True) for t in (q, k, v)]
             gates = {n: gate_inputs[n][:, :, lo:hi].detach().requires_grad_(True) for n in required}

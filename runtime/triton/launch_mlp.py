@@ -40,6 +40,7 @@ class MlpLevelKernels:
     hidden: int
     dv: int
     chunk: int
+    tile_len: int
     block_t: int
     read: str
     momentum: bool
@@ -63,11 +64,14 @@ class MlpLevelKernels:
         return LevelKernels.precision(dtype)
 
     def launch_options(self, backward: bool = False) -> dict:
-        """As the linear family's; a large state's backward, which also carries the state's gradients,
-        runs 16 warps (ptxas for sm_90, titans.nl's MLP: 11.1 KB of spill stores per thread at 8 warps,
-        6.1 KB at 16; its forward does best at 8)."""
-        options = launch_options(self.warps, self.stages, self.state_floats() > 4096)
-        if backward and self.warps is None and options.get("num_warps") == 8:
+        """As the linear family's, with 16 warps for the backward of a state above 4,096 values (it also
+        carries the state's gradients) and for the forward of one above 16,384 (ptxas for sm_90: titans.nl's
+        MLP, 12,288 values, spills 11.1 KB per thread in the backward at 8 warps and 6.1 KB at 16, its
+        forward 0.4 KB at 8 and 0.7 KB at 16; an MLP 32 -> 128 -> 32, 24,576 values, 7.6 KB in the forward
+        at 8 warps and 1.4 KB at 16)."""
+        floats = self.state_floats()
+        options = launch_options(self.warps, self.stages, floats > 4096)
+        if self.warps is None and options.get("num_warps") == 8 and (backward or floats > 16384):
             options["num_warps"] = 16
         return options
 
@@ -84,10 +88,11 @@ class MlpLevelKernels:
                 f"{' and momenta' if self.momentum else ''}: {self.state_floats()} float32 values) does not fit "
                 f"on chip (the generated kernel keeps it in registers; limit {ON_CHIP_FLOATS})")
 
-    def tiles(self, position: int, tokens: int) -> tuple[int, int]:
-        """(offset, n_tiles) of a call of `tokens` tokens starting at `position`."""
-        offset = position % self.chunk
-        return offset, -(-(tokens + offset) // self.chunk)
+    def tiles(self, position: int, tokens: int) -> tuple[int, int, int]:
+        """(offset, sub0, n_tiles) of a call of `tokens` tokens starting at `position`: the tokens of the
+        first tile before the call, that tile's index in its chunk, and the number of tiles."""
+        offset = position % self.tile_len
+        return offset, (position % self.chunk) // self.tile_len, -(-(tokens + offset) // self.tile_len)
 
     def run(self, cfg: MemoryConfig, objective, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tensor],
             start: MemoryState) -> tuple[Tensor, MemoryState]:
@@ -112,7 +117,7 @@ class MlpLevelKernels:
     def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, store: bool):
         """y, the end state (W1, W2, anchors, momenta) and, with `store`, the tile start states."""
         batch, heads, tokens, _ = k.shape
-        offset, n_tiles = self.tiles(position, tokens)
+        offset, sub0, n_tiles = self.tiles(position, tokens)
         dev = k.device
         y = torch.empty(batch, heads, tokens, self.dv, dtype=torch.float32, device=dev)
         ends = [torch.empty_like(t) for t in (w1, w2, a1, a2)]
@@ -126,7 +131,7 @@ class MlpLevelKernels:
             starts = mstarts = [torch.empty(1, dtype=torch.float32, device=dev)] * 2
         grid = (batch * heads,)
         self.fwd[grid](q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, y, *ends, *moms, *starts, *mstarts,
-                       tokens, offset, n_tiles, STORE=store, PREC=self.precision(q.dtype), **self.launch_options())
+                       tokens, offset, sub0, n_tiles, STORE=store, PREC=self.precision(q.dtype), **self.launch_options())
         self.launches["fwd"] += 1
         return (y, *ends, *moms), (starts, mstarts)
 
@@ -135,7 +140,7 @@ class MlpLevelKernels:
         momenta) from the stored tile start states."""
         q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, st1, st2, ss1, ss2 = saved
         tokens = k.shape[2]
-        offset, n_tiles = self.tiles(position, tokens)
+        offset, sub0, n_tiles = self.tiles(position, tokens)
         # the anchor out is theta out when the call ends on a chunk boundary
         aligned = (position + tokens) % self.chunk == 0
         d_end = (dw1 + da1, dw2 + da2) if aligned else (dw1, dw2)
@@ -146,7 +151,7 @@ class MlpLevelKernels:
         self.bwd[(k.shape[0] * k.shape[1],)](
             q, k, v, eta, alpha, beta, a1, a2, st1, st2, ss1, ss2,
             c(dy), c(d_end[0]), c(d_end[1]), c(ds1), c(ds2), c(d_anchor[0]), c(d_anchor[1]),
-            *grads_in, *grads_state, tokens, offset, n_tiles, PREC=self.precision(q.dtype),
+            *grads_in, *grads_state, tokens, offset, sub0, n_tiles, PREC=self.precision(q.dtype),
             **self.launch_options(backward=True))
         self.launches["bwd"] += 1
         return (*grads_in, *grads_state)

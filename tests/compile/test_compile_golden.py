@@ -1,6 +1,6 @@
-"""Goldens of the generated code: model.py and plan.txt of four examples, and the state_dict keys of
-hope.nl's model (names and shapes), so that the generated code and checkpoint keys cannot drift
-silently. Regenerate with `NLC_REGEN=1 pytest tests/compile/test_compile_golden.py` and review the diff.
+"""Goldens of the generated code: model.py and plan.txt of four examples, kernels.py of two (a linear
+memory's wy-form kernels and an MLP memory's), and the state_dict keys of hope.nl's model (names and
+shapes), so that the generated code and checkpoint keys cannot drift silently. Regenerate with `NLC_REGEN=1 pytest tests/compile/test_compile_golden.py` and review the diff.
 
 The spec's sha256 in model.py's docstring is written as <sha256> in the goldens (it changes with every
 edit of an example's comments); the hash itself is checked against the manifest here.
@@ -55,6 +55,11 @@ def test_generated_model_py_matches_its_golden(name, compiled):
 @pytest.mark.parametrize("name", SPECS)
 def test_generated_plan_matches_its_golden(name, compiled):
     check_golden(f"{name}.plan.txt.golden", compiled[name]["plan.txt"])
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "titans"])
+def test_generated_kernels_match_their_golden(name, compiled):
+    check_golden(f"{name}.kernels.py.golden", compiled[name]["kernels.py"])
 
 
 def test_hope_state_dict_keys_match_their_golden():

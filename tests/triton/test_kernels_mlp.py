@@ -103,6 +103,35 @@ def test_the_pytorch_tile_walk_backward_agrees():
     check(mcase(cfg, standard_objective("sq"), tokens=13, position=2, seed=6), against_chunked=False, lk=walk)
 
 
+# chunks of 32 and 48 tokens run as tiles of 16 (codegen/kernels_mlp.py SUB_TILE): the anchor is the
+# chunk's, the state carried from tile to tile; calls that start at every kind of place in a chunk
+SUBTILED = [
+    (("retain", "momentum"), "after", 32, 70, None),
+    (("retain", "momentum"), "anchor", 48, 61, 21),     # carried in at tile 1 of 3, 5 tokens into it
+    (("retain", "momentum"), "before", 32, 40, 16),     # carried in on a tile boundary inside a chunk
+    (("dgd",), "anchor", 32, 50, 7),                    # a transition on the key-input layer
+    (("gd", "retain"), "after", 32, 13, 35),            # a call inside one chunk, not at its end
+]
+
+
+@pytest.mark.parametrize("rules, read, chunk, tokens, position", SUBTILED)
+def test_chunks_longer_than_a_tile_run_as_several_tiles(rules, read, chunk, tokens, position):
+    cfg = mlp(rules, chunk=chunk, read=read)
+    lk = kernels(cfg, standard_objective("l2"))
+    assert (lk.tile_len, lk.block_t) == (16, 16)
+    check(mcase(cfg, standard_objective("l2"), tokens=tokens, position=position, seed=tokens), against_chunked=False,
+          lk=lk)
+
+
+@pytest.mark.parametrize("rules, read, chunk, tokens, position", SUBTILED[1:3])
+def test_the_pytorch_walk_of_sub_tiled_chunks_agrees(rules, read, chunk, tokens, position):
+    cfg = mlp(rules, chunk=chunk, read=read)
+    walk = dataclasses.replace(kernels(cfg, standard_objective("l2")), bwd=None,
+                               launches={"fwd": 0, "bwd": 0, "bwd_tiles": 0})
+    check(mcase(cfg, standard_objective("l2"), tokens=tokens, position=position, seed=tokens), against_chunked=False,
+          lk=walk)
+
+
 @pytest.mark.parametrize("rules, read, tokens, position", [
     (("dgd",), "anchor", 19, 3), (("dgd",), "after", 13, None), (("retain", "delta", "gd"), "before", 11, 6),
     (("gd", "delta"), "after", 10, None)])
