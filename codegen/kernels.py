@@ -99,7 +99,7 @@ class KernelPlan(PlanNames):
     dk: int
     dv: int
     chunk: int
-    block_t: int               # the tile: the chunk rounded up to a power of two >= 16 (dual), WY_TILE (wy)
+    block_t: int               # the tile's block: its tokens rounded up to a power of two >= 16
     read: str                  # after | before | anchor (anchor is before when C = 1)
     self_target: bool
     momentum: bool
@@ -156,9 +156,14 @@ class KernelPlan(PlanNames):
 
     @property
     def tile_tokens(self) -> int:
-        """Tokens per tile: the chunk (dual form) or the tile of the wy form (free; the launcher may
-        pass another power of two)."""
-        return self.chunk if self.form == "dual" else self.block_t
+        """Tokens per tile: the chunk, or SUB_TILE tokens of a longer one (dual form), or the tile of the
+        wy form (free; the launcher may pass another power of two)."""
+        return tile_length(self.chunk) if self.form == "dual" else self.block_t
+
+    @property
+    def n_sub(self) -> int:
+        """Tiles per chunk (dual form; the wy form's tiles are free)."""
+        return self.chunk // self.tile_tokens if self.form == "dual" else 1
 
     @staticmethod
     def gate_default(gate: str) -> str:
@@ -238,6 +243,17 @@ def kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
 WY_TILE = 16
 
 
+# Tokens per tile when a chunk is a larger multiple of it: every gradient of a chunk is at its anchor, so
+# the chunk runs as consecutive tiles from their own start states, the anchor moving at the chunk's end.
+# A 64-token tile of an MLP memory (hidden 128) spilled ~100 KB per thread in ptxas for sm_90.
+SUB_TILE = 16
+
+
+def tile_length(chunk: int) -> int:
+    """Tokens per tile of the chunk-parallel (dual) forms for a chunk of `chunk` tokens (see SUB_TILE)."""
+    return SUB_TILE if chunk > SUB_TILE and chunk % SUB_TILE == 0 else chunk
+
+
 def _block(n: int) -> int:
     return max(16, 1 << max(0, (n - 1).bit_length()))
 
@@ -289,7 +305,8 @@ def plan_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> Kern
     prefix = py(level)
     return KernelPlan(
         level=level, prefix=prefix, doc=doc or f"memory level {level}", form=form, reason=reason,
-        dk=cfg.dk, dv=cfg.dv, chunk=cfg.chunk, block_t=_block(cfg.chunk) if form == "dual" else WY_TILE, read=read,
+        dk=cfg.dk, dv=cfg.dv, chunk=cfg.chunk, block_t=_block(tile_length(cfg.chunk)) if form == "dual" else WY_TILE,
+        read=read,
         self_target=cfg.self_target, momentum=momentum and form == "dual",
         gradient=gradient, transition=transition, transition2=transition2, objective=objective,
         uses=uses, coefs=tuple(coefs), backward=backward, backward_reason=backward_reason,

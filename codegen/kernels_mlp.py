@@ -24,15 +24,10 @@ from dataclasses import dataclass
 
 from .kernel_coefs import VARIABLES, Poly, _has_gradient, _has_momentum, fold_dual
 from .kernel_objectives import ObjectiveCode
-from .kernels import Coef, PlanNames, _affine_text, _block, _dgate_lines, rules_text
+from .kernels import Coef, PlanNames, _affine_text, _block, _dgate_lines, rules_text, tile_length
 from .names import py
 
 TRANSITION_RULES = ("delta", "dgd")
-
-# Tokens per tile when a chunk is a larger multiple of it: the gradients of a chunk are all at its anchor,
-# so the chunk runs as consecutive tiles from their own start states, the anchor moving at the chunk's
-# end. A 64-token tile of an MLP memory (hidden 128) spilled ~100 KB per thread in ptxas for sm_90.
-SUB_TILE = 16
 
 # activation -> Triton code of act(z), act'(z) and act''(z); gelu is the exact (erf) one, as the runtime's
 _SIG = "tl.sigmoid(z)"
@@ -191,11 +186,6 @@ def plan_mlp_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> 
         act=cfg.act, act_code=act,
         dact_code=dact, ddact_code=ddact, objective=objective, uses=uses, coefs=tuple(coefs),
         dgate_lines=_dgate_lines(coefs, uses), rules_text=rules_text(cfg.rules))
-
-
-def tile_length(chunk: int) -> int:
-    """Tokens per tile for a chunk of `chunk` tokens (see SUB_TILE)."""
-    return SUB_TILE if chunk > SUB_TILE and chunk % SUB_TILE == 0 else chunk
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ class LevelKernels:
     tile: Optional[int] = None
     block_v: Optional[int] = None
     decode_tokens: int = 1
+    tile_tokens: int = 0          # tokens per tile of the dual form (the chunk, or 16 of a longer one)
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0})
@@ -110,13 +111,16 @@ class LevelKernels:
     def launch_options(self) -> dict:
         return launch_options(self.warps, self.stages, max(self.dk, self.dv) > 32)
 
-    def tiles(self, position: int, tokens: int) -> tuple[int, int, dict]:
-        """(offset, n_tiles, extra constexprs) of a call of `tokens` tokens starting at `position`."""
+    def tiles(self, position: int, tokens: int) -> tuple[int, int, int, dict]:
+        """(offset, sub0, n_tiles, extra constexprs) of a call of `tokens` tokens starting at `position`:
+        the tokens of the first tile before the call, that tile's index in its chunk (dual form), the
+        number of tiles, and the tile's constexprs where the launcher chooses it (wy form)."""
         if self.form == "dual":
-            offset = position % self.chunk
-            return offset, -(-(tokens + offset) // self.chunk), {}
+            tile = self.tile_tokens or self.chunk
+            offset = position % tile
+            return offset, (position % self.chunk) // tile, -(-(tokens + offset) // tile), {}
         tile = self.wy_tile()
-        return 0, -(-tokens // tile), {"C": tile, "BT": tile, "LOG2_BT": int(math.log2(tile))}
+        return 0, 0, -(-tokens // tile), {"C": tile, "BT": tile, "LOG2_BT": int(math.log2(tile))}
 
     # ---------------------------------------------------------------- running
 
@@ -145,7 +149,7 @@ class LevelKernels:
 
     def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, theta0, anchor0, mom0, store: bool):
         batch, heads, tokens, _ = k.shape
-        offset, n_tiles, extra = self.tiles(position, tokens)
+        offset, sub0, n_tiles, extra = self.tiles(position, tokens)
         bv = self.rows_per_program()
         y = torch.empty(batch, heads, tokens, self.dv, dtype=torch.float32, device=k.device)
         theta1, anchor1 = torch.empty_like(theta0), torch.empty_like(theta0)
@@ -155,7 +159,7 @@ class LevelKernels:
         mstarts = torch.empty(shape if self.momentum else (1,), dtype=torch.float32, device=k.device)
         grid = (-(-self.dv // bv), batch * heads)
         self.fwd[grid](q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1, starts, mstarts,
-                       tokens, offset, n_tiles, BV=bv, STORE=store, PREC=self.precision(q.dtype), **extra,
+                       tokens, offset, sub0, n_tiles, BV=bv, STORE=store, PREC=self.precision(q.dtype), **extra,
                        **self.launch_options())
         self.launches["fwd"] += 1
         return y, theta1, anchor1, mom1, starts, mstarts
@@ -163,7 +167,7 @@ class LevelKernels:
     def launch_bwd(self, position: int, saved, dy, dtheta1, danchor1, dmom1):
         q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved
         batch, heads, tokens, _ = k.shape
-        offset, n_tiles, extra = self.tiles(position, tokens)
+        offset, sub0, n_tiles, extra = self.tiles(position, tokens)
         bv = self.rows_per_program()
         nv = -(-self.dv // bv)
         dev = k.device
@@ -179,7 +183,7 @@ class LevelKernels:
         self.bwd[grid](q, k, v, eta, alpha, beta, anchor0, starts, mstarts,
                        dy.contiguous(), d_end.contiguous(), dmom1.contiguous(), d_anchor_end.contiguous(),
                        dq, dk, dv, deta, dalpha, dbeta, dtheta0, danchor0, dmom0,
-                       tokens, offset, n_tiles, batch * heads, BV=bv, PREC=self.precision(q.dtype), **extra,
+                       tokens, offset, sub0, n_tiles, batch * heads, BV=bv, PREC=self.precision(q.dtype), **extra,
                        **self.launch_options())
         self.launches["bwd"] += 1
         return (dq.sum(0), dk.sum(0), dv.sum(0), deta.sum(0), dalpha.sum(0), dbeta.sum(0),

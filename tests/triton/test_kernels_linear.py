@@ -117,6 +117,23 @@ def test_spec_levels_with_a_carried_state(name):
     check(Case(cfg, objective_of(objective), position=5, seed=3))
 
 
+# chunks of 32 and 48 tokens run as tiles of 16 (codegen/kernels.py SUB_TILE): the anchor is the chunk's,
+# the state carried from tile to tile; calls that start at every kind of place in a chunk
+@pytest.mark.parametrize("rules, read, objective, chunk, tokens, position", [
+    (["retain", "momentum"], "anchor", "l2", 32, 70, None),
+    (["retain", "momentum"], "after", "sq", 48, 61, 21),     # carried in at tile 1 of 3, 5 tokens into it
+    (["retain", "gd"], "before", "huber", 32, 40, 16),        # carried in on a tile boundary inside a chunk
+    (["dgd"], "anchor", "l2", 32, 50, 7),                     # a transition
+    (["gd"], "after", "l2", 32, 13, 35),                      # a call inside one chunk, not at its end
+])
+def test_chunks_longer_than_a_tile_run_as_several_tiles(rules, read, objective, chunk, tokens, position):
+    cfg = linear(rules, chunk=chunk, read=read, self_target=rules == ["dgd"])
+    objective = objective_of(("huber", {"delta": 0.3}) if objective == "huber" else objective)
+    lk = kernels(cfg, objective)
+    assert lk.form == "dual" and lk.tile_tokens == 16 and lk.block_t == 16
+    check(Case(cfg, objective, tokens=tokens, position=position, seed=tokens), against_chunked=False)
+
+
 def test_the_gradient_point_is_meaning():
     """[retain, gd at anchor] and [retain, gd at current] at C = 1 are different models (semantics §2.2;
     each matches the reference in test_spec_levels_with_a_carried_state): the kernels differ too."""
