@@ -12,6 +12,12 @@ gates come from each chunk's mean input. Ours is benchmarks/titans_peer.nl compi
 per-head MLP weights (printed below: titans-pytorch stores them (in, out), nlc (out, in)), the same
 projections, sigmoid rate, momentum and retention gates per token, chunk 64, the chunked backend. The
 LayerNorm inside the memory and the retrieval gate of titans-pytorch are not in ours (see the spec).
+Nor is the point where gradients are taken: titans-pytorch (with its default batch_size, None) takes
+every chunk's gradient at the weights the call starts from, in one batched call, and applies momentum
+and decay to them with scans afterwards; nlc takes each chunk's gradient at that chunk's anchor, the
+state the previous chunks left (docs/semantics.md §2), as the Titans paper's chunked training does
+(∇ℓ(M_t'; x_i) with t' = t − mod(t, b)). The FLOPs per chunk are the same; ours must run the chunks
+one after another.
 
 Timing: both layers in this process on the same float32 input (B, T, 256), interleaved, after one
 warm-up at 128 tokens; the figure is the wall time of forward + backward of `out.square().mean()`, the
