@@ -207,11 +207,11 @@ RULES = st.lists(st.sampled_from(["retain", "gd", "momentum", "delta", "dgd"]), 
 
 @settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(rules=RULES, chunk=st.sampled_from([1, 3, 4]), read=st.sampled_from(["after", "before", "anchor"]),
+@given(rules=RULES, chunk=st.sampled_from([1, 3, 4, 32]), read=st.sampled_from(["after", "before", "anchor"]),
        current=st.booleans(), self_target=st.booleans(),
        objective=st.sampled_from(["l2", "sq", "mse", "dot", "huber"]),
-       position=st.sampled_from([None, 0, 2, 5]), seed=st.integers(0, 2 ** 16))
-def test_random_rule_combinations(rules, chunk, read, current, self_target, objective, position, seed):
+       position=st.sampled_from([None, 0, 2, 5, 21, 40]), tokens=st.integers(1, 45), seed=st.integers(0, 2 ** 16))
+def test_random_rule_combinations(rules, chunk, read, current, self_target, objective, position, tokens, seed):
     at = "current" if current and chunk == 1 else "anchor"
     try:
         cfg = MemoryConfig("linear", 8, 8, rules=tuple(Rule(r, at if r in ("gd", "momentum", "dgd") else "anchor")
@@ -220,4 +220,4 @@ def test_random_rule_combinations(rules, chunk, read, current, self_target, obje
     except ValueError:
         from hypothesis import assume
         assume(False)
-    check(Case(cfg, objective_of(objective), position=position, seed=seed), against_chunked=False)
+    check(Case(cfg, objective_of(objective), tokens=tokens, position=position, seed=seed), against_chunked=False)

@@ -188,10 +188,10 @@ RULES = st.lists(st.sampled_from(["retain", "gd", "momentum", "delta", "dgd"]), 
 
 @settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(rules=RULES, chunk=st.sampled_from([2, 3, 4]), read=st.sampled_from(["after", "before", "anchor"]),
+@given(rules=RULES, chunk=st.sampled_from([2, 3, 4, 32]), read=st.sampled_from(["after", "before", "anchor"]),
        act=st.sampled_from(["silu", "gelu", "tanh"]), residual=st.booleans(), self_target=st.booleans(),
-       objective=st.sampled_from(["l2", "mse", "dot", "huber"]), position=st.sampled_from([None, 0, 2, 5]),
-       tokens=st.integers(1, 13), seed=st.integers(0, 2 ** 16))
+       objective=st.sampled_from(["l2", "mse", "dot", "huber"]), position=st.sampled_from([None, 0, 2, 5, 21, 40]),
+       tokens=st.integers(1, 45), seed=st.integers(0, 2 ** 16))
 def test_random_fused_combinations(rules, chunk, read, act, residual, self_target, objective, position, tokens,
                                    seed):
     try:
