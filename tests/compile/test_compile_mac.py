@@ -4,7 +4,7 @@ The MAC oracle is docs/semantics.md §4.1 written as loops over segments and tok
 code generator and of the runtime's memory library and attention: per segment, the memory tokens
 h_j = M_{start}(q_j) (the memory at the segment start), a softmax over [p] ‖ h_{≤t} ‖ S_{≤t} for every
 token t, the Titans memory written token by token with the gradient at the segment start (retain, then
-momentum, `sq` objective, a depth-2 residual SiLU MLP per head, its gradients by hand), and the output
+momentum, `mse` objective, a depth-2 residual SiLU MLP per head, its gradients by hand), and the output
 y ⊗ M_t(y) read after each token's write. Only the weights are taken from the compiled block.
 """
 from __future__ import annotations
@@ -83,11 +83,11 @@ def mlp(W1, W2, x):
     return x + W2 @ silu(W1 @ x)
 
 
-def sq_gradient(W1, W2, k, v):
-    """∇ of Σ (M(k) − v)² with respect to W1 and W2."""
+def mse_gradient(W1, W2, k, v):
+    """∇ of mean((M(k) − v)²) with respect to W1 and W2."""
     h = W1 @ k
     a = silu(h)
-    delta = 2.0 * (k + W2 @ a - v)
+    delta = 2.0 * (k + W2 @ a - v) / v.numel()
     return torch.outer((W2.T @ delta) * silu_grad(h), k), torch.outer(delta, a)
 
 
@@ -141,7 +141,7 @@ def mac_oracle(blk, x):
                 reads = []
                 for h in range(heads):
                     sl = slice(h * dk, (h + 1) * dk)
-                    g1, g2 = sq_gradient(A1[h], A2[h], unit(k_in[t, sl]), v_in[t, sl])
+                    g1, g2 = mse_gradient(A1[h], A2[h], unit(k_in[t, sl]), v_in[t, sl])
                     S1[h] = beta[t, h] * S1[h] - theta[t, h] * g1
                     S2[h] = beta[t, h] * S2[h] - theta[t, h] * g2
                     W1[h] = alpha[t, h] * W1[h] + S1[h]

@@ -205,7 +205,7 @@ def momentum_oracle(flow, gates_bht, W0, heads, chunk, order):
 
 
 def titans_mlp_oracle(flow, gates_bht, params0, heads, chunk):
-    """Titans with a residual 2-layer SiLU MLP memory M(x) = x + W2 silu(W1 x), ℓ = ‖M(k) − v‖²:
+    """Titans with a residual 2-layer SiLU MLP memory M(x) = x + W2 silu(W1 x), ℓ = mean((M(k) − v)²):
     s_t = β_t s_{t−1} − η_t ∇ℓ(M_{c(t)}; k_t, v_t) (by autograd), M_t = α_t M_{t−1} + s_t,
     read at anchor: y_t = M_{c(t)}(q_t)."""
     q, k, v = per_head(flow["q"], heads), per_head(flow["k"], heads), per_head(flow["v"], heads)
@@ -223,7 +223,7 @@ def titans_mlp_oracle(flow, gates_bht, params0, heads, chunk):
             s = [torch.zeros_like(p) for p in M]
             for t in range(length):
                 at = [p.clone().requires_grad_(True) for p in anchor]
-                loss = (memory(*at, k[b, h, t]) - v[b, h, t]).pow(2).sum()
+                loss = (memory(*at, k[b, h, t]) - v[b, h, t]).pow(2).mean()
                 grads = torch.autograd.grad(loss, at)
                 a, beta, eta = gates_bht["alpha"][b, h, t], gates_bht["beta"][b, h, t], gates_bht["eta"][b, h, t]
                 s = [beta * s_i - eta * g_i for s_i, g_i in zip(s, grads)]
