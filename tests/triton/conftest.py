@@ -44,7 +44,8 @@ def pytest_runtest_logreport(report):
     """With NLC_FAILURE_LOG set, every failure is appended to that file as it happens, so that a run
     stopped by a time limit (a lent GPU) still says what failed and why."""
     path = os.environ.get("NLC_FAILURE_LOG")
-    if path and report.failed:
+    forwarded = getattr(report, "node", None) is not None  # pytest-xdist's controller: its worker wrote it
+    if path and report.failed and not forwarded:
         lines = report.longreprtext.strip().splitlines()
         with open(path, "a", encoding="utf-8") as f:
             f.write(f"FAILED {report.nodeid} ({report.when})\n" + "\n".join(lines[-15:]) + "\n\n")
