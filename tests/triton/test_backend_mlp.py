@@ -19,7 +19,7 @@ from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from nldsl.runtime.triton.launch_mlp import MlpLevelKernels  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
 from specs import memory_spec  # noqa: E402
-from triton_testkit import ratio, OUTPUT_RATIO, ANCHOR_RATIO, model_run  # noqa: E402
+from triton_testkit import ratio, OUTPUT_RATIO, compare_model_runs, model_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,14 +36,10 @@ def test_a_compiled_mlp_memory_example_on_the_triton_backend_matches_chunked(spe
     before = {id(lv): kernels_for(lv.cfg, lv.objective, lv.level_name)[0].launches["bwd"] for lv in levels}
     with warnings.catch_warnings():
         warnings.simplefilter("error", TritonFallbackWarning)
-        logits, grads = model_run(model, tokens=20)
+        run = model_run(model, tokens=20)
     after = {id(lv): kernels_for(lv.cfg, lv.objective, lv.level_name)[0].launches["bwd"] for lv in levels}
     assert all(after[i] > before[i] for i in before)
-    logits0, grads0 = model_run(set_backend(model, "chunked"), tokens=20)
-    assert ratio(logits0, logits) <= OUTPUT_RATIO
-    assert set(grads) == set(grads0)
-    for name in grads0:
-        assert ratio(grads0[name], grads[name]) <= ANCHOR_RATIO, name
+    compare_model_runs(model_run(set_backend(model, "chunked"), tokens=20), run)
 
 
 def test_an_mlp_memory_with_a_custom_objective_runs_on_its_packages_kernels(tmp_path):
@@ -59,11 +55,8 @@ def test_an_mlp_memory_with_a_custom_objective_runs_on_its_packages_kernels(tmp_
     assert found.fwd.fn.__module__.endswith(".kernels")  # the compiled package's kernels.py
     with warnings.catch_warnings():
         warnings.simplefilter("error", TritonFallbackWarning)
-        logits, grads = model_run(model, tokens=10)
-    logits0, grads0 = model_run(set_backend(model, "chunked"), tokens=10)
-    assert ratio(logits0, logits) <= OUTPUT_RATIO
-    for name in grads0:
-        assert ratio(grads0[name], grads[name]) <= ANCHOR_RATIO, name
+        run = model_run(model, tokens=10)
+    compare_model_runs(model_run(set_backend(model, "chunked"), tokens=10), run, same_parameters=False)
 
 
 def test_a_level_without_a_fused_form_falls_back_with_one_line(tmp_path):

@@ -16,17 +16,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
-from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
-from triton_testkit import Case, compare, ratio, run_path, run_reference, to32, OUTPUT_RATIO  # noqa: E402
+from triton_testkit import Case, compare, kernels, ratio, run_path, run_reference, to32, OUTPUT_RATIO  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def kernels(cfg, objective, level="tests.mem"):
-    found, reason = kernels_for(cfg, objective, level)
-    assert found is not None, reason
-    return found
 
 
 def check(case: Case, against_chunked: bool = True) -> None:

@@ -17,16 +17,10 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st  #
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
-from triton_testkit import Case, compare, run_path, run_reference  # noqa: E402
+from triton_testkit import Case, compare, kernels, run_path, run_reference  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def kernels(cfg, objective, level="tests.deep"):
-    found, reason = kernels_for(cfg, objective, level)
-    assert found is not None, reason
-    return found
 
 
 def check(case: Case, against_chunked: bool = True, lk=None) -> None:

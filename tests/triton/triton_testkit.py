@@ -158,6 +158,26 @@ def compare(expected: Run, actual: Run, what: str, grads: bool = True) -> None:
         assert r <= limit, f"{what}: d/d{name} ratio {r:.2e} (limit {limit})"
 
 
+def kernels(cfg: MemoryConfig, objective, level: str = "tests.mem"):
+    """The generated kernels of a memory configuration (the test fails with the reason if there are none)."""
+    from nldsl.runtime.triton.registry import kernels_for
+
+    found, reason = kernels_for(cfg, objective, level)
+    assert found is not None, reason
+    return found
+
+
+def compare_model_runs(expected, actual, same_parameters: bool = True) -> None:
+    """(logits, grads) of two model_run calls: logits within OUTPUT_RATIO, every gradient within
+    ANCHOR_RATIO (and, by default, gradients for the same parameters)."""
+    (logits0, grads0), (logits, grads) = expected, actual
+    assert ratio(logits0, logits) <= OUTPUT_RATIO
+    if same_parameters:
+        assert set(grads) == set(grads0)
+    for name in grads0:
+        assert ratio(grads0[name], grads[name]) <= ANCHOR_RATIO, name
+
+
 def model_run(model, tokens: int = 10):
     """Logits of a fixed random batch (2 rows) and every parameter's gradient of its next-token loss
     (the model is moved to DEVICE)."""
