@@ -11,12 +11,11 @@ import pytest
 
 pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
 
-import torch  # noqa: E402
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
-from triton_testkit import Case, compare, kernels, ratio, run_path, run_reference, to32, OUTPUT_RATIO  # noqa: E402
+from triton_testkit import OUTPUT_RATIO, Case, compare, kernels, ratio, run_path, run_reference, split_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,32 +161,29 @@ def test_wy_tiles_of_free_size_give_the_same_result():
 
 # ------------------------------------------------------------------ splitting and decoding
 
-def _split_run(lk, cfg, objective, case: Case, cuts):
-    from triton_testkit import make_inputs
-    from nldsl.runtime.memory.inputs import start_state
-    inp = make_inputs(cfg, case.batch, case.heads, case.tokens, case.seed, grad=False)
-    q, k, v = to32(inp.q), to32(inp.k), to32(inp.v)
-    gates = {n: to32(inp.gates[n]) for n in cfg.required_gates()}
-    params0 = to32(inp.params0)
-    state, outs = None, []
-    bounds = [0, *cuts, case.tokens]
-    for a, b in zip(bounds, bounds[1:]):
-        start = start_state(cfg, params0, state, k)
-        y, state = lk.run(cfg, objective, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b],
-                          {n: g[:, :, a:b] for n, g in gates.items()}, start)
-        outs.append(y)
-    return torch.cat(outs, 2), state
-
-
 @pytest.mark.parametrize("name", ["titans_linear", "hope_matrix", "retain_gd_at_current_c1", "momentum_delta"])
 def test_a_split_run_and_token_by_token_decoding_equal_the_whole_run(name):
     cfg, objective = SPECS[name]
     objective = objective_of(objective)
     lk = kernels(cfg, objective)
     case = Case(cfg, objective, tokens=10, seed=11)
-    y, state = _split_run(lk, cfg, objective, case, [])
+    y, state = split_run(lk, case, [])
     for cuts in ([3], [4, 8], list(range(1, 10))):  # inside a chunk, at chunk ends, every token (decoding)
-        ys, states = _split_run(lk, cfg, objective, case, cuts)
+        ys, states = split_run(lk, case, cuts)
+        assert ratio(y, ys) <= OUTPUT_RATIO, cuts
+        for key, value in state.to_tensors().items():
+            assert ratio(value.float(), states.to_tensors()[key].float()) <= OUTPUT_RATIO, (cuts, key)
+
+
+def test_sub_tiled_chunks_split_anywhere_and_decoded_token_by_token_equal_the_whole_run():
+    """Chunks of 32 tokens as tiles of 16: calls cut inside a tile, at a tile end inside a chunk, at a
+    chunk end, and one token at a time (the step kernel) carry the same state as one call."""
+    cfg, objective = linear(["retain", "momentum"], chunk=32, read="anchor"), objective_of("l2")
+    lk = kernels(cfg, objective)
+    case = Case(cfg, objective, tokens=45, seed=12)
+    y, state = split_run(lk, case, [])
+    for cuts in ([5], [16, 33], [20, 21, 32], list(range(1, 45))):
+        ys, states = split_run(lk, case, cuts)
         assert ratio(y, ys) <= OUTPUT_RATIO, cuts
         for key, value in state.to_tensors().items():
             assert ratio(value.float(), states.to_tensors()[key].float()) <= OUTPUT_RATIO, (cuts, key)

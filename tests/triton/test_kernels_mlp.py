@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st  #
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
-from triton_testkit import Case, compare, kernels, run_path, run_reference  # noqa: E402
+from triton_testkit import OUTPUT_RATIO, Case, compare, kernels, ratio, split_run, run_path, run_reference  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +115,20 @@ def test_chunks_longer_than_a_tile_run_as_several_tiles(rules, read, chunk, toke
     assert (lk.tile_len, lk.block_t) == (16, 16)
     check(mcase(cfg, standard_objective("l2"), tokens=tokens, position=position, seed=tokens), against_chunked=False,
           lk=lk)
+
+
+def test_sub_tiled_chunks_split_anywhere_equal_the_whole_run():
+    """Chunks of 32 tokens as tiles of 16: calls cut inside a tile, at a tile end inside a chunk and at
+    a chunk end carry the same state as one call."""
+    cfg = mlp(TITANS, chunk=32, read="after")
+    lk = kernels(cfg, standard_objective("l2"))
+    case = mcase(cfg, standard_objective("l2"), tokens=50, seed=13)
+    y, state = split_run(lk, case, [])
+    for cuts in ([5], [16, 33], [20, 21, 32], [7, 14, 30, 40, 41]):
+        ys, states = split_run(lk, case, cuts)
+        assert ratio(y, ys) <= OUTPUT_RATIO, cuts
+        for key, value in state.to_tensors().items():
+            assert ratio(value.float(), states.to_tensors()[key].float()) <= OUTPUT_RATIO, (cuts, key)
 
 
 @pytest.mark.parametrize("rules, read, chunk, tokens, position", SUBTILED[1:3])

@@ -158,6 +158,23 @@ def compare(expected: Run, actual: Run, what: str, grads: bool = True) -> None:
         assert r <= limit, f"{what}: d/d{name} ratio {r:.2e} (limit {limit})"
 
 
+def split_run(kernels, case: Case, cuts) -> tuple[torch.Tensor, MemoryState]:
+    """The case's tokens run on `kernels` as calls cut at `cuts` (no gradients), each carrying the state
+    the last left: y of all calls and the final state."""
+    inp = make_inputs(case.cfg, case.batch, case.heads, case.tokens, case.seed, grad=False)
+    q, k, v = to32(inp.q), to32(inp.k), to32(inp.v)
+    gates = {n: to32(inp.gates[n]) for n in case.cfg.required_gates()}
+    params0 = to32(inp.params0)
+    state, outs = None, []
+    bounds = [0, *cuts, case.tokens]
+    for a, b in zip(bounds, bounds[1:]):
+        start = start_state(case.cfg, params0, state, k)
+        y, state = kernels.run(case.cfg, case.objective, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b],
+                               {n: g[:, :, a:b] for n, g in gates.items()}, start)
+        outs.append(y)
+    return torch.cat(outs, 2), state
+
+
 def kernels(cfg: MemoryConfig, objective, level: str = "tests.mem"):
     """The generated kernels of a memory configuration (the test fails with the reason if there are none)."""
     from nldsl.runtime.triton.registry import kernels_for
