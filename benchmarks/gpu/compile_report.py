@@ -2,6 +2,7 @@
 
     python benchmarks/gpu/compile_report.py                       # every configuration below, sm_90
     python benchmarks/gpu/compile_report.py gdn128 titans_small --arch 90
+    python benchmarks/gpu/compile_report.py --spec examples/hope.nl        # every memory level of a spec
 
 Each configuration's level runs its forward and backward once on tiny CPU tensors with the launches
 intercepted (nothing executes): every launch's arguments and constexprs are recorded, exactly as a GPU
@@ -152,9 +153,26 @@ def compile_for(launch: Launch, arch: int):
     return compiled, time.perf_counter() - start, log.getvalue()
 
 
-def report(name: str, arch: int, overrides: dict) -> None:
-    cfg, objective = CONFIGS[name]
-    launches = record_launches(cfg, standard_objective(objective), f"report.{name}", overrides)
+def spec_levels(path: str) -> list[tuple[str, MemoryConfig, object]]:
+    """(level name, config, objective) of every memory level of a spec with generated kernels."""
+    from nldsl.compiler import load
+    from nldsl.runtime import MemoryLevel
+    from nldsl.runtime.triton.registry import kernels_for
+
+    out, seen = [], set()
+    for module in load(path).modules():
+        if isinstance(module, MemoryLevel) and module.level_name not in seen:
+            seen.add(module.level_name)
+            found, reason = kernels_for(module.cfg, module.objective, module.level_name)
+            if found is None:
+                print(f"[{module.level_name}] no generated kernels: {reason}")
+            else:
+                out.append((module.level_name, module.cfg, module.objective))
+    return out
+
+
+def report(name: str, cfg: MemoryConfig, objective, arch: int, overrides: dict) -> None:
+    launches = record_launches(cfg, objective, name if "." in name else f"report.{name}", overrides)
     print(f"[{name}] {cfg.family} dk={cfg.dk} dv={cfg.dv} chunk={cfg.chunk} "
           f"rules={','.join(r.kind for r in cfg.rules)}: {len(launches)} launches", flush=True)
     done = set()
@@ -173,8 +191,8 @@ def report(name: str, arch: int, overrides: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("configs", nargs="*", default=[c for c in CONFIGS if not c.startswith("tiny")],
-                    help=f"of {', '.join(CONFIGS)}")
+    ap.add_argument("configs", nargs="*", help=f"of {', '.join(CONFIGS)} (default: all but the tiny ones)")
+    ap.add_argument("--spec", help="report every memory level of this .nl spec instead")
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (H100/H200)")
     ap.add_argument("--tile", type=int, help="the wy form's tile (tokens per tile) instead of the level's")
     ap.add_argument("--block-v", type=int, help="rows of the state per program (linear memories)")
@@ -183,8 +201,13 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("NLC_CACHE", tempfile.mkdtemp(prefix="nlc-compile-"))
     overrides = {"tile": args.tile, "block_v": args.block_v, "warps": args.warps, "stages": args.stages}
-    for name in args.configs:
-        report(name, args.arch, overrides)
+    if args.spec:
+        levels = spec_levels(args.spec)
+    else:
+        names = args.configs or [c for c in CONFIGS if not c.startswith("tiny")]
+        levels = [(n, CONFIGS[n][0], standard_objective(CONFIGS[n][1])) for n in names]
+    for name, cfg, objective in levels:
+        report(name, cfg, objective, args.arch, overrides)
     return 0
 
 

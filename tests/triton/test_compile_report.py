@@ -29,3 +29,19 @@ def test_the_compile_report_compiles_every_launch_for_sm90(tmp_path):
     for line in lines:
         assert re.search(r"\d+ registers, \d+ / \d+ bytes spill", line), line
         assert "num_warps=4" in line and "PREC=ieee" in line
+
+
+def test_the_compile_report_covers_every_memory_level_of_a_spec(tmp_path):
+    from specs import memory_spec
+
+    spec = tmp_path / "two.nl"
+    spec.write_text(memory_spec(name="reported", update="retain, gd", chunk=32), encoding="utf-8")
+    env = dict(os.environ, NLC_CACHE=str(tmp_path / "cache"), TRITON_CACHE_DIR=str(tmp_path / "triton"))
+    env.pop("TRITON_INTERPRET", None)
+    result = subprocess.run([sys.executable, "benchmarks/gpu/compile_report.py", "--spec", str(spec)], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[mix.mem] linear dk=8 dv=8 chunk=32 rules=retain,gd: 2 launches" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if "compile" in line]
+    assert [line.split()[0] for line in lines] == ["mix__mem_fwd", "mix__mem_bwd"]
+    assert all("C=16, NSUB=2" in line for line in lines)  # a 32-token chunk as two tiles of 16
