@@ -83,7 +83,7 @@ class MlpKernelPlan(PlanNames):
     hidden: int
     dv: int
     chunk: int
-    tile_len: int              # tokens per tile: the chunk, or SUB_TILE when the chunk is a larger multiple of it
+    tile_tokens: int              # tokens per tile: the chunk, or SUB_TILE when the chunk is a larger multiple of it
     read: str                  # after | before | anchor
     residual: bool
     self_target: bool
@@ -101,12 +101,12 @@ class MlpKernelPlan(PlanNames):
 
     @property
     def block_t(self) -> int:
-        return _block(self.tile_len)
+        return _block(self.tile_tokens)
 
     @property
     def n_sub(self) -> int:
         """Tiles per chunk."""
-        return self.chunk // self.tile_len
+        return self.chunk // self.tile_tokens
 
     @property
     def block_h(self) -> int:
@@ -181,7 +181,7 @@ def plan_mlp_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> 
     act, dact, ddact = ACTIVATIONS[cfg.act]
     return MlpKernelPlan(
         level=level, prefix=py(level), doc=doc or f"memory level {level}", reason=reason, dk=cfg.dk,
-        hidden=cfg.hidden, dv=cfg.dv, chunk=cfg.chunk, tile_len=tile_length(cfg.chunk), read=cfg.read,
+        hidden=cfg.hidden, dv=cfg.dv, chunk=cfg.chunk, tile_tokens=tile_length(cfg.chunk), read=cfg.read,
         residual=cfg.residual, self_target=cfg.self_target, momentum=momentum, transition=transition,
         act=cfg.act, act_code=act,
         dact_code=dact, ddact_code=ddact, objective=objective, uses=uses, coefs=tuple(coefs),

@@ -57,7 +57,7 @@ def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
     tokens = k.shape[2]
     offset, sub0, n_tiles = kernels.tiles(ctx.position, tokens)
     # chunk by chunk: the tiles that open a chunk (and tile 0), whose start states the forward stored
-    n_sub = kernels.chunk // kernels.tile_len
+    n_sub = kernels.chunk // kernels.tile_tokens
     heads = [j for j in range(n_tiles) if j == 0 or (j + sub0) % n_sub == 0]
     ends = heads[1:] + [n_tiles]
     gate_inputs = dict(zip(GATES, (eta, alpha, beta)))
@@ -68,7 +68,7 @@ def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
     d_mom = _pair(ds1, ds2) if cfg.has_momentum else None
     d_start = None
     for j, end_tile in reversed(list(zip(heads, ends))):
-        lo, hi = max(0, j * kernels.tile_len - offset), min(tokens, end_tile * kernels.tile_len - offset)
+        lo, hi = max(0, j * kernels.tile_tokens - offset), min(tokens, end_tile * kernels.tile_tokens - offset)
         with torch.enable_grad():
             xs = [t[:, :, lo:hi].detach().requires_grad_(True) for t in (q, k, v)]
             gates = {n: gate_inputs[n][:, :, lo:hi].detach().requires_grad_(True) for n in required}

@@ -69,6 +69,7 @@ class LevelKernels:
     dv: int
     chunk: int
     block_t: int
+    tile_tokens: int               # tokens per tile of the dual form: the chunk, or 16 of a longer one
     read: str
     self_target: bool
     momentum: bool
@@ -80,7 +81,6 @@ class LevelKernels:
     tile: Optional[int] = None
     block_v: Optional[int] = None
     decode_tokens: int = 1
-    tile_tokens: int = 0          # tokens per tile of the dual form (the chunk, or 16 of a longer one)
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0})
@@ -116,7 +116,7 @@ class LevelKernels:
         the tokens of the first tile before the call, that tile's index in its chunk (dual form), the
         number of tiles, and the tile's constexprs where the launcher chooses it (wy form)."""
         if self.form == "dual":
-            tile = self.tile_tokens or self.chunk
+            tile = self.tile_tokens
             offset = position % tile
             return offset, (position % self.chunk) // tile, -(-(tokens + offset) // tile), {}
         tile = self.wy_tile()

@@ -40,7 +40,7 @@ class MlpLevelKernels:
     hidden: int
     dv: int
     chunk: int
-    tile_len: int
+    tile_tokens: int
     block_t: int
     read: str
     momentum: bool
@@ -91,8 +91,8 @@ class MlpLevelKernels:
     def tiles(self, position: int, tokens: int) -> tuple[int, int, int]:
         """(offset, sub0, n_tiles) of a call of `tokens` tokens starting at `position`: the tokens of the
         first tile before the call, that tile's index in its chunk, and the number of tiles."""
-        offset = position % self.tile_len
-        return offset, (position % self.chunk) // self.tile_len, -(-(tokens + offset) // self.tile_len)
+        offset = position % self.tile_tokens
+        return offset, (position % self.chunk) // self.tile_tokens, -(-(tokens + offset) // self.tile_tokens)
 
     def run(self, cfg: MemoryConfig, objective, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tensor],
             start: MemoryState) -> tuple[Tensor, MemoryState]:

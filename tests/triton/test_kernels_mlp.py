@@ -112,7 +112,7 @@ SUBTILED = [
 def test_chunks_longer_than_a_tile_run_as_several_tiles(rules, read, chunk, tokens, position):
     cfg = mlp(rules, chunk=chunk, read=read)
     lk = kernels(cfg, standard_objective("l2"))
-    assert (lk.tile_len, lk.block_t) == (16, 16)
+    assert (lk.tile_tokens, lk.block_t) == (16, 16)
     check(mcase(cfg, standard_objective("l2"), tokens=tokens, position=position, seed=tokens), against_chunked=False,
           lk=lk)
 
