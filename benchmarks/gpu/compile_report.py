@@ -33,7 +33,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-from nldsl.runtime.memory import MemoryConfig, MemoryState, Rule, standard_objective  # noqa: E402
+from nldsl.runtime.memory import MemoryConfig, Rule, init_params, standard_objective  # noqa: E402
 from nldsl.runtime.memory.inputs import start_state  # noqa: E402
 
 
@@ -87,15 +87,14 @@ def record_launches(cfg, objective, level: str, overrides: dict) -> list[Launch]
 
     tokens = max(2 * cfg.chunk, 32)
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 1, tokens, d, generator=gen).requires_grad_(True) for d in (cfg.dk, cfg.dk, cfg.dv))
+    widths = (cfg.dk, cfg.dk, cfg.dk if cfg.self_target else cfg.dv)
+    q, k, v = (torch.randn(1, 1, tokens, d, generator=gen).requires_grad_(True) for d in widths)
     gates = {n: torch.rand(1, 1, tokens, generator=gen).requires_grad_(True) for n in cfg.required_gates()}
-    from nldsl.runtime.memory import init_params
-    params0 = {n: p.unsqueeze(0).requires_grad_(True) for n, p in init_params(cfg, 1, generator=gen).items()}
+    params0 = {n: p.requires_grad_(True) for n, p in init_params(cfg, 1, generator=gen).items()}
     old = JITFunction.run
     JITFunction.run = run
     try:
-        y, state = found.run(cfg, objective, q, k, v, gates, start_state(cfg, {n: p[0] for n, p in params0.items()},
-                                                                          None, k))
+        y, state = found.run(cfg, objective, q, k, v, gates, start_state(cfg, params0, None, k))
         loss = y.float().sum() + sum(t.float().sum() for t in state.params.values())
         loss.backward()
     except RuntimeError:
