@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .coeffs import along, wy_coefficients
+from .functional import linear_apply
 from .config import MemoryConfig
 from .objectives import GradFn, affine_coefficients
 from .scan import Geometry, TileScan, system_inverse
@@ -43,7 +44,7 @@ def run_wy(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor
         starts, columns = [], []
         for i in range(group.count):
             starts.append(weight)
-            e = u[:, :, i] if wp is None else u[:, :, i] + wp[:, :, i] @ weight.transpose(-1, -2)
+            e = u[:, :, i] if wp is None else u[:, :, i] + linear_apply(weight, wp[:, :, i])
             columns.append(e)
             weight = TileScan(weight, kg[:, :, i], e, geometry.tile(i)).end()[0]
         scans = TileScan(torch.stack(starts, 2), kg, torch.stack(columns, 2), geometry)

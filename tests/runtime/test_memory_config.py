@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from memory_testkit import DTYPE, make_inputs
+from nldsl.runtime.memory.functional import ACTIVATION_FNS
 from nldsl.runtime.memory import (MemoryConfig, Rule, affine_coefficients, chunked, init_params,
                                   param_shapes, reference, standard_objective)
 
@@ -89,6 +90,23 @@ def test_objective_gradient_is_the_derivative_of_its_loss(name):
     expected, = torch.autograd.grad(loss(y - v).sum(), y)
     got = standard_objective(name, **params)(y, v)
     assert torch.allclose(got, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize('name', sorted(ACTIVATION_FNS))
+def test_activation_slope_and_its_derivative(name):
+    """The memory backward's act'(z) is autograd's derivative of act, and so is its own derivative
+    (the closed-form second derivatives that the chunk-parallel path differentiates through)."""
+    act, slope = ACTIVATION_FNS[name]
+    z = (3 * torch.randn(40, dtype=DTYPE)).requires_grad_()
+    first, = torch.autograd.grad(act(z).sum(), z, create_graph=True)
+    assert torch.allclose(slope(z), first, atol=1e-12)
+    second = torch.autograd.grad(first.sum(), z, allow_unused=True)[0] if first.requires_grad else None
+    if not slope(z).requires_grad:  # relu and identity: act' is piecewise constant
+        assert second is None or not second.any()
+        return
+    got, = torch.autograd.grad(slope(z).sum(), z)
+    assert torch.allclose(got, second, atol=1e-12)
+    assert torch.autograd.gradgradcheck(slope, (z,))
 
 
 def test_dot_objective_and_affine_coefficients():
