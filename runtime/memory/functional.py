@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .config import MemoryConfig
+from .tape import weight_back, weight_rows
 
 Params = dict[str, Tensor]
 
@@ -130,12 +131,8 @@ def init_params(cfg: MemoryConfig, heads: int, generator: Optional[torch.Generat
 
 
 def linear_apply(weight: Tensor, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """z = W x (+ b) for every token: weight (B, H, out, in), x (B, H, N, in) -> (B, H, N, out).
-
-    Computed as (W x^T)^T rather than x W^T: both are one batched matmul, but this way autograd's
-    gradient for W comes out in W's own (row-major) layout; the other way it is a transposed view, and
-    every weight-sized operation after it (sums, gate products, reshapes) walks memory with a stride."""
-    z = torch.matmul(weight, x.transpose(-1, -2)).transpose(-1, -2).contiguous()
+    """z = W x (+ b) for every token: weight (B, H, out, in), x (B, H, N, in) -> (B, H, N, out)."""
+    z = weight_rows(weight, x)
     return z if bias is None else z + bias.unsqueeze(-2)
 
 
@@ -173,7 +170,7 @@ def backward(cfg: MemoryConfig, params: Params, fwd: Forward, dout: Tensor) -> t
     all_layers = layers(cfg)
     deltas = [dout]
     for layer in reversed(all_layers[1:]):
-        back = torch.matmul(deltas[0], params[layer.weight])
+        back = weight_back(deltas[0], params[layer.weight])
         deltas.insert(0, back * act_grad(fwd.preacts[layer.index - 2]))
     return tuple(deltas)
 

@@ -27,6 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from .functional import Params
 from .scan import graph_only
+from .tape import Tape
 
 TileStep = Callable[..., tuple[Tensor, Params, Optional[Params]]]
 
@@ -116,17 +117,19 @@ class _Recompute(torch.autograd.Function):
         starts = {n: torch.empty((count, *t.shape), dtype=t.dtype, device=t.device) for n, t in theta.items()}
         mom_starts = {n: torch.empty((count, *t.shape), dtype=t.dtype, device=t.device)
                       for n, t in (momentum or {}).items()}
-        outputs = []
+        outputs, tapes = [], []
         for i in range(count):
             for n, t in theta.items():
                 starts[n][i].copy_(t)
             for n, t in (momentum or {}).items():
                 mom_starts[n][i].copy_(t)
-            y, theta, momentum = layout.step(layout.tile(flat, i, False), q[:, :, i], k[:, :, i], v[:, :, i],
-                                             theta, anchor, momentum)
+            tapes.append(Tape())
+            with tapes[-1].recording():
+                y, theta, momentum = layout.step(layout.tile(flat, i, False), q[:, :, i], k[:, :, i],
+                                                 v[:, :, i], theta, anchor, momentum)
             anchor = theta
             outputs.append(y)
-        ctx.layout, ctx.starts, ctx.mom_starts = layout, starts, mom_starts
+        ctx.layout, ctx.starts, ctx.mom_starts, ctx.tapes = layout, starts, mom_starts, tapes
         ctx.save_for_backward(*flat, q, k, v, *first_anchor)
         return (torch.stack(outputs, 2), *theta.values(), *(momentum or {}).values())
 
@@ -152,8 +155,10 @@ class _Recompute(torch.autograd.Function):
             own_anchor = i == 0 and not layout.shared_anchor
             anchor = {name: first_anchor[name].detach().requires_grad_() for name in names} if own_anchor \
                 else theta
-            with torch.enable_grad(), graph_only():  # the end state is saved: only its graph is needed
+            # The end state is saved (only its graph is needed) and so are the tile's weight products.
+            with torch.enable_grad(), graph_only(), ctx.tapes[i].replaying():
                 y, end, end_mom = layout.step(tile_inputs, qi, ki, vi, theta, anchor, momentum)
+            ctx.tapes[i] = None
             outs = [y, *end.values(), *(end_mom or {}).values()]
             grads = [grad_y[:, :, i], *(grad_theta[m] for m in names), *(grad_mom.get(m) for m in mom_names)]
             pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
@@ -179,7 +184,7 @@ class _Recompute(torch.autograd.Function):
             if own_anchor:
                 grad_anchor = {name: grad_of(anchor[name]) for name in names}
             del y, end, end_mom, outs, got, found
-        ctx.starts = ctx.mom_starts = None
+        ctx.starts = ctx.mom_starts = ctx.tapes = None
         return (None, *grad_flat, grad_q, grad_k, grad_v, *(grad_theta[m] for m in names),
                 *([] if layout.shared_anchor else [grad_anchor.get(m) for m in names]),
                 *(grad_mom[m] for m in mom_names))

@@ -91,3 +91,27 @@ def test_higher_order_gradients_are_refused(monkeypatch):
     (g,) = torch.autograd.grad(y.square().sum(), inputs.q, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(g.sum(), inputs.k)
+
+
+def test_backward_replays_the_weight_products_of_the_forward(monkeypatch):
+    """Recomputing a tile in backward multiplies nothing by the weights again: the products come from
+    the tapes recorded by the forward (tape.py); only their backward runs."""
+    from nldsl.runtime.memory import tape
+
+    calls = {'rows': 0, 'back': 0}
+
+    def counted(kind):
+        plain = tape._PRODUCTS[kind]
+
+        def product(*args):
+            calls[kind] += 1
+            return plain(*args)
+        return product
+    monkeypatch.setattr(tape, '_PRODUCTS', {kind: counted(kind) for kind in calls})
+    cfg, objective = CONFIGS['titans mlp, read at anchor, residual']
+    inputs = make_inputs(cfg, batch=2, heads=2, tokens=5 * cfg.chunk, seed=2)
+    y, end = run(cfg, objective, inputs, None, True, monkeypatch)
+    # per tile: the memory on the keys (2 layers), the delta back through W2, the read on the queries
+    assert calls == {'rows': 5 * 4, 'back': 5 * 1}
+    torch.autograd.grad(probe_loss(y, end, seed=1), list(inputs.leaves().values()), allow_unused=True)
+    assert calls == {'rows': 5 * 4, 'back': 5 * 1}

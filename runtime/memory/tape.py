@@ -1,0 +1,122 @@
+"""Products with the weights, kept from a tile's forward pass for its recomputation in backward.
+
+A recomputed group of tiles (recompute.py) runs every tile twice: once without a graph, and again in
+backward to rebuild the tile's graph from its saved start state. The second run would redo every matmul
+of the memory with the weights (the memory applied to the tile's keys and queries, the deltas sent back
+through a layer): about a sixth of the work of a Titans layer's forward and backward. Instead, the first
+run records the result of each such product on the tile's tape, in call order; the second run takes the
+same products from the tape, in the same order, and only their backward runs. The values are the ones
+recomputation would give bit for bit (same inputs, same operation); a tape holds a few token-sized
+tensors per tile, a small fraction of one weight.
+
+Outside a recording or a replay the two products below are plain matmuls.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Optional
+
+import torch
+from torch import Tensor
+
+
+def _rows(weight: Tensor, x: Tensor) -> Tensor:
+    # (W x^T)^T rather than x W^T: autograd's gradient for W then comes out in W's own row-major layout
+    # (the other way it is a transposed view, and every weight-sized operation after it walks memory with
+    # a stride); the result is made row-major too.
+    return torch.matmul(weight, x.transpose(-1, -2)).transpose(-1, -2).contiguous()
+
+
+def _back(delta: Tensor, weight: Tensor) -> Tensor:
+    return torch.matmul(delta, weight)
+
+
+def weight_rows(weight: Tensor, x: Tensor) -> Tensor:
+    """x W^T: weight (..., out, in), x (..., N, in) -> (..., N, out)."""
+    return _product('rows', weight, x)
+
+
+def weight_back(delta: Tensor, weight: Tensor) -> Tensor:
+    """delta W: delta (..., N, out), weight (..., out, in) -> (..., N, in)."""
+    return _product('back', weight, delta)
+
+
+_PRODUCTS = {'rows': _rows, 'back': lambda weight, delta: _back(delta, weight)}
+
+
+class Tape:
+    """The products of one tile's run, in call order (see the module docstring)."""
+
+    current: ClassVar[Optional['Tape']] = None
+
+    def __init__(self) -> None:
+        self.values: list[Tensor] = []
+        self.cursor: Optional[int] = None       # None while recording; the next value while replaying
+
+    def recording(self) -> '_Using':
+        return _Using(self, None)
+
+    def replaying(self) -> '_Using':
+        return _Using(self, 0)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.values)
+
+    def product(self, kind: str, weight: Tensor, x: Tensor) -> Tensor:
+        if self.cursor is None:
+            value = _PRODUCTS[kind](weight, x)
+            self.values.append(value.detach())
+            return value
+        if self.cursor >= len(self.values):
+            raise RuntimeError("tape: the recomputed tile makes more weight products than its first run")
+        value = self.values[self.cursor]
+        self.cursor += 1
+        batch = torch.broadcast_shapes(weight.shape[:-2], x.shape[:-2])
+        rows = weight.shape[-2] if kind == 'rows' else weight.shape[-1]
+        if value.shape != (*batch, x.shape[-2], rows):
+            raise RuntimeError(f"tape: a recomputed product of shape {tuple(value.shape)} does not match "
+                               "its first run (the tile's products came in another order)")
+        return _Replayed.apply(kind, weight, x, value)
+
+
+class _Using:
+    def __init__(self, tape: Tape, cursor: Optional[int]) -> None:
+        self.tape, self.cursor = tape, cursor
+
+    def __enter__(self) -> Tape:
+        self.before, Tape.current = Tape.current, self.tape
+        self.tape.cursor = self.cursor
+        return self.tape
+
+    def __exit__(self, *exc) -> None:
+        Tape.current = self.before
+
+
+def _product(kind: str, weight: Tensor, x: Tensor) -> Tensor:
+    tape = Tape.current
+    return _PRODUCTS[kind](weight, x) if tape is None else tape.product(kind, weight, x)
+
+
+class _Replayed(torch.autograd.Function):
+    """A product whose value comes from the tape: the forward returns it, the backward is the matmul's."""
+
+    @staticmethod
+    def forward(ctx, kind: str, weight: Tensor, x: Tensor, value: Tensor) -> Tensor:
+        ctx.kind = kind
+        ctx.save_for_backward(weight, x)
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        weight, x = ctx.saved_tensors
+        need_weight, need_x = ctx.needs_input_grad[1:3]
+        if ctx.kind == 'rows':      # z = x W^T
+            g_weight = torch.matmul(grad.transpose(-1, -2), x) if need_weight else None
+            g_x = torch.matmul(grad, weight) if need_x else None
+        else:                       # d = x W with x the deltas
+            g_weight = torch.matmul(x.transpose(-1, -2), grad) if need_weight else None
+            g_x = torch.matmul(grad, weight.transpose(-1, -2)) if need_x else None
+        if g_weight is not None:
+            g_weight = g_weight.sum_to_size(weight.shape)
+        if g_x is not None:
+            g_x = g_x.sum_to_size(x.shape)
+        return None, g_weight, g_x, None
