@@ -222,27 +222,32 @@ class graph_only:
 
 
 class _StateUpdate(torch.autograd.Function):
+    """The state keeps its own dtype: under autocast the columns and inputs of a tile (bf16 products)
+    are accumulated into a float32 state in float32, as a fused kernel keeps its state."""
+
     @staticmethod
     def forward(ctx, start, scale, columns, x, other, other_scale):
         ctx.save_for_backward(start, scale, columns, x, other, other_scale)
         if graph_only.active:
             shape = torch.broadcast_shapes(start.shape, scale.shape + (1, 1))
             return start.new_empty(shape)
-        base = _times(start, scale)
-        if other is not None:
-            base.addcmul_(other, other_scale[..., None, None])
-        rows, length, width = base.shape[-2], x.shape[-2], x.shape[-1]
-        base.view(-1, rows, width).baddbmm_(columns.reshape(-1, length, rows).transpose(1, 2),
-                                            x.reshape(-1, length, width))
+        with torch.autocast(start.device.type, enabled=False):
+            base = _times(start, scale)
+            if other is not None:
+                base.addcmul_(other, other_scale[..., None, None])
+            rows, length, width = base.shape[-2], x.shape[-2], x.shape[-1]
+            base.view(-1, rows, width).baddbmm_(columns.to(base.dtype).reshape(-1, length, rows).transpose(1, 2),
+                                                x.to(base.dtype).reshape(-1, length, width))
         return base
 
     @staticmethod
     def backward(ctx, grad):
         start, scale, columns, x, other, other_scale = ctx.saved_tensors
         need = ctx.needs_input_grad
-        return (_times(grad, scale) if need[0] else None,
-                _dot(grad, start) if need[1] else None,
-                x @ grad.transpose(-1, -2) if need[2] else None,
-                columns @ grad if need[3] else None,
-                _times(grad, other_scale) if need[4] else None,
-                _dot(grad, other) if need[5] else None)
+        with torch.autocast(grad.device.type, enabled=False):   # gradients come back in each input's dtype
+            return (_times(grad, scale) if need[0] else None,
+                    _dot(grad, start) if need[1] else None,
+                    x.to(grad.dtype) @ grad.transpose(-1, -2) if need[2] else None,
+                    columns.to(grad.dtype) @ grad if need[3] else None,
+                    _times(grad, other_scale) if need[4] else None,
+                    _dot(grad, other) if need[5] else None)

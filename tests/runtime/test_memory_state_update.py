@@ -28,3 +28,20 @@ def test_state_update_gradcheck(momentum, expanded):
     if momentum:
         expected = expected + args[5][..., None, None] * args[4]
     torch.testing.assert_close(state_update(*args), expected)
+
+
+def test_state_keeps_its_dtype_under_autocast():
+    """bf16 columns and inputs (autocast products) accumulate into a float32 state in float32; each
+    gradient comes back in its input's dtype."""
+    gen = torch.Generator().manual_seed(1)
+    start, scale = torch.randn(2, 3, 4, 5, generator=gen), torch.rand(2, 3, generator=gen)
+    columns = torch.randn(2, 3, 6, 4, generator=gen).bfloat16()
+    x = torch.randn(2, 3, 6, 5, generator=gen).bfloat16()
+    leaves = [t.requires_grad_() for t in (start, scale, columns, x)]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = state_update(*leaves)
+    assert out.dtype == torch.float32
+    expected = scale[..., None, None] * start + columns.float().transpose(-1, -2) @ x.float()
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out.square().sum(), leaves)
+    assert [g.dtype for g in grads] == [t.dtype for t in leaves]
