@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nldsl.runtime.memory import tape as tape_module
 from nldsl.runtime.memory.tape import Tape, weight_back, weight_rows
 
 
@@ -62,11 +63,15 @@ def test_a_replay_out_of_order_is_refused():
         weight_rows(weight, x)
 
 
-def test_products_outside_a_tape_are_plain_matmuls():
+@pytest.mark.parametrize('large', [False, True])
+def test_products_outside_a_tape_are_plain_matmuls(large, monkeypatch):
+    """Both forms of x W^T give the same values; a large weight's gradient is row-major."""
+    monkeypatch.setattr(tape_module, 'LARGE_WEIGHT', 1 if large else 1 << 30)
     weight, x, delta = leaves(3)
     assert Tape.current is None
     torch.testing.assert_close(weight_rows(weight, x), x @ weight.transpose(-1, -2))
     torch.testing.assert_close(weight_back(delta, weight), delta @ weight)
-    assert weight_rows(weight, x).is_contiguous()
     g, = torch.autograd.grad(weight_rows(weight.expand(2, 3, 5, 4), x).sum(), weight)
-    assert g.is_contiguous()
+    torch.testing.assert_close(g, (torch.ones(2, 3, 6, 5, dtype=x.dtype).transpose(-1, -2) @ x).sum(0))
+    if large:
+        assert weight_rows(weight, x).is_contiguous() and g.is_contiguous()
