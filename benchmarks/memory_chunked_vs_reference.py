@@ -6,7 +6,11 @@
 Shapes follow a small layer: batch 2, model width 256 as 4 heads of dk = dv = 64, float32, CPU.
 Prints one row per memory family: the best of --repeats interleaved timings in milliseconds for the
 reference and the chunked path (forward, or forward + backward with --backward), their ratio, and the
-largest output difference between them.
+largest output difference between them. Then the same rows as a FLOP budget: the matmul FLOPs each path
+does (counted by torch.utils.flop_counter: matmuls only; the wy form's triangular solves are not
+counted), the rate the chunked path reaches, and `bound`: the ratio the chunked path would reach if it
+ran at this machine's matmul peak (a 1024 x 1024 matmul, timed first) with nothing else to do. A goal
+above the bound cannot be met by making the chunked path faster, only by doing fewer FLOPs.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import argparse
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from nldsl.runtime.memory import MemoryConfig, Rule, chunk_form, chunked, init_params, reference, \
     standard_objective
@@ -81,6 +86,26 @@ def step(runner, cfg, objective, args, leaves, backward: bool):
     return call
 
 
+def matmul_peak(repeats: int = 5, size: int = 1024) -> float:
+    """GFLOP/s of the best of `repeats` size x size float32 matmuls."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def matmul_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--backward', action='store_true', help='time forward + backward')
@@ -97,24 +122,34 @@ def main() -> None:
         torch.set_num_threads(opts.threads)
     mode = 'fwd+bwd' if opts.backward else 'fwd'
     clock = time.perf_counter if opts.clock == 'wall' else time.process_time
+    peak = matmul_peak()
     print(f"B={opts.batch} T={opts.tokens} heads={HEADS} dk=dv={WIDTH} float32 {mode}, "
-          f"{torch.get_num_threads()} threads, {opts.clock} clock")
+          f"{torch.get_num_threads()} threads, {opts.clock} clock; matmul peak {peak:.0f} GFLOP/s")
     header = f"{'family':34s} {'form':10s} {'C':>3s} {'reference ms':>13s} {'chunked ms':>11s} " \
              f"{'ratio':>7s} {'max |dy|':>9s}"
     print(header)
     print('-' * len(header))
+    budgets = []
     for name, (cfg, objective_name) in FAMILIES.items():
         if opts.only.lower() not in name.lower():
             continue
         objective = standard_objective(objective_name)
         args, leaves = make_inputs(cfg, opts.batch, opts.tokens, opts.backward)
-        (ref_ms, chk_ms), (y_ref, y_chk) = timed(
-            [step(reference, cfg, objective, args, leaves, opts.backward),
-             step(chunked, cfg, objective, args, leaves, opts.backward)], opts.repeats, clock)
+        calls = [step(runner, cfg, objective, args, leaves, opts.backward) for runner in (reference, chunked)]
+        (ref_ms, chk_ms), (y_ref, y_chk) = timed(calls, opts.repeats, clock)
         diff = (y_ref - y_chk).abs().max().item()
         form = chunk_form(cfg, objective)[0]
         print(f"{name:34s} {form:10s} {cfg.chunk:3d} {ref_ms:13.1f} {chk_ms:11.1f} "
               f"{ref_ms / chk_ms:6.1f}x {diff:9.1e}", flush=True)
+        budgets.append((name, ref_ms, chk_ms, *(matmul_flops(call) / 1e9 for call in calls)))
+    print()
+    header = f"{'family':34s} {'reference GFLOP':>15s} {'chunked GFLOP':>13s} {'chunked GFLOP/s':>15s} " \
+             f"{'bound':>7s}"
+    print(header)
+    print('-' * len(header))
+    for name, ref_ms, chk_ms, ref_gflop, chk_gflop in budgets:
+        print(f"{name:34s} {ref_gflop:15.2f} {chk_gflop:13.2f} {chk_gflop / chk_ms * 1e3:15.1f} "
+              f"{ref_ms / (chk_gflop / peak * 1e3):6.1f}x")
 
 
 if __name__ == '__main__':

@@ -33,6 +33,7 @@ ours at 256 tokens. Prints figures; asserts nothing but the matching weight shap
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -132,6 +133,18 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks of up to 32 MB for reuse instead of handing them back to
+    the kernel (which then faults every page of the next large tensor in again, zeroed). The same
+    setting applies to both layers. False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)) and bool(libc.mallopt(m_trim_threshold, 2 ** 30))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=2)
@@ -141,8 +154,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; 1 avoids thread hand-offs on a busy machine)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="set glibc's malloc to reuse freed large blocks (see keep_freed_memory)")
     parser.add_argument("--child", choices=sorted(LAYERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.keep_freed_memory and not keep_freed_memory():
+        sys.exit("--keep-freed-memory: this C library is not glibc or refused the setting")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
@@ -153,8 +170,9 @@ def main() -> None:
     except ImportError:
         sys.exit("titans-pytorch is not installed: pip install titans-pytorch==0.5.5")
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; B={args.batch}, T={args.tokens}, "
-          f"dim {DIM}, {HEADS} heads, chunk {CHUNK}, float32, forward + backward")
+    allocator = "malloc keeps freed memory" if args.keep_freed_memory else "default malloc"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {allocator}; B={args.batch}, "
+          f"T={args.tokens}, dim {DIM}, {HEADS} heads, chunk {CHUNK}, float32, forward + backward")
     layers = {name: build() for name, (build, _) in LAYERS.items()}
     shapes = {name: memory_shapes(name, layer) for name, layer in layers.items()}
     for name, layer in layers.items():
@@ -178,6 +196,7 @@ def main() -> None:
     if not args.no_memory:
         for name in LAYERS:
             threads = ["--threads", str(args.threads)] if args.threads else []
+            threads += ["--keep-freed-memory"] if args.keep_freed_memory else []
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--batch", str(args.batch),
                                    "--tokens", str(args.tokens), *threads], capture_output=True, text=True)
             if proc.returncode != 0:

@@ -24,7 +24,7 @@ from .objectives import GradFn
 from .scan import Geometry, Momentum, TileScan, solve_columns, system_inverse
 from .state import MemoryState
 from .recompute import run_recomputed
-from .tiles import TileGroup, tile_groups
+from .tiles import TileGroup, tile_groups, unbind_tiles
 
 # Recompute each tile in backward from its saved start state (recompute.py) when the states a group of
 # tiles would keep add up to this many bytes: plain autograd keeps several state-sized tensors per tile
@@ -64,13 +64,6 @@ class _Prepared:
     geometry: Geometry
     inverse: Optional[Tensor]        # key-input layer's system inverse, when delta/dgd act on it
 
-    def tile(self, index: int) -> '_Prepared':
-        """The same quantities for tile `index` alone (B, H, L, ...)."""
-        return _Prepared({name: gate[:, :, index] for name, gate in self.gates.items()},
-                         _tile_coefficients(self.first, index), _tile_coefficients(self.scalar, index),
-                         self.geometry.tile(index),
-                         self.inverse[:, :, index] if self.inverse is not None else None)
-
 
 def _prepare(cfg: MemoryConfig, group: TileGroup, k: Tensor, gates: Mapping[str, Tensor]) -> _Prepared:
     gg = group.split_gates(gates)
@@ -81,10 +74,6 @@ def _prepare(cfg: MemoryConfig, group: TileGroup, k: Tensor, gates: Mapping[str,
     p = along(first.cp, k)
     inverse = system_inverse(geometry, k, p) if p is not None else None
     return _Prepared(gg, first, scalar, geometry, inverse)
-
-
-def _pick(value, index: int):
-    return value[:, :, index] if isinstance(value, Tensor) else value
 
 
 def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor, k: Tensor, v: Tensor,
@@ -105,9 +94,8 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
         carried = _Carried(theta, theta, momentum, position)
     else:
         outputs = []
-        for i in range(group.count):
-            y, theta, momentum = step(prep.tile(i), qg[:, :, i], kg[:, :, i], vg[:, :, i], carried.theta,
-                                      carried.anchor, carried.momentum)
+        for tile, qi, ki, vi in unbind_tiles((prep, qg, kg, vg), group.count):
+            y, theta, momentum = step(tile, qi, ki, vi, carried.theta, carried.anchor, carried.momentum)
             outputs.append(y)
             position = carried.position + group.length
             anchor = theta if position % cfg.chunk == 0 else carried.anchor
@@ -155,10 +143,6 @@ def _solve_tile(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, k: Tensor
             scans[layer.bias] = _scan(carried, layer.bias, geometry, gates, co, torch.ones_like(k[..., :1]),
                                       delta, None, True)
     return scans
-
-
-def _tile_coefficients(co: DualCoefficients, index: int) -> DualCoefficients:
-    return DualCoefficients(*(_pick(getattr(co, f), index) for f in ('a', 'cp', 'cw', 'r', 'cp2')))
 
 
 def _scan(carried: _Carried, name: str, geometry: Geometry, gates: Mapping[str, Tensor],

@@ -28,34 +28,9 @@ from torch.autograd.function import once_differentiable
 from .functional import Params
 from .scan import graph_only
 from .tape import Tape
+from .tiles import tensors_of, with_tensors
 
 TileStep = Callable[..., tuple[Tensor, Params, Optional[Params]]]
-
-
-def map_tensors(tree: Any, fn: Callable[[Tensor], Any]) -> Any:
-    """The same structure with every tensor replaced by fn(tensor)."""
-    if isinstance(tree, Tensor):
-        return fn(tree)
-    if isinstance(tree, dict):
-        return {key: map_tensors(value, fn) for key, value in tree.items()}
-    if isinstance(tree, tuple):
-        return tuple(map_tensors(value, fn) for value in tree)
-    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        return dataclasses.replace(tree, **{f.name: map_tensors(getattr(tree, f.name), fn)
-                                            for f in dataclasses.fields(tree) if f.init})
-    return tree
-
-
-def tensors_of(tree: Any) -> list[Tensor]:
-    found: list[Tensor] = []
-    map_tensors(tree, found.append)
-    return found
-
-
-def with_tensors(tree: Any, tensors: list[Tensor]) -> Any:
-    """`tree` with its tensors replaced, in the order `tensors_of` lists them."""
-    supply = iter(tensors)
-    return map_tensors(tree, lambda _: next(supply))
 
 
 def run_recomputed(step: TileStep, inputs: Any, q: Tensor, k: Tensor, v: Tensor, theta: Params,

@@ -1,8 +1,10 @@
-"""Cutting a call's tokens into tiles, and tiles of equal length into groups that run batched."""
+"""Cutting a call's tokens into tiles, tiles of equal length into groups that run batched, and a group's
+per-tile quantities back into tiles."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 from torch import Tensor
 
@@ -47,3 +49,37 @@ def tile_groups(position: int, tokens: int, size: int, aligned: bool) -> list[Ti
             groups.append(TileGroup(offset, 1, length))
         offset += length
     return groups
+
+
+def map_tensors(tree: Any, fn: Callable[[Tensor], Any]) -> Any:
+    """The same structure with every tensor replaced by fn(tensor)."""
+    if isinstance(tree, Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {key: map_tensors(value, fn) for key, value in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(map_tensors(value, fn) for value in tree)
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return dataclasses.replace(tree, **{f.name: map_tensors(getattr(tree, f.name), fn)
+                                            for f in dataclasses.fields(tree) if f.init})
+    return tree
+
+
+def tensors_of(tree: Any) -> list[Tensor]:
+    found: list[Tensor] = []
+    map_tensors(tree, found.append)
+    return found
+
+
+def with_tensors(tree: Any, tensors: list[Tensor]) -> Any:
+    """`tree` with its tensors replaced, in the order `tensors_of` lists them."""
+    supply = iter(tensors)
+    return map_tensors(tree, lambda _: next(supply))
+
+
+def unbind_tiles(tree: Any, count: int) -> list[Any]:
+    """The tiles of a structure of (B, H, count, ...) tensors, one structure per tile. Each tensor is
+    unbound once, so autograd has one node for all the tiles; indexing tile by tile instead makes its
+    backward build a zero gradient of the whole group for every tile and add them all up."""
+    pieces = [t.unbind(2) for t in tensors_of(tree)]
+    return [with_tensors(tree, [piece[i] for piece in pieces]) for i in range(count)]

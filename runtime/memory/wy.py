@@ -19,7 +19,7 @@ from .config import MemoryConfig
 from .objectives import GradFn, affine_coefficients
 from .scan import Geometry, TileScan, system_inverse
 from .state import MemoryState
-from .tiles import tile_groups
+from .tiles import tile_groups, unbind_tiles
 
 
 def run_wy(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
@@ -42,11 +42,11 @@ def run_wy(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor
         else:
             u, wp = w, None
         starts, columns = [], []
-        for i in range(group.count):
+        for ui, wpi, ki, tile_geometry in unbind_tiles((u, wp, kg, geometry), group.count):
             starts.append(weight)
-            e = u[:, :, i] if wp is None else u[:, :, i] + linear_apply(weight, wp[:, :, i])
+            e = ui if wpi is None else ui + linear_apply(weight, wpi)
             columns.append(e)
-            weight = TileScan(weight, kg[:, :, i], e, geometry.tile(i)).end()[0]
+            weight = TileScan(weight, ki, e, tile_geometry).end()[0]
         scans = TileScan(torch.stack(starts, 2), kg, torch.stack(columns, 2), geometry)
         y = scans.read(qg, mode)
         outputs.append(y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv))

@@ -45,3 +45,22 @@ def test_state_keeps_its_dtype_under_autocast():
     torch.testing.assert_close(out, expected)
     grads = torch.autograd.grad(out.square().sum(), leaves)
     assert [g.dtype for g in grads] == [t.dtype for t in leaves]
+
+
+@pytest.mark.parametrize('zeros', [False, True])
+def test_segment_products_gradients(zeros):
+    """The in-tile products of the gates and their hand-written gradient (also with gates that are 0),
+    to second order."""
+    from nldsl.runtime.memory.scan import segment_products
+    gen = torch.Generator().manual_seed(2)
+    a = torch.rand(2, 3, 6, generator=gen, dtype=torch.float64)
+    if zeros:
+        a[0, 1, 2] = a[1, 0, 0] = a[1, 2, 5] = 0.0
+    g = segment_products(a)
+    for t in range(7):
+        for i in range(7):
+            expected = a[..., i:t].prod(-1) if i <= t else torch.zeros_like(a[..., 0])
+            torch.testing.assert_close(g[..., t, i], expected)
+    a.requires_grad_()
+    assert torch.autograd.gradcheck(segment_products, (a,))
+    assert torch.autograd.gradgradcheck(segment_products, (a,))
