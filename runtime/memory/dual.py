@@ -113,17 +113,36 @@ def _state_bytes(carried: _Carried) -> int:
 def _tile_step(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, q: Tensor, k: Tensor, v: Tensor,
                carried: _Carried) -> tuple[Tensor, Params, Optional[Params]]:
     """One tile: its output and the state after it."""
-    scans = _solve_tile(cfg, objective, prep, k, v, carried)
-    y = F.apply(cfg, carried.anchor, q) if cfg.read == 'anchor' else _read(cfg, scans, q, cfg.read)
+    fwd, target, read = _at_anchor(cfg, carried.anchor, q, k, v)
+    scans = _solve_tile(cfg, objective, prep, k, fwd, target, carried)
+    y = read if read is not None else _read(cfg, scans, q, cfg.read)
     return (y, *_end_states(cfg, scans))
 
 
-def _solve_tile(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, k: Tensor, v: Tensor,
-                carried: _Carried) -> dict[str, TileScan]:
+def _at_anchor(cfg: MemoryConfig, anchor: Params, q: Tensor, k: Tensor,
+               v: Tensor) -> tuple[F.Forward, Tensor, Optional[Tensor]]:
+    """The memory at the anchor on the tile's keys (kept for backprop), its target (v, or M_anchor(v)
+    when self-generated) and, when it reads at the anchor, its output M_anchor(q). The keys, values and
+    queries that meet the anchor go through one forward pass: one matmul per layer for all of them, and
+    one weight gradient per layer in backward instead of one per pass."""
+    rows = [k, *([v] if cfg.self_target else []), *([q] if cfg.read == 'anchor' else [])]
+    fwd = F.forward(cfg, anchor, torch.cat(rows, dim=-2) if len(rows) > 1 else k)
+    if len(rows) == 1:
+        return fwd, v, None
+    n = k.shape[-2]
+
+    def part(t: Tensor, index: int) -> Tensor:
+        return t[..., index * n:(index + 1) * n, :]
+    keys = F.Forward(part(fwd.out, 0), tuple(part(t, 0) for t in fwd.inputs),
+                     tuple(part(t, 0) for t in fwd.preacts))
+    target = part(fwd.out, 1) if cfg.self_target else v
+    return keys, target, part(fwd.out, len(rows) - 1) if cfg.read == 'anchor' else None
+
+
+def _solve_tile(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, k: Tensor, fwd: F.Forward,
+                target: Tensor, carried: _Carried) -> dict[str, TileScan]:
     """All gradients of the tile at the anchor, then every parameter's update columns."""
     anchor = carried.anchor
-    target = F.apply(cfg, anchor, v) if cfg.self_target else v
-    fwd = F.forward(cfg, anchor, k)
     deltas = F.backward(cfg, anchor, fwd, objective(fwd.out, target)) if cfg.has_gradient else None
     gates, geometry = prep.gates, prep.geometry
     per_layer = any(rule.per_layer for rule in cfg.rules)
@@ -153,9 +172,7 @@ def _scan(carried: _Carried, name: str, geometry: Geometry, gates: Mapping[str, 
         return t.unsqueeze(-1) if bias else t
 
     start = as_matrix(carried.theta[name])
-    w = along(co.cw, delta) if delta is not None else None
-    if w is None:
-        w = torch.zeros(*x.shape[:-1], start.shape[-2], dtype=x.dtype, device=x.device)
+    w = along(co.cw, delta) if delta is not None else None       # None: no direct gradient term
     momentum = None
     if carried.momentum is not None:
         momentum = Momentum(as_matrix(carried.momentum[name]), -gates['eta'].unsqueeze(-1) * delta,

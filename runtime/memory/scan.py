@@ -130,30 +130,38 @@ def system_inverse(geometry: Geometry, x: Tensor, p: Tensor) -> Tensor:
     return _solve_lower(system, eye.expand_as(system))
 
 
-def solve_columns(geometry: Geometry, start: Tensor, x: Tensor, p: Optional[Tensor], w: Tensor,
-                  momentum: Optional[Momentum] = None, inverse: Optional[Tensor] = None) -> Tensor:
+def solve_columns(geometry: Geometry, start: Tensor, x: Tensor, p: Optional[Tensor], w: Optional[Tensor],
+                  momentum: Optional[Momentum] = None, inverse: Optional[Tensor] = None) -> Optional[Tensor]:
     """The columns e_t (..., L, out) of one tile; `inverse` is system_inverse(geometry, x, p) if known.
 
-    p (or momentum.p2) None means that term is absent; with neither present no solve is needed."""
+    p (or momentum.p2) None means that term is absent; with neither present no solve is needed. w None
+    means no direct gradient term; when nothing else contributes either, e is 0 and None is returned."""
     rhs = w
     if p is not None:
         g_before = _rows(geometry.retention, 'before')
-        rhs = rhs + _scaled(g_before[..., 0], linear_apply(start, p))
+        rhs = _plus(rhs, _scaled(g_before[..., 0], linear_apply(start, p)))
         if momentum is not None:
             c_before = _rows(geometry.coupling, 'before')
             rhs = rhs + _scaled(c_before[..., 0], linear_apply(momentum.start, p))
             rhs = rhs + (c_before[..., 1:] * (p @ x.transpose(-1, -2))) @ momentum.m
     if momentum is not None and momentum.p2 is not None:
         d_after = _rows(geometry.decay, 'after')
-        rhs = rhs + _scaled(d_after[..., 0], linear_apply(momentum.start, momentum.p2))
+        rhs = _plus(rhs, _scaled(d_after[..., 0], linear_apply(momentum.start, momentum.p2)))
         rhs = rhs + (d_after[..., 1:] * (momentum.p2 @ x.transpose(-1, -2))) @ momentum.m
-    if p is None:
+    if p is None or rhs is None:
         return rhs
     if inverse is not None:
         return inverse @ rhs
     eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
     system = eye - _rows(geometry.retention, 'before')[..., 1:] * (p @ x.transpose(-1, -2))
     return _solve_lower(system, rhs)
+
+
+def _plus(total: Optional[Tensor], term: Optional[Tensor]) -> Optional[Tensor]:
+    """total + term, where None stands for an absent (zero) term."""
+    if total is None:
+        return term
+    return total if term is None else total + term
 
 
 def _solve_lower(system: Tensor, rhs: Tensor) -> Tensor:
@@ -171,7 +179,7 @@ class TileScan:
 
     start: Tensor                 # P_0 (..., out, in)
     x: Tensor                     # (..., L, in)
-    e: Tensor                     # (..., L, out)
+    e: Optional[Tensor]           # (..., L, out); None when the tile has no such columns (all 0)
     geometry: Geometry
     momentum: Optional[Momentum] = None
 
@@ -179,7 +187,9 @@ class TileScan:
         """P_t xi_t (mode 'after') or P_{t-1} xi_t (mode 'before') for xi (..., L, in)."""
         g = _rows(self.geometry.retention, mode)
         overlap = xi @ self.x.transpose(-1, -2)                       # (x_i . xi_t) at [t, i]
-        out = _scaled(g[..., 0], linear_apply(self.start, xi)) + (g[..., 1:] * overlap) @ self.e
+        out = _scaled(g[..., 0], linear_apply(self.start, xi))
+        if self.e is not None:
+            out = out + (g[..., 1:] * overlap) @ self.e
         if self.momentum is not None:
             c = _rows(self.geometry.coupling, mode)
             out = out + _scaled(c[..., 0], linear_apply(self.momentum.start, xi))
@@ -189,19 +199,20 @@ class TileScan:
     def end(self) -> tuple[Tensor, Optional[Tensor]]:
         """(P_L, S_L): the parameter and the momentum after the last token of the tile."""
         g = self.geometry.retention[..., -1, :]
+        columns = _scaled(g[..., 1:], self.e) if self.e is not None else None
         if self.momentum is None:
-            return state_update(self.start, g[..., 0], _scaled(g[..., 1:], self.e), self.x), None
+            return state_update(self.start, g[..., 0], columns, self.x), None
         mom = self.momentum
         c, d = self.geometry.coupling[..., -1, :], self.geometry.decay[..., -1, :]
-        columns = _scaled(g[..., 1:], self.e) + _scaled(c[..., 1:], mom.m)
+        columns = _plus(columns, _scaled(c[..., 1:], mom.m))
         end = state_update(self.start, g[..., 0], columns, self.x, mom.start, c[..., 0])
         return end, state_update(mom.start, d[..., 0], _scaled(d[..., 1:], mom.m), self.x)
 
 
-def state_update(start: Tensor, scale: Tensor, columns: Tensor, x: Tensor, other: Optional[Tensor] = None,
-                 other_scale: Optional[Tensor] = None) -> Tensor:
+def state_update(start: Tensor, scale: Tensor, columns: Optional[Tensor], x: Tensor,
+                 other: Optional[Tensor] = None, other_scale: Optional[Tensor] = None) -> Tensor:
     """scale * start (+ other_scale * other) + columns^T x, for start and other (..., out, in), scales
-    (...), columns (..., L, out), x (..., L, in): the weight-sized work of a tile.
+    (...), columns (..., L, out) or None for no columns, x (..., L, in): the weight-sized work of a tile.
 
     Its backward is written by hand: it keeps references to the inputs only and makes one pass over
     the weights per gradient (autograd's version multiplies and then sums for every gate, and makes
@@ -252,6 +263,8 @@ class _StateUpdate(torch.autograd.Function):
             base = _times(start, scale)
             if other is not None:
                 base.addcmul_(other, other_scale[..., None, None])
+            if columns is None:
+                return base
             rows, length, width = base.shape[-2], x.shape[-2], x.shape[-1]
             base.view(-1, rows, width).baddbmm_(columns.to(base.dtype).reshape(-1, length, rows).transpose(1, 2),
                                                 x.to(base.dtype).reshape(-1, length, width))
@@ -265,6 +278,6 @@ class _StateUpdate(torch.autograd.Function):
             return (_times(grad, scale) if need[0] else None,
                     _dot(grad, start) if need[1] else None,
                     x.to(grad.dtype) @ grad.transpose(-1, -2) if need[2] else None,
-                    columns.to(grad.dtype) @ grad if need[3] else None,
+                    columns.to(grad.dtype) @ grad if need[3] and columns is not None else None,
                     _times(grad, other_scale) if need[4] else None,
                     _dot(grad, other) if need[5] else None)
