@@ -36,6 +36,30 @@ from torch import Tensor
 from .functional import linear_apply
 
 
+def gram(a: Tensor, b: Tensor) -> Tensor:
+    """a b^T over the last two dimensions: (..., L, n), (..., M, n) -> (..., L, M).
+
+    Its backward returns both gradients row-major; autograd's for `a @ b.transpose(-1, -2)` hands b a
+    transposed view, which then meets b's other (row-major) gradients in mixed-layout sums and
+    products several times slower than plain ones."""
+    return _Gram.apply(a, b)
+
+
+class _Gram(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(a, b)
+        return a @ b.transpose(-1, -2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad
+        g_a = (grad @ b).sum_to_size(a.shape) if need_a else None
+        g_b = (grad.transpose(-1, -2) @ a).sum_to_size(b.shape) if need_b else None
+        return g_a, g_b
+
+
 def segment_products(a: Tensor) -> Tensor:
     """G (..., L+1, L+1) with G[t, i] = a_{i+1} * ... * a_t for i <= t (1 on the diagonal), 0 above;
     index 0 is the tile start, index t the state after the t-th token. a is (..., L).
@@ -126,7 +150,7 @@ def system_inverse(geometry: Geometry, x: Tensor, p: Tensor) -> Tensor:
     """(I - A)^-1 with A[t, i] = G[t-1, i] (p_t . x_i) (strictly lower): for tiles whose x and p are
     known before the loop over tiles, so that each tile's solve becomes one matmul."""
     eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
-    system = eye - _rows(geometry.retention, 'before')[..., 1:] * (p @ x.transpose(-1, -2))
+    system = eye - _rows(geometry.retention, 'before')[..., 1:] * (gram(p, x))
     return _solve_lower(system, eye.expand_as(system))
 
 
@@ -143,17 +167,17 @@ def solve_columns(geometry: Geometry, start: Tensor, x: Tensor, p: Optional[Tens
         if momentum is not None:
             c_before = _rows(geometry.coupling, 'before')
             rhs = rhs + _scaled(c_before[..., 0], linear_apply(momentum.start, p))
-            rhs = rhs + (c_before[..., 1:] * (p @ x.transpose(-1, -2))) @ momentum.m
+            rhs = rhs + (c_before[..., 1:] * (gram(p, x))) @ momentum.m
     if momentum is not None and momentum.p2 is not None:
         d_after = _rows(geometry.decay, 'after')
         rhs = _plus(rhs, _scaled(d_after[..., 0], linear_apply(momentum.start, momentum.p2)))
-        rhs = rhs + (d_after[..., 1:] * (momentum.p2 @ x.transpose(-1, -2))) @ momentum.m
+        rhs = rhs + (d_after[..., 1:] * (gram(momentum.p2, x))) @ momentum.m
     if p is None or rhs is None:
         return rhs
     if inverse is not None:
         return inverse @ rhs
     eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
-    system = eye - _rows(geometry.retention, 'before')[..., 1:] * (p @ x.transpose(-1, -2))
+    system = eye - _rows(geometry.retention, 'before')[..., 1:] * (gram(p, x))
     return _solve_lower(system, rhs)
 
 
@@ -186,7 +210,7 @@ class TileScan:
     def read(self, xi: Tensor, mode: str) -> Tensor:
         """P_t xi_t (mode 'after') or P_{t-1} xi_t (mode 'before') for xi (..., L, in)."""
         g = _rows(self.geometry.retention, mode)
-        overlap = xi @ self.x.transpose(-1, -2)                       # (x_i . xi_t) at [t, i]
+        overlap = gram(xi, self.x)                                    # (x_i . xi_t) at [t, i]
         out = _scaled(g[..., 0], linear_apply(self.start, xi))
         if self.e is not None:
             out = out + (g[..., 1:] * overlap) @ self.e
