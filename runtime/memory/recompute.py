@@ -8,13 +8,15 @@ saved tensors. Here the forward pass runs the tiles without a graph and writes t
 start of every tile into one buffer per parameter (one allocation each, so nothing interleaves);
 backward walks the tiles in reverse and, for one tile at a time, rebuilds its graph from the saved
 start state, takes the gradients of the tile's output and end state, and hands the start state's
-gradient to the tile before. Each tile's forward runs twice; the results are those of plain
-autograd (the same operations, in the same order).
+gradient to the tile before. Each tile's forward runs twice, but its products with the weights
+only once: the first run records them on the tile's tape (tape.py) and the second replays them;
+the results are those of plain autograd (the same operations, in the same order).
 
 The tile step is any function (tile inputs, q, k, v, theta, anchor, momentum) -> (y, theta,
 momentum) whose output y does not depend on the values of its own end state: when a tile is
-recomputed, its state updates (scan.state_update) build their graph without computing values; tile inputs are a structure of tensors (dataclasses, dicts, tuples; other values pass
-through) whose tensors carry the tile index at dimension 2, like q, k and v (B, H, count, L, ...).
+recomputed, its state updates (scan.state_update) build their graph without computing values; tile
+inputs are a structure of tensors (dataclasses, dicts, tuples; other values pass through) whose
+tensors carry the tile index at dimension 2, like q, k and v (B, H, count, L, ...).
 """
 from __future__ import annotations
 
