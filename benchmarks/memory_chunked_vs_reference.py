@@ -18,7 +18,8 @@ import argparse
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+from flops import matmul_flops, matmul_peak
 
 from nldsl.runtime.memory import MemoryConfig, Rule, chunk_form, chunked, init_params, reference, \
     standard_objective
@@ -84,26 +85,6 @@ def step(runner, cfg, objective, args, leaves, backward: bool):
                 torch.autograd.grad(loss, leaves, allow_unused=True)
             return y.detach()
     return call
-
-
-def matmul_peak(repeats: int = 5, size: int = 1024) -> float:
-    """GFLOP/s of the best of `repeats` size x size float32 matmuls."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
-    return 2 * size ** 3 / best / 1e9
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def matmul_flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     pip install titans-pytorch==0.5.5          # the optional `bench` extra: pip install -e .[bench]
     python benchmarks/peer_titans.py [--batch 2] [--tokens 2048] [--repeats 1] [--threads N] [--no-memory]
-                                     [--profile]
+                                     [--no-flops] [--keep-freed-memory] [--profile]
 
 The peer is `titans_pytorch.NeuralMemory(dim=256, heads=4, chunk_size=64)` with its defaults: dim_head
 defaults to dim, so each of the 4 heads has a depth-2 GELU MLP 256 → 1024 → 256 (MemoryMLP with
@@ -27,8 +27,19 @@ high-water mark VmHWM, reset just before the step; not getrusage's ru_maxrss, wh
 inherits from its parent across exec) minus its resident size just before, i.e. what the operating
 system had to provide for the activations, the autograd graph and the gradients; the ratio of the two
 is printed. The last line is `speedup_vs_titans_pytorch: X`, the peer's time over ours (above 1: ours
-is faster). `--profile` adds torch.profiler's top operators of
-ours at 256 tokens. Prints figures; asserts nothing but the matching weight shapes.
+is faster). `--profile` adds torch.profiler's top operators of ours at 256 tokens.
+
+FLOP budget (skip with --no-flops): each layer's matmul FLOPs for one forward + backward (counted by
+torch.utils.flop_counter in one more call), the rate it reached, and `bound`: the speedup ours would
+show if it ran at this machine's matmul peak with nothing else to do. The two layers do about the same
+FLOPs, so no implementation of ours can beat the peer by more than the peer's own distance from peak.
+
+The allocator matters more than the layers: titans-pytorch materialises per-chunk weights in tensors of
+hundreds of MB, and glibc's malloc hands blocks that large back to the kernel when they are freed, so
+every call faults all of their pages in again (zeroed): with the default malloc most of the peer's time
+is page faults (system time). `--keep-freed-memory` has malloc keep and reuse freed memory (mallopt;
+glibc only), which removes that cost for both layers from their second call on: compare both runs.
+Prints figures; asserts nothing but the matching weight shapes.
 """
 from __future__ import annotations
 
@@ -44,6 +55,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from flops import matmul_flops, matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "benchmarks" / "titans_peer.nl"
@@ -134,15 +147,15 @@ def peak_rss_bytes() -> int:
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed blocks of up to 32 MB for reuse instead of handing them back to
-    the kernel (which then faults every page of the next large tensor in again, zeroed). The same
-    setting applies to both layers. False where the C library is not glibc."""
+    """Ask glibc's malloc to serve blocks of up to 1 GiB from its heap and to keep freed memory for reuse
+    instead of handing it back to the kernel (which then faults every page of the next large tensor in
+    again, zeroed). The same setting applies to both layers. False where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)) and bool(libc.mallopt(m_trim_threshold, 2 ** 30))
+    return bool(libc.mallopt(m_mmap_threshold, 2 ** 30)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 
 def main() -> None:
@@ -151,6 +164,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP budget")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; 1 avoids thread hand-offs on a busy machine)")
@@ -219,6 +233,16 @@ def main() -> None:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step(run, layer, small)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+    if not args.no_flops:
+        peak = matmul_peak()
+        gflop = {name: matmul_flops(lambda: step(run, layers[name], x)) / 1e9 for name, (_, run) in LAYERS.items()}
+        ours_name, peer_name = list(LAYERS)
+        print(f"\nmatmul FLOPs of one forward + backward (this machine's matmul peak: {peak:.0f} GFLOP/s)")
+        for name in LAYERS:
+            print(f"  {name:<24}{gflop[name]:8.1f} GFLOP  {gflop[name] / best[name][0]:6.1f} GFLOP/s")
+        print(f"  bound: at peak, ours would take {gflop[ours_name] / peak:.2f} s, a speedup of at most "
+              f"{best[peer_name][0] / (gflop[ours_name] / peak):.1f}x over this run of titans-pytorch")
 
     if len(memory) == len(LAYERS):
         extra = {name: m["peak"] - m["before"] for name, m in memory.items()}
