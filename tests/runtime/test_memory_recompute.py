@@ -111,7 +111,7 @@ def test_backward_replays_the_weight_products_of_the_forward(monkeypatch):
     cfg, objective = CONFIGS['titans mlp, read at anchor, residual']
     inputs = make_inputs(cfg, batch=2, heads=2, tokens=5 * cfg.chunk, seed=2)
     y, end = run(cfg, objective, inputs, None, True, monkeypatch)
-    # per tile: the memory on the keys and the queries (one pass, 2 layers), the delta back through W2
-    assert calls == {'rows': 5 * 2, 'back': 5 * 1}
+    # per tile: the memory on the keys and on the queries (2 layers each), the delta back through W2
+    assert calls == {'rows': 5 * 4, 'back': 5 * 1}
     torch.autograd.grad(probe_loss(y, end, seed=1), list(inputs.leaves().values()), allow_unused=True)
-    assert calls == {'rows': 5 * 2, 'back': 5 * 1}
+    assert calls == {'rows': 5 * 4, 'back': 5 * 1}
