@@ -60,8 +60,8 @@ def map_tensors(tree: Any, fn: Callable[[Tensor], Any]) -> Any:
     if isinstance(tree, tuple):
         return tuple(map_tensors(value, fn) for value in tree)
     if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        return dataclasses.replace(tree, **{f.name: map_tensors(getattr(tree, f.name), fn)
-                                            for f in dataclasses.fields(tree) if f.init})
+        return type(tree)(**{f.name: map_tensors(getattr(tree, f.name), fn)
+                             for f in dataclasses.fields(tree) if f.init})
     return tree
 
 
@@ -81,5 +81,7 @@ def unbind_tiles(tree: Any, count: int) -> list[Any]:
     """The tiles of a structure of (B, H, count, ...) tensors, one structure per tile. Each tensor is
     unbound once, so autograd has one node for all the tiles; indexing tile by tile instead makes its
     backward build a zero gradient of the whole group for every tile and add them all up."""
+    if count == 1:
+        return [map_tensors(tree, lambda t: t.squeeze(2))]
     pieces = [t.unbind(2) for t in tensors_of(tree)]
     return [with_tensors(tree, [piece[i] for piece in pieces]) for i in range(count)]
