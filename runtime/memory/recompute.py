@@ -14,7 +14,7 @@ the results are those of plain autograd (the same operations, in the same order)
 
 The tile step is any function (tile inputs, q, k, v, theta, anchor, momentum) -> (y, theta,
 momentum) whose output y does not depend on the values of its own end state: when a tile is
-recomputed, its state updates (scan.state_update) build their graph without computing values; tile
+recomputed, its state updates (state_update.py) build their graph without computing values; tile
 inputs are a structure of tensors (dataclasses, dicts, tuples; other values pass through) whose
 tensors carry the tile index at dimension 2, like q, k and v (B, H, count, L, ...).
 """
@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .functional import Params
-from .scan import graph_only
+from .state_update import graph_only
 from .tape import Tape
 from .tiles import tensors_of, with_tensors
 

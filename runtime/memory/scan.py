@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from .functional import linear_apply
+from .state_update import state_update
 
 
 def gram(a: Tensor, b: Tensor) -> Tensor:
@@ -106,11 +107,6 @@ def _scaled(coef: Tensor, vectors: Tensor) -> Tensor:
     return coef.unsqueeze(-1) * vectors
 
 
-def _outer_sum(coef: Tensor, columns: Tensor, x: Tensor) -> Tensor:
-    """sum_t coef_t columns_t x_t^T: (..., L), (..., L, out), (..., L, in) -> (..., out, in)."""
-    return _scaled(coef, columns).transpose(-1, -2) @ x
-
-
 @dataclass(frozen=True)
 class Geometry:
     """The state-independent in-tile products of a stack of tiles (leading dims ..., then L+1, L+1):
@@ -149,9 +145,14 @@ class Momentum:
 def system_inverse(geometry: Geometry, x: Tensor, p: Tensor) -> Tensor:
     """(I - A)^-1 with A[t, i] = G[t-1, i] (p_t . x_i) (strictly lower): for tiles whose x and p are
     known before the loop over tiles, so that each tile's solve becomes one matmul."""
+    system = _system(geometry, x, p)
+    return _solve_lower(system, torch.eye(x.shape[-2], dtype=x.dtype, device=x.device).expand_as(system))
+
+
+def _system(geometry: Geometry, x: Tensor, p: Tensor) -> Tensor:
+    """I - A, the unit lower-triangular matrix of the tile's system for its columns."""
     eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
-    system = eye - _rows(geometry.retention, 'before')[..., 1:] * (gram(p, x))
-    return _solve_lower(system, eye.expand_as(system))
+    return eye - _rows(geometry.retention, 'before')[..., 1:] * gram(p, x)
 
 
 def solve_columns(geometry: Geometry, start: Tensor, x: Tensor, p: Optional[Tensor], w: Optional[Tensor],
@@ -167,18 +168,16 @@ def solve_columns(geometry: Geometry, start: Tensor, x: Tensor, p: Optional[Tens
         if momentum is not None:
             c_before = _rows(geometry.coupling, 'before')
             rhs = rhs + _scaled(c_before[..., 0], linear_apply(momentum.start, p))
-            rhs = rhs + (c_before[..., 1:] * (gram(p, x))) @ momentum.m
+            rhs = rhs + (c_before[..., 1:] * gram(p, x)) @ momentum.m
     if momentum is not None and momentum.p2 is not None:
         d_after = _rows(geometry.decay, 'after')
         rhs = _plus(rhs, _scaled(d_after[..., 0], linear_apply(momentum.start, momentum.p2)))
-        rhs = rhs + (d_after[..., 1:] * (gram(momentum.p2, x))) @ momentum.m
+        rhs = rhs + (d_after[..., 1:] * gram(momentum.p2, x)) @ momentum.m
     if p is None or rhs is None:
         return rhs
     if inverse is not None:
         return inverse @ rhs
-    eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
-    system = eye - _rows(geometry.retention, 'before')[..., 1:] * (gram(p, x))
-    return _solve_lower(system, rhs)
+    return _solve_lower(_system(geometry, x, p), rhs)
 
 
 def _plus(total: Optional[Tensor], term: Optional[Tensor]) -> Optional[Tensor]:
@@ -231,77 +230,3 @@ class TileScan:
         columns = _plus(columns, _scaled(c[..., 1:], mom.m))
         end = state_update(self.start, g[..., 0], columns, self.x, mom.start, c[..., 0])
         return end, state_update(mom.start, d[..., 0], _scaled(d[..., 1:], mom.m), self.x)
-
-
-def state_update(start: Tensor, scale: Tensor, columns: Optional[Tensor], x: Tensor,
-                 other: Optional[Tensor] = None, other_scale: Optional[Tensor] = None) -> Tensor:
-    """scale * start (+ other_scale * other) + columns^T x, for start and other (..., out, in), scales
-    (...), columns (..., L, out) or None for no columns, x (..., L, in): the weight-sized work of a tile.
-
-    Its backward is written by hand: it keeps references to the inputs only and makes one pass over
-    the weights per gradient (autograd's version multiplies and then sums for every gate, and makes
-    several weight-sized temporaries per tile)."""
-    return _StateUpdate.apply(start, scale, columns, x, other, other_scale)
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """sum over the last two dimensions of a * b (broadcasting the leading ones).
-
-    One reduction per matrix (torch.linalg.vecdot over the flattened matrices); a batched matmul of a
-    (1, n) row with an (n, 1) column does the same sum several times slower on the CPU."""
-    lead = torch.broadcast_shapes(a.shape, b.shape)[:-2]
-    flat_a = a.expand(*lead, *a.shape[-2:]).reshape(*lead, -1)
-    flat_b = b.expand(*lead, *b.shape[-2:]).reshape(*lead, -1)
-    return torch.linalg.vecdot(flat_a, flat_b)
-
-
-def _times(t: Tensor, scale: Tensor) -> Tensor:
-    return t * scale[..., None, None]
-
-
-class graph_only:
-    """Within this context state updates build their autograd nodes but skip computing their values
-    (uninitialised tensors of the right shape): for recomputing a chunk in backward, where the end
-    state is already saved and only its graph is needed."""
-
-    active = False
-
-    def __enter__(self) -> None:
-        self.before, graph_only.active = graph_only.active, True
-
-    def __exit__(self, *exc) -> None:
-        graph_only.active = self.before
-
-
-class _StateUpdate(torch.autograd.Function):
-    """The state keeps its own dtype: under autocast the columns and inputs of a tile (bf16 products)
-    are accumulated into a float32 state in float32, as a fused kernel keeps its state."""
-
-    @staticmethod
-    def forward(ctx, start, scale, columns, x, other, other_scale):
-        ctx.save_for_backward(start, scale, columns, x, other, other_scale)
-        if graph_only.active:
-            shape = torch.broadcast_shapes(start.shape, scale.shape + (1, 1))
-            return start.new_empty(shape)
-        with torch.autocast(start.device.type, enabled=False):
-            base = _times(start, scale)
-            if other is not None:
-                base.addcmul_(other, other_scale[..., None, None])
-            if columns is None:
-                return base
-            rows, length, width = base.shape[-2], x.shape[-2], x.shape[-1]
-            base.view(-1, rows, width).baddbmm_(columns.to(base.dtype).reshape(-1, length, rows).transpose(1, 2),
-                                                x.to(base.dtype).reshape(-1, length, width))
-        return base
-
-    @staticmethod
-    def backward(ctx, grad):
-        start, scale, columns, x, other, other_scale = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        with torch.autocast(grad.device.type, enabled=False):   # gradients come back in each input's dtype
-            return (_times(grad, scale) if need[0] else None,
-                    _dot(grad, start) if need[1] else None,
-                    x.to(grad.dtype) @ grad.transpose(-1, -2) if need[2] else None,
-                    columns.to(grad.dtype) @ grad if need[3] and columns is not None else None,
-                    _times(grad, other_scale) if need[4] else None,
-                    _dot(grad, other) if need[5] else None)

@@ -1,10 +1,12 @@
-"""The hand-written backward of a tile's state update (scan.state_update) against autograd's."""
+"""The hand-written backward of a tile's state update (state_update.py) against autograd's, and the
+hand-written gradient of the in-tile gate products (scan.segment_products)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nldsl.runtime.memory.scan import state_update
+from nldsl.runtime.memory.scan import segment_products
+from nldsl.runtime.memory.state_update import state_update
 
 
 @pytest.mark.parametrize('momentum', [False, True])
@@ -51,7 +53,6 @@ def test_state_keeps_its_dtype_under_autocast():
 def test_segment_products_gradients(zeros):
     """The in-tile products of the gates and their hand-written gradient (also with gates that are 0),
     to second order."""
-    from nldsl.runtime.memory.scan import segment_products
     gen = torch.Generator().manual_seed(2)
     a = torch.rand(2, 3, 6, generator=gen, dtype=torch.float64)
     if zeros:
