@@ -30,8 +30,9 @@ from .tiles import TileGroup, tile_groups, unbind_tiles
 # tiles would keep add up to this many bytes: plain autograd keeps several state-sized tensors per tile
 # (4 heads of a 256 -> 1024 -> 256 MLP at B = 2, T = 2048: 4.4 GB of resident memory against 1.4 GB),
 # and recomputation costs the elementwise part of one more forward of every tile (its products with
-# the weights are replayed from a tape), which small memories are better off without. 0 recomputes always; float('inf') never (plain autograd is needed
-# only for higher-order gradients through a memory level).
+# the weights are replayed from a tape), which small memories are better off without. 0 recomputes
+# always; float('inf') never (plain autograd is needed only for higher-order gradients through a memory
+# level).
 RECOMPUTE_MIN_BYTES = 256 * 2 ** 20
 
 

@@ -22,30 +22,28 @@ from .tape import weight_back, weight_rows
 Params = dict[str, Tensor]
 
 
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+def _pdf(z: Tensor) -> Tensor:
+    return torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
 
 
-def _gelu_derivatives(z: Tensor) -> tuple[Tensor, Tensor]:
-    pdf = torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
-    return torch.special.ndtr(z) + z * pdf, pdf * (2.0 - z * z)
-
-
-def _silu_derivatives(z: Tensor) -> tuple[Tensor, Tensor]:
+def _sigmoid_slope(z: Tensor) -> Tensor:
     s = torch.sigmoid(z)
-    slope = s * (1.0 - s)
-    return s + z * slope, slope * (2.0 + z * (1.0 - 2.0 * s))
+    return s * (1.0 - s)
 
 
-def _sigmoid_derivatives(z: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.sigmoid(z)
-    slope = s * (1.0 - s)
-    return slope, slope * (1.0 - 2.0 * s)
-
-
-def _tanh_derivatives(z: Tensor) -> tuple[Tensor, Tensor]:
+def _tanh_slope(z: Tensor) -> Tensor:
     t = torch.tanh(z)
-    slope = 1.0 - t * t
-    return slope, -2.0 * t * slope
+    return 1.0 - t * t
+
+
+# name -> (act', act''): the derivatives in closed form.
+_SLOPES: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    'gelu': (lambda z: torch.special.ndtr(z) + z * _pdf(z), lambda z: _pdf(z) * (2.0 - z * z)),
+    'silu': (lambda z: torch.sigmoid(z) + z * _sigmoid_slope(z),
+             lambda z: _sigmoid_slope(z) * (2.0 + z * (1.0 - 2.0 * torch.sigmoid(z)))),
+    'sigmoid': (_sigmoid_slope, lambda z: _sigmoid_slope(z) * (1.0 - 2.0 * torch.sigmoid(z))),
+    'tanh': (_tanh_slope, lambda z: -2.0 * torch.tanh(z) * _tanh_slope(z)),
+}
 
 
 class _Slope(torch.autograd.Function):
@@ -55,28 +53,28 @@ class _Slope(torch.autograd.Function):
     operations, so higher-order gradients still work."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, derivatives):
-        ctx.derivatives = derivatives
+    def forward(ctx, z: Tensor, name: str):
+        ctx.name = name
         ctx.save_for_backward(z)
-        return derivatives(z)[0]
+        return _SLOPES[name][0](z)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (z,) = ctx.saved_tensors
-        return grad * ctx.derivatives(z)[1], None
+        return grad * _SLOPES[ctx.name][1](z), None
 
 
-def _slope(derivatives: Callable[[Tensor], tuple[Tensor, Tensor]]) -> Callable[[Tensor], Tensor]:
-    return lambda z: _Slope.apply(z, derivatives)
+def _slope(name: str) -> Callable[[Tensor], Tensor]:
+    return lambda z: _Slope.apply(z, name)
 
 
 # name -> (activation, its derivative); gelu is the exact (erf) one.
 ACTIVATION_FNS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
-    'silu': (torch.nn.functional.silu, _slope(_silu_derivatives)),
-    'gelu': (torch.nn.functional.gelu, _slope(_gelu_derivatives)),
+    'silu': (torch.nn.functional.silu, _slope('silu')),
+    'gelu': (torch.nn.functional.gelu, _slope('gelu')),
     'relu': (torch.relu, lambda z: (z > 0).to(z.dtype)),
-    'tanh': (torch.tanh, _slope(_tanh_derivatives)),
-    'sigmoid': (torch.sigmoid, _slope(_sigmoid_derivatives)),
+    'tanh': (torch.tanh, _slope('tanh')),
+    'sigmoid': (torch.sigmoid, _slope('sigmoid')),
     'identity': (lambda z: z, torch.ones_like),
 }
 
