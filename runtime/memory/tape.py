@@ -9,7 +9,11 @@ same products from the tape, in the same order, and only their backward runs. Th
 recomputation would give bit for bit (same inputs, same operation); a tape holds a few token-sized
 tensors per tile, a small fraction of one weight.
 
-Outside a recording or a replay the two products below are plain matmuls.
+Outside a recording or a replay the two products below are plain matmuls, except that for a large
+weight their backward is written out (`_Product`) so that the weight's gradient comes out row-major:
+autograd's own gradient for W in x W^T is a transposed view, and every weight-sized operation after it
+(the sums with the weight's other gradients, the gate products) walks memory with a stride. Small
+weights keep autograd's matmul, where the count of operations is what costs.
 """
 from __future__ import annotations
 
@@ -19,19 +23,14 @@ import torch
 from torch import Tensor
 
 
-# Weights of at least this many values per matrix are multiplied as (W x^T)^T, smaller ones as x W^T.
-LARGE_WEIGHT = 1 << 16
+# Weights of at least this many values go through _Product outside a tape too: measured on the CPU,
+# HOPE's 64 -> 256 -> 64 memory ran 13% faster forward + backward, a Titans layer of 256 -> 1024 -> 256
+# 2%, and hope.nl's 32 -> 128 -> 32 memories (4,096 values) are left as they were.
+LARGE_WEIGHT = 1 << 13
 
 
 def _rows(weight: Tensor, x: Tensor) -> Tensor:
-    if weight.shape[-1] * weight.shape[-2] < LARGE_WEIGHT:
-        return torch.matmul(x, weight.transpose(-1, -2))
-    # Large weights: (W x^T)^T rather than x W^T, so that autograd's gradient for W comes out in W's own
-    # row-major layout; the other way it is a transposed view, and every weight-sized operation after
-    # it walks memory with a stride (a Titans layer of 4 heads of 256 -> 1024 -> 256 ran 6% slower).
-    # Small weights keep the single matmul of the usual form: there the count of operations is what
-    # costs (HOPE's 32-wide memories trained 10% slower the other way).
-    return torch.matmul(weight, x.transpose(-1, -2)).transpose(-1, -2).contiguous()
+    return torch.matmul(x, weight.transpose(-1, -2))
 
 
 def _back(delta: Tensor, weight: Tensor) -> Tensor:
@@ -83,7 +82,7 @@ class Tape:
         if value.shape != (*batch, x.shape[-2], rows):
             raise RuntimeError(f"tape: a recomputed product of shape {tuple(value.shape)} does not match "
                                "its first run (the tile's products came in another order)")
-        return _Replayed.apply(kind, weight, x, value)
+        return _Product.apply(kind, weight, x, value)
 
 
 class _Using:
@@ -101,17 +100,22 @@ class _Using:
 
 def _product(kind: str, weight: Tensor, x: Tensor) -> Tensor:
     tape = Tape.current
-    return _PRODUCTS[kind](weight, x) if tape is None else tape.product(kind, weight, x)
+    if tape is not None:
+        return tape.product(kind, weight, x)
+    if weight.shape[-1] * weight.shape[-2] >= LARGE_WEIGHT and torch.is_grad_enabled() \
+            and (weight.requires_grad or x.requires_grad):
+        return _Product.apply(kind, weight, x, None)
+    return _PRODUCTS[kind](weight, x)
 
 
-class _Replayed(torch.autograd.Function):
-    """A product whose value comes from the tape: the forward returns it, the backward is the matmul's."""
+class _Product(torch.autograd.Function):
+    """A product with its backward written out; its value computed, or taken from the tape."""
 
     @staticmethod
     def forward(ctx, kind: str, weight: Tensor, x: Tensor, value: Tensor) -> Tensor:
         ctx.kind = kind
         ctx.save_for_backward(weight, x)
-        return value.view_as(value)
+        return _PRODUCTS[kind](weight, x) if value is None else value.view_as(value)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

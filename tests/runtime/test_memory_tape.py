@@ -65,7 +65,7 @@ def test_a_replay_out_of_order_is_refused():
 
 @pytest.mark.parametrize('large', [False, True])
 def test_products_outside_a_tape_are_plain_matmuls(large, monkeypatch):
-    """Both forms of x W^T give the same values; a large weight's gradient is row-major."""
+    """Plain and written-out products give the same values; a large weight's gradient is row-major."""
     monkeypatch.setattr(tape_module, 'LARGE_WEIGHT', 1 if large else 1 << 30)
     weight, x, delta = leaves(3)
     assert Tape.current is None
@@ -75,3 +75,16 @@ def test_products_outside_a_tape_are_plain_matmuls(large, monkeypatch):
     torch.testing.assert_close(g, (torch.ones(2, 3, 6, 5, dtype=x.dtype).transpose(-1, -2) @ x).sum(0))
     if large:
         assert weight_rows(weight, x).is_contiguous() and g.is_contiguous()
+
+
+@pytest.mark.parametrize('kind', ['rows', 'back'])
+def test_large_weight_products_have_second_order_gradients(kind, monkeypatch):
+    """The written-out backward of a large weight's product is itself differentiable (a memory level
+    under plain autograd supports higher-order gradients)."""
+    monkeypatch.setattr(tape_module, 'LARGE_WEIGHT', 1)
+    weight, x, delta = leaves(4)
+    fn = (lambda w, t: weight_rows(w.expand(2, 3, 5, 4), t)) if kind == 'rows' else \
+        (lambda w, t: weight_back(t, w.expand(2, 3, 5, 4)))
+    inputs = (weight, x if kind == 'rows' else delta)
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
