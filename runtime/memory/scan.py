@@ -34,31 +34,8 @@ import torch
 from torch import Tensor
 
 from .functional import linear_apply
+from .tape import gram
 from .state_update import state_update
-
-
-def gram(a: Tensor, b: Tensor) -> Tensor:
-    """a b^T over the last two dimensions: (..., L, n), (..., M, n) -> (..., L, M).
-
-    Its backward returns both gradients row-major; autograd's for `a @ b.transpose(-1, -2)` hands b a
-    transposed view, which then meets b's other (row-major) gradients in mixed-layout sums and
-    products several times slower than plain ones."""
-    return _Gram.apply(a, b)
-
-
-class _Gram(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
-        ctx.save_for_backward(a, b)
-        return a @ b.transpose(-1, -2)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        a, b = ctx.saved_tensors
-        need_a, need_b = ctx.needs_input_grad
-        g_a = (grad @ b).sum_to_size(a.shape) if need_a else None
-        g_b = (grad.transpose(-1, -2) @ a).sum_to_size(b.shape) if need_b else None
-        return g_a, g_b
 
 
 def segment_products(a: Tensor) -> Tensor:

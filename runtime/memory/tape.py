@@ -47,6 +47,13 @@ def weight_back(delta: Tensor, weight: Tensor) -> Tensor:
     return _product('back', weight, delta)
 
 
+def gram(a: Tensor, b: Tensor) -> Tensor:
+    """a b^T over the last two dimensions, (..., L, n), (..., M, n) -> (..., L, M), with the written-out
+    backward: both gradients come out row-major (autograd's hands b a transposed view, which then meets
+    b's other gradients in mixed-layout sums). Never recorded on a tape."""
+    return _Product.apply('rows', b, a, None)
+
+
 _PRODUCTS = {'rows': _rows, 'back': lambda weight, delta: _back(delta, weight)}
 
 
