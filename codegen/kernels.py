@@ -83,6 +83,10 @@ class PlanNames:
         return _block(self.dk)
 
     @property
+    def block_v(self) -> int:
+        return _block(self.dv)
+
+    @property
     def affine(self) -> bool:
         return self.objective.affine is not None
 
@@ -129,6 +133,16 @@ class KernelPlan(PlanNames):
     @property
     def fwd_name(self) -> str:
         return "None" if self.form == "recurrent" else f"{self.prefix}_fwd"
+
+    @property
+    def prep_name(self) -> str:
+        """The wy form's forward is two kernels: <prefix>_prep (the tiles' state-free terms, all tiles at
+        once) and <prefix>_fwd (the walk over the tiles)."""
+        return f"{self.prefix}_prep" if self.form == "wy" else "None"
+
+    @property
+    def prep_bwd_name(self) -> str:
+        return f"{self.prefix}_prep_bwd" if self.form == "wy" and self.backward else "None"
 
     @property
     def bwd_name(self) -> str:

@@ -113,10 +113,6 @@ class MlpKernelPlan(PlanNames):
         return _block(self.hidden)
 
     @property
-    def block_v(self) -> int:
-        return _block(self.dv)
-
-    @property
     def affine_expr(self) -> str:
         a, b = self.objective.affine
         return _affine_text(a, b, "O", "TG")

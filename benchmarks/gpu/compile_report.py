@@ -3,6 +3,7 @@
     python benchmarks/gpu/compile_report.py                       # every configuration below, sm_90
     python benchmarks/gpu/compile_report.py gdn128 titans_small --arch 90
     python benchmarks/gpu/compile_report.py --spec examples/hope.nl        # every memory level of a spec
+    python benchmarks/gpu/compile_report.py gdn128 --dtype bfloat16        # as a bf16 model launches them
 
 Each configuration's level runs its forward and backward once on tiny CPU tensors with the launches
 intercepted (nothing executes): every launch's arguments and constexprs are recorded, exactly as a GPU
@@ -71,9 +72,10 @@ class Launch:
     kwargs: dict
 
 
-def record_launches(cfg, objective, level: str, overrides: dict) -> list[Launch]:
-    """The launches of one forward and backward of the level's kernels (B = 1, H = 1, two chunks), with
-    `overrides` of the level's launch settings (tile, block_v, warps)."""
+def record_launches(cfg, objective, level: str, overrides: dict, dtype=torch.float32) -> list[Launch]:
+    """The launches of one forward and backward of the level's kernels (B = 1, H = 1, two chunks) on
+    inputs of `dtype` (bf16 inputs make tf32 dots), with `overrides` of the level's launch settings
+    (tile, block_v, warps)."""
     from nldsl.runtime.triton.registry import kernels_for
 
     found, reason = kernels_for(cfg, objective, level)
@@ -88,7 +90,7 @@ def record_launches(cfg, objective, level: str, overrides: dict) -> list[Launch]
     tokens = max(2 * cfg.chunk, 32)
     gen = torch.Generator().manual_seed(0)
     widths = (cfg.dk, cfg.dk, cfg.dk if cfg.self_target else cfg.dv)
-    q, k, v = (torch.randn(1, 1, tokens, d, generator=gen).requires_grad_(True) for d in widths)
+    q, k, v = (torch.randn(1, 1, tokens, d, generator=gen).to(dtype).requires_grad_(True) for d in widths)
     gates = {n: torch.rand(1, 1, tokens, generator=gen).requires_grad_(True) for n in cfg.required_gates()}
     params0 = {n: p.requires_grad_(True) for n, p in init_params(cfg, 1, generator=gen).items()}
     old = JITFunction.run
@@ -170,8 +172,8 @@ def spec_levels(path: str) -> list[tuple[str, MemoryConfig, object]]:
     return out
 
 
-def report(name: str, cfg: MemoryConfig, objective, arch: int, overrides: dict) -> None:
-    launches = record_launches(cfg, objective, name if "." in name else f"report.{name}", overrides)
+def report(name: str, cfg: MemoryConfig, objective, arch: int, overrides: dict, dtype=torch.float32) -> None:
+    launches = record_launches(cfg, objective, name if "." in name else f"report.{name}", overrides, dtype)
     print(f"[{name}] {cfg.family} dk={cfg.dk} dv={cfg.dv} chunk={cfg.chunk} "
           f"rules={','.join(r.kind for r in cfg.rules)}: {len(launches)} launches", flush=True)
     done = set()
@@ -197,6 +199,8 @@ def main() -> int:
     ap.add_argument("--block-v", type=int, help="rows of the state per program (linear memories)")
     ap.add_argument("--warps", type=int, help="warps per program instead of the level's")
     ap.add_argument("--stages", type=int, help="software-pipelining stages instead of the level's")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="the inputs' dtype (bfloat16: the kernels' dots in tf32, as a bf16 model runs them)")
     args = ap.parse_args()
     os.environ.setdefault("NLC_CACHE", tempfile.mkdtemp(prefix="nlc-compile-"))
     overrides = {"tile": args.tile, "block_v": args.block_v, "warps": args.warps, "stages": args.stages}
@@ -206,7 +210,7 @@ def main() -> int:
         names = args.configs or [c for c in CONFIGS if not c.startswith("tiny")]
         levels = [(n, CONFIGS[n][0], standard_objective(CONFIGS[n][1])) for n in names]
     for name, cfg, objective in levels:
-        report(name, cfg, objective, args.arch, overrides)
+        report(name, cfg, objective, args.arch, overrides, getattr(torch, args.dtype))
     return 0
 
 

@@ -5,7 +5,8 @@ has one (it re-reads the start state of every tile, stored by the forward, and r
 otherwise it recomputes the call with the chunked PyTorch path and differentiates that (exact, but
 the work of the backward is not fused). `StepFunction` runs the token-by-token `<level>_step` kernel
 (decoding, and levels with no chunk-parallel form); its backward always recomputes with the chunked
-path. Inputs and outputs are float32 contiguous tensors (launch.py casts).
+path. Inputs and outputs are float32 contiguous tensors (launch.py casts); `prec` is the forward's tl.dot
+input precision, chosen from the dtype of the caller's tensors before the cast (launch.LevelKernels.precision).
 """
 
 from __future__ import annotations
@@ -40,15 +41,15 @@ def recompute_grads(cfg, objective, position: int, inputs, grad_outputs):
 
 
 def _only_needed(ctx, grads):
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[4:]))
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[5:]))
 
 
 class ChunkFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kernels, cfg, objective, position, q, k, v, eta, alpha, beta, theta0, anchor0, mom0):
-        store = kernels.bwd is not None and any(ctx.needs_input_grad[4:])
+    def forward(ctx, kernels, cfg, objective, position, prec, q, k, v, eta, alpha, beta, theta0, anchor0, mom0):
+        store = kernels.bwd is not None and any(ctx.needs_input_grad[5:])
         y, theta1, anchor1, mom1, starts, mstarts = kernels.launch_fwd(
-            position, q, k, v, eta, alpha, beta, theta0, anchor0, mom0, store=store)
+            position, q, k, v, eta, alpha, beta, theta0, anchor0, mom0, store=store, prec=prec)
         ctx.kernels, ctx.cfg, ctx.objective, ctx.position = kernels, cfg, objective, position
         ctx.save_for_backward(q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts)
         return y, theta1, anchor1, mom1
@@ -66,12 +67,12 @@ class ChunkFunction(torch.autograd.Function):
         if grads is None:
             kernels.launches["recompute"] += 1
             grads = recompute_grads(ctx.cfg, ctx.objective, ctx.position, saved[:9], (dy, dtheta1, danchor1, dmom1))
-        return (None, None, None, None) + _only_needed(ctx, grads)
+        return (None,) * 5 + _only_needed(ctx, grads)
 
 
 class StepFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kernels, cfg, objective, position, q, k, v, eta, alpha, beta, theta0, anchor0, mom0):
+    def forward(ctx, kernels, cfg, objective, position, prec, q, k, v, eta, alpha, beta, theta0, anchor0, mom0):
         y, theta1, anchor1, mom1 = kernels.launch_step(position, q, k, v, eta, alpha, beta, theta0, anchor0, mom0)
         ctx.kernels, ctx.cfg, ctx.objective, ctx.position = kernels, cfg, objective, position
         ctx.save_for_backward(q, k, v, eta, alpha, beta, theta0, anchor0, mom0)
@@ -81,4 +82,4 @@ class StepFunction(torch.autograd.Function):
     def backward(ctx, dy, dtheta1, danchor1, dmom1):
         ctx.kernels.launches["recompute"] += 1
         grads = recompute_grads(ctx.cfg, ctx.objective, ctx.position, ctx.saved_tensors, (dy, dtheta1, danchor1, dmom1))
-        return (None, None, None, None) + _only_needed(ctx, grads)
+        return (None,) * 5 + _only_needed(ctx, grads)

@@ -26,10 +26,10 @@ def _pair(a, b) -> dict:
 
 class MlpChunkFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kernels, cfg, objective, position, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2):
-        store = any(ctx.needs_input_grad[4:])
+    def forward(ctx, kernels, cfg, objective, position, prec, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2):
+        store = any(ctx.needs_input_grad[5:])
         outs, (starts, mstarts) = kernels.launch_fwd(position, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2,
-                                                     store=store)
+                                                     store=store, prec=prec)
         ctx.kernels, ctx.cfg, ctx.objective, ctx.position = kernels, cfg, objective, position
         ctx.save_for_backward(q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, *starts, *mstarts)
         return outs
@@ -44,8 +44,8 @@ class MlpChunkFunction(torch.autograd.Function):
                 without_backward_kernel(ctx.kernels, error)
         if grads is None:
             grads = _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2)
-        needed = ctx.needs_input_grad[4:]
-        return (None, None, None, None) + tuple(g if need else None for g, need in zip(grads, needed))
+        needed = ctx.needs_input_grad[5:]
+        return (None,) * 5 + tuple(g if need else None for g, need in zip(grads, needed))
 
 
 def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):

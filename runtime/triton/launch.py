@@ -37,6 +37,11 @@ def gate_arguments(gates: Mapping[str, Tensor], k: Tensor) -> list[Tensor]:
 
 GPU_ROWS = 16
 
+# The backward kernels' tl.dot precision whatever the inputs: in tf32 they spill far more (ptxas for
+# sm_90: Gated DeltaNet's at width 128 1.5 -> 15.5 KB per thread, the Titans MLP of 8 heads of 32
+# 8.4 -> 21.0 KB; benchmarks/gpu/compile_report.py --dtype bfloat16), and they were not timed in tf32.
+BACKWARD_PRECISION = "ieee"
+
 
 def launch_options(warps: Optional[int], stages: Optional[int], large: bool) -> dict:
     """Launch options on a GPU (the interpreter ignores them): `warps` and `stages` where set; else one
@@ -76,6 +81,8 @@ class LevelKernels:
     fwd: Any
     bwd: Any
     step: Any
+    prep: Any = None              # wy form: the tiles' state-free terms, before `fwd` walks the tiles
+    prep_bwd: Any = None          # wy form: their backward, after `bwd` walks the tiles in reverse
     reason: str = ""
     backward: str = ""
     tile: Optional[int] = None
@@ -101,9 +108,18 @@ class LevelKernels:
         return full if interpreting() else min(full, GPU_ROWS)
 
     @staticmethod
+    def tiles_per_program(n_tiles: int) -> int:
+        """Tiles per program of the wy form's tile-parallel kernels: one on a GPU; all of a head's under
+        the interpreter, which pays per program."""
+        return n_tiles if interpreting() else 1
+
+    @staticmethod
     def precision(dtype: torch.dtype) -> str:
-        """tl.dot's input precision: exact float32 under the interpreter and for float32/64 inputs,
-        tf32 for half-precision inputs on a GPU."""
+        """The forward kernels' tl.dot input precision, from the dtype of the caller's tensors (before
+        the float32 copies): exact float32 under the interpreter and for float32/64 inputs, tf32 for
+        half-precision inputs on a GPU (fewer registers, too: ptxas for sm_90 fits Gated DeltaNet's
+        forward at width 128 in 171 registers instead of 252). The backward kernels stay at
+        BACKWARD_PRECISION."""
         if interpreting() or dtype in (torch.float32, torch.float64):
             return "ieee"
         return "tf32"
@@ -140,14 +156,15 @@ class LevelKernels:
         mom0 = as_f32(start.momentum["W"]) if cfg.has_momentum else torch.zeros_like(theta0)
         inputs = (as_f32(q), as_f32(k), as_f32(v), *gate_args, theta0, anchor0, mom0)
         fn = StepFunction if self.uses_step(tokens) else ChunkFunction
-        y, theta1, anchor1, mom1 = fn.apply(self, cfg, objective, start.position, *inputs)
+        y, theta1, anchor1, mom1 = fn.apply(self, cfg, objective, start.position, self.precision(dtype), *inputs)
         state = MemoryState({"W": theta1.to(dtype)}, {"W": anchor1.to(dtype)},
                             {"W": mom1.to(dtype)} if cfg.has_momentum else None, start.position + tokens)
         return y.to(dtype), state
 
     # ---------------------------------------------------------------- launches (float32 contiguous tensors)
 
-    def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, theta0, anchor0, mom0, store: bool):
+    def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, theta0, anchor0, mom0, store: bool,
+                   prec: str = "ieee"):
         batch, heads, tokens, _ = k.shape
         offset, sub0, n_tiles, extra = self.tiles(position, tokens)
         bv = self.rows_per_program()
@@ -158,11 +175,32 @@ class LevelKernels:
         starts = torch.empty(shape, dtype=torch.float32, device=k.device)
         mstarts = torch.empty(shape if self.momentum else (1,), dtype=torch.float32, device=k.device)
         grid = (-(-self.dv // bv), batch * heads)
+        if self.prep is not None:
+            terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
+            self.fwd[grid](q, *terms, theta0, y, theta1, anchor1, starts, tokens, n_tiles, BV=bv, STORE=store,
+                           PREC=prec, C=extra["C"], BT=extra["BT"], **self.launch_options())
+            self.launches["fwd"] += 1
+            return y, theta1, anchor1, mom1, starts, mstarts
         self.fwd[grid](q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1, starts, mstarts,
-                       tokens, offset, sub0, n_tiles, BV=bv, STORE=store, PREC=self.precision(q.dtype), **extra,
+                       tokens, offset, sub0, n_tiles, BV=bv, STORE=store, PREC=prec, **extra,
                        **self.launch_options())
         self.launches["fwd"] += 1
         return y, theta1, anchor1, mom1, starts, mstarts
+
+    def launch_prep(self, q, k, v, eta, alpha, beta, n_tiles: int, extra: dict, prec: str) -> tuple:
+        """The wy form's per-tile terms (u, w, kend, aq, gq, gend; see the generated `<level>_prep`),
+        padded to whole tiles; every tile at once."""
+        batch, heads, tokens, _ = k.shape
+        tile = extra["C"]
+        padded = n_tiles * tile
+        empty = lambda *s: torch.empty(batch, heads, *s, dtype=torch.float32, device=k.device)  # noqa: E731
+        terms = (empty(padded, self.dv), empty(padded, self.dk), empty(padded, self.dk), empty(n_tiles, tile, tile),
+                 empty(padded), empty(n_tiles))
+        per_program = self.tiles_per_program(n_tiles)
+        grid = (-(-n_tiles // per_program), batch * heads)
+        self.prep[grid](q, k, v, eta, alpha, beta, *terms, tokens, n_tiles, TILES=per_program, PREC=prec, **extra,
+                        **self.launch_options())
+        return terms
 
     def launch_bwd(self, position: int, saved, dy, dtheta1, danchor1, dmom1):
         q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved
@@ -178,16 +216,44 @@ class LevelKernels:
         dtheta0, danchor0, dmom0 = (zeros(batch, heads, self.dv, self.dk) for _ in range(3))
         aligned = self.form != "dual" or (position + tokens) % self.chunk == 0
         d_end = (dtheta1 + danchor1) if aligned else dtheta1
+        if self.prep_bwd is not None:
+            return self.launch_bwd_wy(saved, dy.contiguous(), d_end.contiguous(), n_tiles, extra)
         d_anchor_end = torch.zeros_like(danchor1) if aligned else danchor1
         grid = (nv, batch * heads)
         self.bwd[grid](q, k, v, eta, alpha, beta, anchor0, starts, mstarts,
                        dy.contiguous(), d_end.contiguous(), dmom1.contiguous(), d_anchor_end.contiguous(),
                        dq, dk, dv, deta, dalpha, dbeta, dtheta0, danchor0, dmom0,
-                       tokens, offset, sub0, n_tiles, batch * heads, BV=bv, PREC=self.precision(q.dtype), **extra,
+                       tokens, offset, sub0, n_tiles, batch * heads, BV=bv, PREC=BACKWARD_PRECISION, **extra,
                        **self.launch_options())
         self.launches["bwd"] += 1
         return (dq.sum(0), dk.sum(0), dv.sum(0), deta.sum(0), dalpha.sum(0), dbeta.sum(0),
                 dtheta0, danchor0, dmom0)
+
+    def launch_bwd_wy(self, saved, dy, d_end, n_tiles: int, extra: dict) -> tuple:
+        """The wy form's backward: the tile terms recomputed, the walk over the tiles in reverse (the
+        gradients of the terms, summed over the row blocks), then the terms' backward, all tiles at once."""
+        q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved
+        batch, heads, tokens, _ = k.shape
+        tile, bv, prec = extra["C"], self.rows_per_program(), BACKWARD_PRECISION
+        nv, padded = -(-self.dv // bv), n_tiles * tile
+        terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
+        zeros = lambda *s: torch.zeros(*s, dtype=torch.float32, device=k.device)  # noqa: E731
+        du = zeros(batch, heads, padded, self.dv)
+        parts = (zeros(nv, batch, heads, padded, self.dk), zeros(nv, batch, heads, padded, self.dk),
+                 zeros(nv, batch, heads, padded, self.dk), zeros(nv, batch, heads, n_tiles, tile, tile),
+                 zeros(nv, batch, heads, padded), zeros(nv, batch, heads, n_tiles))
+        dtheta0 = zeros(batch, heads, self.dv, self.dk)
+        self.bwd[(nv, batch * heads)](q, *terms, starts, dy, d_end, du, *parts, dtheta0, tokens, n_tiles,
+                                      batch * heads, BV=bv, C=tile, BT=extra["BT"], PREC=prec,
+                                      **self.launch_options())
+        grads = (zeros(batch, heads, tokens, self.dk), zeros(batch, heads, tokens, self.dk),
+                 zeros(batch, heads, tokens, self.dv), *(zeros(batch, heads, tokens) for _ in range(3)))
+        per_program = self.tiles_per_program(n_tiles)
+        self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
+            q, k, v, eta, alpha, beta, du, *(p.sum(0) for p in parts), *grads, tokens, n_tiles,
+            TILES=per_program, PREC=prec, **extra, **self.launch_options())
+        self.launches["bwd"] += 1
+        return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))
 
     def launch_step(self, position: int, q, k, v, eta, alpha, beta, theta0, anchor0, mom0):
         batch, heads, tokens, _ = k.shape

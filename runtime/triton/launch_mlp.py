@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..memory import MemoryConfig, MemoryState
 from .backend import interpreting
-from .launch import as_f32, gate_arguments, launch_options
+from .launch import BACKWARD_PRECISION, as_f32, gate_arguments, launch_options
 
 WEIGHTS = ("W1", "W2")
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
@@ -107,14 +107,16 @@ class MlpLevelKernels:
             state += [as_f32(start.momentum[w]) for w in WEIGHTS]
         else:
             state += [torch.zeros_like(s) for s in state[:2]]
-        outs = MlpChunkFunction.apply(self, cfg, objective, start.position, as_f32(q), as_f32(k), as_f32(v), *gate_args,
+        outs = MlpChunkFunction.apply(self, cfg, objective, start.position, self.precision(dtype),
+                                      as_f32(q), as_f32(k), as_f32(v), *gate_args,
                                       *state)
         y, w1, w2, a1, a2, s1, s2 = (t.to(dtype) for t in outs)
         end = MemoryState({"W1": w1, "W2": w2}, {"W1": a1, "W2": a2},
                           {"W1": s1, "W2": s2} if cfg.has_momentum else None, start.position + tokens)
         return y, end
 
-    def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, store: bool):
+    def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, store: bool,
+                   prec: str = "ieee"):
         """y, the end state (W1, W2, anchors, momenta) and, with `store`, the tile start states."""
         batch, heads, tokens, _ = k.shape
         offset, sub0, n_tiles = self.tiles(position, tokens)
@@ -131,7 +133,7 @@ class MlpLevelKernels:
             starts = mstarts = [torch.empty(1, dtype=torch.float32, device=dev)] * 2
         grid = (batch * heads,)
         self.fwd[grid](q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, y, *ends, *moms, *starts, *mstarts,
-                       tokens, offset, sub0, n_tiles, STORE=store, PREC=self.precision(q.dtype), **self.launch_options())
+                       tokens, offset, sub0, n_tiles, STORE=store, PREC=prec, **self.launch_options())
         self.launches["fwd"] += 1
         return (y, *ends, *moms), (starts, mstarts)
 
@@ -151,7 +153,7 @@ class MlpLevelKernels:
         self.bwd[(k.shape[0] * k.shape[1],)](
             q, k, v, eta, alpha, beta, a1, a2, st1, st2, ss1, ss2,
             c(dy), c(d_end[0]), c(d_end[1]), c(ds1), c(ds2), c(d_anchor[0]), c(d_anchor[1]),
-            *grads_in, *grads_state, tokens, offset, sub0, n_tiles, PREC=self.precision(q.dtype),
+            *grads_in, *grads_state, tokens, offset, sub0, n_tiles, PREC=BACKWARD_PRECISION,
             **self.launch_options(backward=True))
         self.launches["bwd"] += 1
         return (*grads_in, *grads_state)

@@ -1,0 +1,76 @@
+"""The forward kernels' tl.dot input precision follows the dtype of the caller's tensors, not of the
+float32 copies the kernels read: tf32 tensor cores for bf16/fp16 inputs on a GPU, exact float32 for
+float32 inputs and under the interpreter. The backward kernels stay exact (launch.BACKWARD_PRECISION).
+The kernels are replaced by recorders, so this runs without a GPU."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
+
+import torch  # noqa: E402
+
+from nldsl.runtime import MemoryConfig, Rule, standard_objective  # noqa: E402
+from nldsl.runtime.memory import MemoryState  # noqa: E402
+from nldsl.runtime.triton import launch  # noqa: E402
+from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+
+class Recorder:
+    """Stands in for a jitted kernel: `kernel[grid](*args, **constexprs)` records the constexprs."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append(kwargs)
+
+
+CONFIGS = {
+    "linear": MemoryConfig("linear", 16, 16, rules=(Rule("retain"), Rule("gd")), chunk=4, read="after"),
+    "wy": MemoryConfig("linear", 16, 16, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after"),
+    "mlp": MemoryConfig("mlp", 16, 16, depth=2, hidden=16, act="silu", residual=True,
+                        rules=(Rule("retain"), Rule("momentum")), chunk=4, read="anchor"),
+}
+
+
+def start_state(cfg, kernels, batch, heads):
+    if cfg.family == "linear":
+        shapes = {"W": (batch, heads, cfg.dv, cfg.dk)}
+    else:
+        shapes = {"W1": (batch, heads, cfg.hidden, cfg.dk), "W2": (batch, heads, cfg.dv, cfg.hidden)}
+    zeros = {n: torch.zeros(s) for n, s in shapes.items()}
+    return MemoryState(zeros, dict(zeros), dict(zeros) if cfg.has_momentum else None, 0)
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+@pytest.mark.parametrize("dtype,on_gpu,expected", [
+    (torch.bfloat16, True, "tf32"), (torch.float16, True, "tf32"), (torch.float32, True, "ieee"),
+    (torch.bfloat16, False, "ieee")], ids=["bf16-gpu", "fp16-gpu", "fp32-gpu", "bf16-interpreter"])
+def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype, on_gpu, expected):
+    cfg = CONFIGS[family]
+    found, reason = kernels_for(cfg, standard_objective("l2"), f"prec.{family}")
+    assert found is not None and found.bwd is not None, reason
+    fwd, bwd = Recorder(), Recorder()
+    kernels = dataclasses.replace(found, fwd=fwd, bwd=bwd, launches={n: 0 for n in found.launches})
+    prep = prep_bwd = None
+    if getattr(found, "prep", None) is not None:  # the wy form's tile-parallel kernels
+        prep, prep_bwd = Recorder(), Recorder()
+        kernels = dataclasses.replace(kernels, prep=prep, prep_bwd=prep_bwd)
+    monkeypatch.setattr(launch, "interpreting", lambda: not on_gpu)
+    batch, heads, tokens = 2, 2, 12
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, tokens, 16, generator=gen).to(dtype).requires_grad_() for _ in range(3))
+    gates = {n: torch.rand(batch, heads, tokens, generator=gen).to(dtype) for n in ("eta", "alpha", "beta")}
+    y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, batch, heads))
+    y.float().sum().backward()
+    assert [c["PREC"] for c in fwd.calls] == [expected]
+    assert (prep is not None) == (family == "wy")
+    assert [c["PREC"] for c in bwd.calls] == [launch.BACKWARD_PRECISION] == ["ieee"]
+    if prep is not None:  # the terms again for the backward, in its precision
+        assert [c["PREC"] for c in prep.calls] == [expected, "ieee"]
+        assert [c["PREC"] for c in prep_bwd.calls] == ["ieee"]
