@@ -3,6 +3,7 @@
     python benchmarks/gpu/kernels_vs_fla.py                 # on a GPU: the two shapes below, bf16
     python benchmarks/gpu/kernels_vs_fla.py --peak 989      # the card's dense bf16 peak in TFLOP/s
     python benchmarks/gpu/kernels_vs_fla.py --json out.json
+    python benchmarks/gpu/kernels_vs_fla.py --tile 16,32 --block-v 16,32   # launch settings side by side
 
 The generated kernel is the one `nlc compile examples/gated_deltanet.nl` emits for its memory level
 (retain, then gd at the current state, l2: S_t = α_t S_(t−1)(I − η_t k kᵀ) + η_t v kᵀ, o_t = S_t q_t),
@@ -20,6 +21,7 @@ path, skips fla if it is not installed, and says that it made no GPU figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -119,6 +121,51 @@ def write_json(path: str, gpu: bool, rows: list) -> None:
         json.dump({"gpu": gpu, "rows": rows}, f, indent=2)
 
 
+def variants(kernels, tiles: str, block_vs: str) -> list:
+    """The level's kernels at every combination of --tile and --block-v (the level's own when unset)."""
+    parse = lambda text: [int(n) for n in text.split(",")] if text else [None]  # noqa: E731
+    out = []
+    for tile in parse(tiles):
+        for block_v in parse(block_vs):
+            if tile is None and block_v is None:
+                out.append(kernels)
+            else:
+                out.append(dataclasses.replace(kernels, tile=tile, block_v=block_v,
+                                               launches={n: 0 for n in kernels.launches}))
+    return out
+
+
+def time_fla(x, grad: bool, flops: float, label: str, repeats: int, warmup: int) -> dict:
+    first = first_call(lambda: run_fla(x, grad))
+    print(f"  {label}: first call of fla (with its autotuning) {first:.1f} s", flush=True)
+    fla_ms = time_call(lambda: run_fla(x, grad), repeats, warmup)
+    return {"fla_ms": fla_ms, "fla_tflops": flops / fla_ms / 1e9}
+
+
+def error_vs_chunked(cfg, kernels, x, heads: int, dim: int) -> float:
+    """The interpreted run against the chunked PyTorch path (relative, outputs and final state)."""
+    x = {n: t.detach() for n, t in x.items()}
+    y, s = run_generated(cfg, kernels, x, False)
+    gates = {"eta": x["eta"], "alpha": torch.exp(x["log_alpha"])}
+    y0, s0 = chunked(cfg, standard_objective("l2"), x["q"], x["k"], x["v"], gates, {"W": torch.zeros(heads, dim, dim)})
+    return max(rel(y, y0), rel(s, s0.params["W"]))
+
+
+def row_line(row: dict, peak) -> str:
+    line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} rows {row['block_v']:<3} "
+            f"generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
+    if peak:
+        line += f" ({100 * row['generated_share_of_peak']:.1f}% of {peak:g})"
+    if "fla_ms" in row:
+        line += f" | fla {row['fla_ms']:9.3f} ms {row['fla_tflops']:8.2f} TFLOP/s"
+        if peak:
+            line += f" ({100 * row['fla_share_of_peak']:.1f}%)"
+        line += f" | ours/fla {row['fla_ms'] / row['generated_ms']:.3f}x | rel. diff {row['error_vs_fla']:.1e}"
+    if "error_vs_chunked" in row:
+        line += f" | rel. diff vs chunked {row['error_vs_chunked']:.1e}"
+    return line
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--peak", type=float, default=None, help="the card's dense bf16 peak in TFLOP/s")
@@ -126,6 +173,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--shapes", default=None, help="B×T pairs to run, e.g. 8x2048,1x16384 (default: both)")
+    ap.add_argument("--tile", default=None, help="tokens per tile to try, e.g. 16,32 (default: the level's)")
+    ap.add_argument("--block-v", default=None, help="rows of W per program to try, e.g. 16,32 (default: the level's)")
     args = ap.parse_args()
 
     gpu = torch.cuda.is_available()
@@ -142,11 +191,11 @@ def main() -> int:
         name, peak, repeats, warmup = "CPU (Triton interpreter)", None, 1, 0
     if args.shapes:
         shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
-    cfg, kernels = gdn_kernels(dim)
+    cfg, level_kernels = gdn_kernels(dim)
     lifted = have_fla and gpu and lift_fla_hopper_guard()
     print(f"device: {name}; dtype {str(dtype).replace('torch.', '')}; {heads} heads, head dim {dim}; "
           f"fla {'present' if have_fla else 'absent (its columns are skipped)'}")
-    print(f"generated kernel: {kernels.level} ({kernels.form} form; backward: {kernels.backward})")
+    print(f"generated kernel: {level_kernels.level} ({level_kernels.form} form; backward: {level_kernels.backward})")
     if lifted:
         print("fla's backward runs with its Hopper guard lifted: this Triton gives it wrong gradients (fla #640) "
               "at the same work, so its fwd+bwd times are timings only")
@@ -158,49 +207,32 @@ def main() -> int:
             if grad:
                 x = {n: t.requires_grad_(True) for n, t in x.items()}
             flops = flops_forward(batch, tokens, heads, dim, dim) * (3 if grad else 1)
-            row = {"batch": batch, "tokens": tokens, "heads": heads, "dim": dim, "mode": mode,
-                   "dtype": str(dtype).replace("torch.", ""), "device": name}
-            first = first_call(lambda: run_generated(cfg, kernels, x, grad))
-            print(f"  B={batch} T={tokens} {mode}: first call of the generated kernels {first:.1f} s", flush=True)
-            ours_ms = time_call(lambda: run_generated(cfg, kernels, x, grad), repeats, warmup)
-            row["generated_ms"] = ours_ms
-            row["generated_tflops"] = flops / ours_ms / 1e9
-            if not gpu:  # correctness of the interpreted run against the chunked PyTorch path
-                y, s = run_generated(cfg, kernels, {n: t.detach() for n, t in x.items()}, False)
-                gates = {"eta": x["eta"].detach(), "alpha": torch.exp(x["log_alpha"].detach())}
-                y0, s0 = chunked(cfg, standard_objective("l2"), x["q"].detach(), x["k"].detach(), x["v"].detach(),
-                                 gates, {"W": torch.zeros(heads, dim, dim)})
-                row["error_vs_chunked"] = max(rel(y, y0), rel(s, s0.params["W"]))
-            if have_fla and gpu:
-                first = first_call(lambda: run_fla(x, grad))
-                print(f"  B={batch} T={tokens} {mode}: first call of fla (with its autotuning) {first:.1f} s", flush=True)
-                fla_ms = time_call(lambda: run_fla(x, grad), repeats, warmup)
-                row["fla_ms"] = fla_ms
-                row["fla_tflops"] = flops / fla_ms / 1e9
-                y, s = run_generated(cfg, kernels, {n: t.detach() for n, t in x.items()}, False)
-                yf, sf = run_fla({n: t.detach() for n, t in x.items()}, False)
-                row["error_vs_fla"] = max(rel(y, yf), rel(s, sf))
-            if peak:
-                row["generated_share_of_peak"] = row["generated_tflops"] / peak
-                if "fla_tflops" in row:
-                    row["fla_share_of_peak"] = row["fla_tflops"] / peak
-            if lifted and grad:
-                row["fla_backward_unverified"] = True
-            rows.append(row)
-            if args.json:  # after every row, so that a run stopped by a time limit keeps its figures
-                write_json(args.json, gpu, rows)
-            line = (f"B={batch:<2} T={tokens:<6} {mode:<8} generated {ours_ms:9.3f} ms "
-                    f"{row['generated_tflops']:8.3g} TFLOP/s")
-            if peak:
-                line += f" ({100 * row['generated_share_of_peak']:.1f}% of {peak:g})"
-            if "fla_ms" in row:
-                line += f" | fla {row['fla_ms']:9.3f} ms {row['fla_tflops']:8.2f} TFLOP/s"
+            label = f"B={batch} T={tokens} {mode}"
+            fla = time_fla(x, grad, flops, label, repeats, warmup) if have_fla and gpu else {}
+            for kernels in variants(level_kernels, args.tile, args.block_v):
+                row = {"batch": batch, "tokens": tokens, "heads": heads, "dim": dim, "mode": mode,
+                       "dtype": str(dtype).replace("torch.", ""), "device": name,
+                       "tile": kernels.wy_tile(), "block_v": kernels.rows_per_program(), **fla}
+                first = first_call(lambda: run_generated(cfg, kernels, x, grad))
+                print(f"  {label} tile {row['tile']} rows {row['block_v']}: first call of the generated kernels "
+                      f"{first:.1f} s", flush=True)
+                row["generated_ms"] = time_call(lambda: run_generated(cfg, kernels, x, grad), repeats, warmup)
+                row["generated_tflops"] = flops / row["generated_ms"] / 1e9
+                if not gpu:
+                    row["error_vs_chunked"] = error_vs_chunked(cfg, kernels, x, heads, dim)
+                if fla:
+                    y, s = run_generated(cfg, kernels, {n: t.detach() for n, t in x.items()}, False)
+                    yf, sf = run_fla({n: t.detach() for n, t in x.items()}, False)
+                    row["error_vs_fla"] = max(rel(y, yf), rel(s, sf))
+                    row["fla_backward_unverified"] = bool(lifted and grad)
                 if peak:
-                    line += f" ({100 * row['fla_share_of_peak']:.1f}%)"
-                line += f" | rel. diff {row['error_vs_fla']:.1e}"
-            if "error_vs_chunked" in row:
-                line += f" | rel. diff vs chunked {row['error_vs_chunked']:.1e}"
-            print(line)
+                    row["generated_share_of_peak"] = row["generated_tflops"] / peak
+                    if fla:
+                        row["fla_share_of_peak"] = row["fla_tflops"] / peak
+                rows.append(row)
+                if args.json:  # after every row, so that a run stopped by a time limit keeps its figures
+                    write_json(args.json, gpu, rows)
+                print(row_line(row, peak), flush=True)
     if not gpu:
         print("no GPU figures from this run: it used the Triton interpreter on a CPU at tiny shapes "
               "(its timings say nothing about GPU speed); run on a GPU for the bf16 comparison with fla")
