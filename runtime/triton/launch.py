@@ -206,6 +206,8 @@ class LevelKernels:
         q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved
         batch, heads, tokens, _ = k.shape
         offset, sub0, n_tiles, extra = self.tiles(position, tokens)
+        if self.prep_bwd is not None:  # the wy form: the anchor out is theta out
+            return self.launch_bwd_wy(saved, dy.contiguous(), (dtheta1 + danchor1).contiguous(), n_tiles, extra)
         bv = self.rows_per_program()
         nv = -(-self.dv // bv)
         dev = k.device
@@ -216,8 +218,6 @@ class LevelKernels:
         dtheta0, danchor0, dmom0 = (zeros(batch, heads, self.dv, self.dk) for _ in range(3))
         aligned = self.form != "dual" or (position + tokens) % self.chunk == 0
         d_end = (dtheta1 + danchor1) if aligned else dtheta1
-        if self.prep_bwd is not None:
-            return self.launch_bwd_wy(saved, dy.contiguous(), d_end.contiguous(), n_tiles, extra)
         d_anchor_end = torch.zeros_like(danchor1) if aligned else danchor1
         grid = (nv, batch * heads)
         self.bwd[grid](q, k, v, eta, alpha, beta, anchor0, starts, mstarts,
@@ -237,17 +237,20 @@ class LevelKernels:
         tile, bv, prec = extra["C"], self.rows_per_program(), BACKWARD_PRECISION
         nv, padded = -(-self.dv // bv), n_tiles * tile
         terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
-        zeros = lambda *s: torch.zeros(*s, dtype=torch.float32, device=k.device)  # noqa: E731
-        du = zeros(batch, heads, padded, self.dv)
-        parts = (zeros(nv, batch, heads, padded, self.dk), zeros(nv, batch, heads, padded, self.dk),
-                 zeros(nv, batch, heads, padded, self.dk), zeros(nv, batch, heads, n_tiles, tile, tile),
-                 zeros(nv, batch, heads, padded), zeros(nv, batch, heads, n_tiles))
-        dtheta0 = zeros(batch, heads, self.dv, self.dk)
+        # every buffer below is written in full by the kernels that write it, and read only by kernels of
+        # the same plan (dv stays zero for a level whose update does not read v)
+        empty = lambda *s: torch.empty(*s, dtype=torch.float32, device=k.device)  # noqa: E731
+        du = empty(batch, heads, padded, self.dv)
+        parts = (empty(nv, batch, heads, padded, self.dk), empty(nv, batch, heads, padded, self.dk),
+                 empty(nv, batch, heads, padded, self.dk), empty(nv, batch, heads, n_tiles, tile, tile),
+                 empty(nv, batch, heads, padded), empty(nv, batch, heads, n_tiles))
+        dtheta0 = empty(batch, heads, self.dv, self.dk)
         self.bwd[(nv, batch * heads)](q, *terms, starts, dy, d_end, du, *parts, dtheta0, tokens, n_tiles,
                                       batch * heads, BV=bv, C=tile, BT=extra["BT"], PREC=prec,
                                       **self.launch_options())
-        grads = (zeros(batch, heads, tokens, self.dk), zeros(batch, heads, tokens, self.dk),
-                 zeros(batch, heads, tokens, self.dv), *(zeros(batch, heads, tokens) for _ in range(3)))
+        grads = (empty(batch, heads, tokens, self.dk), empty(batch, heads, tokens, self.dk),
+                 torch.zeros(batch, heads, tokens, self.dv, dtype=torch.float32, device=k.device),
+                 *(empty(batch, heads, tokens) for _ in range(3)))
         per_program = self.tiles_per_program(n_tiles)
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
             q, k, v, eta, alpha, beta, du, *(p.sum(0) for p in parts), *grads, tokens, n_tiles,
