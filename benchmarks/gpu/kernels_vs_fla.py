@@ -152,7 +152,7 @@ def error_vs_chunked(cfg, kernels, x, heads: int, dim: int) -> float:
 
 
 def row_line(row: dict, peak) -> str:
-    line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} rows {row['block_v']:<3} "
+    line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} rows {row['walk_rows']}/{row['block_v']:<3} "
             f"generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
     if peak:
         line += f" ({100 * row['generated_share_of_peak']:.1f}% of {peak:g})"
@@ -174,7 +174,9 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--shapes", default=None, help="B×T pairs to run, e.g. 8x2048,1x16384 (default: both)")
     ap.add_argument("--tile", default=None, help="tokens per tile to try, e.g. 16,32 (default: the level's)")
-    ap.add_argument("--block-v", default=None, help="rows of W per program to try, e.g. 16,32 (default: the level's)")
+    ap.add_argument("--block-v", default=None,
+                    help="rows of W per program to try, e.g. 16,32 (default: the level's; printed as rows "
+                         "forward walk / other kernels)")
     args = ap.parse_args()
 
     gpu = torch.cuda.is_available()
@@ -212,9 +214,10 @@ def main() -> int:
             for kernels in variants(level_kernels, args.tile, args.block_v):
                 row = {"batch": batch, "tokens": tokens, "heads": heads, "dim": dim, "mode": mode,
                        "dtype": str(dtype).replace("torch.", ""), "device": name,
-                       "tile": kernels.wy_tile(), "block_v": kernels.rows_per_program(), **fla}
+                       "tile": kernels.wy_tile(), "block_v": kernels.rows_per_program(),
+                       "walk_rows": kernels.rows_per_program(walk=gpu), **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
-                print(f"  {label} tile {row['tile']} rows {row['block_v']}: first call of the generated kernels "
+                print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']}: first call of the generated kernels "
                       f"{first:.1f} s", flush=True)
                 row["generated_ms"] = time_call(lambda: run_generated(cfg, kernels, x, grad), repeats, warmup)
                 row["generated_tflops"] = flops / row["generated_ms"] / 1e9

@@ -37,6 +37,15 @@ def gate_arguments(gates: Mapping[str, Tensor], k: Tensor) -> list[Tensor]:
 
 GPU_ROWS = 16
 
+# The wy form's forward walk only multiplies by the state, so a program can take more rows of it: in
+# tf32, at 64 rows and 4 warps, it compiles for sm_90 in 250 registers with nothing spilled (Gated
+# DeltaNet, head width 128), and a head of 128 rows is two programs, all of B x H = 128 in one wave on
+# 132 multiprocessors (at 16 rows and 8 warps: eight programs a head, one per multiprocessor, eight
+# waves). Chosen from compile reports, not timed yet. In full float32 it spills 13.5 KB per thread at 64
+# rows, and its backward walk spills from 32 rows on: both keep GPU_ROWS.
+WALK_ROWS = 64
+WALK_WARPS = 4
+
 # The backward kernels' tl.dot precision whatever the inputs: in tf32 they spill far more (ptxas for
 # sm_90: Gated DeltaNet's at width 128 1.5 -> 15.5 KB per thread, the Titans MLP of 8 heads of 32
 # 8.4 -> 21.0 KB; benchmarks/gpu/compile_report.py --dtype bfloat16), and they were not timed in tf32.
@@ -99,13 +108,16 @@ class LevelKernels:
             return _pow2(self.tile)
         return 16 if interpreting() else self.block_t
 
-    def rows_per_program(self) -> int:
+    def rows_per_program(self, walk: bool = False) -> int:
         """Rows of W per program: all of them under the interpreter; on a GPU GPU_ROWS, which keeps the
-        kernels' live tiles within the register file (benchmarks/gpu/compile_report.py measures it)."""
+        kernels' live tiles within the register file (benchmarks/gpu/compile_report.py measures it), and
+        WALK_ROWS for the wy form's forward walk in tf32 (`walk`)."""
         if self.block_v is not None:
             return _pow2(self.block_v)
         full = _pow2(self.dv)
-        return full if interpreting() else min(full, GPU_ROWS)
+        if interpreting():
+            return full
+        return min(full, WALK_ROWS if walk and self.prep is not None else GPU_ROWS)
 
     @staticmethod
     def tiles_per_program(n_tiles: int) -> int:
@@ -124,8 +136,12 @@ class LevelKernels:
             return "ieee"
         return "tf32"
 
-    def launch_options(self) -> dict:
-        return launch_options(self.warps, self.stages, max(self.dk, self.dv) > 32)
+    def launch_options(self, walk_rows: Optional[int] = None) -> dict:
+        """As launch_options(); the wy form's forward walk (given its rows) runs WALK_WARPS warps."""
+        options = launch_options(self.warps, self.stages, max(self.dk, self.dv) > 32)
+        if walk_rows is not None and walk_rows > GPU_ROWS and self.warps is None and options:
+            options["num_warps"] = WALK_WARPS
+        return options
 
     def tiles(self, position: int, tokens: int) -> tuple[int, int, int, dict]:
         """(offset, sub0, n_tiles, extra constexprs) of a call of `tokens` tokens starting at `position`:
@@ -177,8 +193,10 @@ class LevelKernels:
         grid = (-(-self.dv // bv), batch * heads)
         if self.prep is not None:
             terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
-            self.fwd[grid](q, *terms, theta0, y, theta1, anchor1, starts, tokens, n_tiles, BV=bv, STORE=store,
-                           PREC=prec, C=extra["C"], BT=extra["BT"], **self.launch_options())
+            rows = self.rows_per_program(walk=prec == "tf32")
+            self.fwd[(-(-self.dv // rows), batch * heads)](
+                q, *terms, theta0, y, theta1, anchor1, starts, tokens, n_tiles, BV=rows, STORE=store, PREC=prec,
+                C=extra["C"], BT=extra["BT"], **self.launch_options(walk_rows=rows))
             self.launches["fwd"] += 1
             return y, theta1, anchor1, mom1, starts, mstarts
         self.fwd[grid](q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1, starts, mstarts,

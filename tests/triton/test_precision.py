@@ -74,3 +74,24 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
     if prep is not None:  # the terms again for the backward, in its precision
         assert [c["PREC"] for c in prep.calls] == [expected, "ieee"]
         assert [c["PREC"] for c in prep_bwd.calls] == ["ieee"]
+
+
+@pytest.mark.parametrize("dtype,rows,warps", [(torch.bfloat16, launch.WALK_ROWS, launch.WALK_WARPS),
+                                              (torch.float32, launch.GPU_ROWS, 8)], ids=["tf32", "ieee"])
+def test_the_wy_forward_walk_takes_more_rows_in_tf32(monkeypatch, dtype, rows, warps):
+    """On a GPU the wy form's forward walk takes WALK_ROWS rows of W per program (fewer, larger
+    programs) when it multiplies in tf32; in full float32, and in every other kernel, GPU_ROWS."""
+    cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
+    found, reason = kernels_for(cfg, standard_objective("l2"), "prec.walk")
+    assert found is not None and found.prep is not None, reason
+    fwd, bwd, prep, prep_bwd = Recorder(), Recorder(), Recorder(), Recorder()
+    kernels = dataclasses.replace(found, fwd=fwd, bwd=bwd, prep=prep, prep_bwd=prep_bwd,
+                                  launches={n: 0 for n in found.launches})
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 128, generator=gen).to(dtype).requires_grad_() for _ in range(3))
+    gates = {n: torch.rand(1, 2, 40, generator=gen).to(dtype) for n in ("eta", "alpha", "beta")}
+    y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, 1, 2))
+    y.float().sum().backward()
+    assert [(c["BV"], c["num_warps"]) for c in fwd.calls] == [(rows, warps)]
+    assert [(c["BV"], c["num_warps"]) for c in bwd.calls] == [(launch.GPU_ROWS, 8)]
