@@ -5,8 +5,9 @@ has one (it re-reads the start state of every tile, stored by the forward, and r
 otherwise it recomputes the call with the chunked PyTorch path and differentiates that (exact, but
 the work of the backward is not fused). `StepFunction` runs the token-by-token `<level>_step` kernel
 (decoding, and levels with no chunk-parallel form); its backward always recomputes with the chunked
-path. Inputs and outputs are float32 contiguous tensors (launch.py casts); `prec` is the forward's tl.dot
-input precision, chosen from the dtype of the caller's tensors before the cast (launch.LevelKernels.precision).
+path. Inputs and outputs are float32 contiguous tensors (launch.py casts); `prec` is tl.dot's input precision
+of the forward kernels (and the wy form's backward walk), chosen from the dtype of the caller's tensors
+before the cast (launch.LevelKernels.precision).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class ChunkFunction(torch.autograd.Function):
         store = kernels.bwd is not None and any(ctx.needs_input_grad[5:])
         y, theta1, anchor1, mom1, starts, mstarts = kernels.launch_fwd(
             position, q, k, v, eta, alpha, beta, theta0, anchor0, mom0, store=store, prec=prec)
-        ctx.kernels, ctx.cfg, ctx.objective, ctx.position = kernels, cfg, objective, position
+        ctx.kernels, ctx.cfg, ctx.objective, ctx.position, ctx.prec = kernels, cfg, objective, position, prec
         ctx.save_for_backward(q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts)
         return y, theta1, anchor1, mom1
 
@@ -61,7 +62,7 @@ class ChunkFunction(torch.autograd.Function):
         grads = None
         if kernels.bwd is not None:
             try:
-                grads = kernels.launch_bwd(ctx.position, saved, dy, dtheta1, danchor1, dmom1)
+                grads = kernels.launch_bwd(ctx.position, saved, dy, dtheta1, danchor1, dmom1, prec=ctx.prec)
             except OutOfResources as error:
                 without_backward_kernel(kernels, error)
         if grads is None:

@@ -47,8 +47,11 @@ WALK_ROWS = 64
 WALK_WARPS = 4
 
 # The backward kernels' tl.dot precision whatever the inputs: in tf32 they spill far more (ptxas for
-# sm_90: Gated DeltaNet's at width 128 1.5 -> 15.5 KB per thread, the Titans MLP of 8 heads of 32
-# 8.4 -> 21.0 KB; benchmarks/gpu/compile_report.py --dtype bfloat16), and they were not timed in tf32.
+# sm_90: Gated DeltaNet's one-kernel backward at width 128 1.5 -> 15.5 KB per thread, the wy form's
+# prep_bwd 1.1 -> 11.2 KB, the Titans MLP of 8 heads of 32 8.4 -> 21.0 KB;
+# benchmarks/gpu/compile_report.py --dtype bfloat16), and they were not timed in tf32. The wy form's
+# backward walk is the exception: in tf32 it fits 16 rows in 242 registers at 4 warps, nothing spilled
+# (two programs a multiprocessor), so it follows the forward's precision.
 BACKWARD_PRECISION = "ieee"
 
 
@@ -136,12 +139,10 @@ class LevelKernels:
             return "ieee"
         return "tf32"
 
-    def launch_options(self, walk_rows: Optional[int] = None) -> dict:
-        """As launch_options(); the wy form's forward walk (given its rows) runs WALK_WARPS warps."""
-        options = launch_options(self.warps, self.stages, max(self.dk, self.dv) > 32)
-        if walk_rows is not None and walk_rows > GPU_ROWS and self.warps is None and options:
-            options["num_warps"] = WALK_WARPS
-        return options
+    def launch_options(self, warps: Optional[int] = None) -> dict:
+        """As launch_options(), with `warps` (where the level sets none) instead of its choice."""
+        return launch_options(self.warps if self.warps is not None else warps, self.stages,
+                              max(self.dk, self.dv) > 32)
 
     def tiles(self, position: int, tokens: int) -> tuple[int, int, int, dict]:
         """(offset, sub0, n_tiles, extra constexprs) of a call of `tokens` tokens starting at `position`:
@@ -196,7 +197,7 @@ class LevelKernels:
             rows = self.rows_per_program(walk=prec == "tf32")
             self.fwd[(-(-self.dv // rows), batch * heads)](
                 q, *terms, theta0, y, theta1, anchor1, starts, tokens, n_tiles, BV=rows, STORE=store, PREC=prec,
-                C=extra["C"], BT=extra["BT"], **self.launch_options(walk_rows=rows))
+                C=extra["C"], BT=extra["BT"], **self.launch_options(WALK_WARPS if rows > GPU_ROWS else None))
             self.launches["fwd"] += 1
             return y, theta1, anchor1, mom1, starts, mstarts
         self.fwd[grid](q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1, starts, mstarts,
@@ -220,12 +221,15 @@ class LevelKernels:
                         **self.launch_options())
         return terms
 
-    def launch_bwd(self, position: int, saved, dy, dtheta1, danchor1, dmom1):
+    def launch_bwd(self, position: int, saved, dy, dtheta1, danchor1, dmom1, prec: str = "ieee"):
+        """Gradients of the nine inputs; `prec` is the forward's precision (the wy form's walks follow it,
+        the other backward kernels run BACKWARD_PRECISION)."""
         q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved
         batch, heads, tokens, _ = k.shape
         offset, sub0, n_tiles, extra = self.tiles(position, tokens)
         if self.prep_bwd is not None:  # the wy form: the anchor out is theta out
-            return self.launch_bwd_wy(saved, dy.contiguous(), (dtheta1 + danchor1).contiguous(), n_tiles, extra)
+            return self.launch_bwd_wy(saved, dy.contiguous(), (dtheta1 + danchor1).contiguous(), n_tiles, extra,
+                                      prec)
         bv = self.rows_per_program()
         nv = -(-self.dv // bv)
         dev = k.device
@@ -247,12 +251,13 @@ class LevelKernels:
         return (dq.sum(0), dk.sum(0), dv.sum(0), deta.sum(0), dalpha.sum(0), dbeta.sum(0),
                 dtheta0, danchor0, dmom0)
 
-    def launch_bwd_wy(self, saved, dy, d_end, n_tiles: int, extra: dict) -> tuple:
-        """The wy form's backward: the tile terms recomputed, the walk over the tiles in reverse (the
-        gradients of the terms, summed over the row blocks), then the terms' backward, all tiles at once."""
+    def launch_bwd_wy(self, saved, dy, d_end, n_tiles: int, extra: dict, prec: str) -> tuple:
+        """The wy form's backward: the tile terms recomputed as the forward made them, the walk over the
+        tiles in reverse (the gradients of the terms, summed over the row blocks), both in the forward's
+        precision, then the terms' backward, all tiles at once, in BACKWARD_PRECISION."""
         q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved
         batch, heads, tokens, _ = k.shape
-        tile, bv, prec = extra["C"], self.rows_per_program(), BACKWARD_PRECISION
+        tile, bv = extra["C"], self.rows_per_program()
         nv, padded = -(-self.dv // bv), n_tiles * tile
         terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
         # every buffer below is written in full by the kernels that write it, and read only by kernels of
@@ -263,16 +268,16 @@ class LevelKernels:
                  empty(nv, batch, heads, padded, self.dk), empty(nv, batch, heads, n_tiles, tile, tile),
                  empty(nv, batch, heads, padded), empty(nv, batch, heads, n_tiles))
         dtheta0 = empty(batch, heads, self.dv, self.dk)
+        walk_options = self.launch_options(WALK_WARPS if prec == "tf32" else None)
         self.bwd[(nv, batch * heads)](q, *terms, starts, dy, d_end, du, *parts, dtheta0, tokens, n_tiles,
-                                      batch * heads, BV=bv, C=tile, BT=extra["BT"], PREC=prec,
-                                      **self.launch_options())
+                                      batch * heads, BV=bv, C=tile, BT=extra["BT"], PREC=prec, **walk_options)
         grads = (empty(batch, heads, tokens, self.dk), empty(batch, heads, tokens, self.dk),
                  torch.zeros(batch, heads, tokens, self.dv, dtype=torch.float32, device=k.device),
                  *(empty(batch, heads, tokens) for _ in range(3)))
         per_program = self.tiles_per_program(n_tiles)
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
             q, k, v, eta, alpha, beta, du, *(p.sum(0) for p in parts), *grads, tokens, n_tiles,
-            TILES=per_program, PREC=prec, **extra, **self.launch_options())
+            TILES=per_program, PREC=BACKWARD_PRECISION, **extra, **self.launch_options())
         self.launches["bwd"] += 1
         return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))
 

@@ -1,6 +1,7 @@
 """The forward kernels' tl.dot input precision follows the dtype of the caller's tensors, not of the
 float32 copies the kernels read: tf32 tensor cores for bf16/fp16 inputs on a GPU, exact float32 for
-float32 inputs and under the interpreter. The backward kernels stay exact (launch.BACKWARD_PRECISION).
+float32 inputs and under the interpreter. So does the wy form's backward walk (and its recomputation of
+the tile terms); the other backward kernels stay exact (launch.BACKWARD_PRECISION).
 The kernels are replaced by recorders, so this runs without a GPU."""
 from __future__ import annotations
 
@@ -70,17 +71,20 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
     y.float().sum().backward()
     assert [c["PREC"] for c in fwd.calls] == [expected]
     assert (prep is not None) == (family == "wy")
-    assert [c["PREC"] for c in bwd.calls] == [launch.BACKWARD_PRECISION] == ["ieee"]
-    if prep is not None:  # the terms again for the backward, in its precision
-        assert [c["PREC"] for c in prep.calls] == [expected, "ieee"]
-        assert [c["PREC"] for c in prep_bwd.calls] == ["ieee"]
+    if prep is None:
+        assert [c["PREC"] for c in bwd.calls] == [launch.BACKWARD_PRECISION] == ["ieee"]
+    else:  # the terms again for the backward, as the forward made them; the walk in the same precision
+        assert [c["PREC"] for c in prep.calls] == [expected, expected]
+        assert [c["PREC"] for c in bwd.calls] == [expected]
+        assert [c["PREC"] for c in prep_bwd.calls] == [launch.BACKWARD_PRECISION]
 
 
 @pytest.mark.parametrize("dtype,rows,warps", [(torch.bfloat16, launch.WALK_ROWS, launch.WALK_WARPS),
                                               (torch.float32, launch.GPU_ROWS, 8)], ids=["tf32", "ieee"])
-def test_the_wy_forward_walk_takes_more_rows_in_tf32(monkeypatch, dtype, rows, warps):
+def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, rows, warps):
     """On a GPU the wy form's forward walk takes WALK_ROWS rows of W per program (fewer, larger
-    programs) when it multiplies in tf32; in full float32, and in every other kernel, GPU_ROWS."""
+    programs) when it multiplies in tf32, and both walks run WALK_WARPS warps; in full float32, and in
+    every other kernel, GPU_ROWS rows and the level's warps."""
     cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
     found, reason = kernels_for(cfg, standard_objective("l2"), "prec.walk")
     assert found is not None and found.prep is not None, reason
@@ -94,4 +98,5 @@ def test_the_wy_forward_walk_takes_more_rows_in_tf32(monkeypatch, dtype, rows, w
     y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, 1, 2))
     y.float().sum().backward()
     assert [(c["BV"], c["num_warps"]) for c in fwd.calls] == [(rows, warps)]
-    assert [(c["BV"], c["num_warps"]) for c in bwd.calls] == [(launch.GPU_ROWS, 8)]
+    assert [(c["BV"], c["num_warps"]) for c in bwd.calls] == [(launch.GPU_ROWS, warps)]
+    assert [c["num_warps"] for c in prep_bwd.calls] == [8]
