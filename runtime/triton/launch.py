@@ -37,12 +37,12 @@ def gate_arguments(gates: Mapping[str, Tensor], k: Tensor) -> list[Tensor]:
 
 GPU_ROWS = 16
 
-# The wy form's forward walk only multiplies by the state, so a program can take more rows of it: in
-# tf32, at 64 rows and 4 warps, it compiles for sm_90 in 250 registers with nothing spilled (Gated
-# DeltaNet, head width 128), and a head of 128 rows is two programs, all of B x H = 128 in one wave on
-# 132 multiprocessors (at 16 rows and 8 warps: eight programs a head, one per multiprocessor, eight
-# waves). Chosen from compile reports, not timed yet. In full float32 it spills 13.5 KB per thread at 64
-# rows, and its backward walk spills from 32 rows on: both keep GPU_ROWS.
+# The wy form's walks only multiply by the state (or its gradient), so a program can take more rows of
+# it: in tf32, at 64 rows and 4 warps, they compile for sm_90 in 250 and 239 registers with nothing
+# spilled (Gated DeltaNet, head width 128), and a head of 128 rows is two programs, all of B x H = 128
+# in one wave on 132 multiprocessors (at 16 rows and 8 warps: eight programs a head, one per
+# multiprocessor, eight waves). Chosen from compile reports, not timed yet. In full float32 the forward
+# walk spills 13.5 KB per thread at 64 rows: GPU_ROWS.
 WALK_ROWS = 64
 WALK_WARPS = 4
 
@@ -50,8 +50,7 @@ WALK_WARPS = 4
 # sm_90: Gated DeltaNet's one-kernel backward at width 128 1.5 -> 15.5 KB per thread, the wy form's
 # prep_bwd 1.1 -> 11.2 KB, the Titans MLP of 8 heads of 32 8.4 -> 21.0 KB;
 # benchmarks/gpu/compile_report.py --dtype bfloat16), and they were not timed in tf32. The wy form's
-# backward walk is the exception: in tf32 it fits 16 rows in 242 registers at 4 warps, nothing spilled
-# (two programs a multiprocessor), so it follows the forward's precision.
+# backward walk is the exception (see WALK_ROWS): it follows the forward's precision.
 BACKWARD_PRECISION = "ieee"
 
 
@@ -114,7 +113,7 @@ class LevelKernels:
     def rows_per_program(self, walk: bool = False) -> int:
         """Rows of W per program: all of them under the interpreter; on a GPU GPU_ROWS, which keeps the
         kernels' live tiles within the register file (benchmarks/gpu/compile_report.py measures it), and
-        WALK_ROWS for the wy form's forward walk in tf32 (`walk`)."""
+        WALK_ROWS for the wy form's walks in tf32 (`walk`)."""
         if self.block_v is not None:
             return _pow2(self.block_v)
         full = _pow2(self.dv)
@@ -252,32 +251,28 @@ class LevelKernels:
                 dtheta0, danchor0, dmom0)
 
     def launch_bwd_wy(self, saved, dy, d_end, n_tiles: int, extra: dict, prec: str) -> tuple:
-        """The wy form's backward: the tile terms recomputed as the forward made them, the walk over the
-        tiles in reverse (the gradients of the terms, summed over the row blocks), both in the forward's
-        precision, then the terms' backward, all tiles at once, in BACKWARD_PRECISION."""
+        """The wy form's backward: the tile terms recomputed as the forward made them and the walk of the
+        state's gradient over the tiles in reverse, both in the forward's precision, storing it at every
+        tile's end; then everything else for all tiles at once, in BACKWARD_PRECISION."""
         q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved
         batch, heads, tokens, _ = k.shape
         tile, bv = extra["C"], self.rows_per_program()
-        nv, padded = -(-self.dv // bv), n_tiles * tile
-        terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
-        # every buffer below is written in full by the kernels that write it, and read only by kernels of
-        # the same plan (dv stays zero for a level whose update does not read v)
-        empty = lambda *s: torch.empty(*s, dtype=torch.float32, device=k.device)  # noqa: E731
-        du = empty(batch, heads, padded, self.dv)
-        parts = (empty(nv, batch, heads, padded, self.dk), empty(nv, batch, heads, padded, self.dk),
-                 empty(nv, batch, heads, padded, self.dk), empty(nv, batch, heads, n_tiles, tile, tile),
-                 empty(nv, batch, heads, padded), empty(nv, batch, heads, n_tiles))
-        dtheta0 = empty(batch, heads, self.dv, self.dk)
-        walk_options = self.launch_options(WALK_WARPS if prec == "tf32" else None)
-        self.bwd[(nv, batch * heads)](q, *terms, starts, dy, d_end, du, *parts, dtheta0, tokens, n_tiles,
-                                      batch * heads, BV=bv, C=tile, BT=extra["BT"], PREC=prec, **walk_options)
-        grads = (empty(batch, heads, tokens, self.dk), empty(batch, heads, tokens, self.dk),
+        _, w, kend, aq, gq, gend = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
+        dstarts = torch.empty_like(starts)
+        dtheta0 = torch.empty(batch, heads, self.dv, self.dk, dtype=torch.float32, device=k.device)
+        rows = self.rows_per_program(walk=prec == "tf32")
+        self.bwd[(-(-self.dv // rows), batch * heads)](
+            q, w, kend, aq, gq, gend, dy, d_end, dstarts, dtheta0, tokens, n_tiles, BV=rows, C=tile, BT=extra["BT"],
+            PREC=prec, **self.launch_options(WALK_WARPS if rows > GPU_ROWS else None))
+        # written in full for every token (dv stays zero for a level whose update does not read v)
+        empty = lambda *s: torch.empty(batch, heads, tokens, *s, dtype=torch.float32, device=k.device)  # noqa: E731
+        grads = (empty(self.dk), empty(self.dk),
                  torch.zeros(batch, heads, tokens, self.dv, dtype=torch.float32, device=k.device),
-                 *(empty(batch, heads, tokens) for _ in range(3)))
+                 empty(), empty(), empty())
         per_program = self.tiles_per_program(n_tiles)
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
-            q, k, v, eta, alpha, beta, du, *(p.sum(0) for p in parts), *grads, tokens, n_tiles,
-            TILES=per_program, PREC=BACKWARD_PRECISION, **extra, **self.launch_options())
+            q, k, v, eta, alpha, beta, starts, dstarts, dy, *grads, tokens, n_tiles, BV=bv, TILES=per_program,
+            PREC=BACKWARD_PRECISION, **extra, **self.launch_options())
         self.launches["bwd"] += 1
         return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))
 

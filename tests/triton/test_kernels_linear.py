@@ -136,12 +136,16 @@ def test_the_gradient_point_is_meaning():
     assert ratio(runs[0].y, runs[1].y) > 4 * OUTPUT_RATIO
 
 
-def test_several_row_blocks_sum_their_partial_gradients():
-    cfg = linear(["retain", "momentum", "delta"], dv=32)
-    lk = kernels(cfg, objective_of("l2"), "tests.blocks")
+@pytest.mark.parametrize("rules,chunk", [(["retain", "momentum", "delta"], 4), (["retain", ("gd", "current")], 1),
+                                         (["delta", "gd"], 1)], ids=["dual", "wy", "wy-delta"])
+def test_several_row_blocks_sum_their_partial_gradients(rules, chunk):
+    """Rows of W split across programs (and, in the wy form, walked in blocks by the tile-parallel
+    backward) give the reference's outputs, states and gradients."""
+    cfg = linear(rules, dv=32, chunk=chunk)
+    lk = kernels(cfg, objective_of("l2"), f"tests.blocks{chunk}")
     lk.block_v = 16
     try:
-        case = Case(cfg, objective_of("l2"), position=2, seed=5)
+        case = Case(cfg, objective_of("l2"), tokens=37, position=2, seed=5)
         compare(run_reference(case), run_path(case, "triton", lk), "two row blocks")
     finally:
         lk.block_v = None

@@ -82,9 +82,9 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
 @pytest.mark.parametrize("dtype,rows,warps", [(torch.bfloat16, launch.WALK_ROWS, launch.WALK_WARPS),
                                               (torch.float32, launch.GPU_ROWS, 8)], ids=["tf32", "ieee"])
 def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, rows, warps):
-    """On a GPU the wy form's forward walk takes WALK_ROWS rows of W per program (fewer, larger
-    programs) when it multiplies in tf32, and both walks run WALK_WARPS warps; in full float32, and in
-    every other kernel, GPU_ROWS rows and the level's warps."""
+    """On a GPU the wy form's walks take WALK_ROWS rows of W per program (fewer, larger programs) with
+    WALK_WARPS warps when they multiply in tf32; in full float32, and in every other kernel, GPU_ROWS
+    rows and the level's warps."""
     cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
     found, reason = kernels_for(cfg, standard_objective("l2"), "prec.walk")
     assert found is not None and found.prep is not None, reason
@@ -98,5 +98,5 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, 1, 2))
     y.float().sum().backward()
     assert [(c["BV"], c["num_warps"]) for c in fwd.calls] == [(rows, warps)]
-    assert [(c["BV"], c["num_warps"]) for c in bwd.calls] == [(launch.GPU_ROWS, warps)]
-    assert [c["num_warps"] for c in prep_bwd.calls] == [8]
+    assert [(c["BV"], c["num_warps"]) for c in bwd.calls] == [(rows, warps)]
+    assert [(c["BV"], c["num_warps"]) for c in prep_bwd.calls] == [(launch.GPU_ROWS, 8)]
