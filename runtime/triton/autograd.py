@@ -5,9 +5,9 @@ has one (it re-reads the start state of every tile, stored by the forward, and r
 otherwise it recomputes the call with the chunked PyTorch path and differentiates that (exact, but
 the work of the backward is not fused). `StepFunction` runs the token-by-token `<level>_step` kernel
 (decoding, and levels with no chunk-parallel form); its backward always recomputes with the chunked
-path. Inputs and outputs are float32 contiguous tensors (launch.py casts); `prec` is tl.dot's input precision
-of the forward kernels (and the wy form's backward walk), chosen from the dtype of the caller's tensors
-before the cast (launch.LevelKernels.precision).
+path. Inputs are contiguous (q, k, v float32, bf16 or fp16, the rest float32; launch.py prepares
+them), outputs float32; `prec` is tl.dot's input precision of the forward kernels (and the wy form's
+backward walk), chosen from the dtype of the caller's tensors (launch.LevelKernels.precision).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def recompute_grads(cfg, objective, position: int, inputs, grad_outputs):
     """Gradients of (y, theta, anchor, momentum) w.r.t. the nine inputs, by the chunked path."""
     dy, dtheta1, danchor1, dmom1 = grad_outputs
     with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(True) for t in inputs]
+        leaves = [t.detach().float().requires_grad_(True) for t in inputs]  # q, k, v may be bf16 / fp16
         q, k, v, eta, alpha, beta, theta0, anchor0, mom0 = leaves
         required = cfg.required_gates()
         gates = {n: g for n, g in zip(GATES, (eta, alpha, beta)) if n in required}

@@ -62,7 +62,7 @@ def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
     ends = heads[1:] + [n_tiles]
     gate_inputs = dict(zip(GATES, (eta, alpha, beta)))
     required = cfg.required_gates()
-    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dq, dk, dv = (torch.zeros_like(t, dtype=torch.float32) for t in (q, k, v))
     dgates = {n: torch.zeros_like(g) for n, g in gate_inputs.items()}
     d_theta, d_anchor = _pair(dw1, dw2), _pair(da1, da2)
     d_mom = _pair(ds1, ds2) if cfg.has_momentum else None
@@ -70,7 +70,7 @@ def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
     for j, end_tile in reversed(list(zip(heads, ends))):
         lo, hi = max(0, j * kernels.tile_tokens - offset), min(tokens, end_tile * kernels.tile_tokens - offset)
         with torch.enable_grad():
-            xs = [t[:, :, lo:hi].detach().requires_grad_(True) for t in (q, k, v)]
+            xs = [t[:, :, lo:hi].detach().float().requires_grad_(True) for t in (q, k, v)]  # may be bf16
             gates = {n: gate_inputs[n][:, :, lo:hi].detach().requires_grad_(True) for n in required}
             if j == 0:
                 theta = {w: t.detach().requires_grad_(True) for w, t in zip(WEIGHTS, (w1, w2))}

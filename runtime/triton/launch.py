@@ -1,7 +1,8 @@
 """Launching one level's generated kernels: buffers, grids, block sizes and the carried state.
 
-Kernels work on contiguous float32 copies of q, k, v (B, H, T, d), of the gates (B, H, T) and of the
-state (B, H, dv, dk); outputs are cast back to the inputs' dtype. One program handles a block of BV
+Kernels read q, k, v (B, H, T, d) contiguous in their own dtype (float32, bf16 or fp16; converted to
+float32 as they load), and contiguous float32 copies of the gates (B, H, T) and of the state
+(B, H, dv, dk); outputs and gradients are float32 buffers, cast back to the inputs' dtype. One program handles a block of BV
 rows of W for one (batch, head): the rows of a linear memory evolve independently. Gradients that sum
 over the row blocks (q, k, v, gates) come back as per-block partials and are summed here.
 """
@@ -25,6 +26,12 @@ GATE_FILL = {"eta": 0.0, "alpha": 1.0, "beta": 1.0}
 def as_f32(t: Tensor) -> Tensor:
     """The kernels read contiguous float32."""
     return t.to(torch.float32).contiguous()
+
+
+def kernel_input(t: Tensor) -> Tensor:
+    """q, k or v as the kernels read them: contiguous, in its own dtype when that is float32, bf16 or
+    fp16 (every kernel converts to float32 as it loads, so no float32 copy is made), else float32."""
+    return t.contiguous() if t.dtype in (torch.float32, torch.bfloat16, torch.float16) else as_f32(t)
 
 
 def gate_arguments(gates: Mapping[str, Tensor], k: Tensor) -> list[Tensor]:
@@ -170,7 +177,7 @@ class LevelKernels:
         theta0 = as_f32(start.params["W"])
         anchor0 = as_f32(start.anchor["W"])
         mom0 = as_f32(start.momentum["W"]) if cfg.has_momentum else torch.zeros_like(theta0)
-        inputs = (as_f32(q), as_f32(k), as_f32(v), *gate_args, theta0, anchor0, mom0)
+        inputs = (kernel_input(q), kernel_input(k), kernel_input(v), *gate_args, theta0, anchor0, mom0)
         fn = StepFunction if self.uses_step(tokens) else ChunkFunction
         y, theta1, anchor1, mom1 = fn.apply(self, cfg, objective, start.position, self.precision(dtype), *inputs)
         state = MemoryState({"W": theta1.to(dtype)}, {"W": anchor1.to(dtype)},

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..memory import MemoryConfig, MemoryState
 from .backend import interpreting
-from .launch import BACKWARD_PRECISION, as_f32, gate_arguments, launch_options
+from .launch import BACKWARD_PRECISION, as_f32, gate_arguments, kernel_input, launch_options
 
 WEIGHTS = ("W1", "W2")
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
@@ -108,7 +108,7 @@ class MlpLevelKernels:
         else:
             state += [torch.zeros_like(s) for s in state[:2]]
         outs = MlpChunkFunction.apply(self, cfg, objective, start.position, self.precision(dtype),
-                                      as_f32(q), as_f32(k), as_f32(v), *gate_args,
+                                      kernel_input(q), kernel_input(k), kernel_input(v), *gate_args,
                                       *state)
         y, w1, w2, a1, a2, s1, s2 = (t.to(dtype) for t in outs)
         end = MemoryState({"W1": w1, "W2": w2}, {"W1": a1, "W2": a2},
@@ -147,7 +147,7 @@ class MlpLevelKernels:
         aligned = (position + tokens) % self.chunk == 0
         d_end = (dw1 + da1, dw2 + da2) if aligned else (dw1, dw2)
         d_anchor = (torch.zeros_like(da1), torch.zeros_like(da2)) if aligned else (da1, da2)
-        grads_in = [torch.zeros_like(t) for t in (q, k, v, eta, alpha, beta)]
+        grads_in = [torch.zeros_like(t, dtype=torch.float32) for t in (q, k, v, eta, alpha, beta)]
         grads_state = [torch.zeros_like(t) for t in (w1, w2, a1, a2, s1, s2)]
         c = lambda t: t.contiguous()  # noqa: E731
         self.bwd[(k.shape[0] * k.shape[1],)](

@@ -26,9 +26,13 @@ class Recorder:
 
     def __init__(self):
         self.calls = []
+        self.args = []
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.calls.append(kwargs)
+        def launch(*args, **kwargs):
+            self.calls.append(kwargs)
+            self.args.append(args)
+        return launch
 
 
 CONFIGS = {
@@ -70,6 +74,9 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
     y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, batch, heads))
     y.float().sum().backward()
     assert [c["PREC"] for c in fwd.calls] == [expected]
+    # q, k, v reach the kernels in the caller's dtype (they convert as they load): no float32 copies
+    first = (prep or fwd).args[0]
+    assert [t.dtype for t in first[:3]] == [dtype] * 3 and q.grad.dtype == dtype
     assert (prep is not None) == (family == "wy")
     if prep is None:
         assert [c["PREC"] for c in bwd.calls] == [launch.BACKWARD_PRECISION] == ["ieee"]
