@@ -5,7 +5,8 @@
 #   OUT=/tmp/gpu benchmarks/gpu/device_check.sh [STEP ...]     # default: every step, in this order
 #
 # Steps: setup env report tests fla titans step suite (suite: the rest of the test suite, not run by
-# default; report: compile_report.py with the machine's own Triton and ptxas, its log in the summary).
+# default; report: compile_report.py with the machine's own Triton and ptxas, its log in the summary;
+# REPORT_ARGS, FLA_ARGS, TITANS_ARGS and PYTEST_EXTRA pass arguments on).
 # `setup` installs nlc (editable, no dependencies) and any
 # wheels found in .whl/ (lark, titans-pytorch, flash-linear-attention and what they need) for a machine
 # that cannot reach a package index. Limits in seconds come from LIMIT_<STEP> (e.g. LIMIT_TESTS=300).
@@ -56,7 +57,8 @@ for STEP in "${STEPS[@]}"; do
         setup) echo "=== setup" | tee -a "$LOG"; step_setup >>"$LOG" 2>&1; echo "=== setup: rc=$?" | tee -a "$LOG"
                export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} ;;
         env) echo "=== env" | tee -a "$LOG"; step_env 2>&1 | tee -a "$LOG" ;;
-        report) run_step report "${LIMIT_REPORT:-60}" "$PY" benchmarks/gpu/compile_report.py gdn128 titans_small ;;
+        report) run_step report "${LIMIT_REPORT:-60}" "$PY" benchmarks/gpu/compile_report.py \
+                    ${REPORT_ARGS:-gdn128 titans_small --dtype bfloat16} ;;
         tests) NLC_FAILURE_LOG="$OUT/failures.txt" run_step tests "${LIMIT_TESTS:-200}" "$PY" -m pytest -v \
                    -p no:cacheprovider -p no:benchmark tests/triton -n "${WORKERS:-12}" --timeout=170 -rfE \
                    ${PYTEST_EXTRA:-} ;;
