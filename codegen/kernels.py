@@ -135,6 +135,11 @@ class KernelPlan(PlanNames):
         return "None" if self.form == "recurrent" else f"{self.prefix}_fwd"
 
     @property
+    def coefs_use_zero(self) -> bool:
+        """A constant coefficient is printed as `zero + c` (a vector); the kernel then defines `zero`."""
+        return any(c.poly.constant is not None for c in self.coefs)
+
+    @property
     def prep_name(self) -> str:
         """The wy form's forward is two kernels: <prefix>_prep (the tiles' state-free terms, all tiles at
         once) and <prefix>_fwd (the walk over the tiles)."""
@@ -365,11 +370,13 @@ def _step_lines(cfg, objective: ObjectiveCode) -> tuple[tuple, tuple]:
     uses: set = set()
 
     def residual_grad(point: str) -> None:
-        lines.append(f"z = tl.sum({point} * kt[None, :], axis=1)")
         if objective.affine is not None:
             a, b = objective.affine
+            if a != 0.0:  # the dot objective's gradient does not read the prediction
+                lines.append(f"z = tl.sum({point} * kt[None, :], axis=1)")
             lines.append(f"dlt = tl.where(mv, {_affine_text(a, b, 'z', 'tgt')}, 0.0)")
         else:
+            lines.append(f"z = tl.sum({point} * kt[None, :], axis=1)")
             lines.append("r = z - tgt")
             lines.append(f"dlt = tl.where(mv, {objective.grad}, 0.0)")
 
