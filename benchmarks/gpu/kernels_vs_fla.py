@@ -215,7 +215,7 @@ def main() -> int:
                 row = {"batch": batch, "tokens": tokens, "heads": heads, "dim": dim, "mode": mode,
                        "dtype": str(dtype).replace("torch.", ""), "device": name,
                        "tile": kernels.wy_tile(), "block_v": kernels.rows_per_program(),
-                       "walk_rows": kernels.rows_per_program(walk=gpu), **fla}
+                       "walk_rows": kernels.rows_per_program(walk=gpu, heads=batch * heads, device=device), **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
                 print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']}: first call of the generated kernels "
                       f"{first:.1f} s", flush=True)

@@ -45,11 +45,12 @@ def gate_arguments(gates: Mapping[str, Tensor], k: Tensor) -> list[Tensor]:
 GPU_ROWS = 16
 
 # The wy form's walks only multiply by the state (or its gradient), so a program can take more rows of
-# it: in tf32, at 64 rows and 4 warps, they compile for sm_90 in 250 and 239 registers with nothing
-# spilled (Gated DeltaNet, head width 128), and a head of 128 rows is two programs, all of B x H = 128
-# in one wave on 132 multiprocessors (at 16 rows and 8 warps: eight programs a head, one per
-# multiprocessor, eight waves). Chosen from compile reports, not timed yet. In full float32 the forward
-# walk spills 13.5 KB per thread at 64 rows: GPU_ROWS.
+# it: in tf32, at 64 (or 32) rows and 4 warps, they compile for sm_90 with nothing spilled (Gated
+# DeltaNet, head width 128: 242 and 249 registers at 64), and at B x H = 128 a head of 128 rows is two
+# programs, all in one wave on 132 multiprocessors (at 16 rows and 8 warps: eight programs a head, one
+# per multiprocessor, eight waves). Fewer walks than multiprocessors (B x H = 16) keep 16 rows, so that
+# every multiprocessor still gets a program. Chosen from compile reports, not timed yet. In full float32
+# the forward walk spills 13.5 KB per thread at 64 rows: GPU_ROWS.
 WALK_ROWS = 64
 WALK_WARPS = 4
 
@@ -72,6 +73,13 @@ def launch_options(warps: Optional[int], stages: Optional[int], large: bool) -> 
         return {}
     return {"num_stages": 1 if stages is None else stages,
             "num_warps": warps if warps is not None else (8 if large else 4)}
+
+
+def multiprocessors(device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 for anything else)."""
+    if device is None or torch.device(device).type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _pow2(n: int) -> int:
@@ -117,16 +125,23 @@ class LevelKernels:
             return _pow2(self.tile)
         return 16 if interpreting() else self.block_t
 
-    def rows_per_program(self, walk: bool = False) -> int:
+    def rows_per_program(self, walk: bool = False, heads: int = 0, device=None) -> int:
         """Rows of W per program: all of them under the interpreter; on a GPU GPU_ROWS, which keeps the
-        kernels' live tiles within the register file (benchmarks/gpu/compile_report.py measures it), and
-        WALK_ROWS for the wy form's walks in tf32 (`walk`)."""
+        kernels' live tiles within the register file (benchmarks/gpu/compile_report.py measures it). The
+        wy form's walks in tf32 (`walk`) take up to WALK_ROWS: the fewest, largest programs that still
+        give every multiprocessor of `device` one, for `heads` (batch x heads) walks."""
         if self.block_v is not None:
             return _pow2(self.block_v)
         full = _pow2(self.dv)
         if interpreting():
             return full
-        return min(full, WALK_ROWS if walk and self.prep is not None else GPU_ROWS)
+        rows = min(full, GPU_ROWS)
+        if walk and self.prep is not None:
+            wanted = multiprocessors(device)
+            for wide in (WALK_ROWS, WALK_ROWS // 2):
+                if rows < wide <= full and heads * -(-self.dv // wide) >= wanted:
+                    return wide
+        return rows
 
     @staticmethod
     def tiles_per_program(n_tiles: int) -> int:
@@ -200,7 +215,7 @@ class LevelKernels:
         grid = (-(-self.dv // bv), batch * heads)
         if self.prep is not None:
             terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
-            rows = self.rows_per_program(walk=prec == "tf32")
+            rows = self.rows_per_program(walk=prec == "tf32", heads=batch * heads, device=k.device)
             self.fwd[(-(-self.dv // rows), batch * heads)](
                 q, *terms, theta0, y, theta1, anchor1, starts, tokens, n_tiles, BV=rows, STORE=store, PREC=prec,
                 C=extra["C"], BT=extra["BT"], **self.launch_options(WALK_WARPS if rows > GPU_ROWS else None))
@@ -267,7 +282,7 @@ class LevelKernels:
         _, w, kend, aq, gq, gend = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
         dstarts = torch.empty_like(starts)
         dtheta0 = torch.empty(batch, heads, self.dv, self.dk, dtype=torch.float32, device=k.device)
-        rows = self.rows_per_program(walk=prec == "tf32")
+        rows = self.rows_per_program(walk=prec == "tf32", heads=batch * heads, device=k.device)
         self.bwd[(-(-self.dv // rows), batch * heads)](
             q, w, kend, aq, gq, gend, dy, d_end, dstarts, dtheta0, tokens, n_tiles, BV=rows, C=tile, BT=extra["BT"],
             PREC=prec, **self.launch_options(WALK_WARPS if rows > GPU_ROWS else None))

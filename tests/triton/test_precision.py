@@ -107,3 +107,16 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     assert [(c["BV"], c["num_warps"]) for c in fwd.calls] == [(rows, warps)]
     assert [(c["BV"], c["num_warps"]) for c in bwd.calls] == [(rows, warps)]
     assert [(c["BV"], c["num_warps"]) for c in prep_bwd.calls] == [(launch.GPU_ROWS, 8)]
+
+
+@pytest.mark.parametrize("heads,rows", [(128, 64), (48, 32), (16, 16)])
+def test_the_wy_walks_take_the_widest_rows_that_still_fill_the_device(monkeypatch, heads, rows):
+    """Fewer, wider programs while there is one for every multiprocessor (132 on an H100/H200): at head
+    width 128, 128 walks take 64 rows, 48 walks 32, 16 walks stay at 16 rows (128 programs)."""
+    cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
+    found, reason = kernels_for(cfg, standard_objective("l2"), "prec.walk")
+    assert found is not None and found.prep is not None, reason
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    monkeypatch.setattr(launch, "multiprocessors", lambda device: 132)
+    assert found.rows_per_program(walk=True, heads=heads, device="cuda") == rows
+    assert found.rows_per_program(walk=False, heads=heads, device="cuda") == launch.GPU_ROWS
