@@ -2,9 +2,11 @@
 
 Kernels read q, k, v (B, H, T, d) contiguous in their own dtype (float32, bf16 or fp16; converted to
 float32 as they load), and contiguous float32 copies of the gates (B, H, T) and of the state
-(B, H, dv, dk); outputs and gradients are float32 buffers, cast back to the inputs' dtype. One program handles a block of BV
-rows of W for one (batch, head): the rows of a linear memory evolve independently. Gradients that sum
-over the row blocks (q, k, v, gates) come back as per-block partials and are summed here.
+(B, H, dv, dk); outputs and gradients are float32 buffers, cast back to the inputs' dtype. One program
+of a walk over the tiles handles a block of BV rows of W for one (batch, head): the rows of a linear
+memory evolve independently. In the dual form the gradients that sum over the row blocks (q, k, v,
+gates) come back as per-block partials and are summed here; the wy form's tile-parallel backward
+loops over the row blocks itself.
 """
 
 from __future__ import annotations
@@ -143,6 +145,11 @@ class LevelKernels:
                     return wide
         return rows
 
+    def walk_settings(self, prec: str, heads: int, device) -> tuple[int, dict]:
+        """Rows per program and launch options of the wy form's walks (see WALK_ROWS)."""
+        rows = self.rows_per_program(walk=prec == "tf32", heads=heads, device=device)
+        return rows, self.launch_options(WALK_WARPS if rows > GPU_ROWS else None)
+
     @staticmethod
     def tiles_per_program(n_tiles: int) -> int:
         """Tiles per program of the wy form's tile-parallel kernels: one on a GPU; all of a head's under
@@ -205,25 +212,23 @@ class LevelKernels:
                    prec: str = "ieee"):
         batch, heads, tokens, _ = k.shape
         offset, sub0, n_tiles, extra = self.tiles(position, tokens)
-        bv = self.rows_per_program()
         y = torch.empty(batch, heads, tokens, self.dv, dtype=torch.float32, device=k.device)
         theta1, anchor1 = torch.empty_like(theta0), torch.empty_like(theta0)
         mom1 = torch.empty_like(theta0) if self.momentum else mom0.clone()
         shape = (batch, heads, n_tiles, self.dv, self.dk) if store else (1,)
         starts = torch.empty(shape, dtype=torch.float32, device=k.device)
         mstarts = torch.empty(shape if self.momentum else (1,), dtype=torch.float32, device=k.device)
-        grid = (-(-self.dv // bv), batch * heads)
         if self.prep is not None:
             terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
-            rows = self.rows_per_program(walk=prec == "tf32", heads=batch * heads, device=k.device)
+            rows, options = self.walk_settings(prec, batch * heads, k.device)
             self.fwd[(-(-self.dv // rows), batch * heads)](
                 q, *terms, theta0, y, theta1, anchor1, starts, tokens, n_tiles, BV=rows, STORE=store, PREC=prec,
-                C=extra["C"], BT=extra["BT"], **self.launch_options(WALK_WARPS if rows > GPU_ROWS else None))
-            self.launches["fwd"] += 1
-            return y, theta1, anchor1, mom1, starts, mstarts
-        self.fwd[grid](q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1, starts, mstarts,
-                       tokens, offset, sub0, n_tiles, BV=bv, STORE=store, PREC=prec, **extra,
-                       **self.launch_options())
+                C=extra["C"], BT=extra["BT"], **options)
+        else:
+            bv = self.rows_per_program()
+            self.fwd[(-(-self.dv // bv), batch * heads)](
+                q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1, starts, mstarts,
+                tokens, offset, sub0, n_tiles, BV=bv, STORE=store, PREC=prec, **extra, **self.launch_options())
         self.launches["fwd"] += 1
         return y, theta1, anchor1, mom1, starts, mstarts
 
@@ -282,10 +287,10 @@ class LevelKernels:
         _, w, kend, aq, gq, gend = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
         dstarts = torch.empty_like(starts)
         dtheta0 = torch.empty(batch, heads, self.dv, self.dk, dtype=torch.float32, device=k.device)
-        rows = self.rows_per_program(walk=prec == "tf32", heads=batch * heads, device=k.device)
+        rows, options = self.walk_settings(prec, batch * heads, k.device)
         self.bwd[(-(-self.dv // rows), batch * heads)](
             q, w, kend, aq, gq, gend, dy, d_end, dstarts, dtheta0, tokens, n_tiles, BV=rows, C=tile, BT=extra["BT"],
-            PREC=prec, **self.launch_options(WALK_WARPS if rows > GPU_ROWS else None))
+            PREC=prec, **options)
         # written in full for every token (dv stays zero for a level whose update does not read v)
         empty = lambda *s: torch.empty(batch, heads, tokens, *s, dtype=torch.float32, device=k.device)  # noqa: E731
         grads = (empty(self.dk), empty(self.dk),
