@@ -75,6 +75,11 @@ class PlanNames:
         return literal(self.reason)
 
     @property
+    def coefs_use_zero(self) -> bool:
+        """A constant coefficient is printed as `zero + c` (a vector); the kernel then defines `zero`."""
+        return any(c.poly.constant is not None for c in self.coefs)
+
+    @property
     def has_cw(self) -> bool:
         return any(c.name == "c_cw" for c in self.coefs)
 
@@ -135,9 +140,14 @@ class KernelPlan(PlanNames):
         return "None" if self.form == "recurrent" else f"{self.prefix}_fwd"
 
     @property
-    def coefs_use_zero(self) -> bool:
-        """A constant coefficient is printed as `zero + c` (a vector); the kernel then defines `zero`."""
-        return any(c.poly.constant is not None for c in self.coefs)
+    def step_reads_key(self) -> bool:
+        """Some rule of the step kernel reads the token's key (every rule but retain)."""
+        return any("kt" in line for line in self.step_lines)
+
+    @property
+    def step_reads_target(self) -> bool:
+        """Some rule of the step kernel takes the objective's gradient (it reads the target)."""
+        return any("tgt" in line for line in self.step_lines)
 
     @property
     def prep_name(self) -> str:
@@ -159,6 +169,10 @@ class KernelPlan(PlanNames):
                 "anchor": "y_t = W_anchor q_t (the chunk's start state)"}[self.read]
 
     @property
+    def read_after(self) -> bool:
+        return self.read == "after"
+
+    @property
     def rg(self) -> str:
         """Which in-tile products the read uses: 'a' (after: up to t) or 'b' (before: up to t - 1)."""
         return "a" if self.read == "after" else "b"
@@ -168,6 +182,11 @@ class KernelPlan(PlanNames):
         """Some rule writes rank-one columns E (a gradient step, a transition or the wy term); without
         them (e.g. Titans' retain + momentum) only the momentum writes and the E terms are skipped."""
         return self.has_cw or self.transition
+
+    @property
+    def tile_reads_key(self) -> bool:
+        """The tile's backward reads its keys: for the columns' terms, or for |k|^2 in a coefficient."""
+        return self.has_e or self.uses_n2
 
     @property
     def uses_n2(self) -> bool:
