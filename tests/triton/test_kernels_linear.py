@@ -154,6 +154,21 @@ def test_several_row_blocks_sum_their_partial_gradients(rules, chunk, dv):
         lk.block_v = None
 
 
+@pytest.mark.parametrize("rules,objective", [(["retain", ("gd", "current")], "l2"), ([("dgd", "current")], "l2"),
+                                             (["delta", "gd"], "dot")], ids=["gated-deltanet", "dgd", "delta-dot"])
+def test_wy_kernels_with_the_gpus_launch_settings(monkeypatch, rules, objective):
+    """The launch settings a GPU uses, under the interpreter: one tile per program in the tile-parallel
+    kernels, walks over wider row blocks (32 rows) than the tile-parallel backward's (16), every tensor
+    of a several-block head (dv = 64): the reference's outputs, states and gradients."""
+    cfg = linear(rules, chunk=1, dk=64, dv=64, self_target=rules[0] == ("dgd", "current"))
+    lk = kernels(cfg, objective_of(objective), "tests.gpu_settings")
+    monkeypatch.setattr(type(lk), "tiles_per_program", staticmethod(lambda n_tiles: 1))
+    monkeypatch.setattr(type(lk), "rows_per_program", lambda self, walk=False, heads=0, device=None: 32 if walk else 16)
+    monkeypatch.setattr(type(lk), "walk_settings", lambda self, prec, heads, device: (32, {}))
+    case = Case(cfg, objective_of(objective), tokens=37, position=3, seed=11)
+    compare(run_reference(case), run_path(case, "triton", lk), "GPU launch settings")
+
+
 def test_wy_tiles_of_free_size_give_the_same_result():
     cfg = linear(["retain", ("gd", "current")], chunk=1)
     lk = kernels(cfg, objective_of("l2"), "tests.tiles")
