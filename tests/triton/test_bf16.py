@@ -52,7 +52,7 @@ CASES = {
     "ttt_mlp": (mlp(["gd"], chunk=CHUNK), "l2"),
     "hope_mlp_dgd": (mlp(["dgd"], chunk=CHUNK, read="anchor", self_target=True), "l2"),
 }
-SIZES = [(100, None), (77, 5)] if GPU else [(13, 3)]   # (tokens, carried-in position)
+SIZES = [(100, None), (77, 5)] if GPU else [(13, 3), (37, None)]   # (tokens, carried-in position)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
