@@ -219,6 +219,8 @@ class LevelKernels:
         starts = torch.empty(shape, dtype=torch.float32, device=k.device)
         mstarts = torch.empty(shape if self.momentum else (1,), dtype=torch.float32, device=k.device)
         if self.prep is not None:
+            if store:  # kept for the backward in the caller's precision (q keeps it), as flash-linear-attention does
+                starts = torch.empty(shape, dtype=q.dtype, device=k.device)
             terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
             rows, options = self.walk_settings(prec, batch * heads, k.device)
             self.fwd[(-(-self.dv // rows), batch * heads)](

@@ -84,6 +84,8 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
         assert [c["PREC"] for c in prep.calls] == [expected, expected]
         assert [c["PREC"] for c in bwd.calls] == [expected]
         assert [c["PREC"] for c in prep_bwd.calls] == [launch.BACKWARD_PRECISION]
+        # the start states kept for the backward, and their gradients, in the caller's precision
+        assert fwd.args[0][11].dtype == bwd.args[0][8].dtype == dtype
 
 
 @pytest.mark.parametrize("dtype,rows,warps", [(torch.bfloat16, launch.WALK_ROWS, launch.WALK_WARPS),
