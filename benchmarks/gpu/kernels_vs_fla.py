@@ -12,7 +12,8 @@ at 16 heads of head dim 128, for B×T = 8×2048 and 1×16384, in bf16, forward a
 beta = η, scale = 1 (no implicit q scaling), its state S_fla = Sᵀ. Timings are medians over CUDA
 events after warm-up. Throughput uses one FLOP model for both kernels (per token and head, chunk
 C = 64: 6CK + 4CV + 6KV for the forward, three times that for forward + backward), so the TFLOP/s
-are comparable rates, not counted instructions; the share is of the card's dense bf16 peak.
+are comparable rates, not counted instructions; the share is of the card's dense bf16 peak. Each row also
+gives the peak CUDA memory one call allocates above its inputs (ours and fla's).
 
 Without a GPU the script runs the generated kernels end to end under the Triton interpreter at tiny
 shapes in float32 (the interpreter has no bf16 tl.dot), checks them against the chunked PyTorch
@@ -30,7 +31,7 @@ import time
 
 import torch
 
-from timing import rel, time_call  # benchmarks/gpu/timing.py
+from timing import peak_memory_mb, rel, time_call  # benchmarks/gpu/timing.py
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
@@ -139,7 +140,7 @@ def time_fla(x, grad: bool, flops: float, label: str, repeats: int, warmup: int)
     first = first_call(lambda: run_fla(x, grad))
     print(f"  {label}: first call of fla (with its autotuning) {first:.1f} s", flush=True)
     fla_ms = time_call(lambda: run_fla(x, grad), repeats, warmup)
-    return {"fla_ms": fla_ms, "fla_tflops": flops / fla_ms / 1e9}
+    return {"fla_ms": fla_ms, "fla_tflops": flops / fla_ms / 1e9, "fla_peak_mb": peak_memory_mb(lambda: run_fla(x, grad))}
 
 
 def error_vs_chunked(cfg, kernels, x, heads: int, dim: int) -> float:
@@ -161,6 +162,7 @@ def row_line(row: dict, peak) -> str:
         if peak:
             line += f" ({100 * row['fla_share_of_peak']:.1f}%)"
         line += f" | ours/fla {row['fla_ms'] / row['generated_ms']:.3f}x | rel. diff {row['error_vs_fla']:.1e}"
+        line += f" | peak MB ours {row['generated_peak_mb']:.0f}, fla {row['fla_peak_mb']:.0f}"
     if "error_vs_chunked" in row:
         line += f" | rel. diff vs chunked {row['error_vs_chunked']:.1e}"
     return line
@@ -221,6 +223,7 @@ def main() -> int:
                       f"{first:.1f} s", flush=True)
                 row["generated_ms"] = time_call(lambda: run_generated(cfg, kernels, x, grad), repeats, warmup)
                 row["generated_tflops"] = flops / row["generated_ms"] / 1e9
+                row["generated_peak_mb"] = peak_memory_mb(lambda: run_generated(cfg, kernels, x, grad))
                 if not gpu:
                     row["error_vs_chunked"] = error_vs_chunked(cfg, kernels, x, heads, dim)
                 if fla:

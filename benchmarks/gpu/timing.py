@@ -28,6 +28,18 @@ def time_call(fn, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def peak_memory_mb(fn) -> float:
+    """Peak CUDA memory allocated during one fn() above what was allocated before it, in MB (0 on a CPU)."""
+    if not torch.cuda.is_available():
+        return 0.0
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+
+
 def rel(a, b) -> float:
     """RMS of a - b relative to the RMS of b."""
     a, b = a.detach().double(), b.detach().double()
