@@ -53,6 +53,8 @@ CONFIGS = {
     "gdn128": (linear(["retain", ("gd", "current")], 128, 1), "l2"),
     "gdn64": (linear(["retain", ("gd", "current")], 64, 1), "l2"),
     "titans_linear64": (linear(["retain", "momentum"], 64, 16, read="anchor"), "l2"),
+    "titans_linear128": (linear(["retain", "momentum"], 128, 16, read="anchor"), "l2"),
+    "ttt_linear128": (linear(["gd"], 128, 64), "l2"),
     # benchmarks/gpu/titans_vs_titans_pytorch.py's small-heads configuration
     "titans_small": (mlp(["retain", "momentum"], 32, 128, 64), "mse"),
     "titans_example": (mlp(["retain", "momentum"], 32, 64, 16), "sq"),

@@ -55,6 +55,10 @@ GPU_ROWS = 16
 # the forward walk spills 13.5 KB per thread at 64 rows: GPU_ROWS.
 WALK_ROWS = 64
 WALK_WARPS = 4
+# The dual form's forward (one kernel, the whole tile's work in the walk) takes up to 32 rows in tf32 at
+# its 8 warps: 232 to 255 registers, nothing spilled, at head widths 64 and 128 (TTT-linear, Titans
+# linear); 64 rows spill at width 128. Its backward keeps GPU_ROWS.
+DUAL_WALK_ROWS = 32
 
 # The backward kernels' tl.dot precision whatever the inputs: in tf32 they spill far more (ptxas for
 # sm_90: Gated DeltaNet's one-kernel backward at width 128 1.5 -> 15.5 KB per thread, the wy form's
@@ -129,26 +133,29 @@ class LevelKernels:
 
     def rows_per_program(self, walk: bool = False, heads: int = 0, device=None) -> int:
         """Rows of W per program: all of them under the interpreter; on a GPU GPU_ROWS, which keeps the
-        kernels' live tiles within the register file (benchmarks/gpu/compile_report.py measures it). The
-        wy form's walks in tf32 (`walk`) take up to WALK_ROWS: the fewest, largest programs that still
-        give every multiprocessor of `device` one, for `heads` (batch x heads) walks."""
+        kernels' live tiles within the register file (benchmarks/gpu/compile_report.py measures it). In
+        tf32 (`walk`) the wy form's walks take up to WALK_ROWS and the dual form's forward up to
+        DUAL_WALK_ROWS: the fewest, largest programs that still give every multiprocessor of `device`
+        one, for `heads` (batch x heads) walks."""
         if self.block_v is not None:
             return _pow2(self.block_v)
         full = _pow2(self.dv)
         if interpreting():
             return full
         rows = min(full, GPU_ROWS)
-        if walk and self.prep is not None:
+        if walk and self.fwd is not None:
             wanted = multiprocessors(device)
-            for wide in (WALK_ROWS, WALK_ROWS // 2):
+            widest = WALK_ROWS if self.prep is not None else DUAL_WALK_ROWS
+            for wide in (widest, widest // 2):
                 if rows < wide <= full and heads * -(-self.dv // wide) >= wanted:
                     return wide
         return rows
 
     def walk_settings(self, prec: str, heads: int, device) -> tuple[int, dict]:
-        """Rows per program and launch options of the wy form's walks (see WALK_ROWS)."""
+        """Rows per program and launch options of the walks in tf32: the wy form's two, the dual form's
+        forward (see WALK_ROWS, DUAL_WALK_ROWS)."""
         rows = self.rows_per_program(walk=prec == "tf32", heads=heads, device=device)
-        return rows, self.launch_options(WALK_WARPS if rows > GPU_ROWS else None)
+        return rows, self.launch_options(WALK_WARPS if rows > GPU_ROWS and self.prep is not None else None)
 
     @staticmethod
     def tiles_per_program(n_tiles: int) -> int:
@@ -227,10 +234,10 @@ class LevelKernels:
                 q, *terms, theta0, y, theta1, anchor1, starts, tokens, n_tiles, BV=rows, STORE=store, PREC=prec,
                 C=extra["C"], BT=extra["BT"], **options)
         else:
-            bv = self.rows_per_program()
-            self.fwd[(-(-self.dv // bv), batch * heads)](
+            rows, options = self.walk_settings(prec, batch * heads, k.device)
+            self.fwd[(-(-self.dv // rows), batch * heads)](
                 q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1, starts, mstarts,
-                tokens, offset, sub0, n_tiles, BV=bv, STORE=store, PREC=prec, **extra, **self.launch_options())
+                tokens, offset, sub0, n_tiles, BV=rows, STORE=store, PREC=prec, **extra, **options)
         self.launches["fwd"] += 1
         return y, theta1, anchor1, mom1, starts, mstarts
 

@@ -154,13 +154,14 @@ def test_several_row_blocks_sum_their_partial_gradients(rules, chunk, dv):
         lk.block_v = None
 
 
-@pytest.mark.parametrize("rules,objective", [(["retain", ("gd", "current")], "l2"), ([("dgd", "current")], "l2"),
-                                             (["delta", "gd"], "dot")], ids=["gated-deltanet", "dgd", "delta-dot"])
-def test_wy_kernels_with_the_gpus_launch_settings(monkeypatch, rules, objective):
-    """The launch settings a GPU uses, under the interpreter: one tile per program in the tile-parallel
-    kernels, walks over wider row blocks (32 rows) than the tile-parallel backward's (16), every tensor
-    of a several-block head (dv = 64): the reference's outputs, states and gradients."""
-    cfg = linear(rules, chunk=1, dk=64, dv=64, self_target=rules[0] == ("dgd", "current"))
+@pytest.mark.parametrize("rules,objective,chunk", [(["retain", ("gd", "current")], "l2", 1), ([("dgd", "current")], "l2", 1),
+                                                   (["delta", "gd"], "dot", 1), (["retain", "momentum", "delta"], "l2", 4)],
+                         ids=["gated-deltanet", "dgd", "delta-dot", "dual-momentum-delta"])
+def test_kernels_with_the_gpus_launch_settings(monkeypatch, rules, objective, chunk):
+    """The launch settings a GPU uses, under the interpreter: one tile per program in the wy form's
+    tile-parallel kernels, forward walks over wider row blocks (32 rows) than the backward's (16), every
+    tensor of a several-block head (dv = 64): the reference's outputs, states and gradients."""
+    cfg = linear(rules, chunk=chunk, dk=64, dv=64, self_target=rules[0] == ("dgd", "current"))
     lk = kernels(cfg, objective_of(objective), "tests.gpu_settings")
     monkeypatch.setattr(type(lk), "tiles_per_program", staticmethod(lambda n_tiles: 1))
     monkeypatch.setattr(type(lk), "rows_per_program", lambda self, walk=False, heads=0, device=None: 32 if walk else 16)

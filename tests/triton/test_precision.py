@@ -111,13 +111,16 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     assert [(c["BV"], c["num_warps"]) for c in prep_bwd.calls] == [(launch.GPU_ROWS, 8)]
 
 
-@pytest.mark.parametrize("heads,rows", [(128, 64), (48, 32), (16, 16)])
-def test_the_wy_walks_take_the_widest_rows_that_still_fill_the_device(monkeypatch, heads, rows):
+@pytest.mark.parametrize("chunk,heads,rows", [(1, 128, 64), (1, 48, 32), (1, 16, 16), (16, 128, 32), (16, 16, 16)],
+                         ids=["wy-128", "wy-48", "wy-16", "dual-128", "dual-16"])
+def test_the_walks_take_the_widest_rows_that_still_fill_the_device(monkeypatch, chunk, heads, rows):
     """Fewer, wider programs while there is one for every multiprocessor (132 on an H100/H200): at head
-    width 128, 128 walks take 64 rows, 48 walks 32, 16 walks stay at 16 rows (128 programs)."""
-    cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
-    found, reason = kernels_for(cfg, standard_objective("l2"), "prec.walk")
-    assert found is not None and found.prep is not None, reason
+    width 128, 128 wy walks take 64 rows, 48 take 32, 16 stay at 16 rows (128 programs); the dual form's
+    forward takes up to 32. The other kernels keep 16."""
+    cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current" if chunk == 1 else "anchor")),
+                       chunk=chunk, read="after")
+    found, reason = kernels_for(cfg, standard_objective("l2"), f"prec.walk{chunk}")
+    assert found is not None and (found.prep is not None) == (chunk == 1), reason
     monkeypatch.setattr(launch, "interpreting", lambda: False)
     monkeypatch.setattr(launch, "multiprocessors", lambda device: 132)
     assert found.rows_per_program(walk=True, heads=heads, device="cuda") == rows
