@@ -6,7 +6,8 @@
 #
 # Steps: setup env report tests fla titans step suite (suite: the rest of the test suite, not run by
 # default; report: compile_report.py with the machine's own Triton and ptxas, its log in the summary;
-# REPORT_ARGS, FLA_ARGS, TITANS_ARGS and PYTEST_EXTRA pass arguments on).
+# REPORT_ARGS, FLA_ARGS, TITANS_ARGS and PYTEST_EXTRA pass arguments on; TESTS names the test files of
+# the tests step, tests/triton by default).
 # `setup` installs nlc (editable, no dependencies) and any
 # wheels found in .whl/ (lark, titans-pytorch, flash-linear-attention and what they need) for a machine
 # that cannot reach a package index. Limits in seconds come from LIMIT_<STEP> (e.g. LIMIT_TESTS=300).
@@ -60,7 +61,7 @@ for STEP in "${STEPS[@]}"; do
         report) run_step report "${LIMIT_REPORT:-60}" "$PY" benchmarks/gpu/compile_report.py \
                     ${REPORT_ARGS:-gdn128 titans_small --dtype bfloat16} ;;
         tests) NLC_FAILURE_LOG="$OUT/failures.txt" run_step tests "${LIMIT_TESTS:-200}" "$PY" -m pytest -v \
-                   -p no:cacheprovider -p no:benchmark tests/triton -n "${WORKERS:-12}" --timeout=170 -rfE \
+                   -p no:cacheprovider -p no:benchmark ${TESTS:-tests/triton} -n "${WORKERS:-12}" --timeout=170 -rfE \
                    ${PYTEST_EXTRA:-} ;;
         fla) run_step fla "${LIMIT_FLA:-150}" "$PY" benchmarks/gpu/kernels_vs_fla.py --json "$OUT/fla.json" \
                  ${FLA_ARGS:-} ;;
