@@ -7,7 +7,8 @@
 
 Each configuration's level runs its forward and backward once on tiny CPU tensors with the launches
 intercepted (nothing executes): every launch's arguments and constexprs are recorded, exactly as a GPU
-run would pass them (block sizes as chosen for a GPU, not for the interpreter), and each distinct
+run would pass them (block sizes as chosen for a GPU, not for the interpreter; the walks' rows as for a
+batch large enough to fill the GPU, i.e. the widest), and each distinct
 kernel is then compiled by Triton for the target (`triton.compile`, which runs ptxas). ptxas -v then
 reports registers per thread and spilled bytes. What a GPU run would pay before its first step, and
 whether a kernel keeps its state in registers, is known here, before any device time is spent.
