@@ -3,7 +3,7 @@
     python benchmarks/gpu/kernels_vs_fla.py                 # on a GPU: the two shapes below, bf16
     python benchmarks/gpu/kernels_vs_fla.py --peak 989      # the card's dense bf16 peak in TFLOP/s
     python benchmarks/gpu/kernels_vs_fla.py --json out.json
-    python benchmarks/gpu/kernels_vs_fla.py --tile 16,32 --block-v 16,32   # launch settings side by side
+    python benchmarks/gpu/kernels_vs_fla.py --tile 16,32 --stages 1,2    # launch settings side by side
 
 The generated kernel is the one `nlc compile examples/gated_deltanet.nl` emits for its memory level
 (retain, then gd at the current state, l2: S_t = α_t S_(t−1)(I − η_t k kᵀ) + η_t v kᵀ, o_t = S_t q_t),
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import itertools
 import json
 import os
 import sys
@@ -122,17 +123,17 @@ def write_json(path: str, gpu: bool, rows: list) -> None:
         json.dump({"gpu": gpu, "rows": rows}, f, indent=2)
 
 
-def variants(kernels, tiles: str, block_vs: str) -> list:
-    """The level's kernels at every combination of --tile and --block-v (the level's own when unset)."""
+def variants(kernels, tiles: str, block_vs: str, stages: str) -> list:
+    """The level's kernels at every combination of --tile, --block-v and --stages (the level's own
+    settings where unset)."""
     parse = lambda text: [int(n) for n in text.split(",")] if text else [None]  # noqa: E731
     out = []
-    for tile in parse(tiles):
-        for block_v in parse(block_vs):
-            if tile is None and block_v is None:
-                out.append(kernels)
-            else:
-                out.append(dataclasses.replace(kernels, tile=tile, block_v=block_v,
-                                               launches={n: 0 for n in kernels.launches}))
+    for tile, block_v, stage in itertools.product(parse(tiles), parse(block_vs), parse(stages)):
+        if tile is None and block_v is None and stage is None:
+            out.append(kernels)
+        else:
+            out.append(dataclasses.replace(kernels, tile=tile, block_v=block_v, stages=stage,
+                                           launches={n: 0 for n in kernels.launches}))
     return out
 
 
@@ -153,8 +154,8 @@ def error_vs_chunked(cfg, kernels, x, heads: int, dim: int) -> float:
 
 
 def row_line(row: dict, peak) -> str:
-    line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} rows {row['walk_rows']}/{row['block_v']:<3} "
-            f"generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
+    line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} "
+            f"rows {row['walk_rows']}/{row['block_v']:<3} stages {row['stages']} generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
     if peak:
         line += f" ({100 * row['generated_share_of_peak']:.1f}% of {peak:g})"
     if "fla_ms" in row:
@@ -176,6 +177,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--shapes", default=None, help="B×T pairs to run, e.g. 8x2048,1x16384 (default: both)")
     ap.add_argument("--tile", default=None, help="tokens per tile to try, e.g. 16,32 (default: the level's)")
+    ap.add_argument("--stages", default=None, help="software-pipelining stages to try, e.g. 1,2 (default: 1)")
     ap.add_argument("--block-v", default=None,
                     help="rows of W per program to try, e.g. 16,32 (default: the level's; printed as rows "
                          "forward walk / other kernels)")
@@ -213,11 +215,12 @@ def main() -> int:
             flops = flops_forward(batch, tokens, heads, dim, dim) * (3 if grad else 1)
             label = f"B={batch} T={tokens} {mode}"
             fla = time_fla(x, grad, flops, label, repeats, warmup) if have_fla and gpu else {}
-            for kernels in variants(level_kernels, args.tile, args.block_v):
+            for kernels in variants(level_kernels, args.tile, args.block_v, args.stages):
                 row = {"batch": batch, "tokens": tokens, "heads": heads, "dim": dim, "mode": mode,
                        "dtype": str(dtype).replace("torch.", ""), "device": name,
                        "tile": kernels.wy_tile(), "block_v": kernels.rows_per_program(),
-                       "walk_rows": kernels.rows_per_program(walk=gpu, heads=batch * heads, device=device), **fla}
+                       "walk_rows": kernels.rows_per_program(walk=gpu, heads=batch * heads, device=device),
+                       "stages": kernels.stages or 1, **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
                 print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']}: first call of the generated kernels "
                       f"{first:.1f} s", flush=True)
