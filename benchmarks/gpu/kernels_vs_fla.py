@@ -155,7 +155,8 @@ def error_vs_chunked(cfg, kernels, x, heads: int, dim: int) -> float:
 
 def row_line(row: dict, peak) -> str:
     line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} "
-            f"rows {row['walk_rows']}/{row['block_v']:<3} stages {row['stages']} generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
+            f"rows {row['walk_rows']}/{row['block_v']:<3} stages {row['stages']} "
+            f"generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
     if peak:
         line += f" ({100 * row['generated_share_of_peak']:.1f}% of {peak:g})"
     if "fla_ms" in row:
