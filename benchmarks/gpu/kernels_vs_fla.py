@@ -141,7 +141,8 @@ def time_fla(x, grad: bool, flops: float, label: str, repeats: int, warmup: int)
     first = first_call(lambda: run_fla(x, grad))
     print(f"  {label}: first call of fla (with its autotuning) {first:.1f} s", flush=True)
     fla_ms = time_call(lambda: run_fla(x, grad), repeats, warmup)
-    return {"fla_ms": fla_ms, "fla_tflops": flops / fla_ms / 1e9, "fla_peak_mb": peak_memory_mb(lambda: run_fla(x, grad))}
+    return {"fla_ms": fla_ms, "fla_tflops": flops / fla_ms / 1e9,
+            "fla_peak_mb": peak_memory_mb(lambda: run_fla(x, grad))}
 
 
 def error_vs_chunked(cfg, kernels, x, heads: int, dim: int) -> float:
@@ -223,7 +224,8 @@ def main() -> int:
                        "walk_rows": kernels.rows_per_program(walk=gpu, heads=batch * heads, device=device),
                        "stages": kernels.stages or 1, **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
-                print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']}: first call of the generated kernels "
+                print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']} stages {row['stages']}: "
+                      f"first call of the generated kernels "
                       f"{first:.1f} s", flush=True)
                 row["generated_ms"] = time_call(lambda: run_generated(cfg, kernels, x, grad), repeats, warmup)
                 row["generated_tflops"] = flops / row["generated_ms"] / 1e9
