@@ -11,6 +11,7 @@ loops over the row blocks itself.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
@@ -83,9 +84,15 @@ def launch_options(warps: Optional[int], stages: Optional[int], large: bool) -> 
 
 def multiprocessors(device) -> int:
     """Streaming multiprocessors of a CUDA device (1 for anything else)."""
-    if device is None or torch.device(device).type != "cuda":
+    device = torch.device(device) if device is not None else None
+    if device is None or device.type != "cuda":
         return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _pow2(n: int) -> int:
