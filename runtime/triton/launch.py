@@ -275,11 +275,15 @@ class LevelKernels:
         bv = self.rows_per_program()
         nv = -(-self.dv // bv)
         dev = k.device
+        # the kernel writes every token of dq, dk and the gates and the whole dtheta0 and danchor0;
+        # dv only where the update reads v, dmom0 only with momentum
         zeros = lambda *s: torch.zeros(*s, dtype=torch.float32, device=dev)  # noqa: E731
-        dq, dk = zeros(nv, batch, heads, tokens, self.dk), zeros(nv, batch, heads, tokens, self.dk)
+        empty = lambda *s: torch.empty(*s, dtype=torch.float32, device=dev)  # noqa: E731
+        dq, dk = empty(nv, batch, heads, tokens, self.dk), empty(nv, batch, heads, tokens, self.dk)
         dv = zeros(nv, batch, heads, tokens, self.dv)
-        deta, dalpha, dbeta = (zeros(nv, batch, heads, tokens) for _ in range(3))
-        dtheta0, danchor0, dmom0 = (zeros(batch, heads, self.dv, self.dk) for _ in range(3))
+        deta, dalpha, dbeta = (empty(nv, batch, heads, tokens) for _ in range(3))
+        dtheta0, danchor0, dmom0 = (empty(batch, heads, self.dv, self.dk), empty(batch, heads, self.dv, self.dk),
+                                    zeros(batch, heads, self.dv, self.dk))
         aligned = self.form != "dual" or (position + tokens) % self.chunk == 0
         d_end = (dtheta1 + danchor1) if aligned else dtheta1
         d_anchor_end = torch.zeros_like(danchor1) if aligned else danchor1
