@@ -142,12 +142,12 @@ class KernelPlan(PlanNames):
     @property
     def step_reads_key(self) -> bool:
         """Some rule of the step kernel reads the token's key (every rule but retain)."""
-        return any("kt" in line for line in self.step_lines)
+        return any("kt[" in line for line in self.step_lines)
 
     @property
     def step_reads_target(self) -> bool:
-        """Some rule of the step kernel takes the objective's gradient (it reads the target)."""
-        return any("tgt" in line for line in self.step_lines)
+        """Some rule of the step kernel takes the objective's gradient, which reads the target."""
+        return self.gradient
 
     @property
     def prep_name(self) -> str:
