@@ -310,13 +310,16 @@ class BlockLowering:
         if isinstance(lv, ir.Attention):
             return (f"rt.CausalAttention({lv.heads}, {lv.dk}, {lv.dv}, window={literal(lv.window)}, "
                     f"scale={literal(lv.scale)})")
+        return f"rt.MemoryLevel({self.memory_args(lv)}, name={literal(lv.name)})"
+
+    def memory_args(self, lv: ir.Memory) -> str:
+        """A memory level's constructor arguments but its name: levels with equal ones compute alike."""
         rules = ", ".join(f"rt.Rule({r.kind!r}" + (f", at={r.at!r}" if r.at == "current" else "")
                           + (", per_layer=True" if r.per_layer else "") + ")" for r in lv.rules)
         cfg = (f"rt.MemoryConfig(family={lv.family!r}, dk={lv.dk}, dv={lv.dv}, depth={lv.depth}, "
                f"hidden={lv.hidden}, act={lv.act!r}, residual={lv.residual!r}, bias={lv.bias!r}, "
                f"rules=({rules},), read={lv.read!r}, chunk={lv.chunk}, self_target={lv.self_target!r})")
-        return (f"rt.MemoryLevel({cfg}, {self._objective(lv)}, heads={lv.heads}, "
-                f"learn_init={lv.init_by is not None!r}, name={literal(lv.name)})")
+        return f"{cfg}, {self._objective(lv)}, heads={lv.heads}, learn_init={lv.init_by is not None!r}"
 
     def _objective(self, lv: ir.Memory) -> str:
         o = lv.objective

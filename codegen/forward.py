@@ -12,6 +12,7 @@ from nldsl.graph import deps
 
 from .blocks import GATE_ROLES, BlockLowering, LoweringError, _direct_reads, _refs
 from .names import literal, py
+from .stacking import member_stacks
 
 
 def _closure(bl: BlockLowering, values) -> set:
@@ -227,14 +228,14 @@ def _group_loop(bl: BlockLowering, grp: list, dynamic: list[str]):
     names = ", ".join(bl.local(lv.name) for lv in grp)
     bl.lines.append(f"# self-modifying group: {names} advance together, {step} token(s) at a time,")
     bl.lines.append("# each reading its state at the chunk anchor before the segment's writes")
-    states = {lv.name: bl.locals.fresh("s_" + py(bl.local(lv.name))) for lv in grp}
-    for lv in grp:
-        bl.lines.append(f"{states[lv.name]} = state.get({_key(bl, lv)})")
+    length_src = bl.expr(ir.Input(next(iter(bl.block.params)), None))
+    units = [_Unit(bl, members) for members in member_stacks(bl, grp)]
+    for unit in units:
+        bl.lines.extend(unit.open_lines(length_src))
     outs = [bl.out_var(lv.name) for lv in grp] + [bl.expr(ir.Ref(b, None)) for b in dynamic]
     bl.lines.append(f"parts = {{{', '.join(repr(o) + ': []' for o in outs)}}}")
-    first = states[grp[0].name]
-    length_src = next(iter(p for p in bl.block.params))
-    bl.lines.append(f"for start, end in rt.segments(rt.position_of({first}), {bl.expr(ir.Input(length_src, None))}.shape[1], {step}):")
+    first = units[0].state
+    bl.lines.append(f"for start, end in rt.segments(rt.position_of({first}), {length_src}.shape[1], {step}):")
     body_start = len(bl.lines)
     group_names = {lv.name for lv in grp}
     static = set()
@@ -261,18 +262,15 @@ def _group_loop(bl: BlockLowering, grp: list, dynamic: list[str]):
     saved_lines, bl.lines = bl.lines, inner
     for lv in grp:
         site = bl.reads.get(lv.name)
-        if site is None or site.query is None:
-            continue
-        if deps(site.query, bl.bindings) & group_names or _refs(site.query) & set(dynamic):
+        if site is not None and site.query is not None and (
+                deps(site.query, bl.bindings) & group_names or _refs(site.query) & set(dynamic)):
             raise LoweringError(f"the query of `{lv.name}` depends on its group's own reads", site.span)
-        method = "read_anchor" if lv.read == "anchor" else "read_current"
-        inner.append(f"{bl.out_var(lv.name)} = self.{bl.level_attr(lv.name)}.{method}({bl.expr(site.query)}, "
-                     f"{states[lv.name]})")
+    for unit in units:
+        inner.extend(unit.read_lines())
     for b in dynamic:
         inner.append(f"{bl.locals.names[('spec', b)]} = {bl.expr(bl.bindings[b])}  # {bl.where(bl.bindings[b].span)}")
-    for lv in grp:
-        inner.append(f"_, {states[lv.name]} = self.{bl.level_attr(lv.name)}({_call_args(bl, lv)}, "
-                     f"state={states[lv.name]})")
+    for unit in units:
+        inner.append(unit.update_line())
     for o in outs:
         inner.append(f"parts[{o!r}].append({o})")
     bl.lines = saved_lines
@@ -281,5 +279,49 @@ def _group_loop(bl: BlockLowering, grp: list, dynamic: list[str]):
     del body_start
     for o in outs:
         bl.lines.append(f"{o} = torch.cat(parts[{o!r}], dim=1)")
-    for lv in grp:
-        bl.lines.append(f"state[{_key(bl, lv)}] = {states[lv.name]}")
+    for unit in units:
+        bl.lines.append(unit.close_line())
+
+
+class _Unit:
+    """One member of a self-modifying group, or a stack of members that compute alike (stacking.py): the
+    lines that fetch its state, read it, update it and store its state back."""
+
+    def __init__(self, bl: BlockLowering, members: list):
+        self.bl, self.members = bl, members
+        first = py(bl.local(members[0].name))
+        self.stack = bl.locals.fresh("stack_" + first) if len(members) > 1 else None
+        self.keys = bl.locals.fresh("keys_" + first) if self.stack else None
+        self.state = bl.locals.fresh("s_" + first + ("_stack" if self.stack else ""))
+
+    def _target(self, lv) -> str:
+        return f"self.{self.bl.level_attr(lv.name)}"
+
+    def open_lines(self, length_src: str) -> list[str]:
+        bl, members = self.bl, self.members
+        if self.stack is None:
+            return [f"{self.state} = state.get({_key(bl, members[0])})"]
+        names = ", ".join(bl.local(lv.name) for lv in members)
+        return [f"# {names}: one configuration and the same inputs, run as one stack of their heads",
+                f"{self.stack} = rt.MemoryStack({', '.join(self._target(lv) for lv in members)})",
+                f"{self.keys} = [{', '.join(_key(bl, lv) for lv in members)}]",
+                f"{self.state} = {self.stack}.stack_state(list(map(state.get, {self.keys})), {length_src})"]
+
+    def read_lines(self) -> list[str]:
+        bl, lv = self.bl, self.members[0]
+        site = bl.reads.get(lv.name)
+        if site is None or site.query is None:
+            return []
+        method = "read_anchor" if lv.read == "anchor" else "read_current"
+        outs = ", ".join(bl.out_var(m.name) for m in self.members)
+        target = self.stack or self._target(lv)
+        return [f"{outs} = {target}.{method}({bl.expr(site.query)}, {self.state})"]
+
+    def update_line(self) -> str:
+        target = self.stack or self._target(self.members[0])
+        return f"_, {self.state} = {target}({_call_args(self.bl, self.members[0])}, state={self.state})"
+
+    def close_line(self) -> str:
+        if self.stack:
+            return f"state.update(zip({self.keys}, {self.stack}.split_state({self.state})))"
+        return f"state[{_key(self.bl, self.members[0])}] = {self.state}"

@@ -1,9 +1,10 @@
 """The runtime that compiled models import (``nldsl.runtime``).
 
 Generated code uses only these names: memory levels (`MemoryLevel`, `MemoryConfig`, `Rule`,
-`standard_objective`), layers (`ShortConv`, `CausalAttention`, `RMSNorm`, `LayerNorm`, `CmsMLP`,
-`CmsChain`, `BoundedGate`, `L2Norm`, `l2norm`) and the segment helpers of self-modifying groups
-(`segments`, `position_of`).
+`standard_objective`, and `MemoryStack`, which runs sibling levels of one configuration and one set of
+inputs as one), layers (`ShortConv`, `CausalAttention`, `RMSNorm`, `LayerNorm`, `CmsMLP`, `CmsChain`,
+`BoundedGate`, `L2Norm`, `l2norm`) and the segment helpers of self-modifying groups (`segments`,
+`position_of`).
 """
 
 from .layers import BoundedGate, CausalAttention, CmsChain, CmsMLP, Embedding, KVCache, L2Norm, LayerNorm, RMSNorm, ShortConv
@@ -11,6 +12,7 @@ from .layers import activation, l2norm
 from .layers import window_positions
 from .memory import MemoryConfig, MemoryState, Rule, standard_objective
 from .memory_level import BACKENDS, MemoryLevel, position_of, segments
+from .memory_stack import MemoryStack
 
 
 def set_backend(model, backend: str):
@@ -27,6 +29,6 @@ def set_backend(model, backend: str):
 
 __all__ = [
     "BACKENDS", "BoundedGate", "CausalAttention", "CmsChain", "CmsMLP", "Embedding", "KVCache", "L2Norm", "LayerNorm", "MemoryConfig", "MemoryLevel",
-    "MemoryState", "RMSNorm", "Rule", "ShortConv", "activation", "l2norm", "position_of", "segments",
+    "MemoryStack", "MemoryState", "RMSNorm", "Rule", "ShortConv", "activation", "l2norm", "position_of", "segments",
     "set_backend", "standard_objective", "window_positions",
 ]

@@ -69,16 +69,24 @@ class MemoryLevel(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Gate],
                 state: Optional[MemoryState] = None) -> tuple[Tensor, MemoryState]:
         """q, k: (B, T, heads·dk); v: (B, T, heads·dv) (heads·dk for a self target); gates (B, T, heads) or numbers."""
-        cfg = self.cfg
-        qh, kh = self._split(q, cfg.dk), self._split(k, cfg.dk)
-        vh = self._split(v, cfg.dk if cfg.self_target else cfg.dv)
-        if self.backend == "triton":
-            from .triton import run_memory as run
-            y, new_state = run(self, qh, kh, vh, self._gates(gates, kh), self.params0(), state)
-        else:
-            run = reference if self.backend == "reference" else chunked
-            y, new_state = run(cfg, self.objective, qh, kh, vh, self._gates(gates, kh), self.params0(), state)
+        qh, kh, vh = self.split_inputs(q, k, v)
+        y, new_state = self.run(qh, kh, vh, self._gates(gates, kh), self.params0(), state)
         return self._merge(y), new_state
+
+    def split_inputs(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v split into heads: (B, heads, T, d)."""
+        cfg = self.cfg
+        return self._split(q, cfg.dk), self._split(k, cfg.dk), self._split(v, cfg.dk if cfg.self_target else cfg.dv)
+
+    def run(self, qh: Tensor, kh: Tensor, vh: Tensor, gates: Mapping[str, Tensor], params0: dict,
+            state: Optional[MemoryState]) -> tuple[Tensor, MemoryState]:
+        """This level's backend on inputs split into heads (any number of heads: a MemoryStack runs the
+        heads of several levels at once)."""
+        if self.backend == "triton":
+            from .triton import run_memory
+            return run_memory(self, qh, kh, vh, gates, params0, state)
+        run = reference if self.backend == "reference" else chunked
+        return run(self.cfg, self.objective, qh, kh, vh, gates, params0, state)
 
     def read_anchor(self, q: Tensor, state: Optional[MemoryState]) -> Tensor:
         """M_{θ_{c(t)}}(q) for tokens of the current chunk: what a `read at anchor` returns."""

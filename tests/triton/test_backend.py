@@ -127,3 +127,32 @@ def test_a_custom_objective_runs_on_its_packages_kernels(tmp_path):
         warnings.simplefilter("error", TritonFallbackWarning)
         run = model_run(model)
     compare_model_runs(model_run(set_backend(model, "chunked")), run, same_parameters=False)
+
+
+def test_a_memory_stack_runs_its_first_members_kernels_for_every_members_heads():
+    """HOPE's four generator memories run as one stack: one launch of the generated kernels with the heads of
+    all four, equal to the four levels run on the chunked path."""
+    from nldsl.runtime import MemoryStack
+
+    cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=8, residual=True, rules=(Rule("dgd"),), chunk=4, read="anchor",
+                       self_target=True)
+    levels = [level(cfg, name=f"blk.stack{i}") for i in range(3)]
+    for i, lv in enumerate(levels):
+        with torch.no_grad():
+            for p in lv.parameters():
+                p.add_(0.1 * i)
+    q, k, v, gates = inputs(cfg, device=next(levels[0].parameters()).device)
+    gates = {n: gates[n] for n in ("lr", "retain")}
+    found, _ = kernels_for(cfg, levels[0].objective, "blk.stack0")
+    before = found.launches["fwd"]
+    stack = MemoryStack(*levels)
+    set_backend(torch.nn.ModuleList(levels), "triton")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TritonFallbackWarning)
+        outputs, state = stack(q, k, v, gates)
+    assert found.launches["fwd"] == before + 1
+    set_backend(torch.nn.ModuleList(levels), "chunked")
+    for lv, y, s in zip(levels, outputs, stack.split_state(state)):
+        y0, s0 = lv(q, k, v, gates)
+        assert ratio(y0, y) <= OUTPUT_RATIO
+        assert ratio(s0.params["W1"], s.params["W1"]) <= OUTPUT_RATIO

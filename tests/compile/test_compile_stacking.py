@@ -1,0 +1,132 @@
+"""Sibling memories of a self-modifying group that compute alike run as one `rt.MemoryStack`.
+
+Which members stack is decided by the code generator (codegen/stacking.py); what a stack computes is
+checked against the same model with every stack replaced by its members run one by one: the logits,
+the carried states and every gradient, in float64, across a carried-in state.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nldsl.runtime as rt
+from compile_testkit import ROOT, assert_close, assert_states_close, build, compile_ok, in_root, probe, tokens, write_spec
+
+
+class _States(list):
+    """The members' states of a one-by-one stack, with the position `rt.position_of` asks for."""
+
+    @property
+    def position(self) -> int:
+        return next((s.position for s in self if s is not None), 0)
+
+
+class OneByOne:
+    """MemoryStack's interface, running each member on its own: what a stack must equal."""
+
+    def __init__(self, *levels):
+        self.levels = levels
+
+    def stack_state(self, states, like):
+        return None if all(s is None for s in states) else _States(states)
+
+    def split_state(self, state):
+        return tuple(state) if state is not None else (None,) * len(self.levels)
+
+    def _each(self, state):
+        return state if state is not None else [None] * len(self.levels)
+
+    def read_anchor(self, q, state):
+        return tuple(lv.read_anchor(q, s) for lv, s in zip(self.levels, self._each(state)))
+
+    def read_current(self, q, state):
+        return tuple(lv.read_current(q, s) for lv, s in zip(self.levels, self._each(state)))
+
+    def __call__(self, q, k, v, gates, state=None):
+        outs, states = zip(*(lv(q, k, v, gates, s) for lv, s in zip(self.levels, self._each(state))))
+        return outs, _States(states)
+
+
+GROUP = """
+nl 1
+model sibs {{
+  vocab = 32
+  dim = 16
+  heads = 2
+  head_dim = 8
+  context = 64
+
+  level pretrain : outer {{
+    clock every 1 step
+    objective next_token
+    update adamw(lr = 1e-3)
+  }}
+
+  memory gen : mlp(depth = 2, hidden = head_dim, act = silu, residual = true) per head {{
+    chunk 4
+    key k
+    value self(v)
+    lr eta
+    retain alpha
+    objective l2
+    update dgd
+    read at anchor
+    init by pretrain
+  }}
+
+  block sm(x) {{
+    memory mem_k, mem_v, mem_a : gen
+{extra}
+    k     = l2norm(mem_k(x))
+    v     = l2norm(mem_v(x))
+    eta   = 0.25 * sigmoid(linear(x, heads))
+    alpha = 0.5 + 0.5 * sigmoid(linear(mem_a(x), heads))
+    return x + k + v
+  }}
+
+  network = embed(vocab, dim) -> residual(sm) -> rmsnorm -> lm_head(tied = true)
+}}
+"""
+
+
+def test_hope_runs_its_four_generators_as_one_stack():
+    with in_root():
+        model_py = compile_ok(ROOT / "examples" / "hope.nl")["model.py"]
+    assert model_py.count("rt.MemoryStack(") == 1
+    assert "rt.MemoryStack(self.mem_k, self.mem_v, self.mem_eta, self.mem_alpha)" in model_py
+    assert "self.mem(q=q" in model_py   # M_memory has its own chunk: not stacked
+
+
+def test_members_with_other_inputs_or_settings_stay_apart(tmp_path):
+    same = compile_ok(write_spec(tmp_path, GROUP.format(extra=""), "same.nl"))["model.py"]
+    assert "rt.MemoryStack(self.mem_k, self.mem_v, self.mem_a)" in same
+    chunk = GROUP.format(extra="    memory mem_a : gen {\n      chunk 8\n    }").replace(
+        "memory mem_k, mem_v, mem_a : gen", "memory mem_k, mem_v : gen")
+    apart = compile_ok(write_spec(tmp_path, chunk, "chunk.nl"))["model.py"]
+    assert "rt.MemoryStack(self.mem_k, self.mem_v)" in apart
+    assert "self.mem_a.read_anchor(" in apart
+
+
+@pytest.mark.parametrize("spec", ["examples/hope.nl", "group"])
+def test_a_stack_computes_what_its_members_compute_one_by_one(spec, tmp_path, monkeypatch):
+    path = ROOT / spec if spec != "group" else write_spec(tmp_path, GROUP.format(extra=""), "group.nl")
+    with in_root():
+        model = build(path, tmp_path / "pkg")
+    prefix, continuation = tokens(model, 2, 11, 1), tokens(model, 2, 10, 2)
+
+    def run():
+        logits_p, state_p = model(prefix)
+        logits_c, state_c = model(continuation, state_p)
+        loss = probe(logits_p, None, 3) + probe(logits_c, state_c, 4)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return logits_c, state_c, torch.autograd.grad(loss, params, allow_unused=True)
+
+    stacked = run()
+    monkeypatch.setattr(rt, "MemoryStack", OneByOne)
+    alone = run()
+    assert_close(alone[0], stacked[0], "logits")
+    assert_states_close(alone[1], stacked[1], "carried state")
+    for i, (g_alone, g_stacked) in enumerate(zip(alone[2], stacked[2])):
+        assert (g_alone is None) == (g_stacked is None)
+        if g_alone is not None:
+            assert_close(g_alone, g_stacked, f"gradient of parameter {i}")
