@@ -156,3 +156,38 @@ def test_a_memory_stack_runs_its_first_members_kernels_for_every_members_heads()
         y0, s0 = lv(q, k, v, gates)
         assert ratio(y0, y) <= OUTPUT_RATIO
         assert ratio(s0.params["W1"], s.params["W1"]) <= OUTPUT_RATIO
+
+
+POISONED = {
+    "titans linear (dual form)": CFG,
+    "gated deltanet (wy form)": MemoryConfig("linear", 8, 8, rules=(Rule("retain"), Rule("gd", at="current"))),
+    "titans mlp": MemoryConfig("mlp", 8, 8, depth=2, hidden=8, residual=True, rules=(Rule("retain"), Rule("momentum")),
+                               chunk=4),
+    "hope mlp": MemoryConfig("mlp", 8, 8, depth=2, hidden=8, residual=True, rules=(Rule("dgd"),), chunk=4,
+                             read="anchor", self_target=True),
+}
+
+
+@pytest.mark.parametrize("name", list(POISONED))
+def test_the_kernels_write_every_element_of_the_buffers_they_are_given_uninitialised(name, monkeypatch):
+    """The launchers allocate outputs and gradients with torch.empty where a kernel writes them in full (no
+    zero fill: one launch less each on a GPU). With every such buffer filled with NaN first, forward and
+    backward still equal the chunked path's."""
+    cfg = POISONED[name]
+    lv = level(cfg, name=f"blk.poison_{len(name)}")
+    y0, state0, grads0 = run_level(lv, cfg, "chunked")
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: real_empty_like(*a, **kw).fill_(float("nan")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TritonFallbackWarning)
+        y, state, grads = run_level(lv, cfg, "triton")
+    assert ratio(y0, y) <= OUTPUT_RATIO
+    for key in state0.params:
+        assert ratio(state0.params[key], state.params[key]) <= OUTPUT_RATIO, key
+    for key in grads0:
+        if grads0[key] is None:   # a gate the rules do not read: no gradient, or zeros
+            assert grads[key] is None or not grads[key].any(), key
+            continue
+        assert torch.isfinite(grads[key]).all(), key
+        assert ratio(grads0[key], grads[key]) <= (GATE_RATIO if key in ("lr", "retain", "momentum") else ANCHOR_RATIO), key
