@@ -319,7 +319,7 @@ class _Unit:
 
     def update_line(self) -> str:
         target = self.stack or self._target(self.members[0])
-        return f"_, {self.state} = {target}({_call_args(self.bl, self.members[0])}, state={self.state})"
+        return f"{self.state} = {target}.write({_call_args(self.bl, self.members[0])}, state={self.state})"
 
     def close_line(self) -> str:
         if self.stack:

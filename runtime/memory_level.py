@@ -73,6 +73,13 @@ class MemoryLevel(nn.Module):
         y, new_state = self.run(qh, kh, vh, self._gates(gates, kh), self.params0(), state)
         return self._merge(y), new_state
 
+    def write(self, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Gate],
+              state: Optional[MemoryState] = None) -> MemoryState:
+        """`forward` for a caller that keeps only the state (a self-modifying group writes what it read
+        before): the output is not merged back from the heads."""
+        qh, kh, vh = self.split_inputs(q, k, v)
+        return self.run(qh, kh, vh, self._gates(gates, kh), self.params0(), state)[1]
+
     def split_inputs(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v split into heads: (B, heads, T, d)."""
         cfg = self.cfg

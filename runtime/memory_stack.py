@@ -112,12 +112,21 @@ class MemoryStack:
         if len({level.backend for level in self.levels}) > 1:   # set apart by hand: each on its own backend
             outs, states = zip(*(level(q, k, v, gates, s) for level, s in zip(self.levels, self.split_state(state))))
             return outs, self.stack_state(states, q)
+        y, new_state = self._run(q, k, v, gates, state)
+        return self._outputs(y), new_state
+
+    def write(self, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Gate],
+              state: Optional[MemoryState] = None) -> MemoryState:
+        """Every member's `write`: the stacked state after the call, no outputs."""
+        if len({level.backend for level in self.levels}) > 1:
+            return self(q, k, v, gates, state)[1]
+        return self._run(q, k, v, gates, state)[1]
+
+    def _run(self, q, k, v, gates, state) -> tuple[Tensor, MemoryState]:
         lead = self.lead
         qh, kh, vh = lead.split_inputs(q, k, v)
         heads_gates = {name: self._repeat(g) for name, g in lead._gates(gates, kh).items()}
-        y, new_state = lead.run(self._repeat(qh), self._repeat(kh), self._repeat(vh), heads_gates, self.params0(),
-                                state)
-        return self._outputs(y), new_state
+        return lead.run(self._repeat(qh), self._repeat(kh), self._repeat(vh), heads_gates, self.params0(), state)
 
     def read_anchor(self, q: Tensor, state: Optional[MemoryState]) -> tuple[Tensor, ...]:
         """Every member's `read_anchor` of the same q."""

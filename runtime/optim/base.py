@@ -32,7 +32,9 @@ class UpdateNormMixin:
         squares = getattr(self, '_update_squares', None)
         if not squares:
             return 0.0
-        device = squares[0].device
+        device, dtype = squares[0].device, squares[0].dtype
+        if all(s.device == device and s.dtype == dtype for s in squares):   # one stack, one conversion
+            return float(torch.stack(squares).to(torch.float64).sum().sqrt())
         return float(torch.stack([s.to(device=device, dtype=torch.float64) for s in squares]).sum().sqrt())
 
     def _record_update(self, delta: Tensor) -> None:

@@ -26,6 +26,12 @@ WEIGHTS = ("W1", "W2")
 ON_CHIP_FLOATS = 32768
 
 
+def _unused(like: Tensor) -> Tensor:
+    """A stand-in for a tensor a kernel is passed but never touches (the momenta of a level without
+    momentum): one float32 value, allocated but not filled, so no kernel runs for it."""
+    return torch.empty(1, dtype=torch.float32, device=like.device)
+
+
 def _block(n: int) -> int:
     return max(16, 1 << max(0, (n - 1).bit_length()))
 
@@ -106,7 +112,7 @@ class MlpLevelKernels:
         if cfg.has_momentum:
             state += [as_f32(start.momentum[w]) for w in WEIGHTS]
         else:
-            state += [torch.zeros_like(s) for s in state[:2]]
+            state += [_unused(k), _unused(k)]   # no momentum: the kernels neither read nor write it
         outs = MlpChunkFunction.apply(self, cfg, objective, start.position, self.precision(dtype),
                                       kernel_input(q), kernel_input(k), kernel_input(v), *gate_args,
                                       *state)
@@ -123,7 +129,7 @@ class MlpLevelKernels:
         dev = k.device
         y = torch.empty(batch, heads, tokens, self.dv, dtype=torch.float32, device=dev)
         ends = [torch.empty_like(t) for t in (w1, w2, a1, a2)]
-        moms = [torch.empty_like(s1), torch.empty_like(s2)] if self.momentum else [s1.clone(), s2.clone()]
+        moms = [torch.empty_like(s1), torch.empty_like(s2)] if self.momentum else [_unused(k), _unused(k)]
         if store:
             starts = [torch.empty(batch, heads, n_tiles, *w.shape[2:], dtype=torch.float32, device=dev)
                       for w in (w1, w2)]

@@ -46,6 +46,9 @@ class OneByOne:
         outs, states = zip(*(lv(q, k, v, gates, s) for lv, s in zip(self.levels, self._each(state))))
         return outs, _States(states)
 
+    def write(self, q, k, v, gates, state=None):
+        return self(q, k, v, gates, state)[1]
+
 
 GROUP = """
 nl 1

@@ -78,7 +78,10 @@ def test_stack_equals_its_members_one_by_one(name, carried, backend):
     stack = MemoryStack(*levels)
     outputs, stacked = stack(q, k, v, gates, stack.stack_state(states, q))
     mine = stack.split_state(stacked)
-    for i, ((y, s), y_stack, s_stack) in enumerate(zip(expected, outputs, mine)):
+    written = stack.split_state(stack.write(q, k, v, gates, stack.stack_state(states, q)))
+    for i, ((y, s), y_stack, s_stack, s_written) in enumerate(zip(expected, outputs, mine, written)):
+        assert_states_close(s, s_written, f'member {i} state, written')
+        assert_states_close(s, levels[i].write(q, k, v, gates, states[i]), f'member {i} state, written alone')
         assert_close(y, y_stack, f'member {i} output', rtol=1e-12)
         assert_states_close(s, s_stack, f'member {i} state')
 
