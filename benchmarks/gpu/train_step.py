@@ -12,8 +12,9 @@ initial weights (one seed) and the same batch; they are warmed up, then timed ro
 of each per round, the device synchronised around each step); tokens/s is B·T over the median step
 time. The script prints the card, both rates and their ratio, the first step's loss on each backend
 (they start from the same weights, so they agree to float32 rounding), which memory levels run
-generated kernels and which fall back to the chunked path (and why), and how many fused prologue
-kernels (convolution, gates, norms) one step launches.
+generated kernels and which fall back to the chunked path (and why), how many fused prologue kernels
+(convolution, gates, norms) one step launches, and how many aten operators that run a kernel one step
+issues on each backend (one more step, counted: a small model's GPU step is bound by issuing them).
 
 Without a GPU the script runs on the CPU under the Triton interpreter (TRITON_INTERPRET=1) at tiny
 shapes, to show that the harness works end to end; interpreter times are not speed figures, and the
@@ -76,6 +77,40 @@ def level_report(model, device: torch.device, dtype: torch.dtype) -> list[tuple[
             reason = reason if kernels is None else ""
         rows.append((module.level_name, "generated kernels" if not reason else f"falls back: {reason}"))
     return rows
+
+
+# aten operators that run no kernel: views and allocations
+_NO_KERNEL = {"view", "_unsafe_view", "reshape", "expand", "as_strided", "transpose", "t", "permute", "select",
+              "slice", "unsqueeze", "squeeze", "detach", "alias", "split", "split_with_sizes", "unbind", "narrow",
+              "diagonal", "unflatten", "view_as", "empty", "empty_like", "empty_strided", "new_empty",
+              "new_empty_strided", "lift_fresh", "_local_scalar_dense"}
+
+
+def operators_per_step(loop, batch) -> int:
+    """aten operators of one step that run a kernel (no views, no allocations, not counting the generated
+    kernels themselves). On a GPU each is a launch from Python, and the step of a model this small is
+    bound by issuing them, not by the arithmetic. Under the interpreter the tensors it copies in and out
+    of a kernel are not counted."""
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from nldsl.runtime.triton import backend as triton_backend
+
+    interpreting = triton_backend.interpreting()
+    count = 0
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal count
+            if func.__name__.split(".")[0] not in _NO_KERNEL and not (
+                    interpreting and any("interpreter" in f.filename for f in traceback.extract_stack())):
+                count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        loop.step(batch)
+    return count
 
 
 def timed(loop, batch, device) -> tuple[float, float]:
@@ -163,6 +198,7 @@ def main(argv=None) -> int:
                     first_loss.setdefault(backend, loss)
                     times[backend].append(t)
                     print(f"  round {r + 1} {backend:8s}: {t:8.3f} s  loss {loss:.4f}")
+            operators = {backend: operators_per_step(loop, batch) for backend, (_, loop) in loops.items()}
         fell_back = sorted({str(w.message) for w in caught if issubclass(w.category, TritonFallbackWarning)})
 
     rate = {b: batch_size * seq / statistics.median(ts) for b, ts in times.items()}
@@ -179,6 +215,8 @@ def main(argv=None) -> int:
     fused = {k: v for k, v in prologue_per_step.items() if v} if warmup else {}
     print("fused prologue kernels per step: " + (", ".join(f"{k} {v}" for k, v in fused.items()) or "none"))
     print(f"first-step loss: chunked {first_loss['chunked']:.6f}, triton {first_loss['triton']:.6f}")
+    print("aten operators that run a kernel, per step (besides the generated kernels): "
+          + ", ".join(f"{b} {n:,d}" for b, n in operators.items()))
     print()
     print(f"| backend | tokens/s | median step (s) |   ({card})")
     print("|---|---|---|")
@@ -194,7 +232,8 @@ def main(argv=None) -> int:
                        "seq": seq, "dtype": args.dtype, "tokens_per_s": rate, "ratio": ratio,
                        "step_s": times, "first_loss": first_loss,
                        "levels": [{"level": n, "status": s} for n, s in levels],
-                       "fallback_warnings": fell_back, "prologue_launches_per_step": fused}, f, indent=2)
+                       "fallback_warnings": fell_back, "prologue_launches_per_step": fused,
+                       "aten_kernel_operators_per_step": operators}, f, indent=2)
     return 0
 
 

@@ -48,6 +48,10 @@ def test_the_training_step_benchmark_runs_under_the_interpreter(tmp_path):
     launches = row["prologue_launches_per_step"]
     assert launches["conv_fwd"] == launches["conv_bwd"] == 2 and launches["rms_fwd"] == launches["rms_bwd"] == 5
     assert launches["gate_fwd"] > 0
+    # the kernels replace the memory levels' operators: fewer aten kernels per step on the triton backend
+    operators = row["aten_kernel_operators_per_step"]
+    assert 0 < operators["triton"] < operators["chunked"]
+    assert f"chunked {operators['chunked']:,d}, triton {operators['triton']:,d}" in result.stdout
     # same weights, same batch: the first steps agree
     loss = row["first_loss"]
     assert abs(loss["chunked"] - loss["triton"]) <= 1e-4 * abs(loss["chunked"])
