@@ -21,7 +21,7 @@ from torch import Tensor
 class UpdateNormMixin:
     """`last_update_norm` and copy-on-load for torch.optim.Optimizer subclasses."""
 
-    _update_squares: list
+    _update_norms: list
 
     @property
     def last_update_norm(self) -> float:
@@ -29,16 +29,19 @@ class UpdateNormMixin:
 
         0.0 before the first step. Reading it synchronises with the device; stepping does not.
         """
-        squares = getattr(self, '_update_squares', None)
-        if not squares:
+        norms = getattr(self, '_update_norms', None)
+        if not norms:
             return 0.0
-        device, dtype = squares[0].device, squares[0].dtype
-        if all(s.device == device and s.dtype == dtype for s in squares):   # one stack, one conversion
-            return float(torch.stack(squares).to(torch.float64).sum().sqrt())
-        return float(torch.stack([s.to(device=device, dtype=torch.float64) for s in squares]).sum().sqrt())
+        device, dtype = norms[0].device, norms[0].dtype
+        if all(n.device == device and n.dtype == dtype for n in norms):   # one stack, one conversion
+            stacked = torch.stack(norms).to(torch.float64)
+        else:
+            stacked = torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
+        return float(stacked.square().sum().sqrt())
 
-    def _record_update(self, delta: Tensor) -> None:
-        self._update_squares.append(torch.linalg.vector_norm(delta.detach()).square())
+    def _record_updates(self, deltas: list[Tensor]) -> None:
+        """Keep ‖Δθ‖ of every parameter: one multi-tensor kernel on a GPU, no synchronisation."""
+        self._update_norms = list(torch._foreach_norm([d.detach() for d in deltas])) if deltas else []
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
@@ -58,7 +61,7 @@ class LevelOptimizer(UpdateNormMixin, torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict):
         super().__init__(params, defaults)
-        self._update_squares = []
+        self._update_norms = []
 
     def _delta(self, p: Tensor, grad: Tensor, state: dict, group: dict) -> Tensor:
         raise NotImplementedError
@@ -70,8 +73,7 @@ class LevelOptimizer(UpdateNormMixin, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        squares = []
-        self._update_squares = squares
+        params, deltas = [], []
         for group in self.param_groups:
             for p in group['params']:
                 if p.grad is None:
@@ -80,9 +82,12 @@ class LevelOptimizer(UpdateNormMixin, torch.optim.Optimizer):
                     raise RuntimeError(f'{type(self).__name__} does not support sparse gradients')
                 if p.is_complex():
                     raise RuntimeError(f'{type(self).__name__} does not support complex parameters')
-                delta = self._delta(p, p.grad, self.state[p], group)
-                p.add_(delta)
-                self._record_update(delta)
+                params.append(p)
+                deltas.append(self._delta(p, p.grad, self.state[p], group))
+        # every Δθ depends on its own parameter only, so they are applied together (one multi-tensor kernel)
+        if params:
+            torch._foreach_add_(params, deltas)
+        self._record_updates(deltas)
         return loss
 
 

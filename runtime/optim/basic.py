@@ -71,7 +71,7 @@ class AdamW(UpdateNormMixin, torch.optim.AdamW):
         check_rate('eps', eps)
         check_rate('weight_decay', weight_decay)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        self._update_squares = []
+        self._update_norms = []
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -79,10 +79,8 @@ class AdamW(UpdateNormMixin, torch.optim.AdamW):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        before = [(p, p.detach().clone()) for group in self.param_groups for p in group['params']
-                  if p.grad is not None]
+        params = [p.detach() for group in self.param_groups for p in group['params'] if p.grad is not None]
+        before = [p.clone() for p in params]
         super().step()
-        self._update_squares = []
-        for p, old in before:
-            self._record_update(p.detach() - old)
+        self._record_updates(torch._foreach_sub(params, before) if params else [])
         return loss

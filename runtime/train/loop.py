@@ -49,9 +49,16 @@ def _detach(state):
 
 
 def _finite(tensors) -> bool:
-    """Every element of every tensor is finite (one device synchronisation, not one per tensor)."""
-    flags = [torch.isfinite(t).all() for t in tensors]
-    return bool(torch.stack(flags).all()) if flags else True
+    """Every element of every tensor is finite: one device synchronisation, and the largest magnitude of
+    every tensor at once (a multi-tensor kernel on a GPU; NaN and inf carry through a maximum, and a
+    maximum cannot overflow as a sum of squares can)."""
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors:
+        return True
+    peaks = torch._foreach_norm(tensors, float("inf"))
+    if len({p.dtype for p in peaks}) > 1:
+        peaks = [p.double() for p in peaks]
+    return bool(torch.isfinite(torch.stack(peaks)).all())
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
