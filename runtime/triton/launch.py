@@ -31,6 +31,11 @@ def as_f32(t: Tensor) -> Tensor:
     return t.to(torch.float32).contiguous()
 
 
+def _out_dtype(v: Tensor) -> torch.dtype:
+    """The dtype a kernel stores y in: the caller's half precision, else float32."""
+    return v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
 def kernel_input(t: Tensor) -> Tensor:
     """q, k or v as the kernels read them: contiguous, in its own dtype when that is float32, bf16 or
     fp16 (every kernel converts to float32 as it loads, so no float32 copy is made), else float32."""
@@ -226,7 +231,8 @@ class LevelKernels:
                    prec: str = "ieee"):
         batch, heads, tokens, _ = k.shape
         offset, sub0, n_tiles, extra = self.tiles(position, tokens)
-        y = torch.empty(batch, heads, tokens, self.dv, dtype=torch.float32, device=k.device)
+        # y in the dtype the caller gets it in (the kernels accumulate in float32 and round once, on the store)
+        y = torch.empty(batch, heads, tokens, self.dv, dtype=_out_dtype(v), device=k.device)
         theta1, anchor1 = torch.empty_like(theta0), torch.empty_like(theta0)
         mom1 = torch.empty_like(theta0) if self.momentum else mom0.clone()
         shape = (batch, heads, n_tiles, self.dv, self.dk) if store else (1,)
@@ -254,9 +260,13 @@ class LevelKernels:
         batch, heads, tokens, _ = k.shape
         tile = extra["C"]
         padded = n_tiles * tile
-        empty = lambda *s: torch.empty(batch, heads, *s, dtype=torch.float32, device=k.device)  # noqa: E731
-        terms = (empty(padded, self.dv), empty(padded, self.dk), empty(padded, self.dk), empty(n_tiles, tile, tile),
-                 empty(padded), empty(n_tiles))
+        # w and kend, two of the three terms the walks stream, in the caller's half precision (as
+        # flash-linear-attention keeps its w); u, which enters y directly, and the gates' products stay
+        # float32 (u in bf16 took Gated DeltaNet's output past the 5e-3 of semantics §6)
+        half = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.float32
+        empty = lambda *s, dtype=torch.float32: torch.empty(batch, heads, *s, dtype=dtype, device=k.device)  # noqa: E731
+        terms = (empty(padded, self.dv), empty(padded, self.dk, dtype=half),
+                 empty(padded, self.dk, dtype=half), empty(n_tiles, tile, tile), empty(padded), empty(n_tiles))
         per_program = self.tiles_per_program(n_tiles)
         grid = (-(-n_tiles // per_program), batch * heads)
         self.prep[grid](q, k, v, eta, alpha, beta, *terms, tokens, n_tiles, TILES=per_program, PREC=prec, **extra,

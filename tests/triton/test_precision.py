@@ -86,6 +86,15 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
         assert [c["PREC"] for c in prep_bwd.calls] == [launch.BACKWARD_PRECISION]
         # the start states kept for the backward, and their gradients, in the caller's precision
         assert fwd.args[0][11].dtype == bwd.args[0][8].dtype == dtype
+        # the terms the walks stream: u (it enters y) and the gates' products in float32, w and kend in the
+        # caller's precision
+        u, w, kend, aq, gq, gend = prep.args[0][6:12]
+        assert [t.dtype for t in (w, kend)] == [dtype] * 2
+        assert [t.dtype for t in (u, aq, gq, gend)] == [torch.float32] * 4
+    # y in the caller's dtype, as the kernels store it
+    y_index = 8 if prep is not None else (9 if cfg.family == "linear" else 12)
+    assert fwd.args[0][y_index].shape == (batch, heads, tokens, 16)
+    assert fwd.args[0][y_index].dtype == (dtype if cfg.family == "linear" else torch.float32)
 
 
 @pytest.mark.parametrize("dtype,rows,warps", [(torch.bfloat16, launch.WALK_ROWS, launch.WALK_WARPS),
