@@ -107,6 +107,7 @@ class BlockLowering:
         self.rename: dict[str, str] = {}       # spec name -> local (the slices of a lockstep group)
         self.read_rename: dict[str, str] = {}  # level name -> local holding its read
         self.tmp = 0
+        self.stacks: list[list[str]] = []      # memories run as one rt.MemoryStack (codegen/stacking.py)
         self.reads = self._read_sites()
         self.attrs = self._attributes()
         # locals of forward(): the spec's names first (py is one-to-one), then the generator's own

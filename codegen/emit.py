@@ -43,7 +43,7 @@ def spec_hash(sources: dict) -> str:
     return h.hexdigest()
 
 
-def _classes(model: ir.ModelIR, spec_file: str) -> tuple[list, list]:
+def _classes(model: ir.ModelIR, spec_file: str) -> tuple[list, list, list]:
     objectives = []
     for m in model.memories:
         if m.objective.name == "custom":
@@ -55,6 +55,7 @@ def _classes(model: ir.ModelIR, spec_file: str) -> tuple[list, list]:
                                           _doc(f"d loss / d y of the custom objective of {m.name} ({spec_file}:{m.objective.span.line})"),
                                           code))
     classes = [cms_class(c, _doc(spec_file)) for c in model.cms]
+    stacks = []
     for b in model.blocks:
         bl = BlockLowering(model, b, _doc(spec_file))
         cls = ClassCode(camel(b.name, "Block"), _doc(f"block {b.name} ({spec_file}:{b.span.line})"))
@@ -62,15 +63,16 @@ def _classes(model: ir.ModelIR, spec_file: str) -> tuple[list, list]:
         cls.forward_args = f"{bl.expr(ir.Input(b.params[0], b.span))}, state"
         cls.forward = forward_lines(bl)
         classes.append(cls)
+        stacks += bl.stacks
     net = NetLowering(model, _doc(spec_file))
     model_cls = net.model_class()
-    return objectives, classes + net.classes + [model_cls]
+    return objectives, classes + net.classes + [model_cls], stacks
 
 
 def generate(model: ir.ModelIR, graph, sources: dict, spec_file: str) -> dict[str, str]:
     """filename → content of the compiled package (raises LoweringError for constructs with no lowering)."""
     digest = spec_hash(sources)
-    objectives, classes = _classes(model, spec_file)
+    objectives, classes, stacks = _classes(model, spec_file)
     for cls in classes:
         cls.init_args = ", prefix" if any("prefix" in line for line in cls.init) else ""
     title = _doc(f"{model.name}: compiled from {spec_file}")
@@ -94,7 +96,7 @@ def generate(model: ir.ModelIR, graph, sources: dict, spec_file: str) -> dict[st
         "model.py": model_py,
         "kernels.py": model_kernels(model, spec_file),
         "levels.json": json.dumps(levels, indent=2) + "\n",
-        "plan.txt": plan_text(model),
+        "plan.txt": plan_text(model, stacks),
         "spec.nl": sources[spec_file] if spec_file in sources else "",
         "manifest.json": json.dumps(manifest, indent=2) + "\n",
     }

@@ -291,6 +291,8 @@ class _Unit:
         self.bl, self.members = bl, members
         first = py(bl.local(members[0].name))
         self.stack = bl.locals.fresh("stack_" + first) if len(members) > 1 else None
+        if self.stack:
+            bl.stacks.append([lv.name for lv in members])
         self.keys = bl.locals.fresh("keys_" + first) if self.stack else None
         self.state = bl.locals.fresh("s_" + first + ("_stack" if self.stack else ""))
 

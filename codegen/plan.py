@@ -27,8 +27,13 @@ def runtime_info(model: ir.ModelIR) -> dict:
     }
 
 
-def plan_text(model: ir.ModelIR) -> str:
+def plan_text(model: ir.ModelIR, stacks=()) -> str:
+    """The loop nest as text; `stacks`: groups of memory names the generated code runs as one call."""
     o = model.outer
+    stacked = {}
+    for names in stacks:
+        stacked[names[0]] = ", in one call with " + ", ".join(names[1:]) + " (their heads side by side)"
+        stacked.update({name: f", in {names[0]}'s call" for name in names[1:]})
     members = [m for c in model.cms for m in c.members if m.clock.unit == "tokens"]
     periods = sorted({m.clock.period for m in members})
     lines = [f"plan of model {model.name}: the nested loop the runtime executes", ""]
@@ -46,7 +51,7 @@ def plan_text(model: ir.ModelIR) -> str:
         form, reason = chunk_form(m)
         lines.append(f"{ind}  memory {m.name} ×{model.replica_count(m.name)}: chunk {m.chunk}, "
                      f"{', '.join(r.kind for r in m.rules)}, read {m.read}, {form} form"
-                     f" ({'reset per sequence' if m.lifetime == 'reset' else 'persists'})")
+                     f" ({'reset per sequence' if m.lifetime == 'reset' else 'persists'}){stacked.get(m.name, '')}")
     for a in model.attentions:
         lines.append(f"{ind}  attention {a.name}: KV cache grows every token" + (f", window {a.window}" if a.window else "")
                      + (f", within segments of {a.segment} tokens" if a.segment else "")

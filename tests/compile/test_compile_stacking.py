@@ -94,10 +94,16 @@ model sibs {{
 
 def test_hope_runs_its_four_generators_as_one_stack():
     with in_root():
-        model_py = compile_ok(ROOT / "examples" / "hope.nl")["model.py"]
+        files = compile_ok(ROOT / "examples" / "hope.nl")
+    model_py, plan = files["model.py"], files["plan.txt"]
     assert model_py.count("rt.MemoryStack(") == 1
     assert "rt.MemoryStack(self.mem_k, self.mem_v, self.mem_eta, self.mem_alpha)" in model_py
     assert "self.mem(q=q" in model_py   # M_memory has its own chunk: not stacked
+    # the loop plan says so
+    assert ("(reset per sequence), in one call with selfmod_titans.mem_v, selfmod_titans.mem_eta, "
+            "selfmod_titans.mem_alpha") in plan
+    assert plan.count("in selfmod_titans.mem_k's call") == 3
+    assert "memory selfmod_titans.mem ×2: chunk 16, dgd, read anchor, dual form (reset per sequence)\n" in plan
 
 
 def test_members_with_other_inputs_or_settings_stay_apart(tmp_path):
