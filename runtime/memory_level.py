@@ -86,12 +86,12 @@ class MemoryLevel(nn.Module):
         return self._split(q, cfg.dk), self._split(k, cfg.dk), self._split(v, cfg.dk if cfg.self_target else cfg.dv)
 
     def run(self, qh: Tensor, kh: Tensor, vh: Tensor, gates: Mapping[str, Tensor], params0: dict,
-            state: Optional[MemoryState]) -> tuple[Tensor, MemoryState]:
+            state: Optional[MemoryState], names: tuple = ()) -> tuple[Tensor, MemoryState]:
         """This level's backend on inputs split into heads (any number of heads: a MemoryStack runs the
-        heads of several levels at once)."""
+        heads of several levels at once, and `names` them all in a fallback warning)."""
         if self.backend == "triton":
             from .triton import run_memory
-            return run_memory(self, qh, kh, vh, gates, params0, state)
+            return run_memory(self, qh, kh, vh, gates, params0, state, names)
         run = reference if self.backend == "reference" else chunked
         return run(self.cfg, self.objective, qh, kh, vh, gates, params0, state)
 

@@ -126,7 +126,8 @@ class MemoryStack:
         lead = self.lead
         qh, kh, vh = lead.split_inputs(q, k, v)
         heads_gates = {name: self._repeat(g) for name, g in lead._gates(gates, kh).items()}
-        return lead.run(self._repeat(qh), self._repeat(kh), self._repeat(vh), heads_gates, self.params0(), state)
+        return lead.run(self._repeat(qh), self._repeat(kh), self._repeat(vh), heads_gates, self.params0(), state,
+                        tuple(level.level_name for level in self.levels))
 
     def read_anchor(self, q: Tensor, state: Optional[MemoryState]) -> tuple[Tensor, ...]:
         """Every member's `read_anchor` of the same q."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 from torch import Tensor
 
@@ -60,11 +60,13 @@ def without_backward_kernel(kernels, error: Exception) -> None:
 
 
 def run_memory(level, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tensor], params0,
-               state: Optional[MemoryState] = None) -> tuple[Tensor, MemoryState]:
-    """What `MemoryLevel.forward` runs for backend 'triton' (q, k, v split into heads)."""
+               state: Optional[MemoryState] = None, names: Sequence[str] = ()) -> tuple[Tensor, MemoryState]:
+    """What `MemoryLevel.forward` runs for backend 'triton' (q, k, v split into heads). `names`: the levels
+    a fallback warning names (default: this level; a MemoryStack names all its members)."""
     from .registry import kernels_for
 
     cfg, objective, name = level.cfg, level.objective, level.level_name
+    names = tuple(names) or (name,)
     reason = triton_unavailable(q)
     kernels = None
     if reason is None:
@@ -75,7 +77,8 @@ def run_memory(level, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tenso
     if kernels is not None and id(kernels) in _UNLAUNCHABLE:
         kernels, reason = None, _UNLAUNCHABLE[id(kernels)]
     if kernels is None:
-        fall_back(name, reason)
+        for each in names:
+            fall_back(each, reason)
         return chunked(cfg, objective, q, k, v, gates, params0, state)
     check_inputs(cfg, q, k, v, gates)
     if k.shape[2] == 0:
@@ -85,5 +88,6 @@ def run_memory(level, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tenso
         return kernels.run(cfg, objective, q, k, v, gates, start)
     except OutOfResources as error:
         _UNLAUNCHABLE[id(kernels)] = f"its forward kernel does not fit the device ({error})"
-        fall_back(name, _UNLAUNCHABLE[id(kernels)])
+        for each in names:
+            fall_back(each, _UNLAUNCHABLE[id(kernels)])
         return chunked(cfg, objective, q, k, v, gates, params0, state)

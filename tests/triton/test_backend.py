@@ -191,3 +191,16 @@ def test_the_kernels_write_every_element_of_the_buffers_they_are_given_uninitial
             continue
         assert torch.isfinite(grads[key]).all(), key
         assert ratio(grads0[key], grads[key]) <= (GATE_RATIO if key in ("lr", "retain", "momentum") else ANCHOR_RATIO), key
+
+
+def test_a_memory_stack_that_falls_back_names_every_member(monkeypatch):
+    from nldsl.runtime import MemoryStack
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    levels = [level(CFG, name=f"blk.cpu_stack{i}").cpu() for i in range(2)]
+    set_backend(torch.nn.ModuleList(levels), "triton")
+    q, k, v, gates = inputs(CFG, device=torch.device("cpu"))
+    with pytest.warns(TritonFallbackWarning) as got:
+        MemoryStack(*levels)(q, k, v, gates)
+    named = sorted(str(w.message).split(":")[0] for w in got if issubclass(w.category, TritonFallbackWarning))
+    assert named == ["memory level blk.cpu_stack0", "memory level blk.cpu_stack1"]
