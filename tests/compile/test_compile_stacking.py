@@ -92,6 +92,16 @@ model sibs {{
 """
 
 
+# a second kind of group: linear memories with momentum, reading the state before their write
+LINEAR_GROUP = GROUP.replace("mlp(depth = 2, hidden = head_dim, act = silu, residual = true)", "linear").replace(
+    "value self(v)", "value v").replace("update dgd", "momentum beta\n    update retain, momentum").replace(
+    "read at anchor", "read before write").replace("objective l2", "objective sq").replace(
+    "k     = l2norm(mem_k(x))", "k     = l2norm(linear(mem_k(x), dim))").replace(
+    "v     = l2norm(mem_v(x))", "v     = linear(mem_v(x), dim)").replace(
+    "    alpha = 0.5 + 0.5 * sigmoid(linear(mem_a(x), heads))",
+    "    alpha = 0.5 + 0.5 * sigmoid(linear(mem_a(x), heads))\n    beta  = 0.9 * sigmoid(linear(x, heads))")
+
+
 def test_hope_runs_its_four_generators_as_one_stack():
     with in_root():
         files = compile_ok(ROOT / "examples" / "hope.nl")
@@ -116,9 +126,13 @@ def test_members_with_other_inputs_or_settings_stay_apart(tmp_path):
     assert "self.mem_a.read_anchor(" in apart
 
 
-@pytest.mark.parametrize("spec", ["examples/hope.nl", "group"])
+@pytest.mark.parametrize("spec", ["examples/hope.nl", "group", "linear group"])
 def test_a_stack_computes_what_its_members_compute_one_by_one(spec, tmp_path, monkeypatch):
-    path = ROOT / spec if spec != "group" else write_spec(tmp_path, GROUP.format(extra=""), "group.nl")
+    texts = {"group": GROUP, "linear group": LINEAR_GROUP}
+    path = ROOT / spec if spec not in texts else write_spec(tmp_path, texts[spec].format(extra=""), "group.nl")
+    if spec == "linear group":
+        model_py = compile_ok(path)["model.py"]
+        assert "rt.MemoryStack(self.mem_k, self.mem_v, self.mem_a)" in model_py and ".read_current(" in model_py
     with in_root():
         model = build(path, tmp_path / "pkg")
     prefix, continuation = tokens(model, 2, 11, 1), tokens(model, 2, 10, 2)
