@@ -29,7 +29,8 @@ from .memory_level import Gate, MemoryLevel
 class MemoryStack:
     """Memory levels with equal configurations, objectives and head counts, run with their heads stacked
     (member 0's heads first) on the backend of the first (members set to different backends by hand run
-    one by one). Not a module: it holds no parameters of its own."""
+    one by one). Not a module: it holds no parameters of its own, and it keeps the members' initial states
+    side by side once made, so it lives for one forward call (generated code builds one per call)."""
 
     def __init__(self, *levels: MemoryLevel):
         if len(levels) < 2:
