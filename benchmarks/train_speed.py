@@ -3,7 +3,7 @@ PyTorch Transformer of the same width, depth, heads and vocabulary, in one proce
 
     python benchmarks/train_speed.py [--spec examples/hope.nl] [--batch 8] [--seq 256] [--steps 3]
                                      [--warmup 2] [--threads 2] [--data random|corpus] [--no-peer]
-                                     [--peer-mode fast_state|inplace] [--profile] [--quiet]
+                                     [--peer-mode fast_state|inplace] [--no-apart] [--profile] [--quiet]
 
 Contenders, each timed for a full training step (forward, loss, backward, optimizer step and every
 inner/online update the method makes):
@@ -18,7 +18,10 @@ inner/online update the method makes):
     then gradient clipping and AdamW over all parameters. `--peer-mode fast_state` (default) keeps the
     memories in per-sequence fast state whose initial values are meta-learned (the package's
     paper-faithful setting); `inplace` writes into the module parameters (its default pilot setting).
-(c) a plain pre-norm Transformer (causal SDPA, MLP x4, tied head, AdamW), defined below.
+(c) a plain pre-norm Transformer (causal SDPA, MLP x4, tied head, AdamW), defined below;
+(d) when the spec has sibling memories that run as one stack (hope.nl's four generator memories),
+    nlc again with each stack's members run one by one (`nldsl.runtime.memory_stack.one_by_one`), as
+    the generated code ran them before stacking: what stacking saves (`--no-apart` skips it).
 
 The three run round-robin after their warm-up steps, so a busy machine slows all of them alike; tokens/s
 is batch x seq over the median wall time of a step. Both configurations, both parameter counts and every
@@ -71,6 +74,7 @@ class Nlc:
         fe, files = compile_spec(spec)
         if files is None:
             raise SpecError(fe.diagnostics)
+        self.stacked = "rt.MemoryStack(" in files["model.py"]
         self._tmp = tempfile.TemporaryDirectory(prefix="nlc-train-speed-")
         package = write_package(files, self._tmp.name, "model", force=True)
         module = _import_package(package)
@@ -120,6 +124,19 @@ class Nlc:
             "outer optimizer": f'{opt["kind"]}(lr={opt["args"].get("lr")}, betas={tuple(opt["args"].get("betas", ()))},'
                                f' wd={opt["args"].get("weight_decay")}), clip {outer.get("clip")}',
         }
+
+
+class NlcApart(Nlc):
+    """nlc with every MemoryStack running its members one by one, as the generated code ran them before
+    stacking (the same results): what stacking saves, side by side."""
+
+    name = "nlc, one by one"
+
+    def step(self, batch: torch.Tensor) -> float:
+        from nldsl.runtime.memory_stack import one_by_one
+
+        with one_by_one():
+            return super().step(batch)
 
 
 # ------------------------------------------------------------------------------ (b) nested-learning
@@ -394,6 +411,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peer", action="store_true", help="skip nested-learning")
     ap.add_argument("--peer-mode", choices=["fast_state", "inplace"], default="fast_state")
+    ap.add_argument("--no-apart", action="store_true",
+                    help="skip nlc with its stacked memories run one by one (what stacking saves)")
     ap.add_argument("--profile", action="store_true", help="also profile one nlc training step")
     ap.add_argument("--quiet", action="store_true", help="do not print every step")
     args = ap.parse_args(argv)
@@ -417,6 +436,8 @@ def main(argv=None) -> int:
     outer = {"lr": o["optimizer"]["args"]["lr"], "betas": tuple(o["optimizer"]["args"].get("betas", (0.9, 0.999))),
              "weight_decay": o["optimizer"]["args"].get("weight_decay", 0.0), "clip": o.get("clip") or 1.0}
     contenders = [nlc]
+    if nlc.stacked and not args.no_apart:
+        contenders.append(NlcApart(spec, args.seed))
 
     peer, reason = None, None
     if args.no_peer:
@@ -482,6 +503,9 @@ def main(argv=None) -> int:
         speedup = rate["nlc"][0] / rate[peer.name][0]
         print(f"  nlc / nested-learning: {speedup:.2f}x tokens/s (goal >= {GOAL:g}x; by cpu time "
               f"{rate['nlc'][1] / rate[peer.name][1]:.2f}x)")
+    if NlcApart.name in rate:
+        print(f"  nlc / nlc one by one:  {rate['nlc'][0] / rate[NlcApart.name][0]:.2f}x tokens/s (sibling memories "
+              "run as one stack against one call each)")
     price = rate["nlc"][0] / rate["transformer"][0]
     print(f"  nlc / transformer:     {price:.2f}x tokens/s (the price of the memory: the Transformer is "
           f"{1 / price:.1f}x faster)")

@@ -26,11 +26,34 @@ from .memory import functional as F
 from .memory_level import Gate, MemoryLevel
 
 
+class one_by_one:
+    """Within this context every MemoryStack runs its members one after the other, each on its own state,
+    exactly as the generated code ran them before stacking (the same results): what
+    benchmarks/train_speed.py measures stacking against."""
+
+    active = False
+
+    def __enter__(self) -> None:
+        self.before, one_by_one.active = one_by_one.active, True
+
+    def __exit__(self, *exc) -> None:
+        one_by_one.active = self.before
+
+
+class _Apart(tuple):
+    """The members' own states, while a stack runs them one by one."""
+
+    @property
+    def position(self) -> int:
+        return next((s.position for s in self if s is not None), 0)
+
+
 class MemoryStack:
     """Memory levels with equal configurations, objectives and head counts, run with their heads stacked
     (member 0's heads first) on the backend of the first (members set to different backends by hand run
-    one by one). Not a module: it holds no parameters of its own, and it keeps the members' initial states
-    side by side once made, so it lives for one forward call (generated code builds one per call)."""
+    one by one, as do all members inside `one_by_one()`). Not a module: it holds no parameters of its own,
+    and it keeps the members' initial states side by side once made, so it lives for one forward call
+    (generated code builds one per call)."""
 
     def __init__(self, *levels: MemoryLevel):
         if len(levels) < 2:
@@ -64,6 +87,8 @@ class MemoryStack:
             raise ValueError(f"a stack of {len(self.levels)} levels needs as many states, got {len(states)}")
         if all(s is None for s in states):
             return None
+        if self._apart(None):
+            return _Apart(states)
         full = [s if s is not None else initial_state(lv.cfg, lv.params0(), like.shape[0])
                 for lv, s in zip(self.levels, states)]
         positions = {s.position for s in full}
@@ -84,6 +109,8 @@ class MemoryStack:
         """Each member's own part of a stacked state (views of it)."""
         if state is None:
             return (None,) * len(self.levels)
+        if isinstance(state, _Apart):
+            return tuple(state)
         heads = self.lead.heads
 
         def split(values: Optional[dict]) -> list:
@@ -110,18 +137,24 @@ class MemoryStack:
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Gate],
                  state: Optional[MemoryState] = None) -> tuple[tuple[Tensor, ...], MemoryState]:
         """Every member's `forward` on the same q, k, v and gates: (each member's output, the stacked state)."""
-        if len({level.backend for level in self.levels}) > 1:   # set apart by hand: each on its own backend
+        if self._apart(state):
             outs, states = zip(*(level(q, k, v, gates, s) for level, s in zip(self.levels, self.split_state(state))))
-            return outs, self.stack_state(states, q)
+            return outs, _Apart(states)
         y, new_state = self._run(q, k, v, gates, state)
         return self._outputs(y), new_state
 
     def write(self, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Gate],
               state: Optional[MemoryState] = None) -> MemoryState:
         """Every member's `write`: the stacked state after the call, no outputs."""
-        if len({level.backend for level in self.levels}) > 1:
-            return self(q, k, v, gates, state)[1]
+        if self._apart(state):
+            return _Apart(level.write(q, k, v, gates, s) for level, s in zip(self.levels, self.split_state(state)))
         return self._run(q, k, v, gates, state)[1]
+
+    def _apart(self, state) -> bool:
+        """Whether the members run one by one: inside `one_by_one()`, or set to different backends by hand."""
+        if isinstance(state, _Apart):
+            return True
+        return one_by_one.active or len({level.backend for level in self.levels}) > 1
 
     def _run(self, q, k, v, gates, state) -> tuple[Tensor, MemoryState]:
         lead = self.lead
@@ -132,10 +165,14 @@ class MemoryStack:
 
     def read_anchor(self, q: Tensor, state: Optional[MemoryState]) -> tuple[Tensor, ...]:
         """Every member's `read_anchor` of the same q."""
+        if self._apart(state):
+            return tuple(level.read_anchor(q, s) for level, s in zip(self.levels, self.split_state(state)))
         return self._outputs(F.apply(self.lead.cfg, self._state(state, q).anchor, self._query(q)))
 
     def read_current(self, q: Tensor, state: Optional[MemoryState]) -> tuple[Tensor, ...]:
         """Every member's `read_current` of the same q."""
+        if self._apart(state):
+            return tuple(level.read_current(q, s) for level, s in zip(self.levels, self.split_state(state)))
         return self._outputs(F.apply(self.lead.cfg, self._state(state, q).params, self._query(q)))
 
     def _query(self, q: Tensor) -> Tensor:

@@ -1,53 +1,17 @@
 """Sibling memories of a self-modifying group that compute alike run as one `rt.MemoryStack`.
 
 Which members stack is decided by the code generator (codegen/stacking.py); what a stack computes is
-checked against the same model with every stack replaced by its members run one by one: the logits,
-the carried states and every gradient, in float64, across a carried-in state.
+checked against the same model with its members run one by one, each MemoryLevel on its own state
+(`one_by_one()`, as the generated code ran them before stacking): the logits, the carried states and
+every gradient, in float64, across a carried-in state.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-import nldsl.runtime as rt
 from compile_testkit import ROOT, assert_close, assert_states_close, build, compile_ok, in_root, probe, tokens, write_spec
-
-
-class _States(list):
-    """The members' states of a one-by-one stack, with the position `rt.position_of` asks for."""
-
-    @property
-    def position(self) -> int:
-        return next((s.position for s in self if s is not None), 0)
-
-
-class OneByOne:
-    """MemoryStack's interface, running each member on its own: what a stack must equal."""
-
-    def __init__(self, *levels):
-        self.levels = levels
-
-    def stack_state(self, states, like):
-        return None if all(s is None for s in states) else _States(states)
-
-    def split_state(self, state):
-        return tuple(state) if state is not None else (None,) * len(self.levels)
-
-    def _each(self, state):
-        return state if state is not None else [None] * len(self.levels)
-
-    def read_anchor(self, q, state):
-        return tuple(lv.read_anchor(q, s) for lv, s in zip(self.levels, self._each(state)))
-
-    def read_current(self, q, state):
-        return tuple(lv.read_current(q, s) for lv, s in zip(self.levels, self._each(state)))
-
-    def __call__(self, q, k, v, gates, state=None):
-        outs, states = zip(*(lv(q, k, v, gates, s) for lv, s in zip(self.levels, self._each(state))))
-        return outs, _States(states)
-
-    def write(self, q, k, v, gates, state=None):
-        return self(q, k, v, gates, state)[1]
+from nldsl.runtime.memory_stack import one_by_one
 
 
 GROUP = """
@@ -127,7 +91,7 @@ def test_members_with_other_inputs_or_settings_stay_apart(tmp_path):
 
 
 @pytest.mark.parametrize("spec", ["examples/hope.nl", "group", "linear group"])
-def test_a_stack_computes_what_its_members_compute_one_by_one(spec, tmp_path, monkeypatch):
+def test_a_stack_computes_what_its_members_compute_one_by_one(spec, tmp_path):
     texts = {"group": GROUP, "linear group": LINEAR_GROUP}
     path = ROOT / spec if spec not in texts else write_spec(tmp_path, texts[spec].format(extra=""), "group.nl")
     if spec == "linear group":
@@ -145,8 +109,8 @@ def test_a_stack_computes_what_its_members_compute_one_by_one(spec, tmp_path, mo
         return logits_c, state_c, torch.autograd.grad(loss, params, allow_unused=True)
 
     stacked = run()
-    monkeypatch.setattr(rt, "MemoryStack", OneByOne)
-    alone = run()
+    with one_by_one():
+        alone = run()
     assert_close(alone[0], stacked[0], "logits")
     assert_states_close(alone[1], stacked[1], "carried state")
     for i, (g_alone, g_stacked) in enumerate(zip(alone[2], stacked[2])):
