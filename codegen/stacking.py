@@ -33,9 +33,9 @@ def _inputs(bl, lv: ir.Memory) -> tuple:
 
 
 def member_stacks(bl, members: list) -> list[list]:
-    """The group's members in runs that compute alike, in the group's order (singletons included)."""
+    """The group's members (memories: a group holds no attention) in runs that compute alike, in the
+    group's order (singletons included)."""
     runs: dict[tuple, list] = {}
     for lv in members:
-        key = (bl.memory_args(lv), _inputs(bl, lv)) if isinstance(lv, ir.Memory) else (lv.name,)
-        runs.setdefault(key, []).append(lv)
+        runs.setdefault((bl.memory_args(lv), _inputs(bl, lv)), []).append(lv)
     return list(runs.values())

@@ -87,7 +87,7 @@ class MemoryStack:
             raise ValueError(f"a stack of {len(self.levels)} levels needs as many states, got {len(states)}")
         if all(s is None for s in states):
             return None
-        if self._apart(None):
+        if self._apart():
             return _Apart(states)
         full = [s if s is not None else initial_state(lv.cfg, lv.params0(), like.shape[0])
                 for lv, s in zip(self.levels, states)]
@@ -150,8 +150,9 @@ class MemoryStack:
             return _Apart(level.write(q, k, v, gates, s) for level, s in zip(self.levels, self.split_state(state)))
         return self._run(q, k, v, gates, state)[1]
 
-    def _apart(self, state) -> bool:
-        """Whether the members run one by one: inside `one_by_one()`, or set to different backends by hand."""
+    def _apart(self, state: Optional[MemoryState] = None) -> bool:
+        """Whether the members run one by one: a state they already hold apart, inside `one_by_one()`, or
+        members set to different backends by hand."""
         if isinstance(state, _Apart):
             return True
         return one_by_one.active or len({level.backend for level in self.levels}) > 1
