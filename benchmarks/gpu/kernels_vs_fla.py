@@ -123,18 +123,15 @@ def write_json(path: str, gpu: bool, rows: list) -> None:
         json.dump({"gpu": gpu, "rows": rows}, f, indent=2)
 
 
-def variants(kernels, tiles: str, block_vs: str, stages: str) -> list:
-    """The level's kernels at every combination of --tile, --block-v and --stages (the level's own
-    settings where unset)."""
+def variants(kernels, tiles: str, block_vs: str, stages: str, backward_precisions: str) -> list:
+    """The level's kernels at every combination of --tile, --block-v, --stages and
+    --backward-precision (the level's own settings where unset)."""
     parse = lambda text: [int(n) for n in text.split(",")] if text else [None]  # noqa: E731
-    out = []
-    for tile, block_v, stage in itertools.product(parse(tiles), parse(block_vs), parse(stages)):
-        if tile is None and block_v is None and stage is None:
-            out.append(kernels)
-        else:
-            out.append(dataclasses.replace(kernels, tile=tile, block_v=block_v, stages=stage,
-                                           launches={n: 0 for n in kernels.launches}))
-    return out
+    precisions = backward_precisions.split(",") if backward_precisions else [kernels.backward_precision]
+    return [dataclasses.replace(kernels, tile=tile, block_v=block_v, stages=stage, backward_precision=prec,
+                                launches={n: 0 for n in kernels.launches})
+            for tile, block_v, stage, prec in itertools.product(parse(tiles), parse(block_vs), parse(stages),
+                                                                precisions)]
 
 
 def time_fla(x, grad: bool, flops: float, label: str, repeats: int, warmup: int) -> dict:
@@ -154,9 +151,26 @@ def error_vs_chunked(cfg, kernels, x, heads: int, dim: int) -> float:
     return max(rel(y, y0), rel(s, s0.params["W"]))
 
 
+def kernel_profile(fn, calls: int = 3) -> str:
+    """Each CUDA kernel's GPU time per call of fn, largest first (the generated kernels and the
+    operators around them)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: e.device_time_total, reverse=True)
+    total = sum(e.device_time_total for e in events)
+    lines = [f"    {e.key[:60]:<60} {e.device_time_total / calls / 1e3:8.3f} ms  {100 * e.device_time_total / total:5.1f}%"
+             f"  x{e.count // calls}" for e in events[:12]]
+    return "\n".join([f"    GPU time per call {total / calls / 1e3:.3f} ms:", *lines])
+
+
 def row_line(row: dict, peak) -> str:
     line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} "
-            f"rows {row['walk_rows']}/{row['block_v']:<3} stages {row['stages']} "
+            f"rows {row['walk_rows']}/{row['block_v']:<3} stages {row['stages']} bwd {row['backward_precision']:<4} "
             f"generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
     if peak:
         line += f" ({100 * row['generated_share_of_peak']:.1f}% of {peak:g})"
@@ -183,10 +197,15 @@ def main() -> int:
     ap.add_argument("--block-v", default=None,
                     help="rows of W per program to try, e.g. 16,32 (default: the level's; printed as rows "
                          "forward walk / other kernels)")
+    ap.add_argument("--backward-precision", default=None,
+                    help="tl.dot precision of the backward kernels to try, e.g. ieee,tf32 (default: the level's)")
+    ap.add_argument("--no-fla", action="store_true", help="time the generated kernels only")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print each kernel's share of a call's GPU time (torch.profiler)")
     args = ap.parse_args()
 
     gpu = torch.cuda.is_available()
-    have_fla = importlib.util.find_spec("fla") is not None
+    have_fla = importlib.util.find_spec("fla") is not None and not args.no_fla
     if gpu:
         device, dtype = "cuda", torch.bfloat16
         shapes, heads, dim = GPU_SHAPES, GPU_HEADS, GPU_DIM
@@ -217,12 +236,12 @@ def main() -> int:
             flops = flops_forward(batch, tokens, heads, dim, dim) * (3 if grad else 1)
             label = f"B={batch} T={tokens} {mode}"
             fla = time_fla(x, grad, flops, label, repeats, warmup) if have_fla and gpu else {}
-            for kernels in variants(level_kernels, args.tile, args.block_v, args.stages):
+            for kernels in variants(level_kernels, args.tile, args.block_v, args.stages, args.backward_precision):
                 row = {"batch": batch, "tokens": tokens, "heads": heads, "dim": dim, "mode": mode,
                        "dtype": str(dtype).replace("torch.", ""), "device": name,
                        "tile": kernels.wy_tile(), "block_v": kernels.rows_per_program(),
                        "walk_rows": kernels.rows_per_program(walk=gpu, heads=batch * heads, device=device),
-                       "stages": kernels.stages or 1, **fla}
+                       "stages": kernels.stages or 1, "backward_precision": kernels.backward_precision, **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
                 print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']} stages {row['stages']}: "
                       f"first call of the generated kernels "
@@ -245,6 +264,8 @@ def main() -> int:
                 if args.json:  # after every row, so that a run stopped by a time limit keeps its figures
                     write_json(args.json, gpu, rows)
                 print(row_line(row, peak), flush=True)
+                if args.profile and gpu:
+                    print(kernel_profile(lambda: run_generated(cfg, kernels, x, grad)), flush=True)
     if not gpu:
         print("no GPU figures from this run: it used the Triton interpreter on a CPU at tiny shapes "
               "(its timings say nothing about GPU speed); run on a GPU for the bf16 comparison with fla")

@@ -134,6 +134,7 @@ class LevelKernels:
     decode_tokens: int = 1
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
+    backward_precision: str = BACKWARD_PRECISION  # tl.dot precision of the backward kernels but the wy walk
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0})
 
     # ---------------------------------------------------------------- sizes
@@ -301,7 +302,7 @@ class LevelKernels:
         self.bwd[grid](q, k, v, eta, alpha, beta, anchor0, starts, mstarts,
                        dy.contiguous(), d_end.contiguous(), dmom1.contiguous(), d_anchor_end.contiguous(),
                        dq, dk, dv, deta, dalpha, dbeta, dtheta0, danchor0, dmom0,
-                       tokens, offset, sub0, n_tiles, batch * heads, BV=bv, PREC=BACKWARD_PRECISION, **extra,
+                       tokens, offset, sub0, n_tiles, batch * heads, BV=bv, PREC=self.backward_precision, **extra,
                        **self.launch_options())
         self.launches["bwd"] += 1
         return (dq.sum(0), dk.sum(0), dv.sum(0), deta.sum(0), dalpha.sum(0), dbeta.sum(0),
@@ -329,7 +330,7 @@ class LevelKernels:
         per_program = self.tiles_per_program(n_tiles)
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
             q, k, v, eta, alpha, beta, starts, dstarts, dy, *grads, tokens, n_tiles, BV=bv, TILES=per_program,
-            PREC=BACKWARD_PRECISION, **extra, **self.launch_options())
+            PREC=self.backward_precision, **extra, **self.launch_options())
         self.launches["bwd"] += 1
         return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))
 

@@ -55,6 +55,7 @@ class MlpLevelKernels:
     reason: str = ""
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
+    backward_precision: str = BACKWARD_PRECISION  # the backward kernel's tl.dot precision
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "bwd_tiles": 0})
 
     @property
@@ -161,7 +162,7 @@ class MlpLevelKernels:
         self.bwd[(k.shape[0] * k.shape[1],)](
             q, k, v, eta, alpha, beta, a1, a2, st1, st2, ss1, ss2,
             c(dy), c(d_end[0]), c(d_end[1]), c(ds1), c(ds2), c(d_anchor[0]), c(d_anchor[1]),
-            *grads_in, *grads_state, tokens, offset, sub0, n_tiles, PREC=BACKWARD_PRECISION,
+            *grads_in, *grads_state, tokens, offset, sub0, n_tiles, PREC=self.backward_precision,
             **self.launch_options(backward=True))
         self.launches["bwd"] += 1
         return (*grads_in, *grads_state)

@@ -22,8 +22,8 @@ from nldsl.compiler import load  # noqa: E402
 from nldsl.runtime import MemoryConfig, MemoryLevel, Rule, set_backend, standard_objective  # noqa: E402
 from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
-from triton_testkit import (ANCHOR_RATIO, DEVICE, OUTPUT_RATIO, Case, compare, model_run, ratio, run_path,  # noqa: E402
-                            run_reference)
+from triton_testkit import (ANCHOR_RATIO, DEVICE, OUTPUT_RATIO, Case, compare, emulate_tensor_cores, model_run,  # noqa: E402
+                            ratio, run_path, run_reference)
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,17 +41,21 @@ def mlp(rules, chunk, read="after", self_target=False, dim=WIDTH // 2, hidden=WI
                         rules=tuple(Rule(r) for r in rules), read=read, chunk=chunk, self_target=self_target)
 
 
-CHUNK = 16 if GPU else 4
-CASES = {
-    "gated_deltanet": (linear(["retain", ("gd", "current")], chunk=1), "l2"),
-    "deltanet_wy": (linear(["delta", "gd"], chunk=1), "dot"),
-    "titans_linear": (linear(["retain", "momentum"], chunk=CHUNK, read="anchor"), "l2"),
-    "ttt_linear": (linear(["gd"], chunk=CHUNK), "l2"),
-    "hope_matrix": (linear(["dgd"], chunk=CHUNK, read="anchor", self_target=True), "l2"),
-    "titans_mlp": (mlp(["retain", "momentum"], chunk=CHUNK, read="anchor"), "mse"),
-    "ttt_mlp": (mlp(["gd"], chunk=CHUNK), "l2"),
-    "hope_mlp_dgd": (mlp(["dgd"], chunk=CHUNK, read="anchor", self_target=True), "l2"),
-}
+def cases(width: int, chunk: int) -> dict:
+    return {
+        "gated_deltanet": (linear(["retain", ("gd", "current")], chunk=1, dim=width), "l2"),
+        "deltanet_wy": (linear(["delta", "gd"], chunk=1, dim=width), "dot"),
+        "titans_linear": (linear(["retain", "momentum"], chunk=chunk, read="anchor", dim=width), "l2"),
+        "ttt_linear": (linear(["gd"], chunk=chunk, dim=width), "l2"),
+        "hope_matrix": (linear(["dgd"], chunk=chunk, read="anchor", self_target=True, dim=width), "l2"),
+        "titans_mlp": (mlp(["retain", "momentum"], chunk=chunk, read="anchor", dim=width // 2, hidden=width), "mse"),
+        "ttt_mlp": (mlp(["gd"], chunk=chunk, dim=width // 2, hidden=width), "l2"),
+        "hope_mlp_dgd": (mlp(["dgd"], chunk=chunk, read="anchor", self_target=True, dim=width // 2, hidden=width),
+                         "l2"),
+    }
+
+
+CASES = cases(WIDTH, 16 if GPU else 4)
 SIZES = [(100, None), (77, 5)] if GPU else [(13, 3), (37, None)]   # (tokens, carried-in position)
 
 
@@ -68,6 +72,24 @@ def test_low_precision_kernels_match_the_float64_reference(name, tokens, positio
     tri = run_path(case, "triton", found)
     assert tri.y.dtype == dtype and tri.y.device.type == DEVICE.type
     compare(run_reference(case), tri, f"{name}: {dtype} triton vs float64 reference")
+
+
+@pytest.mark.skipif(GPU, reason="on a GPU the test above runs on its tensor cores")
+@pytest.mark.parametrize("name", ["hope_matrix", "gated_deltanet", "hope_mlp_dgd"])
+def test_tf32_tensor_cores_keep_bf16_kernels_within_the_contract(monkeypatch, name):
+    """The test above at a GPU's sizes, with tl.dot in tf32 as a tensor core computes it (the operands
+    truncated to tf32). A carried state accumulates truncation's one-sided error (HOPE's matrix memory
+    reached 5.7e-3 on an H100); the kernels round their operands to the nearest tf32 first."""
+    emulate_tensor_cores(monkeypatch)
+    cfg, objective = cases(64, 16)[name]
+    objective = standard_objective(objective)
+    found, reason = kernels_for(cfg, objective, f"tf32.{name}")
+    assert found is not None, reason
+    case = Case(cfg, objective, batch=2, heads=4, tokens=77, position=5, seed=77,
+                eta_max=0.2 if cfg.family == "mlp" else 0.4, dtype=torch.bfloat16)
+    tri = run_path(case, "triton", found)
+    assert found.precision(torch.bfloat16) == "tf32"
+    compare(run_reference(case), tri, f"{name}: bf16 triton on emulated tf32 tensor cores vs float64 reference")
 
 
 @pytest.mark.parametrize("spec", ["examples/gated_deltanet.nl", "examples/titans.nl", "examples/hope.nl"])

@@ -12,11 +12,14 @@ import pytest
 pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
 
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from nldsl.runtime import MemoryConfig, Rule, standard_objective  # noqa: E402
 from nldsl.runtime.memory import MemoryState  # noqa: E402
 from nldsl.runtime.triton import launch  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
+from triton_testkit import DEVICE  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -134,3 +137,47 @@ def test_the_walks_take_the_widest_rows_that_still_fill_the_device(monkeypatch, 
     monkeypatch.setattr(launch, "multiprocessors", lambda device: 132)
     assert found.rows_per_program(walk=True, heads=heads, device="cuda") == rows
     assert found.rows_per_program(walk=False, heads=heads, device="cuda") == launch.GPU_ROWS
+
+
+@triton.jit
+def _round_kernel(x, out, N: tl.constexpr):
+    i = tl.arange(0, N)
+    tl.store(out + i, ROUND(tl.load(x + i)))
+
+
+def test_tf32_operands_are_rounded_to_the_nearest_not_truncated():
+    """The generated kernels' _nl_tf32, which every tf32 tl.dot operand goes through (_nl_dot): the
+    nearest tf32 (10 mantissa bits), ties away from zero, signs, zeros, inf and NaN kept; tensor
+    cores would truncate instead."""
+    import numpy as np
+
+    found, reason = kernels_for(CONFIGS["linear"], standard_objective("l2"), "prec.round")
+    assert found is not None, reason
+    globals()["ROUND"] = found.fwd.fn.__globals__["_nl_tf32"]
+    gen = torch.Generator().manual_seed(0)
+    finite = torch.randn(4000, generator=gen) * torch.logspace(-30, 30, 4000).float()
+    ties = torch.tensor([1.0 + 2.0 ** -11, -(1.0 + 2.0 ** -11), 1.0 + 3 * 2.0 ** -11], dtype=torch.float32)
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-45, -3e-39,
+                            torch.finfo(torch.float32).max], dtype=torch.float32)
+    x = torch.cat([finite, ties, special, torch.zeros(4096 - 4000 - 3 - 8)])
+    x = x.to(DEVICE)
+    out = torch.empty_like(x)
+    _round_kernel[(1,)](x, out, N=4096)
+    x, out = x.cpu(), out.cpu()
+    bits = out.view(torch.int32).numpy().view(np.uint32)
+    assert not (bits[~np.isnan(out.numpy())] & 0x1FFF).any(), "not a tf32 value"
+    # the nearest: within half a tf32 step (2**-11 of the value's binade), closer than truncation on average
+    err = (out[:4000].double() - finite.double()).abs()
+    half_step = 2.0 ** (torch.frexp(finite.double()).exponent.double() - 12)
+    assert bool((err <= half_step * (1 + 1e-12)).all())
+    truncated = torch.from_numpy(finite.numpy().view(np.uint32) & np.uint32(0xFFFFE000)).view(torch.float32)
+    rel = lambda y: (y.double() - finite.double()) / finite.double()  # noqa: E731
+    assert rel(out[:4000]).abs().mean() < 0.6 * rel(truncated).abs().mean()
+    # truncation's error has one sign (towards zero): it drifts; the nearest's averages out
+    assert rel(truncated).mean() < -2e-4 and abs(rel(out[:4000]).mean()) < 2e-5
+    assert out[4000:4003].tolist() == [1.0 + 2.0 ** -10, -(1.0 + 2.0 ** -10), 1.0 + 4 * 2.0 ** -11]
+    s = out[4003:4011]
+    assert s[:2].tolist() == [0.0, 0.0] and torch.signbit(s[1]) and not torch.signbit(s[0])
+    assert s[2] == float("inf") and s[3] == -float("inf") and torch.isnan(s[4])
+    assert s[5] == 0.0 and s[6] == torch.tensor(-3e-39).view(torch.int32).bitwise_and(~0x1FFF).view(torch.float32)
+    assert s[7] == float("inf")  # above the largest tf32, the nearest is inf
