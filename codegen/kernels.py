@@ -156,6 +156,14 @@ class KernelPlan(PlanNames):
         return f"{self.prefix}_prep" if self.form == "wy" else "None"
 
     @property
+    def columns_literal(self) -> str:
+        """The wy form: what a tile's columns E are made of, for the launcher's products with the states
+        (runtime/triton/state_products.py): 'u' (the rank-one term), 'w' (the transition's Wm W_start^T)."""
+        if self.form != "wy":
+            return repr("")
+        return repr(("u" if self.wy_value else "") + ("w" if self.transition else ""))
+
+    @property
     def prep_bwd_name(self) -> str:
         return f"{self.prefix}_prep_bwd" if self.form == "wy" and self.backward else "None"
 

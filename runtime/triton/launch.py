@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..memory import MemoryConfig, MemoryState
 from .backend import interpreting
+from .state_products import state_products
 
 GATES = ("eta", "alpha", "beta")
 GATE_FILL = {"eta": 0.0, "alpha": 1.0, "beta": 1.0}
@@ -127,6 +128,7 @@ class LevelKernels:
     step: Any
     prep: Any = None              # wy form: the tiles' state-free terms, before `fwd` walks the tiles
     prep_bwd: Any = None          # wy form: their backward, after `bwd` walks the tiles in reverse
+    columns: str = ""             # wy form: what a tile's columns E are made of (state_products.py)
     reason: str = ""
     backward: str = ""
     tile: Optional[int] = None
@@ -315,13 +317,14 @@ class LevelKernels:
         q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved
         batch, heads, tokens, _ = k.shape
         tile, bv = extra["C"], self.rows_per_program()
-        _, w, kend, aq, gq, gend = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
+        u, w, kend, aq, gq, gend = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
         dstarts = torch.empty_like(starts)
         dtheta0 = torch.empty(batch, heads, self.dv, self.dk, dtype=torch.float32, device=k.device)
         rows, options = self.walk_settings(prec, batch * heads, k.device)
         self.bwd[(-(-self.dv // rows), batch * heads)](
             q, w, kend, aq, gq, gend, dy, d_end, dstarts, dtheta0, tokens, n_tiles, BV=rows, C=tile, BT=extra["BT"],
             PREC=prec, **options)
+        products = state_products(self.columns, starts, dstarts, dy, u, w, kend, aq)
         # written in full for every token (dv stays zero for a level whose update does not read v)
         empty = lambda *s: torch.empty(batch, heads, tokens, *s, dtype=torch.float32, device=k.device)  # noqa: E731
         grads = (empty(self.dk), empty(self.dk),
@@ -329,7 +332,7 @@ class LevelKernels:
                  empty(), empty(), empty())
         per_program = self.tiles_per_program(n_tiles)
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
-            q, k, v, eta, alpha, beta, starts, dstarts, dy, *grads, tokens, n_tiles, BV=bv, TILES=per_program,
+            q, k, v, eta, alpha, beta, dy, *products, *grads, tokens, n_tiles, BV=bv, TILES=per_program,
             PREC=self.backward_precision, **extra, **self.launch_options())
         self.launches["bwd"] += 1
         return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))

@@ -139,6 +139,9 @@ def test_the_walks_take_the_widest_rows_that_still_fill_the_device(monkeypatch, 
     assert found.rows_per_program(walk=False, heads=heads, device="cuda") == launch.GPU_ROWS
 
 
+ROUND = None  # the generated kernels' _nl_tf32, set by the test below
+
+
 @triton.jit
 def _round_kernel(x, out, N: tl.constexpr):
     i = tl.arange(0, N)
@@ -153,7 +156,8 @@ def test_tf32_operands_are_rounded_to_the_nearest_not_truncated():
 
     found, reason = kernels_for(CONFIGS["linear"], standard_objective("l2"), "prec.round")
     assert found is not None, reason
-    globals()["ROUND"] = found.fwd.fn.__globals__["_nl_tf32"]
+    global ROUND
+    ROUND = found.fwd.fn.__globals__["_nl_tf32"]
     gen = torch.Generator().manual_seed(0)
     finite = torch.randn(4000, generator=gen) * torch.logspace(-30, 30, 4000).float()
     ties = torch.tensor([1.0 + 2.0 ** -11, -(1.0 + 2.0 ** -11), 1.0 + 3 * 2.0 ** -11], dtype=torch.float32)
