@@ -248,6 +248,36 @@ class KernelPlan(PlanNames):
         return any(c.name == "c_cv" for c in self.coefs)
 
     @property
+    def n2_from_grams(self) -> bool:
+        """|k|^2 as the diagonal of the tile's Gram matrix k k^T (the wy form passes keys in blocks)."""
+        return self.form == "wy"
+
+    @property
+    def needs_kk(self) -> bool:
+        """The wy form's tile needs k k^T: for |k|^2 or for its transition."""
+        return self.uses_n2 or self.transition
+
+    @property
+    def backward_reads_keys(self) -> bool:
+        """The wy form's prep_bwd reads keys (for q k^T, k k^T, vk k^T, k . dKend or |k|^2)."""
+        return self.needs_kk or self.has_e or self.loads_v_key
+
+    @property
+    def p_text(self) -> str:
+        """The wy form's transition vector p_t (A[t, i] = Gb[t, i] p_t . k_i), in words."""
+        return " + ".join((["ck k_t"] if self.wy_key else []) + (["cv vk_t"] if self.wy_vkey else []))
+
+    @property
+    def pk_from_grams(self) -> str:
+        """p k^T of the wy form's tile from its Gram matrices KK = k k^T and VKK = vk k^T."""
+        return " + ".join((["c_ck[:, None] * KK"] if self.wy_key else []) + (["c_cv[:, None] * VKK"] if self.wy_vkey else []))
+
+    @property
+    def pm_block(self) -> str:
+        """The wy form's p for one block of key columns (Kb, VKb)."""
+        return " + ".join((["c_ck[:, None] * Kb"] if self.wy_key else []) + (["c_cv[:, None] * VKb"] if self.wy_vkey else []))
+
+    @property
     def loads_v_value(self) -> bool:
         """v is read in dv columns (the target, or the wy rank-one term)."""
         return (self.dual and self.gradient and not self.self_target) or (self.form == "wy" and self.wy_value)

@@ -137,6 +137,11 @@ class MlpKernelPlan(PlanNames):
         return self.read == "before"
 
     @property
+    def n2_from_grams(self) -> bool:
+        """|k|^2 from a Gram matrix (the linear family's wy form); here from the keys."""
+        return False
+
+    @property
     def needs_before(self) -> bool:
         """The in-tile products up to t - 1 (Gb, gb): the read before the write, or a transition's system."""
         return self.read == "before" or self.transition

@@ -104,8 +104,8 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
                                               (torch.float32, launch.GPU_ROWS, 8)], ids=["tf32", "ieee"])
 def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, rows, warps):
     """On a GPU the wy form's walks take WALK_ROWS rows of W per program (fewer, larger programs) with
-    WALK_WARPS warps when they multiply in tf32; in full float32, and in every other kernel, GPU_ROWS
-    rows and the level's warps."""
+    WALK_WARPS warps when they multiply in tf32; in full float32 GPU_ROWS rows and the level's warps. The
+    tile-parallel kernels pass GPU_ROWS columns at a time with TILE_WARPS warps."""
     cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
     found, reason = kernels_for(cfg, standard_objective("l2"), "prec.walk")
     assert found is not None and found.prep is not None, reason
@@ -120,7 +120,8 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     y.float().sum().backward()
     assert [(c["BV"], c["num_warps"]) for c in fwd.calls] == [(rows, warps)]
     assert [(c["BV"], c["num_warps"]) for c in bwd.calls] == [(rows, warps)]
-    assert [(c["BV"], c["num_warps"]) for c in prep_bwd.calls] == [(launch.GPU_ROWS, 8)]
+    # the tile-parallel kernels: GPU_ROWS columns of k and v at a time, TILE_WARPS warps
+    assert [(c["BB"], c["num_warps"]) for c in prep.calls + prep_bwd.calls] == [(launch.GPU_ROWS, launch.TILE_WARPS)] * 3
 
 
 @pytest.mark.parametrize("chunk,heads,rows", [(1, 128, 64), (1, 48, 32), (1, 16, 16), (16, 128, 32), (16, 16, 16)],
