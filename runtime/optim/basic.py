@@ -80,7 +80,7 @@ class AdamW(UpdateNormMixin, torch.optim.AdamW):
             with torch.enable_grad():
                 loss = closure()
         params = [p.detach() for group in self.param_groups for p in group['params'] if p.grad is not None]
-        before = [p.clone() for p in params]
+        before = torch._foreach_mul(params, 1.0) if params else []   # one multi-tensor copy
         super().step()
         self._record_updates(torch._foreach_sub(params, before) if params else [])
         return loss
