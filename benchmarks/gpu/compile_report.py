@@ -112,7 +112,7 @@ def record_launches(cfg, objective, level: str, overrides: dict, dtype=torch.flo
 def signature(launch: Launch) -> tuple[dict, dict, dict]:
     """(signature, constexprs, options) of a recorded launch, as JITFunction.run would build them."""
     fn = launch.fn
-    options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages") if k in launch.kwargs}
+    options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in launch.kwargs}
     values = dict(zip(fn.arg_names, launch.args))
     values.update({k: v for k, v in launch.kwargs.items() if k in fn.arg_names})
     sig, consts = {}, {}

@@ -79,17 +79,28 @@ TILE_WARPS = 4
 BACKWARD_PRECISION = "ieee"
 
 
-def launch_options(warps: Optional[int], stages: Optional[int], large: bool) -> dict:
+def launch_options(warps: Optional[int], stages: Optional[int], large: bool, walk: bool = True) -> dict:
     """Launch options on a GPU (the interpreter ignores them): `warps` and `stages` where set; else one
     software-pipelining stage, since the tile loop carries the state and pipelining it multiplies its
     buffers (ptxas for sm_90: the backward of an MLP memory 32 -> 128 -> 32 needs 284 KB of shared
     memory at Triton's default and 77 KB at one stage; Gated DeltaNet's at head width 128 spills 8.7 KB
     per thread, and 1.4 KB at one stage); and 8 warps for large states, whose tiles spill at 4 (Gated
-    DeltaNet's forward at width 128: 9.0 KB at 4 warps, 0.6 KB at 8)."""
+    DeltaNet's forward at width 128: 9.0 KB at 4 warps, 0.6 KB at 8). A `walk` (a kernel that carries a
+    state over the tiles: few programs, one or two per multiprocessor) may take every register
+    (with_register_cap); the tile-parallel kernels, many programs, are left to ptxas's choice."""
     if interpreting():
         return {}
-    return {"num_stages": 1 if stages is None else stages,
-            "num_warps": warps if warps is not None else (8 if large else 4)}
+    options = {"num_stages": 1 if stages is None else stages,
+               "num_warps": warps if warps is not None else (8 if large else 4)}
+    return with_register_cap(options) if walk else options
+
+
+def with_register_cap(options: dict) -> dict:
+    """`options` with maxnreg, the most registers a thread can have at its warps (255 up to 8 warps).
+    Without it ptxas -O3 may, for a walk that spills anyway, aim at occupancy instead: 32 registers and
+    several times the spills (sm_90: Titans linear's backward at width 128, 5.9 KB at 32 registers,
+    1.4 KB at 255; the Titans MLP 32 -> 64 -> 32's, 6.2 and 3.1 KB; benchmarks/gpu/compile_report.py)."""
+    return {**options, "maxnreg": min(255, 65536 // (32 * options["num_warps"]))}
 
 
 def multiprocessors(device) -> int:
@@ -193,10 +204,10 @@ class LevelKernels:
             return "ieee"
         return "tf32"
 
-    def launch_options(self, warps: Optional[int] = None) -> dict:
+    def launch_options(self, warps: Optional[int] = None, walk: bool = True) -> dict:
         """As launch_options(), with `warps` (where the level sets none) instead of its choice."""
         return launch_options(self.warps if self.warps is not None else warps, self.stages,
-                              max(self.dk, self.dv) > 32)
+                              max(self.dk, self.dv) > 32, walk)
 
     def tiles(self, position: int, tokens: int) -> tuple[int, int, int, dict]:
         """(offset, sub0, n_tiles, extra constexprs) of a call of `tokens` tokens starting at `position`:
@@ -277,7 +288,7 @@ class LevelKernels:
         per_program = self.tiles_per_program(n_tiles)
         grid = (-(-n_tiles // per_program), batch * heads)
         self.prep[grid](q, k, v, eta, alpha, beta, *terms, tokens, n_tiles, BB=self.rows_per_program(),
-                        TILES=per_program, PREC=prec, **extra, **self.launch_options(TILE_WARPS))
+                        TILES=per_program, PREC=prec, **extra, **self.launch_options(TILE_WARPS, walk=False))
         return terms
 
     def launch_bwd(self, position: int, saved, dy, dtheta1, danchor1, dmom1, prec: str = "ieee"):
@@ -337,7 +348,7 @@ class LevelKernels:
         per_program = self.tiles_per_program(n_tiles)
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
             q, k, v, eta, alpha, beta, dy, *products, *grads, tokens, n_tiles, BB=bv, TILES=per_program,
-            PREC=self.backward_precision, **extra, **self.launch_options(TILE_WARPS))
+            PREC=self.backward_precision, **extra, **self.launch_options(TILE_WARPS, walk=False))
         self.launches["bwd"] += 1
         return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..memory import MemoryConfig, MemoryState
 from .backend import interpreting
-from .launch import BACKWARD_PRECISION, as_f32, gate_arguments, kernel_input, launch_options
+from .launch import BACKWARD_PRECISION, as_f32, gate_arguments, kernel_input, launch_options, with_register_cap
 
 WEIGHTS = ("W1", "W2")
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
@@ -72,14 +72,14 @@ class MlpLevelKernels:
 
     def launch_options(self, backward: bool = False) -> dict:
         """As the linear family's, with 16 warps for the backward of a state above 4,096 values (it also
-        carries the state's gradients) and for the forward of one above 16,384 (ptxas for sm_90: titans.nl's
-        MLP, 12,288 values, spills 11.1 KB per thread in the backward at 8 warps and 6.1 KB at 16, its
-        forward 0.4 KB at 8 and 0.7 KB at 16; an MLP 32 -> 128 -> 32, 24,576 values, 7.6 KB in the forward
-        at 8 warps and 1.4 KB at 16)."""
+        carries the state's gradients), every register a thread may have (maxnreg; ptxas for sm_90,
+        bf16 inputs: an MLP 32 -> 128 -> 32, 24,576 values, spills 6.4 KB per thread in the backward at 16
+        warps and 7.0 KB at 8, its forward 0.2 KB at 8 warps and 0.6 KB at 16; titans.nl's MLP, 12,288
+        values, 3.1 KB in the backward at 16 warps, nothing in the forward at 8)."""
         floats = self.state_floats()
         options = launch_options(self.warps, self.stages, floats > 4096)
-        if self.warps is None and options.get("num_warps") == 8 and (backward or floats > 16384):
-            options["num_warps"] = 16
+        if self.warps is None and options.get("num_warps") == 8 and backward:
+            options = with_register_cap({**options, "num_warps": 16})
         return options
 
     def state_floats(self) -> int:
