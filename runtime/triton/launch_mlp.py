@@ -71,14 +71,16 @@ class MlpLevelKernels:
         return LevelKernels.precision(dtype)
 
     def launch_options(self, backward: bool = False) -> dict:
-        """As the linear family's, with 16 warps for the backward of a state above 4,096 values (it also
-        carries the state's gradients), every register a thread may have (maxnreg; ptxas for sm_90,
-        bf16 inputs: an MLP 32 -> 128 -> 32, 24,576 values, spills 6.4 KB per thread in the backward at 16
-        warps and 7.0 KB at 8, its forward 0.2 KB at 8 warps and 0.6 KB at 16; titans.nl's MLP, 12,288
-        values, 3.1 KB in the backward at 16 warps, nothing in the forward at 8)."""
+        """As the linear family's: 8 warps for a state of 4,096 values or more, 16 for the backward of one
+        above 8,192 (it also carries the state's gradients), every register a thread may have (maxnreg).
+        ptxas for sm_90, bf16 inputs, spills per thread: hope.nl's MLPs 32 -> 32 -> 32 (4,096 values)
+        3.5 KB in the backward at 4 warps, 1.2 KB at 8 and 1.9 KB at 16, 0.8 / 0.7 KB in the forward at
+        4 / 8; an MLP 32 -> 128 -> 32 (24,576 values) 6.4 KB in the backward at 16 warps and 7.0 KB at 8,
+        its forward 0.2 KB at 8 and 0.6 KB at 16; titans.nl's (12,288 values) 3.1 KB in the backward at
+        16 warps, nothing in the forward at 8."""
         floats = self.state_floats()
-        options = launch_options(self.warps, self.stages, floats > 4096)
-        if self.warps is None and options.get("num_warps") == 8 and backward:
+        options = launch_options(self.warps, self.stages, floats >= 4096)
+        if options and self.warps is None and backward and floats > 8192:
             options = with_register_cap({**options, "num_warps": 16})
         return options
 
