@@ -5,8 +5,9 @@ float32 as they load), and contiguous float32 copies of the gates (B, H, T) and 
 (B, H, dv, dk); outputs and gradients are float32 buffers, cast back to the inputs' dtype. One program
 of a walk over the tiles handles a block of BV rows of W for one (batch, head): the rows of a linear
 memory evolve independently. In the dual form the gradients that sum over the row blocks (q, k, v,
-gates) come back as per-block partials and are summed here; the wy form's tile-parallel backward
-loops over the row blocks itself.
+gates) come back as per-block partials and are summed here; the wy form's backward takes its products
+with whole states from state_products.py, and its tile-parallel kernels pass keys and values a block of
+columns at a time.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ TILE_WARPS = 4
 WALK_STAGES = 2
 
 # The backward kernels' tl.dot precision whatever the inputs: in tf32 they spill far more (ptxas for
-# sm_90: Gated DeltaNet's one-kernel backward at width 128 1.5 -> 15.5 KB per thread, the wy form's
-# prep_bwd 1.1 -> 11.2 KB, the Titans MLP of 8 heads of 32 8.4 -> 21.0 KB;
-# benchmarks/gpu/compile_report.py --dtype bfloat16), and they were not timed in tf32. The wy form's
+# sm_90: Gated DeltaNet's one-kernel backward at width 128 1.5 -> 15.5 KB per thread, the Titans MLP of
+# 8 heads of 32 8.4 -> 21.0 KB; benchmarks/gpu/compile_report.py --dtype bfloat16); on an H100 the wy
+# form's prep_bwd of then took 177 ms in tf32 (spilling) against 13.9 ms in float32. The wy form's
 # backward walk is the exception (see WALK_ROWS): it follows the forward's precision.
 BACKWARD_PRECISION = "ieee"
 
