@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch.nn.functional as F
+import torch
 from torch import Tensor
 
 
@@ -43,24 +44,24 @@ def state_products(columns: str, starts: Tensor, dstarts: Tensor, dy: Tensor, u:
     dt = starts.dtype
     c = aq.shape[-1]
 
-    def tiles(x: Tensor) -> Tensor:
-        return x.reshape(b, h, n, c, x.shape[-1]).to(dt)
+    def tiles(x: Tensor) -> Tensor:    # (B, H, tiles * C, d) -> (B * H * tiles, C, d)
+        return x.reshape(b * h * n, c, x.shape[-1]).to(dt)
 
-    def flat(x: Tensor) -> Tensor:
+    def flat(x: Tensor) -> Tensor:     # (B * H * tiles, C, d) -> (B, H, tiles * C, d)
         return x.reshape(b, h, n * c, x.shape[-1])
 
-    s, ds = starts, dstarts
+    s, ds = starts.reshape(b * h * n, dv, dk), dstarts.reshape(b * h * n, dv, dk)
     d_y = tiles(F.pad(dy, (0, 0, 0, n * c - dy.shape[2])))
-    dyp = d_y @ s
-    dgend = (ds.reshape(b, h, n, 1, dv * dk) @ s.reshape(b, h, n, dv * dk, 1)).reshape(b, h, n)
+    dyp = torch.bmm(d_y, s)
+    dgend = torch.bmm(ds.reshape(b * h * n, 1, dv * dk), s.reshape(b * h * n, dv * dk, 1)).reshape(b, h, n)
     unused = dyp.new_zeros(1)
     if not columns:
         return StateProducts(flat(dyp), unused, unused, unused, unused, dgend.float())
-    e = tiles(w) @ s.transpose(-1, -2) if "w" in columns else None
-    if "u" in columns:
-        e = tiles(u) if e is None else e + tiles(u)
-    de = aq.transpose(-1, -2).to(dt) @ d_y + tiles(kend) @ ds.transpose(-1, -2)
-    dkend = e @ ds
-    dwm = de @ s if "w" in columns else unused
-    return StateProducts(flat(dyp), flat(e), flat(de), flat(dkend), flat(dwm) if "w" in columns else unused,
-                         dgend.float())
+    if columns == "uw":
+        e = torch.baddbmm(tiles(u), tiles(w), s.transpose(1, 2))
+    else:
+        e = tiles(u) if columns == "u" else torch.bmm(tiles(w), s.transpose(1, 2))
+    de = torch.baddbmm(torch.bmm(aq.reshape(b * h * n, c, c).transpose(1, 2).to(dt), d_y), tiles(kend),
+                       ds.transpose(1, 2))
+    dwm = flat(torch.bmm(de, s)) if "w" in columns else unused
+    return StateProducts(flat(dyp), flat(e), flat(de), flat(torch.bmm(e, ds)), dwm, dgend.float())
