@@ -22,7 +22,6 @@ from torch import Tensor
 
 from ..memory import MemoryConfig, MemoryState
 from .backend import interpreting
-from .state_products import state_products
 
 GATES = ("eta", "alpha", "beta")
 GATE_FILL = {"eta": 0.0, "alpha": 1.0, "beta": 1.0}
@@ -265,14 +264,16 @@ class LevelKernels:
         shape = (batch, heads, n_tiles, self.dv, self.dk) if store else (1,)
         starts = torch.empty(shape, dtype=torch.float32, device=k.device)
         mstarts = torch.empty(shape if self.momentum else (1,), dtype=torch.float32, device=k.device)
-        if self.prep is not None:
+        if self.prep is not None:  # mstarts: the tiles' columns E (the wy form has no momentum)
             if store:  # kept for the backward in the caller's precision (q keeps it), as flash-linear-attention does
                 starts = torch.empty(shape, dtype=q.dtype, device=k.device)
+                if self.columns:
+                    mstarts = torch.empty(batch, heads, n_tiles * extra["C"], self.dv, dtype=q.dtype, device=k.device)
             terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
             rows, options = self.walk_settings(prec, batch * heads, k.device)
             self.fwd[(-(-self.dv // rows), batch * heads)](
-                q, *terms, theta0, y, theta1, anchor1, starts, tokens, n_tiles, BV=rows, STORE=store, PREC=prec,
-                C=extra["C"], BT=extra["BT"], **options)
+                q, *terms, theta0, y, theta1, anchor1, starts, mstarts, tokens, n_tiles, BV=rows, STORE=store,
+                PREC=prec, C=extra["C"], BT=extra["BT"], **options)
         else:
             rows, options = self.walk_settings(prec, batch * heads, k.device)
             self.fwd[(-(-self.dv // rows), batch * heads)](
@@ -338,17 +339,20 @@ class LevelKernels:
         """The wy form's backward: the tile terms recomputed as the forward made them and the walk of the
         state's gradient over the tiles in reverse, both in the forward's precision, storing it at every
         tile's end; then everything else for all tiles at once, in BACKWARD_PRECISION."""
-        q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved
+        q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, columns = saved
         batch, heads, tokens, _ = k.shape
         tile, bv = extra["C"], self.rows_per_program()
-        u, w, kend, aq, gq, gend = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
+        _, w, kend, aq, gq, gend = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
         dstarts = torch.empty_like(starts)
+        dcolumns = torch.empty_like(columns)
         dtheta0 = torch.empty(batch, heads, self.dv, self.dk, dtype=torch.float32, device=k.device)
         rows, options = self.walk_settings(prec, batch * heads, k.device)
         self.bwd[(-(-self.dv // rows), batch * heads)](
-            q, w, kend, aq, gq, gend, dy, d_end, dstarts, dtheta0, tokens, n_tiles, BV=rows, C=tile, BT=extra["BT"],
-            PREC=prec, **options)
-        products = state_products(self.columns, starts, dstarts, dy, u, w, kend, aq)
+            q, w, kend, aq, gq, gend, dy, d_end, dstarts, dcolumns, dtheta0, tokens, n_tiles, BV=rows, C=tile,
+            BT=extra["BT"], PREC=prec, **options)
+        from .state_products import state_products   # imports Triton
+
+        products = state_products(self.columns, tile, starts, dstarts, dy, columns, dcolumns, prec)
         # written in full for every token (dv stays zero for a level whose update does not read v)
         empty = lambda *s: torch.empty(batch, heads, tokens, *s, dtype=torch.float32, device=k.device)  # noqa: E731
         grads = (empty(self.dk), empty(self.dk),
@@ -356,8 +360,8 @@ class LevelKernels:
                  empty(), empty(), empty())
         per_program = self.tiles_per_program(n_tiles)
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
-            q, k, v, eta, alpha, beta, dy, *products, *grads, tokens, n_tiles, BB=bv, TILES=per_program,
-            PREC=self.backward_precision, **extra, **self.launch_options(TILE_WARPS, walk=False))
+            q, k, v, eta, alpha, beta, dy, columns, dcolumns, *products, *grads, tokens, n_tiles, BB=bv,
+            TILES=per_program, PREC=self.backward_precision, **extra, **self.launch_options(TILE_WARPS, walk=False))
         self.launches["bwd"] += 1
         return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))
 

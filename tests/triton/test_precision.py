@@ -17,7 +17,7 @@ import triton.language as tl  # noqa: E402
 
 from nldsl.runtime import MemoryConfig, Rule, standard_objective  # noqa: E402
 from nldsl.runtime.memory import MemoryState  # noqa: E402
-from nldsl.runtime.triton import launch  # noqa: E402
+from nldsl.runtime.triton import launch, state_products  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
 from triton_testkit import DEVICE  # noqa: E402
 
@@ -70,6 +70,7 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
         prep, prep_bwd = Recorder(), Recorder()
         kernels = dataclasses.replace(kernels, prep=prep, prep_bwd=prep_bwd)
     monkeypatch.setattr(launch, "interpreting", lambda: not on_gpu)
+    monkeypatch.setattr(state_products, "_state_products", Recorder())   # no arithmetic on unwritten buffers
     batch, heads, tokens = 2, 2, 12
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, heads, tokens, 16, generator=gen).to(dtype).requires_grad_() for _ in range(3))
@@ -113,6 +114,7 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     kernels = dataclasses.replace(found, fwd=fwd, bwd=bwd, prep=prep, prep_bwd=prep_bwd,
                                   launches={n: 0 for n in found.launches})
     monkeypatch.setattr(launch, "interpreting", lambda: False)
+    monkeypatch.setattr(state_products, "_state_products", Recorder())
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 40, 128, generator=gen).to(dtype).requires_grad_() for _ in range(3))
     gates = {n: torch.rand(1, 2, 40, generator=gen).to(dtype) for n in ("eta", "alpha", "beta")}
