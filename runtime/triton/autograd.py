@@ -49,10 +49,10 @@ class ChunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernels, cfg, objective, position, prec, q, k, v, eta, alpha, beta, theta0, anchor0, mom0):
         store = kernels.bwd is not None and any(ctx.needs_input_grad[5:])
-        y, theta1, anchor1, mom1, starts, mstarts = kernels.launch_fwd(
+        y, theta1, anchor1, mom1, kept = kernels.launch_fwd(
             position, q, k, v, eta, alpha, beta, theta0, anchor0, mom0, store=store, prec=prec)
         ctx.kernels, ctx.cfg, ctx.objective, ctx.position, ctx.prec = kernels, cfg, objective, position, prec
-        ctx.save_for_backward(q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts)
+        ctx.save_for_backward(q, k, v, eta, alpha, beta, theta0, anchor0, mom0, *kept)
         return y, theta1, anchor1, mom1
 
     @staticmethod

@@ -255,6 +255,9 @@ class LevelKernels:
 
     def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, theta0, anchor0, mom0, store: bool,
                    prec: str = "ieee"):
+        """(y, theta1, anchor1, mom1, what the backward keeps): the per-tile start states when `store`, and
+        the dual form's per-tile momentum states, or the wy form's per-tile columns E and the terms its
+        backward walk reads (w, kend, aq, gq, gend)."""
         batch, heads, tokens, _ = k.shape
         offset, sub0, n_tiles, extra = self.tiles(position, tokens)
         # y in the dtype the caller gets it in (the kernels accumulate in float32 and round once, on the store)
@@ -274,13 +277,16 @@ class LevelKernels:
             self.fwd[(-(-self.dv // rows), batch * heads)](
                 q, *terms, theta0, y, theta1, anchor1, starts, mstarts, tokens, n_tiles, BV=rows, STORE=store,
                 PREC=prec, C=extra["C"], BT=extra["BT"], **options)
+            self.launches["fwd"] += 1
+            # kept for the backward: the states and columns, and the terms its walk reads (not u)
+            return y, theta1, anchor1, mom1, (starts, mstarts, *terms[1:])
         else:
             rows, options = self.walk_settings(prec, batch * heads, k.device)
             self.fwd[(-(-self.dv // rows), batch * heads)](
                 q, k, v, eta, alpha, beta, theta0, anchor0, mom0, y, theta1, anchor1, mom1, starts, mstarts,
                 tokens, offset, sub0, n_tiles, BV=rows, STORE=store, PREC=prec, **extra, **options)
         self.launches["fwd"] += 1
-        return y, theta1, anchor1, mom1, starts, mstarts
+        return y, theta1, anchor1, mom1, (starts, mstarts)
 
     def launch_prep(self, q, k, v, eta, alpha, beta, n_tiles: int, extra: dict, prec: str) -> tuple:
         """The wy form's per-tile terms (u, w, kend, aq, gq, gend; see the generated `<level>_prep`),
@@ -304,7 +310,7 @@ class LevelKernels:
     def launch_bwd(self, position: int, saved, dy, dtheta1, danchor1, dmom1, prec: str = "ieee"):
         """Gradients of the nine inputs; `prec` is the forward's precision (the wy form's walks follow it,
         the other backward kernels run BACKWARD_PRECISION)."""
-        q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved
+        q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, mstarts = saved[:11]
         batch, heads, tokens, _ = k.shape
         offset, sub0, n_tiles, extra = self.tiles(position, tokens)
         if self.prep_bwd is not None:  # the wy form: the anchor out is theta out
@@ -339,10 +345,9 @@ class LevelKernels:
         """The wy form's backward: the tile terms recomputed as the forward made them and the walk of the
         state's gradient over the tiles in reverse, both in the forward's precision, storing it at every
         tile's end; then everything else for all tiles at once, in BACKWARD_PRECISION."""
-        q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, columns = saved
+        q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, columns, w, kend, aq, gq, gend = saved
         batch, heads, tokens, _ = k.shape
         tile, bv = extra["C"], self.rows_per_program()
-        _, w, kend, aq, gq, gend = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
         dstarts = torch.empty_like(starts)
         dcolumns = torch.empty_like(columns)
         dtheta0 = torch.empty(batch, heads, self.dv, self.dk, dtype=torch.float32, device=k.device)
