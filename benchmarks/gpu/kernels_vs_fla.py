@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from timing import peak_memory_mb, rel, time_call  # benchmarks/gpu/timing.py
+from timing import peak_memory_mb, profile_table, rel, time_call  # benchmarks/gpu/timing.py
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
@@ -151,23 +151,6 @@ def error_vs_chunked(cfg, kernels, x, heads: int, dim: int) -> float:
     return max(rel(y, y0), rel(s, s0.params["W"]))
 
 
-def kernel_profile(fn, calls: int = 3) -> str:
-    """Each CUDA kernel's GPU time per call of fn, largest first (the generated kernels and the
-    operators around them)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
-    events.sort(key=lambda e: e.device_time_total, reverse=True)
-    total = sum(e.device_time_total for e in events)
-    lines = [f"    {e.key[:60]:<60} {e.device_time_total / calls / 1e3:8.3f} ms  {100 * e.device_time_total / total:5.1f}%"
-             f"  x{e.count // calls}" for e in events[:12]]
-    return "\n".join([f"    GPU time per call {total / calls / 1e3:.3f} ms:", *lines])
-
-
 def row_line(row: dict, peak) -> str:
     line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} "
             f"rows {row['walk_rows']}/{row['block_v']:<3} stages {row['stages']} bwd {row['backward_precision']:<4} "
@@ -201,7 +184,7 @@ def main() -> int:
                     help="tl.dot precision of the backward kernels to try, e.g. ieee,tf32 (default: the level's)")
     ap.add_argument("--no-fla", action="store_true", help="time the generated kernels only")
     ap.add_argument("--profile", action="store_true",
-                    help="also print each kernel's share of a call's GPU time (torch.profiler)")
+                    help="also print each kernel's share of a call's GPU time and the operators' CPU time (torch.profiler)")
     args = ap.parse_args()
 
     gpu = torch.cuda.is_available()
@@ -265,7 +248,7 @@ def main() -> int:
                     write_json(args.json, gpu, rows)
                 print(row_line(row, peak), flush=True)
                 if args.profile and gpu:
-                    print(kernel_profile(lambda: run_generated(cfg, kernels, x, grad)), flush=True)
+                    print(profile_table(lambda: run_generated(cfg, kernels, x, grad), calls=3), flush=True)
     if not gpu:
         print("no GPU figures from this run: it used the Triton interpreter on a CPU at tiny shapes "
               "(its timings say nothing about GPU speed); run on a GPU for the bf16 comparison with fla")

@@ -44,3 +44,33 @@ def rel(a, b) -> float:
     """RMS of a - b relative to the RMS of b."""
     a, b = a.detach().double(), b.detach().double()
     return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-12)).item()
+
+
+def profile_table(fn, calls: int = 1, rows: int = 12) -> str:
+    """Where one call of fn() spends its time (torch.profiler, `calls` calls): on a GPU each CUDA kernel's
+    device time, largest first; and on any device the operators' own CPU time (what issuing them costs,
+    which bounds a small model's GPU step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    events = list(prof.key_averages())
+    lines = []
+    if cuda:
+        kernels = sorted((e for e in events if e.device_time_total > 0 and e.device_type.name == "CUDA"),
+                         key=lambda e: e.device_time_total, reverse=True)
+        total = sum(e.device_time_total for e in kernels)
+        lines.append(f"    GPU time per call {total / calls / 1e3:.3f} ms, largest kernels:")
+        lines += [f"      {e.key[:60]:<60} {e.device_time_total / calls / 1e3:9.3f} ms {100 * e.device_time_total / total:5.1f}%"
+                  f"  x{e.count // calls}" for e in kernels[:rows]]
+    ops = sorted((e for e in events if e.self_cpu_time_total > 0), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    lines.append(f"    CPU time per call {total / calls / 1e3:.3f} ms (operators' own), largest:")
+    lines += [f"      {e.key[:60]:<60} {e.self_cpu_time_total / calls / 1e3:9.3f} ms {100 * e.self_cpu_time_total / total:5.1f}%"
+              f"  x{e.count // calls}" for e in ops[:rows]]
+    return "\n".join(lines)

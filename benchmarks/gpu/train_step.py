@@ -33,6 +33,8 @@ import warnings
 
 import torch
 
+from timing import profile_table  # benchmarks/gpu/timing.py
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 
@@ -134,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (implied without a GPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one more step of each backend: GPU kernels and the operators' CPU time")
     args = ap.parse_args(argv)
     for name in ("batch", "seq", "steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -199,6 +203,10 @@ def main(argv=None) -> int:
                     times[backend].append(t)
                     print(f"  round {r + 1} {backend:8s}: {t:8.3f} s  loss {loss:.4f}")
             operators = {backend: operators_per_step(loop, batch) for backend, (_, loop) in loops.items()}
+            if args.profile:
+                for backend, (_, loop) in loops.items():
+                    print(f"  profile of one {backend} step:")
+                    print(profile_table(lambda: loop.step(batch)), flush=True)
         fell_back = sorted({str(w.message) for w in caught if issubclass(w.category, TritonFallbackWarning)})
 
     rate = {b: batch_size * seq / statistics.median(ts) for b, ts in times.items()}
