@@ -122,8 +122,18 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     y.float().sum().backward()
     assert [(c["BV"], c["num_warps"]) for c in fwd.calls] == [(rows, warps)]
     assert [(c["BV"], c["num_warps"]) for c in bwd.calls] == [(rows, warps)]
-    # the tile-parallel kernels: GPU_ROWS columns of k and v at a time, TILE_WARPS warps
+    # the walks pipeline WALK_STAGES stages and may take every register their warps allow
+    assert [(c["num_stages"], c["maxnreg"]) for c in fwd.calls + bwd.calls] == [(launch.WALK_STAGES, 255)] * 2
+    # the tile-parallel kernels: GPU_ROWS columns of k and v at a time, TILE_WARPS warps, ptxas's registers
     assert [(c["BB"], c["num_warps"]) for c in prep.calls + prep_bwd.calls] == [(launch.GPU_ROWS, launch.TILE_WARPS)] * 2
+    assert not any("maxnreg" in c for c in prep.calls + prep_bwd.calls)
+
+
+@pytest.mark.parametrize("warps,cap", [(4, 255), (8, 255), (16, 128)])
+def test_the_register_cap_is_what_the_warps_allow(warps, cap):
+    """65,536 registers per multiprocessor, 255 at most per thread."""
+    assert launch.with_register_cap({"num_warps": warps, "num_stages": 1}) == {"num_warps": warps, "num_stages": 1,
+                                                                                "maxnreg": cap}
 
 
 @pytest.mark.parametrize("chunk,heads,rows", [(1, 128, 64), (1, 48, 32), (1, 16, 16), (16, 128, 32), (16, 16, 16)],
@@ -188,3 +198,19 @@ def test_tf32_operands_are_rounded_to_the_nearest_not_truncated():
     assert s[2] == float("inf") and s[3] == -float("inf") and torch.isnan(s[4])
     assert s[5] == 0.0 and s[6] == torch.tensor(-3e-39).view(torch.int32).bitwise_and(~0x1FFF).view(torch.float32)
     assert s[7] == float("inf")  # above the largest tf32, the nearest is inf
+
+
+@pytest.mark.parametrize("hidden,rules,forward,backward", [
+    (32, ("dgd",), (8, 255), (8, 255)), (128, ("retain", "momentum"), (8, 255), (16, 128)),
+    (16, ("retain", "momentum"), (4, 255), (4, 255))], ids=["hope's 4,096 values", "24,576 values", "1,536 values"])
+def test_mlp_kernels_warps_follow_their_state(monkeypatch, hidden, rules, forward, backward):
+    """8 warps from 4,096 state values (hope.nl's MLPs 32 -> 32 -> 32), 16 for the backward of a state
+    above 8,192 (32 -> 128 -> 32 with momentum), and every register the warps allow."""
+    dims = 32 if hidden > 16 else 16
+    cfg = MemoryConfig("mlp", dims, dims, depth=2, hidden=hidden, act="silu", residual=True,
+                       rules=tuple(Rule(r) for r in rules), chunk=16, read="anchor")
+    found, reason = kernels_for(cfg, standard_objective("mse"), f"prec.mlp{hidden}")
+    assert found is not None, reason
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    got = [found.launch_options(backward=backward_kernel) for backward_kernel in (False, True)]
+    assert [(o["num_warps"], o["maxnreg"]) for o in got] == [forward, backward]
