@@ -192,11 +192,6 @@ class KernelPlan(PlanNames):
         return self.has_cw or self.transition
 
     @property
-    def tile_reads_key(self) -> bool:
-        """The tile's backward reads its keys: for the columns' terms, or for |k|^2 in a coefficient."""
-        return self.has_e or self.uses_n2
-
-    @property
     def uses_n2(self) -> bool:
         return "n2" in self.uses
 
