@@ -202,7 +202,7 @@ def main() -> int:
     ap.add_argument("--block-v", type=int, help="rows of the state per program (linear memories)")
     ap.add_argument("--warps", type=int, help="warps per program instead of the level's")
     ap.add_argument("--stages", type=int, help="software-pipelining stages instead of the level's")
-    ap.add_argument("--backward-precision", choices=["ieee", "tf32", "bf16"],
+    ap.add_argument("--backward-precision", choices=["ieee", "tf32"],
                     help="tl.dot precision of the backward kernels (but the wy walk) instead of the level's")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="the inputs' dtype (bfloat16: the kernels' dots in tf32, as a bf16 model runs them)")
