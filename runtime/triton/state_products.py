@@ -24,6 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .backend import interpreting
+from .launch import _pow2
 
 BLOCK = 64   # key columns and state rows per step on a GPU (the interpreter takes whole heads); at 8 warps
 # sm_90 compiles it in 128 registers, nothing spilled (4 warps: 255 and 16 bytes spilled)
@@ -88,8 +89,7 @@ def _state_products(
 
 
 def _block(n: int) -> int:
-    full = max(16, 1 << max(0, (n - 1).bit_length()))
-    return full if interpreting() else min(full, BLOCK)
+    return _pow2(n) if interpreting() else min(_pow2(n), BLOCK)
 
 
 def state_products(columns: str, tile: int, starts: Tensor, dstarts: Tensor, dy: Tensor, e: Tensor, de: Tensor,
