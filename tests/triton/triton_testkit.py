@@ -225,8 +225,7 @@ def tf32_truncated(x):
 
 def emulate_tensor_cores(monkeypatch) -> None:
     """Under the Triton interpreter, tl.dot in tf32 as a GPU computes it: each float32 operand read as
-    tf32 by truncation (tf32x3: the operands split into a tf32 head and tail, three products), and the
-    launchers choosing tf32 for half-precision callers as they do on a GPU. The interpreter's own tl.dot
+    tf32 by truncation, and the launchers choosing tf32 for half-precision callers as they do on a GPU. The interpreter's own tl.dot
     ignores the precision (exact float32), which hides what tf32 does to a carried state."""
     import numpy as np
     import triton.runtime.interpreter as interpreter
@@ -239,10 +238,7 @@ def emulate_tensor_cores(monkeypatch) -> None:
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
         if a.data.dtype != np.float32 or input_precision == ir.INPUT_PRECISION.IEEE:
             return exact(self, a, b, d, input_precision, max_num_imprecise_acc)
-        ah, bh = tf32_truncated(a.data), tf32_truncated(b.data)
-        out = np.matmul(ah, bh)
-        if input_precision == ir.INPUT_PRECISION.TF32x3:
-            out += np.matmul(ah, tf32_truncated(b.data - bh)) + np.matmul(tf32_truncated(a.data - ah), bh)
+        out = np.matmul(tf32_truncated(a.data), tf32_truncated(b.data))
         return interpreter.TensorHandle(out.astype(np.float32) + d.data, d.dtype.scalar)
 
     monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
