@@ -59,6 +59,10 @@ CONFIGS = {
     # benchmarks/gpu/titans_vs_titans_pytorch.py's small-heads configuration
     "titans_small": (mlp(["retain", "momentum"], 32, 128, 64), "mse"),
     "titans_example": (mlp(["retain", "momentum"], 32, 64, 16), "sq"),
+    # states too large for the registers (the streamed forward, with --stream): titans-pytorch's default
+    # head (benchmarks/titans_peer.nl) and one of width 128
+    "titans_peer": (mlp(["retain", "momentum"], 256, 1024, 64), "mse"),
+    "titans_mlp128": (mlp(["retain", "momentum"], 128, 512, 64), "mse"),
     # tiny ones, for the test of this script
     "tiny_linear": (linear(["retain", "gd"], 16, 4), "l2"),
     "tiny_mlp": (mlp(["retain", "momentum"], 16, 16, 4), "mse"),
@@ -204,12 +208,16 @@ def main() -> int:
     ap.add_argument("--stages", type=int, help="software-pipelining stages instead of the level's")
     ap.add_argument("--backward-precision", choices=["ieee", "tf32"],
                     help="tl.dot precision of the backward kernels (but the wy walk) instead of the level's")
+    ap.add_argument("--stream", action="store_true",
+                    help="MLP memories: the streamed forward (state in global memory), as a GPU runs a large state")
+    ap.add_argument("--hidden-block", type=int, help="hidden units per block of the streamed forward")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="the inputs' dtype (bfloat16: the kernels' dots in tf32, as a bf16 model runs them)")
     args = ap.parse_args()
     os.environ.setdefault("NLC_CACHE", tempfile.mkdtemp(prefix="nlc-compile-"))
     overrides = {"tile": args.tile, "block_v": args.block_v, "warps": args.warps, "stages": args.stages,
-                 "backward_precision": args.backward_precision}
+                 "backward_precision": args.backward_precision, "stream": args.stream or None,
+                 "hidden_block": args.hidden_block}
     if args.spec:
         levels = spec_levels(args.spec)
     else:

@@ -4,7 +4,8 @@ Forward: the fused kernel (launch_mlp.py), which also stores every tile's start 
 momentum; tiles are aligned to the chunks, a chunk one or more tiles, and the anchor of a chunk that
 opens inside the call is the start state of its first tile) when a gradient is needed. Backward: the
 generated `<level>_bwd` kernel, which walks the tiles in reverse and recomputes each from its stored
-start state. Without one (`bwd` None) a walk over the chunks runs in PyTorch: each chunk recomputed
+start state. Without one (`bwd` None, or a state too large for it, which ran the streamed forward) a
+walk over the chunks runs in PyTorch: each chunk recomputed
 with the chunked path (the same dual form) from the start state of its first tile and differentiated
 by autograd, the gradient of its start state handed to the chunk before (one chunk's graph at a time).
 """
@@ -28,16 +29,18 @@ class MlpChunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernels, cfg, objective, position, prec, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2):
         store = any(ctx.needs_input_grad[5:])
+        streamed = kernels.streams(k)
         outs, (starts, mstarts) = kernels.launch_fwd(position, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2,
-                                                     store=store, prec=prec)
+                                                     store=store, prec=prec, streamed=streamed)
         ctx.kernels, ctx.cfg, ctx.objective, ctx.position = kernels, cfg, objective, position
+        ctx.streamed = streamed
         ctx.save_for_backward(q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, *starts, *mstarts)
         return outs
 
     @staticmethod
     def backward(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
         grads = None
-        if ctx.kernels.bwd is not None:
+        if ctx.kernels.bwd is not None and not ctx.streamed:   # a streamed state does not fit the kernel
             try:
                 grads = ctx.kernels.launch_bwd(ctx.position, ctx.saved_tensors, dy, dw1, dw2, da1, da2, ds1, ds2)
             except OutOfResources as error:

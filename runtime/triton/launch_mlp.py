@@ -3,8 +3,10 @@
 The kernel works on contiguous float32 copies of q, k, v (B, H, T, d), of the gates (B, H, T) and of
 the state: W1 (B, H, hidden, dk), W2 (B, H, dv, hidden), their anchors and momenta; outputs are cast
 back to the inputs' dtype. One program handles one (batch, head): both layers' weights stay on chip
-across the tiles. With `store`, the forward also writes the start state (theta and momentum) of every
-tile, from which the backward recomputes each tile (autograd_mlp.py).
+across the tiles. A state too large for that (above ON_CHIP_FLOATS) runs `<level>_fwd_streamed`, the
+same forward with the state in global memory, streamed through the program a block of hidden units at a
+time, and its backward walks the tiles in PyTorch (autograd_mlp.py). With `store`, the forward also
+writes the start state (theta and momentum) of every tile, from which the backward recomputes each tile.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .launch import BACKWARD_PRECISION, as_f32, gate_arguments, kernel_input, la
 WEIGHTS = ("W1", "W2")
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
 # program keeps in registers on a GPU: 128 KiB, half an SM's register file. A heuristic bound: above it
-# the kernel would spill or fail to compile, and the level runs the chunked path instead.
+# the kernel would spill or fail to compile, and the level runs the streamed forward instead.
 ON_CHIP_FLOATS = 32768
 
 
@@ -52,6 +54,9 @@ class MlpLevelKernels:
     momentum: bool
     fwd: Any
     bwd: Any = None
+    fwd_streamed: Any = None      # the forward with the state in global memory (a state too large for fwd)
+    hidden_block: int = 16        # hidden units per block of fwd_streamed
+    stream: Optional[bool] = None  # run fwd_streamed: always (True), never (False), or above ON_CHIP_FLOATS on a GPU
     reason: str = ""
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
@@ -60,7 +65,7 @@ class MlpLevelKernels:
 
     @property
     def backward(self) -> str:
-        if self.bwd is not None:
+        if self.bwd is not None and self.stream is not True:
             return "Triton backward kernel (the tiles in reverse, each recomputed from its stored start state)"
         return "the tiles in reverse, each recomputed and differentiated with the chunked PyTorch path"
 
@@ -89,9 +94,17 @@ class MlpLevelKernels:
         copies = 3 if self.momentum else 2
         return copies * _block(self.hidden) * (_block(self.dk) + _block(self.dv))
 
+    def streams(self, like: Tensor) -> bool:
+        """Whether a call on tensors like `like` runs the streamed forward (and the PyTorch backward)."""
+        if self.fwd_streamed is None:
+            return False
+        if self.stream is not None:
+            return self.stream
+        return like.is_cuda and not interpreting() and self.state_floats() > ON_CHIP_FLOATS
+
     def unfit(self, like: Tensor) -> Optional[str]:
         """Why the kernels cannot run on a GPU for tensors like `like` (None when they can)."""
-        if interpreting() or not like.is_cuda or self.state_floats() <= ON_CHIP_FLOATS:
+        if interpreting() or not like.is_cuda or self.state_floats() <= ON_CHIP_FLOATS or self.streams(like):
             return None
         return (f"a head's state (W1 {self.hidden}x{self.dk}, W2 {self.dv}x{self.hidden}, with anchors"
                 f"{' and momenta' if self.momentum else ''}: {self.state_floats()} float32 values) does not fit "
@@ -125,8 +138,9 @@ class MlpLevelKernels:
         return y, end
 
     def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, store: bool,
-                   prec: str = "ieee"):
-        """y, the end state (W1, W2, anchors, momenta) and, with `store`, the tile start states."""
+                   prec: str = "ieee", streamed: bool = False):
+        """y, the end state (W1, W2, anchors, momenta) and, with `store`, the tile start states; `streamed`
+        runs fwd_streamed."""
         batch, heads, tokens, _ = k.shape
         offset, sub0, n_tiles = self.tiles(position, tokens)
         dev = k.device
@@ -141,8 +155,17 @@ class MlpLevelKernels:
         else:
             starts = mstarts = [torch.empty(1, dtype=torch.float32, device=dev)] * 2
         grid = (batch * heads,)
-        self.fwd[grid](q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, y, *ends, *moms, *starts, *mstarts,
-                       tokens, offset, sub0, n_tiles, STORE=store, PREC=prec, **self.launch_options())
+        if streamed:
+            # two copies of each state tensor: a tile reads one and writes the other
+            space = [torch.empty(2, *t.shape, dtype=torch.float32, device=dev) for t in (w1, w2, a1, a2)]
+            space += ([torch.empty(2, *t.shape, dtype=torch.float32, device=dev) for t in (s1, s2)]
+                      if self.momentum else [_unused(k), _unused(k)])
+            self.fwd_streamed[grid](q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, y, *ends, *moms, *starts,
+                                    *mstarts, *space, tokens, offset, sub0, n_tiles, HB=self.hidden_block,
+                                    STORE=store, PREC=prec, **launch_options(self.warps, self.stages, True))
+        else:
+            self.fwd[grid](q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, y, *ends, *moms, *starts, *mstarts,
+                           tokens, offset, sub0, n_tiles, STORE=store, PREC=prec, **self.launch_options())
         self.launches["fwd"] += 1
         return (y, *ends, *moms), (starts, mstarts)
 

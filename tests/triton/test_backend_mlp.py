@@ -73,7 +73,10 @@ def test_a_level_without_a_fused_form_falls_back_with_one_line(tmp_path):
     assert ratio(logits0, logits) <= OUTPUT_RATIO  # the level ran on the chunked path (the prologue may be fused)
 
 
-def test_on_a_gpu_a_head_too_large_for_the_registers_falls_back(monkeypatch):
+def test_on_a_gpu_a_head_too_large_for_the_registers_streams_its_state(monkeypatch):
+    """titans-pytorch's default head (256 -> 1024 -> 256) runs the streamed forward on a GPU, titans.nl's
+    the on-chip kernels; a package without the streamed kernel says why the level falls back."""
+    import dataclasses
     from types import SimpleNamespace
 
     from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective
@@ -88,9 +91,11 @@ def test_on_a_gpu_a_head_too_large_for_the_registers_falls_back(monkeypatch):
     gpu_tensor = SimpleNamespace(is_cuda=True)
     peer, titans = lmm(256, 1024), lmm(32, 64)  # rendered under the interpreter
     if os.environ.get("TRITON_INTERPRET") == "1":
-        assert peer.unfit(gpu_tensor) is None  # the interpreter has no register file
+        assert not peer.streams(gpu_tensor)  # the interpreter has no register file
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    reason = peer.unfit(gpu_tensor)
+    assert peer.streams(gpu_tensor) and peer.unfit(gpu_tensor) is None
+    assert peer.hidden_block == 16  # blocks of 16 x 256 values of W1 and W2
+    assert not titans.streams(gpu_tensor) and titans.unfit(gpu_tensor) is None  # titans.nl's heads
+    assert not peer.streams(SimpleNamespace(is_cuda=False))
+    reason = dataclasses.replace(peer, fwd_streamed=None).unfit(gpu_tensor)
     assert reason and "W1 1024x256" in reason and "does not fit on chip" in reason
-    assert titans.unfit(gpu_tensor) is None  # titans.nl's heads
-    assert peer.unfit(SimpleNamespace(is_cuda=False)) is None

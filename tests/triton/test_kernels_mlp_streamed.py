@@ -1,0 +1,132 @@
+"""The streamed forward of MLP memories (`<level>_fwd_streamed`: the state in global memory, a block of
+hidden units at a time; what a GPU runs for a state above launch_mlp.ON_CHIP_FLOATS) against the float64
+reference and the chunked path, forward and, through the PyTorch tile walk, backward. Hidden 24 in
+blocks of 16 (the second block half masked) or of 32 (one block), under the Triton interpreter."""
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import pytest
+
+pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
+
+import torch  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
+
+from nldsl.runtime.memory import MemoryConfig, Rule, chunked, standard_objective  # noqa: E402
+from nldsl.runtime.triton import launch_mlp  # noqa: E402
+from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
+from test_kernels_mlp import TITANS, check, mcase, mlp  # noqa: E402
+from triton_testkit import FLOAT32_RATIO, OUTPUT_RATIO, kernels, make_inputs, ratio, split_run, start_state, to32  # noqa: E402,E501
+
+pytestmark = pytest.mark.triton
+
+
+def streamed(cfg, objective, hidden_block: int = 16):
+    """The level's kernels made to run the streamed forward, `hidden_block` hidden units at a time."""
+    return dataclasses.replace(kernels(cfg, objective), stream=True, hidden_block=hidden_block,
+                               launches={"fwd": 0, "bwd": 0, "bwd_tiles": 0})
+
+
+CASES = [
+    # rules, read, chunk, self_target, residual, objective, tokens, position
+    (TITANS, "after", 4, False, True, "sq", 13, 2),
+    (TITANS, "before", 4, False, True, "l2", 11, None),
+    (TITANS, "anchor", 4, False, False, "mse", 10, 5),
+    (("gd",), "after", 3, False, True, "huber", 9, 1),
+    (("dgd",), "anchor", 8, True, True, "l2", 21, 5),        # HOPE's self-modifying memory
+    (("retain", "delta", "gd"), "before", 4, False, True, "l2", 11, 6),
+    (TITANS, "after", 32, False, True, "l2", 40, 21),       # chunks of two tiles, carried in mid-tile
+]
+
+
+@pytest.mark.parametrize("rules, read, chunk, self_target, residual, objective, tokens, position", CASES)
+def test_streamed_forward_and_the_walk_backward(rules, read, chunk, self_target, residual, objective, tokens,
+                                                position):
+    cfg = mlp(rules, chunk=chunk, read=read, self_target=self_target, residual=residual, hidden=24)
+    lk = streamed(cfg, standard_objective(objective))
+    check(mcase(cfg, standard_objective(objective), tokens=tokens, position=position, seed=tokens), lk=lk)
+
+
+@pytest.mark.parametrize("hidden_block", [16, 32])
+def test_streamed_forward_equals_the_on_chip_forward(hidden_block):
+    """The same outputs, end state and anchor as the on-chip kernel, whatever the block."""
+    cfg = mlp(TITANS, chunk=4, read="after", hidden=24)
+    objective = standard_objective("l2")
+    case = mcase(cfg, objective, tokens=14, seed=3)
+    y, state = split_run(kernels(cfg, objective), case, [6])
+    ys, states = split_run(streamed(cfg, objective, hidden_block), case, [6])
+    assert ratio(y, ys) <= FLOAT32_RATIO
+    for key, value in state.to_tensors().items():
+        assert ratio(value, states.to_tensors()[key]) <= FLOAT32_RATIO, key
+
+
+def test_streamed_calls_split_anywhere_equal_the_whole_run():
+    cfg = mlp(TITANS, chunk=32, read="after", hidden=24)
+    lk = streamed(cfg, standard_objective("l2"))
+    case = mcase(cfg, standard_objective("l2"), tokens=50, seed=13)
+    y, state = split_run(lk, case, [])
+    for cuts in ([5], [16, 33], [20, 21, 32]):
+        ys, states = split_run(lk, case, cuts)
+        assert ratio(y, ys) <= OUTPUT_RATIO, cuts
+        for key, value in state.to_tensors().items():
+            assert ratio(value, states.to_tensors()[key]) <= OUTPUT_RATIO, (cuts, key)
+
+
+def test_the_launcher_streams_a_state_too_large_for_the_chip(monkeypatch):
+    """On a GPU a state above ON_CHIP_FLOATS runs the streamed forward instead of falling back; a forced
+    choice wins; without a streamed kernel the level still says why it cannot run."""
+    small = kernels(mlp(TITANS, hidden=24), standard_objective("l2"))
+    gpu = types.SimpleNamespace(is_cuda=True)
+    monkeypatch.setattr(launch_mlp, "interpreting", lambda: False)
+    assert not small.streams(gpu) and small.unfit(gpu) is None
+    monkeypatch.setattr(launch_mlp, "ON_CHIP_FLOATS", small.state_floats() - 1)
+    assert small.streams(gpu) and small.unfit(gpu) is None
+    assert not small.streams(types.SimpleNamespace(is_cuda=False))
+    assert not dataclasses.replace(small, stream=False).streams(gpu)
+    assert "does not fit on chip" in dataclasses.replace(small, fwd_streamed=None).unfit(gpu)
+    assert "PyTorch" in dataclasses.replace(small, stream=True).backward
+
+
+def test_a_streamed_forward_without_gradients_stores_nothing():
+    cfg = mlp(TITANS, chunk=4, read="after", hidden=24)
+    objective = standard_objective("l2")
+    lk = streamed(cfg, objective)
+    case = mcase(cfg, objective, tokens=12, seed=4)
+    with torch.no_grad():
+        y, state = split_run(lk, case, [])
+        y_chunked = _chunked(cfg, objective, case)
+    assert lk.launches["fwd"] == 1
+    assert ratio(y_chunked, y) <= FLOAT32_RATIO
+
+
+def _chunked(cfg, objective, case):
+    inp = make_inputs(cfg, case.batch, case.heads, case.tokens, case.seed, grad=False)
+    gates = {n: to32(inp.gates[n]) for n in cfg.required_gates()}
+    y, _ = chunked(cfg, objective, to32(inp.q), to32(inp.k), to32(inp.v), gates, None,
+                   start_state(cfg, to32(inp.params0), None, inp.k))
+    return y
+
+
+RULES = st.lists(st.sampled_from(["retain", "gd", "momentum", "delta", "dgd"]), min_size=1, max_size=3)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(rules=RULES, chunk=st.sampled_from([2, 3, 4, 32]), read=st.sampled_from(["after", "before", "anchor"]),
+       act=st.sampled_from(["silu", "gelu", "tanh"]), residual=st.booleans(), self_target=st.booleans(),
+       objective=st.sampled_from(["l2", "mse", "dot", "huber"]), position=st.sampled_from([None, 2, 21]),
+       tokens=st.integers(1, 40), seed=st.integers(0, 2 ** 16))
+def test_random_streamed_combinations(rules, chunk, read, act, residual, self_target, objective, position, tokens,
+                                      seed):
+    try:
+        cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=20, act=act, residual=residual,
+                           rules=tuple(Rule(r) for r in rules), read=read, chunk=chunk, self_target=self_target)
+    except ValueError:  # a combination the semantics rule out
+        assume(False)
+    found, _ = kernels_for(cfg, standard_objective(objective), "tests.random")
+    assume(found is not None)
+    lk = dataclasses.replace(found, stream=True, hidden_block=16, launches={"fwd": 0, "bwd": 0, "bwd_tiles": 0})
+    check(mcase(cfg, standard_objective(objective), tokens=tokens, position=position, seed=seed),
+          against_chunked=False, lk=lk)
