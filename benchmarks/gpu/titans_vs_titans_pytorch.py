@@ -15,8 +15,9 @@ layer on the chunked PyTorch backend is timed beside them for reference.
 On a GPU two configurations run: `matched` is titans_peer.nl itself (dim 256, 4 heads of 256, hidden
 1024, chunk 64); `small-heads` is the same spec at 8 heads of 32 (hidden 128). The generated kernels
 keep a head's W1 and W2 in registers across chunks, which fits small heads only: where a head's state
-does not fit (the matched configuration) the level would fall back to the chunked path, so the row
-says so instead of timing it; a kernel that fails to compile is reported the same way.
+does not fit (the matched configuration) the level runs the streamed forward (`<level>_fwd_streamed`,
+the state in global memory) and its backward walks the chunks in PyTorch; the header says which. A
+kernel that fails to compile is reported in its row instead of a time.
 
 Without a GPU the script runs end to end under the Triton interpreter at a tiny size (dim 32, 2 heads
 of 16, hidden 64, chunk 8), checks ours against the chunked PyTorch backend (outputs and gradients),
@@ -149,7 +150,9 @@ def fused_levels(layer, like: torch.Tensor) -> tuple[list[str], list[str]]:
             found, reason = kernels_for(m.cfg, m.objective, m.level_name)
             if found is None:
                 sys.exit(f"memory level {m.level_name} has no generated kernels: {reason}")
-            names.append(f"{m.level_name} (backward: {found.backward})")
+            streamed = found.streams(like)
+            names.append(f"{m.level_name} (forward: {'streamed, the state in global memory' if streamed else 'on chip'}"
+                         f"; backward: {found.backward if not streamed else 'the chunks in reverse in PyTorch'})")
             if found.unfit(like):
                 unfit.append(f"{m.level_name}: {found.unfit(like)}")
     return names, unfit
