@@ -4,8 +4,8 @@ Forward: the fused kernel (launch_mlp.py), which also stores every tile's start 
 momentum; tiles are aligned to the chunks, a chunk one or more tiles, and the anchor of a chunk that
 opens inside the call is the start state of its first tile) when a gradient is needed. Backward: the
 generated `<level>_bwd` kernel, which walks the tiles in reverse and recomputes each from its stored
-start state. Without one (`bwd` None, or a state too large for it, which ran the streamed forward) a
-walk over the chunks runs in PyTorch: each chunk recomputed
+start state (`<level>_bwd_streamed` after the streamed forward). Without one (`bwd` None) a walk over
+the chunks runs in PyTorch: each chunk recomputed
 with the chunked path (the same dual form) from the start state of its first tile and differentiated
 by autograd, the gradient of its start state handed to the chunk before (one chunk's graph at a time).
 """
@@ -40,11 +40,12 @@ class MlpChunkFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
         grads = None
-        if ctx.kernels.bwd is not None and not ctx.streamed:   # a streamed state does not fit the kernel
+        if (ctx.kernels.bwd_streamed if ctx.streamed else ctx.kernels.bwd) is not None:
             try:
-                grads = ctx.kernels.launch_bwd(ctx.position, ctx.saved_tensors, dy, dw1, dw2, da1, da2, ds1, ds2)
+                grads = ctx.kernels.launch_bwd(ctx.position, ctx.saved_tensors, dy, dw1, dw2, da1, da2, ds1, ds2,
+                                               streamed=ctx.streamed)
             except OutOfResources as error:
-                without_backward_kernel(ctx.kernels, error)
+                without_backward_kernel(ctx.kernels, error, streamed=ctx.streamed)
         if grads is None:
             grads = _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2)
         needed = ctx.needs_input_grad[5:]

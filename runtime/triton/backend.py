@@ -52,9 +52,13 @@ def fall_back(level: str, reason: str) -> None:
                   TritonFallbackWarning, stacklevel=4)
 
 
-def without_backward_kernel(kernels, error: Exception) -> None:
-    """The level's backward kernel does not fit the device: from now on its backward runs in PyTorch."""
-    kernels.bwd = None
+def without_backward_kernel(kernels, error: Exception, streamed: bool = False) -> None:
+    """The level's backward kernel (`streamed`: an MLP level's streamed one) does not fit the device: from
+    now on that backward runs in PyTorch."""
+    if streamed:
+        kernels.bwd_streamed = None
+    else:
+        kernels.bwd = None
     fall_back(kernels.level, f"its backward kernel does not fit the device ({error}); the backward runs the "
                              "chunked PyTorch path")
 

@@ -5,7 +5,7 @@ the state: W1 (B, H, hidden, dk), W2 (B, H, dv, hidden), their anchors and momen
 back to the inputs' dtype. One program handles one (batch, head): both layers' weights stay on chip
 across the tiles. A state too large for that (above ON_CHIP_FLOATS) runs `<level>_fwd_streamed`, the
 same forward with the state in global memory, streamed through the program a block of hidden units at a
-time, and its backward walks the tiles in PyTorch (autograd_mlp.py). With `store`, the forward also
+time, and `<level>_bwd_streamed` its backward the same way (autograd_mlp.py). With `store`, the forward also
 writes the start state (theta and momentum) of every tile, from which the backward recomputes each tile.
 """
 
@@ -55,6 +55,7 @@ class MlpLevelKernels:
     fwd: Any
     bwd: Any = None
     fwd_streamed: Any = None      # the forward with the state in global memory (a state too large for fwd)
+    bwd_streamed: Any = None      # its backward (None: the tiles in reverse in PyTorch)
     hidden_block: int = 16        # hidden units per block of fwd_streamed
     stream: Optional[bool] = None  # run fwd_streamed: always (True), never (False), or above ON_CHIP_FLOATS on a GPU
     reason: str = ""
@@ -64,8 +65,17 @@ class MlpLevelKernels:
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "bwd_tiles": 0})
 
     @property
+    def streamed_backward(self) -> str:
+        if self.bwd_streamed is not None:
+            return ("Triton backward kernel with the state's gradients in global memory (the tiles in reverse, "
+                    "each recomputed from its stored start state)")
+        return "the tiles in reverse, each recomputed and differentiated with the chunked PyTorch path"
+
+    @property
     def backward(self) -> str:
-        if self.bwd is not None and self.stream is not True:
+        if self.stream:
+            return self.streamed_backward
+        if self.bwd is not None:
             return "Triton backward kernel (the tiles in reverse, each recomputed from its stored start state)"
         return "the tiles in reverse, each recomputed and differentiated with the chunked PyTorch path"
 
@@ -169,9 +179,9 @@ class MlpLevelKernels:
         self.launches["fwd"] += 1
         return (y, *ends, *moms), (starts, mstarts)
 
-    def launch_bwd(self, position: int, saved, dy, dw1, dw2, da1, da2, ds1, ds2):
+    def launch_bwd(self, position: int, saved, dy, dw1, dw2, da1, da2, ds1, ds2, streamed: bool = False):
         """Gradients of the forward's 12 tensor inputs (q, k, v, the three gates, W1, W2, their anchors and
-        momenta) from the stored tile start states."""
+        momenta) from the stored tile start states; `streamed` runs bwd_streamed."""
         q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, st1, st2, ss1, ss2 = saved
         tokens = k.shape[2]
         offset, sub0, n_tiles = self.tiles(position, tokens)
@@ -184,10 +194,23 @@ class MlpLevelKernels:
         grads_in = [torch.empty_like(t, dtype=torch.float32) for t in (q, k, v, eta, alpha, beta)]
         grads_state = [torch.empty_like(t) for t in (w1, w2, a1, a2, s1, s2)]
         c = lambda t: t.contiguous()  # noqa: E731
-        self.bwd[(k.shape[0] * k.shape[1],)](
-            q, k, v, eta, alpha, beta, a1, a2, st1, st2, ss1, ss2,
-            c(dy), c(d_end[0]), c(d_end[1]), c(ds1), c(ds2), c(d_anchor[0]), c(d_anchor[1]),
-            *grads_in, *grads_state, tokens, offset, sub0, n_tiles, PREC=self.backward_precision,
-            **self.launch_options(backward=True))
+        args = (q, k, v, eta, alpha, beta, a1, a2, st1, st2, ss1, ss2,
+                c(dy), c(d_end[0]), c(d_end[1]), c(ds1), c(ds2), c(d_anchor[0]), c(d_anchor[1]),
+                *grads_in, *grads_state)
+        grid = (k.shape[0] * k.shape[1],)
+        if streamed:
+            # two copies of each state gradient (a tile reads one, writes the other) and a tile's partial
+            # gradients of the hidden pre-activations and activations
+            space = [torch.empty(2, *t.shape, dtype=torch.float32, device=k.device) for t in (w1, w2)]
+            space += ([torch.empty(2, *t.shape, dtype=torch.float32, device=k.device) for t in (s1, s2)]
+                      if self.momentum else [_unused(k), _unused(k)])
+            space += [torch.empty(2, *t.shape, dtype=torch.float32, device=k.device) for t in (a1, a2)]
+            space += [torch.empty(grid[0], self.block_t, self.hidden, dtype=torch.float32, device=k.device)
+                      for _ in range(2)]
+            self.bwd_streamed[grid](*args, *space, tokens, offset, sub0, n_tiles, HB=self.hidden_block,
+                                    PREC=self.backward_precision, **launch_options(self.warps, self.stages, True))
+        else:
+            self.bwd[grid](*args, tokens, offset, sub0, n_tiles, PREC=self.backward_precision,
+                           **self.launch_options(backward=True))
         self.launches["bwd"] += 1
         return (*grads_in, *grads_state)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def check(case: Case, against_chunked: bool = True, lk=None) -> None:
     """Triton vs reference (and vs chunked); the fused forward and backward kernels ran once each (or,
-    without a backward kernel or after the streamed forward, the PyTorch backward walked every chunk)."""
+    without a backward kernel, the PyTorch backward walked every chunk)."""
     lk = lk or kernels(case.cfg, case.objective)
     before = dict(lk.launches)
     tri = run_path(case, "triton", lk)
@@ -37,7 +37,7 @@ def check(case: Case, against_chunked: bool = True, lk=None) -> None:
     offset = (case.position or 0) % case.cfg.chunk
     tiles = -(-(case.tokens + offset) // case.cfg.chunk)
     used = {name: lk.launches[name] - before[name] for name in before}
-    kernel_backward = lk.bwd is not None and not lk.stream   # a streamed forward's backward walks in PyTorch
+    kernel_backward = (lk.bwd_streamed if lk.stream else lk.bwd) is not None
     expected = {"fwd": 1, "bwd": 1, "bwd_tiles": 0} if kernel_backward else {"fwd": 1, "bwd": 0, "bwd_tiles": tiles}
     assert used == expected, used
 

@@ -1,7 +1,8 @@
-"""The streamed forward of MLP memories (`<level>_fwd_streamed`: the state in global memory, a block of
-hidden units at a time; what a GPU runs for a state above launch_mlp.ON_CHIP_FLOATS) against the float64
-reference and the chunked path, forward and, through the PyTorch tile walk, backward. Hidden 24 in
-blocks of 16 (the second block half masked) or of 32 (one block), under the Triton interpreter."""
+"""The streamed kernels of MLP memories (`<level>_fwd_streamed`, `<level>_bwd_streamed`: the state and
+its gradients in global memory, a block of hidden units at a time; what a GPU runs for a state above
+launch_mlp.ON_CHIP_FLOATS) against the float64 reference, the chunked path and the on-chip kernels:
+outputs, final states and every gradient. Hidden 20 or 24 in blocks of 16 (the second block partly
+masked) or of 32 (one block), under the Triton interpreter."""
 from __future__ import annotations
 
 import dataclasses
@@ -42,11 +43,18 @@ CASES = [
 
 
 @pytest.mark.parametrize("rules, read, chunk, self_target, residual, objective, tokens, position", CASES)
-def test_streamed_forward_and_the_walk_backward(rules, read, chunk, self_target, residual, objective, tokens,
+def test_streamed_forward_and_backward(rules, read, chunk, self_target, residual, objective, tokens,
                                                 position):
     cfg = mlp(rules, chunk=chunk, read=read, self_target=self_target, residual=residual, hidden=24)
     lk = streamed(cfg, standard_objective(objective))
     check(mcase(cfg, standard_objective(objective), tokens=tokens, position=position, seed=tokens), lk=lk)
+
+
+def test_without_the_streamed_backward_kernel_the_pytorch_walk_takes_over():
+    """What a level does when its streamed backward does not fit the device (OutOfResources)."""
+    cfg = mlp(TITANS, chunk=4, read="after", hidden=24)
+    lk = dataclasses.replace(streamed(cfg, standard_objective("l2")), bwd_streamed=None)
+    check(mcase(cfg, standard_objective("l2"), tokens=11, position=3, seed=2), lk=lk)
 
 
 @pytest.mark.parametrize("hidden_block", [16, 32])
@@ -86,7 +94,8 @@ def test_the_launcher_streams_a_state_too_large_for_the_chip(monkeypatch):
     assert not small.streams(types.SimpleNamespace(is_cuda=False))
     assert not dataclasses.replace(small, stream=False).streams(gpu)
     assert "does not fit on chip" in dataclasses.replace(small, fwd_streamed=None).unfit(gpu)
-    assert "PyTorch" in dataclasses.replace(small, stream=True).backward
+    assert "global memory" in dataclasses.replace(small, stream=True).backward
+    assert "PyTorch" in dataclasses.replace(small, stream=True, bwd_streamed=None).backward
 
 
 def test_a_streamed_forward_without_gradients_stores_nothing():
