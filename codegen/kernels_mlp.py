@@ -12,8 +12,9 @@ token s at the anchor) and the read goes through the dual form, layer by layer, 
 weights. delta / dgd add the transition W1 (a I + cp k k^T) on the key-input layer (W2 sees dgd as
 retention and a step, delta not at all): W1's update columns then solve a triangular system per tile,
 as in the linear family. Per-layer transitions, biases, other depths and chunk size 1 have no fused
-form and fall back (`mlp_kernel_form` names the reason). Every fused level also gets `<level>_fwd_streamed`,
-the forward with the state in global memory, for heads too large for the registers (launch_mlp.py).
+form and fall back (`mlp_kernel_form` names the reason). Every fused level also gets
+`<level>_fwd_streamed` and `<level>_bwd_streamed`, the kernels with the state in global memory, for
+heads too large for the registers (launch_mlp.py).
 
 Like the rest of the generator, this module does not import torch.
 """

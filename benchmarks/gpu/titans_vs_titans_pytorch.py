@@ -15,9 +15,9 @@ layer on the chunked PyTorch backend is timed beside them for reference.
 On a GPU two configurations run: `matched` is titans_peer.nl itself (dim 256, 4 heads of 256, hidden
 1024, chunk 64); `small-heads` is the same spec at 8 heads of 32 (hidden 128). The generated kernels
 keep a head's W1 and W2 in registers across chunks, which fits small heads only: where a head's state
-does not fit (the matched configuration) the level runs the streamed forward (`<level>_fwd_streamed`,
-the state in global memory) and its backward walks the chunks in PyTorch; the header says which. A
-kernel that fails to compile is reported in its row instead of a time.
+does not fit (the matched configuration) the level runs the streamed kernels (`<level>_fwd_streamed`,
+`<level>_bwd_streamed`: the state in global memory); the header says which. A kernel that fails to
+compile is reported in its row instead of a time.
 
 Without a GPU the script runs end to end under the Triton interpreter at a tiny size (dim 32, 2 heads
 of 16, hidden 64, chunk 8), checks ours against the chunked PyTorch backend (outputs and gradients),
@@ -152,7 +152,7 @@ def fused_levels(layer, like: torch.Tensor) -> tuple[list[str], list[str]]:
                 sys.exit(f"memory level {m.level_name} has no generated kernels: {reason}")
             streamed = found.streams(like)
             names.append(f"{m.level_name} (forward: {'streamed, the state in global memory' if streamed else 'on chip'}"
-                         f"; backward: {found.backward if not streamed else 'the chunks in reverse in PyTorch'})")
+                         f"; backward: {found.streamed_backward if streamed else found.backward})")
             if found.unfit(like):
                 unfit.append(f"{m.level_name}: {found.unfit(like)}")
     return names, unfit

@@ -43,6 +43,30 @@ def test_a_backward_kernel_too_large_for_the_device_leaves_the_backward_to_pytor
     assert lk.launches["fwd"] == 1 and lk.launches.get("recompute", 0) + lk.launches.get("bwd_tiles", 0) > 0
 
 
+def test_a_streamed_backward_too_large_for_the_device_leaves_the_backward_to_pytorch():
+    """The same for an MLP level whose state streams: only its streamed backward is given up."""
+    cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=24, act="silu", residual=True,
+                       rules=(Rule("retain"), Rule("momentum")), chunk=4, read="after")
+    objective = standard_objective("l2")
+    found, reason = kernels_for(cfg, objective, "oor.streamed")
+    assert found is not None and found.bwd_streamed is not None, reason
+    lk = dataclasses.replace(found, stream=True, launches={n: 0 for n in found.launches})
+    lk.bwd_streamed = _Unlaunchable()
+    case = Case(cfg, objective, tokens=10, position=3, eta_max=0.2)
+    with pytest.warns(TritonFallbackWarning, match=r"backward kernel does not fit the device .*shared memory"):
+        tri = run_path(case, "triton", lk)
+    compare(run_reference(case), tri, "a PyTorch backward after the streamed backward's OutOfResources")
+    assert lk.bwd_streamed is None and lk.bwd is not None and found.bwd_streamed is not None
+    assert lk.launches == {"fwd": 1, "bwd": 0, "bwd_tiles": 4}   # positions 3 to 12: four chunks
+
+
+class _Unlaunchable:
+    """A kernel whose every launch runs out of resources."""
+
+    def __getitem__(self, grid):
+        return too_large
+
+
 def test_a_forward_kernel_too_large_for_the_device_sends_the_level_to_the_chunked_path(monkeypatch):
     cfg = MemoryConfig("linear", 8, 8, rules=(Rule("retain"), Rule("gd")), chunk=4, read="after")
     torch.manual_seed(0)
