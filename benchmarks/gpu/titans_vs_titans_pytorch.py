@@ -2,6 +2,7 @@
 
     python benchmarks/gpu/titans_vs_titans_pytorch.py                # on a GPU: the configurations below
     python benchmarks/gpu/titans_vs_titans_pytorch.py --json out.json
+    python benchmarks/gpu/titans_vs_titans_pytorch.py --stream        # the streamed kernels for every head
 
 Ours is benchmarks/titans_peer.nl compiled by nlc on the triton backend: per head a depth-2 GELU MLP
 with a residual, an mse inner loss, retention and momentum per token, gradients at the chunk's anchor,
@@ -17,7 +18,8 @@ On a GPU two configurations run: `matched` is titans_peer.nl itself (dim 256, 4 
 keep a head's W1 and W2 in registers across chunks, which fits small heads only: where a head's state
 does not fit (the matched configuration) the level runs the streamed kernels (`<level>_fwd_streamed`,
 `<level>_bwd_streamed`: the state in global memory); the header says which. A kernel that fails to
-compile is reported in its row instead of a time.
+compile is reported in its row instead of a time. `--stream` makes every configuration run the
+streamed kernels, the small heads too: side by side with a default run, what streaming costs.
 
 Without a GPU the script runs end to end under the Triton interpreter at a tiny size (dim 32, 2 heads
 of 16, hidden 64, chunk 8), checks ours against the chunked PyTorch backend (outputs and gradients),
@@ -138,9 +140,10 @@ def time_chunked(layer, x, grad: bool, repeats: int, warmup: int) -> float:
         set_backend(layer, "triton")
 
 
-def fused_levels(layer, like: torch.Tensor) -> tuple[list[str], list[str]]:
+def fused_levels(layer, like: torch.Tensor, stream: bool = False) -> tuple[list[str], list[str]]:
     """The memory levels of our layer that run generated kernels, and the reasons any would fall back
-    on tensors like `like` (a head whose state does not fit on chip)."""
+    on tensors like `like` (a head whose state does not fit on chip); `stream` makes them all run the
+    streamed kernels."""
     from nldsl.runtime import MemoryLevel
     from nldsl.runtime.triton.registry import kernels_for
 
@@ -150,6 +153,8 @@ def fused_levels(layer, like: torch.Tensor) -> tuple[list[str], list[str]]:
             found, reason = kernels_for(m.cfg, m.objective, m.level_name)
             if found is None:
                 sys.exit(f"memory level {m.level_name} has no generated kernels: {reason}")
+            if stream:
+                found.stream = True   # the registry's kernels: every later call of the level streams
             streamed = found.streams(like)
             names.append(f"{m.level_name} (forward: {'streamed, the state in global memory' if streamed else 'on chip'}"
                          f"; backward: {found.streamed_backward if streamed else found.backward})")
@@ -158,10 +163,11 @@ def fused_levels(layer, like: torch.Tensor) -> tuple[list[str], list[str]]:
     return names, unfit
 
 
-def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: int, gpu: bool) -> list[dict]:
+def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: int, gpu: bool,
+                 stream: bool = False) -> list[dict]:
     ours = build_ours(cfg, folder, device)
     peer = build_peer(cfg, device)
-    names, unfit = fused_levels(ours, torch.empty(0, device=device))
+    names, unfit = fused_levels(ours, torch.empty(0, device=device), stream)
     print(f"[{cfg.name}] dim {cfg.dim}, {cfg.heads} heads of {cfg.head_dim}, hidden {4 * cfg.head_dim}, "
           f"chunk {cfg.chunk}; generated kernels for {', '.join(names)}")
     for line in unfit:
@@ -172,7 +178,7 @@ def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: i
         x = torch.randn(batch, tokens, cfg.dim, generator=gen).to(device)
         for mode in ("fwd", "fwd+bwd"):
             grad = mode == "fwd+bwd"
-            row = {"config": cfg.name, "batch": batch, "tokens": tokens, "dim": cfg.dim, "heads": cfg.heads,
+            row = {"config": cfg.name, "streamed": stream, "batch": batch, "tokens": tokens, "dim": cfg.dim, "heads": cfg.heads,
                    "head_dim": cfg.head_dim, "chunk": cfg.chunk, "mode": mode, "dtype": "float32"}
             if unfit:
                 row["ours_error"] = "the generated kernels do not fit these heads (see above)"
@@ -206,6 +212,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--configs", default=None, help="comma-separated configuration names (default: all)")
+    ap.add_argument("--stream", action="store_true",
+                    help="run the streamed kernels (state in global memory) for every head, the small ones too")
     args = ap.parse_args()
     if importlib.util.find_spec("titans_pytorch") is None:
         print("titans-pytorch is not installed: pip install titans-pytorch==0.5.5")
@@ -224,7 +232,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nlc-titans-") as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         for cfg in configs:
-            rows += bench_config(cfg, Path(folder), device, repeats, warmup, gpu)
+            rows += bench_config(cfg, Path(folder), device, repeats, warmup, gpu, args.stream)
     if not gpu:
         print("no GPU figures from this run: it used the Triton interpreter on a CPU at a tiny size "
               "(its timings say nothing about GPU speed); run on a GPU for the comparison")

@@ -19,14 +19,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script runs the full comparison")
-def test_the_titans_benchmark_runs_under_the_interpreter_and_says_there_are_no_gpu_figures(tmp_path):
+@pytest.mark.parametrize("stream", [False, True], ids=["on-chip", "streamed"])
+def test_the_titans_benchmark_runs_under_the_interpreter_and_says_there_are_no_gpu_figures(tmp_path, stream):
     env = dict(os.environ, TRITON_INTERPRET="1", NLC_CACHE=str(tmp_path / "cache"))
     out = tmp_path / "rows.json"
-    result = subprocess.run([sys.executable, "benchmarks/gpu/titans_vs_titans_pytorch.py", "--json", str(out)],
+    result = subprocess.run([sys.executable, "benchmarks/gpu/titans_vs_titans_pytorch.py", "--json", str(out)]
+                            + (["--stream"] if stream else []),
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no GPU figures from this run" in result.stdout
     assert "Triton backward kernel" in result.stdout
+    assert ("forward: streamed" in result.stdout) == stream
     rows = json.loads(out.read_text())["rows"]
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
     assert all("ours_ms" in r and "peer_ms" in r and "chunked_ms" in r and r["speedup"] > 0 for r in rows)
