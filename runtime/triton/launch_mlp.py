@@ -34,6 +34,11 @@ def _unused(like: Tensor) -> Tensor:
     return torch.empty(1, dtype=torch.float32, device=like.device)
 
 
+def _two_copies(tensors) -> list[Tensor]:
+    """Room for two float32 copies of each tensor: a tile of a streamed kernel reads one, writes the other."""
+    return [torch.empty(2, *t.shape, dtype=torch.float32, device=t.device) for t in tensors]
+
+
 def _block(n: int) -> int:
     return max(16, 1 << max(0, (n - 1).bit_length()))
 
@@ -166,10 +171,7 @@ class MlpLevelKernels:
             starts = mstarts = [torch.empty(1, dtype=torch.float32, device=dev)] * 2
         grid = (batch * heads,)
         if streamed:
-            # two copies of each state tensor: a tile reads one and writes the other
-            space = [torch.empty(2, *t.shape, dtype=torch.float32, device=dev) for t in (w1, w2, a1, a2)]
-            space += ([torch.empty(2, *t.shape, dtype=torch.float32, device=dev) for t in (s1, s2)]
-                      if self.momentum else [_unused(k), _unused(k)])
+            space = _two_copies((w1, w2, a1, a2)) + (_two_copies((s1, s2)) if self.momentum else [_unused(k)] * 2)
             self.fwd_streamed[grid](q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, y, *ends, *moms, *starts,
                                     *mstarts, *space, tokens, offset, sub0, n_tiles, HB=self.hidden_block,
                                     STORE=store, PREC=prec, **launch_options(self.warps, self.stages, True))
@@ -199,12 +201,10 @@ class MlpLevelKernels:
                 *grads_in, *grads_state)
         grid = (k.shape[0] * k.shape[1],)
         if streamed:
-            # two copies of each state gradient (a tile reads one, writes the other) and a tile's partial
-            # gradients of the hidden pre-activations and activations
-            space = [torch.empty(2, *t.shape, dtype=torch.float32, device=k.device) for t in (w1, w2)]
-            space += ([torch.empty(2, *t.shape, dtype=torch.float32, device=k.device) for t in (s1, s2)]
-                      if self.momentum else [_unused(k), _unused(k)])
-            space += [torch.empty(2, *t.shape, dtype=torch.float32, device=k.device) for t in (a1, a2)]
+            # the state's gradients, then a tile's partial gradients of the hidden pre-activations and
+            # activations
+            space = _two_copies((w1, w2)) + (_two_copies((s1, s2)) if self.momentum else [_unused(k)] * 2)
+            space += _two_copies((a1, a2))
             space += [torch.empty(grid[0], self.block_t, self.hidden, dtype=torch.float32, device=k.device)
                       for _ in range(2)]
             self.bwd_streamed[grid](*args, *space, tokens, offset, sub0, n_tiles, HB=self.hidden_block,
