@@ -43,11 +43,20 @@ CASES = [
 
 
 @pytest.mark.parametrize("rules, read, chunk, self_target, residual, objective, tokens, position", CASES)
-def test_streamed_forward_and_backward(rules, read, chunk, self_target, residual, objective, tokens,
-                                                position):
+def test_streamed_forward_and_backward(rules, read, chunk, self_target, residual, objective, tokens, position):
     cfg = mlp(rules, chunk=chunk, read=read, self_target=self_target, residual=residual, hidden=24)
     lk = streamed(cfg, standard_objective(objective))
     check(mcase(cfg, standard_objective(objective), tokens=tokens, position=position, seed=tokens), lk=lk)
+
+
+def test_keys_and_values_of_different_widths():
+    """W1 (hidden, dk) and W2 (dv, hidden) of different sizes (no residual). (A W2 copy placed at W1's
+    size apart would overlap the other copy; the interpreter runs programs one after another and a
+    block's loads before its stores, so such an overlap shows only on a GPU.)"""
+    cfg = MemoryConfig("mlp", 8, 12, depth=2, hidden=24, act="gelu", residual=False,
+                       rules=(Rule("retain"), Rule("momentum")), read="before", chunk=4)
+    case = mcase(cfg, standard_objective("l2"), batch=1, heads=1, tokens=11, position=1, seed=12)
+    check(case, lk=streamed(cfg, standard_objective("l2")))
 
 
 def test_without_the_streamed_backward_kernel_the_pytorch_walk_takes_over():
