@@ -27,6 +27,7 @@ Like the rest of the generator, this module does not import torch.
 from __future__ import annotations
 
 import ast as pyast
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -65,6 +66,16 @@ class PlanNames:
     @property
     def level_literal(self) -> str:
         return literal(self.level)
+
+    @property
+    def kernels_prefix(self) -> str:
+        """The prefix of the kernels this level runs: its own, or those of an earlier level of the same
+        configuration (render() keeps one copy of identical kernels)."""
+        return self.shared or self.prefix
+
+    @property
+    def shared_comment(self) -> str:
+        return comment(f"{self.level}: the kernels of an earlier level of the same configuration")
 
     @property
     def read_literal(self) -> str:
@@ -125,6 +136,7 @@ class KernelPlan(PlanNames):
     step_uses: tuple
     step_momentum: bool
     rules_text: str
+    shared: str = ""           # the kernels' prefix of an earlier level of the same configuration, if any
 
     # names and literals the templates paste
     @property
@@ -137,7 +149,7 @@ class KernelPlan(PlanNames):
 
     @property
     def fwd_name(self) -> str:
-        return "None" if self.form == "recurrent" else f"{self.prefix}_fwd"
+        return "None" if self.form == "recurrent" else f"{self.kernels_prefix}_fwd"
 
     @property
     def step_reads_key(self) -> bool:
@@ -153,7 +165,7 @@ class KernelPlan(PlanNames):
     def prep_name(self) -> str:
         """The wy form's forward is two kernels: <prefix>_prep (the tiles' state-free terms, all tiles at
         once) and <prefix>_fwd (the walk over the tiles)."""
-        return f"{self.prefix}_prep" if self.form == "wy" else "None"
+        return f"{self.kernels_prefix}_prep" if self.form == "wy" else "None"
 
     @property
     def columns_literal(self) -> str:
@@ -165,11 +177,11 @@ class KernelPlan(PlanNames):
 
     @property
     def prep_bwd_name(self) -> str:
-        return f"{self.prefix}_prep_bwd" if self.form == "wy" and self.backward else "None"
+        return f"{self.kernels_prefix}_prep_bwd" if self.form == "wy" and self.backward else "None"
 
     @property
     def bwd_name(self) -> str:
-        return f"{self.prefix}_bwd" if self.backward else "None"
+        return f"{self.kernels_prefix}_bwd" if self.backward else "None"
 
     @property
     def read_text(self) -> str:
@@ -474,14 +486,33 @@ class Skipped:
 
 
 def render(plans, title: str, skipped=(), mlp_plans=()) -> str:
-    """The text of kernels.py for these plans (levels without kernels listed in `skipped`)."""
-    text = environment().get_template("kernels.py.jinja").render(title=title, plans=list(plans), skipped=list(skipped),
-                                                                 mlp_plans=list(mlp_plans))
+    """The text of kernels.py for these plans (levels without kernels listed in `skipped`). Levels whose
+    plans differ only in their names (HOPE's four generator memories) share one copy of the kernels."""
+    plans, entries = _shared(plans)
+    mlp_plans, mlp_entries = _shared(mlp_plans)
+    text = environment().get_template("kernels.py.jinja").render(
+        title=title, plans=plans, entries=entries, skipped=list(skipped), mlp_plans=mlp_plans, mlp_entries=mlp_entries)
     try:
         pyast.parse(text, filename="kernels.py")
     except SyntaxError as e:  # a bug in the generator, never in the spec
         raise RuntimeError(f"generated kernels.py does not parse: {e}") from e
     return text
+
+
+def _shared(plans) -> tuple[list, list]:
+    """(the plans whose kernels are rendered, every plan for the KERNELS table): a plan equal to an earlier
+    one but for its names is not rendered again, and its entry runs the earlier level's kernels."""
+    first: dict = {}
+    rendered, entries = [], []
+    for plan in plans:
+        key = dataclasses.replace(plan, level="", prefix="", doc="")
+        if key in first:
+            entries.append(dataclasses.replace(plan, shared=first[key].prefix))
+        else:
+            first[key] = plan
+            rendered.append(plan)
+            entries.append(plan)
+    return rendered, entries
 
 
 def _doc(text: str) -> str:

@@ -100,6 +100,7 @@ class MlpKernelPlan(PlanNames):
     coefs: tuple               # Coef lines (c_a, c_cw, c_r, c_cm)
     dgate_lines: tuple         # backward: gate gradients from the coefficient gradients
     rules_text: str
+    shared: str = ""           # the kernels' prefix of an earlier level of the same configuration, if any
 
     @property
     def block_t(self) -> int:

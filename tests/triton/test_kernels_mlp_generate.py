@@ -121,3 +121,40 @@ def test_compiled_packages_carry_kernels_for_their_fused_mlp_memories(name, leve
                   if isinstance(n, ast.Assign) and n.targets[0].id == "NO_KERNELS"]
     assert no_kernels == [{}]
     assert _compiled(name) == text
+
+
+def _kernel_table(text: str) -> dict:
+    """KERNELS of a kernels.py text: level -> {argument: the name or literal it is given}."""
+    tree = ast.parse(text)
+    table = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "KERNELS")
+    return {ast.literal_eval(key): {kw.arg: ast.unparse(kw.value) for kw in call.keywords}
+            for key, call in zip(table.keys, table.values)}
+
+
+def test_levels_of_one_configuration_share_one_copy_of_the_kernels():
+    """hope.nl's four generator memories differ only in their names: one copy of their kernels, an entry
+    per level (named after it) that runs it; HOPE's memory (another chunk) has its own."""
+    text = _compiled("hope")
+    table = _kernel_table(text)
+    generators = [f"selfmod_titans.mem_{m}" for m in ("k", "v", "eta", "alpha")]
+    for level in generators:
+        assert table[level]["level"] == repr(level)
+        assert table[level]["fwd"] == "selfmod_titans__mem_k_fwd"
+        assert table[level]["bwd_streamed"] == "selfmod_titans__mem_k_bwd_streamed"
+    for level in generators[1:]:
+        assert f"def {level.replace('.', '__')}_" not in text
+        assert f"# {level}: the kernels of an earlier level of the same configuration" in text
+    assert table["selfmod_titans.mem"]["fwd"] == "selfmod_titans__mem_fwd"
+    assert text.count("def selfmod_titans__mem_k_fwd(") == 1
+
+
+def test_linear_levels_of_one_configuration_share_their_kernels_too():
+    from nldsl.codegen.kernels import plan_level, render
+
+    same = [plan_level(name, MemoryConfig("linear", 8, 8, rules=(Rule("retain"), Rule("gd")), chunk=4), L2)
+            for name in ("b.m", "b.n")]
+    other = plan_level("b.o", MemoryConfig("linear", 8, 8, rules=(Rule("retain"), Rule("gd")), chunk=8), L2)
+    text = render([*same, other], "three levels")
+    table = _kernel_table(text)
+    assert table["b.n"]["fwd"] == "b__m_fwd" and table["b.n"]["step"] == "b__m_step"
+    assert table["b.o"]["fwd"] == "b__o_fwd" and "def b__n_" not in text
