@@ -117,9 +117,9 @@ class MlpKernelPlan(PlanNames):
 
     @property
     def hidden_block(self) -> int:
-        """Hidden units per block of the streamed forward: blocks of W1 and W2 of about 1,024 values (at
-        least 16 units). ptxas for sm_90, 8 warps, 64-token chunks of Titans' rules, spills per thread
-        at 16 units: 28 B at width 64 (204 B at 32 units, 1.4 KB at 64), 0.6 KB at width 128 (1.6 KB
+        """Hidden units per block of the streamed kernels: blocks of W1 and W2 of about 1,024 values (at
+        least 16 units). ptxas for sm_90, 8 warps, 64-token chunks of Titans' rules, read after the
+        write, the forward's spills per thread at 16 units: 28 B at width 64 (204 B at 32 units, 1.4 KB at 64), 0.6 KB at width 128 (1.6 KB
         at 32 units), 2.0 KB at width 256."""
         return max(16, min(self.block_h, 1024 // max(self.block_k, self.block_v)))
 

@@ -5,9 +5,9 @@ momentum; tiles are aligned to the chunks, a chunk one or more tiles, and the an
 opens inside the call is the start state of its first tile) when a gradient is needed. Backward: the
 generated `<level>_bwd` kernel, which walks the tiles in reverse and recomputes each from its stored
 start state (`<level>_bwd_streamed` after the streamed forward). Without one (`bwd` None) a walk over
-the chunks runs in PyTorch: each chunk recomputed
-with the chunked path (the same dual form) from the start state of its first tile and differentiated
-by autograd, the gradient of its start state handed to the chunk before (one chunk's graph at a time).
+the chunks runs in PyTorch: each chunk recomputed with the chunked path (the same dual form) from the
+start state of its first tile and differentiated by autograd, the gradient of its start state handed to
+the chunk before (one chunk's graph at a time).
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 The kernel works on contiguous float32 copies of q, k, v (B, H, T, d), of the gates (B, H, T) and of
 the state: W1 (B, H, hidden, dk), W2 (B, H, dv, hidden), their anchors and momenta; outputs are cast
 back to the inputs' dtype. One program handles one (batch, head): both layers' weights stay on chip
-across the tiles. A state too large for that (above ON_CHIP_FLOATS) runs `<level>_fwd_streamed`, the
-same forward with the state in global memory, streamed through the program a block of hidden units at a
-time, and `<level>_bwd_streamed` its backward the same way (autograd_mlp.py). With `store`, the forward also
-writes the start state (theta and momentum) of every tile, from which the backward recomputes each tile.
+across the tiles. A state too large for that (above ON_CHIP_FLOATS) runs `<level>_fwd_streamed` and
+`<level>_bwd_streamed`: the same kernels with the state in global memory, streamed through the program
+a block of hidden units at a time. With `store`, the forward also writes the start state (theta and
+momentum) of every tile, from which the backward recomputes each tile (autograd_mlp.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .launch import BACKWARD_PRECISION, as_f32, gate_arguments, kernel_input, la
 WEIGHTS = ("W1", "W2")
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
 # program keeps in registers on a GPU: 128 KiB, half an SM's register file. A heuristic bound: above it
-# the kernel would spill or fail to compile, and the level runs the streamed forward instead.
+# the kernels would spill or fail to compile, and the level runs the streamed kernels instead.
 ON_CHIP_FLOATS = 32768
 
 
@@ -61,8 +61,8 @@ class MlpLevelKernels:
     bwd: Any = None
     fwd_streamed: Any = None      # the forward with the state in global memory (a state too large for fwd)
     bwd_streamed: Any = None      # its backward (None: the tiles in reverse in PyTorch)
-    hidden_block: int = 16        # hidden units per block of fwd_streamed
-    stream: Optional[bool] = None  # run fwd_streamed: always (True), never (False), or above ON_CHIP_FLOATS on a GPU
+    hidden_block: int = 16        # hidden units per block of the streamed kernels
+    stream: Optional[bool] = None  # the streamed kernels: always (True), never (False), above ON_CHIP_FLOATS on a GPU
     reason: str = ""
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
@@ -110,7 +110,7 @@ class MlpLevelKernels:
         return copies * _block(self.hidden) * (_block(self.dk) + _block(self.dv))
 
     def streams(self, like: Tensor) -> bool:
-        """Whether a call on tensors like `like` runs the streamed forward (and the PyTorch backward)."""
+        """Whether a call on tensors like `like` runs the streamed kernels (state in global memory)."""
         if self.fwd_streamed is None:
             return False
         if self.stream is not None:
