@@ -37,6 +37,7 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 
 from nldsl.runtime.memory import MemoryConfig, Rule, init_params, standard_objective  # noqa: E402
 from nldsl.runtime.memory.inputs import start_state  # noqa: E402
+from nldsl.runtime.triton.launch_mlp import ON_CHIP_FLOATS  # noqa: E402
 
 
 def linear(rules, dim, chunk, read="after", self_target=False):
@@ -59,8 +60,8 @@ CONFIGS = {
     # benchmarks/gpu/titans_vs_titans_pytorch.py's small-heads configuration
     "titans_small": (mlp(["retain", "momentum"], 32, 128, 64), "mse"),
     "titans_example": (mlp(["retain", "momentum"], 32, 64, 16), "sq"),
-    # states too large for the registers (the streamed forward, with --stream): titans-pytorch's default
-    # head (benchmarks/titans_peer.nl) and one of width 128
+    # states too large for the registers (the streamed kernels, as a GPU launches them): titans-pytorch's
+    # default head (benchmarks/titans_peer.nl) and one of width 128
     "titans_peer": (mlp(["retain", "momentum"], 256, 1024, 64), "mse"),
     "titans_mlp128": (mlp(["retain", "momentum"], 128, 512, 64), "mse"),
     # tiny ones, for the test of this script
@@ -89,6 +90,8 @@ def record_launches(cfg, objective, level: str, overrides: dict, dtype=torch.flo
     if found is None:
         sys.exit(f"{level}: no generated kernels: {reason}")
     found = dataclasses.replace(found, **{k: v for k, v in overrides.items() if v is not None})
+    if getattr(found, "stream", False) is None and found.state_floats() > ON_CHIP_FLOATS:
+        found = dataclasses.replace(found, stream=True)  # as a GPU launches a state too large for the registers
     seen: list[Launch] = []
 
     def run(self, *args, grid, warmup, **kwargs):
@@ -209,7 +212,8 @@ def main() -> int:
     ap.add_argument("--backward-precision", choices=["ieee", "tf32"],
                     help="tl.dot precision of the backward kernels (but the wy walk) instead of the level's")
     ap.add_argument("--stream", action="store_true",
-                    help="MLP memories: the streamed forward (state in global memory), as a GPU runs a large state")
+                    help="MLP memories: the streamed kernels (state in global memory) even for a state that fits on "
+                         "chip (a larger one streams anyway, as on a GPU)")
     ap.add_argument("--hidden-block", type=int, help="hidden units per block of the streamed forward")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="the inputs' dtype (bfloat16: the kernels' dots in tf32, as a bf16 model runs them)")
