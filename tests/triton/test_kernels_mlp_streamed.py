@@ -49,6 +49,14 @@ def test_streamed_forward_and_backward(rules, read, chunk, self_target, residual
     check(mcase(cfg, standard_objective(objective), tokens=tokens, position=position, seed=tokens), lk=lk)
 
 
+@pytest.mark.parametrize("rules, tokens, position", [(TITANS, 1, 5), (TITANS, 3, None), (("dgd",), 2, 1)])
+def test_calls_shorter_than_a_chunk(rules, tokens, position):
+    """Decoding a token at a time with a large memory: calls inside one chunk, the anchor carried."""
+    cfg = mlp(rules, read="after", hidden=24)
+    check(mcase(cfg, standard_objective("l2"), tokens=tokens, position=position, seed=9),
+          lk=streamed(cfg, standard_objective("l2")))
+
+
 def test_keys_and_values_of_different_widths():
     """W1 (hidden, dk) and W2 (dv, hidden) of different sizes (no residual). (A W2 copy placed at W1's
     size apart would overlap the other copy; the interpreter runs programs one after another and a
