@@ -61,7 +61,8 @@ def main():
     """nlc: a compiler for nested-learning architectures.
 
     Write a model as levels, context flows, update rules and clocks in a `.nl` spec; check it, look
-    at its level graph, format it, and (in later stages) compile and train it.
+    at its level graph and loop plan, format it, compile it to PyTorch modules and Triton kernels,
+    train it, evaluate it and keep it learning after training.
 
     \b
     Examples:
