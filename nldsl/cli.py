@@ -215,10 +215,11 @@ def fmt(specs, check_only):
 @click.option("--format", "fmt", type=FORMATS, default="full", show_default=True, help="how to print problems")
 @guarded
 def compile_cmd(spec, out_dir, force, dump, fmt):
-    """Compile SPEC into a self-contained Python package of PyTorch modules.
+    """Compile SPEC into a self-contained Python package of PyTorch modules and Triton kernels.
 
     \b
-    OUTPUT/<model>/ holds model.py (generated modules named after the spec), __init__.py,
+    OUTPUT/<model>/ holds model.py (generated modules named after the spec), kernels.py (the
+    fused Triton kernels of its memory levels, for `--backend triton` on a GPU), __init__.py,
     levels.json (the level graph and clocks), plan.txt (the loop nest the runtime executes),
     spec.nl (a copy of the spec) and manifest.json (the spec's hash and the nlc version).
     Compiling twice gives the same bytes. Load the result with `nldsl.load(OUTPUT/<model>)`.
