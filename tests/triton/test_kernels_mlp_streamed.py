@@ -13,12 +13,11 @@ import pytest
 pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
 
 import torch  # noqa: E402
-from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from nldsl.runtime.memory import MemoryConfig, Rule, chunked, standard_objective  # noqa: E402
 from nldsl.runtime.triton import launch_mlp  # noqa: E402
-from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
-from test_kernels_mlp import TITANS, check, mcase, mlp  # noqa: E402
+from test_kernels_mlp import RANDOM_LEVEL, TITANS, check, check_random_level, mcase, mlp  # noqa: E402
 from triton_testkit import FLOAT32_RATIO, OUTPUT_RATIO, kernels, make_inputs, ratio, split_run, start_state, to32  # noqa: E402,E501
 
 pytestmark = pytest.mark.triton
@@ -135,24 +134,8 @@ def _chunked(cfg, objective, case):
     return y
 
 
-RULES = st.lists(st.sampled_from(["retain", "gd", "momentum", "delta", "dgd"]), min_size=1, max_size=3)
-
-
 @settings(max_examples=8, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(rules=RULES, chunk=st.sampled_from([2, 3, 4, 32]), read=st.sampled_from(["after", "before", "anchor"]),
-       act=st.sampled_from(["silu", "gelu", "tanh"]), residual=st.booleans(), self_target=st.booleans(),
-       objective=st.sampled_from(["l2", "mse", "dot", "huber"]), position=st.sampled_from([None, 2, 21]),
-       tokens=st.integers(1, 40), seed=st.integers(0, 2 ** 16))
-def test_random_streamed_combinations(rules, chunk, read, act, residual, self_target, objective, position, tokens,
-                                      seed):
-    try:
-        cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=20, act=act, residual=residual,
-                           rules=tuple(Rule(r) for r in rules), read=read, chunk=chunk, self_target=self_target)
-    except ValueError:  # a combination the semantics rule out
-        assume(False)
-    found, _ = kernels_for(cfg, standard_objective(objective), "tests.random")
-    assume(found is not None)
-    lk = dataclasses.replace(found, stream=True, hidden_block=16, launches={"fwd": 0, "bwd": 0, "bwd_tiles": 0})
-    check(mcase(cfg, standard_objective(objective), tokens=tokens, position=position, seed=seed),
-          against_chunked=False, lk=lk)
+@given(**RANDOM_LEVEL)
+def test_random_streamed_combinations(**drawn):
+    check_random_level(20, **drawn, stream=True, hidden_block=16)
