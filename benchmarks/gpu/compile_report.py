@@ -67,6 +67,7 @@ CONFIGS = {
     # tiny ones, for the test of this script
     "tiny_linear": (linear(["retain", "gd"], 16, 4), "l2"),
     "tiny_mlp": (mlp(["retain", "momentum"], 16, 16, 4), "mse"),
+    "tiny_mlp2": (mlp(["retain", "momentum"], 32, 64, 4, read="after"), "mse"),   # two blocks of 32 hidden units
 }
 
 DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32",
@@ -214,14 +215,15 @@ def main() -> int:
     ap.add_argument("--stream", action="store_true",
                     help="MLP memories: the streamed kernels (state in global memory) even for a state that fits on "
                          "chip (a larger one streams anyway, as on a GPU)")
-    ap.add_argument("--hidden-block", type=int, help="hidden units per block of the streamed forward")
+    ap.add_argument("--hidden-block", type=int, help="hidden units per block of the streamed kernels")
+    ap.add_argument("--slices", type=int, help="programs per head of the streamed forward (as on a GPU with few heads)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="the inputs' dtype (bfloat16: the kernels' dots in tf32, as a bf16 model runs them)")
     args = ap.parse_args()
     os.environ.setdefault("NLC_CACHE", tempfile.mkdtemp(prefix="nlc-compile-"))
     overrides = {"tile": args.tile, "block_v": args.block_v, "warps": args.warps, "stages": args.stages,
                  "backward_precision": args.backward_precision, "stream": args.stream or None,
-                 "hidden_block": args.hidden_block}
+                 "hidden_block": args.hidden_block, "slices": args.slices}
     if args.spec:
         levels = spec_levels(args.spec)
     else:

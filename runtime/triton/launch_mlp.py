@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ..memory import MemoryConfig, MemoryState
 from .backend import interpreting
-from .launch import BACKWARD_PRECISION, as_f32, gate_arguments, kernel_input, launch_options, with_register_cap
+from .launch import (BACKWARD_PRECISION, as_f32, gate_arguments, kernel_input, launch_options, multiprocessors,
+                     with_register_cap)
 
 WEIGHTS = ("W1", "W2")
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
@@ -61,6 +62,8 @@ class MlpLevelKernels:
     bwd: Any = None
     fwd_streamed: Any = None      # the forward with the state in global memory (a state too large for fwd)
     bwd_streamed: Any = None      # its backward (None: the tiles in reverse in PyTorch)
+    fwd_streamed_out: Any = None  # the first pass of fwd_streamed, for a head split over several programs
+    slices: Optional[int] = None  # programs per head of the streamed forward (None: as many as fill the GPU)
     hidden_block: int = 16        # hidden units per block of the streamed kernels
     stream: Optional[bool] = None  # the streamed kernels: always (True), never (False), above ON_CHIP_FLOATS on a GPU
     reason: str = ""
@@ -171,15 +174,61 @@ class MlpLevelKernels:
             starts = mstarts = [torch.empty(1, dtype=torch.float32, device=dev)] * 2
         grid = (batch * heads,)
         if streamed:
-            space = _two_copies((w1, w2, a1, a2)) + (_two_copies((s1, s2)) if self.momentum else [_unused(k)] * 2)
-            self.fwd_streamed[grid](q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, y, *ends, *moms, *starts,
-                                    *mstarts, *space, tokens, offset, sub0, n_tiles, HB=self.hidden_block,
-                                    STORE=store, PREC=prec, **launch_options(self.warps, self.stages, True))
+            y = self._launch_streamed(position, (q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2), y,
+                                      (*ends, *moms, *starts, *mstarts), store, prec)
         else:
             self.fwd[grid](q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, y, *ends, *moms, *starts, *mstarts,
                            tokens, offset, sub0, n_tiles, STORE=store, PREC=prec, **self.launch_options())
         self.launches["fwd"] += 1
         return (y, *ends, *moms), (starts, mstarts)
+
+    def slices_for(self, programs: int, device) -> int:
+        """Programs per head of the streamed forward (`slices`, or on a GPU enough for about two per
+        multiprocessor; 1 when `programs`, batch x heads, fill it), at most one per block of hidden units."""
+        blocks = -(-self.hidden // self.hidden_block)
+        if self.slices is not None:
+            wanted = self.slices
+        elif interpreting() or torch.device(device).type != "cuda":
+            wanted = 1
+        else:
+            wanted = -(-2 * multiprocessors(device) // programs)
+        return max(1, min(wanted, blocks))
+
+    def _launch_streamed(self, position: int, inputs, y, outputs, store: bool, prec: str):
+        """fwd_streamed over all the tiles, the state in a work space. A head split over several programs
+        (slices of its hidden units) runs a chunk at a time: fwd_streamed_out, the slices' shares of the
+        memory at the chunk's anchor, then fwd_streamed on them; y is the sum of the slices' shares."""
+        q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2 = inputs
+        batch, heads, tokens, _ = k.shape
+        offset, sub0, n_tiles = self.tiles(position, tokens)
+        space = _two_copies((w1, w2, a1, a2)) + (_two_copies((s1, s2)) if self.momentum else [_unused(k)] * 2)
+        n_s = self.slices_for(batch * heads, k.device) if self.fwd_streamed_out is not None else 1
+        blocks = -(-self.hidden // self.hidden_block)
+        span = self.hidden_block * -(-blocks // n_s)      # hidden units per slice, whole blocks
+        options = launch_options(self.warps, self.stages, True)
+        grid = (batch * heads, n_s)
+        constants = dict(HB=self.hidden_block, PREC=prec)
+        if n_s == 1:
+            self.fwd_streamed[grid](*inputs, y, *outputs, *space, _unused(k), _unused(k), tokens, offset, sub0,
+                                    n_tiles, 0, n_tiles, 0, span, 1, 1, STORE=store, **constants, **options)
+            return y
+        for copies, start in zip(space, (w1, w2, a1, a2, s1, s2)):
+            if copies.dim() > 1:
+                copies[0].copy_(start)
+        shares = torch.empty(n_s, *y.shape, dtype=torch.float32, device=k.device)
+        parts = [torch.empty_like(shares) for _ in range(2)]   # M_anchor(k) and M_anchor(v) per slice
+        n_sub = self.chunk // self.tile_tokens
+        heads_of_chunks = [j for j in range(1, n_tiles) if (j + sub0) % n_sub == 0]
+        anchor_copy = 0
+        for lo, hi in zip([0, *heads_of_chunks], [*heads_of_chunks, n_tiles]):
+            self.fwd_streamed_out[grid](k, v, space[2], space[3], *parts, tokens, offset, lo, hi, anchor_copy, span,
+                                        **constants, **options)
+            self.fwd_streamed[grid](*inputs, shares, *outputs, *space, *parts, tokens, offset, sub0, n_tiles, lo, hi,
+                                    anchor_copy, span, 0, int(hi == n_tiles), SPLIT=True, STORE=store, **constants,
+                                    **options)
+            # the chunk ended inside the call: the anchor moved to the other copy
+            anchor_copy ^= int((hi - 1 + sub0) % n_sub == n_sub - 1 and hi * self.tile_tokens - offset <= tokens)
+        return shares.sum(0)
 
     def launch_bwd(self, position: int, saved, dy, dw1, dw2, da1, da2, ds1, ds2, streamed: bool = False):
         """Gradients of the forward's 12 tensor inputs (q, k, v, the three gates, W1, W2, their anchors and

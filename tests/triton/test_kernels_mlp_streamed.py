@@ -23,9 +23,10 @@ from triton_testkit import FLOAT32_RATIO, OUTPUT_RATIO, kernels, make_inputs, ra
 pytestmark = pytest.mark.triton
 
 
-def streamed(cfg, objective, hidden_block: int = 16):
-    """The level's kernels made to run the streamed forward, `hidden_block` hidden units at a time."""
-    return dataclasses.replace(kernels(cfg, objective), stream=True, hidden_block=hidden_block,
+def streamed(cfg, objective, hidden_block: int = 16, slices: int = 1):
+    """The level's kernels made to run the streamed kernels, `hidden_block` hidden units at a time, each
+    head's forward split over `slices` programs."""
+    return dataclasses.replace(kernels(cfg, objective), stream=True, hidden_block=hidden_block, slices=slices,
                                launches={"fwd": 0, "bwd": 0, "bwd_tiles": 0})
 
 
@@ -64,6 +65,29 @@ def test_keys_and_values_of_different_widths():
                        rules=(Rule("retain"), Rule("momentum")), read="before", chunk=4)
     case = mcase(cfg, standard_objective("l2"), batch=1, heads=1, tokens=11, position=1, seed=12)
     check(case, lk=streamed(cfg, standard_objective("l2")))
+
+
+@pytest.mark.parametrize("rules, read, chunk, self_target, residual, objective, tokens, position", CASES)
+@pytest.mark.parametrize("slices", [2, 3])
+def test_a_head_split_over_programs(rules, read, chunk, self_target, residual, objective, tokens, position,
+                                    slices):
+    """Hidden 40 as slices of 32 and 8 units (2) or 16, 16 and 8 (3), a chunk at a time: every slice's
+    share of the memory at the anchor, then the slices' passes; y sums their shares."""
+    cfg = mlp(rules, chunk=chunk, read=read, self_target=self_target, residual=residual, hidden=40)
+    lk = streamed(cfg, standard_objective(objective), slices=slices)
+    check(mcase(cfg, standard_objective(objective), tokens=tokens, position=position, seed=tokens), lk=lk)
+
+
+def test_split_calls_split_anywhere_equal_the_whole_run():
+    cfg = mlp(TITANS, chunk=32, read="after", hidden=40)
+    whole = streamed(cfg, standard_objective("l2"))
+    case = mcase(cfg, standard_objective("l2"), tokens=50, seed=13)
+    y, state = split_run(whole, case, [])
+    for cuts in ([5], [16, 33], [20, 21, 32]):
+        ys, states = split_run(streamed(cfg, standard_objective("l2"), slices=3), case, cuts)
+        assert ratio(y, ys) <= FLOAT32_RATIO, cuts
+        for key, value in state.to_tensors().items():
+            assert ratio(value, states.to_tensors()[key]) <= FLOAT32_RATIO, (cuts, key)
 
 
 def test_without_the_streamed_backward_kernel_the_pytorch_walk_takes_over():
