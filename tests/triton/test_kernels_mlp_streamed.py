@@ -135,6 +135,11 @@ def test_the_launcher_streams_a_state_too_large_for_the_chip(monkeypatch):
     assert not dataclasses.replace(small, stream=False).streams(gpu)
     assert "does not fit on chip" in dataclasses.replace(small, fwd_streamed=None).unfit(gpu)
     assert "global memory" in dataclasses.replace(small, stream=True).backward
+    # how many programs a head's streamed forward gets: about two per multiprocessor, one per block at most
+    monkeypatch.setattr(launch_mlp, "multiprocessors", lambda device: 132)
+    wide = dataclasses.replace(small, hidden=1024, hidden_block=16)          # 64 blocks of hidden units
+    assert [wide.slices_for(p, "cuda") for p in (8, 132, 264, 1)] == [33, 2, 1, 64]
+    assert wide.slices_for(8, "cpu") == 1 and dataclasses.replace(wide, slices=4).slices_for(300, "cuda") == 4
     assert "PyTorch" in dataclasses.replace(small, stream=True, bwd_streamed=None).backward
 
 
