@@ -67,8 +67,8 @@ def test_keys_and_values_of_different_widths():
     check(case, lk=streamed(cfg, standard_objective("l2")))
 
 
-@pytest.mark.parametrize("rules, read, chunk, self_target, residual, objective, tokens, position", CASES)
-@pytest.mark.parametrize("slices", [2, 3])
+@pytest.mark.parametrize("rules, read, chunk, self_target, residual, objective, tokens, position, slices",
+                         [(*case, 2 + i % 2) for i, case in enumerate(CASES)])
 def test_a_head_split_over_programs(rules, read, chunk, self_target, residual, objective, tokens, position,
                                     slices):
     """Hidden 40 as slices of 32 and 8 units (2) or 16, 16 and 8 (3), a chunk at a time: every slice's
