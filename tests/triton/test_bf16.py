@@ -82,14 +82,15 @@ def test_tf32_tensor_cores_keep_bf16_kernels_within_the_contract(monkeypatch, na
     """The test above at a GPU's sizes, with tl.dot in tf32 as a tensor core computes it (the operands
     truncated to tf32). A carried state accumulates truncation's one-sided error (HOPE's matrix memory
     reached 5.7e-3 on an H100); the kernels round their operands to the nearest tf32 first. `streamed`:
-    the MLP's forward with its state in global memory, blocks of 16 hidden units."""
+    the MLP's kernels with its state in global memory, blocks of 16 hidden units, the forward split over
+    two programs per head."""
     emulate_tensor_cores(monkeypatch)
     cfg, objective = cases(64, 16)[name]
     objective = standard_objective(objective)
     found, reason = kernels_for(cfg, objective, f"tf32.{name}")
     assert found is not None, reason
     if streamed:
-        found = dataclasses.replace(found, stream=True, hidden_block=16)
+        found = dataclasses.replace(found, stream=True, hidden_block=16, slices=2)
     case = Case(cfg, objective, batch=2, heads=4, tokens=77, position=5, seed=77,
                 eta_max=0.2 if cfg.family == "mlp" else 0.4, dtype=torch.bfloat16)
     tri = run_path(case, "triton", found)
