@@ -140,14 +140,14 @@ def time_chunked(layer, x, grad: bool, repeats: int, warmup: int) -> float:
         set_backend(layer, "triton")
 
 
-def fused_levels(layer, like: torch.Tensor, stream: bool = False) -> tuple[list[str], list[str]]:
-    """The memory levels of our layer that run generated kernels, and the reasons any would fall back
-    on tensors like `like` (a head whose state does not fit on chip); `stream` makes them all run the
-    streamed kernels."""
+def fused_levels(layer, like: torch.Tensor, stream: bool = False) -> tuple[list[str], list[str], list]:
+    """The memory levels of our layer that run generated kernels, the reasons any would fall back on
+    tensors like `like` (a head whose state does not fit on chip), and their kernels; `stream` makes
+    them all run the streamed kernels."""
     from nldsl.runtime import MemoryLevel
     from nldsl.runtime.triton.registry import kernels_for
 
-    names, unfit = [], []
+    names, unfit, found_all = [], [], []
     for m in layer.modules():
         if isinstance(m, MemoryLevel):
             found, reason = kernels_for(m.cfg, m.objective, m.level_name)
@@ -160,14 +160,15 @@ def fused_levels(layer, like: torch.Tensor, stream: bool = False) -> tuple[list[
                          f"; backward: {found.streamed_backward if streamed else found.backward})")
             if found.unfit(like):
                 unfit.append(f"{m.level_name}: {found.unfit(like)}")
-    return names, unfit
+            found_all.append(found)
+    return names, unfit, found_all
 
 
 def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: int, gpu: bool,
                  stream: bool = False) -> list[dict]:
     ours = build_ours(cfg, folder, device)
     peer = build_peer(cfg, device)
-    names, unfit = fused_levels(ours, torch.empty(0, device=device), stream)
+    names, unfit, kernels = fused_levels(ours, torch.empty(0, device=device), stream)
     print(f"[{cfg.name}] dim {cfg.dim}, {cfg.heads} heads of {cfg.head_dim}, hidden {4 * cfg.head_dim}, "
           f"chunk {cfg.chunk}; generated kernels for {', '.join(names)}")
     for line in unfit:
@@ -178,8 +179,11 @@ def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: i
         x = torch.randn(batch, tokens, cfg.dim, generator=gen).to(device)
         for mode in ("fwd", "fwd+bwd"):
             grad = mode == "fwd+bwd"
-            row = {"config": cfg.name, "streamed": stream, "batch": batch, "tokens": tokens, "dim": cfg.dim, "heads": cfg.heads,
+            streamed = any(found.streams(x) for found in kernels)
+            row = {"config": cfg.name, "streamed": streamed, "batch": batch, "tokens": tokens, "dim": cfg.dim, "heads": cfg.heads,
                    "head_dim": cfg.head_dim, "chunk": cfg.chunk, "mode": mode, "dtype": "float32"}
+            if streamed:   # programs per head of the streamed forward
+                row["slices"] = max(found.slices_for(batch * cfg.heads, x.device) for found in kernels)
             if unfit:
                 row["ours_error"] = "the generated kernels do not fit these heads (see above)"
             else:
@@ -198,6 +202,8 @@ def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: i
                     f"ours chunked {row['chunked_ms']:10.2f} ms | ")
             if "ours_ms" in row:
                 line += f"generated {row['ours_ms']:10.2f} ms | ratio {row['speedup']:7.2f}x"
+                if streamed:
+                    line += f" | streamed, {row['slices']} program(s) per head forward"
             else:
                 line += f"generated kernels failed: {row['ours_error']}"
             if "error_vs_chunked" in row:

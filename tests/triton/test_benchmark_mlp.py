@@ -33,5 +33,6 @@ def test_the_titans_benchmark_runs_under_the_interpreter_and_says_there_are_no_g
     rows = json.loads(out.read_text())["rows"]
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
     assert all("ours_ms" in r and "peer_ms" in r and "chunked_ms" in r and r["speedup"] > 0 for r in rows)
+    assert all(r["streamed"] == stream and r.get("slices", 1) == 1 for r in rows)   # one program per head on a CPU
     checked = [r["error_vs_chunked"] for r in rows if r["mode"] == "fwd+bwd"]
     assert checked and all(e <= 5e-3 for e in checked)
