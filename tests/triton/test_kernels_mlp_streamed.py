@@ -2,7 +2,9 @@
 its gradients in global memory, a block of hidden units at a time; what a GPU runs for a state above
 launch_mlp.ON_CHIP_FLOATS) against the float64 reference, the chunked path and the on-chip kernels:
 outputs, final states and every gradient. Hidden 20 or 24 in blocks of 16 (the second block partly
-masked) or of 32 (one block), under the Triton interpreter."""
+masked) or of 32 (one block), and hidden 40 with each head's forward split over 2 or 3 programs (the
+chunk-at-a-time launches of `<level>_fwd_streamed_out` and `<level>_fwd_streamed`), under the Triton
+interpreter."""
 from __future__ import annotations
 
 import dataclasses
