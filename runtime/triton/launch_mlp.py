@@ -236,18 +236,16 @@ class MlpLevelKernels:
         q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, st1, st2, ss1, ss2 = saved
         tokens = k.shape[2]
         offset, sub0, n_tiles = self.tiles(position, tokens)
-        # the anchor out is theta out when the call ends on a chunk boundary
-        aligned = (position + tokens) % self.chunk == 0
-        d_end = (dw1 + da1, dw2 + da2) if aligned else (dw1, dw2)
-        d_anchor = (torch.zeros_like(da1), torch.zeros_like(da2)) if aligned else (da1, da2)
+        # the anchor out is theta out when the call ends on a chunk boundary: the kernels then add its
+        # gradient to theta's
+        aligned = int((position + tokens) % self.chunk == 0)
         # the kernel writes every element of these (the momenta's only with momentum; without, their
         # gradients are not asked for): no zero fill, one kernel launch less each on a GPU
         grads_in = [torch.empty_like(t, dtype=torch.float32) for t in (q, k, v, eta, alpha, beta)]
         grads_state = [torch.empty_like(t) for t in (w1, w2, a1, a2, s1, s2)]
         c = lambda t: t.contiguous()  # noqa: E731
         args = (q, k, v, eta, alpha, beta, a1, a2, st1, st2, ss1, ss2,
-                c(dy), c(d_end[0]), c(d_end[1]), c(ds1), c(ds2), c(d_anchor[0]), c(d_anchor[1]),
-                *grads_in, *grads_state)
+                c(dy), c(dw1), c(dw2), c(ds1), c(ds2), c(da1), c(da2), *grads_in, *grads_state)
         grid = (k.shape[0] * k.shape[1],)
         if streamed:
             # the state's gradients, then a tile's partial gradients of the hidden pre-activations and
@@ -256,10 +254,10 @@ class MlpLevelKernels:
             space += _two_copies((a1, a2))
             space += [torch.empty(grid[0], self.block_t, self.hidden, dtype=torch.float32, device=k.device)
                       for _ in range(2)]
-            self.bwd_streamed[grid](*args, *space, tokens, offset, sub0, n_tiles, HB=self.hidden_block,
+            self.bwd_streamed[grid](*args, *space, tokens, offset, sub0, n_tiles, aligned, HB=self.hidden_block,
                                     PREC=self.backward_precision, **launch_options(self.warps, self.stages, True))
         else:
-            self.bwd[grid](*args, tokens, offset, sub0, n_tiles, PREC=self.backward_precision,
+            self.bwd[grid](*args, tokens, offset, sub0, n_tiles, aligned, PREC=self.backward_precision,
                            **self.launch_options(backward=True))
         self.launches["bwd"] += 1
         return (*grads_in, *grads_state)
