@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import buffers
 from .functional import Params
 from .state_update import graph_only
 from .tape import Tape
@@ -91,9 +92,8 @@ class _Recompute(torch.autograd.Function):
         flat, q, k, v, theta, anchor, momentum = layout.unpack(args)
         first_anchor = [] if layout.shared_anchor else list(anchor.values())
         count = k.shape[2]
-        starts = {n: torch.empty((count, *t.shape), dtype=t.dtype, device=t.device) for n, t in theta.items()}
-        mom_starts = {n: torch.empty((count, *t.shape), dtype=t.dtype, device=t.device)
-                      for n, t in (momentum or {}).items()}
+        starts = {n: buffers.take((count, *t.shape), t.dtype, t.device) for n, t in theta.items()}
+        mom_starts = {n: buffers.take((count, *t.shape), t.dtype, t.device) for n, t in (momentum or {}).items()}
         outputs, tapes = [], []
         for i in range(count):
             for n, t in theta.items():
@@ -161,6 +161,8 @@ class _Recompute(torch.autograd.Function):
             if own_anchor:
                 grad_anchor = {name: grad_of(anchor[name]) for name in names}
             del y, end, end_mom, outs, got, found
+        for buffer in [*ctx.starts.values(), *ctx.mom_starts.values()]:
+            buffers.give(buffer)
         ctx.starts = ctx.mom_starts = ctx.tapes = None
         return (None, *grad_flat, grad_q, grad_k, grad_v, *(grad_theta[m] for m in names),
                 *([] if layout.shared_anchor else [grad_anchor.get(m) for m in names]),
