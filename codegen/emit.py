@@ -54,7 +54,7 @@ def _classes(model: ir.ModelIR, spec_file: str) -> tuple[list, list, list]:
             objectives.append(ObjectiveFn(f"objective_{py(m.name)}",
                                           _doc(f"d loss / d y of the custom objective of {m.name} ({spec_file}:{m.objective.span.line})"),
                                           code))
-    classes = [cms_class(c, _doc(spec_file)) for c in model.cms]
+    classes = [cms_class(c, model.outer.name, _doc(spec_file)) for c in model.cms]
     stacks = []
     for b in model.blocks:
         bl = BlockLowering(model, b, _doc(spec_file))

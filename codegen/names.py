@@ -65,7 +65,7 @@ def camel(name: str, suffix: str) -> str:
 
 
 # Attributes of rt.CmsChain itself: a CMS member registered under one of these names would clash.
-_CMS_ATTRS = {"agg", "names", "variant", "aggregation", "VARIANTS", "AGGREGATIONS"}
+_CMS_ATTRS = {"agg", "init", "names", "variant", "aggregation", "initial", "VARIANTS", "AGGREGATIONS"}
 
 
 def cms_member(name: str) -> str:

@@ -12,11 +12,15 @@ from .blocks import ClassCode
 from .names import camel, cms_member, literal, py
 
 
-def cms_class(chain: ir.Cms, spec_file: str) -> ClassCode:
+def cms_class(chain: ir.Cms, outer: str, spec_file: str) -> ClassCode:
     cls = ClassCode(camel(chain.name, "Cms"), f"cms {chain.name} : {chain.variant} ({spec_file}:{chain.span.line})")
-    members = ", ".join(f"({cms_member(m.name.split('.', 1)[1])!r}, rt.CmsMLP({m.width}, {m.hidden}, act={m.act!r}, "
-                        f"bias={m.bias!r}))" for m in chain.members)
-    cls.init = [f"self.chain = rt.CmsChain([{members}], variant={chain.variant!r}, agg={chain.agg!r})"]
+    attrs = [cms_member(m.name.split('.', 1)[1]) for m in chain.members]
+    members = ", ".join(f"({a!r}, rt.CmsMLP({m.width}, {m.hidden}, act={m.act!r}, bias={m.bias!r}))"
+                        for a, m in zip(attrs, chain.members))
+    # members that are reset to a learned initial state (semantics §5) get a copy of their weights
+    initial = tuple(a for a, m in zip(attrs, chain.members) if chain.initial_learner(m, outer) is not None)
+    extra = f", initial={initial!r}" if initial else ""
+    cls.init = [f"self.chain = rt.CmsChain([{members}], variant={chain.variant!r}, agg={chain.agg!r}{extra})"]
     cls.forward_args = "x"
     cls.forward = ["return self.chain(x)"]
     return cls

@@ -19,7 +19,8 @@ def runtime_info(model: ir.ModelIR) -> dict:
                  "levels": [{"name": m.name, "period": m.clock.period, "unit": m.clock.unit,
                              "optimizer": {"kind": m.optimizer.kind, "args": dict(m.optimizer.args),
                                            "name": m.optimizer.name},
-                             "lr": m.lr, "replicas": model.replica_count(m.name)} for m in c.members]}
+                             "lr": m.lr, "replicas": model.replica_count(m.name),
+                             "initial_learner": c.initial_learner(m, o.name)} for m in c.members]}
                 for c in model.cms],
         "memories": [{"name": m.name, "chunk": m.chunk, "lifetime": m.lifetime, "read": m.read,
                       "form": chunk_form(m)[0], "replicas": model.replica_count(m.name)} for m in model.memories],
@@ -63,9 +64,18 @@ def plan_text(model: ir.ModelIR, stacks=()) -> str:
     for m in members:
         lines.append(f"{ind}every {m.clock.period} tokens: {m.name} steps {m.optimizer.text} "
                      f"with its window's summed gradient (lr scale {m.lr:g})")
+    learners = {m.name: (m, c.initial_learner(m, o.name)) for c in model.cms for m in c.members}
+    for m, learner in learners.values():
+        if learner in learners:
+            lines.append(f"{ind}every {learners[learner][0].clock.period} tokens, once {learner} has stepped: "
+                         f"{m.name} goes back to its initial state, a parameter of {learner} (nested)")
     frozen = [m.name for c in model.cms for m in c.members if m.clock.unit == "never"]
     if frozen:
         lines.append(f"{ind}frozen MLPs trained by {o.name}: {', '.join(frozen)}")
     lines.append(f"  accumulate {o.name}'s gradients; every {o.clock.period} step(s): clip "
                  f"{o.clip if o.clip is not None else 'off'}, {o.optimizer.text}")
+    reset = [f"{m.name} (learned by {learner})" for m, learner in learners.values() if learner is not None
+             and any(c.lifetime == "reset" and m in c.members for c in model.cms)]
+    if reset:
+        lines.append(f"  then, reset per sequence, back to their initial states: {', '.join(reset)}")
     return "\n".join(lines) + "\n"

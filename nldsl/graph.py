@@ -73,9 +73,10 @@ def build_graph(model: ir.ModelIR) -> nx.MultiDiGraph:
         for a, b in zip(chain.members, chain.members[1:]):
             if chain.variant == "sequential":
                 g.add_edge(a.name, b.name, kind="flow", label="x")
-            elif chain.variant == "nested":
-                g.add_edge(a.name, b.name, kind="meta", label="initial state")
         for m in chain.members:
+            learner = chain.initial_learner(m, model.outer.name)
+            if learner is not None:
+                g.add_edge(learner, m.name, kind="meta", label="initial state")
             if m.clock.unit != "never":
                 g.add_edge(chain.taught_by, m.name, kind="teach", label="lm loss")
     _stage_flows(g, model, blocks)

@@ -262,6 +262,19 @@ class Cms:
     width: int
     span: Span
 
+    def initial_learner(self, member: CmsMember, outer: str) -> Optional[str]:
+        """Who learns the initial state `member` is reset to (semantics §5), or None when it never resets.
+
+        In a nested chain the previous member (when it ticks) learns it and resets `member` at the end
+        of each of its windows; under `reset per sequence` the outer level learns the others, and every
+        sequence starts from them. A frozen member (`clock never`) is the outer level's own weights."""
+        if member.clock.unit == "never":
+            return None
+        index = self.members.index(member)
+        if self.variant == "nested" and index > 0 and self.members[index - 1].clock.unit != "never":
+            return self.members[index - 1].name
+        return outer if self.lifetime == "reset" else None
+
 
 @dataclass(frozen=True)
 class Outer:

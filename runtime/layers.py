@@ -7,6 +7,7 @@ gives `f(x, None)`. Caches keep the autograd graph; call `.detach()` on them to 
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -266,8 +267,22 @@ class CmsMLP(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(hidden)) if bias else None
         self.b_out = nn.Parameter(torch.zeros(width)) if bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.act(F.linear(x, self.w_in, self.b_in)), self.w_out, self.b_out)
+    def forward(self, x: Tensor, init: Optional['CmsMLP'] = None) -> Tensor:
+        """The MLP on x; with `init` (the learned initial state it is reset to) the gradient of each weight
+        reaches its initial value too, unchanged: the first-order gradient of the loss with respect to
+        the initial state, whatever steps were taken since the reset (semantics §5)."""
+        w_in, b_in, w_out, b_out = self.w_in, self.b_in, self.w_out, self.b_out
+        if init is not None and torch.is_grad_enabled():
+            w_in, b_in, w_out, b_out = (_through(p, p0) for p, p0 in
+                                        zip((w_in, b_in, w_out, b_out), (init.w_in, init.b_in, init.w_out, init.b_out)))
+        return F.linear(self.act(F.linear(x, w_in, b_in)), w_out, b_out)
+
+
+def _through(p: Optional[Tensor], p0: Optional[Tensor]) -> Optional[Tensor]:
+    """p's value, differentiable with respect to both p and p0 (the gradient of p copied to p0)."""
+    if p is None or p0 is None or not p0.requires_grad:
+        return p
+    return p + (p0 - p0.detach())
 
 
 class CmsChain(nn.Module):
@@ -278,6 +293,11 @@ class CmsChain(nn.Module):
       in how the training loop resets levels (a meta edge), not in the forward pass.
     - independent: y = Agg(MLP_1(x), ..., MLP_k(x)) with `agg` = weighted_sum (softmax of the learnable
       vector `agg`, starting uniform), sum or mean. No residual is added here.
+    `initial` names the members that the training loop resets to a learned initial state (the next
+    member of a nested chain, every member under `reset per sequence`): each gets a copy of its weights
+    under `init.<member>`, which starts equal to them, and the gradient of every weight reaches its
+    copy as well (`CmsMLP.forward`). Which level learns the copy, and when the member goes back to it,
+    is the training loop's business (nldsl.runtime.train.levels).
     The forward pass has no state: CMS windows are stepped by the training loop (see window_positions).
     """
 
@@ -285,7 +305,7 @@ class CmsChain(nn.Module):
     AGGREGATIONS = ('weighted_sum', 'sum', 'mean')
 
     def __init__(self, members: Sequence[tuple[str, CmsMLP]], variant: str = 'sequential',
-                 agg: str = 'weighted_sum'):
+                 agg: str = 'weighted_sum', initial: Sequence[str] = ()):
         super().__init__()
         if variant not in self.VARIANTS:
             raise ValueError(f"unknown CMS variant {variant!r}; expected one of {self.VARIANTS}")
@@ -296,21 +316,25 @@ class CmsChain(nn.Module):
         self.variant, self.aggregation = variant, agg
         self.names: list[str] = []
         for name, mlp in members:
-            if name in self.names or name == 'agg' or not name.isidentifier():
+            if name in self.names or name in ('agg', 'init') or not name.isidentifier():
                 raise ValueError(f"bad or repeated CMS member name {name!r}")
             self.add_module(name, mlp)
             self.names.append(name)
         if variant == 'independent' and agg == 'weighted_sum':
             self.agg = nn.Parameter(torch.zeros(len(self.names)))
+        unknown = set(initial) - set(self.names)
+        if unknown:
+            raise ValueError(f"initial states for members the chain does not have: {sorted(unknown)}")
+        self.init = nn.ModuleDict({name: copy.deepcopy(getattr(self, name)) for name in self.names if name in initial})
 
     def forward(self, x: Tensor) -> Tensor:
-        mlps = [getattr(self, name) for name in self.names]
+        mlps = [(getattr(self, name), self.init[name] if name in self.init else None) for name in self.names]
         if self.variant != 'independent':
             y = x
-            for mlp in mlps:
-                y = y + mlp(y)
+            for mlp, init in mlps:
+                y = y + mlp(y, init)
             return y
-        outs = torch.stack([mlp(x) for mlp in mlps])
+        outs = torch.stack([mlp(x, init) for mlp, init in mlps])
         if self.aggregation == 'sum':
             return outs.sum(0)
         if self.aggregation == 'mean':

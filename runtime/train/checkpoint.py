@@ -98,7 +98,7 @@ def save(run: Path, model, loop, extra: dict) -> Path | None:
     doc = {
         "step": step, "weights": weights.name, "optimizers": optim, "carried": carried,
         "loop": {"accumulated": loop.accumulated, "stream_position": loop.stream_position,
-                 "stats": {k: [v.updates, v.last_norm] for k, v in loop.stats.items()}},
+                 "stats": {k: [v.updates, v.last_norm, v.resets] for k, v in loop.stats.items()}},
         "python_random": _jsonable(random.getstate()), **extra,
     }
     path = run / CHECKPOINT
@@ -146,7 +146,8 @@ def load(run: Path, model, loop) -> dict:
     loop.step_count = doc["step"]
     loop.accumulated = doc["loop"]["accumulated"]
     loop.stream_position = doc["loop"]["stream_position"]
-    for k, (updates, norm) in doc["loop"]["stats"].items():
+    for k, (updates, norm, *resets) in doc["loop"]["stats"].items():
         if k in loop.stats:
             loop.stats[k].updates, loop.stats[k].last_norm = updates, norm
+            loop.stats[k].resets = resets[0] if resets else 0
     return doc

@@ -3,13 +3,16 @@
 A CMS member `chain.member` owns the parameters of every module path `…<chain>.chain.<member>.…`
 (one per replica); members that never tick (`clock never`) are frozen MLPs trained by the outer level,
 which owns every other parameter: projections, embeddings, norms, gate parameters and the initial
-states of the in-context memories.
+states of the in-context memories. A member that is reset (semantics §5) has a learned initial state
+under `…<chain>.chain.init.<member>.…`: a parameter of the previous member in a nested chain, of the
+outer level under `reset per sequence`; `CmsLevel.initial` pairs each weight with its initial value.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Optional
 
 from torch import nn
 
@@ -23,6 +26,8 @@ class CmsLevel:
     lifetime: str  # persist | reset
     flush: str  # partial | drop
     params: list = field(default_factory=list)  # [(qualified name, Parameter)]
+    initial_learner: Optional[str] = None  # the level that learns its initial state, None: never reset
+    initial: list = field(default_factory=list)  # [(weight, its learned initial value)] when reset
 
 
 @dataclass
@@ -40,21 +45,32 @@ def _py(name: str) -> str:
 
 
 def ownership(model: nn.Module, info: dict) -> Ownership:
+    from nldsl.codegen.names import cms_member
+
     cms: list[CmsLevel] = []
     claimed: set[str] = set()
-    named = list(model.named_parameters())
+    named = dict(model.named_parameters())
     for chain in info["cms"]:
-        chain_attr = _py(chain["name"])
+        chain_attr = re.escape(_py(chain["name"]))
         for lv in chain["levels"]:
             if lv["unit"] != "tokens":
                 continue
-            member = lv["name"].split(".", 1)[1]
-            pattern = re.compile(rf"(^|\.){re.escape(chain_attr)}(_\d+)?\.chain\.{re.escape(member)}\.")
-            params = [(n, p) for n, p in named if pattern.search(n)]
+            member = re.escape(cms_member(lv["name"].split(".", 1)[1]))
+            pattern = re.compile(rf"(^|\.)({chain_attr}(_\d+)?\.chain\.)({member}\.)")
+            params = [(n, p) for n, p in named.items() if pattern.search(n)]
             claimed.update(n for n, _ in params)
+            learner = lv.get("initial_learner")
+            initial = [(p, named[pattern.sub(r"\1\2init.\4", n, count=1)]) for n, p in params] if learner else []
             cms.append(CmsLevel(lv["name"], lv["period"], lv["optimizer"], lv["lr"], chain["lifetime"],
-                                chain["flush"], params))
-    outer = [(n, p) for n, p in named if n not in claimed]
+                                chain["flush"], params, learner, initial))
+    by_name = {lv.name: lv for lv in cms}
+    inverse = {id(p0): n for n, p0 in named.items()}
+    for lv in cms:   # an initial state learned by another CMS member is that member's parameter
+        if lv.initial_learner in by_name:
+            owned = [(inverse[id(p0)], p0) for _, p0 in lv.initial]
+            by_name[lv.initial_learner].params.extend(owned)
+            claimed.update(n for n, _ in owned)
+    outer = [(n, p) for n, p in named.items() if n not in claimed]
     return Ownership(outer, cms, info["memories"])
 
 

@@ -34,6 +34,7 @@ class Diverged(RuntimeError):
 class LevelStats:
     updates: int = 0
     last_norm: float = 0.0
+    resets: int = 0  # CMS members: returns to the learned initial state
 
 
 def _detach(state):
@@ -157,15 +158,35 @@ class NestedLoop:
             total += value
             tokens += int(count)
             state = _detach(state)
-            for lv in self._closing(end, length):
+            closing = self._closing(end, length)
+            for lv in closing:
                 self._cms_step(lv)
                 cms_steps.append(lv.name)
+            stepped_now = {lv.name for lv in closing}
+            for lv in self.own.cms:  # a nested chain's member goes back to what the previous one learned
+                if lv.initial_learner in stepped_now:
+                    self._reset(lv)
         self._memory_stats(state, length)
         self.carried = {k: v for k, v in state.items() if memory_lifetime(k, self.own.memories) == "persist"}
         self.stream_position += length
         self.accumulated += 1
         stepped = self._outer_step(y.numel(), earlier)
+        for lv in self.own.cms:  # the next sequences start from the learned initial states
+            if lv.lifetime == "reset" and lv.initial:
+                self._reset(lv)
         return StepResult(total / max(tokens, 1), tokens, cms_steps, stepped)
+
+    def _reset(self, lv) -> None:
+        """Put a CMS member back to its learned initial state: its weights, the gradient of its open window
+        (a window cut short by the reset is dropped) and its optimizer's state."""
+        opt = self.cms_opts.get(lv.name)
+        with torch.no_grad():
+            for p, p0 in lv.initial:
+                p.copy_(p0)
+                p.grad = None
+                if opt is not None:
+                    opt.state.pop(p, None)
+        self.stats[lv.name].resets += 1
 
     def _apply(self, name: str, opt, params):
         measured = hasattr(opt, "last_update_norm")  # nlc's optimizers measure their own (global) update

@@ -111,10 +111,6 @@ class Trainer:
         self.stream = self.comm.shard_stream(stream)  # this process's rows of the global batch
         self.val = [self.comm.rows(b).to(self.device) for b in
                     D.val_batches([tok.encode(t) for _, t in val_docs], self.seq, cfg.batch, cfg.eval_batches)]
-        for chain in self.info["cms"]:
-            if chain["variant"] == "nested":
-                self.log(f"warning: the nested chain `{chain['name']}` trains as a sequential one: the periodic "
-                         "reset of its faster levels to their initial state is not executed yet")
         self.loop = NestedLoop(self.model, self.info, make_optimizer, comm=self.comm)
         self.base_lr = [g["lr"] for g in self.loop.outer_opt.param_groups]
         resume_step = None

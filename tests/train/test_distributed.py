@@ -256,8 +256,8 @@ def test_nlc_train_nproc_checkpoint_resumes_in_one_process(tmp_path):
     assert doc["data"] == ref2[0]["data"]
     for key in ("accumulated", "stream_position"):
         assert doc["loop"][key] == ref2[0]["loop"][key]
-    counts = {k: n for k, (n, _) in ref2[0]["loop"]["stats"].items()}
-    assert {k: n for k, (n, _) in doc["loop"]["stats"].items()} == counts
+    counts = {k: n for k, (n, *_) in ref2[0]["loop"]["stats"].items()}
+    assert {k: n for k, (n, *_) in doc["loop"]["stats"].items()} == counts
 
     resumed = Trainer(_config(tmp_path, spec, run, steps=3, eval_batches=4, parallel="fsdp"), resume=True,
                       log=lambda msg: None)
