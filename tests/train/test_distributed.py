@@ -1,6 +1,6 @@
 """Data-parallel training over 2 CPU processes (torchrun, gloo) equals training in one process.
 
-A tiny spec (2 layers of a persist memory block and a 2-level persist CMS chain, dim 32, context 32;
+A tiny spec (2 layers of a persist memory block and a 2-level persist nested CMS chain, dim 32, context 32;
 fsdp shards each layer on its own, and each passes its memory states on to the next) trains for 3
 steps with global batch 4 in float64: once in this process (the reference), then under torchrun with
 --parallel ddp and fsdp, and from checkpoints moved between 1 and 2 processes. Parameters must agree
@@ -66,12 +66,13 @@ model tiny {
     return linear(mem(q), dim)
   }
 
-  # 48 does not divide the 32-token step: the slow window is open at the end of step 2
-  cms continuum : sequential {
+  # 48 does not divide the 32-token step: the slow window is open at the end of step 2. Nested: slow
+  # learns fast's initial state and puts fast back to it every 48 tokens.
+  cms continuum : nested {
     update momentum(lr = 1e-2, beta = 0.9)
     state  persist
-    level fast : mlp(expand = 2) { clock every 8 tokens }
     level slow : mlp(expand = 2) { clock every 48 tokens }
+    level fast : mlp(expand = 2) { clock every 8 tokens }
   }
 
   layer   = residual(rmsnorm -> mem_block) -> residual(rmsnorm -> continuum)
@@ -218,7 +219,7 @@ def test_two_processes_train_exactly_as_one(tmp_path):
     assert all(abs(a - b) < 1e-4 * a for (_, a, _), (_, b, _) in zip(expected_losses, _losses(tmp_path / "fsdp32")))
     assert "multiple of 2" in (tmp_path / "odd-0.txt").read_text()
     refusal = (tmp_path / "muon-1.txt").read_text()
-    assert "continuum.fast" in refusal and "muon" in refusal and "--parallel ddp" in refusal
+    assert "continuum.slow" in refusal and "muon" in refusal and "--parallel ddp" in refusal
     # a checkpoint written by 2 fsdp processes holds what the single process wrote, the outer level's
     # gradient of an unfinished clock period included
     for one, two in (("ref", "fsdp"), ("ref_every2", "every2")):
