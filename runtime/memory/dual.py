@@ -24,7 +24,7 @@ from .objectives import GradFn
 from .scan import Geometry, Momentum, TileScan, solve_columns, system_inverse
 from .state import MemoryState
 from .recompute import run_recomputed
-from .tiles import TileGroup, tile_groups, unbind_tiles
+from .tiles import TileGroup, join_groups, tile_groups, unbind_tiles
 
 # Recompute each tile in backward from its saved start state (recompute.py) when the states a group of
 # tiles would keep add up to this many bytes: plain autograd keeps several state-sized tensors per tile
@@ -43,7 +43,7 @@ def run_dual(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tens
     for group in tile_groups(start.position, k.shape[2], cfg.chunk, aligned=True):
         y, carried = _run_group(cfg, objective, group, q, k, v, gates, carried)
         outputs.append(y)
-    return torch.cat(outputs, dim=2), MemoryState(carried.theta, carried.anchor, carried.momentum,
+    return join_groups(outputs), MemoryState(carried.theta, carried.anchor, carried.momentum,
                                                   carried.position)
 
 

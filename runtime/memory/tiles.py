@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+import torch
 from torch import Tensor
 
 
@@ -85,3 +86,9 @@ def unbind_tiles(tree: Any, count: int) -> list[Any]:
         return [map_tensors(tree, lambda t: t.squeeze(2))]
     pieces = [t.unbind(2) for t in tensors_of(tree)]
     return [with_tensors(tree, [piece[i] for piece in pieces]) for i in range(count)]
+
+
+def join_groups(outputs: list[Tensor]) -> Tensor:
+    """The groups' outputs (B, H, tokens, ...) of a call side by side along the tokens; one group is
+    returned as it is (a copy of a whole call's output is a fresh allocation of its size)."""
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)

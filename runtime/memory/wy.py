@@ -19,7 +19,7 @@ from .config import MemoryConfig
 from .objectives import GradFn, affine_coefficients
 from .scan import Geometry, TileScan, system_inverse
 from .state import MemoryState
-from .tiles import tile_groups, unbind_tiles
+from .tiles import join_groups, tile_groups, unbind_tiles
 
 
 def run_wy(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
@@ -51,7 +51,7 @@ def run_wy(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor
         y = scans.read(qg, mode)
         outputs.append(y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv))
     params = {'W': weight}
-    return torch.cat(outputs, dim=2), MemoryState(params, dict(params), None, start.position + k.shape[2])
+    return join_groups(outputs), MemoryState(params, dict(params), None, start.position + k.shape[2])
 
 
 def _sum_or_none(*terms):
