@@ -42,7 +42,7 @@ def plan_text(model: ir.ModelIR, stacks=()) -> str:
     lines.append(f"  for each sequence of {model.context} tokens (a batch of rows):")
     if periods:
         cuts = ", ".join(str(p) for p in periods)
-        lines.append(f"    cut the sequence at the CMS window ends (every {cuts} tokens, counted from the sequence start)")
+        lines.append(f"    cut the sequence at the CMS window ends (every {cuts} tokens, {_window_origin(model)})")
         lines.append("    for each segment:")
         ind = "      "
     else:
@@ -79,3 +79,17 @@ def plan_text(model: ir.ModelIR, stacks=()) -> str:
     if reset:
         lines.append(f"  then, reset per sequence, back to their initial states: {', '.join(reset)}")
     return "\n".join(lines) + "\n"
+
+
+def _window_origin(model: ir.ModelIR) -> str:
+    """Where CMS windows are counted from (semantics §5): each sequence's start under `reset per
+    sequence`, each row's stream (across steps) under `persist`."""
+    ticking = [c for c in model.cms if any(m.clock.unit == "tokens" for m in c.members)]
+    reset = [c.name for c in ticking if c.lifetime == "reset"]
+    persist = [c.name for c in ticking if c.lifetime != "reset"]
+    if not persist:
+        return "counted from the sequence start"
+    if not reset:
+        return "counted along each row's stream, across steps"
+    return (f"counted from the sequence start in {', '.join(reset)}, along each row's stream in "
+            f"{', '.join(persist)}")
