@@ -43,8 +43,7 @@ def run_dual(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tens
     for group in tile_groups(start.position, k.shape[2], cfg.chunk, aligned=True):
         y, carried = _run_group(cfg, objective, group, q, k, v, gates, carried)
         outputs.append(y)
-    return join_groups(outputs), MemoryState(carried.theta, carried.anchor, carried.momentum,
-                                                  carried.position)
+    return join_groups(outputs), MemoryState(carried.theta, carried.anchor, carried.momentum, carried.position)
 
 
 @dataclass(frozen=True)
