@@ -4,9 +4,9 @@ A layer's forward writes the state at the start of every tile into one buffer pe
 backward frees them: for a Titans memory of 4 heads x (256 -> 1024 -> 256) at B = 2, T = 2048 that
 is 1 GB a step. On the CPU a block that large is mapped fresh from the kernel and unmapped when freed,
 so every step faulted (and zeroed) all of its pages again: 0.5 s of system time a step, a tenth of
-its wall time on two cores. The
-backward hands its buffers back here and the next forward of the same shapes takes them, as CUDA's
-caching allocator already does for GPU tensors (which therefore bypass the pool).
+its wall time on two cores. The backward hands its buffers back here and the next forward of the
+same shapes takes them, as CUDA's caching allocator already does for GPU tensors (which therefore
+bypass the pool).
 
 What the pool holds is at most what one training step had in flight at once. `release()` frees it;
 setting NLC_REUSE_BUFFERS=0 turns reuse off.
