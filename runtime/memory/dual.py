@@ -16,11 +16,12 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor
 
+from . import dual_affine
 from . import functional as F
 from .coeffs import DualCoefficients, along, dual_coefficients
 from .config import MemoryConfig
 from .functional import Params
-from .objectives import GradFn
+from .objectives import GradFn, affine_coefficients
 from .scan import Geometry, Momentum, TileScan, solve_columns, system_inverse
 from .state import MemoryState
 from .recompute import run_recomputed
@@ -80,6 +81,16 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
                gates: Mapping[str, Tensor], carried: _Carried) -> tuple[Tensor, _Carried]:
     qg, kg, vg = group.split(q), group.split(k), group.split(v)
     prep = _prepare(cfg, group, kg, gates)
+    affine = affine_coefficients(objective, cfg.dv)
+    shared = all(carried.anchor[n] is carried.theta[n] for n in carried.theta)
+    if dual_affine.eligible(cfg, affine, prep.first, kg, shared):
+        momentum = carried.momentum['W'] if carried.momentum is not None else None
+        y, weight, momentum = dual_affine.run_affine(cfg, affine, prep.first, prep.geometry, prep.gates, qg, kg,
+                                                     vg, carried.theta['W'], momentum)
+        theta = {'W': weight}
+        carried = _Carried(theta, theta, {'W': momentum} if momentum is not None else None,
+                           carried.position + group.tokens)
+        return y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv), carried
 
     def step(tile: _Prepared, qi: Tensor, ki: Tensor, vi: Tensor, theta: Params, anchor: Params,
              momentum: Optional[Params]) -> tuple[Tensor, Params, Optional[Params]]:
