@@ -156,11 +156,13 @@ class Trainer:
                 self.close()
                 raise
             done_tokens += result.tokens
+            resets = {lv.name for lv in self.loop.own.cms if lv.initial}  # CMS members that go back to a state
             elapsed = time.perf_counter() - t0
             step = self.loop.step_count
             record = {"step": step, "loss": result.loss, "bits_per_byte": bits_per_byte(result.loss), "lr": lr,
                       "tokens": result.tokens, "tokens_per_s": done_tokens / max(elapsed, 1e-9),
-                      "levels": {k: {"updates": v.updates, "norm": v.last_norm} for k, v in self.loop.stats.items()}}
+                      "levels": {k: {"updates": v.updates, "norm": v.last_norm, **({"resets": v.resets} if k in resets else {})}
+                                 for k, v in self.loop.stats.items()}}
             if step % self.cfg.eval_every == 0 or step == self.cfg.steps:
                 self.model.eval()
                 record["val_loss"] = self.loop.evaluate(self.val)

@@ -202,3 +202,20 @@ def test_a_run_with_resets_resumes_exactly(tmp_path):
         assert torch.equal(a, b), name
     assert {k: (v.updates, v.resets) for k, v in straight.stats.items()} == \
         {k: (v.updates, v.resets) for k, v in resumed.stats.items()}
+
+
+def test_metrics_count_the_resets(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from nldsl.runtime.train import TrainConfig, Trainer
+
+    monkeypatch.setenv("NLC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    spec = Path(__file__).resolve().parents[2] / "examples" / "cms_variants.nl"
+    records = []
+    Trainer(TrainConfig(spec=str(spec), steps=2, batch=2, seq=64, out=str(tmp_path / "run"), checkpoint_every=10,
+                        eval_every=10, eval_batches=1), log=lambda msg: None).train(progress=records.append)
+    levels = records[-1]["levels"]
+    assert levels["nest.inner_mlp"]["resets"] == 2          # once per 64 tokens, when nest.outer_mlp steps
+    assert levels["heads_cms.quick"]["resets"] == 2         # after each step (reset per sequence)
+    assert "resets" not in levels["chain.fast"] and "resets" not in levels["nest.outer_mlp"]
