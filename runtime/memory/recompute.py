@@ -160,7 +160,8 @@ class _Recompute(torch.autograd.Function):
             grad_mom = {name: grad_of(momentum[name]) for name in mom_names}
             if own_anchor:
                 grad_anchor = {name: grad_of(anchor[name]) for name in names}
-            del y, end, end_mom, outs, got, found
+            found.clear()
+            del y, end, end_mom, outs, got
         for buffer in [*ctx.starts.values(), *ctx.mom_starts.values()]:
             buffers.give(buffer)
         ctx.starts = ctx.mom_starts = ctx.tapes = None

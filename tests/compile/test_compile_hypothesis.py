@@ -74,7 +74,7 @@ def memory_specs(draw):
     lifetime = draw(st.sampled_from(["reset per sequence", "persist"]))
     init = draw(st.sampled_from(["by pretrain", "zero"]))
 
-    flows = [f"key       k", f"value     {'self(v)' if self_value else 'v'}"]
+    flows = ["key       k", f"value     {'self(v)' if self_value else 'v'}"]
     bindings = [f"q = l2norm(linear(x, {heads * dk}))", f"k = l2norm(linear(x, {heads * dk}))",
                 f"v = linear(x, {heads * dv})"]
     if "eta" in gates:
