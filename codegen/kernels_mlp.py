@@ -1,6 +1,6 @@
 """The Triton kernel plan of an MLP memory level (codegen/kernels.py renders it into kernels.py).
 
-Fused: a depth-2 MLP W2 act(W1 k) (+ k with a residual), no biases, chunk C > 1 (every gradient at
+Fused: a depth-2 MLP W2 act(W1 k + b1) + b2 (+ k with a residual; biases optional), chunk C > 1 (every gradient at
 the chunk anchor), the rules retain, gd, momentum, delta and dgd in any order (but not a transition
 together with momentum), any objective with a kernel form (codegen/kernel_objectives.py), a value
 target or a self-generated one M_anchor(v), and every read mode. A tile is the chunk, or SUB_TILE
@@ -11,10 +11,11 @@ and momentum act on W1 and W2 as scalars, so the state after token t is
 token s at the anchor) and the read goes through the dual form, layer by layer, without per-token
 weights. delta / dgd add the transition W1 (a I + cp k k^T) on the key-input layer (W2 sees dgd as
 retention and a step, delta not at all): W1's update columns then solve a triangular system per tile,
-as in the linear family. Per-layer transitions, biases, other depths and chunk size 1 have no fused
-form and fall back (`mlp_kernel_form` names the reason). Every fused level also gets
-`<level>_fwd_streamed` and `<level>_bwd_streamed`, the kernels with the state in global memory, for
-heads too large for the registers (launch_mlp.py).
+as in the linear family. A bias is a weight whose input is the constant 1 under the scalar rules (its
+columns are layer's deltas with the weights C2). Per-layer transitions, other depths and chunk size 1
+have no fused form and fall back (`mlp_kernel_form` names the reason). Every fused level without
+biases also gets `<level>_fwd_streamed` and `<level>_bwd_streamed`, the kernels with the state in
+global memory, for heads too large for the registers (launch_mlp.py).
 
 Like the rest of the generator, this module does not import torch.
 """
@@ -53,8 +54,6 @@ def mlp_kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
         return "none", "not an MLP memory"
     if cfg.depth != 2:
         return "none", f"an MLP memory of depth {cfg.depth} has no fused kernel (only depth 2)"
-    if cfg.bias:
-        return "none", "an MLP memory with biases has no fused kernel"
     if cfg.chunk < 2:
         return "none", ("chunk 1 with an MLP memory: the gradient is not linear in the state, no chunk-parallel "
                         "form")
@@ -90,6 +89,7 @@ class MlpKernelPlan(PlanNames):
     residual: bool
     self_target: bool
     momentum: bool
+    bias: bool                 # biases b1 (hidden), b2 (dv): weights whose input is 1, under the scalar rules
     transition: bool           # delta / dgd: W1 (the key-input layer) has the transition W (a I + cp k k^T)
     act: str
     act_code: str
@@ -194,7 +194,7 @@ def plan_mlp_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> 
     return MlpKernelPlan(
         level=level, prefix=py(level), doc=doc or f"memory level {level}", reason=reason, dk=cfg.dk,
         hidden=cfg.hidden, dv=cfg.dv, chunk=cfg.chunk, tile_tokens=tile_length(cfg.chunk), read=cfg.read,
-        residual=cfg.residual, self_target=cfg.self_target, momentum=momentum, transition=transition,
+        residual=cfg.residual, self_target=cfg.self_target, momentum=momentum, bias=cfg.bias, transition=transition,
         act=cfg.act, act_code=act,
         dact_code=dact, ddact_code=ddact, objective=objective, uses=uses, coefs=tuple(coefs),
         dgate_lines=_dgate_lines(coefs, uses), rules_text=rules_text(cfg.rules))

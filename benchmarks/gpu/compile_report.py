@@ -45,8 +45,8 @@ def linear(rules, dim, chunk, read="after", self_target=False):
                         read=read, chunk=chunk, self_target=self_target)
 
 
-def mlp(rules, dim, hidden, chunk, read="anchor", act="gelu", self_target=False):
-    return MemoryConfig("mlp", dim, dim, depth=2, hidden=hidden, act=act, residual=True,
+def mlp(rules, dim, hidden, chunk, read="anchor", act="gelu", self_target=False, bias=False):
+    return MemoryConfig("mlp", dim, dim, depth=2, hidden=hidden, act=act, residual=True, bias=bias,
                         rules=tuple(Rule(r) for r in rules), read=read, chunk=chunk, self_target=self_target)
 
 
@@ -60,6 +60,7 @@ CONFIGS = {
     # benchmarks/gpu/titans_vs_titans_pytorch.py's small-heads configuration
     "titans_small": (mlp(["retain", "momentum"], 32, 128, 64), "mse"),
     "titans_example": (mlp(["retain", "momentum"], 32, 64, 16), "sq"),
+    "titans_bias": (mlp(["retain", "momentum"], 32, 128, 64, read="after", bias=True), "mse"),
     # states too large for the registers (the streamed kernels, as a GPU launches them): titans-pytorch's
     # default head (benchmarks/titans_peer.nl) and one of width 128
     "titans_peer": (mlp(["retain", "momentum"], 256, 1024, 64), "mse"),
@@ -68,6 +69,7 @@ CONFIGS = {
     "tiny_linear": (linear(["retain", "gd"], 16, 4), "l2"),
     "tiny_mlp": (mlp(["retain", "momentum"], 16, 16, 4), "mse"),
     "tiny_mlp2": (mlp(["retain", "momentum"], 32, 64, 4, read="after"), "mse"),   # two blocks of 32 hidden units
+    "tiny_mlp_bias": (mlp(["retain", "momentum"], 16, 24, 4, read="before", bias=True), "mse"),
 }
 
 DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32",

@@ -18,46 +18,69 @@ from ..memory import MemoryState, chunked
 from .backend import OutOfResources, without_backward_kernel
 
 GATES = ("eta", "alpha", "beta")
-WEIGHTS = ("W1", "W2")
 
 
-def _pair(a, b) -> dict:
-    return {"W1": a, "W2": b}
+def names_of(bias: bool) -> tuple[tuple[str, str], ...]:
+    """The pairs of parameters of the flat state, in order: the weights, then the biases."""
+    return (("W1", "W2"), ("b1", "b2")) if bias else (("W1", "W2"),)
+
+
+def named(flat, bias: bool) -> tuple[dict, dict, dict]:
+    """(theta, anchor, momentum) of a flat state (w1, w2, a1, a2, s1, s2[, b1, b2, ab1, ab2, sb1, sb2])."""
+    theta, anchor, mom = {}, {}, {}
+    for i, (one, two) in enumerate(names_of(bias)):
+        t1, t2, a1, a2, s1, s2 = flat[6 * i:6 * i + 6]
+        theta.update({one: t1, two: t2})
+        anchor.update({one: a1, two: a2})
+        mom.update({one: s1, two: s2})
+    return theta, anchor, mom
+
+
+def flat_of(theta: dict, anchor: dict, mom: dict, bias: bool) -> list:
+    """The inverse of `named`."""
+    out = []
+    for one, two in names_of(bias):
+        out += [theta[one], theta[two], anchor[one], anchor[two], mom[one], mom[two]]
+    return out
 
 
 class MlpChunkFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kernels, cfg, objective, position, prec, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2):
+    def forward(ctx, kernels, cfg, objective, position, prec, q, k, v, eta, alpha, beta, *state):
         store = any(ctx.needs_input_grad[5:])
         streamed = kernels.streams(k)
-        outs, (starts, mstarts) = kernels.launch_fwd(position, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2,
-                                                     store=store, prec=prec, streamed=streamed)
+        outs, stored = kernels.launch_fwd(position, q, k, v, eta, alpha, beta, *state, store=store, prec=prec,
+                                          streamed=streamed)
         ctx.kernels, ctx.cfg, ctx.objective, ctx.position = kernels, cfg, objective, position
         ctx.streamed = streamed
-        ctx.save_for_backward(q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, *starts, *mstarts)
+        ctx.save_for_backward(q, k, v, eta, alpha, beta, *state, *stored)
         return outs
 
     @staticmethod
-    def backward(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
+    def backward(ctx, dy, *dstate):
         grads = None
         if (ctx.kernels.bwd_streamed if ctx.streamed else ctx.kernels.bwd) is not None:
             try:
-                grads = ctx.kernels.launch_bwd(ctx.position, ctx.saved_tensors, dy, dw1, dw2, da1, da2, ds1, ds2,
-                                               streamed=ctx.streamed)
+                grads = ctx.kernels.launch_bwd(ctx.position, ctx.saved_tensors, dy, *dstate, streamed=ctx.streamed)
             except OutOfResources as error:
                 without_backward_kernel(ctx.kernels, error, streamed=ctx.streamed)
         if grads is None:
-            grads = _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2)
+            grads = _tile_walk(ctx, dy, dstate)
         needed = ctx.needs_input_grad[5:]
         return (None,) * 5 + tuple(g if need else None for g, need in zip(grads, needed))
 
 
-def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
+def _tile_walk(ctx, dy, dstate):
     """The backward in PyTorch: every chunk recomputed by the chunked path, in reverse."""
-    saved = ctx.saved_tensors
-    q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2 = saved[:12]
-    starts, mstarts = saved[12:14], saved[14:16]
     cfg, kernels = ctx.cfg, ctx.kernels
+    bias = len(dstate) > 6
+    saved = ctx.saved_tensors
+    q, k, v, eta, alpha, beta = saved[:6]
+    state = saved[6:6 + len(dstate)]
+    stored = saved[6 + len(dstate):]     # per pair of parameters: their tile starts, then their momenta's
+    names = [n for pair in names_of(bias) for n in pair]
+    starts = {n: stored[4 * i + j] for i, pair in enumerate(names_of(bias)) for j, n in enumerate(pair)}
+    mstarts = {n: stored[4 * i + 2 + j] for i, pair in enumerate(names_of(bias)) for j, n in enumerate(pair)}
     tokens = k.shape[2]
     offset, sub0, n_tiles = kernels.tiles(ctx.position, tokens)
     # chunk by chunk: the tiles that open a chunk (and tile 0), whose start states the forward stored
@@ -68,8 +91,9 @@ def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
     required = cfg.required_gates()
     dq, dk, dv = (torch.zeros_like(t, dtype=torch.float32) for t in (q, k, v))
     dgates = {n: torch.zeros_like(g) for n, g in gate_inputs.items()}
-    d_theta, d_anchor = _pair(dw1, dw2), _pair(da1, da2)
-    d_mom = _pair(ds1, ds2) if cfg.has_momentum else None
+    d_theta, d_anchor, d_mom = named(dstate, bias)
+    d_mom = d_mom if cfg.has_momentum else None
+    start_theta, start_anchor, start_mom = named(state, bias)
     d_start = None
     for j, end_tile in reversed(list(zip(heads, ends))):
         lo, hi = max(0, j * kernels.tile_tokens - offset), min(tokens, end_tile * kernels.tile_tokens - offset)
@@ -77,24 +101,24 @@ def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
             xs = [t[:, :, lo:hi].detach().float().requires_grad_(True) for t in (q, k, v)]  # may be bf16
             gates = {n: gate_inputs[n][:, :, lo:hi].detach().requires_grad_(True) for n in required}
             if j == 0:
-                theta = {w: t.detach().requires_grad_(True) for w, t in zip(WEIGHTS, (w1, w2))}
-                anchor = {w: t.detach().requires_grad_(True) for w, t in zip(WEIGHTS, (a1, a2))}
-                mom = ({w: t.detach().requires_grad_(True) for w, t in zip(WEIGHTS, (s1, s2))}
+                theta = {n: start_theta[n].detach().requires_grad_(True) for n in names}
+                anchor = {n: start_anchor[n].detach().requires_grad_(True) for n in names}
+                mom = ({n: start_mom[n].detach().requires_grad_(True) for n in names}
                        if cfg.has_momentum else None)
             else:
-                theta = {w: st[:, :, j].detach().requires_grad_(True) for w, st in zip(WEIGHTS, starts)}
+                theta = {n: starts[n][:, :, j].detach().requires_grad_(True) for n in names}
                 anchor = theta
-                mom = ({w: ms[:, :, j].detach().requires_grad_(True) for w, ms in zip(WEIGHTS, mstarts)}
+                mom = ({n: mstarts[n][:, :, j].detach().requires_grad_(True) for n in names}
                        if cfg.has_momentum else None)
             y, end = chunked(cfg, ctx.objective, *xs, gates, None,
                              MemoryState(theta, anchor, mom, ctx.position + lo))
             outputs, grads = [y], [dy[:, :, lo:hi]]
-            for w in WEIGHTS:
-                outputs += [end.params[w], end.anchor[w]]
-                grads += [d_theta[w], d_anchor[w]]
+            for n in names:
+                outputs += [end.params[n], end.anchor[n]]
+                grads += [d_theta[n], d_anchor[n]]
                 if mom is not None:
-                    outputs.append(end.momentum[w])
-                    grads.append(d_mom[w])
+                    outputs.append(end.momentum[n])
+                    grads.append(d_mom[n])
             leaves = xs + list(gates.values()) + list(theta.values())
             if j == 0:
                 leaves += list(anchor.values())
@@ -108,12 +132,12 @@ def _tile_walk(ctx, dy, dw1, dw2, da1, da2, ds1, ds2):
         for n, g in zip(gates, got[3:3 + len(gates)]):
             dgates[n][:, :, lo:hi] = g
         rest = got[3 + len(gates):]
-        d_theta, rest = _pair(*rest[:2]), rest[2:]
-        d_anchor = _pair(torch.zeros_like(d_theta["W1"]), torch.zeros_like(d_theta["W2"]))
+        d_theta, rest = dict(zip(names, rest[:len(names)])), rest[len(names):]
+        d_anchor = {n: torch.zeros_like(d_theta[n]) for n in names}
         if j == 0:
-            d_start, rest = _pair(*rest[:2]), rest[2:]
+            d_start, rest = dict(zip(names, rest[:len(names)])), rest[len(names):]
         if mom is not None:
-            d_mom = _pair(*rest[:2])
-    return (dq, dk, dv, dgates["eta"], dgates["alpha"], dgates["beta"], d_theta["W1"], d_theta["W2"],
-            d_start["W1"], d_start["W2"],
-            d_mom["W1"] if d_mom is not None else None, d_mom["W2"] if d_mom is not None else None)
+            d_mom = dict(zip(names, rest[:len(names)]))
+    none = {n: None for n in names}
+    return (dq, dk, dv, dgates["eta"], dgates["alpha"], dgates["beta"],
+            *flat_of(d_theta, d_start, d_mom if d_mom is not None else none, bias))

@@ -19,10 +19,10 @@ from torch import Tensor
 
 from ..memory import MemoryConfig, MemoryState
 from .backend import interpreting
+from .autograd_mlp import named, names_of
 from .launch import (BACKWARD_PRECISION, as_f32, gate_arguments, kernel_input, launch_options, multiprocessors,
                      with_register_cap)
 
-WEIGHTS = ("W1", "W2")
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
 # program keeps in registers on a GPU: 128 KiB, half an SM's register file. A heuristic bound: above it
 # the kernels would spill or fail to compile, and the level runs the streamed kernels instead.
@@ -59,6 +59,7 @@ class MlpLevelKernels:
     read: str
     momentum: bool
     fwd: Any
+    bias: bool = False            # biases b1, b2 (their state follows the weights'; no streamed kernels)
     bwd: Any = None
     fwd_streamed: Any = None      # the forward with the state in global memory (a state too large for fwd)
     bwd_streamed: Any = None      # its backward (None: the tiles in reverse in PyTorch)
@@ -110,7 +111,8 @@ class MlpLevelKernels:
     def state_floats(self) -> int:
         """float32 values of the state one program holds: theta, anchor (and momentum) of W1 and W2."""
         copies = 3 if self.momentum else 2
-        return copies * _block(self.hidden) * (_block(self.dk) + _block(self.dv))
+        biases = _block(self.hidden) + _block(self.dv) if self.bias else 0
+        return copies * (_block(self.hidden) * (_block(self.dk) + _block(self.dv)) + biases)
 
     def streams(self, like: Tensor) -> bool:
         """Whether a call on tensors like `like` runs the streamed kernels (state in global memory)."""
@@ -126,7 +128,8 @@ class MlpLevelKernels:
             return None
         return (f"a head's state (W1 {self.hidden}x{self.dk}, W2 {self.dv}x{self.hidden}, with anchors"
                 f"{' and momenta' if self.momentum else ''}: {self.state_floats()} float32 values) does not fit "
-                f"on chip (the generated kernel keeps it in registers; limit {ON_CHIP_FLOATS})")
+                f"on chip (the generated kernel keeps it in registers; limit {ON_CHIP_FLOATS})"
+                + ("; the streamed kernels, which would take it, do not take biases" if self.bias else ""))
 
     def tiles(self, position: int, tokens: int) -> tuple[int, int, int]:
         """(offset, sub0, n_tiles) of a call of `tokens` tokens starting at `position`: the tokens of the
@@ -142,45 +145,50 @@ class MlpLevelKernels:
         batch, heads, tokens, _ = k.shape
         dtype = v.dtype
         gate_args = gate_arguments(gates, k)
-        state = [as_f32(start.params[w]) for w in WEIGHTS] + [as_f32(start.anchor[w]) for w in WEIGHTS]
-        if cfg.has_momentum:
-            state += [as_f32(start.momentum[w]) for w in WEIGHTS]
-        else:
-            state += [_unused(k), _unused(k)]   # no momentum: the kernels neither read nor write it
+        state = []
+        for pair in names_of(self.bias):
+            state += [as_f32(start.params[n]) for n in pair] + [as_f32(start.anchor[n]) for n in pair]
+            if cfg.has_momentum:
+                state += [as_f32(start.momentum[n]) for n in pair]
+            else:
+                state += [_unused(k), _unused(k)]   # no momentum: the kernels neither read nor write it
         outs = MlpChunkFunction.apply(self, cfg, objective, start.position, self.precision(dtype),
                                       kernel_input(q), kernel_input(k), kernel_input(v), *gate_args,
                                       *state)
-        y, w1, w2, a1, a2, s1, s2 = (t.to(dtype) for t in outs)
-        end = MemoryState({"W1": w1, "W2": w2}, {"W1": a1, "W2": a2},
-                          {"W1": s1, "W2": s2} if cfg.has_momentum else None, start.position + tokens)
+        y, *rest = (t.to(dtype) for t in outs)
+        theta, anchor, mom = named(rest, self.bias)
+        end = MemoryState(theta, anchor, mom if cfg.has_momentum else None, start.position + tokens)
         return y, end
 
-    def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, store: bool,
-                   prec: str = "ieee", streamed: bool = False):
-        """y, the end state (W1, W2, anchors, momenta) and, with `store`, the tile start states; `streamed`
-        runs fwd_streamed."""
+    def launch_fwd(self, position: int, q, k, v, eta, alpha, beta, *state, store: bool, prec: str = "ieee",
+                   streamed: bool = False):
+        """y, the end state (W1, W2, their anchors and momenta, then the same of b1, b2 with biases) and the
+        tile start states (theta and momentum of each pair; stand-ins without `store`); `streamed` runs
+        fwd_streamed. `state` is (w1, w2, a1, a2, s1, s2) and with biases (b1, b2, ab1, ab2, sb1, sb2)."""
         batch, heads, tokens, _ = k.shape
         offset, sub0, n_tiles = self.tiles(position, tokens)
         dev = k.device
         y = torch.empty(batch, heads, tokens, self.dv, dtype=torch.float32, device=dev)
-        ends = [torch.empty_like(t) for t in (w1, w2, a1, a2)]
-        moms = [torch.empty_like(s1), torch.empty_like(s2)] if self.momentum else [_unused(k), _unused(k)]
-        if store:
-            starts = [torch.empty(batch, heads, n_tiles, *w.shape[2:], dtype=torch.float32, device=dev)
-                      for w in (w1, w2)]
-            mstarts = ([torch.empty_like(s) for s in starts] if self.momentum
-                       else [torch.empty(1, dtype=torch.float32, device=dev)] * 2)
-        else:
-            starts = mstarts = [torch.empty(1, dtype=torch.float32, device=dev)] * 2
+        outs, stored = [], []
+        for i in range(len(state) // 6):
+            t1, t2, a1, a2, s1, s2 = state[6 * i:6 * i + 6]
+            outs += [torch.empty_like(t) for t in (t1, t2, a1, a2)]
+            outs += [torch.empty_like(s1), torch.empty_like(s2)] if self.momentum else [_unused(k), _unused(k)]
+            if store:
+                starts = [torch.empty(batch, heads, n_tiles, *t.shape[2:], dtype=torch.float32, device=dev)
+                          for t in (t1, t2)]
+                stored += starts + ([torch.empty_like(t) for t in starts] if self.momentum else [_unused(k)] * 2)
+            else:
+                stored += [_unused(k)] * 4
         grid = (batch * heads,)
         if streamed:
-            y = self._launch_streamed(position, (q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2), y,
-                                      (*ends, *moms, *starts, *mstarts), store, prec)
+            y = self._launch_streamed(position, (q, k, v, eta, alpha, beta, *state), y, (*outs, *stored), store, prec)
         else:
-            self.fwd[grid](q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, y, *ends, *moms, *starts, *mstarts,
-                           tokens, offset, sub0, n_tiles, STORE=store, PREC=prec, **self.launch_options())
+            bias_args = (*state[6:], *outs[6:], *stored[4:])
+            self.fwd[grid](q, k, v, eta, alpha, beta, *state[:6], y, *outs[:6], *stored[:4], tokens, offset, sub0,
+                           n_tiles, *bias_args, STORE=store, PREC=prec, **self.launch_options())
         self.launches["fwd"] += 1
-        return (y, *ends, *moms), (starts, mstarts)
+        return (y, *outs), stored
 
     def slices_for(self, programs: int, device) -> int:
         """Programs per head of the streamed forward (`slices`, or on a GPU enough for about two per
@@ -230,10 +238,14 @@ class MlpLevelKernels:
             anchor_copy ^= int((hi - 1 + sub0) % n_sub == n_sub - 1 and hi * self.tile_tokens - offset <= tokens)
         return shares.sum(0)
 
-    def launch_bwd(self, position: int, saved, dy, dw1, dw2, da1, da2, ds1, ds2, streamed: bool = False):
-        """Gradients of the forward's 12 tensor inputs (q, k, v, the three gates, W1, W2, their anchors and
-        momenta) from the stored tile start states; `streamed` runs bwd_streamed."""
-        q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2, st1, st2, ss1, ss2 = saved
+    def launch_bwd(self, position: int, saved, dy, dw1, dw2, da1, da2, ds1, ds2, *dbias, streamed: bool = False):
+        """Gradients of the forward's tensor inputs (q, k, v, the three gates, W1, W2, their anchors and
+        momenta, then the same of the biases) from the stored tile start states; `streamed` runs
+        bwd_streamed. `dbias`: the gradients of the biases out (db1, db2, dab1, dab2, dsb1, dsb2)."""
+        q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2 = saved[:12]
+        bias_state = saved[12:18] if self.bias else ()
+        st1, st2, ss1, ss2 = saved[12 + len(bias_state):16 + len(bias_state)]
+        bias_stored = saved[16 + len(bias_state):]
         tokens = k.shape[2]
         offset, sub0, n_tiles = self.tiles(position, tokens)
         # the anchor out is theta out when the call ends on a chunk boundary: the kernels then add its
@@ -243,6 +255,7 @@ class MlpLevelKernels:
         # gradients are not asked for): no zero fill, one kernel launch less each on a GPU
         grads_in = [torch.empty_like(t, dtype=torch.float32) for t in (q, k, v, eta, alpha, beta)]
         grads_state = [torch.empty_like(t) for t in (w1, w2, a1, a2, s1, s2)]
+        grads_bias = [torch.empty_like(t) for t in bias_state]
         c = lambda t: t.contiguous()  # noqa: E731
         args = (q, k, v, eta, alpha, beta, a1, a2, st1, st2, ss1, ss2,
                 c(dy), c(dw1), c(dw2), c(ds1), c(ds2), c(da1), c(da2), *grads_in, *grads_state)
@@ -257,7 +270,11 @@ class MlpLevelKernels:
             self.bwd_streamed[grid](*args, *space, tokens, offset, sub0, n_tiles, aligned, HB=self.hidden_block,
                                     PREC=self.backward_precision, **launch_options(self.warps, self.stages, True))
         else:
-            self.bwd[grid](*args, tokens, offset, sub0, n_tiles, aligned, PREC=self.backward_precision,
+            bias_args = ()
+            if self.bias:
+                _, _, ab1, ab2, _, _ = bias_state
+                bias_args = (ab1, ab2, *bias_stored, *(c(g) for g in dbias), *grads_bias)
+            self.bwd[grid](*args, tokens, offset, sub0, n_tiles, aligned, *bias_args, PREC=self.backward_precision,
                            **self.launch_options(backward=True))
         self.launches["bwd"] += 1
-        return (*grads_in, *grads_state)
+        return (*grads_in, *grads_state, *grads_bias)

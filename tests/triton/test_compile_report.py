@@ -20,12 +20,13 @@ def test_the_compile_report_compiles_every_launch_for_sm90(tmp_path):
     env = dict(os.environ, NLC_CACHE=str(tmp_path), TRITON_CACHE_DIR=str(tmp_path / "triton"))
     env.pop("TRITON_INTERPRET", None)
     result = subprocess.run([sys.executable, "benchmarks/gpu/compile_report.py", "tiny_linear", "tiny_mlp",
-                             "--warps", "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                             "tiny_mlp_bias", "--warps", "4"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if "compile" in line]
     names = [line.split()[0] for line in lines]
     assert names == ["report__tiny_linear_fwd", "report__tiny_linear_bwd", "report__tiny_mlp_fwd",
-                     "report__tiny_mlp_bwd"], result.stdout
+                     "report__tiny_mlp_bwd", "report__tiny_mlp_bias_fwd", "report__tiny_mlp_bias_bwd"], result.stdout
     for line in lines:
         assert re.search(r"\d+ registers, \d+ / \d+ bytes spill", line), line
         assert "num_warps=4" in line and "PREC=ieee" in line

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,8 @@ def check(case: Case, against_chunked: bool = True, lk=None) -> None:
     assert used == expected, used
 
 
-def mlp(rules, chunk=4, read="after", act="silu", residual=True, self_target=False, dk=8, hidden=16):
-    return MemoryConfig("mlp", dk, dk, depth=2, hidden=hidden, act=act, residual=residual,
+def mlp(rules, chunk=4, read="after", act="silu", residual=True, self_target=False, dk=8, hidden=16, bias=False):
+    return MemoryConfig("mlp", dk, dk, depth=2, hidden=hidden, act=act, residual=residual, bias=bias,
                         rules=tuple(Rule(r) for r in rules), read=read, chunk=chunk, self_target=self_target)
 
 
@@ -83,6 +84,24 @@ def test_objectives(objective):
     check(mcase(mlp(("retain", "gd"), read="before"), objective, tokens=10, seed=3), against_chunked=False)
 
 
+# biases: weights whose input is 1, under the scalar rules (W1's transition does not act on b1)
+BIASED = [
+    (TITANS, "after", False, "sq", 10, None),
+    (TITANS, "before", False, "l2", 13, 6),
+    (TITANS, "anchor", False, "mse", 11, 3),
+    (("gd", "retain"), "after", True, "l2", 12, 2),      # a self-generated target M_anchor(v)
+    (("dgd",), "after", False, "l2", 13, 5),             # a transition on W1
+    (("delta", "gd"), "before", False, "huber", 10, None),
+]
+
+
+@pytest.mark.parametrize("rules, read, self_target, objective, tokens, position", BIASED)
+def test_biases(rules, read, self_target, objective, tokens, position):
+    obj = standard_objective(objective, delta=0.5) if objective == "huber" else standard_objective(objective)
+    cfg = mlp(rules, read=read, self_target=self_target, residual=not self_target, bias=True)
+    check(mcase(cfg, obj, tokens=tokens, position=position, seed=tokens))
+
+
 def test_no_residual_and_a_self_generated_target():
     check(mcase(mlp(("gd",), residual=False, self_target=True, read="after"), standard_objective("l2"),
                tokens=12, position=2, seed=4), against_chunked=False)
@@ -109,6 +128,23 @@ SUBTILED = [
     (("dgd",), "anchor", 32, 50, 7),                    # a transition on the key-input layer
     (("gd", "retain"), "after", 32, 13, 35),            # a call inside one chunk, not at its end
 ]
+
+
+def test_a_biased_state_too_large_for_the_chip_falls_back_with_the_reason(monkeypatch):
+    from nldsl.runtime.triton import launch_mlp
+
+    biased = kernels(mlp(TITANS, bias=True), standard_objective("l2"))
+    gpu = types.SimpleNamespace(is_cuda=True)
+    monkeypatch.setattr(launch_mlp, "interpreting", lambda: False)
+    assert biased.fwd_streamed is None and biased.unfit(gpu) is None
+    monkeypatch.setattr(launch_mlp, "ON_CHIP_FLOATS", biased.state_floats() - 1)
+    assert not biased.streams(gpu) and "do not take biases" in biased.unfit(gpu)
+
+
+def test_biases_in_chunks_of_several_tiles():
+    """The biases' anchor is the chunk's first tile's start (stored), carried in mid-chunk."""
+    cfg = mlp(TITANS, chunk=32, read="after", bias=True)
+    check(mcase(cfg, standard_objective("l2"), tokens=61, position=21, seed=12), against_chunked=False)
 
 
 @pytest.mark.parametrize("rules, read, chunk, tokens, position", SUBTILED)
@@ -205,11 +241,11 @@ RANDOM_LEVEL = dict(rules=RULES, chunk=st.sampled_from([2, 3, 4, 32]), read=st.s
 
 
 def check_random_level(hidden: int, rules, chunk, read, act, residual, self_target, objective, position, tokens,
-                       seed, **kernel_settings) -> None:
+                       seed, bias=False, **kernel_settings) -> None:
     """check() for a drawn level with a fused form (hypothesis skips the others), its kernels with
     `kernel_settings` (dataclasses.replace)."""
     try:
-        cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=hidden, act=act, residual=residual,
+        cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=hidden, act=act, residual=residual, bias=bias,
                            rules=tuple(Rule(r) for r in rules), read=read, chunk=chunk, self_target=self_target)
     except ValueError:  # a combination the semantics rule out
         assume(False)
@@ -222,6 +258,6 @@ def check_random_level(hidden: int, rules, chunk, read, act, residual, self_targ
 
 @settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(**RANDOM_LEVEL)
+@given(**RANDOM_LEVEL, bias=st.booleans())
 def test_random_fused_combinations(**drawn):
     check_random_level(12, **drawn)

@@ -41,7 +41,6 @@ def test_retain_gd_and_momentum_at_the_anchor_are_fused(rules, read):
     (MemoryConfig("mlp", 8, 8, depth=2, hidden=16, rules=(Rule("dgd", per_layer=True),), chunk=4), "per-layer"),
     (mlp(depth=3), "depth 3"),
     (mlp(depth=1), "depth 1"),
-    (mlp(bias=True), "biases"),
     (mlp(("gd",), chunk=1), "chunk 1"),
     (mlp(("retain",)), "no gradient rule"),
 ])
@@ -50,6 +49,17 @@ def test_the_other_mlp_memories_fall_back_with_a_reason(cfg, reason):
     assert form == "none" and reason in why
     with pytest.raises(ValueError, match=reason):
         plan_mlp_level("blk.mem", cfg, L2)
+
+
+def test_biases_are_fused_on_chip_only():
+    """A level with biases gets the on-chip kernels, with the biases' state, and no streamed ones: a
+    state too large for the registers falls back, and the reason says so."""
+    text = level_kernels_source("b.m", mlp(bias=True), L2)
+    names = {n.name for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)}
+    assert {"b__m_fwd", "b__m_bwd"} <= names and not any("streamed" in n for n in names)
+    assert "b1, b2, ab1, ab2, sb1, sb2," in text and "bias=True," in text
+    plain = level_kernels_source("b.m", mlp(), L2)
+    assert "b1, b2" not in plain and "b__m_fwd_streamed" in plain
 
 
 def test_kernels_are_named_after_the_level_and_inline_the_dimensions():
