@@ -37,8 +37,8 @@ def linear(rules, chunk, read="after", self_target=False, dim=WIDTH):
                         read=read, chunk=chunk, self_target=self_target)
 
 
-def mlp(rules, chunk, read="after", self_target=False, dim=WIDTH // 2, hidden=WIDTH):
-    return MemoryConfig("mlp", dim, dim, depth=2, hidden=hidden, act="silu", residual=True,
+def mlp(rules, chunk, read="after", self_target=False, dim=WIDTH // 2, hidden=WIDTH, bias=False):
+    return MemoryConfig("mlp", dim, dim, depth=2, hidden=hidden, act="silu", residual=True, bias=bias,
                         rules=tuple(Rule(r) for r in rules), read=read, chunk=chunk, self_target=self_target)
 
 
@@ -51,6 +51,7 @@ def cases(width: int, chunk: int) -> dict:
         "hope_matrix": (linear(["dgd"], chunk=chunk, read="anchor", self_target=True, dim=width), "l2"),
         "titans_mlp": (mlp(["retain", "momentum"], chunk=chunk, read="anchor", dim=width // 2, hidden=width), "mse"),
         "ttt_mlp": (mlp(["gd"], chunk=chunk, dim=width // 2, hidden=width), "l2"),
+        "titans_mlp_bias": (mlp(["retain", "momentum"], chunk=chunk, dim=width // 2, hidden=width, bias=True), "mse"),
         "hope_mlp_dgd": (mlp(["dgd"], chunk=chunk, read="anchor", self_target=True, dim=width // 2, hidden=width),
                          "l2"),
     }
@@ -77,7 +78,7 @@ def test_low_precision_kernels_match_the_float64_reference(name, tokens, positio
 
 @pytest.mark.skipif(GPU, reason="on a GPU the test above runs on its tensor cores")
 @pytest.mark.parametrize("name, streamed", [("hope_matrix", False), ("gated_deltanet", False),
-                                             ("hope_mlp_dgd", False), ("hope_mlp_dgd", True)])
+                                             ("hope_mlp_dgd", False), ("hope_mlp_dgd", True), ("titans_mlp_bias", False)])
 def test_tf32_tensor_cores_keep_bf16_kernels_within_the_contract(monkeypatch, name, streamed):
     """The test above at a GPU's sizes, with tl.dot in tf32 as a tensor core computes it (the operands
     truncated to tf32). A carried state accumulates truncation's one-sided error (HOPE's matrix memory
