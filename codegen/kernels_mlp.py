@@ -13,9 +13,9 @@ weights. delta / dgd add the transition W1 (a I + cp k k^T) on the key-input lay
 retention and a step, delta not at all): W1's update columns then solve a triangular system per tile,
 as in the linear family. A bias is a weight whose input is the constant 1 under the scalar rules (its
 columns are layer's deltas with the weights C2). Per-layer transitions, other depths and chunk size 1
-have no fused form and fall back (`mlp_kernel_form` names the reason). Every fused level without
-biases also gets `<level>_fwd_streamed` and `<level>_bwd_streamed`, the kernels with the state in
-global memory, for heads too large for the registers (launch_mlp.py).
+have no fused form and fall back (`mlp_kernel_form` names the reason). Every fused level also gets
+`<level>_fwd_streamed` and, without biases, `<level>_bwd_streamed` and `<level>_fwd_streamed_out`:
+the kernels with the state in global memory, for heads too large for the registers (launch_mlp.py).
 
 Like the rest of the generator, this module does not import torch.
 """

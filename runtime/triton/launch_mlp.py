@@ -59,7 +59,7 @@ class MlpLevelKernels:
     read: str
     momentum: bool
     fwd: Any
-    bias: bool = False            # biases b1, b2 (their state follows the weights'; no streamed kernels)
+    bias: bool = False            # biases b1, b2 (their state follows the weights'; streamed: forward only)
     bwd: Any = None
     fwd_streamed: Any = None      # the forward with the state in global memory (a state too large for fwd)
     bwd_streamed: Any = None      # its backward (None: the tiles in reverse in PyTorch)
@@ -128,8 +128,7 @@ class MlpLevelKernels:
             return None
         return (f"a head's state (W1 {self.hidden}x{self.dk}, W2 {self.dv}x{self.hidden}, with anchors"
                 f"{' and momenta' if self.momentum else ''}: {self.state_floats()} float32 values) does not fit "
-                f"on chip (the generated kernel keeps it in registers; limit {ON_CHIP_FLOATS})"
-                + ("; the streamed kernels, which would take it, do not take biases" if self.bias else ""))
+                f"on chip (the generated kernel keeps it in registers; limit {ON_CHIP_FLOATS})")
 
     def tiles(self, position: int, tokens: int) -> tuple[int, int, int]:
         """(offset, sub0, n_tiles) of a call of `tokens` tokens starting at `position`: the tokens of the
@@ -182,7 +181,7 @@ class MlpLevelKernels:
                 stored += [_unused(k)] * 4
         grid = (batch * heads,)
         if streamed:
-            y = self._launch_streamed(position, (q, k, v, eta, alpha, beta, *state), y, (*outs, *stored), store, prec)
+            y = self._launch_streamed(position, (q, k, v, eta, alpha, beta, *state), y, outs, stored, store, prec)
         else:
             bias_args = (*state[6:], *outs[6:], *stored[4:])
             self.fwd[grid](q, k, v, eta, alpha, beta, *state[:6], y, *outs[:6], *stored[:4], tokens, offset, sub0,
@@ -192,7 +191,10 @@ class MlpLevelKernels:
 
     def slices_for(self, programs: int, device) -> int:
         """Programs per head of the streamed forward (`slices`, or on a GPU enough for about two per
-        multiprocessor; 1 when `programs`, batch x heads, fill it), at most one per block of hidden units."""
+        multiprocessor; 1 when `programs`, batch x heads, fill it), at most one per block of hidden units;
+        1 without fwd_streamed_out (a level with biases)."""
+        if self.fwd_streamed_out is None:
+            return 1
         blocks = -(-self.hidden // self.hidden_block)
         if self.slices is not None:
             wanted = self.slices
@@ -202,23 +204,32 @@ class MlpLevelKernels:
             wanted = -(-2 * multiprocessors(device) // programs)
         return max(1, min(wanted, blocks))
 
-    def _launch_streamed(self, position: int, inputs, y, outputs, store: bool, prec: str):
+    def _launch_streamed(self, position: int, inputs, y, outs, stored, store: bool, prec: str):
         """fwd_streamed over all the tiles, the state in a work space. A head split over several programs
         (slices of its hidden units) runs a chunk at a time: fwd_streamed_out, the slices' shares of the
-        memory at the chunk's anchor, then fwd_streamed on them; y is the sum of the slices' shares."""
+        memory at the chunk's anchor, then fwd_streamed on them; y is the sum of the slices' shares. With
+        biases (no split: b2 stays on chip), their state, outputs, stored starts and work space follow."""
+        inputs, bias_inputs = inputs[:12], inputs[12:]
+        outputs = (*outs[:6], *stored[:4])
         q, k, v, eta, alpha, beta, w1, w2, a1, a2, s1, s2 = inputs
         batch, heads, tokens, _ = k.shape
         offset, sub0, n_tiles = self.tiles(position, tokens)
         space = _two_copies((w1, w2, a1, a2)) + (_two_copies((s1, s2)) if self.momentum else [_unused(k)] * 2)
-        n_s = self.slices_for(batch * heads, k.device) if self.fwd_streamed_out is not None else 1
+        n_s = self.slices_for(batch * heads, k.device)
         blocks = -(-self.hidden // self.hidden_block)
         span = self.hidden_block * -(-blocks // n_s)      # hidden units per slice, whole blocks
         options = launch_options(self.warps, self.stages, True)
         grid = (batch * heads, n_s)
         constants = dict(HB=self.hidden_block, PREC=prec)
         if n_s == 1:
+            bias_args = ()
+            if self.bias:
+                b1 = bias_inputs[0]
+                bias_space = _two_copies((b1, b1)) + (_two_copies((b1,)) if self.momentum else [_unused(k)])
+                bias_args = (*bias_inputs, *outs[6:], *stored[4:], *bias_space)
             self.fwd_streamed[grid](*inputs, y, *outputs, *space, _unused(k), _unused(k), tokens, offset, sub0,
-                                    n_tiles, 0, n_tiles, 0, span, 1, 1, STORE=store, **constants, **options)
+                                    n_tiles, 0, n_tiles, 0, span, 1, 1, *bias_args, STORE=store, **constants,
+                                    **options)
             return y
         for copies, start in zip(space, (w1, w2, a1, a2, s1, s2)):
             if copies.dim() > 1:

@@ -78,7 +78,8 @@ def test_low_precision_kernels_match_the_float64_reference(name, tokens, positio
 
 @pytest.mark.skipif(GPU, reason="on a GPU the test above runs on its tensor cores")
 @pytest.mark.parametrize("name, streamed", [("hope_matrix", False), ("gated_deltanet", False),
-                                             ("hope_mlp_dgd", False), ("hope_mlp_dgd", True), ("titans_mlp_bias", False)])
+                                             ("hope_mlp_dgd", False), ("hope_mlp_dgd", True), ("titans_mlp_bias", False),
+                                             ("titans_mlp_bias", True)])
 def test_tf32_tensor_cores_keep_bf16_kernels_within_the_contract(monkeypatch, name, streamed):
     """The test above at a GPU's sizes, with tl.dot in tf32 as a tensor core computes it (the operands
     truncated to tf32). A carried state accumulates truncation's one-sided error (HOPE's matrix memory

@@ -48,18 +48,23 @@ def test_the_compile_report_covers_every_memory_level_of_a_spec(tmp_path):
     assert all("C=16, NSUB=2" in line for line in lines)  # a 32-token chunk as two tiles of 16
 
 
-@pytest.mark.parametrize("slices", ["1", "2"])
-def test_the_streamed_mlp_kernels_compile_for_sm90(tmp_path, slices):
+@pytest.mark.parametrize("config, slices", [("tiny_mlp2", "1"), ("tiny_mlp2", "2"), ("tiny_mlp_bias", "2")])
+def test_the_streamed_mlp_kernels_compile_for_sm90(tmp_path, config, slices):
     """The interpreter is lenient where the compiler is not (a kernel argument shadowed by a local
     compiled nowhere but ran there): the streamed kernels, one program per head and a head split over
-    two, compile for sm_90."""
+    two, compile for sm_90; with biases the forward only (one program per head; its backward is the
+    PyTorch walk)."""
     env = dict(os.environ, NLC_CACHE=str(tmp_path), TRITON_CACHE_DIR=str(tmp_path / "triton"))
     env.pop("TRITON_INTERPRET", None)
-    result = subprocess.run([sys.executable, "benchmarks/gpu/compile_report.py", "tiny_mlp2", "--stream",
+    result = subprocess.run([sys.executable, "benchmarks/gpu/compile_report.py", config, "--stream",
                              "--slices", slices, "--warps", "4"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if "compile" in line]
+    if config == "tiny_mlp_bias":
+        assert [line.split()[0] for line in lines] == ["report__tiny_mlp_bias_fwd_streamed"], result.stdout
+        assert "SPLIT=False" in lines[0]
+        return
     expected = ["report__tiny_mlp2_fwd_streamed", "report__tiny_mlp2_bwd_streamed"]
     if slices == "2":
         expected.insert(0, "report__tiny_mlp2_fwd_streamed_out")

@@ -130,15 +130,18 @@ SUBTILED = [
 ]
 
 
-def test_a_biased_state_too_large_for_the_chip_falls_back_with_the_reason(monkeypatch):
+def test_a_biased_state_too_large_for_the_chip_streams_its_forward(monkeypatch):
+    """On a GPU a state with biases above ON_CHIP_FLOATS runs the streamed forward, one program per head,
+    and the PyTorch walk over the chunks as its backward."""
     from nldsl.runtime.triton import launch_mlp
 
     biased = kernels(mlp(TITANS, bias=True), standard_objective("l2"))
     gpu = types.SimpleNamespace(is_cuda=True)
     monkeypatch.setattr(launch_mlp, "interpreting", lambda: False)
-    assert biased.fwd_streamed is None and biased.unfit(gpu) is None
+    assert not biased.streams(gpu) and biased.unfit(gpu) is None
     monkeypatch.setattr(launch_mlp, "ON_CHIP_FLOATS", biased.state_floats() - 1)
-    assert not biased.streams(gpu) and "do not take biases" in biased.unfit(gpu)
+    assert biased.streams(gpu) and biased.unfit(gpu) is None
+    assert biased.bwd_streamed is None and "PyTorch" in biased.streamed_backward and biased.slices_for(2, "cuda") == 1
 
 
 def test_biases_in_chunks_of_several_tiles():

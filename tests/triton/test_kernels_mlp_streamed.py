@@ -51,6 +51,28 @@ def test_streamed_forward_and_backward(rules, read, chunk, self_target, residual
     check(mcase(cfg, standard_objective(objective), tokens=tokens, position=position, seed=tokens), lk=lk)
 
 
+BIASED = [
+    # rules, read, chunk, self_target, residual, objective, tokens, position
+    (TITANS, "after", 4, False, True, "sq", 13, 2),
+    (TITANS, "before", 4, False, True, "l2", 11, None),
+    (TITANS, "anchor", 4, False, False, "mse", 10, 5),
+    (("gd", "retain"), "after", 4, True, True, "l2", 12, 2),   # a self-generated target
+    (("dgd",), "after", 3, False, True, "l2", 10, 1),         # a transition on W1, not on b1
+    (TITANS, "after", 32, False, True, "l2", 40, 21),        # chunks of two tiles, carried in mid-tile
+]
+
+
+@pytest.mark.parametrize("rules, read, chunk, self_target, residual, objective, tokens, position", BIASED)
+def test_streamed_forward_with_biases(rules, read, chunk, self_target, residual, objective, tokens, position):
+    """Biases in the streamed forward (b1 streamed with W1's rows, b2 on chip; one program per head) and
+    the PyTorch walk over the chunks as its backward."""
+    cfg = dataclasses.replace(mlp(rules, chunk=chunk, read=read, self_target=self_target, residual=residual,
+                                  hidden=24), bias=True)
+    lk = streamed(cfg, standard_objective(objective), slices=3)
+    assert lk.bwd_streamed is None and lk.slices_for(4, "cuda") == 1
+    check(mcase(cfg, standard_objective(objective), tokens=tokens, position=position, seed=tokens), lk=lk)
+
+
 @pytest.mark.parametrize("rules, tokens, position", [(TITANS, 1, 5), (TITANS, 3, None), (("dgd",), 2, 1)])
 def test_calls_shorter_than_a_chunk(rules, tokens, position):
     """Decoding a token at a time with a large memory: calls inside one chunk, the anchor carried."""
