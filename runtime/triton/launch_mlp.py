@@ -109,7 +109,8 @@ class MlpLevelKernels:
         return options
 
     def state_floats(self) -> int:
-        """float32 values of the state one program holds: theta, anchor (and momentum) of W1 and W2."""
+        """float32 values of the state one program holds: theta, anchor (and momentum) of W1 and W2, and of
+        the biases when there are biases."""
         copies = 3 if self.momentum else 2
         biases = _block(self.hidden) + _block(self.dv) if self.bias else 0
         return copies * (_block(self.hidden) * (_block(self.dk) + _block(self.dv)) + biases)
