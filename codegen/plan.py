@@ -74,8 +74,8 @@ def plan_text(model: ir.ModelIR, stacks=()) -> str:
         lines.append(f"{ind}frozen MLPs trained by {o.name}: {', '.join(frozen)}")
     lines.append(f"  accumulate {o.name}'s gradients; every {o.clock.period} step(s): clip "
                  f"{o.clip if o.clip is not None else 'off'}, {o.optimizer.text}")
-    reset = [f"{m.name} (learned by {learner})" for m, learner in learners.values() if learner is not None
-             and any(c.lifetime == "reset" and m in c.members for c in model.cms)]
+    reset = [f"{m.name} (learned by {learners[m.name][1]})" for c in model.cms if c.lifetime == "reset"
+             for m in c.members if learners[m.name][1] is not None]
     if reset:
         lines.append(f"  then, reset per sequence, back to their initial states: {', '.join(reset)}")
     return "\n".join(lines) + "\n"

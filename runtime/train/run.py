@@ -147,6 +147,7 @@ class Trainer:
         last = {}
         t0 = time.perf_counter()
         done_tokens = 0
+        resets = {lv.name for lv in self.loop.own.cms if lv.initial}  # CMS members that go back to a state
         while self.loop.step_count < self.cfg.steps:
             lr = self._set_lr()
             batch = next(self.stream).to(self.device)
@@ -156,7 +157,6 @@ class Trainer:
                 self.close()
                 raise
             done_tokens += result.tokens
-            resets = {lv.name for lv in self.loop.own.cms if lv.initial}  # CMS members that go back to a state
             elapsed = time.perf_counter() - t0
             step = self.loop.step_count
             record = {"step": step, "loss": result.loss, "bits_per_byte": bits_per_byte(result.loss), "lr": lr,

@@ -73,7 +73,7 @@ class MlpChunkFunction(torch.autograd.Function):
 def _tile_walk(ctx, dy, dstate):
     """The backward in PyTorch: every chunk recomputed by the chunked path, in reverse."""
     cfg, kernels = ctx.cfg, ctx.kernels
-    bias = len(dstate) > 6
+    bias = kernels.bias
     saved = ctx.saved_tensors
     q, k, v, eta, alpha, beta = saved[:6]
     state = saved[6:6 + len(dstate)]
