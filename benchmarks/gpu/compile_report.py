@@ -210,6 +210,8 @@ def main() -> int:
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (H100/H200)")
     ap.add_argument("--tile", type=int, help="the wy form's tile (tokens per tile) instead of the level's")
     ap.add_argument("--block-v", type=int, help="rows of the state per program (linear memories)")
+    ap.add_argument("--tile-columns", type=int,
+                    help="key and value columns per block of the wy form's tile-parallel kernels")
     ap.add_argument("--warps", type=int, help="warps per program instead of the level's")
     ap.add_argument("--stages", type=int, help="software-pipelining stages instead of the level's")
     ap.add_argument("--backward-precision", choices=["ieee", "tf32"],
@@ -223,7 +225,7 @@ def main() -> int:
                     help="the inputs' dtype (bfloat16: the kernels' dots in tf32, as a bf16 model runs them)")
     args = ap.parse_args()
     os.environ.setdefault("NLC_CACHE", tempfile.mkdtemp(prefix="nlc-compile-"))
-    overrides = {"tile": args.tile, "block_v": args.block_v, "warps": args.warps, "stages": args.stages,
+    overrides = {"tile": args.tile, "block_v": args.block_v, "tile_columns": args.tile_columns, "warps": args.warps, "stages": args.stages,
                  "backward_precision": args.backward_precision, "stream": args.stream or None,
                  "hidden_block": args.hidden_block, "slices": args.slices}
     if args.spec:

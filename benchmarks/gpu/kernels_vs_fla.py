@@ -10,7 +10,9 @@ The generated kernel is the one `nlc compile examples/gated_deltanet.nl` emits f
 at 16 heads of head dim 128, for B×T = 8×2048 and 1×16384, in bf16, forward and forward + backward
 (backward of o·do + the final state). fla's op gets the same inputs in its layout: g = log α,
 beta = η, scale = 1 (no implicit q scaling), its state S_fla = Sᵀ. Timings are medians over CUDA
-events after warm-up. Throughput uses one FLOP model for both kernels (per token and head, chunk
+events after warm-up, the calls issued back to back (as triton.testing.do_bench issues them: a
+call costs its device time unless issuing it takes longer); each row also gives the medians with the
+host waiting for every call before the next, which adds the time a call takes to reach the device. Throughput uses one FLOP model for both kernels (per token and head, chunk
 C = 64: 6CK + 4CV + 6KV for the forward, three times that for forward + backward), so the TFLOP/s
 are comparable rates, not counted instructions; the share is of the card's dense bf16 peak. Each row also
 gives the peak CUDA memory one call allocates above its inputs (ours and fla's).
@@ -123,22 +125,24 @@ def write_json(path: str, gpu: bool, rows: list) -> None:
         json.dump({"gpu": gpu, "rows": rows}, f, indent=2)
 
 
-def variants(kernels, tiles: str, block_vs: str, stages: str, backward_precisions: str) -> list:
-    """The level's kernels at every combination of --tile, --block-v, --stages and
-    --backward-precision (the level's own settings where unset)."""
+def variants(kernels, tiles: str, block_vs: str, stages: str, backward_precisions: str, columns: str = "",
+             warps: str = "") -> list:
+    """The level's kernels at every combination of --tile, --block-v, --stages, --backward-precision,
+    --tile-columns and --warps (the level's own settings where unset)."""
     parse = lambda text: [int(n) for n in text.split(",")] if text else [None]  # noqa: E731
     precisions = backward_precisions.split(",") if backward_precisions else [kernels.backward_precision]
     return [dataclasses.replace(kernels, tile=tile, block_v=block_v, stages=stage, backward_precision=prec,
-                                launches={n: 0 for n in kernels.launches})
-            for tile, block_v, stage, prec in itertools.product(parse(tiles), parse(block_vs), parse(stages),
-                                                                precisions)]
+                                tile_columns=cols, warps=warp, launches={n: 0 for n in kernels.launches})
+            for tile, block_v, stage, prec, cols, warp in itertools.product(
+                parse(tiles), parse(block_vs), parse(stages), precisions, parse(columns), parse(warps))]
 
 
 def time_fla(x, grad: bool, flops: float, label: str, repeats: int, warmup: int) -> dict:
     first = first_call(lambda: run_fla(x, grad))
     print(f"  {label}: first call of fla (with its autotuning) {first:.1f} s", flush=True)
     fla_ms = time_call(lambda: run_fla(x, grad), repeats, warmup)
-    return {"fla_ms": fla_ms, "fla_tflops": flops / fla_ms / 1e9,
+    return {"fla_ms": fla_ms, "fla_sync_ms": time_call(lambda: run_fla(x, grad), repeats, 0, synchronise=True),
+            "fla_tflops": flops / fla_ms / 1e9,
             "fla_peak_mb": peak_memory_mb(lambda: run_fla(x, grad))}
 
 
@@ -153,7 +157,8 @@ def error_vs_chunked(cfg, kernels, x, heads: int, dim: int) -> float:
 
 def row_line(row: dict, peak) -> str:
     line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} "
-            f"rows {row['walk_rows']}/{row['block_v']:<3} stages {row['stages']} bwd {row['backward_precision']:<4} "
+            f"rows {row['walk_rows']}/{row['block_v']:<3} cols {row['tile_columns']:<3} warps {row['warps'] or '-'} "
+            f"stages {row['stages']} bwd {row['backward_precision']:<4} "
             f"generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
     if peak:
         line += f" ({100 * row['generated_share_of_peak']:.1f}% of {peak:g})"
@@ -161,7 +166,9 @@ def row_line(row: dict, peak) -> str:
         line += f" | fla {row['fla_ms']:9.3f} ms {row['fla_tflops']:8.2f} TFLOP/s"
         if peak:
             line += f" ({100 * row['fla_share_of_peak']:.1f}%)"
-        line += f" | ours/fla {row['fla_ms'] / row['generated_ms']:.3f}x | rel. diff {row['error_vs_fla']:.1e}"
+        line += f" | ours/fla {row['fla_ms'] / row['generated_ms']:.3f}x"
+        line += f" (each call synchronised: {row['generated_sync_ms']:.3f} vs {row['fla_sync_ms']:.3f} ms, "
+        line += f"{row['fla_sync_ms'] / row['generated_sync_ms']:.3f}x) | rel. diff {row['error_vs_fla']:.1e}"
         line += f" | peak MB ours {row['generated_peak_mb']:.0f}, fla {row['fla_peak_mb']:.0f}"
     if "error_vs_chunked" in row:
         line += f" | rel. diff vs chunked {row['error_vs_chunked']:.1e}"
@@ -175,11 +182,16 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--shapes", default=None, help="B×T pairs to run, e.g. 8x2048,1x16384 (default: both)")
+    ap.add_argument("--modes", default="fwd,fwd+bwd", help="what to time: fwd, fwd+bwd or both (default)")
     ap.add_argument("--tile", default=None, help="tokens per tile to try, e.g. 16,32 (default: the level's)")
     ap.add_argument("--stages", default=None, help="software-pipelining stages to try, e.g. 1,2 (default: 1)")
     ap.add_argument("--block-v", default=None,
                     help="rows of W per program to try, e.g. 16,32 (default: the level's; printed as rows "
                          "forward walk / other kernels)")
+    ap.add_argument("--tile-columns", default=None,
+                    help="key and value columns per block of the tile-parallel kernels to try, e.g. 16,128 "
+                         "(default: the level's)")
+    ap.add_argument("--warps", default=None, help="warps per program to try, e.g. 4,8 (default: the level's)")
     ap.add_argument("--backward-precision", default=None,
                     help="tl.dot precision of the backward kernels to try, e.g. ieee,tf32 (default: the level's)")
     ap.add_argument("--no-fla", action="store_true", help="time the generated kernels only")
@@ -211,7 +223,7 @@ def main() -> int:
               "at the same work, so its fwd+bwd times are timings only")
     rows = []
     for batch, tokens in shapes:
-        for mode in ("fwd", "fwd+bwd"):
+        for mode in [m for m in ("fwd", "fwd+bwd") if m in args.modes.split(",")]:
             grad = mode == "fwd+bwd"
             x = make_inputs(batch, tokens, heads, dim, dtype, device)
             if grad:
@@ -219,17 +231,21 @@ def main() -> int:
             flops = flops_forward(batch, tokens, heads, dim, dim) * (3 if grad else 1)
             label = f"B={batch} T={tokens} {mode}"
             fla = time_fla(x, grad, flops, label, repeats, warmup) if have_fla and gpu else {}
-            for kernels in variants(level_kernels, args.tile, args.block_v, args.stages, args.backward_precision):
+            for kernels in variants(level_kernels, args.tile, args.block_v, args.stages, args.backward_precision,
+                                    args.tile_columns, args.warps):
                 row = {"batch": batch, "tokens": tokens, "heads": heads, "dim": dim, "mode": mode,
                        "dtype": str(dtype).replace("torch.", ""), "device": name,
                        "tile": kernels.wy_tile(), "block_v": kernels.rows_per_program(),
                        "walk_rows": kernels.rows_per_program(walk=gpu, heads=batch * heads, device=device),
-                       "stages": kernels.stages or 1, "backward_precision": kernels.backward_precision, **fla}
+                       "stages": kernels.stages or 1, "warps": kernels.warps,
+                       "tile_columns": kernels.columns_per_block(kernels.wy_tile()), "backward_precision": kernels.backward_precision, **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
                 print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']} stages {row['stages']}: "
                       f"first call of the generated kernels "
                       f"{first:.1f} s", flush=True)
                 row["generated_ms"] = time_call(lambda: run_generated(cfg, kernels, x, grad), repeats, warmup)
+                row["generated_sync_ms"] = time_call(lambda: run_generated(cfg, kernels, x, grad), repeats, 0,
+                                                     synchronise=True)
                 row["generated_tflops"] = flops / row["generated_ms"] / 1e9
                 row["generated_peak_mb"] = peak_memory_mb(lambda: run_generated(cfg, kernels, x, grad))
                 if not gpu:

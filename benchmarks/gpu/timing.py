@@ -8,23 +8,33 @@ import time
 import torch
 
 
-def time_call(fn, repeats: int, warmup: int) -> float:
-    """Median milliseconds of fn() (CUDA events on a GPU, wall clock otherwise)."""
+def time_call(fn, repeats: int, warmup: int, synchronise: bool = False) -> float:
+    """Median milliseconds of fn() (CUDA events on a GPU, wall clock otherwise). On a GPU the calls run
+    back to back, each between two events, and the host waits once at the end (as
+    triton.testing.do_bench does): the host's work for a call overlaps the device's work for the one
+    before, so a call costs its device time, or its host time where that is longer. `synchronise` waits
+    for every call before issuing the next: each call then also pays the time its host work takes to
+    reach the device."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        events = []
+        for _ in range(repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
             end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
+            events.append((start, end))
+            if synchronise:
+                torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        return statistics.median(start.elapsed_time(end) for start, end in events)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
     return statistics.median(times)
 
 

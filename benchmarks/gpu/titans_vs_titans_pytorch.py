@@ -140,10 +140,12 @@ def time_chunked(layer, x, grad: bool, repeats: int, warmup: int) -> float:
         set_backend(layer, "triton")
 
 
-def fused_levels(layer, like: torch.Tensor, stream: bool = False) -> tuple[list[str], list[str], list]:
+def fused_levels(layer, like: torch.Tensor, stream: bool = False,
+                 stream_backward=None) -> tuple[list[str], list[str], list]:
     """The memory levels of our layer that run generated kernels, the reasons any would fall back on
     tensors like `like` (a head whose state does not fit on chip), and their kernels; `stream` makes
-    them all run the streamed kernels."""
+    them all run the streamed kernels, `stream_backward` (True, False) the streamed backward kernel or the
+    PyTorch walk after a streamed forward."""
     from nldsl.runtime import MemoryLevel
     from nldsl.runtime.triton.registry import kernels_for
 
@@ -155,9 +157,15 @@ def fused_levels(layer, like: torch.Tensor, stream: bool = False) -> tuple[list[
                 sys.exit(f"memory level {m.level_name} has no generated kernels: {reason}")
             if stream:
                 found.stream = True   # the registry's kernels: every later call of the level streams
+            if stream_backward is not None:
+                found.stream_backward = stream_backward
             streamed = found.streams(like)
+            backward = found.backward
+            if streamed:
+                backward = ("the generated streamed kernel" if found.backward_kernel_streamed(like) else
+                            "the tiles in reverse, each recomputed and differentiated with the chunked PyTorch path")
             names.append(f"{m.level_name} (forward: {'streamed, the state in global memory' if streamed else 'on chip'}"
-                         f"; backward: {found.streamed_backward if streamed else found.backward})")
+                         f"; backward: {backward})")
             if found.unfit(like):
                 unfit.append(f"{m.level_name}: {found.unfit(like)}")
             found_all.append(found)
@@ -165,10 +173,10 @@ def fused_levels(layer, like: torch.Tensor, stream: bool = False) -> tuple[list[
 
 
 def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: int, gpu: bool,
-                 stream: bool = False) -> list[dict]:
+                 stream: bool = False, stream_backward=None) -> list[dict]:
     ours = build_ours(cfg, folder, device)
     peer = build_peer(cfg, device)
-    names, unfit, kernels = fused_levels(ours, torch.empty(0, device=device), stream)
+    names, unfit, kernels = fused_levels(ours, torch.empty(0, device=device), stream, stream_backward)
     print(f"[{cfg.name}] dim {cfg.dim}, {cfg.heads} heads of {cfg.head_dim}, hidden {4 * cfg.head_dim}, "
           f"chunk {cfg.chunk}; generated kernels for {', '.join(names)}")
     for line in unfit:
@@ -182,8 +190,10 @@ def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: i
             streamed = any(found.streams(x) for found in kernels)
             row = {"config": cfg.name, "streamed": streamed, "batch": batch, "tokens": tokens, "dim": cfg.dim, "heads": cfg.heads,
                    "head_dim": cfg.head_dim, "chunk": cfg.chunk, "mode": mode, "dtype": "float32"}
-            if streamed:   # programs per head of the streamed forward
+            if streamed:   # programs per head of the streamed forward, and the backward's choice
                 row["slices"] = max(found.slices_for(batch * cfg.heads, x.device) for found in kernels)
+                row["streamed_backward"] = ("kernel" if any(f.backward_kernel_streamed(x) for f in kernels)
+                                            else "walk")
             if unfit:
                 row["ours_error"] = "the generated kernels do not fit these heads (see above)"
             else:
@@ -203,7 +213,8 @@ def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: i
             if "ours_ms" in row:
                 line += f"generated {row['ours_ms']:10.2f} ms | ratio {row['speedup']:7.2f}x"
                 if streamed:
-                    line += f" | streamed, {row['slices']} program(s) per head forward"
+                    line += (f" | streamed, {row['slices']} program(s) per head forward"
+                             + (f", backward {row['streamed_backward']}" if grad else ""))
             else:
                 line += f"generated kernels failed: {row['ours_error']}"
             if "error_vs_chunked" in row:
@@ -220,6 +231,9 @@ def main() -> int:
     ap.add_argument("--configs", default=None, help="comma-separated configuration names (default: all)")
     ap.add_argument("--stream", action="store_true",
                     help="run the streamed kernels (state in global memory) for every head, the small ones too")
+    ap.add_argument("--stream-backward", choices=["kernel", "walk"], default=None,
+                    help="after a streamed forward: the generated streamed backward kernel, or the chunks walked in "
+                         "PyTorch (default: the level's choice, the walk on a GPU)")
     args = ap.parse_args()
     if importlib.util.find_spec("titans_pytorch") is None:
         print("titans-pytorch is not installed: pip install titans-pytorch==0.5.5")
@@ -237,14 +251,15 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="nlc-titans-") as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        stream_backward = {"kernel": True, "walk": False, None: None}[args.stream_backward]
         for cfg in configs:
-            rows += bench_config(cfg, Path(folder), device, repeats, warmup, gpu, args.stream)
+            rows += bench_config(cfg, Path(folder), device, repeats, warmup, gpu, args.stream, stream_backward)
+            if args.json:  # after every configuration, so that a run stopped by a time limit keeps its figures
+                with open(args.json, "w", encoding="utf-8") as f:
+                    json.dump({"gpu": gpu, "device": name, "rows": rows}, f, indent=2)
     if not gpu:
         print("no GPU figures from this run: it used the Triton interpreter on a CPU at a tiny size "
               "(its timings say nothing about GPU speed); run on a GPU for the comparison")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"gpu": gpu, "device": name, "rows": rows}, f, indent=2)
     worst = max((r.get("error_vs_chunked", 0.0) for r in rows), default=0.0)  # float32: 5e-3 (§6)
     failed = any("ours_error" in r for r in rows)
     return 0 if worst <= 5e-3 and not (failed and not gpu) else 1

@@ -59,7 +59,7 @@ class MlpChunkFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, *dstate):
         grads = None
-        if (ctx.kernels.bwd_streamed if ctx.streamed else ctx.kernels.bwd) is not None:
+        if (ctx.kernels.backward_kernel_streamed(dy) if ctx.streamed else ctx.kernels.bwd is not None):
             try:
                 grads = ctx.kernels.launch_bwd(ctx.position, ctx.saved_tensors, dy, *dstate, streamed=ctx.streamed)
             except OutOfResources as error:

@@ -66,10 +66,17 @@ WALK_WARPS = 4
 # its 8 warps: 232 to 255 registers, nothing spilled, at head widths 64 and 128 (TTT-linear, Titans
 # linear); 64 rows spill at width 128. Its backward keeps GPU_ROWS.
 DUAL_WALK_ROWS = 32
-# The wy form's tile-parallel kernels (prep, prep_bwd) pass keys and values in blocks of GPU_ROWS
-# columns and keep only C x C matrices and one block: at 4 warps they compile for sm_90 in 151 and 142
-# registers, nothing spilled (Gated DeltaNet, head width 128), three programs per multiprocessor.
+# The wy form's tile-parallel kernels (prep, prep_bwd) pass keys and values a block of columns at a
+# time and keep only C x C matrices and one block: TILE_FLOATS values of a block at most (C x columns)
+# in prep, so tiles of 16 tokens take whole rows of 128 columns in one load and one product, and
+# TILE_FLOATS_BWD in prep_bwd, which carries more per block. At 16 columns and 4 warps they compiled
+# for sm_90 in 151 and 142 registers, nothing spilled (Gated DeltaNet, head width 128); on an H100 the
+# prep of 16-token tiles then took half of the forward's GPU time (0.55 of 1.10 ms at 8 x 2048, 16
+# heads), its loads 32 bytes a row. Tiles of 16, 4 warps: prep at 128 columns 192 registers, nothing
+# spilled; prep_bwd at 32 columns 8 bytes spilled, at 64 0.6 KB, at 128 1.5 KB.
 TILE_WARPS = 4
+TILE_FLOATS = 2048
+TILE_FLOATS_BWD = 512
 # The wy form's walks pipeline two stages: the next tile's terms, which do not depend on the state, load
 # while the current tile multiplies. On an H100, two stages made Gated DeltaNet's forward 10% (8 x 2048)
 # to 15% (1 x 16384) faster (every kernel at two stages, before prep passed keys in blocks); sm_90
@@ -153,6 +160,7 @@ class LevelKernels:
     backward: str = ""
     tile: Optional[int] = None
     block_v: Optional[int] = None
+    tile_columns: Optional[int] = None  # wy form: columns per block of the tile-parallel kernels (None: TILE_FLOATS)
     decode_tokens: int = 1
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
@@ -194,6 +202,16 @@ class LevelKernels:
         if options and self.prep is not None and self.stages is None:
             options["num_stages"] = WALK_STAGES
         return rows, options
+
+    def columns_per_block(self, tile: int, backward: bool = False) -> int:
+        """Key and value columns per block of the wy form's tile-parallel kernels: `tile_columns`, or as many
+        as keep a block within TILE_FLOATS (TILE_FLOATS_BWD) values; whole rows under the interpreter."""
+        full = _pow2(max(self.dk, self.dv))
+        if self.tile_columns is not None:
+            return min(full, _pow2(self.tile_columns))
+        if interpreting():
+            return full
+        return min(full, max(16, (TILE_FLOATS_BWD if backward else TILE_FLOATS) // tile))
 
     @staticmethod
     def tiles_per_program(n_tiles: int) -> int:
@@ -303,7 +321,7 @@ class LevelKernels:
                  empty(padded, self.dk, dtype=half), empty(n_tiles, tile, tile), empty(padded), empty(n_tiles))
         per_program = self.tiles_per_program(n_tiles)
         grid = (-(-n_tiles // per_program), batch * heads)
-        self.prep[grid](q, k, v, eta, alpha, beta, *terms, tokens, n_tiles, BB=self.rows_per_program(),
+        self.prep[grid](q, k, v, eta, alpha, beta, *terms, tokens, n_tiles, BB=self.columns_per_block(tile),
                         TILES=per_program, PREC=prec, **extra, **self.launch_options(TILE_WARPS, walk=False))
         return terms
 
@@ -347,7 +365,7 @@ class LevelKernels:
         tile's end; then everything else for all tiles at once, in BACKWARD_PRECISION."""
         q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, columns, w, kend, aq, gq, gend = saved
         batch, heads, tokens, _ = k.shape
-        tile, bv = extra["C"], self.rows_per_program()
+        tile = extra["C"]
         dstarts = torch.empty_like(starts)
         dcolumns = torch.empty_like(columns)
         dtheta0 = torch.empty(batch, heads, self.dv, self.dk, dtype=torch.float32, device=k.device)
@@ -365,7 +383,8 @@ class LevelKernels:
                  empty(), empty(), empty())
         per_program = self.tiles_per_program(n_tiles)
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
-            q, k, v, eta, alpha, beta, dy, columns, dcolumns, *products, *grads, tokens, n_tiles, BB=bv,
+            q, k, v, eta, alpha, beta, dy, columns, dcolumns, *products, *grads, tokens, n_tiles,
+            BB=self.columns_per_block(tile, backward=True),
             TILES=per_program, PREC=self.backward_precision, **extra, **self.launch_options(TILE_WARPS, walk=False))
         self.launches["bwd"] += 1
         return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))

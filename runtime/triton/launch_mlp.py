@@ -23,6 +23,13 @@ from .autograd_mlp import named, names_of
 from .launch import (BACKWARD_PRECISION, as_f32, gate_arguments, kernel_input, launch_options, multiprocessors,
                      with_register_cap)
 
+# The streamed backward kernel runs one program per head (a head's hidden units are not split over
+# programs as the forward's are): on an H100, titans-pytorch's configuration (4 heads of 256, hidden
+# 1024, chunk 64, B = 2, T = 2048, float32) took 887 ms forward + backward with it, against 266 ms on
+# the chunked path; so on a GPU the backward of a streamed forward walks the chunks in PyTorch unless
+# `stream_backward` asks for the kernel.
+STREAMED_BACKWARD = False
+
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
 # program keeps in registers on a GPU: 128 KiB, half an SM's register file. A heuristic bound: above it
 # the kernels would spill or fail to compile, and the level runs the streamed kernels instead.
@@ -67,18 +74,31 @@ class MlpLevelKernels:
     slices: Optional[int] = None  # programs per head of the streamed forward (None: as many as fill the GPU)
     hidden_block: int = 16        # hidden units per block of the streamed kernels
     stream: Optional[bool] = None  # the streamed kernels: always (True), never (False), above ON_CHIP_FLOATS on a GPU
+    stream_backward: Optional[bool] = None  # after a streamed forward: bwd_streamed (True), the PyTorch walk (False),
+                                            # None: the walk on a GPU (STREAMED_BACKWARD), bwd_streamed elsewhere
     reason: str = ""
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
     backward_precision: str = BACKWARD_PRECISION  # the backward kernel's tl.dot precision
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "bwd_tiles": 0})
 
+    def backward_kernel_streamed(self, like: Tensor) -> bool:
+        """Whether the backward of a streamed forward on tensors like `like` runs bwd_streamed (else the
+        PyTorch walk over the chunks)."""
+        if self.bwd_streamed is None:
+            return False
+        if self.stream_backward is not None:
+            return self.stream_backward
+        return STREAMED_BACKWARD if like.is_cuda and not interpreting() else True
+
     @property
     def streamed_backward(self) -> str:
-        if self.bwd_streamed is not None:
-            return ("Triton backward kernel with the state's gradients in global memory (the tiles in reverse, "
-                    "each recomputed from its stored start state)")
-        return "the tiles in reverse, each recomputed and differentiated with the chunked PyTorch path"
+        walk = "the tiles in reverse, each recomputed and differentiated with the chunked PyTorch path"
+        if self.bwd_streamed is None or self.stream_backward is False:
+            return walk
+        kernel = ("Triton backward kernel with the state's gradients in global memory (the tiles in reverse, "
+                  "each recomputed from its stored start state)")
+        return kernel if self.stream_backward else f"on a GPU {walk}; elsewhere the {kernel}"
 
     @property
     def backward(self) -> str:

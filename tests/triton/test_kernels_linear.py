@@ -162,13 +162,15 @@ def test_several_row_blocks_sum_their_partial_gradients(rules, chunk, dv):
                          ids=["gated-deltanet", "dgd", "delta-dot", "dual-momentum-delta"])
 def test_kernels_with_the_gpus_launch_settings(monkeypatch, rules, objective, chunk):
     """The launch settings a GPU uses, under the interpreter: one tile per program in the wy form's
-    tile-parallel kernels, forward walks over wider row blocks (32 rows) than the backward's (16), every
-    tensor of a several-block head (dv = 64): the reference's outputs, states and gradients."""
+    tile-parallel kernels, which pass keys and values in blocks of columns (16 in prep, 32 in prep_bwd),
+    forward walks over wider row blocks (32 rows) than the backward's (16), every tensor of a several-block
+    head (dv = 64): the reference's outputs, states and gradients."""
     cfg = linear(rules, chunk=chunk, dk=64, dv=64, self_target=rules[0] == ("dgd", "current"))
     lk = kernels(cfg, objective_of(objective), "tests.gpu_settings")
     monkeypatch.setattr(type(lk), "tiles_per_program", staticmethod(lambda n_tiles: 1))
     monkeypatch.setattr(type(lk), "rows_per_program", lambda self, walk=False, heads=0, device=None: 32 if walk else 16)
     monkeypatch.setattr(type(lk), "walk_settings", lambda self, prec, heads, device: (32, {}))
+    monkeypatch.setattr(type(lk), "columns_per_block", lambda self, tile, backward=False: 32 if backward else 16)
     case = Case(cfg, objective_of(objective), tokens=37, position=3, seed=11)
     compare(run_reference(case), run_path(case, "triton", lk), "GPU launch settings", limit=FLOAT32_RATIO)
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st  #
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
-from triton_testkit import FLOAT32_RATIO, OUTPUT_RATIO, Case, compare, kernels, ratio, split_run, run_path, run_reference  # noqa: E402
+from triton_testkit import DEVICE, FLOAT32_RATIO, OUTPUT_RATIO, Case, compare, kernels, ratio, split_run, run_path, run_reference  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ def check(case: Case, against_chunked: bool = True, lk=None) -> None:
     offset = (case.position or 0) % case.cfg.chunk
     tiles = -(-(case.tokens + offset) // case.cfg.chunk)
     used = {name: lk.launches[name] - before[name] for name in before}
-    kernel_backward = (lk.bwd_streamed if lk.stream else lk.bwd) is not None
+    kernel_backward = lk.backward_kernel_streamed(torch.empty(0, device=DEVICE)) if lk.stream else lk.bwd is not None
     expected = {"fwd": 1, "bwd": 1, "bwd_tiles": 0} if kernel_backward else {"fwd": 1, "bwd": 0, "bwd_tiles": tiles}
     assert used == expected, used
 

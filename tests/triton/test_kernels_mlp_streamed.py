@@ -26,9 +26,10 @@ pytestmark = pytest.mark.triton
 
 
 def streamed(cfg, objective, hidden_block: int = 16, slices: int = 1):
-    """The level's kernels made to run the streamed kernels, `hidden_block` hidden units at a time, each
-    head's forward split over `slices` programs."""
-    return dataclasses.replace(kernels(cfg, objective), stream=True, hidden_block=hidden_block, slices=slices,
+    """The level's kernels made to run the streamed kernels (the backward kernel too, also on a GPU),
+    `hidden_block` hidden units at a time, each head's forward split over `slices` programs."""
+    return dataclasses.replace(kernels(cfg, objective), stream=True, stream_backward=True, hidden_block=hidden_block,
+                               slices=slices,
                                launches={"fwd": 0, "bwd": 0, "bwd_tiles": 0})
 
 
@@ -155,6 +156,12 @@ def test_the_launcher_streams_a_state_too_large_for_the_chip(monkeypatch):
     assert [wide.slices_for(p, "cuda") for p in (8, 132, 264, 1)] == [33, 2, 1, 64]
     assert wide.slices_for(8, "cpu") == 1 and dataclasses.replace(wide, slices=4).slices_for(300, "cuda") == 4
     assert "PyTorch" in dataclasses.replace(small, stream=True, bwd_streamed=None).backward
+    # after a streamed forward on a GPU the backward walks the chunks in PyTorch unless asked for the kernel
+    assert small.backward_kernel_streamed(types.SimpleNamespace(is_cuda=False))
+    assert not small.backward_kernel_streamed(gpu) and "on a GPU the tiles in reverse" in small.streamed_backward
+    assert dataclasses.replace(small, stream_backward=True).backward_kernel_streamed(gpu)
+    assert not dataclasses.replace(small, stream_backward=False).backward_kernel_streamed(types.SimpleNamespace(is_cuda=False))
+    assert not dataclasses.replace(small, bwd_streamed=None, stream_backward=True).backward_kernel_streamed(gpu)
 
 
 def test_a_streamed_forward_without_gradients_stores_nothing():
