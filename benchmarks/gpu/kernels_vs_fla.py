@@ -128,8 +128,8 @@ def write_json(path: str, gpu: bool, rows: list) -> None:
 def variants(kernels, tiles: str, block_vs: str, stages: str, backward_precisions: str, columns: str = "",
              warps: str = "") -> list:
     """The level's kernels at every combination of --tile, --block-v, --stages, --backward-precision,
-    --tile-columns and --warps (the level's own settings where unset)."""
-    parse = lambda text: [int(n) for n in text.split(",")] if text else [None]  # noqa: E731
+    --tile-columns and --warps (the level's own settings where unset or `default`)."""
+    parse = lambda text: [None if n == "default" else int(n) for n in text.split(",")] if text else [None]  # noqa: E731
     precisions = backward_precisions.split(",") if backward_precisions else [kernels.backward_precision]
     return [dataclasses.replace(kernels, tile=tile, block_v=block_v, stages=stage, backward_precision=prec,
                                 tile_columns=cols, warps=warp, launches={n: 0 for n in kernels.launches})
@@ -189,7 +189,7 @@ def main() -> int:
                     help="rows of W per program to try, e.g. 16,32 (default: the level's; printed as rows "
                          "forward walk / other kernels)")
     ap.add_argument("--tile-columns", default=None,
-                    help="key and value columns per block of the tile-parallel kernels to try, e.g. 16,128 "
+                    help="key and value columns per block of the tile-parallel kernels to try, e.g. 16,default "
                          "(default: the level's)")
     ap.add_argument("--warps", default=None, help="warps per program to try, e.g. 4,8 (default: the level's)")
     ap.add_argument("--backward-precision", default=None,
@@ -231,6 +231,9 @@ def main() -> int:
             flops = flops_forward(batch, tokens, heads, dim, dim) * (3 if grad else 1)
             label = f"B={batch} T={tokens} {mode}"
             fla = time_fla(x, grad, flops, label, repeats, warmup) if have_fla and gpu else {}
+            if fla and args.profile:
+                print(f"  {label}: fla's kernels")
+                print(profile_table(lambda: run_fla(x, grad), calls=3), flush=True)
             for kernels in variants(level_kernels, args.tile, args.block_v, args.stages, args.backward_precision,
                                     args.tile_columns, args.warps):
                 row = {"batch": batch, "tokens": tokens, "heads": heads, "dim": dim, "mode": mode,
