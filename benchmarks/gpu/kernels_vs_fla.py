@@ -234,8 +234,11 @@ def main() -> int:
             if fla and args.profile:
                 print(f"  {label}: fla's kernels")
                 print(profile_table(lambda: run_fla(x, grad), calls=3), flush=True)
-            for kernels in variants(level_kernels, args.tile, args.block_v, args.stages, args.backward_precision,
-                                    args.tile_columns, args.warps):
+            variants_of = variants(level_kernels, args.tile, args.block_v, args.stages, args.backward_precision,
+                                   args.tile_columns, args.warps)
+            for kernels in variants_of:
+                if not grad and kernels.backward_precision != variants_of[0].backward_precision:
+                    continue   # the forward does not run the backward kernels
                 row = {"batch": batch, "tokens": tokens, "heads": heads, "dim": dim, "mode": mode,
                        "dtype": str(dtype).replace("torch.", ""), "device": name,
                        "tile": kernels.wy_tile(), "block_v": kernels.rows_per_program(),
