@@ -8,11 +8,12 @@
 The generated kernel is the one `nlc compile examples/gated_deltanet.nl` emits for its memory level
 (retain, then gd at the current state, l2: S_t = α_t S_(t−1)(I − η_t k kᵀ) + η_t v kᵀ, o_t = S_t q_t),
 at 16 heads of head dim 128, for B×T = 8×2048 and 1×16384, in bf16, forward and forward + backward
-(backward of o·do + the final state). fla's op gets the same inputs in its layout: g = log α,
-beta = η, scale = 1 (no implicit q scaling), its state S_fla = Sᵀ. Timings are medians over CUDA
-events after warm-up, the calls issued back to back (as triton.testing.do_bench issues them: a
-call costs its device time unless issuing it takes longer); each row also gives the medians with the
-host waiting for every call before the next, which adds the time a call takes to reach the device. Throughput uses one FLOP model for both kernels (per token and head, chunk
+(backward of o·do + the final state). fla's op gets the same inputs in its own layout, (B, T, H, d), made before the timed calls as ours
+are (a model projects straight into either): g = log α, beta = η, scale = 1 (no implicit q scaling),
+its state S_fla = Sᵀ. Timings are medians over CUDA events after warm-up, the calls issued back to
+back (as triton.testing.do_bench issues them: a call costs its device time unless issuing it takes
+longer); each row also gives the medians with the host waiting for every call before the next, which
+adds the time a call takes to reach the device. `--profile` shows each side's kernels. Throughput uses one FLOP model for both kernels (per token and head, chunk
 C = 64: 6CK + 4CV + 6KV for the forward, three times that for forward + backward), so the TFLOP/s
 are comparable rates, not counted instructions; the share is of the card's dense bf16 peak. Each row also
 gives the peak CUDA memory one call allocates above its inputs (ours and fla's).
@@ -72,14 +73,15 @@ def make_inputs(batch, tokens, heads, dim, dtype, device, seed=0):
     v = rnd(batch, heads, tokens, dim)
     eta = torch.sigmoid(rnd(batch, heads, tokens))
     log_alpha = -torch.nn.functional.softplus(rnd(batch, heads, tokens) - 3.0)
-    out = dict(q=q, k=k, v=v, eta=eta, log_alpha=log_alpha)
-    return {n: t.to(device=device, dtype=dtype) for n, t in out.items()}
+    out = {n: t.to(device=device, dtype=dtype) for n, t in dict(q=q, k=k, v=v, eta=eta, log_alpha=log_alpha).items()}
+    out["alpha"] = torch.exp(out["log_alpha"].float()).to(dtype)   # ours takes alpha, fla log alpha
+    return out
 
 
 def run_generated(cfg, kernels, x, grad: bool):
     state0 = torch.zeros(x["k"].shape[0], x["k"].shape[1], cfg.dv, cfg.dk, device=x["k"].device, dtype=torch.float32)
     start = MemoryState({"W": state0}, {"W": state0}, None, 0)
-    gates = {"eta": x["eta"], "alpha": torch.exp(x["log_alpha"].float()).to(x["eta"].dtype)}
+    gates = {"eta": x["eta"], "alpha": x["alpha"]}
     y, state = kernels.run(cfg, standard_objective("l2"), x["q"], x["k"], x["v"], gates, start)
     if grad:
         (y.float().square().sum() + state.params["W"].square().sum()).backward()
@@ -100,12 +102,20 @@ def lift_fla_hopper_guard() -> bool:
     return False
 
 
-def run_fla(x, grad: bool):
+def fla_layout(x: dict, grad: bool) -> dict:
+    """fla's inputs in its own layout, (B, T, H, ...), made once outside the timed calls (a model that
+    calls it projects straight into that layout), with g = log alpha in float32."""
+    t = lambda a: a.detach().transpose(1, 2).contiguous()  # noqa: E731  (B, H, T, ...) -> (B, T, H, ...)
+    out = {"q": t(x["q"]), "k": t(x["k"]), "v": t(x["v"]), "g": t(x["log_alpha"]).float(), "beta": t(x["eta"])}
+    return {n: a.requires_grad_(grad) for n, a in out.items()}
+
+
+def run_fla(xf, grad: bool):
+    """fla's op on fla_layout's inputs: o (B, H, T, dv) and the final state as ours (B, H, dv, dk)."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
-    t = lambda a: a.transpose(1, 2).contiguous()  # noqa: E731  (B, H, T, ...) -> (B, T, H, ...)
-    o, state = chunk_gated_delta_rule(t(x["q"]), t(x["k"]), t(x["v"]), t(x["log_alpha"]).float(), t(x["eta"]),
-                                      scale=1.0, output_final_state=True)
+    o, state = chunk_gated_delta_rule(xf["q"], xf["k"], xf["v"], xf["g"], xf["beta"], scale=1.0,
+                                      output_final_state=True)
     if grad:
         (o.float().square().sum() + state.float().square().sum()).backward()
     return o.transpose(1, 2), state.transpose(-1, -2)
@@ -230,10 +240,11 @@ def main() -> int:
                 x = {n: t.requires_grad_(True) for n, t in x.items()}
             flops = flops_forward(batch, tokens, heads, dim, dim) * (3 if grad else 1)
             label = f"B={batch} T={tokens} {mode}"
-            fla = time_fla(x, grad, flops, label, repeats, warmup) if have_fla and gpu else {}
+            xf = fla_layout(x, grad) if have_fla and gpu else None
+            fla = time_fla(xf, grad, flops, label, repeats, warmup) if xf is not None else {}
             if fla and args.profile:
                 print(f"  {label}: fla's kernels")
-                print(profile_table(lambda: run_fla(x, grad), calls=3), flush=True)
+                print(profile_table(lambda: run_fla(xf, grad), calls=3), flush=True)
             variants_of = variants(level_kernels, args.tile, args.block_v, args.stages, args.backward_precision,
                                    args.tile_columns, args.warps)
             for kernels in variants_of:
@@ -258,7 +269,7 @@ def main() -> int:
                     row["error_vs_chunked"] = error_vs_chunked(cfg, kernels, x, heads, dim)
                 if fla:
                     y, s = run_generated(cfg, kernels, {n: t.detach() for n, t in x.items()}, False)
-                    yf, sf = run_fla({n: t.detach() for n, t in x.items()}, False)
+                    yf, sf = run_fla(fla_layout(x, False), False)
                     row["error_vs_fla"] = max(rel(y, yf), rel(s, sf))
                     row["fla_backward_unverified"] = bool(lifted and grad)
                 if peak:

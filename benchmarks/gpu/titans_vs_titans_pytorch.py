@@ -16,10 +16,13 @@ layer on the chunked PyTorch backend is timed beside them for reference.
 On a GPU two configurations run: `matched` is titans_peer.nl itself (dim 256, 4 heads of 256, hidden
 1024, chunk 64); `small-heads` is the same spec at 8 heads of 32 (hidden 128). The generated kernels
 keep a head's W1 and W2 in registers across chunks, which fits small heads only: where a head's state
-does not fit (the matched configuration) the level runs the streamed kernels (`<level>_fwd_streamed`,
-`<level>_bwd_streamed`: the state in global memory); the header says which. A kernel that fails to
-compile is reported in its row instead of a time. `--stream` makes every configuration run the
-streamed kernels, the small heads too: side by side with a default run, what streaming costs.
+does not fit (the matched configuration) the level runs the streamed forward (`<level>_fwd_streamed`,
+the state in global memory) for a forward alone up to a batch's state where that measured faster, and
+otherwise the chunked path (runtime/triton/launch_mlp.py, STREAMED_FORWARD_FLOATS); each row says what
+ran. A kernel that fails to compile is reported in its row instead of a time. `--stream` makes every
+call run the streamed kernels, the small heads too (side by side with a default run, what streaming
+costs), and `--stream-backward kernel|walk` chooses the backward after a streamed forward: the
+generated `<level>_bwd_streamed` or the chunks walked in PyTorch.
 
 Without a GPU the script runs end to end under the Triton interpreter at a tiny size (dim 32, 2 heads
 of 16, hidden 64, chunk 8), checks ours against the chunked PyTorch backend (outputs and gradients),
@@ -140,16 +143,14 @@ def time_chunked(layer, x, grad: bool, repeats: int, warmup: int) -> float:
         set_backend(layer, "triton")
 
 
-def fused_levels(layer, like: torch.Tensor, stream: bool = False,
-                 stream_backward=None) -> tuple[list[str], list[str], list]:
-    """The memory levels of our layer that run generated kernels, the reasons any would fall back on
-    tensors like `like` (a head whose state does not fit on chip), and their kernels; `stream` makes
-    them all run the streamed kernels, `stream_backward` (True, False) the streamed backward kernel or the
-    PyTorch walk after a streamed forward."""
+def level_kernels(layer, stream: bool = False, stream_backward=None) -> list:
+    """(name, kernels) of the memory levels of our layer; `stream` makes them all run the streamed
+    kernels, `stream_backward` (True, False) the streamed backward kernel or the PyTorch walk after a
+    streamed forward."""
     from nldsl.runtime import MemoryLevel
     from nldsl.runtime.triton.registry import kernels_for
 
-    names, unfit, found_all = [], [], []
+    levels = []
     for m in layer.modules():
         if isinstance(m, MemoryLevel):
             found, reason = kernels_for(m.cfg, m.objective, m.level_name)
@@ -159,67 +160,69 @@ def fused_levels(layer, like: torch.Tensor, stream: bool = False,
                 found.stream = True   # the registry's kernels: every later call of the level streams
             if stream_backward is not None:
                 found.stream_backward = stream_backward
-            streamed = found.streams(like)
-            backward = found.backward
-            if streamed:
-                backward = ("the generated streamed kernel" if found.backward_kernel_streamed(like) else
-                            "the tiles in reverse, each recomputed and differentiated with the chunked PyTorch path")
-            names.append(f"{m.level_name} (forward: {'streamed, the state in global memory' if streamed else 'on chip'}"
-                         f"; backward: {backward})")
-            if found.unfit(like):
-                unfit.append(f"{m.level_name}: {found.unfit(like)}")
-            found_all.append(found)
-    return names, unfit, found_all
+            levels.append((m.level_name, found))
+    return levels
+
+
+def what_runs(levels, like: torch.Tensor, grad: bool) -> tuple[str, bool, bool]:
+    """What the triton backend runs for a call on q like `like` (B, H, ...), `grad` with a backward:
+    (a description, whether a level streams, whether every level falls back to the chunked path)."""
+    parts, streamed, fallbacks = [], False, 0
+    for name, found in levels:
+        reason = found.unfit(like, grad)
+        if reason:
+            parts.append(f"{name} falls back to the chunked path: {reason}")
+            fallbacks += 1
+        elif found.streams(like, grad):
+            streamed = True
+            backward = ""
+            if grad:
+                backward = ("; backward: the streamed kernel" if found.backward_kernel_streamed(like)
+                            else "; backward: the chunks walked in PyTorch")
+            slices = found.slices_for(like.shape[0] * like.shape[1], like.device)
+            parts.append(f"{name} streamed, {slices} program(s) per head forward{backward}")
+        else:
+            parts.append(f"{name} on chip" + ("; backward: " + found.backward if grad else ""))
+    return "; ".join(parts), streamed, fallbacks == len(levels)
 
 
 def bench_config(cfg: Config, folder: Path, device: str, repeats: int, warmup: int, gpu: bool,
                  stream: bool = False, stream_backward=None) -> list[dict]:
     ours = build_ours(cfg, folder, device)
     peer = build_peer(cfg, device)
-    names, unfit, kernels = fused_levels(ours, torch.empty(0, device=device), stream, stream_backward)
+    levels = level_kernels(ours, stream, stream_backward)
     print(f"[{cfg.name}] dim {cfg.dim}, {cfg.heads} heads of {cfg.head_dim}, hidden {4 * cfg.head_dim}, "
-          f"chunk {cfg.chunk}; generated kernels for {', '.join(names)}")
-    for line in unfit:
-        print(f"  falls back to the chunked path, not timed: {line}")
+          f"chunk {cfg.chunk}; generated kernels for {', '.join(name for name, _ in levels)}")
     rows = []
     for batch, tokens in cfg.shapes:
         gen = torch.Generator().manual_seed(1)
         x = torch.randn(batch, tokens, cfg.dim, generator=gen).to(device)
         for mode in ("fwd", "fwd+bwd"):
             grad = mode == "fwd+bwd"
-            streamed = any(found.streams(x) for found in kernels)
-            row = {"config": cfg.name, "streamed": streamed, "batch": batch, "tokens": tokens, "dim": cfg.dim, "heads": cfg.heads,
-                   "head_dim": cfg.head_dim, "chunk": cfg.chunk, "mode": mode, "dtype": "float32"}
-            if streamed:   # programs per head of the streamed forward, and the backward's choice
-                row["slices"] = max(found.slices_for(batch * cfg.heads, x.device) for found in kernels)
-                row["streamed_backward"] = ("kernel" if any(f.backward_kernel_streamed(x) for f in kernels)
-                                            else "walk")
-            if unfit:
-                row["ours_error"] = "the generated kernels do not fit these heads (see above)"
-            else:
-                try:
-                    row["ours_ms"] = time_call(lambda: step(run_ours, ours, x, grad), repeats, warmup)
-                except Exception as e:  # a kernel that does not compile for these sizes: say so, go on
-                    row["ours_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            runs, streamed, chunked_only = what_runs(levels, torch.empty(batch, cfg.heads, 0, device=device), grad)
+            row = {"config": cfg.name, "streamed": streamed, "fallback": chunked_only, "runs": runs, "batch": batch,
+                   "tokens": tokens, "dim": cfg.dim, "heads": cfg.heads, "head_dim": cfg.head_dim, "chunk": cfg.chunk,
+                   "mode": mode, "dtype": "float32"}
+            try:
+                row["ours_ms"] = time_call(lambda: step(run_ours, ours, x, grad), repeats, warmup)
+            except Exception as e:  # a kernel that does not compile for these sizes: say so, go on
+                row["ours_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             row["peer_ms"] = time_call(lambda: step(run_peer, peer, x, grad), repeats, warmup)
             row["chunked_ms"] = time_chunked(ours, x, grad, repeats, warmup)
             if "ours_ms" in row:
                 row["speedup"] = row["peer_ms"] / row["ours_ms"]
-            if grad and not unfit and "ours_ms" in row:
-                row["error_vs_chunked"] = error_vs_chunked(ours, x)
+                if grad and not chunked_only:
+                    row["error_vs_chunked"] = error_vs_chunked(ours, x)
             rows.append(row)
             line = (f"  B={batch:<2} T={tokens:<5} {mode:<8} titans-pytorch {row['peer_ms']:10.2f} ms | "
                     f"ours chunked {row['chunked_ms']:10.2f} ms | ")
             if "ours_ms" in row:
-                line += f"generated {row['ours_ms']:10.2f} ms | ratio {row['speedup']:7.2f}x"
-                if streamed:
-                    line += (f" | streamed, {row['slices']} program(s) per head forward"
-                             + (f", backward {row['streamed_backward']}" if grad else ""))
+                line += f"triton backend {row['ours_ms']:10.2f} ms | ratio {row['speedup']:7.2f}x"
             else:
                 line += f"generated kernels failed: {row['ours_error']}"
             if "error_vs_chunked" in row:
                 line += f" | rel. diff vs chunked {row['error_vs_chunked']:.1e}"
-            print(line, flush=True)
+            print(line + f"\n    ({runs})", flush=True)
     return rows
 
 

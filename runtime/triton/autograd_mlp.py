@@ -46,9 +46,8 @@ def flat_of(theta: dict, anchor: dict, mom: dict, bias: bool) -> list:
 
 class MlpChunkFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kernels, cfg, objective, position, prec, q, k, v, eta, alpha, beta, *state):
-        store = any(ctx.needs_input_grad[5:])
-        streamed = kernels.streams(k)
+    def forward(ctx, kernels, cfg, objective, position, prec, streamed, q, k, v, eta, alpha, beta, *state):
+        store = any(ctx.needs_input_grad[6:])
         outs, stored = kernels.launch_fwd(position, q, k, v, eta, alpha, beta, *state, store=store, prec=prec,
                                           streamed=streamed)
         ctx.kernels, ctx.cfg, ctx.objective, ctx.position = kernels, cfg, objective, position
@@ -66,8 +65,8 @@ class MlpChunkFunction(torch.autograd.Function):
                 without_backward_kernel(ctx.kernels, error, streamed=ctx.streamed)
         if grads is None:
             grads = _tile_walk(ctx, dy, dstate)
-        needed = ctx.needs_input_grad[5:]
-        return (None,) * 5 + tuple(g if need else None for g, need in zip(grads, needed))
+        needed = ctx.needs_input_grad[6:]
+        return (None,) * 6 + tuple(g if need else None for g, need in zip(grads, needed))
 
 
 def _tile_walk(ctx, dy, dstate):

@@ -1,6 +1,6 @@
 """Choosing between the generated kernels and the chunked path for one call of a memory level: no
 Triton, tensors the kernels cannot take, a level without kernels, (MLP memories) a head whose state
-does not fit on chip, or a kernel that needs more shared memory than the device has fall back with one
+does not fit on chip where the streamed kernels are not the faster path (launch_mlp.py), or a kernel that needs more shared memory than the device has fall back with one
 warning per level and reason. A backward kernel that does not fit leaves the level's forward fused and
 its backward to PyTorch (the tiles recomputed by the chunked path)."""
 
@@ -11,6 +11,7 @@ import os
 import warnings
 from typing import Mapping, Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from ..memory import MemoryState, chunked
@@ -32,6 +33,16 @@ except ImportError:  # pragma: no cover - no Triton: nothing launches, nothing t
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def needs_grad(q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tensor], start: MemoryState) -> bool:
+    """Whether a call on these inputs records a graph: grad mode, and an input or state that requires
+    a gradient."""
+    if not torch.is_grad_enabled():
+        return False
+    states = [start.params, start.anchor, start.momentum or {}]
+    return any(t.requires_grad for t in [q, k, v, *gates.values(), *(t for d in states for t in d.values())]
+               if t is not None)
 
 
 def triton_unavailable(like: Tensor) -> Optional[str]:
@@ -75,19 +86,20 @@ def run_memory(level, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tenso
     kernels = None
     if reason is None:
         kernels, reason = kernels_for(cfg, objective, name)
-    if kernels is not None and getattr(kernels, "unfit", None) is not None:
-        reason = kernels.unfit(q)
-        kernels = None if reason else kernels
+    if kernels is not None:
+        check_inputs(cfg, q, k, v, gates)
+        start = start_state(cfg, params0, state, k)
+        if getattr(kernels, "unfit", None) is not None:
+            reason = kernels.unfit(q, needs_grad(q, k, v, gates, start))
+            kernels = None if reason else kernels
     if kernels is not None and id(kernels) in _UNLAUNCHABLE:
         kernels, reason = None, _UNLAUNCHABLE[id(kernels)]
     if kernels is None:
         for each in names:
             fall_back(each, reason)
         return chunked(cfg, objective, q, k, v, gates, params0, state)
-    check_inputs(cfg, q, k, v, gates)
     if k.shape[2] == 0:
         return chunked(cfg, objective, q, k, v, gates, params0, state)
-    start = start_state(cfg, params0, state, k)
     try:
         return kernels.run(cfg, objective, q, k, v, gates, start)
     except OutOfResources as error:

@@ -18,16 +18,25 @@ import torch
 from torch import Tensor
 
 from ..memory import MemoryConfig, MemoryState
-from .backend import interpreting
+from .backend import interpreting, needs_grad
 from .autograd_mlp import named, names_of
 from .launch import (BACKWARD_PRECISION, as_f32, gate_arguments, kernel_input, launch_options, multiprocessors,
                      with_register_cap)
 
-# The streamed backward kernel runs one program per head (a head's hidden units are not split over
-# programs as the forward's are): on an H100, titans-pytorch's configuration (4 heads of 256, hidden
-# 1024, chunk 64, B = 2, T = 2048, float32) took 887 ms forward + backward with it, against 266 ms on
-# the chunked path; so on a GPU the backward of a streamed forward walks the chunks in PyTorch unless
-# `stream_backward` asks for the kernel.
+# When the streamed kernels run (a state too large for the chip, on a GPU). Measured on an H100 in
+# float32 at titans-pytorch's configuration (4 heads of 256, hidden 1024, chunk 64, T = 2048;
+# benchmarks/gpu/titans_vs_titans_pytorch.py):
+# - forward + backward, B = 2: streamed forward and backward kernel 887 ms, streamed forward and the
+#   chunks walked in PyTorch 379 ms, the chunked path 266 to 361 ms; B = 8: 1,178, 332 and 183 to
+#   246 ms. The backward kernel runs one program per head (a head's hidden units are not split over
+#   programs as the forward's are). With gradients the level runs the chunked path.
+# - forward alone: streamed 26.7 ms against 52.6 ms chunked at B = 2 (W1 and W2 of the batch's 8 heads:
+#   4.2 M values), 122.6 against 54.3 ms at B = 8 (16.8 M). The streamed forward's time grows with the
+#   batch's state, the chunked path's (bound by its launches there) barely: it streams up to
+#   STREAMED_FORWARD_FLOATS, between the two.
+# `stream` forces the streamed kernels; after a streamed forward, `stream_backward` chooses the backward
+# kernel, else on a GPU the walk (STREAMED_BACKWARD).
+STREAMED_FORWARD_FLOATS = 8 * 2 ** 20
 STREAMED_BACKWARD = False
 
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
@@ -135,21 +144,37 @@ class MlpLevelKernels:
         biases = _block(self.hidden) + _block(self.dv) if self.bias else 0
         return copies * (_block(self.hidden) * (_block(self.dk) + _block(self.dv)) + biases)
 
-    def streams(self, like: Tensor) -> bool:
-        """Whether a call on tensors like `like` runs the streamed kernels (state in global memory)."""
+    def streams(self, like: Tensor, grad: bool = False) -> bool:
+        """Whether a call on tensors like `like` (q: B, H, T, dk) runs the streamed kernels (state in global
+        memory); `grad`: the call needs gradients. Unless `stream` says, only on a GPU for a state too
+        large for the chip, in a forward without gradients of at most STREAMED_FORWARD_FLOATS (see there)."""
         if self.fwd_streamed is None:
             return False
         if self.stream is not None:
             return self.stream
+        return self._too_large(like) and not grad and self._batch_floats(like) <= STREAMED_FORWARD_FLOATS
+
+    def _too_large(self, like: Tensor) -> bool:
         return like.is_cuda and not interpreting() and self.state_floats() > ON_CHIP_FLOATS
 
-    def unfit(self, like: Tensor) -> Optional[str]:
-        """Why the kernels cannot run on a GPU for tensors like `like` (None when they can)."""
-        if interpreting() or not like.is_cuda or self.state_floats() <= ON_CHIP_FLOATS or self.streams(like):
+    def _batch_floats(self, like: Tensor) -> int:
+        """W1's and W2's values over the call's batch x heads."""
+        return like.shape[0] * like.shape[1] * self.hidden * (self.dk + self.dv)
+
+    def unfit(self, like: Tensor, grad: bool = False) -> Optional[str]:
+        """Why the kernels do not run on a GPU for tensors like `like` (None when they do); `grad` as in
+        `streams`."""
+        if not self._too_large(like) or self.streams(like, grad):
             return None
-        return (f"a head's state (W1 {self.hidden}x{self.dk}, W2 {self.dv}x{self.hidden}, with anchors"
-                f"{' and momenta' if self.momentum else ''}: {self.state_floats()} float32 values) does not fit "
-                f"on chip (the generated kernel keeps it in registers; limit {ON_CHIP_FLOATS})")
+        why = (f"a head's state (W1 {self.hidden}x{self.dk}, W2 {self.dv}x{self.hidden}, with anchors"
+               f"{' and momenta' if self.momentum else ''}: {self.state_floats()} float32 values) does not fit "
+               f"on chip (the generated kernel keeps it in registers; limit {ON_CHIP_FLOATS})")
+        if self.fwd_streamed is None:
+            return why
+        if grad:
+            return why + ", and with gradients the streamed kernels ran slower than the chunked path"
+        return (why + f", and the streamed forward ran slower than the chunked path for a batch's state above "
+                      f"{STREAMED_FORWARD_FLOATS} values (this call: {self._batch_floats(like)})")
 
     def tiles(self, position: int, tokens: int) -> tuple[int, int, int]:
         """(offset, sub0, n_tiles) of a call of `tokens` tokens starting at `position`: the tokens of the
@@ -172,7 +197,8 @@ class MlpLevelKernels:
                 state += [as_f32(start.momentum[n]) for n in pair]
             else:
                 state += [_unused(k), _unused(k)]   # no momentum: the kernels neither read nor write it
-        outs = MlpChunkFunction.apply(self, cfg, objective, start.position, self.precision(dtype),
+        streamed = self.streams(k, needs_grad(q, k, v, gates, start))   # as the backend chose (unfit)
+        outs = MlpChunkFunction.apply(self, cfg, objective, start.position, self.precision(dtype), streamed,
                                       kernel_input(q), kernel_input(k), kernel_input(v), *gate_args,
                                       *state)
         y, *rest = (t.to(dtype) for t in outs)

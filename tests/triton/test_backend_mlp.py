@@ -74,12 +74,15 @@ def test_a_level_without_a_fused_form_falls_back_with_one_line(tmp_path):
 
 
 def test_on_a_gpu_a_head_too_large_for_the_registers_streams_its_state(monkeypatch):
-    """titans-pytorch's default head (256 -> 1024 -> 256) runs the streamed forward on a GPU, titans.nl's
-    the on-chip kernels; a package without the streamed kernel says why the level falls back."""
+    """titans-pytorch's default head (256 -> 1024 -> 256) runs the streamed forward on a GPU for a forward
+    without gradients and a batch's state up to STREAMED_FORWARD_FLOATS, else the chunked path (measured
+    faster), saying why; titans.nl's heads run the on-chip kernels; a package without the streamed kernel
+    says why the level falls back."""
     import dataclasses
     from types import SimpleNamespace
 
     from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective
+    from nldsl.runtime.triton.launch_mlp import STREAMED_FORWARD_FLOATS
 
     def lmm(width, hidden):
         cfg = MemoryConfig("mlp", width, width, depth=2, hidden=hidden, act="gelu", residual=True,
@@ -88,14 +91,45 @@ def test_on_a_gpu_a_head_too_large_for_the_registers_streams_its_state(monkeypat
         assert found is not None, reason
         return found
 
-    gpu_tensor = SimpleNamespace(is_cuda=True)
+    gpu_tensor = SimpleNamespace(is_cuda=True, shape=(2, 4, 2048, 256))   # B = 2, 4 heads: 4.2 M values
+    wide_batch = SimpleNamespace(is_cuda=True, shape=(8, 4, 2048, 256))   # B = 8: 16.8 M
     peer, titans = lmm(256, 1024), lmm(32, 64)  # rendered under the interpreter
     if os.environ.get("TRITON_INTERPRET") == "1":
         assert not peer.streams(gpu_tensor)  # the interpreter has no register file
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert 2 * 4 * 1024 * 512 <= STREAMED_FORWARD_FLOATS < 8 * 4 * 1024 * 512
     assert peer.streams(gpu_tensor) and peer.unfit(gpu_tensor) is None
     assert peer.hidden_block == 16  # blocks of 16 x 256 values of W1 and W2
-    assert not titans.streams(gpu_tensor) and titans.unfit(gpu_tensor) is None  # titans.nl's heads
-    assert not peer.streams(SimpleNamespace(is_cuda=False))
+    assert not peer.streams(gpu_tensor, grad=True)
+    assert "with gradients the streamed kernels ran slower" in peer.unfit(gpu_tensor, grad=True)
+    assert not peer.streams(wide_batch) and "this call: 16777216" in peer.unfit(wide_batch)
+    forced = dataclasses.replace(peer, stream=True)
+    assert forced.streams(wide_batch, grad=True) and forced.unfit(wide_batch, grad=True) is None
+    assert not titans.streams(gpu_tensor) and titans.unfit(gpu_tensor, grad=True) is None  # titans.nl's heads
+    assert not peer.streams(SimpleNamespace(is_cuda=False, shape=(2, 4)))
+    assert peer.unfit(SimpleNamespace(is_cuda=False, shape=(2, 4)), grad=True) is None
     reason = dataclasses.replace(peer, fwd_streamed=None).unfit(gpu_tensor)
     assert reason and "W1 1024x256" in reason and "does not fit on chip" in reason
+
+
+def test_the_backend_asks_for_the_streamed_kernels_with_the_calls_need_of_gradients(monkeypatch):
+    """run_memory passes the call's need of gradients (grad mode, and any input or state that requires
+    one) to the level's choice, which falls back with one line where the streamed kernels are slower."""
+    torch.manual_seed(0)
+    model = load(ROOT / "examples/titans.nl", backend="triton")
+    (lv,) = [m for m in model.modules() if isinstance(m, MemoryLevel)][:1]
+    found, _ = kernels_for(lv.cfg, lv.objective, lv.level_name)
+    asked = []
+
+    def unfit(like, grad=False):
+        asked.append(grad)
+        return "measured slower" if grad else None
+
+    monkeypatch.setattr(found, "unfit", unfit)
+    with torch.no_grad():
+        model(torch.randint(0, model.vocab_size, (2, 10)))
+    assert asked and not any(asked)
+    asked.clear()
+    with pytest.warns(TritonFallbackWarning, match=r"falls back to the chunked path: measured slower"):
+        model_run(model, tokens=10)
+    assert asked and all(asked)

@@ -136,7 +136,7 @@ def test_a_biased_state_too_large_for_the_chip_streams_its_forward(monkeypatch):
     from nldsl.runtime.triton import launch_mlp
 
     biased = kernels(mlp(TITANS, bias=True), standard_objective("l2"))
-    gpu = types.SimpleNamespace(is_cuda=True)
+    gpu = types.SimpleNamespace(is_cuda=True, shape=(2, 4))
     monkeypatch.setattr(launch_mlp, "interpreting", lambda: False)
     assert not biased.streams(gpu) and biased.unfit(gpu) is None
     monkeypatch.setattr(launch_mlp, "ON_CHIP_FLOATS", biased.state_floats() - 1)

@@ -138,15 +138,17 @@ def test_streamed_calls_split_anywhere_equal_the_whole_run(slices):
 
 
 def test_the_launcher_streams_a_state_too_large_for_the_chip(monkeypatch):
-    """On a GPU a state above ON_CHIP_FLOATS runs the streamed forward instead of falling back; a forced
-    choice wins; without a streamed kernel the level still says why it cannot run."""
+    """On a GPU a state above ON_CHIP_FLOATS runs the streamed forward without gradients instead of falling
+    back (with them the chunked path, measured faster); a forced choice wins; without a streamed kernel
+    the level still says why it cannot run."""
     small = kernels(mlp(TITANS, hidden=24), standard_objective("l2"))
-    gpu = types.SimpleNamespace(is_cuda=True)
+    gpu = types.SimpleNamespace(is_cuda=True, shape=(2, 4))
     monkeypatch.setattr(launch_mlp, "interpreting", lambda: False)
     assert not small.streams(gpu) and small.unfit(gpu) is None
     monkeypatch.setattr(launch_mlp, "ON_CHIP_FLOATS", small.state_floats() - 1)
     assert small.streams(gpu) and small.unfit(gpu) is None
-    assert not small.streams(types.SimpleNamespace(is_cuda=False))
+    assert not small.streams(types.SimpleNamespace(is_cuda=False, shape=(2, 4)))
+    assert not small.streams(gpu, grad=True) and "with gradients" in small.unfit(gpu, grad=True)
     assert not dataclasses.replace(small, stream=False).streams(gpu)
     assert "does not fit on chip" in dataclasses.replace(small, fwd_streamed=None).unfit(gpu)
     assert "global memory" in dataclasses.replace(small, stream=True).backward
