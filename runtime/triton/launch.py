@@ -376,11 +376,11 @@ class LevelKernels:
         from .state_products import state_products   # imports Triton
 
         products = state_products(self.columns, tile, starts, dstarts, dy, columns, dcolumns, prec)
-        # written in full for every token (dv stays zero for a level whose update does not read v)
-        empty = lambda *s: torch.empty(batch, heads, tokens, *s, dtype=torch.float32, device=k.device)  # noqa: E731
-        grads = (empty(self.dk), empty(self.dk),
-                 torch.zeros(batch, heads, tokens, self.dv, dtype=torch.float32, device=k.device),
-                 empty(), empty(), empty())
+        # written in full for every token, each element once: dq, dk, dv in the dtype of q, k, v (no
+        # conversion after the kernel), dv zero for a level whose update does not read v
+        empty = lambda *s, like=eta: torch.empty(batch, heads, tokens, *s, dtype=like.dtype, device=k.device)  # noqa: E731
+        dv = empty(self.dv, like=v) if "u" in self.columns else torch.zeros_like(v)
+        grads = (empty(self.dk, like=q), empty(self.dk, like=k), dv, empty(), empty(), empty())
         per_program = self.tiles_per_program(n_tiles)
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
             q, k, v, eta, alpha, beta, dy, columns, dcolumns, *products, *grads, tokens, n_tiles,
