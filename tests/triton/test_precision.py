@@ -106,7 +106,8 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
 def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, rows, warps):
     """On a GPU the wy form's walks take WALK_ROWS rows of W per program (fewer, larger programs) with
     WALK_WARPS warps when they multiply in tf32; in full float32 GPU_ROWS rows and the level's warps. The
-    tile-parallel kernels pass GPU_ROWS columns at a time with TILE_WARPS warps."""
+    tile-parallel kernels pass TILE_FLOATS (prep_bwd: TILE_FLOATS_BWD) values of a 16-token tile's keys and
+    values at a time with TILE_WARPS warps."""
     cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
     found, reason = kernels_for(cfg, standard_objective("l2"), "prec.walk")
     assert found is not None and found.prep is not None, reason
@@ -124,8 +125,10 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     assert [(c["BV"], c["num_warps"]) for c in bwd.calls] == [(rows, warps)]
     # the walks pipeline WALK_STAGES stages and may take every register their warps allow
     assert [(c["num_stages"], c["maxnreg"]) for c in fwd.calls + bwd.calls] == [(launch.WALK_STAGES, 255)] * 2
-    # the tile-parallel kernels: GPU_ROWS columns of k and v at a time, TILE_WARPS warps, ptxas's registers
-    assert [(c["BB"], c["num_warps"]) for c in prep.calls + prep_bwd.calls] == [(launch.GPU_ROWS, launch.TILE_WARPS)] * 2
+    # the tile-parallel kernels: whole rows of k and v in prep (2,048 values of a 16-token tile), 32 columns
+    # in prep_bwd, TILE_WARPS warps, ptxas's registers
+    assert [c["C"] for c in prep.calls] == [16] and launch.TILE_FLOATS // 16 == 128 and launch.TILE_FLOATS_BWD // 16 == 32
+    assert [(c["BB"], c["num_warps"]) for c in prep.calls + prep_bwd.calls] == [(128, launch.TILE_WARPS), (32, launch.TILE_WARPS)]
     assert not any("maxnreg" in c for c in prep.calls + prep_bwd.calls)
 
 
