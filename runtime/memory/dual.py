@@ -147,7 +147,7 @@ def _solve_tile(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, k: Tensor
                 target: Tensor, carried: _Carried) -> dict[str, TileScan]:
     """All gradients of the tile at the anchor, then every parameter's update columns."""
     anchor = carried.anchor
-    deltas = F.backward(cfg, anchor, fwd, objective(fwd.out, target)) if cfg.has_gradient else None
+    deltas = F.backward(cfg, anchor, fwd, objective(fwd.out, target), fused=True) if cfg.has_gradient else None
     gates, geometry = prep.gates, prep.geometry
     per_layer = any(rule.per_layer for rule in cfg.rules)
     scans = {}

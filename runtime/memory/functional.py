@@ -68,6 +68,39 @@ def _slope(name: str) -> Callable[[Tensor], Tensor]:
     return lambda z: _Slope.apply(z, name)
 
 
+# name -> back * act'(z) in one pass: ATen's own activation backward kernels (the chunked path's; the
+# reference keeps the closed forms above, so each checks the other).
+_FUSED_BACKWARD: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    'silu': torch.ops.aten.silu_backward,
+    'gelu': torch.ops.aten.gelu_backward,
+}
+
+
+class _ActBackward(torch.autograd.Function):
+    """back * act'(z) by _FUSED_BACKWARD, one elementwise kernel instead of six; differentiable again
+    (ATen's kernels are not) through itself and act''(z) in closed form."""
+
+    @staticmethod
+    def forward(ctx, back: Tensor, z: Tensor, name: str):
+        ctx.name = name
+        ctx.save_for_backward(back, z)
+        return _FUSED_BACKWARD[name](back, z)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        back, z = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        return (_ActBackward.apply(grad, z, ctx.name) if need[0] else None,
+                grad * back * _SLOPES[ctx.name][1](z) if need[1] else None, None)
+
+
+def times_slope(name: str, back: Tensor, z: Tensor, fused: bool = False) -> Tensor:
+    """back * act'(z); `fused` by ATen's activation backward where it has one (silu, gelu)."""
+    if fused and name in _FUSED_BACKWARD:
+        return _ActBackward.apply(back, z, name)
+    return back * ACTIVATION_FNS[name][1](z)
+
+
 # name -> (activation, its derivative); gelu is the exact (erf) one.
 ACTIVATION_FNS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
     'silu': (torch.nn.functional.silu, _slope('silu')),
@@ -162,14 +195,14 @@ def apply(cfg: MemoryConfig, params: Params, x: Tensor) -> Tensor:
     return forward(cfg, params, x).out
 
 
-def backward(cfg: MemoryConfig, params: Params, fwd: Forward, dout: Tensor) -> tuple[Tensor, ...]:
-    """Per-layer output gradients delta_l = dl/dz_l given dout = dl/dM (B, H, N, dv)."""
-    act_grad = ACTIVATION_FNS[cfg.act][1]
+def backward(cfg: MemoryConfig, params: Params, fwd: Forward, dout: Tensor, fused: bool = False) -> tuple[Tensor, ...]:
+    """Per-layer output gradients delta_l = dl/dz_l given dout = dl/dM (B, H, N, dv); `fused`: the
+    activation's slope by ATen's backward kernel (times_slope)."""
     all_layers = layers(cfg)
     deltas = [dout]
     for layer in reversed(all_layers[1:]):
         back = weight_back(deltas[0], params[layer.weight])
-        deltas.insert(0, back * act_grad(fwd.preacts[layer.index - 2]))
+        deltas.insert(0, times_slope(cfg.act, back, fwd.preacts[layer.index - 2], fused))
     return tuple(deltas)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from memory_testkit import DTYPE, make_inputs
-from nldsl.runtime.memory.functional import ACTIVATION_FNS
+from nldsl.runtime.memory.functional import ACTIVATION_FNS, times_slope
 from nldsl.runtime.memory import (MemoryConfig, Rule, affine_coefficients, chunked, init_params,
                                   param_shapes, reference, standard_objective)
 
@@ -107,6 +107,24 @@ def test_activation_slope_and_its_derivative(name):
     got, = torch.autograd.grad(slope(z).sum(), z)
     assert torch.allclose(got, second, atol=1e-12)
     assert torch.autograd.gradgradcheck(slope, (z,))
+
+
+@pytest.mark.parametrize('name', sorted(ACTIVATION_FNS))
+def test_the_fused_slope_equals_the_closed_form_to_third_order(name):
+    """The chunked path's back * act'(z) (ATen's activation backward where there is one) is the
+    reference's closed form, and so are its gradients w.r.t. back and z, and theirs (gradgradcheck)."""
+    back = torch.randn(6, 5, dtype=DTYPE).requires_grad_()
+    z = (3 * torch.randn(6, 5, dtype=DTYPE)).requires_grad_()
+    fused, closed = times_slope(name, back, z, fused=True), times_slope(name, back, z)
+    assert torch.allclose(fused, closed, atol=1e-12)
+    if not fused.requires_grad:
+        return
+    weight = torch.randn(6, 5, dtype=DTYPE)
+    got = torch.autograd.grad((fused * weight).sum(), (back, z), create_graph=True, allow_unused=True)
+    expected = torch.autograd.grad((closed * weight).sum(), (back, z), create_graph=True, allow_unused=True)
+    for g, e in zip(got, expected):
+        assert (g is None and e is None) or torch.allclose(g, e, atol=1e-12)
+    assert torch.autograd.gradgradcheck(lambda b, x: times_slope(name, b, x, fused=True), (back, z))
 
 
 def test_dot_objective_and_affine_coefficients():
