@@ -1,8 +1,9 @@
 """Choosing between the generated kernels and the chunked path for one call of a memory level: no
 Triton, tensors the kernels cannot take, a level without kernels, (MLP memories) a head whose state
 does not fit on chip where the streamed kernels are not the faster path (launch_mlp.py), or a kernel
-that needs more shared memory than the device has fall back with one warning per level and reason. A backward kernel that does not fit leaves the level's forward fused and
-its backward to PyTorch (the tiles recomputed by the chunked path)."""
+that needs more shared memory than the device has fall back with one warning per level and reason. A
+backward kernel that does not fit leaves the level's forward fused and its backward to PyTorch (the
+tiles recomputed by the chunked path)."""
 
 from __future__ import annotations
 
