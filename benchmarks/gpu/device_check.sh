@@ -10,10 +10,12 @@
 # the tests step, tests/triton by default).
 # `setup` installs nlc (editable, no dependencies) and any
 # wheels found in .whl/ (lark, titans-pytorch, flash-linear-attention and what they need) for a machine
-# that cannot reach a package index, and unpacks .gpu-cache/triton.tar.gz into Triton's cache where it
-# exists. `save` (not run by default; name it last) packs Triton's cache into $OUT/triton.tar.gz when it is
-# under 15 MB: copied to .gpu-cache/ and carried, it spares the next machine the compilation of every
-# kernel and of fla's autotuning configurations (82 s of fla's first forward + backward on the H100).
+# that cannot reach a package index, and unpacks .gpu-cache/triton-cache.part-* into Triton's cache where
+# they exist. `save` (not run by default; name it last) packs Triton's cache, with the autotuners' results
+# (TRITON_CACHE_AUTOTUNING), into $OUT/triton-cache.part-aa, -ab, ... of 15 MB each (files of at most 16 MB
+# come back from a lent machine), at most SAVE_PARTS (3) of them: copied to .gpu-cache/ and carried, they
+# spare the next machine the compilation of every kernel and fla's autotuning (38 s of its first forward
+# and 92 s of its first forward + backward on the H100; a cache of 34 MB after the harnesses).
 # Limits in seconds come from LIMIT_<STEP> (e.g. LIMIT_TESTS=300).
 set -u
 cd "$(dirname "$0")/../.."
@@ -22,6 +24,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY="${PY:-python3}"
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/nlc-triton-cache}"
+export TRITON_CACHE_AUTOTUNING="${TRITON_CACHE_AUTOTUNING:-1}"   # the autotuners' choices in the cache too
 LOG="$OUT/summary.txt"
 
 run_step() {  # name limit command...
@@ -43,8 +46,8 @@ step_setup() {
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
-    if [ -f .gpu-cache/triton.tar.gz ]; then
-        mkdir -p "$TRITON_CACHE_DIR" && tar -xzf .gpu-cache/triton.tar.gz -C "$TRITON_CACHE_DIR" \
+    if compgen -G ".gpu-cache/triton-cache.part-*" >/dev/null; then
+        mkdir -p "$TRITON_CACHE_DIR" && cat .gpu-cache/triton-cache.part-* | tar -xz -C "$TRITON_CACHE_DIR" \
             && echo "Triton cache: $(find "$TRITON_CACHE_DIR" -type f | wc -l) files unpacked"
     fi
     "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
@@ -61,13 +64,16 @@ step_env() {
 want() { if [ "$#" -eq 0 ]; then [ "$STEP" != suite ] && [ "$STEP" != save ]; else [[ " $* " == *" $STEP "* ]]; fi; }
 
 step_save() {
-    local tarball="$OUT/triton.tar.gz"
-    mkdir -p "$TRITON_CACHE_DIR" && tar -czf "$tarball" -C "$TRITON_CACHE_DIR" . || return
-    if [ "$(stat -c %s "$tarball")" -gt 15000000 ]; then
-        echo "Triton cache: $(du -h "$tarball" | cut -f1) packed, too large to come back; not kept"
-        rm -f "$tarball"
+    local parts="${SAVE_PARTS:-3}"
+    mkdir -p "$TRITON_CACHE_DIR" && tar -cz -C "$TRITON_CACHE_DIR" . | split -b 15000000 - "$OUT/triton-cache.part-" \
+        || return
+    local made
+    made=$(compgen -G "$OUT/triton-cache.part-*" | wc -l)
+    if [ "$made" -gt "$parts" ]; then
+        echo "Triton cache: $made parts of 15 MB, more than SAVE_PARTS=$parts; not kept"
+        rm -f "$OUT"/triton-cache.part-*
     else
-        echo "Triton cache: $(du -h "$tarball" | cut -f1) in $tarball"
+        echo "Triton cache: $(du -ch "$OUT"/triton-cache.part-* | tail -n 1 | cut -f1) in $made part(s), $OUT/triton-cache.part-*"
     fi
 }
 
