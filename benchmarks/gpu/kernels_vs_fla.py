@@ -13,7 +13,8 @@ are (a model projects straight into either): g = log α, beta = η, scale = 1 (n
 its state S_fla = Sᵀ. Timings are medians over CUDA events after warm-up, the calls issued back to
 back (as triton.testing.do_bench issues them: a call costs its device time unless issuing it takes
 longer); each row also gives the medians with the host waiting for every call before the next, which
-adds the time a call takes to reach the device. `--profile` shows each side's kernels. Throughput uses one FLOP model for both kernels (per token and head, chunk
+adds the time a call takes to reach the device. `--profile` shows each side's kernels and the ratio of
+their GPU times alone (a call that is bound by its host work hides how fast its kernels are). Throughput uses one FLOP model for both kernels (per token and head, chunk
 C = 64: 6CK + 4CV + 6KV for the forward, three times that for forward + backward), so the TFLOP/s
 are comparable rates, not counted instructions; the share is of the card's dense bf16 peak. Each row also
 gives the peak CUDA memory one call allocates above its inputs (ours and fla's).
@@ -35,7 +36,7 @@ import time
 
 import torch
 
-from timing import peak_memory_mb, profile_table, rel, time_call  # benchmarks/gpu/timing.py
+from timing import peak_memory_mb, profile, rel, time_call  # benchmarks/gpu/timing.py
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
@@ -180,6 +181,9 @@ def row_line(row: dict, peak) -> str:
         line += f" (each call synchronised: {row['generated_sync_ms']:.3f} vs {row['fla_sync_ms']:.3f} ms, "
         line += f"{row['fla_sync_ms'] / row['generated_sync_ms']:.3f}x) | rel. diff {row['error_vs_fla']:.1e}"
         line += f" | peak MB ours {row['generated_peak_mb']:.0f}, fla {row['fla_peak_mb']:.0f}"
+    if "generated_gpu_ms" in row and "fla_gpu_ms" in row:
+        line += (f" | GPU time (the kernels alone) {row['generated_gpu_ms']:.3f} vs {row['fla_gpu_ms']:.3f} ms, "
+                 f"{row['fla_gpu_ms'] / row['generated_gpu_ms']:.3f}x")
     if "error_vs_chunked" in row:
         line += f" | rel. diff vs chunked {row['error_vs_chunked']:.1e}"
     return line
@@ -243,8 +247,8 @@ def main() -> int:
             xf = fla_layout(x, grad) if have_fla and gpu else None
             fla = time_fla(xf, grad, flops, label, repeats, warmup) if xf is not None else {}
             if fla and args.profile:
-                print(f"  {label}: fla's kernels")
-                print(profile_table(lambda: run_fla(xf, grad), calls=3), flush=True)
+                table, fla["fla_gpu_ms"] = profile(lambda: run_fla(xf, grad), calls=3)
+                print(f"  {label}: fla's kernels\n{table}", flush=True)
             variants_of = variants(level_kernels, args.tile, args.block_v, args.stages, args.backward_precision,
                                    args.tile_columns, args.warps)
             for kernels in variants_of:
@@ -276,12 +280,14 @@ def main() -> int:
                     row["generated_share_of_peak"] = row["generated_tflops"] / peak
                     if fla:
                         row["fla_share_of_peak"] = row["fla_tflops"] / peak
+                if args.profile and gpu:
+                    table, row["generated_gpu_ms"] = profile(lambda: run_generated(cfg, kernels, x, grad), calls=3)
                 rows.append(row)
                 if args.json:  # after every row, so that a run stopped by a time limit keeps its figures
                     write_json(args.json, gpu, rows)
                 print(row_line(row, peak), flush=True)
                 if args.profile and gpu:
-                    print(profile_table(lambda: run_generated(cfg, kernels, x, grad), calls=3), flush=True)
+                    print(table, flush=True)
     if not gpu:
         print("no GPU figures from this run: it used the Triton interpreter on a CPU at tiny shapes "
               "(its timings say nothing about GPU speed); run on a GPU for the bf16 comparison with fla")

@@ -56,26 +56,29 @@ def rel(a, b) -> float:
     return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-12)).item()
 
 
-def profile_table(fn, calls: int = 1, rows: int = 12) -> str:
+def profile(fn, calls: int = 1, rows: int = 12) -> tuple[str, float]:
     """Where one call of fn() spends its time (torch.profiler, `calls` calls): on a GPU each CUDA kernel's
     device time, largest first; and on any device the operators' own CPU time (what issuing them costs,
-    which bounds a small model's GPU step)."""
-    from torch.profiler import ProfilerActivity, profile
+    which bounds a small model's GPU step). Returns the table and the device time of one call in
+    milliseconds (the sum of its kernels; 0 without a GPU)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with torch_profile(activities=activities) as prof:
         for _ in range(calls):
             fn()
         if cuda:
             torch.cuda.synchronize()
     events = list(prof.key_averages())
-    lines = []
+    lines, device_ms = [], 0.0
     if cuda:
         kernels = sorted((e for e in events if e.device_time_total > 0 and e.device_type.name == "CUDA"),
                          key=lambda e: e.device_time_total, reverse=True)
         total = sum(e.device_time_total for e in kernels)
-        lines.append(f"    GPU time per call {total / calls / 1e3:.3f} ms, largest kernels:")
+        device_ms = total / calls / 1e3
+        lines.append(f"    GPU time per call {device_ms:.3f} ms, largest kernels:")
         lines += [f"      {e.key[:60]:<60} {e.device_time_total / calls / 1e3:9.3f} ms {100 * e.device_time_total / total:5.1f}%"
                   f"  x{e.count // calls}" for e in kernels[:rows]]
     ops = sorted((e for e in events if e.self_cpu_time_total > 0), key=lambda e: e.self_cpu_time_total, reverse=True)
@@ -83,4 +86,9 @@ def profile_table(fn, calls: int = 1, rows: int = 12) -> str:
     lines.append(f"    CPU time per call {total / calls / 1e3:.3f} ms (operators' own), largest:")
     lines += [f"      {e.key[:60]:<60} {e.self_cpu_time_total / calls / 1e3:9.3f} ms {100 * e.self_cpu_time_total / total:5.1f}%"
               f"  x{e.count // calls}" for e in ops[:rows]]
-    return "\n".join(lines)
+    return "\n".join(lines), device_ms
+
+
+def profile_table(fn, calls: int = 1, rows: int = 12) -> str:
+    """The table of `profile`."""
+    return profile(fn, calls, rows)[0]
