@@ -55,7 +55,8 @@ GPU_ROWS = 16
 
 # The wy form's walks only multiply by the state (or its gradient), so a program can take more rows of
 # it: in tf32, at 64 (or 32) rows and 4 warps, they compile for sm_90 with nothing spilled (Gated
-# DeltaNet, head width 128: 242 and 249 registers at 64), and at B x H = 128 a head of 128 rows is two
+# DeltaNet, head width 128: 242 and 249 registers at 64; at 32-token tiles, 32 rows: 172 and 0 bytes
+# spilled, against 868 and 276 at 64 rows), and at B x H = 128 a head of 128 rows is two
 # programs, all in one wave on 132 multiprocessors (at 16 rows and 8 warps: eight programs a head, one
 # per multiprocessor, eight waves). Fewer walks than multiprocessors (B x H = 16) keep 16 rows, so that
 # every multiprocessor still gets a program. Chosen from compile reports, not timed yet. In full float32
@@ -74,7 +75,12 @@ DUAL_WALK_ROWS = 32
 # prep of 16-token tiles then took half of the forward's GPU time (0.55 of 1.10 ms at 8 x 2048, 16
 # heads), its loads 32 bytes a row. Tiles of 16, 4 warps: prep at 128 columns 192 registers, nothing
 # spilled; prep_bwd at 32 columns 8 bytes spilled, at 64 0.6 KB, at 128 1.5 KB.
+# Tiles above 16 tokens run the tile-parallel kernels at 8 warps with every register they allow
+# (with_register_cap): at 4 warps, or at 8 without the cap (ptxas then chose 32 registers), prep_bwd
+# spilled at 32-token tiles (396 B per thread; 45 KB at 64 tokens), at 8 with the cap 8 B (7 KB at 64).
+# At 16-token tiles the cap made prep spill (68 B, from none), so 16-token tiles keep 4 warps, uncapped.
 TILE_WARPS = 4
+TILE_WARPS_WIDE = 8
 TILE_FLOATS = 2048
 TILE_FLOATS_BWD = 512
 # The wy form's walks pipeline two stages: the next tile's terms, which do not depend on the state, load
@@ -177,9 +183,10 @@ class LevelKernels:
     def rows_per_program(self, walk: bool = False, heads: int = 0, device=None) -> int:
         """Rows of W per program: all of them under the interpreter; on a GPU GPU_ROWS, which keeps the
         kernels' live tiles within the register file (benchmarks/gpu/compile_report.py measures it). In
-        tf32 (`walk`) the wy form's walks take up to WALK_ROWS and the dual form's forward up to
-        DUAL_WALK_ROWS: the fewest, largest programs that still give every multiprocessor of `device`
-        one, for `heads` (batch x heads) walks."""
+        tf32 (`walk`) the wy form's walks take up to WALK_ROWS (at 16-token tiles; proportionally fewer
+        at longer tiles, whose walks spill at 64 rows) and the dual form's forward up to DUAL_WALK_ROWS:
+        the fewest, largest programs that still give every multiprocessor of `device` one, for `heads`
+        (batch x heads) walks."""
         if self.block_v is not None:
             return _pow2(self.block_v)
         full = _pow2(self.dv)
@@ -188,7 +195,7 @@ class LevelKernels:
         rows = min(full, GPU_ROWS)
         if walk and self.fwd is not None:
             wanted = multiprocessors(device)
-            widest = WALK_ROWS if self.prep is not None else DUAL_WALK_ROWS
+            widest = WALK_ROWS * 16 // self.wy_tile() if self.prep is not None else DUAL_WALK_ROWS
             for wide in (widest, widest // 2):
                 if rows < wide <= full and heads * -(-self.dv // wide) >= wanted:
                     return wide
@@ -212,6 +219,12 @@ class LevelKernels:
         if interpreting():
             return full
         return min(full, max(16, (TILE_FLOATS_BWD if backward else TILE_FLOATS) // tile))
+
+    def tile_options(self, tile: int) -> dict:
+        """Launch options of the wy form's tile-parallel kernels for tiles of `tile` tokens (TILE_WARPS,
+        TILE_WARPS_WIDE; `warps` where the level sets it)."""
+        wide = tile > 16
+        return self.launch_options(TILE_WARPS_WIDE if wide else TILE_WARPS, walk=wide)
 
     @staticmethod
     def tiles_per_program(n_tiles: int) -> int:
@@ -322,7 +335,7 @@ class LevelKernels:
         per_program = self.tiles_per_program(n_tiles)
         grid = (-(-n_tiles // per_program), batch * heads)
         self.prep[grid](q, k, v, eta, alpha, beta, *terms, tokens, n_tiles, BB=self.columns_per_block(tile),
-                        TILES=per_program, PREC=prec, **extra, **self.launch_options(TILE_WARPS, walk=False))
+                        TILES=per_program, PREC=prec, **extra, **self.tile_options(tile))
         return terms
 
     def launch_bwd(self, position: int, saved, dy, dtheta1, danchor1, dmom1, prec: str = "ieee"):
@@ -385,7 +398,7 @@ class LevelKernels:
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
             q, k, v, eta, alpha, beta, dy, columns, dcolumns, *products, *grads, tokens, n_tiles,
             BB=self.columns_per_block(tile, backward=True),
-            TILES=per_program, PREC=self.backward_precision, **extra, **self.launch_options(TILE_WARPS, walk=False))
+            TILES=per_program, PREC=self.backward_precision, **extra, **self.tile_options(tile))
         self.launches["bwd"] += 1
         return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))
 

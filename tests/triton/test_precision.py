@@ -132,6 +132,31 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     assert not any("maxnreg" in c for c in prep.calls + prep_bwd.calls)
 
 
+@pytest.mark.parametrize("tile,walk_rows,tile_warps,capped", [(16, 64, 4, False), (32, 32, 8, True), (64, 16, 8, True)])
+def test_longer_wy_tiles_take_fewer_walk_rows_and_wider_tile_kernels(monkeypatch, tile, walk_rows, tile_warps, capped):
+    """At tiles longer than 16 tokens the wy form's walks take proportionally fewer rows (32 at 32-token
+    tiles) and the tile-parallel kernels TILE_WARPS_WIDE warps with every register they allow: the settings
+    the compile reports found nearly spill-free at 32-token tiles."""
+    cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
+    found, reason = kernels_for(cfg, standard_objective("l2"), "prec.tiles")
+    assert found is not None and found.prep is not None, reason
+    fwd, bwd, prep, prep_bwd = Recorder(), Recorder(), Recorder(), Recorder()
+    kernels = dataclasses.replace(found, fwd=fwd, bwd=bwd, prep=prep, prep_bwd=prep_bwd, tile=tile,
+                                  launches={n: 0 for n in found.launches})
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    monkeypatch.setattr(launch, "multiprocessors", lambda device: 16)
+    monkeypatch.setattr(state_products, "_state_products", Recorder())
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 8, 70, 128, generator=gen).to(torch.bfloat16).requires_grad_() for _ in range(3))
+    gates = {n: torch.rand(1, 8, 70, generator=gen).to(torch.bfloat16) for n in ("eta", "alpha", "beta")}
+    y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, 1, 8))
+    y.float().sum().backward()
+    assert [c["C"] for c in prep.calls + prep_bwd.calls] == [tile] * 2
+    assert [c["BV"] for c in fwd.calls + bwd.calls] == [walk_rows] * 2
+    assert [c["num_warps"] for c in prep.calls + prep_bwd.calls] == [tile_warps] * 2
+    assert all(("maxnreg" in c) == capped for c in prep.calls + prep_bwd.calls)
+
+
 @pytest.mark.parametrize("warps,cap", [(4, 255), (8, 255), (16, 128)])
 def test_the_register_cap_is_what_the_warps_allow(warps, cap):
     """65,536 registers per multiprocessor, 255 at most per thread."""
