@@ -3,9 +3,10 @@
 The kernel works on contiguous float32 copies of q, k, v (B, H, T, d), of the gates (B, H, T) and of
 the state: W1 (B, H, hidden, dk), W2 (B, H, dv, hidden), their anchors and momenta; outputs are cast
 back to the inputs' dtype. One program handles one (batch, head): both layers' weights stay on chip
-across the tiles. A state too large for that (above ON_CHIP_FLOATS) runs `<level>_fwd_streamed` and
+across the tiles. A state too large for that (above ON_CHIP_FLOATS) can run `<level>_fwd_streamed` and
 `<level>_bwd_streamed`: the same kernels with the state in global memory, streamed through the program
-a block of hidden units at a time. With `store`, the forward also writes the start state (theta and
+a block of hidden units at a time; on a GPU they run only where they measured faster than the chunked
+path (STREAMED_FORWARD_FLOATS), and the level falls back elsewhere. With `store`, the forward also writes the start state (theta and
 momentum) of every tile, from which the backward recomputes each tile (autograd_mlp.py).
 """
 
@@ -41,7 +42,7 @@ STREAMED_BACKWARD = False
 
 # The most float32 values of live state (W1, W2 and their anchors and momenta, padded to the blocks) one
 # program keeps in registers on a GPU: 128 KiB, half an SM's register file. A heuristic bound: above it
-# the kernels would spill or fail to compile, and the level runs the streamed kernels instead.
+# the kernels would spill or fail to compile, and the level runs the streamed kernels or the chunked path.
 ON_CHIP_FLOATS = 32768
 
 
