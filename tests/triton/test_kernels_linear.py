@@ -4,6 +4,7 @@ within the float32 ratios of docs/semantics.md §6. Shapes are tiny (B = 2, H = 
 dk = dv = 8) because the kernels run under the Triton interpreter on a CPU."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -157,21 +158,25 @@ def test_several_row_blocks_sum_their_partial_gradients(rules, chunk, dv):
         lk.block_v = None
 
 
-@pytest.mark.parametrize("rules,objective,chunk", [(["retain", ("gd", "current")], "l2", 1), ([("dgd", "current")], "l2", 1),
-                                                   (["delta", "gd"], "dot", 1), (["retain", "momentum", "delta"], "l2", 4)],
-                         ids=["gated-deltanet", "dgd", "delta-dot", "dual-momentum-delta"])
-def test_kernels_with_the_gpus_launch_settings(monkeypatch, rules, objective, chunk):
+@pytest.mark.parametrize("rules,objective,chunk,tile", [(["retain", ("gd", "current")], "l2", 1, None),
+                                                        (["retain", ("gd", "current")], "l2", 1, 32),
+                                                        ([("dgd", "current")], "l2", 1, None), (["delta", "gd"], "dot", 1, 32),
+                                                        (["retain", "momentum", "delta"], "l2", 4, None)],
+                         ids=["gated-deltanet", "gated-deltanet-tile32", "dgd", "delta-dot-tile32", "dual-momentum-delta"])
+def test_kernels_with_the_gpus_launch_settings(monkeypatch, rules, objective, chunk, tile):
     """The launch settings a GPU uses, under the interpreter: one tile per program in the wy form's
-    tile-parallel kernels, which pass keys and values in blocks of columns (16 in prep, 32 in prep_bwd),
-    forward walks over wider row blocks (32 rows) than the backward's (16), every tensor of a several-block
-    head (dv = 64): the reference's outputs, states and gradients."""
+    tile-parallel kernels, which pass keys and values in blocks of columns (16 in prep, 32 in prep_bwd; at
+    32-token tiles 32 and 16), forward walks over wider row blocks (32 rows) than the backward's (16),
+    every tensor of a several-block head (dv = 64): the reference's outputs, states and gradients."""
     cfg = linear(rules, chunk=chunk, dk=64, dv=64, self_target=rules[0] == ("dgd", "current"))
-    lk = kernels(cfg, objective_of(objective), "tests.gpu_settings")
+    lk = dataclasses.replace(kernels(cfg, objective_of(objective), "tests.gpu_settings"), tile=tile)
+    wide = tile is not None
     monkeypatch.setattr(type(lk), "tiles_per_program", staticmethod(lambda n_tiles: 1))
     monkeypatch.setattr(type(lk), "rows_per_program", lambda self, walk=False, heads=0, device=None: 32 if walk else 16)
     monkeypatch.setattr(type(lk), "walk_settings", lambda self, prec, heads, device: (32, {}))
-    monkeypatch.setattr(type(lk), "columns_per_block", lambda self, tile, backward=False: 32 if backward else 16)
-    case = Case(cfg, objective_of(objective), tokens=37, position=3, seed=11)
+    monkeypatch.setattr(type(lk), "columns_per_block",
+                        lambda self, tile, backward=False: (16 if backward else 32) if wide else (32 if backward else 16))
+    case = Case(cfg, objective_of(objective), tokens=70 if wide else 37, position=3, seed=11)
     compare(run_reference(case), run_path(case, "triton", lk), "GPU launch settings", limit=FLOAT32_RATIO)
 
 
