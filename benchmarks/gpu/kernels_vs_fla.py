@@ -136,16 +136,18 @@ def write_json(path: str, gpu: bool, rows: list) -> None:
         json.dump({"gpu": gpu, "rows": rows}, f, indent=2)
 
 
-def variants(kernels, tiles: str, block_vs: str, stages: str, backward_precisions: str, columns: str = "",
-             warps: str = "") -> list:
+def variants(kernels, args) -> list:
     """The level's kernels at every combination of --tile, --block-v, --stages, --backward-precision,
-    --tile-columns and --warps (the level's own settings where unset or `default`)."""
+    --walk-precision, --tile-columns and --warps (the level's own settings where unset or `default`)."""
     parse = lambda text: [None if n == "default" else int(n) for n in text.split(",")] if text else [None]  # noqa: E731
-    precisions = backward_precisions.split(",") if backward_precisions else [kernels.backward_precision]
-    return [dataclasses.replace(kernels, tile=tile, block_v=block_v, stages=stage, backward_precision=prec,
-                                tile_columns=cols, warps=warp, launches={n: 0 for n in kernels.launches})
-            for tile, block_v, stage, prec, cols, warp in itertools.product(
-                parse(tiles), parse(block_vs), parse(stages), precisions, parse(columns), parse(warps))]
+    words = lambda text, own: [None if w == "default" else w for w in text.split(",")] if text else [own]  # noqa: E731
+    return [dataclasses.replace(kernels, tile=tile, block_v=block_v, stages=stage,
+                                backward_precision=prec or kernels.backward_precision, walk_precision=walk, tile_columns=cols, warps=warp,
+                                launches={n: 0 for n in kernels.launches})
+            for tile, block_v, stage, prec, walk, cols, warp in itertools.product(
+                parse(args.tile), parse(args.block_v), parse(args.stages),
+                words(args.backward_precision, kernels.backward_precision),
+                words(args.walk_precision, kernels.walk_precision), parse(args.tile_columns), parse(args.warps))]
 
 
 def time_fla(x, grad: bool, flops: float, label: str, repeats: int, warmup: int) -> dict:
@@ -169,7 +171,7 @@ def error_vs_chunked(cfg, kernels, x, heads: int, dim: int) -> float:
 def row_line(row: dict, peak) -> str:
     line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} "
             f"rows {row['walk_rows']}/{row['block_v']:<3} cols {row['tile_columns']:<3} warps {row['warps'] or '-'} "
-            f"stages {row['stages']} bwd {row['backward_precision']:<4} "
+            f"stages {row['stages']} bwd {row['backward_precision']:<4} walk {row['walk_precision']:<4} "
             f"generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
     if peak:
         line += f" ({100 * row['generated_share_of_peak']:.1f}% of {peak:g})"
@@ -208,6 +210,9 @@ def main() -> int:
     ap.add_argument("--warps", default=None, help="warps per program to try, e.g. 4,8 (default: the level's)")
     ap.add_argument("--backward-precision", default=None,
                     help="tl.dot precision of the backward kernels to try, e.g. ieee,tf32 (default: the level's)")
+    ap.add_argument("--walk-precision", default=None,
+                    help="tl.dot precision of the wy form's walks for bf16 inputs to try, e.g. default,bf16 "
+                         "(default: the forward's, tf32)")
     ap.add_argument("--no-fla", action="store_true", help="time the generated kernels only")
     ap.add_argument("--profile", action="store_true",
                     help="also print each kernel's share of a call's GPU time and the operators' CPU time (torch.profiler)")
@@ -249,8 +254,7 @@ def main() -> int:
             if fla and args.profile:
                 table, fla["fla_gpu_ms"] = profile(lambda: run_fla(xf, grad), calls=3)
                 print(f"  {label}: fla's kernels\n{table}", flush=True)
-            variants_of = variants(level_kernels, args.tile, args.block_v, args.stages, args.backward_precision,
-                                   args.tile_columns, args.warps)
+            variants_of = variants(level_kernels, args)
             for kernels in variants_of:
                 if not grad and kernels.backward_precision != variants_of[0].backward_precision:
                     continue   # the forward does not run the backward kernels
@@ -259,7 +263,8 @@ def main() -> int:
                        "tile": kernels.wy_tile(), "block_v": kernels.rows_per_program(),
                        "walk_rows": kernels.rows_per_program(walk=gpu, heads=batch * heads, device=device),
                        "stages": kernels.stages or 1, "warps": kernels.warps,
-                       "tile_columns": kernels.columns_per_block(kernels.wy_tile()), "backward_precision": kernels.backward_precision, **fla}
+                       "tile_columns": kernels.columns_per_block(kernels.wy_tile()), "backward_precision": kernels.backward_precision,
+                       "walk_precision": kernels.walk_precision_of(kernels.precision(dtype)), **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
                 print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']} stages {row['stages']}: "
                       f"first call of the generated kernels "

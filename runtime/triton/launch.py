@@ -171,6 +171,8 @@ class LevelKernels:
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
     backward_precision: str = BACKWARD_PRECISION  # tl.dot precision of the backward kernels but the wy walk
+    walk_precision: Optional[str] = None  # wy form: the walks' tl.dot precision for half-precision inputs
+                                          # ("bf16"; None: the forward's, tf32)
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0})
 
     # ---------------------------------------------------------------- sizes
@@ -209,6 +211,11 @@ class LevelKernels:
         if options and self.prep is not None and self.stages is None:
             options["num_stages"] = WALK_STAGES
         return rows, options
+
+    def walk_precision_of(self, prec: str) -> str:
+        """The wy form's walks' tl.dot precision for a forward at `prec`: `walk_precision` where the level
+        sets one and the inputs are half precision on a GPU (`prec` tf32), else `prec`."""
+        return self.walk_precision if self.walk_precision is not None and prec == "tf32" else prec
 
     def columns_per_block(self, tile: int, backward: bool = False) -> int:
         """Key and value columns per block of the wy form's tile-parallel kernels: `tile_columns`, or as many
@@ -307,7 +314,7 @@ class LevelKernels:
             rows, options = self.walk_settings(prec, batch * heads, k.device)
             self.fwd[(-(-self.dv // rows), batch * heads)](
                 q, *terms, theta0, y, theta1, anchor1, starts, mstarts, tokens, n_tiles, BV=rows, STORE=store,
-                PREC=prec, C=extra["C"], BT=extra["BT"], **options)
+                PREC=self.walk_precision_of(prec), C=extra["C"], BT=extra["BT"], **options)
             self.launches["fwd"] += 1
             # kept for the backward: the states and columns, and the terms its walk reads (not u)
             return y, theta1, anchor1, mom1, (starts, mstarts, *terms[1:])
@@ -385,7 +392,7 @@ class LevelKernels:
         rows, options = self.walk_settings(prec, batch * heads, k.device)
         self.bwd[(-(-self.dv // rows), batch * heads)](
             q, w, kend, aq, gq, gend, dy, d_end, dstarts, dcolumns, dtheta0, tokens, n_tiles, BV=rows, C=tile,
-            BT=extra["BT"], PREC=prec, **options)
+            BT=extra["BT"], PREC=self.walk_precision_of(prec), **options)
         from .state_products import state_products   # imports Triton
 
         products = state_products(self.columns, tile, starts, dstarts, dy, columns, dcolumns, prec)

@@ -77,18 +77,21 @@ def test_low_precision_kernels_match_the_float64_reference(name, tokens, positio
 
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "deltanet_wy"])
-def test_low_precision_wy_kernels_at_32_token_tiles(name):
-    """The wy form's kernels at 32-token tiles (not the default; on a GPU the walks then take fewer rows and
-    the tile-parallel kernels 8 warps), bf16 against the float64 reference, forward and backward."""
+@pytest.mark.parametrize("settings", [{"tile": 32}, {"walk_precision": "bf16"}], ids=["tile32", "walk-bf16"])
+def test_low_precision_wy_kernels_at_other_settings(name, settings):
+    """The wy form's kernels at settings that are not the default, bf16 against the float64 reference,
+    forward and backward: 32-token tiles (on a GPU the walks then take fewer rows and the tile-parallel
+    kernels 8 warps), and walks that multiply in bf16 (on a GPU only; the interpreter multiplies in
+    float32)."""
     cfg, objective = CASES[name]
     objective = standard_objective(objective)
-    found, reason = kernels_for(cfg, objective, f"low32.{name}")
+    found, reason = kernels_for(cfg, objective, f"low.other.{name}")
     assert found is not None, reason
-    found = dataclasses.replace(found, tile=32)
+    found = dataclasses.replace(found, **settings)
     tokens, position = SIZES[1]
     case = Case(cfg, objective, batch=2, heads=4 if GPU else 2, tokens=tokens, position=position, seed=3,
                 eta_max=0.4, dtype=torch.bfloat16)
-    compare(run_reference(case), run_path(case, "triton", found), f"{name}: bf16 triton at 32-token tiles")
+    compare(run_reference(case), run_path(case, "triton", found), f"{name}: bf16 triton at {settings}")
 
 
 @pytest.mark.skipif(GPU, reason="on a GPU the test above runs on its tensor cores")

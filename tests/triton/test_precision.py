@@ -101,6 +101,26 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
     assert fwd.args[0][y_index].dtype == (dtype if cfg.family == "linear" else torch.float32)
 
 
+def record_wy_run(monkeypatch, dtype, heads=2, tokens=40, **settings):
+    """The launches of Gated DeltaNet's wy kernels (width 128) for a forward and backward "on a GPU":
+    (fwd, bwd, prep, prep_bwd) recorders, the level's `settings` replaced."""
+    cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
+    found, reason = kernels_for(cfg, standard_objective("l2"), "prec.walk")
+    assert found is not None and found.prep is not None, reason
+    recorders = fwd, bwd, prep, prep_bwd = Recorder(), Recorder(), Recorder(), Recorder()
+    kernels = dataclasses.replace(found, fwd=fwd, bwd=bwd, prep=prep, prep_bwd=prep_bwd,
+                                  launches={n: 0 for n in found.launches}, **settings)
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    products = Recorder()
+    monkeypatch.setattr(state_products, "_state_products", products)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, tokens, 128, generator=gen).to(dtype).requires_grad_() for _ in range(3))
+    gates = {n: torch.rand(1, heads, tokens, generator=gen).to(dtype) for n in ("eta", "alpha", "beta")}
+    y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, 1, heads))
+    y.float().sum().backward()
+    return (*recorders, products)
+
+
 @pytest.mark.parametrize("dtype,rows,warps", [(torch.bfloat16, launch.WALK_ROWS, launch.WALK_WARPS),
                                               (torch.float32, launch.GPU_ROWS, 8)], ids=["tf32", "ieee"])
 def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, rows, warps):
@@ -108,19 +128,7 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     WALK_WARPS warps when they multiply in tf32; in full float32 GPU_ROWS rows and the level's warps. The
     tile-parallel kernels pass TILE_FLOATS (prep_bwd: TILE_FLOATS_BWD) values of a 16-token tile's keys and
     values at a time with TILE_WARPS warps."""
-    cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
-    found, reason = kernels_for(cfg, standard_objective("l2"), "prec.walk")
-    assert found is not None and found.prep is not None, reason
-    fwd, bwd, prep, prep_bwd = Recorder(), Recorder(), Recorder(), Recorder()
-    kernels = dataclasses.replace(found, fwd=fwd, bwd=bwd, prep=prep, prep_bwd=prep_bwd,
-                                  launches={n: 0 for n in found.launches})
-    monkeypatch.setattr(launch, "interpreting", lambda: False)
-    monkeypatch.setattr(state_products, "_state_products", Recorder())
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 40, 128, generator=gen).to(dtype).requires_grad_() for _ in range(3))
-    gates = {n: torch.rand(1, 2, 40, generator=gen).to(dtype) for n in ("eta", "alpha", "beta")}
-    y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, 1, 2))
-    y.float().sum().backward()
+    fwd, bwd, prep, prep_bwd, _ = record_wy_run(monkeypatch, dtype)
     assert [(c["BV"], c["num_warps"]) for c in fwd.calls] == [(rows, warps)]
     assert [(c["BV"], c["num_warps"]) for c in bwd.calls] == [(rows, warps)]
     # the walks pipeline WALK_STAGES stages and may take every register their warps allow
@@ -132,25 +140,27 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     assert not any("maxnreg" in c for c in prep.calls + prep_bwd.calls)
 
 
+@pytest.mark.parametrize("dtype,walk,others", [(torch.bfloat16, "bf16", "tf32"), (torch.float32, "ieee", "ieee")],
+                         ids=["bf16-inputs", "float32-inputs"])
+def test_a_levels_walk_precision_reaches_the_walks_only(monkeypatch, dtype, walk, others):
+    """`walk_precision` ("bf16") sets the tl.dot precision of the wy form's two walks for half-precision
+    inputs on a GPU, and nothing else: prep and the state products keep the forward's (tf32), prep_bwd
+    BACKWARD_PRECISION; float32 inputs keep ieee everywhere."""
+    fwd, bwd, prep, prep_bwd, products = record_wy_run(monkeypatch, dtype, walk_precision="bf16")
+    assert [c["PREC"] for c in fwd.calls + bwd.calls] == [walk] * 2
+    assert [c["PREC"] for c in prep.calls + products.calls] == [others] * 2
+    assert [c["PREC"] for c in prep_bwd.calls] == [launch.BACKWARD_PRECISION]
+    # the walks' rows and warps are those of the forward's precision
+    assert [c["BV"] for c in fwd.calls] == [launch.WALK_ROWS if dtype == torch.bfloat16 else launch.GPU_ROWS]
+
+
 @pytest.mark.parametrize("tile,walk_rows,tile_warps,capped", [(16, 64, 4, False), (32, 32, 8, True), (64, 16, 8, True)])
 def test_longer_wy_tiles_take_fewer_walk_rows_and_wider_tile_kernels(monkeypatch, tile, walk_rows, tile_warps, capped):
     """At tiles longer than 16 tokens the wy form's walks take proportionally fewer rows (32 at 32-token
     tiles) and the tile-parallel kernels TILE_WARPS_WIDE warps with every register they allow: the settings
     the compile reports found nearly spill-free at 32-token tiles."""
-    cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
-    found, reason = kernels_for(cfg, standard_objective("l2"), "prec.tiles")
-    assert found is not None and found.prep is not None, reason
-    fwd, bwd, prep, prep_bwd = Recorder(), Recorder(), Recorder(), Recorder()
-    kernels = dataclasses.replace(found, fwd=fwd, bwd=bwd, prep=prep, prep_bwd=prep_bwd, tile=tile,
-                                  launches={n: 0 for n in found.launches})
-    monkeypatch.setattr(launch, "interpreting", lambda: False)
     monkeypatch.setattr(launch, "multiprocessors", lambda device: 16)
-    monkeypatch.setattr(state_products, "_state_products", Recorder())
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 8, 70, 128, generator=gen).to(torch.bfloat16).requires_grad_() for _ in range(3))
-    gates = {n: torch.rand(1, 8, 70, generator=gen).to(torch.bfloat16) for n in ("eta", "alpha", "beta")}
-    y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, 1, 8))
-    y.float().sum().backward()
+    fwd, bwd, prep, prep_bwd, _ = record_wy_run(monkeypatch, torch.bfloat16, heads=8, tokens=70, tile=tile)
     assert [c["C"] for c in prep.calls + prep_bwd.calls] == [tile] * 2
     assert [c["BV"] for c in fwd.calls + bwd.calls] == [walk_rows] * 2
     assert [c["num_warps"] for c in prep.calls + prep_bwd.calls] == [tile_warps] * 2
