@@ -211,8 +211,8 @@ def main() -> int:
     ap.add_argument("--backward-precision", default=None,
                     help="tl.dot precision of the backward kernels to try, e.g. ieee,tf32 (default: the level's)")
     ap.add_argument("--walk-precision", default=None,
-                    help="tl.dot precision of the wy form's walks for bf16 inputs to try, e.g. default,bf16 "
-                         "(default: the forward's, tf32)")
+                    help="tl.dot precision of the wy form's walks for bf16 inputs to try, e.g. half,tf32 "
+                         "(default: the level's, WALK_PRECISION)")
     ap.add_argument("--no-fla", action="store_true", help="time the generated kernels only")
     ap.add_argument("--profile", action="store_true",
                     help="also print each kernel's share of a call's GPU time and the operators' CPU time (torch.profiler)")
@@ -264,7 +264,7 @@ def main() -> int:
                        "walk_rows": kernels.rows_per_program(walk=gpu, heads=batch * heads, device=device),
                        "stages": kernels.stages or 1, "warps": kernels.warps,
                        "tile_columns": kernels.columns_per_block(kernels.wy_tile()), "backward_precision": kernels.backward_precision,
-                       "walk_precision": kernels.walk_precision_of(kernels.precision(dtype)), **fla}
+                       "walk_precision": kernels.walk_precision_of(kernels.precision(dtype), dtype), **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
                 print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']} stages {row['stages']}: "
                       f"first call of the generated kernels "

@@ -48,7 +48,7 @@ def _state_products(
     dyp, dkend, dwm, dgend,                 # out: (B, H, tiles * C, dk) x 3, (key blocks, B, H, tiles) partial sums
     T, n_tiles,
     DV: tl.constexpr, DK: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr,
-    HAS_E: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr,
+    HAS_E: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr, HALF: tl.constexpr,
 ):
     i_k = tl.program_id(0)
     j = tl.program_id(1)
@@ -68,17 +68,21 @@ def _state_products(
         iv = i_v * BV + tl.arange(0, BV)
         mv = iv < DV
         o_s = o_tile + iv[:, None] * DK + ik[None, :]
-        S = tl.load(s + o_s, mask=mv[:, None] & mk[None, :], other=0.0).to(tl.float32)
-        dS = tl.load(ds + o_s, mask=mv[:, None] & mk[None, :], other=0.0).to(tl.float32)
+        S = tl.load(s + o_s, mask=mv[:, None] & mk[None, :], other=0.0)
+        dS = tl.load(ds + o_s, mask=mv[:, None] & mk[None, :], other=0.0)
         dY = tl.load(dy + o_tok[:, None] * DV + iv[None, :], mask=(t < T)[:, None] & mv[None, :], other=0.0)
-        acc_y += tl.dot(dY.to(tl.float32), S, input_precision=PREC)
-        acc_g += tl.sum(S * dS, axis=0)
+        acc_g += tl.sum(S.to(tl.float32) * dS.to(tl.float32), axis=0)
+        if not HALF:
+            S = S.to(tl.float32)
+            dS = dS.to(tl.float32)
+            dY = dY.to(tl.float32)
+        acc_y += tl.dot(dY, S, input_precision=PREC)
         if HAS_E:
-            E = tl.load(e + o_pad[:, None] * DV + iv[None, :], mask=mv[None, :], other=0.0).to(tl.float32)
-            acc_e += tl.dot(E, dS, input_precision=PREC)
+            E = tl.load(e + o_pad[:, None] * DV + iv[None, :], mask=mv[None, :], other=0.0)
+            acc_e += tl.dot(E if HALF else E.to(tl.float32), dS, input_precision=PREC)
         if HAS_W:
-            dE = tl.load(de + o_pad[:, None] * DV + iv[None, :], mask=mv[None, :], other=0.0).to(tl.float32)
-            acc_w += tl.dot(dE, S, input_precision=PREC)
+            dE = tl.load(de + o_pad[:, None] * DV + iv[None, :], mask=mv[None, :], other=0.0)
+            acc_w += tl.dot(dE if HALF else dE.to(tl.float32), S, input_precision=PREC)
     o_out = o_pad[:, None] * DK + ik[None, :]
     tl.store(dyp + o_out, acc_y.to(dyp.dtype.element_ty), mask=mk[None, :])
     if HAS_E:
@@ -86,6 +90,14 @@ def _state_products(
     if HAS_W:
         tl.store(dwm + o_out, acc_w.to(dwm.dtype.element_ty), mask=mk[None, :])
     tl.store(dgend + (i_k * tl.num_programs(2) + i_bh) * n_tiles + j, tl.sum(acc_g, axis=0))
+
+
+def multiplies_in_half(starts: Tensor, dy: Tensor, e: Tensor, de: Tensor) -> bool:
+    """Whether _state_products multiplies its operands as stored: on a GPU, where the states, dY and the
+    columns share one half-precision dtype, whose products float32 holds exactly, as tf32 products of
+    the same values would be (the interpreter's bf16 tl.dot is wrong, so it converts to float32)."""
+    dtypes = {starts.dtype, dy.dtype} | ({e.dtype, de.dtype} if e.numel() > 1 else set())
+    return not interpreting() and len(dtypes) == 1 and starts.dtype in (torch.bfloat16, torch.float16)
 
 
 def _block(n: int) -> int:
@@ -108,8 +120,9 @@ def state_products(columns: str, tile: int, starts: Tensor, dstarts: Tensor, dy:
     dwm = out() if "w" in columns else unused
     dgend = torch.empty(n_k, b, h, n, dtype=torch.float32, device=starts.device)
     options = {} if interpreting() else {"num_warps": 8, "num_stages": 2}
+    half = starts.dtype in (torch.bfloat16, torch.float16)
     _state_products[(n_k, n, b * h)](
         starts, dstarts, dy.contiguous(), e, de, dyp, dkend, dwm, dgend, dy.shape[2], n,
         DV=dv, DK=dk, C=tile, BV=bv, BK=bk, HAS_E=bool(columns), HAS_W="w" in columns,
-        PREC=prec if starts.dtype in (torch.bfloat16, torch.float16) else "ieee", **options)
+        PREC=prec if half else "ieee", HALF=multiplies_in_half(starts, dy, e, de), **options)
     return StateProducts(dyp, dkend, dwm, dgend.sum(0))

@@ -95,13 +95,14 @@ def test_low_precision_wy_kernels_at_other_settings(name, settings):
 
 
 @pytest.mark.skipif(GPU, reason="on a GPU the test above runs on its tensor cores")
-@pytest.mark.parametrize("name, streamed", [("hope_matrix", False), ("gated_deltanet", False),
+@pytest.mark.parametrize("name, streamed", [("hope_matrix", False), ("gated_deltanet", False), ("deltanet_wy", False),
                                              ("hope_mlp_dgd", False), ("hope_mlp_dgd", True), ("titans_mlp_bias", False),
                                              ("titans_mlp_bias", True)])
 def test_tf32_tensor_cores_keep_bf16_kernels_within_the_contract(monkeypatch, name, streamed):
     """The test above at a GPU's sizes, with tl.dot in tf32 as a tensor core computes it (the operands
     truncated to tf32). A carried state accumulates truncation's one-sided error (HOPE's matrix memory
-    reached 5.7e-3 on an H100); the kernels round their operands to the nearest tf32 first. `streamed`:
+    reached 5.7e-3 on an H100); the kernels round their operands to the nearest tf32 first. The wy form's
+    walks (Gated DeltaNet, DeltaNet) multiply in bf16, as on a GPU (WALK_PRECISION). `streamed`:
     the MLP's kernels with its state in global memory, blocks of 16 hidden units, the forward split over
     two programs per head."""
     emulate_tensor_cores(monkeypatch)

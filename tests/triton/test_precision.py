@@ -77,7 +77,9 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
     gates = {n: torch.rand(batch, heads, tokens, generator=gen).to(dtype) for n in ("eta", "alpha", "beta")}
     y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, batch, heads))
     y.float().sum().backward()
-    assert [c["PREC"] for c in fwd.calls] == [expected]
+    # the wy form's walks multiply in the inputs' own half precision (WALK_PRECISION), the rest at `expected`
+    walk = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if prep is not None and expected == "tf32" else expected
+    assert [c["PREC"] for c in fwd.calls] == [walk]
     # q, k, v reach the kernels in the caller's dtype (they convert as they load): no float32 copies
     first = (prep or fwd).args[0]
     assert [t.dtype for t in first[:3]] == [dtype] * 3 and q.grad.dtype == dtype
@@ -86,7 +88,7 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
         assert [c["PREC"] for c in bwd.calls] == [launch.BACKWARD_PRECISION] == ["ieee"]
     else:  # the terms once (the backward keeps the forward's); the backward walk in the same precision
         assert [c["PREC"] for c in prep.calls] == [expected]
-        assert [c["PREC"] for c in bwd.calls] == [expected]
+        assert [c["PREC"] for c in bwd.calls] == [walk]
         assert [c["PREC"] for c in prep_bwd.calls] == [launch.BACKWARD_PRECISION]
         # the start states kept for the backward, and their gradients, in the caller's precision
         assert fwd.args[0][11].dtype == bwd.args[0][8].dtype == dtype
@@ -113,6 +115,7 @@ def record_wy_run(monkeypatch, dtype, heads=2, tokens=40, **settings):
     monkeypatch.setattr(launch, "interpreting", lambda: False)
     products = Recorder()
     monkeypatch.setattr(state_products, "_state_products", products)
+    monkeypatch.setattr(state_products, "interpreting", lambda: False)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, tokens, 128, generator=gen).to(dtype).requires_grad_() for _ in range(3))
     gates = {n: torch.rand(1, heads, tokens, generator=gen).to(dtype) for n in ("eta", "alpha", "beta")}
@@ -140,18 +143,22 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     assert not any("maxnreg" in c for c in prep.calls + prep_bwd.calls)
 
 
-@pytest.mark.parametrize("dtype,walk,others", [(torch.bfloat16, "bf16", "tf32"), (torch.float32, "ieee", "ieee")],
-                         ids=["bf16-inputs", "float32-inputs"])
-def test_a_levels_walk_precision_reaches_the_walks_only(monkeypatch, dtype, walk, others):
-    """`walk_precision` ("bf16") sets the tl.dot precision of the wy form's two walks for half-precision
-    inputs on a GPU, and nothing else: prep and the state products keep the forward's (tf32), prep_bwd
-    BACKWARD_PRECISION; float32 inputs keep ieee everywhere."""
-    fwd, bwd, prep, prep_bwd, products = record_wy_run(monkeypatch, dtype, walk_precision="bf16")
+@pytest.mark.parametrize("dtype,setting,walk,others", [(torch.bfloat16, "tf32", "tf32", "tf32"),
+                                                        (torch.float16, "half", "fp16", "tf32"),
+                                                        (torch.float32, "half", "ieee", "ieee")],
+                         ids=["bf16-tf32", "fp16-half", "float32-half"])
+def test_a_levels_walk_precision_reaches_the_walks_only(monkeypatch, dtype, setting, walk, others):
+    """`walk_precision` sets the tl.dot precision of the wy form's two walks for half-precision inputs on a
+    GPU ("half": the inputs' own), and nothing else: prep and the state products keep the forward's
+    (tf32), prep_bwd BACKWARD_PRECISION; float32 inputs keep ieee everywhere."""
+    fwd, bwd, prep, prep_bwd, products = record_wy_run(monkeypatch, dtype, walk_precision=setting)
     assert [c["PREC"] for c in fwd.calls + bwd.calls] == [walk] * 2
     assert [c["PREC"] for c in prep.calls + products.calls] == [others] * 2
     assert [c["PREC"] for c in prep_bwd.calls] == [launch.BACKWARD_PRECISION]
+    # the state products multiply half-precision states, dY and columns as stored (exact in float32)
+    assert [c["HALF"] for c in products.calls] == [dtype != torch.float32]
     # the walks' rows and warps are those of the forward's precision
-    assert [c["BV"] for c in fwd.calls] == [launch.WALK_ROWS if dtype == torch.bfloat16 else launch.GPU_ROWS]
+    assert [c["BV"] for c in fwd.calls] == [launch.WALK_ROWS if dtype != torch.float32 else launch.GPU_ROWS]
 
 
 @pytest.mark.parametrize("tile,walk_rows,tile_warps,capped", [(16, 64, 4, False), (32, 32, 8, True), (64, 16, 8, True)])

@@ -224,23 +224,41 @@ def tf32_truncated(x):
 
 
 def emulate_tensor_cores(monkeypatch) -> None:
-    """Under the Triton interpreter, tl.dot in tf32 as a GPU computes it: each float32 operand read as
-    tf32 by truncation, and the launchers choosing tf32 for half-precision callers as they do on a GPU. The interpreter's own tl.dot
-    ignores the precision (exact float32), which hides what tf32 does to a carried state."""
+    """Under the Triton interpreter, tl.dot as a GPU's tensor cores compute it: in tf32 each float32
+    operand read as tf32 by truncation; bf16 and fp16 operands multiplied exactly and accumulated in
+    float32 (the interpreter multiplies bf16's bits as integers); float32 rounded to bf16 to the nearest
+    (the interpreter truncates, an error of one sign); and the launchers choosing tf32 for
+    half-precision callers as they do on a GPU. The interpreter's own tl.dot ignores the precision
+    (exact float32), which hides what tf32 does to a carried state."""
     import numpy as np
+    import triton.language as tl
     import triton.runtime.interpreter as interpreter
     from triton._C.libtriton import ir
 
     from nldsl.runtime.triton import launch
 
     exact = interpreter.InterpreterBuilder.create_dot
+    truncating = interpreter.InterpreterBuilder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            rounded = torch.from_numpy(np.array(src.data, dtype=np.float32)).to(torch.bfloat16)
+            return interpreter.TensorHandle(rounded.view(torch.int16).numpy().view(np.uint16), tl.bfloat16)
+        return truncating(self, src, dst_type)
+
+    def as_float32(data):   # the interpreter keeps bf16 as its bits, in uint16
+        return (data.astype(np.uint32) << 16).view(np.float32) if data.dtype == np.uint16 else data.astype(np.float32)
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        if a.data.dtype != np.float32 or input_precision == ir.INPUT_PRECISION.IEEE:
+        if a.data.dtype in (np.uint16, np.float16):
+            out = np.matmul(as_float32(a.data), as_float32(b.data))
+        elif a.data.dtype != np.float32 or input_precision == ir.INPUT_PRECISION.IEEE:
             return exact(self, a, b, d, input_precision, max_num_imprecise_acc)
-        out = np.matmul(tf32_truncated(a.data), tf32_truncated(b.data))
+        else:
+            out = np.matmul(tf32_truncated(a.data), tf32_truncated(b.data))
         return interpreter.TensorHandle(out.astype(np.float32) + d.data, d.dtype.scalar)
 
     monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", cast_impl)
     gpu_precision = lambda dtype: "ieee" if dtype in (torch.float32, torch.float64) else "tf32"  # noqa: E731
     monkeypatch.setattr(launch.LevelKernels, "precision", staticmethod(gpu_precision))
