@@ -88,6 +88,9 @@ TILE_FLOATS_BWD = 512
 # to 15% (1 x 16384) faster than one (sm_90 compile report: 1 KB more shared memory, 20 bytes more
 # spilled), and three (every kernel, bf16 walks) 8% and 22% faster than two.
 WALK_STAGES = 3
+# prep pipelines two: on an H100 its loads of keys and values overlapped, 0.285 ms instead of 0.342 at
+# 8 x 2048 (prep_bwd, at two, took 1.95 ms instead of 1.86, so it keeps one).
+PREP_STAGES = 2
 # For half-precision inputs the wy form's walks multiply in the inputs' own precision ("half": the state
 # and the columns rounded to bf16 or fp16 for each product, accumulated in float32, as flash-linear-
 # attention multiplies its chunk states); "tf32" keeps them at the forward's. On an H100 (Gated DeltaNet,
@@ -240,11 +243,14 @@ class LevelKernels:
             return full
         return min(full, max(16, (TILE_FLOATS_BWD if backward else TILE_FLOATS) // tile))
 
-    def tile_options(self, tile: int) -> dict:
+    def tile_options(self, tile: int, backward: bool = False) -> dict:
         """Launch options of the wy form's tile-parallel kernels for tiles of `tile` tokens (TILE_WARPS,
-        TILE_WARPS_WIDE; `warps` where the level sets it)."""
+        TILE_WARPS_WIDE; `warps` where the level sets it); prep pipelines PREP_STAGES stages."""
         wide = tile > 16
-        return self.launch_options(TILE_WARPS_WIDE if wide else TILE_WARPS, walk=wide)
+        options = self.launch_options(TILE_WARPS_WIDE if wide else TILE_WARPS, walk=wide)
+        if options and not backward and self.stages is None:
+            options["num_stages"] = PREP_STAGES
+        return options
 
     @staticmethod
     def tiles_per_program(n_tiles: int) -> int:
@@ -418,7 +424,7 @@ class LevelKernels:
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
             q, k, v, eta, alpha, beta, dy, columns, dcolumns, *products, *grads, tokens, n_tiles,
             BB=self.columns_per_block(tile, backward=True),
-            TILES=per_program, PREC=self.backward_precision, **extra, **self.tile_options(tile))
+            TILES=per_program, PREC=self.backward_precision, **extra, **self.tile_options(tile, backward=True))
         self.launches["bwd"] += 1
         return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))
 

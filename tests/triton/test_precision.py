@@ -141,6 +141,8 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     assert [c["C"] for c in prep.calls] == [16] and launch.TILE_FLOATS // 16 == 128 and launch.TILE_FLOATS_BWD // 16 == 32
     assert [(c["BB"], c["num_warps"]) for c in prep.calls + prep_bwd.calls] == [(128, launch.TILE_WARPS), (32, launch.TILE_WARPS)]
     assert not any("maxnreg" in c for c in prep.calls + prep_bwd.calls)
+    # prep pipelines PREP_STAGES stages, prep_bwd one
+    assert [c["num_stages"] for c in prep.calls + prep_bwd.calls] == [launch.PREP_STAGES, 1] == [2, 1]
 
 
 @pytest.mark.parametrize("dtype,setting,walk,others", [(torch.bfloat16, "tf32", "tf32", "tf32"),
