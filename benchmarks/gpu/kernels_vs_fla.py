@@ -200,7 +200,9 @@ def main() -> int:
     ap.add_argument("--shapes", default=None, help="B×T pairs to run, e.g. 8x2048,1x16384 (default: both)")
     ap.add_argument("--modes", default="fwd,fwd+bwd", help="what to time: fwd, fwd+bwd or both (default)")
     ap.add_argument("--tile", default=None, help="tokens per tile to try, e.g. 16,32 (default: the level's)")
-    ap.add_argument("--stages", default=None, help="software-pipelining stages to try, e.g. 1,2 (default: 1)")
+    ap.add_argument("--stages", default=None,
+                    help="software-pipelining stages of every kernel to try, e.g. default,2 (default: the "
+                         "level's, WALK_STAGES and PREP_STAGES)")
     ap.add_argument("--block-v", default=None,
                     help="rows of W per program to try, e.g. 16,32 (default: the level's; printed as rows "
                          "forward walk / other kernels)")
@@ -262,7 +264,7 @@ def main() -> int:
                        "dtype": str(dtype).replace("torch.", ""), "device": name,
                        "tile": kernels.wy_tile(), "block_v": kernels.rows_per_program(),
                        "walk_rows": kernels.rows_per_program(walk=gpu, heads=batch * heads, device=device),
-                       "stages": kernels.stages or 1, "warps": kernels.warps,
+                       "stages": kernels.stages or "default", "warps": kernels.warps,
                        "tile_columns": kernels.columns_per_block(kernels.wy_tile()), "backward_precision": kernels.backward_precision,
                        "walk_precision": kernels.walk_precision_of(kernels.precision(dtype), dtype), **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
