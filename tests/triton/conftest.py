@@ -34,6 +34,15 @@ def private_kernel_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def gpu_rounding(monkeypatch):
+    """Under the interpreter, float32 converted to bf16 rounds to the nearest as on a GPU (the
+    interpreter truncates; triton_testkit.round_bf16_to_nearest)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from triton_testkit import round_bf16_to_nearest
+        round_bf16_to_nearest(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
 def fresh_fallback_warnings(monkeypatch):
     """Each test sees the triton backend's fallback warnings anew (given once per level and reason)."""
     from nldsl.runtime.triton import backend

@@ -3,7 +3,8 @@ float32 inside the kernels) against the float64 reference, within the bf16 ratio
 §6, at head width 32 to 64 and 77 to 100 tokens. The reference sees the same bf16-rounded inputs, so
 what is measured is the kernels' arithmetic, not the rounding of their inputs. Without a GPU the same
 cases run in bf16 at tiny sizes under the interpreter (its bf16 tl.dot is wrong, but the kernels convert
-bf16 inputs to float32 as they load them, so none runs), which keeps this file's logic and the kernels'
+bf16 inputs to float32 as they load them, so none runs; its conversions to bf16 round to the nearest, as a
+GPU's do: conftest.py), which keeps this file's logic and the kernels'
 bf16 inputs and outputs tested everywhere. And whole compiled models under bf16 autocast (CUDA, or the CPU's
 autocast under the interpreter), where the triton backend must be no less accurate than the chunked
 PyTorch path under the same autocast."""

@@ -92,11 +92,11 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
         assert [c["PREC"] for c in prep_bwd.calls] == [launch.BACKWARD_PRECISION]
         # the start states kept for the backward, and their gradients, in the caller's precision
         assert fwd.args[0][11].dtype == bwd.args[0][8].dtype == dtype
-        # the terms the walks stream: u (it enters y) and the gates' products in float32, w and kend in the
-        # caller's precision
+        # the terms the walks stream, u, w and kend, in the caller's precision; aq and the gates' products
+        # in float32
         u, w, kend, aq, gq, gend = prep.args[0][6:12]
-        assert [t.dtype for t in (w, kend)] == [dtype] * 2
-        assert [t.dtype for t in (u, aq, gq, gend)] == [torch.float32] * 4
+        assert [t.dtype for t in (u, w, kend)] == [dtype] * 3
+        assert [t.dtype for t in (aq, gq, gend)] == [torch.float32] * 3
     # y in the caller's dtype, as the kernels store it
     y_index = 8 if prep is not None else (9 if cfg.family == "linear" else 12)
     assert fwd.args[0][y_index].shape == (batch, heads, tokens, 16)

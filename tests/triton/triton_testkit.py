@@ -223,6 +223,25 @@ def tf32_truncated(x):
     return (np.asarray(x, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
 
 
+def round_bf16_to_nearest(monkeypatch) -> None:
+    """Under the Triton interpreter, float32 converted to bf16 rounds to the nearest, as a GPU's
+    conversion does (the interpreter truncates: an error of one sign, which a stored term or state that
+    is read back accumulates)."""
+    import numpy as np
+    import triton.language as tl
+    import triton.runtime.interpreter as interpreter
+
+    truncating = interpreter.InterpreterBuilder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            rounded = torch.from_numpy(np.array(src.data, dtype=np.float32)).to(torch.bfloat16)
+            return interpreter.TensorHandle(rounded.view(torch.int16).numpy().view(np.uint16), tl.bfloat16)
+        return truncating(self, src, dst_type)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", cast_impl)
+
+
 def emulate_tensor_cores(monkeypatch) -> None:
     """Under the Triton interpreter, tl.dot as a GPU's tensor cores compute it: in tf32 each float32
     operand read as tf32 by truncation; bf16 and fp16 operands multiplied exactly and accumulated in
@@ -231,20 +250,12 @@ def emulate_tensor_cores(monkeypatch) -> None:
     half-precision callers as they do on a GPU. The interpreter's own tl.dot ignores the precision
     (exact float32), which hides what tf32 does to a carried state."""
     import numpy as np
-    import triton.language as tl
     import triton.runtime.interpreter as interpreter
     from triton._C.libtriton import ir
 
     from nldsl.runtime.triton import launch
 
     exact = interpreter.InterpreterBuilder.create_dot
-    truncating = interpreter.InterpreterBuilder.cast_impl
-
-    def cast_impl(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            rounded = torch.from_numpy(np.array(src.data, dtype=np.float32)).to(torch.bfloat16)
-            return interpreter.TensorHandle(rounded.view(torch.int16).numpy().view(np.uint16), tl.bfloat16)
-        return truncating(self, src, dst_type)
 
     def as_float32(data):   # the interpreter keeps bf16 as its bits, in uint16
         return (data.astype(np.uint32) << 16).view(np.float32) if data.dtype == np.uint16 else data.astype(np.float32)
@@ -259,6 +270,6 @@ def emulate_tensor_cores(monkeypatch) -> None:
         return interpreter.TensorHandle(out.astype(np.float32) + d.data, d.dtype.scalar)
 
     monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", cast_impl)
+    round_bf16_to_nearest(monkeypatch)
     gpu_precision = lambda dtype: "ieee" if dtype in (torch.float32, torch.float64) else "tf32"  # noqa: E731
     monkeypatch.setattr(launch.LevelKernels, "precision", staticmethod(gpu_precision))

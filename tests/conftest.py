@@ -1,0 +1,34 @@
+"""Options for the whole suite: `--shard I/N` runs the I-th (from 0) of N parts of the collected tests,
+every N-th test in collection order, so that a machine lent for a few minutes at a time (a GPU) can run
+the suite in several calls and account for each part."""
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--shard", default=None, metavar="I/N",
+                     help="run the I-th (0-based) of N parts of the collected tests: every N-th test")
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    """(I, N) of 'I/N', 0 <= I < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--shard takes I/N, e.g. 0/3; got {text!r}") from None
+    if not 0 <= index < count:
+        raise pytest.UsageError(f"--shard {text}: I must be at least 0 and less than N")
+    return index, count
+
+
+def pytest_collection_modifyitems(config, items):
+    text = config.getoption("--shard")
+    if not text:
+        return
+    index, count = shard_of(text)
+    kept = [item for position, item in enumerate(items) if position % count == index]
+    dropped = [item for position, item in enumerate(items) if position % count != index]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
