@@ -138,16 +138,21 @@ def write_json(path: str, gpu: bool, rows: list) -> None:
 
 def variants(kernels, args) -> list:
     """The level's kernels at every combination of --tile, --block-v, --stages, --backward-precision,
-    --walk-precision, --tile-columns and --warps (the level's own settings where unset or `default`)."""
+    --walk-precision, --stored-products, --tile-columns and --warps (the level's own settings where unset
+    or `default`)."""
     parse = lambda text: [None if n == "default" else int(n) for n in text.split(",")] if text else [None]  # noqa: E731
     words = lambda text, own: [None if w == "default" else w for w in text.split(",")] if text else [own]  # noqa: E731
+    stored = [{"on": True, "off": False}.get(w, kernels.stored_products)
+              for w in (args.stored_products.split(",") if args.stored_products else ["default"])]
     return [dataclasses.replace(kernels, tile=tile, block_v=block_v, stages=stage,
-                                backward_precision=prec or kernels.backward_precision, walk_precision=walk, tile_columns=cols, warps=warp,
+                                backward_precision=prec or kernels.backward_precision, walk_precision=walk,
+                                stored_products=as_stored, tile_columns=cols, warps=warp,
                                 launches={n: 0 for n in kernels.launches})
-            for tile, block_v, stage, prec, walk, cols, warp in itertools.product(
+            for tile, block_v, stage, prec, walk, as_stored, cols, warp in itertools.product(
                 parse(args.tile), parse(args.block_v), parse(args.stages),
                 words(args.backward_precision, kernels.backward_precision),
-                words(args.walk_precision, kernels.walk_precision), parse(args.tile_columns), parse(args.warps))]
+                words(args.walk_precision, kernels.walk_precision), stored, parse(args.tile_columns),
+                parse(args.warps))]
 
 
 def time_fla(x, grad: bool, flops: float, label: str, repeats: int, warmup: int) -> dict:
@@ -172,6 +177,7 @@ def row_line(row: dict, peak) -> str:
     line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} "
             f"rows {row['walk_rows']}/{row['block_v']:<3} cols {row['tile_columns']:<3} warps {row['warps'] or '-'} "
             f"stages {row['stages']} bwd {row['backward_precision']:<4} walk {row['walk_precision']:<4} "
+            f"stored {'on' if row['stored_products'] else 'off'} "
             f"generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
     if peak:
         line += f" ({100 * row['generated_share_of_peak']:.1f}% of {peak:g})"
@@ -215,6 +221,9 @@ def main() -> int:
     ap.add_argument("--walk-precision", default=None,
                     help="tl.dot precision of the wy form's walks for bf16 inputs to try, e.g. half,tf32 "
                          "(default: the level's, WALK_PRECISION)")
+    ap.add_argument("--stored-products", default=None,
+                    help="whether products of bf16 operands read from memory multiply as stored, e.g. on,off "
+                         "(default: the level's, on)")
     ap.add_argument("--no-fla", action="store_true", help="time the generated kernels only")
     ap.add_argument("--profile", action="store_true",
                     help="also print each kernel's share of a call's GPU time and the operators' CPU time (torch.profiler)")
@@ -266,7 +275,8 @@ def main() -> int:
                        "walk_rows": kernels.rows_per_program(walk=gpu, heads=batch * heads, device=device),
                        "stages": kernels.stages or "default", "warps": kernels.warps,
                        "tile_columns": kernels.columns_per_block(kernels.wy_tile()), "backward_precision": kernels.backward_precision,
-                       "walk_precision": kernels.walk_precision_of(kernels.precision(dtype), dtype), **fla}
+                       "walk_precision": kernels.walk_precision_of(kernels.precision(dtype), dtype),
+                       "stored_products": kernels.stored_products, **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
                 print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']} stages {row['stages']}: "
                       f"first call of the generated kernels "

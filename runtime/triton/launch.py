@@ -43,6 +43,12 @@ def kernel_input(t: Tensor) -> Tensor:
     return t.contiguous() if t.dtype in (torch.float32, torch.bfloat16, torch.float16) else as_f32(t)
 
 
+def shares_half_dtype(*tensors: Tensor) -> bool:
+    """Whether the tensors share one half-precision dtype (bf16 or fp16)."""
+    dtypes = {t.dtype for t in tensors}
+    return len(dtypes) == 1 and dtypes.pop() in (torch.bfloat16, torch.float16)
+
+
 def gate_arguments(gates: Mapping[str, Tensor], k: Tensor) -> list[Tensor]:
     """eta, alpha, beta as float32 (B, H, T), a gate the rules do not read filled with its neutral value."""
     batch, heads, tokens = k.shape[:3]
@@ -181,6 +187,7 @@ class LevelKernels:
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
     backward_precision: str = BACKWARD_PRECISION  # tl.dot precision of the backward kernels but the wy walk
+    stored_products: bool = True  # wy form: products of half-precision operands read from memory as stored
     walk_precision: Optional[str] = None  # wy form: the walks' tl.dot precision for half-precision inputs
                                           # ("half" or "tf32"; None: WALK_PRECISION)
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0})
@@ -221,6 +228,13 @@ class LevelKernels:
         if options and self.prep is not None and self.stages is None:
             options["num_stages"] = WALK_STAGES
         return rows, options
+
+    def multiplies_as_stored(self, *tensors: Tensor) -> bool:
+        """Whether the wy form's products of two operands read from memory (q kᵀ, k kᵀ, dY Eᵀ, the
+        state products) multiply them as stored (`stored_products`): on a GPU, where the tensors share a
+        half-precision dtype, whose products float32 holds exactly (the sums of float32 but for their
+        order, on tensor cores at full rate). The interpreter's bf16 tl.dot is wrong: there they convert."""
+        return self.stored_products and not interpreting() and shares_half_dtype(*tensors)
 
     def walk_precision_of(self, prec: str, dtype: torch.dtype) -> str:
         """The wy form's walks' tl.dot precision for a forward at `prec` on inputs of `dtype`: for
@@ -362,7 +376,8 @@ class LevelKernels:
         per_program = self.tiles_per_program(n_tiles)
         grid = (-(-n_tiles // per_program), batch * heads)
         self.prep[grid](q, k, v, eta, alpha, beta, *terms, tokens, n_tiles, BB=self.columns_per_block(tile),
-                        TILES=per_program, PREC=prec, **extra, **self.tile_options(tile))
+                        TILES=per_program, PREC=prec, HALF=self.multiplies_as_stored(q, k, v), **extra,
+                        **self.tile_options(tile))
         return terms
 
     def launch_bwd(self, position: int, saved, dy, dtheta1, danchor1, dmom1, prec: str = "ieee"):
@@ -415,7 +430,10 @@ class LevelKernels:
             BT=extra["BT"], PREC=self.walk_precision_of(prec, q.dtype), **options)
         from .state_products import state_products   # imports Triton
 
-        products = state_products(self.columns, tile, starts, dstarts, dy, columns, dcolumns, prec)
+        # the products of stored operands in their own half precision where they share it (the columns
+        # only where the level has them: else one-element stand-ins)
+        half = self.multiplies_as_stored(q, k, v, dy, starts, *((columns, dcolumns) if self.columns else ()))
+        products = state_products(self.columns, tile, starts, dstarts, dy, columns, dcolumns, prec, half)
         # written in full for every token, each element once: dq, dk, dv in the dtype of q, k, v (no
         # conversion after the kernel), dv zero for a level whose update does not read v
         empty = lambda *s, like=eta: torch.empty(batch, heads, tokens, *s, dtype=like.dtype, device=k.device)  # noqa: E731
@@ -425,7 +443,8 @@ class LevelKernels:
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
             q, k, v, eta, alpha, beta, dy, columns, dcolumns, *products, *grads, tokens, n_tiles,
             BB=self.columns_per_block(tile, backward=True),
-            TILES=per_program, PREC=self.backward_precision, **extra, **self.tile_options(tile, backward=True))
+            TILES=per_program, PREC=self.backward_precision, HALF=half, **extra,
+            **self.tile_options(tile, backward=True))
         self.launches["bwd"] += 1
         return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))
 

@@ -92,24 +92,17 @@ def _state_products(
     tl.store(dgend + (i_k * tl.num_programs(2) + i_bh) * n_tiles + j, tl.sum(acc_g, axis=0))
 
 
-def multiplies_in_half(starts: Tensor, dy: Tensor, e: Tensor, de: Tensor) -> bool:
-    """Whether _state_products multiplies its operands as stored: on a GPU, where the states, dY and the
-    columns share one half-precision dtype, whose products float32 holds exactly, as tf32 products of
-    the same values would be (the interpreter's bf16 tl.dot is wrong, so it converts to float32)."""
-    dtypes = {starts.dtype, dy.dtype} | ({e.dtype, de.dtype} if e.numel() > 1 else set())
-    return not interpreting() and len(dtypes) == 1 and starts.dtype in (torch.bfloat16, torch.float16)
-
-
 def _block(n: int) -> int:
     return _pow2(n) if interpreting() else min(_pow2(n), BLOCK)
 
 
 def state_products(columns: str, tile: int, starts: Tensor, dstarts: Tensor, dy: Tensor, e: Tensor, de: Tensor,
-                   prec: str) -> StateProducts:
+                   prec: str, half: bool = False) -> StateProducts:
     """`columns` says what E is made of: 'u' (U), 'w' (Wm W_startᵀ), 'uw' (both) or '' (no E); `tile` is
     C. starts, dstarts: (B, H, tiles, dv, dk); dy (B, H, T, dv); e, de (B, H, tiles * C, dv), as the walks
     stored them; `prec` tl.dot's input precision (tf32 only for half-precision states, which tf32 holds
-    exactly)."""
+    exactly); `half`: the operands share a half-precision dtype and multiply as stored, on a GPU only
+    (LevelKernels.multiplies_as_stored)."""
     b, h, n, dv, dk = starts.shape
     bk, bv = _block(dk), _block(dv)
     n_k = -(-dk // bk)
@@ -120,9 +113,8 @@ def state_products(columns: str, tile: int, starts: Tensor, dstarts: Tensor, dy:
     dwm = out() if "w" in columns else unused
     dgend = torch.empty(n_k, b, h, n, dtype=torch.float32, device=starts.device)
     options = {} if interpreting() else {"num_warps": 8, "num_stages": 2}
-    half = starts.dtype in (torch.bfloat16, torch.float16)
     _state_products[(n_k, n, b * h)](
         starts, dstarts, dy.contiguous(), e, de, dyp, dkend, dwm, dgend, dy.shape[2], n,
         DV=dv, DK=dk, C=tile, BV=bv, BK=bk, HAS_E=bool(columns), HAS_W="w" in columns,
-        PREC=prec if half else "ieee", HALF=multiplies_in_half(starts, dy, e, de), **options)
+        PREC=prec if starts.dtype in (torch.bfloat16, torch.float16) else "ieee", HALF=half, **options)
     return StateProducts(dyp, dkend, dwm, dgend.sum(0))

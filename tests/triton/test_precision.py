@@ -103,19 +103,19 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
     assert fwd.args[0][y_index].dtype == (dtype if cfg.family == "linear" else torch.float32)
 
 
-def record_wy_run(monkeypatch, dtype, heads=2, tokens=40, **settings):
-    """The launches of Gated DeltaNet's wy kernels (width 128) for a forward and backward "on a GPU":
-    (fwd, bwd, prep, prep_bwd) recorders, the level's `settings` replaced."""
+def record_wy_run(monkeypatch, dtype, heads=2, tokens=40, interpreted=False, **settings):
+    """The launches of Gated DeltaNet's wy kernels (width 128) for a forward and backward "on a GPU"
+    (or under the interpreter): (fwd, bwd, prep, prep_bwd, state products) recorders, the level's
+    `settings` replaced."""
     cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
     found, reason = kernels_for(cfg, standard_objective("l2"), "prec.walk")
     assert found is not None and found.prep is not None, reason
     recorders = fwd, bwd, prep, prep_bwd = Recorder(), Recorder(), Recorder(), Recorder()
     kernels = dataclasses.replace(found, fwd=fwd, bwd=bwd, prep=prep, prep_bwd=prep_bwd,
                                   launches={n: 0 for n in found.launches}, **settings)
-    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    monkeypatch.setattr(launch, "interpreting", lambda: interpreted)
     products = Recorder()
     monkeypatch.setattr(state_products, "_state_products", products)
-    monkeypatch.setattr(state_products, "interpreting", lambda: False)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, tokens, 128, generator=gen).to(dtype).requires_grad_() for _ in range(3))
     gates = {n: torch.rand(1, heads, tokens, generator=gen).to(dtype) for n in ("eta", "alpha", "beta")}
@@ -157,10 +157,30 @@ def test_a_levels_walk_precision_reaches_the_walks_only(monkeypatch, dtype, sett
     assert [c["PREC"] for c in fwd.calls + bwd.calls] == [walk] * 2
     assert [c["PREC"] for c in prep.calls + products.calls] == [others] * 2
     assert [c["PREC"] for c in prep_bwd.calls] == [launch.BACKWARD_PRECISION]
-    # the state products multiply half-precision states, dY and columns as stored (exact in float32)
-    assert [c["HALF"] for c in products.calls] == [dtype != torch.float32]
+    # prep, the state products and prep_bwd multiply half-precision operands read from memory as stored
+    assert [c["HALF"] for c in prep.calls + products.calls + prep_bwd.calls] == [dtype != torch.float32] * 3
     # the walks' rows and warps are those of the forward's precision
     assert [c["BV"] for c in fwd.calls] == [launch.WALK_ROWS if dtype != torch.float32 else launch.GPU_ROWS]
+
+
+@pytest.mark.parametrize("dtypes,half", [((torch.bfloat16,) * 3, True), ((torch.float16,) * 3, True),
+                                         ((torch.bfloat16, torch.float32, torch.bfloat16), False),
+                                         ((torch.float32,) * 3, False)], ids=["bf16", "fp16", "mixed", "float32"])
+def test_operands_multiply_as_stored_only_when_they_share_a_half_dtype(dtypes, half):
+    """bf16 or fp16 values multiply exactly into float32, so operands that share that dtype need no
+    conversion; one float32 operand would lose bits rounded to half."""
+    assert launch.shares_half_dtype(*(torch.zeros(4, dtype=d) for d in dtypes)) == half
+
+
+@pytest.mark.parametrize("setting,interpreted,half", [(True, False, True), (False, False, False), (True, True, False)],
+                         ids=["gpu", "switched-off", "interpreted"])
+def test_stored_products_are_a_gpu_setting_of_the_level(monkeypatch, setting, interpreted, half):
+    """On a GPU the wy form's tile-parallel kernels and state products multiply bf16 operands as stored
+    unless the level switches it off (`stored_products`); the interpreter's bf16 tl.dot is wrong, so never
+    there."""
+    _, _, prep, prep_bwd, products = record_wy_run(monkeypatch, torch.bfloat16, interpreted=interpreted,
+                                                  stored_products=setting)
+    assert [c["HALF"] for c in prep.calls + products.calls + prep_bwd.calls] == [half] * 3
 
 
 @pytest.mark.parametrize("tile,walk_rows,tile_warps,capped", [(16, 64, 4, False), (32, 32, 8, True), (64, 16, 8, True)])

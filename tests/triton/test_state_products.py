@@ -76,21 +76,3 @@ def test_half_precision_states_give_half_precision_products():
     for name in ("dyp", "dkend", "dwm"):
         close(getattr(got, name), want[name], name, bound=1e-2)
 
-
-@pytest.mark.parametrize("dtypes,columns,half", [
-    ((torch.bfloat16,) * 4, True, True), ((torch.float16,) * 4, True, True),
-    ((torch.bfloat16, torch.float32, torch.bfloat16, torch.bfloat16), True, False),
-    ((torch.bfloat16, torch.bfloat16, torch.float32, torch.float32), True, False),
-    ((torch.bfloat16, torch.bfloat16, torch.float32, torch.float32), False, True),
-    ((torch.float32,) * 4, True, False)],
-    ids=["bf16", "fp16", "float32-dy", "float32-columns", "no-columns", "float32"])
-def test_products_multiply_as_stored_only_when_every_operand_shares_a_half_dtype(monkeypatch, dtypes, columns, half):
-    """On a GPU half-precision operands multiply as stored (exact in float32) when the states, dY and the
-    columns share their dtype; a float32 dY or float32 columns would lose bits rounded to half. A level
-    without columns passes one-element stand-ins, whose dtype does not count. The interpreter never does."""
-    monkeypatch.setattr(sp, "interpreting", lambda: False)
-    size = 8 if columns else 1
-    starts, dy, e, de = (torch.zeros(size, dtype=d) for d in dtypes)
-    assert sp.multiplies_in_half(starts, dy, e, de) == half
-    monkeypatch.setattr(sp, "interpreting", lambda: True)
-    assert not sp.multiplies_in_half(starts, dy, e, de)

@@ -247,7 +247,7 @@ def emulate_tensor_cores(monkeypatch) -> None:
     operand read as tf32 by truncation; bf16 and fp16 operands multiplied exactly and accumulated in
     float32 (the interpreter multiplies bf16's bits as integers); float32 rounded to bf16 to the nearest
     (the interpreter truncates, an error of one sign); and the launchers choosing tf32 for
-    half-precision callers as they do on a GPU. The interpreter's own tl.dot ignores the precision
+    half-precision callers, and bf16 operands read from memory multiplied as stored, as on a GPU. The interpreter's own tl.dot ignores the precision
     (exact float32), which hides what tf32 does to a carried state."""
     import numpy as np
     import triton.runtime.interpreter as interpreter
@@ -273,3 +273,6 @@ def emulate_tensor_cores(monkeypatch) -> None:
     round_bf16_to_nearest(monkeypatch)
     gpu_precision = lambda dtype: "ieee" if dtype in (torch.float32, torch.float64) else "tf32"  # noqa: E731
     monkeypatch.setattr(launch.LevelKernels, "precision", staticmethod(gpu_precision))
+    as_stored = lambda self, *tensors: (self.stored_products and launch.shares_half_dtype(*tensors)  # noqa: E731
+                                        and tensors[0].dtype == torch.bfloat16)
+    monkeypatch.setattr(launch.LevelKernels, "multiplies_as_stored", as_stored)
