@@ -318,8 +318,10 @@ class LevelKernels:
         inputs = (kernel_input(q), kernel_input(k), kernel_input(v), *gate_args, theta0, anchor0, mom0)
         fn = StepFunction if self.uses_step(tokens) else ChunkFunction
         y, theta1, anchor1, mom1 = fn.apply(self, cfg, objective, start.position, self.precision(dtype), *inputs)
-        state = MemoryState({"W": theta1.to(dtype)}, {"W": anchor1.to(dtype)},
-                            {"W": mom1.to(dtype)} if cfg.has_momentum else None, start.position + tokens)
+        theta = theta1.to(dtype)
+        anchor = theta if self.prep is not None else anchor1.to(dtype)   # the wy form's anchor is its state
+        state = MemoryState({"W": theta}, {"W": anchor}, {"W": mom1.to(dtype)} if cfg.has_momentum else None,
+                            start.position + tokens)
         return y.to(dtype), state
 
     # ---------------------------------------------------------------- launches (float32 contiguous tensors)
@@ -446,7 +448,7 @@ class LevelKernels:
             TILES=per_program, PREC=self.backward_precision, HALF=half, **extra,
             **self.tile_options(tile, backward=True))
         self.launches["bwd"] += 1
-        return (*grads, dtheta0, torch.zeros_like(dtheta0), torch.zeros_like(dtheta0))
+        return (*grads, dtheta0, None, None)   # the start anchor and momentum: not read by the wy form
 
     def launch_step(self, position: int, q, k, v, eta, alpha, beta, theta0, anchor0, mom0):
         batch, heads, tokens, _ = k.shape

@@ -180,6 +180,16 @@ def test_kernels_with_the_gpus_launch_settings(monkeypatch, rules, objective, ch
     compare(run_reference(case), run_path(case, "triton", lk), "GPU launch settings", limit=FLOAT32_RATIO)
 
 
+def test_the_wy_forms_anchor_is_its_state_as_on_the_chunked_path():
+    """The wy form reads at the current state: the anchor it returns is its state, one tensor (converted
+    once), as the chunked path returns it."""
+    cfg = linear(["retain", ("gd", "current")], chunk=1)
+    case = Case(cfg, objective_of("l2"), tokens=20, position=3, seed=4)
+    for path, lk in (("chunked", None), ("triton", kernels(cfg, objective_of("l2"), "tests.anchor"))):
+        run = run_path(case, path, lk)
+        assert run.state.anchor["W"] is run.state.params["W"], path
+
+
 def test_wy_tiles_of_free_size_give_the_same_result():
     cfg = linear(["retain", ("gd", "current")], chunk=1)
     lk = kernels(cfg, objective_of("l2"), "tests.tiles")
