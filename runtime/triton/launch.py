@@ -49,10 +49,12 @@ def shares_half_dtype(*tensors: Tensor) -> bool:
     return len(dtypes) == 1 and dtypes.pop() in (torch.bfloat16, torch.float16)
 
 
-def gate_arguments(gates: Mapping[str, Tensor], k: Tensor) -> list[Tensor]:
-    """eta, alpha, beta as float32 (B, H, T), a gate the rules do not read filled with its neutral value."""
+def gate_arguments(gates: Mapping[str, Tensor], k: Tensor, convert=as_f32) -> list[Tensor]:
+    """eta, alpha, beta (B, H, T) as `convert` makes them (float32; kernel_input keeps a half-precision
+    gate as it is, for kernels that convert as they load and whose backward needs no float32 copy), a
+    gate the rules do not read filled with its neutral value."""
     batch, heads, tokens = k.shape[:3]
-    return [as_f32(gates[name]) if gates.get(name) is not None
+    return [convert(gates[name]) if gates.get(name) is not None
             else torch.full((batch, heads, tokens), GATE_FILL[name], dtype=torch.float32, device=k.device)
             for name in GATES]
 
@@ -311,7 +313,7 @@ class LevelKernels:
 
         batch, heads, tokens, _ = k.shape
         dtype = v.dtype
-        gate_args = gate_arguments(gates, k)
+        gate_args = gate_arguments(gates, k, convert=kernel_input)   # converted as the kernels load them
         theta0 = as_f32(start.params["W"])
         anchor0 = as_f32(start.anchor["W"])
         mom0 = as_f32(start.momentum["W"]) if cfg.has_momentum else torch.zeros_like(theta0)
@@ -436,11 +438,13 @@ class LevelKernels:
         # only where the level has them: else one-element stand-ins)
         half = self.multiplies_as_stored(q, k, v, dy, starts, *((columns, dcolumns) if self.columns else ()))
         products = state_products(self.columns, tile, starts, dstarts, dy, columns, dcolumns, prec, half)
-        # written in full for every token, each element once: dq, dk, dv in the dtype of q, k, v (no
-        # conversion after the kernel), dv zero for a level whose update does not read v
+        # written in full for every token, each element once: dq, dk, dv and the gates' gradients in the
+        # dtypes of q, k, v and the gates (no conversion after the kernel), dv zero for a level whose
+        # update does not read v
         empty = lambda *s, like=eta: torch.empty(batch, heads, tokens, *s, dtype=like.dtype, device=k.device)  # noqa: E731
         dv = empty(self.dv, like=v) if "u" in self.columns else torch.zeros_like(v)
-        grads = (empty(self.dk, like=q), empty(self.dk, like=k), dv, empty(), empty(), empty())
+        grads = (empty(self.dk, like=q), empty(self.dk, like=k), dv, empty(like=eta), empty(like=alpha),
+                 empty(like=beta))
         per_program = self.tiles_per_program(n_tiles)
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
             q, k, v, eta, alpha, beta, dy, columns, dcolumns, *products, *grads, tokens, n_tiles,

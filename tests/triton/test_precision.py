@@ -74,7 +74,8 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
     batch, heads, tokens = 2, 2, 12
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, heads, tokens, 16, generator=gen).to(dtype).requires_grad_() for _ in range(3))
-    gates = {n: torch.rand(batch, heads, tokens, generator=gen).to(dtype) for n in ("eta", "alpha", "beta")}
+    gates = {n: torch.rand(batch, heads, tokens, generator=gen).to(dtype).requires_grad_()
+             for n in ("eta", "alpha", "beta")}
     y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, batch, heads))
     y.float().sum().backward()
     # the wy form's walks multiply in the inputs' own half precision (WALK_PRECISION), the rest at `expected`
@@ -83,6 +84,9 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
     # q, k, v reach the kernels in the caller's dtype (they convert as they load): no float32 copies
     first = (prep or fwd).args[0]
     assert [t.dtype for t in first[:3]] == [dtype] * 3 and q.grad.dtype == dtype
+    # so do a linear memory's gates (an MLP memory's backward recomputes with them in float32)
+    assert [t.dtype for t in first[3:6]] == [dtype if cfg.family == "linear" else torch.float32] * 3
+    assert all(g.grad.dtype == dtype for g in gates.values())
     assert (prep is not None) == (family == "wy")
     if prep is None:
         assert [c["PREC"] for c in bwd.calls] == [launch.BACKWARD_PRECISION] == ["ieee"]
