@@ -136,23 +136,30 @@ def write_json(path: str, gpu: bool, rows: list) -> None:
         json.dump({"gpu": gpu, "rows": rows}, f, indent=2)
 
 
+# The launch settings a run can sweep: LevelKernels field -> (how a value is read, what it is). Each flag
+# (--tile, --block-v, ...) takes a comma-separated list of values; `default` is the level's own setting.
+SWEEPS = {
+    "tile": (int, "tokens per tile, e.g. 16,32"),
+    "block_v": (int, "rows of W per program, e.g. 16,32 (printed as rows forward walk / other kernels)"),
+    "stages": (int, "software-pipelining stages of every kernel, e.g. default,2 (the level's: WALK_STAGES "
+                    "and PREP_STAGES)"),
+    "backward_precision": (str, "tl.dot precision of the backward kernels, e.g. ieee,tf32"),
+    "walk_precision": (str, "tl.dot precision of the wy form's walks for bf16 inputs, e.g. half,tf32 (the "
+                            "level's: WALK_PRECISION)"),
+    "stored_products": ({"on": True, "off": False}.__getitem__,
+                        "whether products of bf16 operands read from memory multiply as stored, e.g. on,off"),
+    "tile_columns": (int, "key and value columns per block of the tile-parallel kernels, e.g. 16,default"),
+    "warps": (int, "warps per program, e.g. 4,8"),
+}
+
+
 def variants(kernels, args) -> list:
-    """The level's kernels at every combination of --tile, --block-v, --stages, --backward-precision,
-    --walk-precision, --stored-products, --tile-columns and --warps (the level's own settings where unset
-    or `default`)."""
-    parse = lambda text: [None if n == "default" else int(n) for n in text.split(",")] if text else [None]  # noqa: E731
-    words = lambda text, own: [None if w == "default" else w for w in text.split(",")] if text else [own]  # noqa: E731
-    stored = [{"on": True, "off": False}.get(w, kernels.stored_products)
-              for w in (args.stored_products.split(",") if args.stored_products else ["default"])]
-    return [dataclasses.replace(kernels, tile=tile, block_v=block_v, stages=stage,
-                                backward_precision=prec or kernels.backward_precision, walk_precision=walk,
-                                stored_products=as_stored, tile_columns=cols, warps=warp,
-                                launches={n: 0 for n in kernels.launches})
-            for tile, block_v, stage, prec, walk, as_stored, cols, warp in itertools.product(
-                parse(args.tile), parse(args.block_v), parse(args.stages),
-                words(args.backward_precision, kernels.backward_precision),
-                words(args.walk_precision, kernels.walk_precision), stored, parse(args.tile_columns),
-                parse(args.warps))]
+    """The level's kernels at every combination of the SWEEPS flags' values."""
+    choices = [[getattr(kernels, field) if word == "default" else read(word)
+                for word in (getattr(args, field) or "default").split(",")]
+               for field, (read, _) in SWEEPS.items()]
+    return [dataclasses.replace(kernels, **dict(zip(SWEEPS, values)), launches={n: 0 for n in kernels.launches})
+            for values in itertools.product(*choices)]
 
 
 def time_fla(x, grad: bool, flops: float, label: str, repeats: int, warmup: int) -> dict:
@@ -205,25 +212,9 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--shapes", default=None, help="B×T pairs to run, e.g. 8x2048,1x16384 (default: both)")
     ap.add_argument("--modes", default="fwd,fwd+bwd", help="what to time: fwd, fwd+bwd or both (default)")
-    ap.add_argument("--tile", default=None, help="tokens per tile to try, e.g. 16,32 (default: the level's)")
-    ap.add_argument("--stages", default=None,
-                    help="software-pipelining stages of every kernel to try, e.g. default,2 (default: the "
-                         "level's, WALK_STAGES and PREP_STAGES)")
-    ap.add_argument("--block-v", default=None,
-                    help="rows of W per program to try, e.g. 16,32 (default: the level's; printed as rows "
-                         "forward walk / other kernels)")
-    ap.add_argument("--tile-columns", default=None,
-                    help="key and value columns per block of the tile-parallel kernels to try, e.g. 16,default "
-                         "(default: the level's)")
-    ap.add_argument("--warps", default=None, help="warps per program to try, e.g. 4,8 (default: the level's)")
-    ap.add_argument("--backward-precision", default=None,
-                    help="tl.dot precision of the backward kernels to try, e.g. ieee,tf32 (default: the level's)")
-    ap.add_argument("--walk-precision", default=None,
-                    help="tl.dot precision of the wy form's walks for bf16 inputs to try, e.g. half,tf32 "
-                         "(default: the level's, WALK_PRECISION)")
-    ap.add_argument("--stored-products", default=None,
-                    help="whether products of bf16 operands read from memory multiply as stored, e.g. on,off "
-                         "(default: the level's, on)")
+    for field, (_, what) in SWEEPS.items():
+        ap.add_argument("--" + field.replace("_", "-"), default=None, help=f"{what}: the values to try "
+                        "(default: the level's)")
     ap.add_argument("--no-fla", action="store_true", help="time the generated kernels only")
     ap.add_argument("--profile", action="store_true",
                     help="also print each kernel's share of a call's GPU time and the operators' CPU time (torch.profiler)")
