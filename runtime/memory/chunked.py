@@ -6,8 +6,9 @@ Three forms (`chunk_form` names the one a config gets, with the reason, for the 
   multiples of C (a state carried in mid-chunk starts with a short tile). All gradients of a tile are
   taken at once at the anchor; retention, momentum and delta/dgd transitions are solved by scan.py;
   reads at in-chunk states go through the dual form (no per-token weights). For a linear memory with
-  an affine gradient and no transition, small chunks run as affine maps of their start states
-  (dual_affine.py): one product per chunk in the loop, everything else for all chunks at once.
+  no transition, whole chunks run leaner (dual_linear.py): what does not depend on the start state
+  is computed for all chunks at once, and with an affine gradient small chunks run as affine maps of
+  their start states, one product per chunk in the loop.
 - 'wy' (C = 1, linear memory, no momentum, gradient affine in W or no gradient): gradients at the
   previous or the current state are linear in W, so each token is W_{t-1}(a I + p k^T) + w k^T and tiles
   of any size (`tile`) are exact.

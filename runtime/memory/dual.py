@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor
 
-from . import dual_affine
+from . import dual_linear
 from . import functional as F
 from .coeffs import DualCoefficients, along, dual_coefficients
 from .config import MemoryConfig
@@ -83,10 +83,15 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
     prep = _prepare(cfg, group, kg, gates)
     affine = affine_coefficients(objective, cfg.dv)
     shared = all(carried.anchor[n] is carried.theta[n] for n in carried.theta)
-    if dual_affine.eligible(cfg, affine, prep.first, kg, shared):
+    linear_form = dual_linear.form(cfg, affine, prep.first, kg, shared)
+    if linear_form is not None:
         momentum = carried.momentum['W'] if carried.momentum is not None else None
-        y, weight, momentum = dual_affine.run_affine(cfg, affine, prep.first, prep.geometry, prep.gates, qg, kg,
-                                                     vg, carried.theta['W'], momentum)
+        weights = dual_linear.Weights.build(cfg, prep.first, prep.geometry, prep.gates, qg, kg, momentum is not None)
+        if linear_form == 'maps':
+            y, weight, momentum = dual_linear.run_maps(cfg, affine, weights, qg, kg, vg, carried.theta['W'], momentum)
+        else:
+            y, weight, momentum = dual_linear.run_loop(cfg, objective, weights, qg, kg, vg, carried.theta['W'],
+                                                       momentum)
         theta = {'W': weight}
         carried = _Carried(theta, theta, {'W': momentum} if momentum is not None else None,
                            carried.position + group.tokens)
