@@ -41,7 +41,7 @@ from .coeffs import DualCoefficients, _is_zero
 from .objectives import GradFn
 from .scan import Geometry, _rows
 from .state_update import state_update
-from .tape import gram, weight_rows
+from .tape import gram, plus_product, weight_rows
 
 
 # The largest chunk, as B * H * L * dk * dv (the multiply-adds of one product of the chunk's tokens with
@@ -134,8 +134,8 @@ def run_loop(cfg, objective: GradFn, w: Weights, q: Tensor, k: Tensor, v: Tensor
         delta = objective(out, products[..., 2 * length:, :] if cfg.self_target else vi)
         if read is not None:
             if mq is not None:
-                y = _plus_product(y, mq, momentum.transpose(-1, -2))
-            y = _plus_product(y, read, delta)
+                y = plus_product(y, mq, momentum.transpose(-1, -2))
+            y = plus_product(y, read, delta)
         outputs.append(y)
         if momentum is not None:
             weight, momentum = (state_update(weight, last, delta, rk, momentum, last_c),
@@ -143,12 +143,6 @@ def run_loop(cfg, objective: GradFn, w: Weights, q: Tensor, k: Tensor, v: Tensor
         else:
             weight = state_update(weight, last, delta, rk)
     return torch.stack(outputs, 2), weight, momentum
-
-
-def _plus_product(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """y + a @ b for (B, H, ...) matrices, in one batched multiply-add."""
-    flat = torch.baddbmm(y.flatten(0, 1), a.flatten(0, 1), b.flatten(0, 1))
-    return flat.view(y.shape)
 
 
 def run_maps(cfg, affine: tuple[float, float], w: Weights, q: Tensor, k: Tensor, v: Tensor,

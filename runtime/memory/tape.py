@@ -54,6 +54,11 @@ def gram(a: Tensor, b: Tensor) -> Tensor:
     return _Product.apply('rows', b, a, None)
 
 
+def plus_product(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """y + a b for (B, H, ...) matrices, in one batched multiply-add (never recorded on a tape)."""
+    return torch.baddbmm(y.flatten(0, 1), a.flatten(0, 1), b.flatten(0, 1)).view(y.shape)
+
+
 _PRODUCTS = {'rows': _rows, 'back': lambda weight, delta: _back(delta, weight)}
 
 

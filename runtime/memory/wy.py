@@ -3,23 +3,25 @@
 Every token is W_t = W_{t-1}(a_t I + p_t k_t^T) + w_t k_t^T with a, p, w known in advance (coeffs.py),
 so tiles of any size are exact. Per group of equal tiles, everything that does not depend on the state
 is computed at once: the in-tile products, the inverse of the triangular system and from it the WY/UT
-pair U = T w, Wp = T (g * p) with e = U + Wp W_0^T. The loop over tiles then costs two matmuls per tile
-(e and the end state), and the reads of all tiles run batched after the loop.
+pair U = T w, Wp = T (g * p) with e = U + Wp W_0^T, the read matrices G * (q k^T) and the scaled keys
+of the end state. The loop over tiles then costs three products per tile: W with the tile's queries
+and Wp stacked, the read, the end state (as the generated Triton walks do).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .coeffs import along, wy_coefficients
-from .functional import linear_apply
 from .config import MemoryConfig
 from .objectives import GradFn, affine_coefficients
-from .scan import Geometry, TileScan, system_inverse
+from .scan import Geometry, _rows, system_inverse
+from .state_update import state_update
+from .tape import gram, plus_product, weight_rows
 from .state import MemoryState
-from .tiles import join_groups, tile_groups, unbind_tiles
+from .tiles import join_groups, tile_groups
 
 
 def run_wy(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
@@ -41,17 +43,33 @@ def run_wy(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor
             wp = inverse @ (geometry.retention[..., :-1, 0].unsqueeze(-1) * p)
         else:
             u, wp = w, None
-        starts, columns = [], []
-        for ui, wpi, ki, tile_geometry in unbind_tiles((u, wp, kg, geometry), group.count):
-            starts.append(weight)
-            e = ui if wpi is None else ui + linear_apply(weight, wpi)
-            columns.append(e)
-            weight = TileScan(weight, ki, e, tile_geometry).end()[0]
-        scans = TileScan(torch.stack(starts, 2), kg, torch.stack(columns, 2), geometry)
-        y = scans.read(qg, mode)
+        y, weight = _walk(mode, geometry, qg, kg, u, wp, weight, retention=isinstance(co.a, Tensor))
         outputs.append(y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv))
     params = {'W': weight}
     return join_groups(outputs), MemoryState(params, dict(params), None, start.position + k.shape[2])
+
+
+def _walk(mode: str, geometry: Geometry, q: Tensor, k: Tensor, u: Tensor, wp: Optional[Tensor], weight: Tensor,
+          retention: bool) -> tuple[Tensor, Tensor]:
+    """The loop over a group's tiles (B, H, count, L, ...): per tile its columns e = u + wp W^T, its
+    reads g0 (q W^T) + (G * q k^T) e and its end state gL W + e^T (G[L] * k), one product of W with
+    the tile's queries and wp stacked. What does not depend on W (the read matrices, the scaled keys)
+    is computed for all tiles first, and each tile's reads are finished while its products are in
+    cache."""
+    length = k.shape[-2]
+    rows = _rows(geometry.retention, mode)
+    reads = rows[..., 1:] * gram(q, k)
+    last = geometry.retention[..., -1, :]
+    kend = last[..., 1:].unsqueeze(-1) * k
+    scaled = rows[..., :1] * q if retention else q
+    inputs = scaled if wp is None else torch.cat([scaled, wp], dim=-2)
+    outputs = []
+    for x, ui, read, ke, gl in zip(*(t.unbind(2) for t in (inputs, u, reads, kend, last[..., 0]))):
+        products = weight_rows(weight, x)
+        e = ui if wp is None else ui + products[..., length:, :]
+        outputs.append(plus_product(products[..., :length, :], read, e))
+        weight = state_update(weight, gl, e, ke)
+    return torch.stack(outputs, 2), weight
 
 
 def _sum_or_none(*terms):
