@@ -25,7 +25,7 @@ anchor, y = Q W^T). R, rho K and sig K are the chunk's `Weights`. Two ways to ru
   affine map of (W, S): W_end = W (gL I + X^T diag(rho) K) + cL S + O^T diag(rho) K, S_end =
   -W X^T diag(sig) K + dL S - O^T diag(sig) K, y = (g0 Q + R X) W^T + c0 Q S^T + R O. The loop is one
   product per chunk (two more with momentum); the maps cost dk x dk each, more arithmetic than the loop
-  for large chunks, so they run where operations cost more than arithmetic (`MAX_WORK`).
+  for large states, so they run where operations cost more than arithmetic (`MAX_STATE`).
 
 Autograd differentiates through both.
 """
@@ -44,15 +44,17 @@ from .state_update import state_update
 from .tape import gram, plus_product, weight_rows
 
 
-# The largest chunk, as B * H * L * dk * dv (the multiply-adds of one product of the chunk's tokens with
-# the state), that runs as affine maps, for a forward alone and for a forward that backward will follow.
-# Measured on a 2-core CPU against the general loop of dual.py, retain + momentum: at 65 K and 131 K
-# (dk 32 or 16, chunks of 16 or 32) the maps ran 1.7x to 2.5x faster, forward and forward + backward;
-# at 524 K (dk 64, chunk 16) the forward was as fast and forward + backward 11% faster; at 2.1 M (dk 64,
-# chunk 64) the forward 25% slower and forward + backward up to 21% faster (TTT-linear; Titans' rules
-# even); at 8.4 M (dk 128, chunk 64) 1.5x to 2.4x slower.
-MAX_WORK = 1 << 20
-MAX_WORK_WITH_BACKWARD = 1 << 22
+# The largest state, as B * H * dk * dv (every batch row's and head's W together), that runs as affine
+# maps, for a forward alone and for a forward that backward will follow: the maps make far fewer
+# operations than the loop and more arithmetic (dk x dk products), so they win where operations cost
+# more than arithmetic, which the state's size decides. Measured on a 2-core CPU against run_loop
+# (TTT-linear's and Titans' rules; ratio = the loop's time over the maps'): at 2 K to 8 K the maps ran
+# 1.2x to 3.5x faster (B = 2, H = 4, dk 16 or 32, chunks of 16 or 32; B = 1, H = 1 or 4, dk 32 or
+# 64), at 16 K the two were even (0.85x to 1.37x: B = 1, H = 4, dk 64; B = 1, H = 1, dk 128; B = 8,
+# H = 8, dk 16 with chunks of 64), and from 32 K the loop won (0.27x to 1.0x forward, 0.66x to 1.0x
+# forward + backward: B = 2 or 8, H = 4, dk 32 to 128).
+MAX_STATE = 1 << 13
+MAX_STATE_WITH_BACKWARD = 1 << 14
 
 
 def form(cfg, affine: Optional[tuple[float, float]], coefficients: DualCoefficients, k: Tensor,
@@ -60,14 +62,14 @@ def form(cfg, affine: Optional[tuple[float, float]], coefficients: DualCoefficie
     """How a group of chunks k (B, H, count, L, dk) runs: 'maps', 'loop', or None for the general loop
     of dual.py. Both forms here need a linear memory with a gradient, no delta/dgd transition, whole
     chunks and each chunk's anchor its start state; the maps also an affine gradient, more than one
-    chunk, and chunks small enough that the loop's operations cost more than their arithmetic."""
+    chunk, and a state small enough that the loop's operations cost more than the maps' arithmetic."""
     batch, heads, count, length, _ = k.shape
     if not (cfg.family == 'linear' and cfg.has_gradient and length == cfg.chunk and shared_anchor
             and _is_zero(coefficients.cp) and _is_zero(coefficients.cp2)):
         return None
-    work = batch * heads * length * cfg.dk * cfg.dv
-    limit = MAX_WORK_WITH_BACKWARD if torch.is_grad_enabled() else MAX_WORK
-    return 'maps' if affine is not None and count > 1 and work <= limit else 'loop'
+    state = batch * heads * cfg.dk * cfg.dv
+    limit = MAX_STATE_WITH_BACKWARD if torch.is_grad_enabled() else MAX_STATE
+    return 'maps' if affine is not None and count > 1 and state <= limit else 'loop'
 
 
 @dataclass(frozen=True)

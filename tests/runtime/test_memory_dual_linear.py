@@ -33,8 +33,8 @@ def run(cfg, objective, tokens, position, seed, use, monkeypatch):
     """Run chunked with whole chunks forced into one form (`use`) and compare it with the reference:
     outputs, final state and the gradients of every input."""
     limit = float('inf') if use == 'maps' else -1
-    monkeypatch.setattr(dual_linear, 'MAX_WORK', limit)
-    monkeypatch.setattr(dual_linear, 'MAX_WORK_WITH_BACKWARD', limit)
+    monkeypatch.setattr(dual_linear, 'MAX_STATE', limit)
+    monkeypatch.setattr(dual_linear, 'MAX_STATE_WITH_BACKWARD', limit)
     calls = []
     real_form = dual_linear.form
     monkeypatch.setattr(dual_linear, 'form', lambda *a: None if use == 'general' else real_form(*a))
@@ -108,11 +108,11 @@ def test_which_form_runs():
     assert form(MemoryConfig('linear', 3, 3, rules=(Rule('gd'),), chunk=8)) is None         # not whole chunks
     mlp = MemoryConfig(family='mlp', dk=3, dv=3, depth=2, hidden=4, rules=(Rule('gd'),), chunk=4)
     assert form(mlp) is None
-    wide = MemoryConfig('linear', 128, 128, rules=(Rule('gd'),), chunk=64)
-    big = torch.zeros(2, 4, 3, 64, 128)
-    assert form(wide, k=big) == 'loop'                                # 8.4 M: the loop is faster
-    mid = torch.zeros(2, 4, 3, 64, 64)
-    square = MemoryConfig('linear', 64, 64, rules=(Rule('gd'),), chunk=64)
-    assert form(square, k=mid) == 'maps'                              # 2.1 M with a backward to follow
+    square = MemoryConfig('linear', 64, 64, rules=(Rule('gd'),), chunk=16)
+    many = torch.zeros(2, 4, 3, 16, 64)
+    assert form(square, k=many) == 'loop'                             # 32 K values of state: the loop
+    few = torch.zeros(1, 4, 3, 16, 64)
+    assert form(square, k=few) == 'maps'                              # 16 K with a backward to follow
     with torch.no_grad():
-        assert form(square, k=mid) == 'loop'                          # ... and not for a forward alone
+        assert form(square, k=few) == 'loop'                          # ... and not for a forward alone
+        assert form(square, k=few[:, :2]) == 'maps'                   # 8 K
