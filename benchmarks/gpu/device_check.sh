@@ -4,8 +4,8 @@
 #
 #   OUT=/tmp/gpu benchmarks/gpu/device_check.sh [STEP ...]     # default: every step, in this order
 #
-# Steps: setup env report tests fla titans step suite save (suite: the rest of the test suite, not run by
-# default; report: compile_report.py with the machine's own Triton and ptxas, its log in the summary;
+# Steps: wheels setup env report tests fla titans step suite save (suite: the rest of the test suite, not
+# run by default; report: compile_report.py with the machine's own Triton and ptxas, its log in the summary;
 # REPORT_ARGS, FLA_ARGS, TITANS_ARGS and PYTEST_EXTRA pass arguments on; TESTS names the test files of
 # the tests step, tests/triton by default; SHARD=I/N runs the I-th of N parts of the tests and suite steps'
 # tests, for a suite longer than one call: tests/conftest.py).
@@ -17,6 +17,10 @@
 # come back from a lent machine), at most SAVE_PARTS (3) of them: copied to .gpu-cache/ and carried, they
 # spare the next machine the compilation of every kernel and fla's autotuning (38 s of its first forward
 # and 92 s of its first forward + backward on the H100; a cache of 34 MB after the harnesses).
+# `wheels` (never by default; run it on a machine that reaches a package index, before carrying the
+# folder) downloads into .whl/ the wheels that `setup` installs: WHEELS, what this project and its
+# benchmarks need beyond a CUDA machine's usual image (torch, triton, jinja2, click, networkx, pytest,
+# hypothesis...), for WHEEL_PYTHON (3.12) on x86-64 Linux.
 # Limits in seconds come from LIMIT_<STEP> (e.g. LIMIT_TESTS=300).
 set -u
 cd "$(dirname "$0")/../.."
@@ -62,7 +66,10 @@ step_env() {
     "$PY" -c 'import importlib.metadata as m; print(*(f"{p} {m.version(p)}" for p in ("fla-core", "titans-pytorch")))'
 }
 
-want() { if [ "$#" -eq 0 ]; then [ "$STEP" != suite ] && [ "$STEP" != save ]; else [[ " $* " == *" $STEP "* ]]; fi; }
+want() {
+    if [ "$#" -eq 0 ]; then [ "$STEP" != suite ] && [ "$STEP" != save ] && [ "$STEP" != wheels ]
+    else [[ " $* " == *" $STEP "* ]]; fi
+}
 
 step_save() {
     local parts="${SAVE_PARTS:-3}"
@@ -78,10 +85,25 @@ step_save() {
     fi
 }
 
-STEPS=(setup env report tests fla titans step suite save)
+# lark: the parser; fla-core: flash-linear-attention's kernels (kernels_vs_fla.py); titans-pytorch 0.5.5 and
+# what it imports (titans_vs_titans_pytorch.py, tests/triton/test_benchmark_mlp.py)
+WHEELS="${WHEELS:-lark interegular fla-core==0.6.0 titans-pytorch==0.5.5 assoc-scan accelerated-scan \
+axial-positional-embedding einx frozendict hyper-connections torch-einops-utils rotary-embedding-torch tensordict \
+pyvers x-transformers loguru}"
+
+step_wheels() {
+    local platforms=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64)
+    # shellcheck disable=SC2086  # WHEELS is a list of requirements
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "${WHEEL_PYTHON:-3.12}" \
+        --implementation cp "${platforms[@]/#/--platform=}" -d .whl $WHEELS \
+        && echo "wheels: $(compgen -G '.whl/*.whl' | wc -l) in .whl/, $(du -sh .whl | cut -f1)"
+}
+
+STEPS=(wheels setup env report tests fla titans step suite save)
 for STEP in "${STEPS[@]}"; do
     want "$@" || continue
     case "$STEP" in
+        wheels) echo "=== wheels" | tee -a "$LOG"; step_wheels 2>&1 | tee -a "$LOG" ;;
         setup) echo "=== setup" | tee -a "$LOG"; step_setup >>"$LOG" 2>&1; echo "=== setup: rc=$?" | tee -a "$LOG"
                export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} ;;
         env) echo "=== env" | tee -a "$LOG"; step_env 2>&1 | tee -a "$LOG" ;;
