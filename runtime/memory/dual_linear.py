@@ -62,14 +62,18 @@ def form(cfg, affine: Optional[tuple[float, float]], coefficients: DualCoefficie
     """How a group of chunks k (B, H, count, L, dk) runs: 'maps', 'loop', or None for the general loop
     of dual.py. Both forms here need a linear memory with a gradient, no delta/dgd transition, whole
     chunks and each chunk's anchor its start state; the maps also an affine gradient, more than one
-    chunk, and a state small enough that the loop's operations cost more than the maps' arithmetic."""
+    chunk, a state small enough that the loop's operations cost more than the maps' arithmetic, and
+    no autocast."""
     batch, heads, count, length, _ = k.shape
     if not (cfg.family == 'linear' and cfg.has_gradient and length == cfg.chunk and shared_anchor
             and _is_zero(coefficients.cp) and _is_zero(coefficients.cp2)):
         return None
     state = batch * heads * cfg.dk * cfg.dv
     limit = MAX_STATE_WITH_BACKWARD if torch.is_grad_enabled() else MAX_STATE
-    return 'maps' if affine is not None and count > 1 and state <= limit else 'loop'
+    # under autocast the maps would carry the state through bf16 products (W M); the loop accumulates
+    # every update in the state's own dtype
+    autocast = torch.is_autocast_enabled(k.device.type)
+    return 'maps' if affine is not None and count > 1 and state <= limit and not autocast else 'loop'
 
 
 @dataclass(frozen=True)

@@ -131,8 +131,11 @@ class _Product(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        weight, x = ctx.saved_tensors
+        saved_weight, saved_x = ctx.saved_tensors
         need_weight, need_x = ctx.needs_input_grad[1:3]
+        # the operands as the forward multiplied them (in autocast's dtype when it was on, which the
+        # incoming gradient has); the gradients go back in each input's own dtype
+        weight, x = saved_weight.to(grad.dtype), saved_x.to(grad.dtype)
         if ctx.kind == 'rows':      # z = x W^T
             g_weight = torch.matmul(grad.transpose(-1, -2), x) if need_weight else None
             g_x = torch.matmul(grad, weight) if need_x else None
@@ -140,7 +143,7 @@ class _Product(torch.autograd.Function):
             g_weight = torch.matmul(x.transpose(-1, -2), grad) if need_weight else None
             g_x = torch.matmul(grad, weight.transpose(-1, -2)) if need_x else None
         if g_weight is not None:
-            g_weight = g_weight.sum_to_size(weight.shape)
+            g_weight = g_weight.sum_to_size(weight.shape).to(saved_weight.dtype)
         if g_x is not None:
-            g_x = g_x.sum_to_size(x.shape)
+            g_x = g_x.sum_to_size(x.shape).to(saved_x.dtype)
         return None, g_weight, g_x, None

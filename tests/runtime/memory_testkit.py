@@ -9,6 +9,11 @@ from nldsl.runtime.memory import MemoryConfig, MemoryState, init_params, param_s
 
 DTYPE = torch.float64
 
+# docs/semantics.md §6: a float32 or bf16 path against the float64 reference, as RMS(x - y) / RMS(x)
+OUTPUT_RATIO = 5e-3            # outputs and states
+GATE_RATIO = 2e-2              # gradients of the gates
+ANCHOR_RATIO = 3e-2            # every other gradient, for levels with anchor gradients
+
 
 @dataclass(frozen=True)
 class Inputs:
@@ -111,3 +116,12 @@ def gradients(loss: torch.Tensor, leaves: dict[str, torch.Tensor]) -> dict[str, 
     names = list(leaves)
     grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
     return {n: (torch.zeros_like(leaves[n]) if g is None else g) for n, g in zip(names, grads)}
+
+
+def ratio(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    """RMS(x - y) / RMS(x), with an absolute floor for (near-)zero references."""
+    x, y = expected.detach().cpu().double(), actual.detach().cpu().double()
+    diff = (x - y).pow(2).mean().sqrt().item() if x.numel() else 0.0
+    if diff <= 1e-6:
+        return 0.0
+    return diff / max(x.pow(2).mean().sqrt().item(), 1e-12)
