@@ -2,7 +2,7 @@
 # Prepare a virtual environment for nlc. Idempotent: a second run only checks and returns.
 #
 #   scripts/setup.sh          # .venv + torch (if missing) + triton + `pip install -e .`
-#   scripts/setup.sh --test   # the same, plus the test extras and Debian's chromium (browser tests)
+#   scripts/setup.sh --test   # the same, plus the test and hf extras and Debian's chromium (browser tests)
 #
 # Environment:
 #   VENV         where the virtual environment lives (default: .venv in the repository root)
@@ -66,7 +66,7 @@ fi
 #    since the last successful install and the package still imports.
 extras=""
 if [ "$with_tests" = 1 ]; then
-    extras="[test]"
+    extras="[test,hf]"     # hf: transformers, so that the tests load an exported model as a user would
 fi
 stamp="$VENV/.nlc-setup-stamp"
 digest="$(cat pyproject.toml setup.py | "$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
