@@ -1,6 +1,6 @@
 # nlc: two entry points. `make demo` sets up .venv, draws the HOPE level graph and trains HOPE for a
 # few minutes on the bundled corpus; `make test` sets up
-# .venv with the test extras (and Chromium for the browser tests) and runs the test suite.
+# .venv with the test extras (and Chromium, Graphviz and Mermaid for the rendering tests) and runs the test suite.
 # The set-up itself lives in scripts/setup.sh, shared with the README and CI.
 
 VENV ?= .venv
@@ -24,8 +24,9 @@ demo: setup
 	@echo
 	@echo "loss curve: $(DEMO_RUN)/loss.png   per-level update norms: $(DEMO_RUN)/update_norms.png"
 
+# The Mermaid that setup fetched, for the test that renders the Mermaid output (unless one is named)
 test: setup-test
-	$(TEST_CMD)
+	NLC_MERMAID_JS="$${NLC_MERMAID_JS:-$$(ls $(VENV)/share/mermaid-*.min.js 2>/dev/null | head -n 1)}" $(TEST_CMD)
 
 setup:
 	VENV=$(VENV) scripts/setup.sh

@@ -2,7 +2,8 @@
 # Prepare a virtual environment for nlc. Idempotent: a second run only checks and returns.
 #
 #   scripts/setup.sh          # .venv + torch (if missing) + triton + `pip install -e .`
-#   scripts/setup.sh --test   # the same, plus the test and hf extras and Debian's chromium (browser tests)
+#   scripts/setup.sh --test   # the same, plus the test and hf extras, and what the rendering tests drive:
+#                             # Debian's chromium and graphviz, Mermaid from the npm registry
 #
 # Environment:
 #   VENV         where the virtual environment lives (default: .venv in the repository root)
@@ -27,7 +28,7 @@ with_tests=0
 for arg in "$@"; do
     case "$arg" in
         --test) with_tests=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -89,26 +90,52 @@ if [ "$up_to_date" = 0 ]; then
     printf '%s %s\n' "$digest" "$extras" > "$stamp"
 fi
 
-# 5. Chromium for the browser tests (Debian package). Without it those tests are skipped.
-install_chromium() {
+# 5. What the rendering tests drive, where it is missing: Debian's chromium (the browser tests) and
+#    graphviz (`dot` reads the DOT output back), and a pinned Mermaid from the npm registry (the browser
+#    renders the Mermaid output). Without them those tests are skipped.
+install_debian() {  # packages...
     if ! command -v apt-get >/dev/null 2>&1; then
-        say "warning: no apt-get; install Chromium yourself or the browser tests are skipped"
+        say "warning: no apt-get; install $* yourself or the tests that use them are skipped"
         return 0
     fi
     local sudo_cmd=()
     if [ "$(id -u)" != 0 ]; then
         if ! command -v sudo >/dev/null 2>&1; then
-            say "warning: not root and no sudo; cannot install chromium, the browser tests are skipped"
+            say "warning: not root and no sudo; cannot install $*, the tests that use them are skipped"
             return 0
         fi
         sudo_cmd=(sudo)
     fi
-    say "installing chromium (apt-get)"
+    say "installing $* (apt-get)"
     ${sudo_cmd[@]+"${sudo_cmd[@]}"} apt-get update
-    ${sudo_cmd[@]+"${sudo_cmd[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+    ${sudo_cmd[@]+"${sudo_cmd[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
 }
-if [ "$with_tests" = 1 ] && [ ! -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then
-    install_chromium
+MERMAID_VERSION="11.17.2"
+MERMAID_JS="$VENV/share/mermaid-$MERMAID_VERSION.min.js"
+fetch_mermaid() {
+    if ! command -v npm >/dev/null 2>&1; then
+        say "warning: no npm; the Mermaid rendering test is skipped"
+        return 0
+    fi
+    say "fetching mermaid $MERMAID_VERSION (npm registry)"
+    local work
+    work="$(mktemp -d)"
+    if (cd "$work" && npm pack --silent "mermaid@$MERMAID_VERSION" >/dev/null \
+            && tar -xzf mermaid-*.tgz package/dist/mermaid.min.js); then
+        mkdir -p "$(dirname "$MERMAID_JS")" && mv "$work/package/dist/mermaid.min.js" "$MERMAID_JS"
+    else
+        say "warning: could not fetch mermaid; the Mermaid rendering test is skipped"
+    fi
+    rm -rf "$work"
+}
+if [ "$with_tests" = 1 ]; then
+    missing=()
+    [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v dot >/dev/null 2>&1 || missing+=(graphviz)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        install_debian "${missing[@]}"
+    fi
+    [ -f "$MERMAID_JS" ] || fetch_mermaid
 fi
 
 say "ready: $VENV"
