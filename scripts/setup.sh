@@ -2,7 +2,7 @@
 # Prepare a virtual environment for nlc. Idempotent: a second run only checks and returns.
 #
 #   scripts/setup.sh          # .venv + torch (if missing) + triton + `pip install -e .`
-#   scripts/setup.sh --test   # the same, plus the test and hf extras, and what the rendering tests drive:
+#   scripts/setup.sh --test   # the same, plus the test, hf and titans extras, and what the rendering tests drive:
 #                             # Debian's chromium and graphviz, Mermaid from the npm registry
 #
 # Environment:
@@ -67,7 +67,9 @@ fi
 #    since the last successful install and the package still imports.
 extras=""
 if [ "$with_tests" = 1 ]; then
-    extras="[test,hf]"     # hf: transformers, so that the tests load an exported model as a user would
+    # hf: transformers, so that the tests load an exported model as a user would; titans: the peer that
+    # the Titans benchmark compares against, so that its harness runs end to end in the tests
+    extras="[test,hf,titans]"
 fi
 stamp="$VENV/.nlc-setup-stamp"
 digest="$(cat pyproject.toml setup.py | "$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"

@@ -69,7 +69,7 @@ def test_metadata(pyproject):
     assert "triton>=3; sys_platform == 'linux'" in project["dependencies"]
     # the parser runs Lark in strict mode, which refuses to start without interegular
     assert any(dep.startswith("lark[interegular]") for dep in project["dependencies"])
-    assert set(project["optional-dependencies"]) == {"test", "bench", "hf"}
+    assert set(project["optional-dependencies"]) == {"test", "bench", "hf", "titans"}
     assert {"slow", "triton", "browser"} <= {
         marker.split(":")[0] for marker in pyproject["tool"]["pytest"]["ini_options"]["markers"]
     }
