@@ -76,6 +76,7 @@ def main():
       nlc eval runs/hope --task ppl --memory notes.mem
       nlc export runs/hope --hf hf/hope
       nlc explain NL0302
+      nlc doctor
     """
 
 
@@ -538,6 +539,49 @@ def explain(code):
         click.echo(f"error: unknown code {code}; `nlc explain` lists them all", err=True)
         sys.exit(1)
     click.echo(f"{code}: {CODES[code]}")
+
+
+@main.command()
+@click.option("--spec", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="check this spec's model (default: a small built-in model with a delta-rule, a chunked "
+                   "linear and an MLP memory)")
+@click.option("--device", default=None, help="the device to check the backends on (default: cuda when there is one)")
+@click.option("--no-check", "no_check", is_flag=True, help="only list packages, devices and backends")
+@click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
+@guarded
+def doctor(spec, device, no_check, as_json):
+    """Report what this machine gives nlc, and check that every backend computes the same model.
+
+    Lists the packages nlc needs and the optional ones (with what each enables), the devices torch
+    sees and which backends can run on DEVICE, with the reason when one cannot (the triton backend
+    needs a CUDA device, or TRITON_INTERPRET=1 on a CPU). Then runs a model forward and backward on
+    every backend that can run, in float32, against the float64 token-by-token reference on logits
+    and every parameter's gradient, and names each memory level that falls back from the triton
+    backend, with the reason. Exits 1 when a required package is missing or a backend disagrees.
+
+    \b
+    Examples:
+      nlc doctor
+      nlc doctor --spec examples/hope.nl --device cuda
+      TRITON_INTERPRET=1 nlc doctor      # the generated kernels under the interpreter, on a CPU
+    """
+    import json
+    from pathlib import Path
+
+    from .doctor import diagnose, render_text, to_json
+
+    if spec is not None:
+        from .compiler import compile_spec
+
+        fe, files = compile_spec(spec)
+        if files is None:
+            sys.exit(_report(fe, "full") or 1)
+    findings = diagnose(Path(spec) if spec else None, device, not no_check)
+    if as_json:
+        click.echo(json.dumps(to_json(findings), indent=2))
+    else:
+        click.echo(render_text(findings, styled=sys.stdout.isatty()))
+    sys.exit(1 if any(f.bad for f in findings) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

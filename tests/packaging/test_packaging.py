@@ -79,6 +79,7 @@ def test_package_data_patterns_find_their_files(pyproject):
     data = pyproject["tool"]["setuptools"]["package-data"]
     assert list((ROOT / "nldsl" / "render").glob(data["nldsl.render"][0])) != []
     assert (ROOT / "nldsl" / "render" / "templates" / "graph.html.jinja").is_file()
+    assert [(ROOT / "nldsl" / name).is_file() for name in data["nldsl"]] == [True]
 
 
 def test_scripts_are_executable_and_sound():
@@ -131,6 +132,7 @@ def test_a_built_wheel_imports_from_outside_the_checkout(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"nldsl", "nlc-0.1.0.dist-info"}
     assert "nldsl/render/templates/graph.html.jinja" in names
+    assert "nldsl/doctor.nl" in names
     for package in packages_on_disk():
         assert f"{package.replace('.', '/')}/__init__.py" in names, package
     if (ROOT / "grammar" / "nl.lark").exists():

@@ -1,0 +1,201 @@
+"""`nlc doctor`: what this machine gives nlc, and whether every backend computes the same model here.
+
+Four sections of findings: the packages nlc needs and the optional ones (with what each one enables),
+the devices torch sees, which backends can run on the chosen device (and why not), and a check that
+runs a model (a small built-in one with a memory of each kernel family, or the user's spec) forward
+and backward on every backend that can run, against the float64 token-by-token reference. The check
+reports each memory level that falls back from the triton backend, with the reason, as its warning
+says it.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import importlib.util
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from . import __version__
+
+BUILTIN_SPEC = Path(__file__).with_name("doctor.nl")
+
+# (import name, distribution name, what needs it)
+REQUIRED = (("torch", "torch", "everything"), ("lark", "lark", "the parser"), ("networkx", "networkx", "the level graph"),
+            ("jinja2", "Jinja2", "the code generator"), ("click", "click", "the command line"),
+            ("rich", "rich", "terminal output"), ("safetensors", "safetensors", "checkpoints"),
+            ("numpy", "numpy", "data loading"), ("matplotlib", "matplotlib", "nlc plot"))
+OPTIONAL = (("triton", "triton", "the triton backend (Linux)"),
+            ("transformers", "transformers", "nlc export --hf (pip install 'nlc[hf]')"),
+            ("titans_pytorch", "titans-pytorch", "benchmarks/peer_titans.py (pip install 'nlc[titans]')"),
+            ("fla", "fla-core", "benchmarks/gpu/kernels_vs_fla.py (pip install fla-core)"),
+            ("pytest", "pytest", "the test suite (pip install 'nlc[test]')"),
+            ("hypothesis", "hypothesis", "the test suite (pip install 'nlc[test]')"))
+
+# The largest relative difference from the float64 reference a float32 backend may show: rounding
+# gives 1e-6 to 1e-5 on the built-in model; a wrong kernel or a wrong chunked form gives far more.
+TOLERANCE = 1e-3
+SMOKE_TOKENS = 40      # not a multiple of a chunk: the last one is partial
+
+
+@dataclass(frozen=True)
+class Finding:
+    section: str       # 'packages', 'devices', 'backends', 'check'
+    name: str
+    status: str        # 'ok', 'note' (optional, or informative), 'missing' (required), 'fail'
+    detail: str
+
+    @property
+    def bad(self) -> bool:
+        return self.status in ("missing", "fail")
+
+
+def _version(dist: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def packages() -> list[Finding]:
+    found = []
+    for required, table in ((True, REQUIRED), (False, OPTIONAL)):
+        for module, dist, use in table:
+            present = importlib.util.find_spec(module) is not None
+            version = _version(dist) if present else None
+            if present:
+                found.append(Finding("packages", dist, "ok", f"{version or 'installed'}: {use}"))
+            else:
+                found.append(Finding("packages", dist, "missing" if required else "note", f"not installed: {use}"))
+    return found
+
+
+def devices() -> list[Finding]:
+    import torch
+
+    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build"
+    found = [Finding("devices", "python", "ok", f"{platform.python_version()} on {platform.system()} {platform.machine()}"),
+             Finding("devices", "torch", "ok", f"{torch.__version__} ({build})"),
+             Finding("devices", "cpu", "ok", f"{torch.get_num_threads()} threads")]
+    if not torch.cuda.is_available():
+        found.append(Finding("devices", "cuda", "note", "no CUDA device" + ("" if torch.version.cuda else
+                                                                             " (this torch is a CPU build)")))
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        major, minor = torch.cuda.get_device_capability(i)
+        bf16 = "bf16" if torch.cuda.is_bf16_supported() else "no bf16"
+        found.append(Finding("devices", f"cuda:{i}", "ok", f"{torch.cuda.get_device_name(i)}, sm_{major}{minor}, {bf16}"))
+    return found
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def backends(device: str) -> tuple[list[Finding], list[str]]:
+    """Findings for each backend on `device`, and the backends that can run there."""
+    import torch
+
+    from .runtime.triton.backend import interpreting, triton_unavailable
+
+    found = [Finding("backends", "reference", "ok", "token by token in float64: the ground truth"),
+             Finding("backends", "chunked", "ok", "chunk-parallel PyTorch")]
+    runnable = ["reference", "chunked"]
+    why_not = triton_unavailable(torch.empty(0, device=device))
+    if why_not is None:
+        how = "the Triton interpreter (slow: for tests)" if interpreting() and device == "cpu" else "generated kernels"
+        found.append(Finding("backends", "triton", "ok", f"{how} on {device}"))
+        runnable.append("triton")
+    else:
+        found.append(Finding("backends", "triton", "note", f"cannot run on {device}: {why_not}"))
+    return found, runnable
+
+
+def check(spec: Path, device: str, runnable: list[str]) -> list[Finding]:
+    """The model of `spec` forward and backward on each runnable backend (float32 on `device`) against
+    the reference (float64 on the CPU): logits and every parameter's gradient."""
+    import torch
+
+    from . import load
+    from .runtime import set_backend
+    from .runtime.triton.backend import TritonFallbackWarning
+
+    torch.manual_seed(0)
+    base = load(str(spec))
+    tokens = torch.randint(0, base.vocab_size, (2, SMOKE_TOKENS), generator=torch.Generator().manual_seed(0))
+
+    def run(backend: str, dtype, on: str) -> tuple[dict, float, list[str]]:
+        model = set_backend(copy.deepcopy(base), backend).to(device=on, dtype=dtype)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TritonFallbackWarning)
+            start = time.perf_counter()
+            logits, _ = model(tokens.to(on))
+            logits.float().square().mean().backward()
+            seconds = time.perf_counter() - start
+        values = {"logits": logits.detach().double().cpu()}
+        values.update((name, p.grad.double().cpu()) for name, p in model.named_parameters() if p.grad is not None)
+        fallbacks = [str(w.message) for w in caught if issubclass(w.category, TritonFallbackWarning)]
+        return values, seconds, fallbacks
+
+    truth, seconds, _ = run("reference", torch.float64, "cpu")
+    found = [Finding("check", "reference", "ok", f"float64 on cpu, {seconds:.2f} s")]
+    for backend in runnable[1:]:
+        try:
+            got, seconds, fallbacks = run(backend, torch.float32, device)
+        except Exception as e:  # noqa: BLE001 - a backend that cannot run this model is the finding
+            found.append(Finding("check", backend, "fail", f"raised {type(e).__name__}: {e}"))
+            continue
+        name, worst = max(((n, _relative(got[n], truth[n])) for n in truth), key=lambda item: item[1])
+        status = "ok" if worst <= TOLERANCE else "fail"
+        found.append(Finding("check", backend, status, f"float32 on {device}, {seconds:.2f} s: largest difference "
+                                                       f"from the reference {worst:.1e} ({name}; at most {TOLERANCE:.0e})"))
+        found += [Finding("check", backend, "note", message) for message in dict.fromkeys(fallbacks)]
+    return found
+
+
+def _relative(got, want) -> float:
+    scale = want.abs().max().item()
+    return (got - want).abs().max().item() / scale if scale > 0 else (got - want).abs().max().item()
+
+
+def diagnose(spec: Optional[Path], device: Optional[str], run_check: bool) -> list[Finding]:
+    found = packages()
+    if any(f.bad for f in found):
+        return found
+    device = device or default_device()
+    found += devices()
+    backend_findings, runnable = backends(device)
+    found += backend_findings
+    if run_check:
+        found += check(spec or BUILTIN_SPEC, device, runnable)
+    return found
+
+
+def render_text(findings: list[Finding], styled: bool) -> str:
+    import click
+
+    colours = {"ok": "green", "note": "yellow", "missing": "red", "fail": "red"}
+    lines = [f"nlc {__version__}"]
+    section = None
+    for f in findings:
+        if f.section != section:
+            section = f.section
+            lines.append(f"{section}:")
+        status = f"{f.status:7s}"
+        if styled:
+            status = click.style(status, fg=colours[f.status])
+        lines.append(f"  {status} {f.name:14s} {f.detail}")
+    bad = sum(f.bad for f in findings)
+    lines.append("all good" if not bad else f"{bad} problem{'s' if bad > 1 else ''}")
+    return "\n".join(lines)
+
+
+def to_json(findings: list[Finding]) -> dict:
+    return {"nlc": __version__, "ok": not any(f.bad for f in findings),
+            "findings": [{"section": f.section, "name": f.name, "status": f.status, "detail": f.detail}
+                         for f in findings]}

@@ -1,0 +1,114 @@
+"""`nlc doctor`: the environment report and the check that every backend computes the same model."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from nldsl import doctor
+from nldsl.cli import main
+from nldsl.runtime import memory_level
+
+
+@pytest.fixture()
+def runner():
+    return CliRunner()
+
+
+def by_name(findings: list[dict], section: str) -> dict[str, dict]:
+    return {f["name"]: f for f in findings if f["section"] == section}
+
+
+def test_the_report_lists_packages_devices_and_backends(runner):
+    result = runner.invoke(main, ["doctor", "--no-check", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is True
+    packages = by_name(report["findings"], "packages")
+    assert {dist for _, dist, _ in doctor.REQUIRED} <= set(packages)
+    assert all(packages[dist]["status"] == "ok" for _, dist, _ in doctor.REQUIRED)
+    assert packages["torch"]["detail"].split(":")[0] == __import__("torch").__version__
+    backends = by_name(report["findings"], "backends")
+    assert backends["reference"]["status"] == backends["chunked"]["status"] == "ok"
+    assert "check" not in {f["section"] for f in report["findings"]}
+
+
+def test_the_built_in_check_runs_every_backend_against_the_reference(runner, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    result = runner.invoke(main, ["doctor", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "all good" in result.output
+    checked = [line for line in result.output.splitlines() if line.startswith("  ok      chunked") and "difference" in line]
+    assert len(checked) == 1
+    # the triton backend cannot run on a CPU without the interpreter, and says why
+    assert "TRITON_INTERPRET=1 is not set" in result.output
+
+
+def test_a_backend_that_disagrees_with_the_reference_fails_the_check(monkeypatch):
+    real = memory_level.chunked
+
+    def off_by_a_little(*args, **kwargs):
+        y, state = real(*args, **kwargs)
+        return y * 1.01, state
+
+    monkeypatch.setattr(memory_level, "chunked", off_by_a_little)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    findings = doctor.diagnose(None, "cpu", run_check=True)
+    (chunked,) = [f for f in findings if f.section == "check" and f.name == "chunked"]
+    assert chunked.status == "fail" and chunked.bad
+    assert "largest difference" in chunked.detail
+
+
+def test_a_missing_required_package_is_a_problem(runner, monkeypatch):
+    real = doctor.importlib.util.find_spec
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name, *a: None if name == "rich" else real(name, *a))
+    result = runner.invoke(main, ["doctor", "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert report["ok"] is False
+    assert by_name(report["findings"], "packages")["rich"]["status"] == "missing"
+    # nothing runs without what nlc needs
+    assert {f["section"] for f in report["findings"]} == {"packages"}
+
+
+def test_a_user_spec_is_checked_and_a_broken_one_gets_its_diagnostics(runner, tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    spec = tmp_path / "tiny.nl"
+    spec.write_text(textwrap.dedent("""\
+        nl 1
+        model tiny {
+          vocab   = 32
+          dim     = 16
+          heads   = 2
+          context = 16
+
+          level pretrain : outer {
+            update adamw(lr = 1e-3)
+          }
+
+          block mix(x) {
+            memory m : linear per head {
+              chunk  4
+              key    k
+              value  v
+              lr     0.5
+              update gd
+            }
+            k = l2norm(linear(x, dim))
+            v = linear(x, dim)
+            return linear(m(k), dim)
+          }
+
+          network = embed(vocab, dim) -> residual(mix) -> lm_head(tied = true)
+        }
+        """))
+    result = runner.invoke(main, ["doctor", "--spec", str(spec), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "all good" in result.output
+    spec.write_text(spec.read_text().replace("m(k)", "m(kk)"))
+    result = runner.invoke(main, ["doctor", "--spec", str(spec)])
+    assert result.exit_code == 1
+    assert f"{spec}:" in result.output and "kk" in result.output
