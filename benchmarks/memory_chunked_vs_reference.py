@@ -2,11 +2,14 @@
 
     python benchmarks/memory_chunked_vs_reference.py [--backward] [--tokens 2048] [--only titans]
     python benchmarks/memory_chunked_vs_reference.py --threads 1 --clock cpu    # on a busy machine
+    python benchmarks/memory_chunked_vs_reference.py --compile     # and the tile steps compiled
 
 Shapes follow a small layer: batch 2, model width 256 as 4 heads of dk = dv = 64, float32, CPU.
 Prints one row per memory family: the best of --repeats interleaved timings in milliseconds for the
 reference and the chunked path (forward, or forward + backward with --backward), their ratio, and the
-largest output difference between them. Then the same rows as a FLOP budget: the matmul FLOPs each path
+largest output difference between them; with --compile also the chunked path with its tile steps
+compiled by torch.compile (`chunked(..., compile=True)`: the general dual loop, so the MLP families;
+the compiling call, timed apart, is its warm-up). Then the same rows as a FLOP budget: the matmul FLOPs each path
 does (counted by torch.utils.flop_counter: matmuls only; the wy form's triangular solves are not
 counted), the rate the chunked path reaches, and `bound`: the ratio the chunked path would reach if it
 ran at this machine's matmul peak (a 1024 x 1024 matmul, timed first) with nothing else to do. A goal
@@ -15,6 +18,7 @@ above the bound cannot be met by making the chunked path faster, only by doing f
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -95,6 +99,8 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3, help='timed rounds (the best one is printed)')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (default: torch decides)')
     parser.add_argument('--only', default='', help='run the families whose name contains this text')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time the chunked path with its tile steps compiled by torch.compile')
     parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
                         help='wall time, or the process CPU time (steadier on a shared machine; with '
                              'several threads it adds up every thread)')
@@ -108,6 +114,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, {opts.clock} clock; matmul peak {peak:.0f} GFLOP/s")
     header = f"{'family':34s} {'form':10s} {'C':>3s} {'reference ms':>13s} {'chunked ms':>11s} " \
              f"{'ratio':>7s} {'max |dy|':>9s}"
+    if opts.compile:
+        header += f" {'compiled ms':>12s} {'ratio':>7s} {'compile s':>10s}"
     print(header)
     print('-' * len(header))
     budgets = []
@@ -116,13 +124,20 @@ def main() -> None:
             continue
         objective = standard_objective(objective_name)
         args, leaves = make_inputs(cfg, opts.batch, opts.tokens, opts.backward)
-        calls = [step(runner, cfg, objective, args, leaves, opts.backward) for runner in (reference, chunked)]
-        (ref_ms, chk_ms), (y_ref, y_chk) = timed(calls, opts.repeats, clock)
+        runners = (reference, chunked, functools.partial(chunked, compile=True))[:3 if opts.compile else 2]
+        calls = [step(runner, cfg, objective, args, leaves, opts.backward) for runner in runners]
+        if opts.compile:
+            start = time.perf_counter()
+            calls[2]()
+            compile_s = time.perf_counter() - start
+        (ref_ms, chk_ms, *cmp_ms), (y_ref, y_chk, *y_cmp) = timed(calls, opts.repeats, clock)
         diff = (y_ref - y_chk).abs().max().item()
         form = chunk_form(cfg, objective)[0]
-        print(f"{name:34s} {form:10s} {cfg.chunk:3d} {ref_ms:13.1f} {chk_ms:11.1f} "
-              f"{ref_ms / chk_ms:6.1f}x {diff:9.1e}", flush=True)
-        budgets.append((name, ref_ms, chk_ms, *(matmul_flops(call) / 1e9 for call in calls)))
+        row = f"{name:34s} {form:10s} {cfg.chunk:3d} {ref_ms:13.1f} {chk_ms:11.1f} {ref_ms / chk_ms:6.1f}x {diff:9.1e}"
+        if opts.compile:
+            row += f" {cmp_ms[0]:12.1f} {ref_ms / cmp_ms[0]:6.1f}x {compile_s:10.1f}"
+        print(row, flush=True)
+        budgets.append((name, ref_ms, chk_ms, *(matmul_flops(call) / 1e9 for call in calls[:2])))
     print()
     header = f"{'family':34s} {'reference GFLOP':>15s} {'chunked GFLOP':>13s} {'chunked GFLOP/s':>15s} " \
              f"{'bound':>7s}"

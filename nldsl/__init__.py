@@ -15,11 +15,13 @@ _install_source_tree_finder()
 
 
 
-def load(path, backend: str = "chunked"):
-    """The model of a compiled package directory or of a `.nl` spec (compiled on the fly into a cache)."""
+def load(path, backend: str = "chunked", compile: bool = False):
+    """The model of a compiled package directory or of a `.nl` spec (compiled on the fly into a cache);
+    `backend` runs its memory levels ('chunked', 'reference' or 'triton'), `compile` compiles the chunked
+    path's tile steps with torch.compile."""
     from .compiler import load as _load
 
-    return _load(path, backend)
+    return _load(path, backend, compile)
 
 
 __all__ = ["__version__", "load"]

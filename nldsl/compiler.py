@@ -80,7 +80,7 @@ def write_package(files: dict[str, str], out_dir: str, model: str, force: bool =
 from .cachedir import cache_dir  # noqa: E402  (re-exported: the cache of compiled specs)
 
 
-def load(path, backend: str = "chunked"):
+def load(path, backend: str = "chunked", compile: bool = False):
     """A `torch.nn.Module` for a compiled package directory or a `.nl` spec (compiled into a cache)."""
     p = Path(path)
     if p.is_file():
@@ -101,7 +101,7 @@ def load(path, backend: str = "chunked"):
     module = _import_package(p)
     from nldsl.runtime import set_backend
 
-    return set_backend(module.Model(), backend)
+    return set_backend(module.Model(), backend, compile)
 
 
 def _holds(package: Path, files: dict[str, str]) -> bool:

@@ -42,6 +42,7 @@ def run_training(cfg, resume: bool) -> int:
 
     Under torchrun every process calls this; rank 0 alone shows progress and writes the run."""
     from nldsl.diagnostics import SpecError, render_all
+    from nldsl.runtime.train import TrainInputError
     from nldsl.runtime.train.distributed import ParallelError, PeerFailed, from_env
 
     try:
@@ -55,7 +56,7 @@ def run_training(cfg, resume: bool) -> int:
         if comm.is_main:
             print(render_all(e.diagnostics, {}), file=sys.stderr)
         code = 1
-    except ParallelError as e:
+    except (ParallelError, TrainInputError) as e:
         if comm.is_main:
             print(f"error: {e}", file=sys.stderr)
         code = 1

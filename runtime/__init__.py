@@ -15,15 +15,18 @@ from .memory_level import BACKENDS, MemoryLevel, position_of, segments
 from .memory_stack import MemoryStack
 
 
-def set_backend(model, backend: str):
+def set_backend(model, backend: str, compile: bool = False):
     """Run every memory level of `model` on `backend` (one of BACKENDS: 'reference', 'chunked', 'triton'),
     and its prologue layers (short convolutions, bounded gates, L2 and RMS norms) fused for 'triton';
-    returns the model."""
+    `compile`: the chunked path's tile steps compiled by torch.compile (memory/compiled.py: faster for
+    large MLP memories, slower for small ones). Returns the model."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     for module in model.modules():
         if isinstance(module, (MemoryLevel, ShortConv, BoundedGate, L2Norm, RMSNorm)):
             module.backend = backend
+        if isinstance(module, MemoryLevel):
+            module.compile_steps = compile
     return model
 
 

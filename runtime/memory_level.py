@@ -31,6 +31,7 @@ class MemoryLevel(nn.Module):
         super().__init__()
         self.cfg, self.objective, self.heads, self.level_name = cfg, objective, heads, name
         self.backend = "chunked"
+        self.compile_steps = False      # the chunked path's tile steps compiled (memory/compiled.py)
         theta0 = init_params(cfg, heads)
         self.learn_init = learn_init
         for key, value in theta0.items():
@@ -92,8 +93,9 @@ class MemoryLevel(nn.Module):
         if self.backend == "triton":
             from .triton import run_memory
             return run_memory(self, qh, kh, vh, gates, params0, state, names)
-        run = reference if self.backend == "reference" else chunked
-        return run(self.cfg, self.objective, qh, kh, vh, gates, params0, state)
+        if self.backend == "reference":
+            return reference(self.cfg, self.objective, qh, kh, vh, gates, params0, state)
+        return chunked(self.cfg, self.objective, qh, kh, vh, gates, params0, state, compile=self.compile_steps)
 
     def read_anchor(self, q: Tensor, state: Optional[MemoryState]) -> Tensor:
         """M_{θ_{c(t)}}(q) for tokens of the current chunk: what a `read at anchor` returns."""

@@ -3,7 +3,12 @@ every N-th test in collection order, so that a machine lent for a few minutes at
 the suite in several calls and account for each part."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the test kits shared by every folder (tiny_specs)
 
 
 def pytest_addoption(parser):

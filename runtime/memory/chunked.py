@@ -60,11 +60,13 @@ def chunk_form(cfg: MemoryConfig, objective: object = None) -> tuple[str, str]:
 
 def chunked(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
             gates: Mapping[str, Tensor], params0: Optional[Params], state: Optional[MemoryState] = None,
-            tile: int = 32) -> tuple[Tensor, MemoryState]:
+            tile: int = 32, compile: bool = False) -> tuple[Tensor, MemoryState]:
     """Same contract and results as `reference`, computed chunk-parallel where an exact form exists.
 
     `tile` is the tile size of the 'wy' form; the 'dual' form's tiles are the chunks themselves; the
-    'sequential' form is the reference recurrence (see `chunk_form`)."""
+    'sequential' form is the reference recurrence (see `chunk_form`). `compile`: the 'dual' form's
+    general tile step (MLP memories, linear ones with a delta/dgd transition) compiled by
+    torch.compile (compiled.py)."""
     check_inputs(cfg, q, k, v, gates)
     if tile < 1:
         raise ValueError(f"tile size must be >= 1, got {tile}")
@@ -74,4 +76,4 @@ def chunked(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tenso
     start = start_state(cfg, params0, state, k)
     if form == 'wy':
         return run_wy(cfg, objective, q, k, v, gates, start, tile)
-    return run_dual(cfg, objective, q, k, v, gates, start)
+    return run_dual(cfg, objective, q, k, v, gates, start, compile)

@@ -19,6 +19,7 @@ from torch import Tensor
 from . import dual_linear
 from . import functional as F
 from .coeffs import DualCoefficients, along, dual_coefficients
+from .compiled import CompiledStep
 from .config import MemoryConfig
 from .functional import Params
 from .objectives import GradFn, affine_coefficients
@@ -38,11 +39,13 @@ RECOMPUTE_MIN_BYTES = 256 * 2 ** 20
 
 
 def run_dual(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
-             gates: Mapping[str, Tensor], start: MemoryState) -> tuple[Tensor, MemoryState]:
+             gates: Mapping[str, Tensor], start: MemoryState, compile: bool = False) -> tuple[Tensor, MemoryState]:
+    """`compile`: the general loop's tile step compiled by torch.compile (compiled.py), except where a
+    group recomputes its tiles in backward."""
     carried = _Carried(dict(start.params), dict(start.anchor), start.momentum, start.position)
     outputs = []
     for group in tile_groups(start.position, k.shape[2], cfg.chunk, aligned=True):
-        y, carried = _run_group(cfg, objective, group, q, k, v, gates, carried)
+        y, carried = _run_group(cfg, objective, group, q, k, v, gates, carried, compile)
         outputs.append(y)
     return join_groups(outputs), MemoryState(carried.theta, carried.anchor, carried.momentum, carried.position)
 
@@ -78,7 +81,7 @@ def _prepare(cfg: MemoryConfig, group: TileGroup, k: Tensor, gates: Mapping[str,
 
 
 def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor, k: Tensor, v: Tensor,
-               gates: Mapping[str, Tensor], carried: _Carried) -> tuple[Tensor, _Carried]:
+               gates: Mapping[str, Tensor], carried: _Carried, compile: bool) -> tuple[Tensor, _Carried]:
     qg, kg, vg = group.split(q), group.split(k), group.split(v)
     prep = _prepare(cfg, group, kg, gates)
     affine = affine_coefficients(objective, cfg.dv)
@@ -98,20 +101,22 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
         return y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv), carried
 
     def step(tile: _Prepared, qi: Tensor, ki: Tensor, vi: Tensor, theta: Params, anchor: Params,
-             momentum: Optional[Params]) -> tuple[Tensor, Params, Optional[Params]]:
-        return _tile_step(cfg, objective, tile, qi, ki, vi, _Carried(theta, anchor, momentum, 0))
+             momentum: Optional[Params], run=_tile_step) -> tuple[Tensor, Params, Optional[Params]]:
+        return run(cfg, objective, tile, qi, ki, vi, _Carried(theta, anchor, momentum, 0))
 
     if torch.is_grad_enabled() and group.count > 1 and group.length == cfg.chunk \
             and _state_bytes(carried) * group.count >= RECOMPUTE_MIN_BYTES:
         # Keep only tile-start states for backward (see recompute.py); whole chunks end on a boundary.
+        # Its step stays eager: the recomputation records and replays the step's products on a tape.
         y, theta, momentum = run_recomputed(step, prep, qg, kg, vg, carried.theta, carried.anchor,
                                             carried.momentum)
         position = carried.position + group.tokens
         carried = _Carried(theta, theta, momentum, position)
     else:
         outputs = []
+        run = _COMPILED_TILE_STEP if compile else _tile_step
         for tile, qi, ki, vi in unbind_tiles((prep, qg, kg, vg), group.count):
-            y, theta, momentum = step(tile, qi, ki, vi, carried.theta, carried.anchor, carried.momentum)
+            y, theta, momentum = step(tile, qi, ki, vi, carried.theta, carried.anchor, carried.momentum, run)
             outputs.append(y)
             position = carried.position + group.length
             anchor = theta if position % cfg.chunk == 0 else carried.anchor
@@ -133,6 +138,9 @@ def _tile_step(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, q: Tensor,
     scans = _solve_tile(cfg, objective, prep, k, fwd, target, carried)
     y = read if read is not None else _read(cfg, scans, q, cfg.read)
     return (y, *_end_states(cfg, scans))
+
+
+_COMPILED_TILE_STEP = CompiledStep(_tile_step)
 
 
 def _at_anchor(cfg: MemoryConfig, anchor: Params, q: Tensor, k: Tensor,

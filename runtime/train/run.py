@@ -23,6 +23,11 @@ from typing import Optional
 import torch
 
 
+class TrainInputError(Exception):
+    """What the run was given cannot be trained on (the data, or a spec the data does not fit); the message
+    says why."""
+
+
 @dataclass
 class TrainConfig:
     spec: str
@@ -39,6 +44,7 @@ class TrainConfig:
     eval_batches: int = 4
     backend: str = "chunked"
     parallel: str = "ddp"  # with several processes: ddp (replicas) or fsdp (sharded parameters)
+    compile: bool = False  # the chunked path's tile steps compiled by torch.compile
 
 
 def _prepare_model_dir(cfg: TrainConfig, run: Path) -> Path:
@@ -98,15 +104,20 @@ class Trainer:
             raise failure or PeerFailed("rank 0 could not prepare the model")
         module = _import_package(model_dir)
         self.device = self.comm.device
-        self.model = set_backend(module.Model(), cfg.backend).to(device=self.device, dtype=getattr(torch, cfg.dtype))
+        self.model = set_backend(module.Model(), cfg.backend, cfg.compile).to(device=self.device, dtype=getattr(torch, cfg.dtype))
+        tok = D.ByteTokenizer()
+        if getattr(self.model, "vocab_size", tok.vocab_size) < tok.vocab_size:
+            raise TrainInputError(f"the model's vocabulary has {self.model.vocab_size} tokens and the byte tokenizer "
+                             f"{tok.vocab_size}: set `vocab = {tok.vocab_size}` in the spec to train it on text")
         levels = json.loads((model_dir / "levels.json").read_text())
         self.info = levels["runtime"]
         self.comm.check_optimizers(self.info)
         self.model = self.comm.wrap(self.model)
         self.seq = cfg.seq or self.info["context"]
-        docs = D.load_documents(cfg.data)
-        train_docs, val_docs = D.split(docs, seed=cfg.seed)
-        tok = D.ByteTokenizer()
+        try:
+            train_docs, val_docs = D.split(D.load_documents(cfg.data), seed=cfg.seed)
+        except (OSError, ValueError) as e:
+            raise TrainInputError(f"--data {cfg.data}: {e}") from None
         stream = D.PackedStream([tok.encode(t) for _, t in train_docs], self.seq, cfg.batch, seed=cfg.seed)
         self.stream = self.comm.shard_stream(stream)  # this process's rows of the global batch
         self.val = [self.comm.rows(b).to(self.device) for b in

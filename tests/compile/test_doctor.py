@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import textwrap
-
 import pytest
 from click.testing import CliRunner
 
 from nldsl import doctor
 from nldsl.cli import main
 from nldsl.runtime import memory_level
+from tiny_specs import memory, tiny_spec
 
 
 @pytest.fixture()
@@ -77,34 +76,7 @@ def test_a_missing_required_package_is_a_problem(runner, monkeypatch):
 def test_a_user_spec_is_checked_and_a_broken_one_gets_its_diagnostics(runner, tmp_path, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     spec = tmp_path / "tiny.nl"
-    spec.write_text(textwrap.dedent("""\
-        nl 1
-        model tiny {
-          vocab   = 32
-          dim     = 16
-          heads   = 2
-          context = 16
-
-          level pretrain : outer {
-            update adamw(lr = 1e-3)
-          }
-
-          block mix(x) {
-            memory m : linear per head {
-              chunk  4
-              key    k
-              value  v
-              lr     0.5
-              update gd
-            }
-            k = l2norm(linear(x, dim))
-            v = linear(x, dim)
-            return linear(m(k), dim)
-          }
-
-          network = embed(vocab, dim) -> residual(mix) -> lm_head(tied = true)
-        }
-        """))
+    spec.write_text(tiny_spec(vocab=32, memories=(memory(chunk=4),)))
     result = runner.invoke(main, ["doctor", "--spec", str(spec), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "all good" in result.output

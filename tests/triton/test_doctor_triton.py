@@ -3,52 +3,19 @@ are checked against the reference, and a level without kernels is named with the
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 import torch
 
 from nldsl import doctor
+from tiny_specs import memory, tiny_spec
 
 pytestmark = pytest.mark.triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # a linear memory the kernels run, and an MLP memory token by token, which has no kernel
-SPEC = textwrap.dedent("""\
-    nl 1
-    model mixed {
-      vocab   = 32
-      dim     = 16
-      heads   = 2
-      context = 16
-
-      level pretrain : outer {
-        update adamw(lr = 1e-3)
-      }
-
-      block mix(x) {
-        memory fast : linear per head {
-          chunk  4
-          key    k
-          value  v
-          lr     0.5
-          update gd
-        }
-        memory slow : mlp(depth = 2, hidden = 8, act = silu) per head {
-          key    k
-          value  v
-          lr     0.1
-          update gd
-        }
-        k = l2norm(linear(x, dim))
-        v = linear(x, dim)
-        return linear(slow(fast(k)), dim)
-      }
-
-      network = embed(vocab, dim) -> residual(mix) -> lm_head(tied = true)
-    }
-    """)
+SPEC = tiny_spec(vocab=32, memories=(memory("fast", chunk=4), memory("slow", "mlp(depth = 2, hidden = 8, act = silu)", lr="0.1")),
+                 read="slow(fast(k))")
 
 
 def test_the_triton_backend_is_checked_and_its_fallbacks_named(tmp_path):
