@@ -553,9 +553,11 @@ def explain(code):
                    "linear and an MLP memory)")
 @click.option("--device", default=None, help="the device to check the backends on (default: cuda when there is one)")
 @click.option("--no-check", "no_check", is_flag=True, help="only list packages, devices and backends")
+@click.option("--compile", "compiled", is_flag=True,
+              help="also check the chunked backend with its tile steps compiled (what `nlc train --compile` runs)")
 @click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
 @guarded
-def doctor(spec, device, no_check, as_json):
+def doctor(spec, device, no_check, compiled, as_json):
     """Report what this machine gives nlc, and check that every backend computes the same model.
 
     Lists the packages nlc needs and the optional ones (with what each enables), the devices torch
@@ -563,7 +565,8 @@ def doctor(spec, device, no_check, as_json):
     needs a CUDA device, or TRITON_INTERPRET=1 on a CPU). Then runs a model forward and backward on
     every backend that can run, in float32, against the float64 token-by-token reference on logits
     and every parameter's gradient, and names each memory level that falls back from the triton
-    backend, with the reason. Exits 1 when a required package is missing or a backend disagrees.
+    backend, with the reason (and with --compile whether torch.compile works here). Exits 1 when a
+    required package is missing or a backend disagrees.
 
     \b
     Examples:
@@ -582,7 +585,7 @@ def doctor(spec, device, no_check, as_json):
         fe, files = compile_spec(spec)
         if files is None:
             sys.exit(_report(fe, "full") or 1)
-    findings = diagnose(Path(spec) if spec else None, device, not no_check)
+    findings = diagnose(Path(spec) if spec else None, device, not no_check, compiled)
     if as_json:
         click.echo(json.dumps(to_json(findings), indent=2))
     else:

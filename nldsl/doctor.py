@@ -116,45 +116,52 @@ def backends(device: str) -> tuple[list[Finding], list[str]]:
     return found, runnable
 
 
-def check(spec: Path, device: str, runnable: list[str]) -> list[Finding]:
+def check(spec: Path, device: str, runnable: list[str], compiled: bool = False) -> list[Finding]:
     """The model of `spec` forward and backward on each runnable backend (float32 on `device`) against
-    the reference (float64 on the CPU): logits and every parameter's gradient."""
+    the reference (float64 on the CPU): logits and every parameter's gradient; `compiled`: the chunked
+    backend with its tile steps compiled too."""
     import torch
 
     from . import load
     from .runtime import set_backend
+    from .runtime.memory.compiled import CompileFallbackWarning
     from .runtime.triton.backend import TritonFallbackWarning
 
     torch.manual_seed(0)
     base = load(str(spec))
     tokens = torch.randint(0, base.vocab_size, (2, SMOKE_TOKENS), generator=torch.Generator().manual_seed(0))
 
-    def run(backend: str, dtype, on: str) -> tuple[dict, float, list[str]]:
-        model = set_backend(copy.deepcopy(base), backend).to(device=on, dtype=dtype)
+    def run(backend: str, dtype, on: str, compile: bool = False) -> tuple[dict, float, list[str]]:
+        model = set_backend(copy.deepcopy(base), backend, compile).to(device=on, dtype=dtype)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TritonFallbackWarning)
+            warnings.simplefilter("always", CompileFallbackWarning)
             start = time.perf_counter()
             logits, _ = model(tokens.to(on))
             logits.float().square().mean().backward()
             seconds = time.perf_counter() - start
         values = {"logits": logits.detach().double().cpu()}
         values.update((name, p.grad.double().cpu()) for name, p in model.named_parameters() if p.grad is not None)
-        fallbacks = [str(w.message) for w in caught if issubclass(w.category, TritonFallbackWarning)]
+        fallbacks = [str(w.message) for w in caught
+                     if issubclass(w.category, (TritonFallbackWarning, CompileFallbackWarning))]
         return values, seconds, fallbacks
 
     truth, seconds, _ = run("reference", torch.float64, "cpu")
     found = [Finding("check", "reference", "ok", f"float64 on cpu, {seconds:.2f} s")]
-    for backend in runnable[1:]:
+    variants = [(backend, backend, False) for backend in runnable[1:]]
+    variants += [("compiled", "chunked", True)] if compiled else []
+    for label, backend, compile in variants:
         try:
-            got, seconds, fallbacks = run(backend, torch.float32, device)
+            got, seconds, fallbacks = run(backend, torch.float32, device, compile)
         except Exception as e:  # noqa: BLE001 - a backend that cannot run this model is the finding
-            found.append(Finding("check", backend, "fail", f"raised {type(e).__name__}: {e}"))
+            found.append(Finding("check", label, "fail", f"raised {type(e).__name__}: {e}"))
             continue
         name, worst = max(((n, _relative(got[n], truth[n])) for n in truth), key=lambda item: item[1])
         status = "ok" if worst <= TOLERANCE else "fail"
-        found.append(Finding("check", backend, status, f"float32 on {device}, {seconds:.2f} s: largest difference "
-                                                       f"from the reference {worst:.1e} ({name}; at most {TOLERANCE:.0e})"))
-        found += [Finding("check", backend, "note", message) for message in dict.fromkeys(fallbacks)]
+        how = "chunked with compiled tile steps (the first call compiles), " if compile else ""
+        found.append(Finding("check", label, status, f"{how}float32 on {device}, {seconds:.2f} s: largest difference "
+                                                     f"from the reference {worst:.1e} ({name}; at most {TOLERANCE:.0e})"))
+        found += [Finding("check", label, "note", message) for message in dict.fromkeys(fallbacks)]
     return found
 
 
@@ -163,7 +170,7 @@ def _relative(got, want) -> float:
     return (got - want).abs().max().item() / scale if scale > 0 else (got - want).abs().max().item()
 
 
-def diagnose(spec: Optional[Path], device: Optional[str], run_check: bool) -> list[Finding]:
+def diagnose(spec: Optional[Path], device: Optional[str], run_check: bool, compiled: bool = False) -> list[Finding]:
     found = packages()
     if any(f.bad for f in found):
         return found
@@ -172,7 +179,7 @@ def diagnose(spec: Optional[Path], device: Optional[str], run_check: bool) -> li
     backend_findings, runnable = backends(device)
     found += backend_findings
     if run_check:
-        found += check(spec or BUILTIN_SPEC, device, runnable)
+        found += check(spec or BUILTIN_SPEC, device, runnable, compiled)
     return found
 
 

@@ -84,3 +84,20 @@ def test_a_user_spec_is_checked_and_a_broken_one_gets_its_diagnostics(runner, tm
     result = runner.invoke(main, ["doctor", "--spec", str(spec)])
     assert result.exit_code == 1
     assert f"{spec}:" in result.output and "kk" in result.output
+
+
+def test_the_compiled_check_says_when_torch_compile_fails_here(monkeypatch):
+    from nldsl.runtime.memory import compiled, dual
+
+    def broken_compile(fn, **options):
+        def call(*args, **kwargs):
+            raise RuntimeError("no C++ compiler here")
+        return call
+
+    monkeypatch.setattr(compiled.torch, "compile", broken_compile)
+    monkeypatch.setattr(dual, "_COMPILED_TILE_STEP", compiled.CompiledStep(dual._tile_step))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    findings = doctor.diagnose(None, "cpu", run_check=True, compiled=True)
+    rows = [f for f in findings if f.section == "check" and f.name == "compiled"]
+    assert rows[0].status == "ok" and "compiled tile steps" in rows[0].detail   # eager, so still right
+    assert [f.status for f in rows[1:]] == ["note"] and "no C++ compiler here" in rows[1].detail
