@@ -36,3 +36,14 @@ def test_train_with_compiled_steps_matches_the_eager_run(tmp_path):
     eager.train()
     assert not any(getattr(m, "compile_steps", False) for m in eager.model.modules())
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-5)
+
+
+def test_a_compiled_run_resumes_exactly(tmp_path):
+    def config(out, steps):
+        return TrainConfig(str(BUILTIN_SPEC), steps=steps, batch=2, seq=24, out=str(tmp_path / out), eval_every=2,
+                           checkpoint_every=2, compile=True)
+
+    Trainer(config("straight", 4)).train()
+    Trainer(config("resumed", 2)).train()
+    Trainer(config("resumed", 4), resume=True).train()
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
