@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
 
 import torch  # noqa: E402
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
 
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
@@ -250,6 +250,7 @@ def test_random_rule_combinations(rules, chunk, read, current, self_target, obje
                                                        for r in rules),
                            read=read, chunk=chunk, self_target=self_target)
     except ValueError:
-        from hypothesis import assume
         assume(False)
-    check(Case(cfg, objective_of(objective), tokens=tokens, position=position, seed=seed), against_chunked=False)
+    case = Case(cfg, objective_of(objective), tokens=tokens, position=position, seed=seed)
+    assume(run_reference(case).bounded())
+    check(case, against_chunked=False)

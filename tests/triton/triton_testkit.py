@@ -69,6 +69,13 @@ class Run:
     state: MemoryState
     grads: dict
 
+    def bounded(self, limit: float = 1e6) -> bool:
+        """Outputs and state all below `limit`: some drawn rule combinations diverge (momentum with no
+        retention, a self-generated target) and a float32 path then overflows where float64 does not;
+        comparing such runs proves nothing."""
+        values = [self.y, *(t for n, t in self.state.to_tensors().items() if n != "position")]
+        return all(bool(t.detach().abs().max() < limit) for t in values if t.numel())
+
 
 def _gates(case: Case, gates: dict) -> dict:
     return {n: gates[n] for n in case.cfg.required_gates()}
