@@ -20,6 +20,24 @@ from .diagnostics import render_all, summary
 FORMATS = click.Choice(["full", "concise", "json"])
 
 
+class _Device(click.ParamType):
+    """A torch device this machine has (cpu, cuda, cuda:1, mps): one that it lacks is a usage error
+    naming why, before anything runs."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        from .doctor import device_problem
+
+        problem = device_problem(value)
+        if problem:
+            self.fail(problem, param, ctx)
+        return value
+
+
+DEVICE = _Device()
+
+
 def guarded(fn):
     """Turn any unexpected exception into an 'internal compiler error' with a repro line, exit 2."""
 
@@ -264,7 +282,7 @@ def compile_cmd(spec, out_dir, force, dump, fmt):
               help="the run directory")
 @click.option("--resume", "resume", default=None, type=click.Path(exists=True, file_okay=False),
               help="continue the run in this directory from its last checkpoint")
-@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...)")
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64", "bfloat16"]),
               help="parameter and activation dtype")
 @click.option("--seed", default=0, show_default=True, type=int, help="seeds initialisation and data order")
@@ -390,7 +408,7 @@ def _run_error(e: Exception):
 @click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(min=0, max=1, min_open=True),
               help="nucleus sampling: among the fewest most likely tokens whose probability reaches p")
 @click.option("--seed", default=0, show_default=True, type=int, help="seeds the sampling")
-@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...)")
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
 @guarded
 def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, seed, device):
     """Continue PROMPT with the model of RUN (a directory made by `nlc train`).
@@ -423,7 +441,7 @@ def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, see
               help="tokens per forward pass (default: the run's training length)")
 @click.option("--passes", default=1, show_default=True, type=click.IntRange(min=1),
               help="read the text this many times")
-@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...)")
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
 @guarded
 def learn(run, data, memory, seq, passes, device):
     """Learn the text DATA in context with the model of RUN and keep it in a memory file.
@@ -483,7 +501,7 @@ def _numbers(kind):
 @click.option("--niah-depths", default=None, callback=_numbers(float),
               help="niah: needle depths in [0, 1], comma-separated (0,0.25,0.5,0.75,1)")
 @click.option("--niah-trials", default=None, type=click.IntRange(min=1), help="niah: keys per cell (4)")
-@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...)")
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
 @guarded
 def eval_cmd(run, task, memory, device, out, **options):
     """Evaluate the model of RUN on a task; print a table and write the results as JSON.
@@ -551,7 +569,8 @@ def explain(code):
 @click.option("--spec", default=None, type=click.Path(exists=True, dir_okay=False),
               help="check this spec's model (default: a small built-in model with a delta-rule, a chunked "
                    "linear and an MLP memory)")
-@click.option("--device", default=None, help="the device to check the backends on (default: cuda when there is one)")
+@click.option("--device", default=None, type=DEVICE,
+              help="the device to check the backends on (default: cuda when there is one)")
 @click.option("--no-check", "no_check", is_flag=True, help="only list packages, devices and backends")
 @click.option("--compile", "compiled", is_flag=True,
               help="also check the chunked backend with its tile steps compiled (what `nlc train --compile` runs)")

@@ -91,6 +91,25 @@ def devices() -> list[Finding]:
     return found
 
 
+def device_problem(device: str) -> Optional[str]:
+    """Why `device` cannot be used on this machine (None when it can)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        return f"{device!r} is not a torch device ({str(e).splitlines()[0]})"
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "no CUDA device is visible" if torch.version.cuda else "this torch is a CPU build"
+            return f"{device}: CUDA is not available here ({why}: torch {torch.__version__})"
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            return f"{device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        return f"{device}: MPS is not available here"
+    return None
+
+
 def default_device() -> str:
     import torch
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner
 
 import nldsl
@@ -386,3 +387,22 @@ def test_hostile_input_in_a_real_process(tmp_path, kind):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "error[NL0" in proc.stderr
+
+
+# ---------------------------------------------------------------- devices
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "learn", "eval", "doctor"])
+def test_a_device_this_machine_lacks_is_a_usage_error_naming_why(runner, tmp_path, command):
+    (tmp_path / "notes.txt").write_text("some text")
+    (tmp_path / "tiny.nl").write_text(CLEAN)
+    args = {"train": [str(tmp_path / "tiny.nl")], "generate": [str(tmp_path)],
+            "learn": [str(tmp_path), "--data", str(tmp_path / "notes.txt"), "--memory", str(tmp_path / "m.mem")],
+            "eval": [str(tmp_path)], "doctor": ["--no-check"]}[command]
+    result = runner.invoke(main, [command, *args, "--device", "bogus"])
+    assert result.exit_code == 2, result.output
+    assert "'bogus' is not a torch device" in result.output and "internal compiler error" not in result.output
+    if not torch.cuda.is_available():
+        result = runner.invoke(main, [command, *args, "--device", "cuda:1"])
+        assert result.exit_code == 2, result.output
+        assert "cuda:1: CUDA is not available here" in result.output
