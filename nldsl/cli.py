@@ -50,6 +50,9 @@ def guarded(fn):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except OSError as e:  # the file system refused a path the user gave (unwritable, missing, a folder)
+            click.echo(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
+            sys.exit(1)
         except BaseException as e:  # noqa: BLE001 - the last line of defence
             repro = "nlc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             click.echo(f"error[NL0901]: internal compiler error: {type(e).__name__}: {e}", err=True)
@@ -335,6 +338,9 @@ def train(spec, data, steps, batch, seq, out, resume, device, dtype, seed, check
         args += ["--compile"] if compile_steps else []
         sys.exit(launch(nproc, args))
     if resume:
+        if not (Path(resume) / "config.json").is_file():
+            raise click.BadParameter(f"{resume} is not a run directory (it has no config.json): start a run with "
+                                     "--out, continue it with --resume", param_hint="--resume")
         saved = json.loads((Path(resume) / "config.json").read_text())
         saved.update(steps=steps, out=resume)
         if parallel:

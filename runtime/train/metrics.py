@@ -77,17 +77,22 @@ def plot(run: Path) -> list[Path]:
     levels = sorted({name for r in records for name in r.get("levels", {})})
     if levels:
         fig, ax = plt.subplots(figsize=(7, 4))
+        plotted = False
         for name in levels:
             pts = [(r["step"], r["levels"][name]["norm"]) for r in records
                    if name in r.get("levels", {}) and r["levels"][name]["norm"] > 0]
             if pts:
                 ax.plot(*zip(*pts), label=name, lw=1)
-        ax.set_yscale("log")
+                plotted = True
         ax.set_xlabel("outer step")
         ax.set_ylabel("norm of the last update")
         ax.set_title(f"{Path(run).name}: per-level update norms")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
+        if plotted:
+            ax.set_yscale("log")
+            ax.legend(fontsize=6, ncol=2)
+        else:   # a run too short for any level to have stepped
+            ax.text(0.5, 0.5, "no level has updated yet", ha="center", va="center", transform=ax.transAxes)
         fig.tight_layout()
         out.append(Path(run) / "update_norms.png")
         fig.savefig(out[-1], dpi=120)

@@ -406,3 +406,36 @@ def test_a_device_this_machine_lacks_is_a_usage_error_naming_why(runner, tmp_pat
         result = runner.invoke(main, [command, *args, "--device", "cuda:1"])
         assert result.exit_code == 2, result.output
         assert "cuda:1: CUDA is not available here" in result.output
+
+
+# ---------------------------------------------------------------- paths the file system refuses
+
+
+def test_an_output_path_that_cannot_be_written_is_an_error_not_a_crash(runner, tmp_path):
+    (tmp_path / "tiny.nl").write_text(CLEAN)
+    (tmp_path / "a-file").write_text("")
+    for args in (["graph", str(tmp_path / "tiny.nl"), "-o", str(tmp_path / "missing" / "g.html")],
+                 ["compile", str(tmp_path / "tiny.nl"), "-o", str(tmp_path / "a-file" / "build")]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("error: ") and "internal compiler error" not in result.output
+
+
+def test_resuming_a_folder_that_is_not_a_run_is_a_usage_error(runner, tmp_path):
+    (tmp_path / "tiny.nl").write_text(CLEAN)
+    result = runner.invoke(main, ["train", str(tmp_path / "tiny.nl"), "--resume", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is not a run directory (it has no config.json)" in result.output
+
+
+def test_plotting_a_run_in_which_no_level_has_updated_warns_nothing(tmp_path):
+    import warnings
+
+    from nldsl.runtime.train.metrics import plot
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(
+        {"step": 1, "loss": 5.0, "levels": {"m": {"norm": 0.0, "updates": 0}}}) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        written = plot(tmp_path)
+    assert [p.name for p in written] == ["loss.png", "update_norms.png"]
