@@ -29,6 +29,8 @@ REQUIRED = (("torch", "torch", "everything"), ("lark", "lark", "the parser"), ("
             ("jinja2", "Jinja2", "the code generator"), ("click", "click", "the command line"),
             ("rich", "rich", "terminal output"), ("safetensors", "safetensors", "checkpoints"),
             ("numpy", "numpy", "data loading"), ("matplotlib", "matplotlib", "nlc plot"))
+# what compiling and running a model needs: without one of these the report stops at the packages
+NEEDED_BY_THE_CHECK = ("torch", "lark", "jinja2", "networkx")
 OPTIONAL = (("triton", "triton", "the triton backend (Linux)"),
             ("transformers", "transformers", "nlc export --hf (pip install 'nlc[hf]')"),
             ("titans_pytorch", "titans-pytorch", "benchmarks/peer_titans.py (pip install 'nlc[titans]')"),
@@ -191,7 +193,8 @@ def _relative(got, want) -> float:
 
 def diagnose(spec: Optional[Path], device: Optional[str], run_check: bool, compiled: bool = False) -> list[Finding]:
     found = packages()
-    if any(f.bad for f in found):
+    blocking = {dist for module, dist, _ in REQUIRED if module in NEEDED_BY_THE_CHECK}
+    if any(f.bad and f.name in blocking for f in found):
         return found
     device = device or default_device()
     found += devices()

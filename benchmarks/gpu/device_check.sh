@@ -4,8 +4,9 @@
 #
 #   OUT=/tmp/gpu benchmarks/gpu/device_check.sh [STEP ...]     # default: every step, in this order
 #
-# Steps: wheels setup env report tests fla titans step suite save (suite: the rest of the test suite, not
-# run by default; report: compile_report.py with the machine's own Triton and ptxas, its log in the summary;
+# Steps: wheels setup env doctor report tests fla titans step suite save (suite: the rest of the test suite,
+# not run by default; doctor: `nlc doctor --device cuda`, every backend of its built-in model against the
+# float64 reference on this GPU, a minute at most; report: compile_report.py with the machine's own Triton and ptxas, its log in the summary;
 # REPORT_ARGS, FLA_ARGS, TITANS_ARGS and PYTEST_EXTRA pass arguments on; TESTS names the test files of
 # the tests step, tests/triton by default; SHARD=I/N runs the I-th of N parts of the tests and suite steps'
 # tests, for a suite longer than one call: tests/conftest.py).
@@ -99,7 +100,7 @@ step_wheels() {
         && echo "wheels: $(compgen -G '.whl/*.whl' | wc -l) in .whl/, $(du -sh .whl | cut -f1)"
 }
 
-STEPS=(wheels setup env report tests fla titans step suite save)
+STEPS=(wheels setup env doctor report tests fla titans step suite save)
 for STEP in "${STEPS[@]}"; do
     want "$@" || continue
     case "$STEP" in
@@ -107,6 +108,7 @@ for STEP in "${STEPS[@]}"; do
         setup) echo "=== setup" | tee -a "$LOG"; step_setup >>"$LOG" 2>&1; echo "=== setup: rc=$?" | tee -a "$LOG"
                export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} ;;
         env) echo "=== env" | tee -a "$LOG"; step_env 2>&1 | tee -a "$LOG" ;;
+        doctor) run_step doctor "${LIMIT_DOCTOR:-90}" "$PY" -m nldsl.cli doctor --device cuda ${DOCTOR_ARGS:-} ;;
         report) run_step report "${LIMIT_REPORT:-60}" "$PY" benchmarks/gpu/compile_report.py \
                     ${REPORT_ARGS:-gdn128 titans_small --dtype bfloat16} ;;
         tests) NLC_FAILURE_LOG="$OUT/failures.txt" run_step tests "${LIMIT_TESTS:-200}" "$PY" -m pytest -v \

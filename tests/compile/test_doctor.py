@@ -61,16 +61,20 @@ def test_a_backend_that_disagrees_with_the_reference_fails_the_check(monkeypatch
     assert "largest difference" in chunked.detail
 
 
-def test_a_missing_required_package_is_a_problem(runner, monkeypatch):
+@pytest.mark.parametrize("module, blocks", [("rich", False), ("lark", True)])
+def test_a_missing_required_package_is_a_problem(runner, monkeypatch, module, blocks):
     real = doctor.importlib.util.find_spec
-    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name, *a: None if name == "rich" else real(name, *a))
-    result = runner.invoke(main, ["doctor", "--json"])
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    result = runner.invoke(main, ["doctor", "--json", "--device", "cpu"])
     assert result.exit_code == 1
     report = json.loads(result.output)
     assert report["ok"] is False
-    assert by_name(report["findings"], "packages")["rich"]["status"] == "missing"
-    # nothing runs without what nlc needs
-    assert {f["section"] for f in report["findings"]} == {"packages"}
+    dist = {m: d for m, d, _ in doctor.REQUIRED}[module]
+    assert by_name(report["findings"], "packages")[dist]["status"] == "missing"
+    # what compiling a model needs stops the report; the rest is reported and the check still runs
+    sections = {f["section"] for f in report["findings"]}
+    assert sections == ({"packages"} if blocks else {"packages", "devices", "backends", "check"})
 
 
 def test_a_user_spec_is_checked_and_a_broken_one_gets_its_diagnostics(runner, tmp_path, monkeypatch):
