@@ -37,3 +37,20 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         config.hook.pytest_deselected(items=dropped)
     items[:] = kept
+
+
+@pytest.fixture()
+def torch_compile_fails(monkeypatch):
+    """torch.compile gives functions that raise (as where no C++ compiler is found), and the chunked
+    path's compiled tile step is a fresh one; yields that step."""
+    from nldsl.runtime.memory import compiled, dual
+
+    def broken_compile(fn, **options):
+        def call(*args, **kwargs):
+            raise RuntimeError("no C++ compiler here")
+        return call
+
+    monkeypatch.setattr(compiled.torch, "compile", broken_compile)
+    step = compiled.CompiledStep(dual._tile_step)
+    monkeypatch.setattr(dual, "_COMPILED_TILE_STEP", step)
+    yield step

@@ -90,16 +90,7 @@ def test_a_user_spec_is_checked_and_a_broken_one_gets_its_diagnostics(runner, tm
     assert f"{spec}:" in result.output and "kk" in result.output
 
 
-def test_the_compiled_check_says_when_torch_compile_fails_here(monkeypatch):
-    from nldsl.runtime.memory import compiled, dual
-
-    def broken_compile(fn, **options):
-        def call(*args, **kwargs):
-            raise RuntimeError("no C++ compiler here")
-        return call
-
-    monkeypatch.setattr(compiled.torch, "compile", broken_compile)
-    monkeypatch.setattr(dual, "_COMPILED_TILE_STEP", compiled.CompiledStep(dual._tile_step))
+def test_the_compiled_check_says_when_torch_compile_fails_here(monkeypatch, torch_compile_fails):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     findings = doctor.diagnose(None, "cpu", run_check=True, compiled=True)
     rows = [f for f in findings if f.section == "check" and f.name == "compiled"]
