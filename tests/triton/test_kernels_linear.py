@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st  #
 
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
-from triton_testkit import (FLOAT32_RATIO, OUTPUT_RATIO, Case, compare, kernels, ratio, run_path,  # noqa: E402
+from triton_testkit import (FLOAT32_RATIO, OUTPUT_RATIO, Case, compare, float32_can_match, kernels, ratio, run_path,  # noqa: E402
                             run_reference, split_run)
 
 pytestmark = pytest.mark.triton
@@ -252,5 +252,5 @@ def test_random_rule_combinations(rules, chunk, read, current, self_target, obje
     except ValueError:
         assume(False)
     case = Case(cfg, objective_of(objective), tokens=tokens, position=position, seed=seed)
-    assume(run_reference(case).bounded())
+    assume(float32_can_match(case))
     check(case, against_chunked=False)

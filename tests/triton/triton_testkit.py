@@ -158,6 +158,21 @@ def compare(expected: Run, actual: Run, what: str, grads: bool = True, limit: Op
         assert r <= bound, f"{what}: d/d{name} ratio {r:.2e} (limit {bound})"
 
 
+def float32_can_match(case: Case) -> bool:
+    """Whether float32 itself, on the chunked path, stays within FLOAT32_RATIO of the float64 reference
+    on this case. Drawn rule combinations can be ill-conditioned (a memory that grows, two gradient
+    steps a token): where the chunked path's own rounding already exceeds the ratio, a kernel's
+    difference from the reference says nothing about its exactness, and the random tests skip it."""
+    reference = run_reference(case)
+    if not reference.bounded():
+        return False
+    try:
+        compare(reference, run_path(case, "chunked"), "float32 chunked vs reference", limit=FLOAT32_RATIO)
+    except AssertionError:
+        return False
+    return True
+
+
 def split_run(kernels, case: Case, cuts) -> tuple[torch.Tensor, MemoryState]:
     """The case's tokens run on `kernels` as calls cut at `cuts` (no gradients), each carrying the state
     the last left: y of all calls and the final state."""
