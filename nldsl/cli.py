@@ -6,65 +6,16 @@ line; set NLC_BACKTRACE=1 to see the Python traceback).
 
 from __future__ import annotations
 
-import functools
-import os
-import shlex
 import sys
-import traceback
 
 import click
 
 from . import __version__
+from .cli_common import DEVICE, guarded
+from .cli_runs import COMMANDS as RUN_COMMANDS
 from .diagnostics import render_all, summary
 
 FORMATS = click.Choice(["full", "concise", "json"])
-
-
-class _Device(click.ParamType):
-    """A torch device this machine has (cpu, cuda, cuda:1, mps): one that it lacks is a usage error
-    naming why, before anything runs."""
-
-    name = "device"
-
-    def convert(self, value, param, ctx):
-        from .doctor import device_problem
-
-        problem = device_problem(value)
-        if problem:
-            self.fail(problem, param, ctx)
-        return value
-
-
-DEVICE = _Device()
-
-
-def guarded(fn):
-    """Turn any unexpected exception into an 'internal compiler error' with a repro line, exit 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
-            raise
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except OSError as e:  # the file system refused a path the user gave (unwritable, missing, a folder)
-            click.echo(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
-            sys.exit(1)
-        except BaseException as e:  # noqa: BLE001 - the last line of defence
-            repro = "nlc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-            click.echo(f"error[NL0901]: internal compiler error: {type(e).__name__}: {e}", err=True)
-            click.echo(f"  = note: this is a bug in nlc {__version__}, not in your spec", err=True)
-            click.echo(f"  = repro: {repro}", err=True)
-            if os.environ.get("NLC_BACKTRACE"):
-                traceback.print_exc()
-            else:
-                click.echo("  = help: set NLC_BACKTRACE=1 for the Python traceback", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 def _report(fe, fmt: str, quiet_ok: bool = False) -> int:
@@ -395,164 +346,6 @@ def plot(run):
         click.echo(f"wrote {p}", err=True)
 
 
-def _run_error(e: Exception):
-    click.echo(f"error: {e}", err=True)
-    sys.exit(1)
-
-
-@main.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--prompt", default="", help="the text to continue (empty: start a new document)")
-@click.option("--memory", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="a memory file from `nlc learn` to start from")
-@click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(min=0),
-              help="generate at most this many tokens (bytes); a document separator stops earlier")
-@click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(min=0),
-              help="sampling temperature; 0 always takes the most likely token")
-@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
-              help="sample among the k most likely tokens only (0: no limit)")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(min=0, max=1, min_open=True),
-              help="nucleus sampling: among the fewest most likely tokens whose probability reaches p")
-@click.option("--seed", default=0, show_default=True, type=int, help="seeds the sampling")
-@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
-@guarded
-def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, seed, device):
-    """Continue PROMPT with the model of RUN (a directory made by `nlc train`).
-
-    The prompt runs in one forward pass; then tokens are sampled one at a time, every level carrying
-    its state (memories their fast weights, attention its KV cache). Nothing is learned.
-    """
-    from .runtime.continual import open_run
-    from .runtime.generate import RunError, generate_text
-
-    try:
-        model_run, state, warnings = open_run(run, memory, device=device)
-    except RunError as e:
-        _run_error(e)
-    for w in warnings:
-        click.echo(f"warning: {w}", err=True)
-    click.echo(prompt, nl=False)
-    generate_text(model_run, prompt, max_new_tokens, state=state, temperature=temperature, top_k=top_k,
-                  top_p=top_p, seed=seed, write=lambda text: click.echo(text, nl=False))
-    click.echo()
-
-
-@main.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", required=True, type=click.Path(exists=True),
-              help="the text to learn: a text file, or a folder of .txt/.md files")
-@click.option("--memory", required=True, type=click.Path(dir_okay=False),
-              help="the memory file: updated when it exists, created otherwise")
-@click.option("--seq", default=None, type=click.IntRange(min=1),
-              help="tokens per forward pass (default: the run's training length)")
-@click.option("--passes", default=1, show_default=True, type=click.IntRange(min=1),
-              help="read the text this many times")
-@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
-@guarded
-def learn(run, data, memory, seq, passes, device):
-    """Learn the text DATA in context with the model of RUN and keep it in a memory file.
-
-    The outer level stays frozen; in-context memories and CMS members learn at their clocks. The
-    state of every persistent level goes to the memory file (safetensors with a JSON manifest), for
-    `nlc generate --memory` and `nlc eval --memory`. A memory file fits only the spec it was made for.
-    """
-    from .runtime.continual import describe, learn_file
-    from .runtime.generate import RunError, load_run
-
-    try:
-        report, _ = learn_file(load_run(run, device=device), data, memory, seq=seq, passes=passes)
-    except RunError as e:
-        _run_error(e)
-    for line in describe(report):
-        click.echo(line, err=True)
-    click.echo(f"wrote {memory}", err=True)
-
-
-def _numbers(kind):
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            return [kind(v) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
-    return parse
-
-
-@main.command(name="eval")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--task", required=True, type=click.Choice(["ppl", "mqar", "niah", "forgetting"]),
-              help="ppl: bits per byte; mqar: associative recall; niah: passkey retrieval; "
-                   "forgetting: learn A then B, loss on A")
-@click.option("--memory", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="a memory file from `nlc learn` to start from")
-@click.option("--data", default=None, type=click.Path(exists=True),
-              help="ppl: the text to score; forgetting: segment A (default: the run's held-out split)")
-@click.option("--data-b", default=None, type=click.Path(exists=True),
-              help="forgetting: segment B (default: the next held-out document)")
-@click.option("--out", default=None, type=click.Path(),
-              help="a .json file or a folder for the results (default: RUN/evals/)")
-@click.option("--seq", default=None, type=click.IntRange(min=1),
-              help="ppl, forgetting: tokens per forward pass (default: the run's training length)")
-@click.option("--batch", default=None, type=click.IntRange(min=1), help="rows per forward pass")
-@click.option("--max-tokens", default=None, type=click.IntRange(min=2),
-              help="ppl: tokens scored at most (16384); forgetting: tokens per segment (2048)")
-@click.option("--passes", default=None, type=click.IntRange(min=1), help="forgetting: reads of each segment")
-@click.option("--seed", default=None, type=int, help="mqar, niah: seeds the generated examples")
-@click.option("--mqar-pairs", default=None, type=click.IntRange(min=1), help="mqar: key-value pairs per example (8)")
-@click.option("--mqar-length", default=None, type=click.IntRange(min=4), help="mqar: tokens per example (64)")
-@click.option("--mqar-examples", default=None, type=click.IntRange(min=1), help="mqar: examples (64)")
-@click.option("--niah-lengths", default=None, callback=_numbers(int),
-              help="niah: prompt lengths in tokens, comma-separated (256,512,1024)")
-@click.option("--niah-depths", default=None, callback=_numbers(float),
-              help="niah: needle depths in [0, 1], comma-separated (0,0.25,0.5,0.75,1)")
-@click.option("--niah-trials", default=None, type=click.IntRange(min=1), help="niah: keys per cell (4)")
-@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
-@guarded
-def eval_cmd(run, task, memory, device, out, **options):
-    """Evaluate the model of RUN on a task; print a table and write the results as JSON.
-
-    Every task runs on generated or local text. Results go to RUN/evals/<task>.json (with a memory
-    file: <task>+<memory>.json), and niah draws its heat map beside them.
-    """
-    from rich.console import Console
-
-    from .runtime.evals import evaluate, table, write_results
-    from .runtime.generate import RunError
-
-    try:
-        doc = evaluate(run, task, memory=memory, options=options, device=device)
-    except (RunError, ValueError) as e:
-        _run_error(e)
-    for w in doc["warnings"]:
-        click.echo(f"warning: {w}", err=True)
-    Console().print(table(doc))
-    for path in write_results(doc, out):
-        click.echo(f"wrote {path}", err=True)
-
-
-@main.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--hf", "out", required=True, type=click.Path(file_okay=False),
-              help="write a transformers directory here (AutoModelForCausalLM with trust_remote_code)")
-@click.option("--force", is_flag=True, help="write even if the directory is not empty")
-@guarded
-def export(run, out, force):
-    """Export the model of RUN as a directory that transformers loads offline.
-
-    OUT gets config.json, model.safetensors, modeling_nlc.py (the transformers classes), the compiled
-    model it imports, and the whole compiled package; loading needs nlc installed, not a network.
-    """
-    from .runtime.export_hf import export_hf
-    from .runtime.generate import RunError
-
-    try:
-        target = export_hf(run, out, force=force)
-    except RunError as e:
-        _run_error(e)
-    click.echo(f"exported {run} -> {target}", err=True)
-
-
 @main.command()
 @click.argument("code", required=False)
 @guarded
@@ -617,6 +410,9 @@ def doctor(spec, device, no_check, compiled, as_json):
         click.echo(render_text(findings, styled=sys.stdout.isatty()))
     sys.exit(1 if any(f.bad for f in findings) else 0)
 
+
+for _command in RUN_COMMANDS:
+    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
