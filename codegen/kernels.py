@@ -169,8 +169,8 @@ class KernelPlan(PlanNames):
 
     @property
     def columns_literal(self) -> str:
-        """The wy form: what a tile's columns E are made of, for the launcher's products with the states
-        (runtime/triton/state_products.py): 'u' (the rank-one term), 'w' (the transition's Wm W_start^T)."""
+        """The wy form: what a tile's columns E are made of, for the launcher (which products with the
+        states the backward walk stores): 'u' (the rank-one term), 'w' (the transition's Wm W_start^T)."""
         if self.form != "wy":
             return repr("")
         return repr(("u" if self.wy_value else "") + ("w" if self.transition else ""))

@@ -5,9 +5,9 @@ float32 as they load), and contiguous float32 copies of the gates (B, H, T) and 
 (B, H, dv, dk); outputs and gradients are float32 buffers, cast back to the inputs' dtype. One program
 of a walk over the tiles handles a block of BV rows of W for one (batch, head): the rows of a linear
 memory evolve independently. In the dual form the gradients that sum over the row blocks (q, k, v,
-gates) come back as per-block partials and are summed here; the wy form's backward takes its products
-with whole states from state_products.py, and its tile-parallel kernels pass keys and values a block of
-columns at a time.
+gates) come back as per-block partials and are summed here; the wy form's backward walk stores each
+block's share of its products with the tiles' states, which its tile-parallel half sums, and its
+tile-parallel kernels pass keys and values a block of columns at a time.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class LevelKernels:
     step: Any
     prep: Any = None              # wy form: the tiles' state-free terms, before `fwd` walks the tiles
     prep_bwd: Any = None          # wy form: their backward, after `bwd` walks the tiles in reverse
-    columns: str = ""             # wy form: what a tile's columns E are made of (state_products.py)
+    columns: str = ""             # wy form: what a tile's columns E are made of ('u', 'w', both or none)
     reason: str = ""
     backward: str = ""
     tile: Optional[int] = None
@@ -232,8 +232,8 @@ class LevelKernels:
         return rows, options
 
     def multiplies_as_stored(self, *tensors: Tensor) -> bool:
-        """Whether the wy form's products of two operands read from memory (q kᵀ, k kᵀ, dY Eᵀ, the
-        state products) multiply them as stored (`stored_products`): on a GPU, where the tensors share a
+        """Whether the wy form's products of two operands read from memory (q kᵀ, k kᵀ, dY Eᵀ, dE vᵀ, the
+        shares of dWm kᵀ) multiply them as stored (`stored_products`): on a GPU, where the tensors share a
         half-precision dtype, whose products float32 holds exactly (the sums of float32 but for their
         order, on tensor cores at full rate). The interpreter's bf16 tl.dot is wrong: there they convert."""
         return self.stored_products and not interpreting() and shares_half_dtype(*tensors)
@@ -419,25 +419,26 @@ class LevelKernels:
                 dtheta0, danchor0, dmom0)
 
     def launch_bwd_wy(self, saved, dy, d_end, n_tiles: int, extra: dict, prec: str) -> tuple:
-        """The wy form's backward: the tile terms recomputed as the forward made them and the walk of the
-        state's gradient over the tiles in reverse, both in the forward's precision, storing it at every
-        tile's end; then everything else for all tiles at once, in BACKWARD_PRECISION."""
+        """The wy form's backward: the walk of the state's gradient over the tiles in reverse, in the
+        forward's precision, taking at every tile its block of rows' share of the products with the tile's
+        states; then everything else for all tiles at once, in BACKWARD_PRECISION."""
         q, k, v, eta, alpha, beta, theta0, anchor0, mom0, starts, columns, w, kend, aq, gq, gend = saved
         batch, heads, tokens, _ = k.shape
         tile = extra["C"]
-        dstarts = torch.empty_like(starts)
+        rows, options = self.walk_settings(prec, batch * heads, k.device)
+        parts = -(-self.dv // rows)
+        # the shares of dY W_start, E dW_end and dE W_start in the states' dtype (one-element stand-ins
+        # where the level has no columns E, or no Wm), of sum(dW_end * W_start) in float32
+        share = lambda: torch.empty(parts, batch, heads, n_tiles * tile, self.dk, dtype=starts.dtype,  # noqa: E731
+                                    device=k.device)
+        unused = starts.new_zeros(1)
+        products = (share(), share() if self.columns else unused, share() if "w" in self.columns else unused,
+                    torch.empty(parts, batch, heads, n_tiles, dtype=torch.float32, device=k.device))
         dcolumns = torch.empty_like(columns)
         dtheta0 = torch.empty(batch, heads, self.dv, self.dk, dtype=torch.float32, device=k.device)
-        rows, options = self.walk_settings(prec, batch * heads, k.device)
-        self.bwd[(-(-self.dv // rows), batch * heads)](
-            q, w, kend, aq, gq, gend, dy, d_end, dstarts, dcolumns, dtheta0, tokens, n_tiles, BV=rows, C=tile,
-            BT=extra["BT"], PREC=self.walk_precision_of(prec, q.dtype), **options)
-        from .state_products import state_products   # imports Triton
-
-        # the products of stored operands in their own half precision where they share it (the columns
-        # only where the level has them: else one-element stand-ins)
-        half = self.multiplies_as_stored(q, k, v, dy, starts, *((columns, dcolumns) if self.columns else ()))
-        products = state_products(self.columns, tile, starts, dstarts, dy, columns, dcolumns, prec, half)
+        self.bwd[(parts, batch * heads)](
+            q, w, kend, aq, gq, gend, dy, d_end, starts, columns, dcolumns, *products, dtheta0, tokens, n_tiles,
+            BV=rows, C=tile, BT=extra["BT"], PREC=self.walk_precision_of(prec, q.dtype), **options)
         # written in full for every token, each element once: dq, dk, dv and the gates' gradients in the
         # dtypes of q, k, v and the gates (no conversion after the kernel), dv zero for a level whose
         # update does not read v
@@ -445,11 +446,13 @@ class LevelKernels:
         dv = empty(self.dv, like=v) if "u" in self.columns else torch.zeros_like(v)
         grads = (empty(self.dk, like=q), empty(self.dk, like=k), dv, empty(like=eta), empty(like=alpha),
                  empty(like=beta))
+        # the products of stored operands in their own half precision where they share it
+        half = self.multiplies_as_stored(q, k, v, dy, starts, *((columns, dcolumns) if self.columns else ()))
         per_program = self.tiles_per_program(n_tiles)
         self.prep_bwd[(-(-n_tiles // per_program), batch * heads)](
             q, k, v, eta, alpha, beta, dy, columns, dcolumns, *products, *grads, tokens, n_tiles,
             BB=self.columns_per_block(tile, backward=True),
-            TILES=per_program, PREC=self.backward_precision, HALF=half, **extra,
+            TILES=per_program, PREC=self.backward_precision, HALF=half, PARTS=parts, **extra,
             **self.tile_options(tile, backward=True))
         self.launches["bwd"] += 1
         return (*grads, dtheta0, None, None)   # the start anchor and momentum: not read by the wy form

@@ -17,7 +17,7 @@ import triton.language as tl  # noqa: E402
 
 from nldsl.runtime import MemoryConfig, Rule, standard_objective  # noqa: E402
 from nldsl.runtime.memory import MemoryState  # noqa: E402
-from nldsl.runtime.triton import launch, state_products  # noqa: E402
+from nldsl.runtime.triton import launch  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
 from triton_testkit import DEVICE, tf32_truncated  # noqa: E402
 
@@ -70,7 +70,6 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
         prep, prep_bwd = Recorder(), Recorder()
         kernels = dataclasses.replace(kernels, prep=prep, prep_bwd=prep_bwd)
     monkeypatch.setattr(launch, "interpreting", lambda: not on_gpu)
-    monkeypatch.setattr(state_products, "_state_products", Recorder())   # no arithmetic on unwritten buffers
     batch, heads, tokens = 2, 2, 12
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, heads, tokens, 16, generator=gen).to(dtype).requires_grad_() for _ in range(3))
@@ -94,8 +93,9 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
         assert [c["PREC"] for c in prep.calls] == [expected]
         assert [c["PREC"] for c in bwd.calls] == [walk]
         assert [c["PREC"] for c in prep_bwd.calls] == [launch.BACKWARD_PRECISION]
-        # the start states kept for the backward, and their gradients, in the caller's precision
-        assert fwd.args[0][11].dtype == bwd.args[0][8].dtype == dtype
+        # the start states kept for the backward, and the backward walk's shares of its products with
+        # them, in the caller's precision
+        assert fwd.args[0][11].dtype == bwd.args[0][8].dtype == bwd.args[0][11].dtype == dtype
         # the terms the walks stream, u, w and kend, in the caller's precision; aq and the gates' products
         # in float32
         u, w, kend, aq, gq, gend = prep.args[0][6:12]
@@ -109,8 +109,7 @@ def test_the_dot_precision_follows_the_callers_dtype(monkeypatch, family, dtype,
 
 def record_wy_run(monkeypatch, dtype, heads=2, tokens=40, interpreted=False, **settings):
     """The launches of Gated DeltaNet's wy kernels (width 128) for a forward and backward "on a GPU"
-    (or under the interpreter): (fwd, bwd, prep, prep_bwd, state products) recorders, the level's
-    `settings` replaced."""
+    (or under the interpreter): (fwd, bwd, prep, prep_bwd) recorders, the level's `settings` replaced."""
     cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current")), chunk=1, read="after")
     found, reason = kernels_for(cfg, standard_objective("l2"), "prec.walk")
     assert found is not None and found.prep is not None, reason
@@ -118,14 +117,12 @@ def record_wy_run(monkeypatch, dtype, heads=2, tokens=40, interpreted=False, **s
     kernels = dataclasses.replace(found, fwd=fwd, bwd=bwd, prep=prep, prep_bwd=prep_bwd,
                                   launches={n: 0 for n in found.launches}, **settings)
     monkeypatch.setattr(launch, "interpreting", lambda: interpreted)
-    products = Recorder()
-    monkeypatch.setattr(state_products, "_state_products", products)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, tokens, 128, generator=gen).to(dtype).requires_grad_() for _ in range(3))
     gates = {n: torch.rand(1, heads, tokens, generator=gen).to(dtype) for n in ("eta", "alpha", "beta")}
     y, _ = kernels.run(cfg, standard_objective("l2"), q, k, v, gates, start_state(cfg, kernels, 1, heads))
     y.float().sum().backward()
-    return (*recorders, products)
+    return recorders
 
 
 @pytest.mark.parametrize("dtype,rows,warps", [(torch.bfloat16, launch.WALK_ROWS, launch.WALK_WARPS),
@@ -135,9 +132,12 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     WALK_WARPS warps when they multiply in tf32; in full float32 GPU_ROWS rows and the level's warps. The
     tile-parallel kernels pass TILE_FLOATS (prep_bwd: TILE_FLOATS_BWD) values of a 16-token tile's keys and
     values at a time with TILE_WARPS warps."""
-    fwd, bwd, prep, prep_bwd, _ = record_wy_run(monkeypatch, dtype)
+    fwd, bwd, prep, prep_bwd = record_wy_run(monkeypatch, dtype)
     assert [(c["BV"], c["num_warps"]) for c in fwd.calls] == [(rows, warps)]
     assert [(c["BV"], c["num_warps"]) for c in bwd.calls] == [(rows, warps)]
+    # the backward walk's blocks of rows each store a share of the products with the tiles' states, which
+    # prep_bwd sums
+    assert bwd.args[0][11].shape[0] == 128 // rows and [c["PARTS"] for c in prep_bwd.calls] == [128 // rows]
     # the walks pipeline WALK_STAGES stages and may take every register their warps allow
     assert [(c["num_stages"], c["maxnreg"]) for c in fwd.calls + bwd.calls] == [(launch.WALK_STAGES, 255)] * 2
     # the tile-parallel kernels: whole rows of k and v in prep (2,048 values of a 16-token tile), 32 columns
@@ -154,15 +154,16 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
                                                         (torch.float32, "half", "ieee", "ieee")],
                          ids=["bf16-tf32", "fp16-half", "float32-half"])
 def test_a_levels_walk_precision_reaches_the_walks_only(monkeypatch, dtype, setting, walk, others):
-    """`walk_precision` sets the tl.dot precision of the wy form's two walks for half-precision inputs on a
-    GPU ("half": the inputs' own), and nothing else: prep and the state products keep the forward's
-    (tf32), prep_bwd BACKWARD_PRECISION; float32 inputs keep ieee everywhere."""
-    fwd, bwd, prep, prep_bwd, products = record_wy_run(monkeypatch, dtype, walk_precision=setting)
+    """`walk_precision` sets the tl.dot precision of the wy form's two walks (the backward's with its
+    products with the tiles' states) for half-precision inputs on a GPU ("half": the inputs' own), and
+    nothing else: prep keeps the forward's (tf32), prep_bwd BACKWARD_PRECISION; float32 inputs keep ieee
+    everywhere."""
+    fwd, bwd, prep, prep_bwd = record_wy_run(monkeypatch, dtype, walk_precision=setting)
     assert [c["PREC"] for c in fwd.calls + bwd.calls] == [walk] * 2
-    assert [c["PREC"] for c in prep.calls + products.calls] == [others] * 2
+    assert [c["PREC"] for c in prep.calls] == [others]
     assert [c["PREC"] for c in prep_bwd.calls] == [launch.BACKWARD_PRECISION]
-    # prep, the state products and prep_bwd multiply half-precision operands read from memory as stored
-    assert [c["HALF"] for c in prep.calls + products.calls + prep_bwd.calls] == [dtype != torch.float32] * 3
+    # prep and prep_bwd multiply half-precision operands read from memory as stored
+    assert [c["HALF"] for c in prep.calls + prep_bwd.calls] == [dtype != torch.float32] * 2
     # the walks' rows and warps are those of the forward's precision
     assert [c["BV"] for c in fwd.calls] == [launch.WALK_ROWS if dtype != torch.float32 else launch.GPU_ROWS]
 
@@ -179,12 +180,11 @@ def test_operands_multiply_as_stored_only_when_they_share_a_half_dtype(dtypes, h
 @pytest.mark.parametrize("setting,interpreted,half", [(True, False, True), (False, False, False), (True, True, False)],
                          ids=["gpu", "switched-off", "interpreted"])
 def test_stored_products_are_a_gpu_setting_of_the_level(monkeypatch, setting, interpreted, half):
-    """On a GPU the wy form's tile-parallel kernels and state products multiply bf16 operands as stored
-    unless the level switches it off (`stored_products`); the interpreter's bf16 tl.dot is wrong, so never
-    there."""
-    _, _, prep, prep_bwd, products = record_wy_run(monkeypatch, torch.bfloat16, interpreted=interpreted,
-                                                  stored_products=setting)
-    assert [c["HALF"] for c in prep.calls + products.calls + prep_bwd.calls] == [half] * 3
+    """On a GPU the wy form's tile-parallel kernels multiply bf16 operands as stored unless the level
+    switches it off (`stored_products`); the interpreter's bf16 tl.dot is wrong, so never there."""
+    _, _, prep, prep_bwd = record_wy_run(monkeypatch, torch.bfloat16, interpreted=interpreted,
+                                         stored_products=setting)
+    assert [c["HALF"] for c in prep.calls + prep_bwd.calls] == [half] * 2
 
 
 @pytest.mark.parametrize("tile,walk_rows,tile_warps,capped", [(16, 64, 4, False), (32, 32, 8, True), (64, 16, 8, True)])
@@ -193,7 +193,7 @@ def test_longer_wy_tiles_take_fewer_walk_rows_and_wider_tile_kernels(monkeypatch
     tiles) and the tile-parallel kernels TILE_WARPS_WIDE warps with every register they allow: the settings
     the compile reports found nearly spill-free at 32-token tiles."""
     monkeypatch.setattr(launch, "multiprocessors", lambda device: 16)
-    fwd, bwd, prep, prep_bwd, _ = record_wy_run(monkeypatch, torch.bfloat16, heads=8, tokens=70, tile=tile)
+    fwd, bwd, prep, prep_bwd = record_wy_run(monkeypatch, torch.bfloat16, heads=8, tokens=70, tile=tile)
     assert [c["C"] for c in prep.calls + prep_bwd.calls] == [tile] * 2
     assert [c["BV"] for c in fwd.calls + bwd.calls] == [walk_rows] * 2
     assert [c["num_warps"] for c in prep.calls + prep_bwd.calls] == [tile_warps] * 2
