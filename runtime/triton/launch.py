@@ -71,6 +71,13 @@ GPU_ROWS = 16
 # the forward walk spills 13.5 KB per thread at 64 rows: GPU_ROWS.
 WALK_ROWS = 64
 WALK_WARPS = 4
+# The wy form's backward walk stores, per block of rows, a share of its products with the tiles' states
+# (three token-by-width tiles per tile), which prep_bwd reads back and sums: a head in many blocks makes
+# that traffic many times the states'. So the half-precision walks split a head into at most
+# WY_MAX_PARTS blocks even where that leaves multiprocessors idle. On an H200 (Gated DeltaNet, 16 heads of
+# 128, bf16, 1 x 16384, forward + backward) 8 blocks of 16 rows took 7.54 ms of GPU time, 4 of 32 rows
+# 6.04 and 2 of 64 rows 6.56 (the forward walk 1.41, 1.35 and 1.71 ms).
+WY_MAX_PARTS = 4
 # The dual form's forward (one kernel, the whole tile's work in the walk) takes up to 32 rows in tf32 at
 # its 8 warps: 232 to 255 registers, nothing spilled, at head widths 64 and 128 (TTT-linear, Titans
 # linear); 64 rows spill at width 128. Its backward keeps GPU_ROWS.
@@ -207,7 +214,7 @@ class LevelKernels:
         tf32 (`walk`) the wy form's walks take up to WALK_ROWS (at 16-token tiles; proportionally fewer
         at longer tiles, whose walks spill at 64 rows) and the dual form's forward up to DUAL_WALK_ROWS:
         the fewest, largest programs that still give every multiprocessor of `device` one, for `heads`
-        (batch x heads) walks."""
+        (batch x heads) walks, and in the wy form at most WY_MAX_PARTS programs a head."""
         if self.block_v is not None:
             return _pow2(self.block_v)
         full = _pow2(self.dv)
@@ -220,6 +227,8 @@ class LevelKernels:
             for wide in (widest, widest // 2):
                 if rows < wide <= full and heads * -(-self.dv // wide) >= wanted:
                     return wide
+            if self.prep is not None:
+                return max(rows, min(widest, full // WY_MAX_PARTS))
         return rows
 
     def walk_settings(self, prec: str, heads: int, device) -> tuple[int, dict]:

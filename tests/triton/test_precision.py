@@ -149,6 +149,18 @@ def test_the_wy_walks_launch_settings_follow_the_precision(monkeypatch, dtype, r
     assert [c["num_stages"] for c in prep.calls + prep_bwd.calls] == [launch.PREP_STAGES, 1] == [2, 1]
 
 
+@pytest.mark.parametrize("multiprocessors,rows", [(1, 64), (4, 64), (8, 32), (132, 32)])
+def test_the_wy_walks_split_a_head_in_at_most_four_blocks(monkeypatch, multiprocessors, rows):
+    """Half-precision walks take WALK_ROWS rows (two blocks of a head of 128) where that gives every
+    multiprocessor a program, else half as many; with fewer walks than that (here 2 heads on 132
+    multiprocessors) at most WY_MAX_PARTS blocks a head, each storing its share of the backward's
+    products with the states for prep_bwd to sum."""
+    monkeypatch.setattr(launch, "multiprocessors", lambda device: multiprocessors)
+    fwd, bwd, _, prep_bwd = record_wy_run(monkeypatch, torch.bfloat16)
+    assert [c["BV"] for c in fwd.calls + bwd.calls] == [rows] * 2
+    assert [c["PARTS"] for c in prep_bwd.calls] == [128 // rows] and 128 // 32 == launch.WY_MAX_PARTS
+
+
 @pytest.mark.parametrize("dtype,setting,walk,others", [(torch.bfloat16, "tf32", "tf32", "tf32"),
                                                         (torch.float16, "half", "fp16", "tf32"),
                                                         (torch.float32, "half", "ieee", "ieee")],
@@ -207,12 +219,12 @@ def test_the_register_cap_is_what_the_warps_allow(warps, cap):
                                                                                 "maxnreg": cap}
 
 
-@pytest.mark.parametrize("chunk,heads,rows", [(1, 128, 64), (1, 48, 32), (1, 16, 16), (16, 128, 32), (16, 16, 16)],
+@pytest.mark.parametrize("chunk,heads,rows", [(1, 128, 64), (1, 48, 32), (1, 16, 32), (16, 128, 32), (16, 16, 16)],
                          ids=["wy-128", "wy-48", "wy-16", "dual-128", "dual-16"])
 def test_the_walks_take_the_widest_rows_that_still_fill_the_device(monkeypatch, chunk, heads, rows):
     """Fewer, wider programs while there is one for every multiprocessor (132 on an H100/H200): at head
-    width 128, 128 wy walks take 64 rows, 48 take 32, 16 stay at 16 rows (128 programs); the dual form's
-    forward takes up to 32. The other kernels keep 16."""
+    width 128, 128 wy walks take 64 rows, 48 take 32, 16 take 32 too (WY_MAX_PARTS: 64 programs, not 128);
+    the dual form's forward takes up to 32, and at 16 walks 16. The other kernels keep 16."""
     cfg = MemoryConfig("linear", 128, 128, rules=(Rule("retain"), Rule("gd", at="current" if chunk == 1 else "anchor")),
                        chunk=chunk, read="after")
     found, reason = kernels_for(cfg, standard_objective("l2"), f"prec.walk{chunk}")
