@@ -28,5 +28,8 @@ def test_the_gpu_benchmark_runs_under_the_interpreter_and_says_there_are_no_gpu_
     rows = json.loads(out.read_text())["rows"]
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
     assert all(r["error_vs_chunked"] <= 5e-3 for r in rows)
+    # the backward kernels against the chunked path's gradients, in every forward + backward row
+    assert [r["mode"] for r in rows if "grad_error_vs_chunked" in r] == ["fwd+bwd"] * 2
+    assert all(r["grad_error_vs_chunked"] <= 5e-3 for r in rows if r["mode"] == "fwd+bwd")
     if "fla present" not in result.stdout:
         assert "fla absent" in result.stdout and not any("fla_ms" in r for r in rows)

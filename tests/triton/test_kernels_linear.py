@@ -254,3 +254,31 @@ def test_random_rule_combinations(rules, chunk, read, current, self_target, obje
     case = Case(cfg, objective_of(objective), tokens=tokens, position=position, seed=seed)
     assume(float32_can_match(case))
     check(case, against_chunked=False)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(rules=RULES, read=st.sampled_from(["after", "before", "anchor"]), current=st.booleans(),
+       self_target=st.booleans(), objective=st.sampled_from(["l2", "dot", "mse"]), dv=st.sampled_from([24, 32, 40]),
+       position=st.sampled_from([None, 3, 21]), tokens=st.integers(17, 45), seed=st.integers(0, 2 ** 16))
+def test_random_wy_levels_in_several_row_blocks(rules, read, current, self_target, objective, dv, position, tokens,
+                                                seed):
+    """The wy form with its walks over blocks of 16 rows (two or three, the last partly masked where dv is
+    24 or 40): each block's share of the backward's products with the tiles' states, summed by prep_bwd,
+    gives the reference's outputs, states and gradients, whatever the rules (with no columns E, with
+    only the rank-one term or only the transition's, or both)."""
+    at = "current" if current else "anchor"
+    try:
+        cfg = MemoryConfig("linear", 16, 16 if self_target else dv,
+                           rules=tuple(Rule(r, at if r in ("gd", "momentum", "dgd") else "anchor") for r in rules),
+                           read=read, chunk=1, self_target=self_target)
+    except ValueError:
+        assume(False)
+    found = kernels(cfg, objective_of(objective))
+    assume(found.prep is not None and found.prep_bwd is not None)
+    lk = dataclasses.replace(found, block_v=16, launches={n: 0 for n in found.launches})
+    case = Case(cfg, objective_of(objective), tokens=tokens, position=position, seed=seed)
+    assume(float32_can_match(case))
+    compare(run_reference(case), run_path(case, "triton", lk), f"{lk.columns or 'no'} columns, row blocks of 16",
+            limit=FLOAT32_RATIO)
+    assert lk.launches["bwd"] == 1
