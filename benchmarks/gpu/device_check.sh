@@ -44,7 +44,11 @@ run_step() {  # name limit command...
     timeout "$limit" "$@" >"$file" 2>&1
     local rc=$?
     echo "=== $name: rc=$rc after $((SECONDS - start))s" | tee -a "$LOG"
-    tail -n "${TAIL:-30}" "$file" | tee -a "$LOG"
+    # the harnesses' rows and --profile tables whole (a tail of 30 lines kept only the last row's), the
+    # rest's last 30 lines
+    local lines=30
+    [[ "$name" == tests || "$name" == suite ]] || lines=400
+    tail -n "${TAIL:-$lines}" "$file" | tee -a "$LOG"
 }
 
 step_setup() {
