@@ -186,18 +186,17 @@ def error_vs_chunked(cfg, kernels, x, grad: bool) -> tuple:
     exact = {n: t.detach().float().requires_grad_(grad and n in GRADIENTS) for n, t in x.items()}
     with torch.enable_grad():
         y, s = run_generated(cfg, kernels, ours, grad)
-        y0, s0 = run_generated(cfg, chunked_path(cfg), exact, grad)
+        y0, s0 = run_generated(cfg, ChunkedPath, exact, grad)
     forward = max(rel(y, y0), rel(s, s0))
     return forward, (max(rel(ours[n].grad, exact[n].grad) for n in GRADIENTS) if grad else None)
 
 
-def chunked_path(cfg):
-    """An object with the kernels' `run`, computing with the chunked PyTorch path (the reference here)."""
-    class Chunked:
-        @staticmethod
-        def run(cfg, objective, q, k, v, gates, start):
-            return chunked(cfg, objective, q, k, v, gates, None, start)
-    return Chunked
+class ChunkedPath:
+    """The kernels' `run`, computed by the chunked PyTorch path (the reference of error_vs_chunked)."""
+
+    @staticmethod
+    def run(cfg, objective, q, k, v, gates, start):
+        return chunked(cfg, objective, q, k, v, gates, None, start)
 
 
 def row_line(row: dict, peak) -> str:
