@@ -153,6 +153,7 @@ SWEEPS = {
                         "whether products of bf16 operands read from memory multiply as stored, e.g. on,off"),
     "tile_columns": (int, "key and value columns per block of the tile-parallel kernels, e.g. 16,default"),
     "warps": (int, "warps per program, e.g. 4,8"),
+    "tile_warps": (int, "warps per program of the tile-parallel kernels (prep, prep_bwd), e.g. 1,2,default"),
 }
 
 
@@ -201,7 +202,7 @@ class ChunkedPath:
 
 def row_line(row: dict, peak) -> str:
     line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} "
-            f"rows {row['walk_rows']}/{row['block_v']:<3} cols {row['tile_columns']:<3} warps {row['warps'] or '-'} "
+            f"rows {row['walk_rows']}/{row['block_v']:<3} cols {row['tile_columns']:<3} warps {row['warps'] or '-'}/{row['tile_warps'] or '-'} "
             f"stages {row['stages']} bwd {row['backward_precision']:<4} walk {row['walk_precision']:<4} "
             f"stored {'on' if row['stored_products'] else 'off'} "
             f"generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
@@ -285,7 +286,7 @@ def main() -> int:
                        "dtype": str(dtype).replace("torch.", ""), "device": name,
                        "tile": kernels.wy_tile(), "block_v": kernels.rows_per_program(),
                        "walk_rows": kernels.rows_per_program(walk=gpu, heads=batch * heads, device=device),
-                       "stages": kernels.stages or "default", "warps": kernels.warps,
+                       "stages": kernels.stages or "default", "warps": kernels.warps, "tile_warps": kernels.tile_warps,
                        "tile_columns": kernels.columns_per_block(kernels.wy_tile()), "backward_precision": kernels.backward_precision,
                        "walk_precision": kernels.walk_precision_of(kernels.precision(dtype), dtype),
                        "stored_products": kernels.stored_products, **fla}

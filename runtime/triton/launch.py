@@ -93,8 +93,14 @@ DUAL_WALK_ROWS = 32
 # Tiles above 16 tokens run the tile-parallel kernels at 8 warps with every register they allow
 # (with_register_cap): at 4 warps, or at 8 without the cap (ptxas then chose 32 registers), prep_bwd
 # spilled at 32-token tiles (396 B per thread; 45 KB at 64 tokens), at 8 with the cap 8 B (7 KB at 64).
-# At 16-token tiles the cap made prep spill (68 B, from none), so 16-token tiles keep 4 warps, uncapped.
-TILE_WARPS = 4
+# At 16-token tiles the cap made prep spill (68 B, from none), so 16-token tiles are left uncapped.
+# Tiles of 16 tokens run them at one warp: their C x C products chain (X from squarings, dA = X^T dX X^T),
+# for which Triton spreads the warps over the rows, and a tile has only 16, so every warp of four computed
+# the same products (and held them in its registers: 255 a thread at any warp count). On an H100 (Gated
+# DeltaNet, 16 heads of 128, bf16, 8 x 2048, forward + backward) one warp took prep_bwd from 1.48 to 1.11 ms
+# and prep from 0.233 to 0.197 ms (1 x 16384: prep_bwd 1.89 -> 1.63 ms; two warps 1.61), though ptxas
+# reports 1.3 KB spilled per thread at one warp against 0.1 at four (compile_report.py).
+TILE_WARPS = 1
 TILE_WARPS_WIDE = 8
 TILE_FLOATS = 2048
 TILE_FLOATS_BWD = 512
@@ -194,6 +200,8 @@ class LevelKernels:
     tile_columns: Optional[int] = None  # wy form: columns per block of the tile-parallel kernels (None: TILE_FLOATS)
     decode_tokens: int = 1
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
+    tile_warps: Optional[int] = None  # wy form: warps per program of the tile-parallel kernels (None: `warps`,
+                                      # else TILE_WARPS / TILE_WARPS_WIDE)
     stages: Optional[int] = None  # software-pipelining stages of the tile loop (launch_options chooses)
     backward_precision: str = BACKWARD_PRECISION  # tl.dot precision of the backward kernels but the wy walk
     stored_products: bool = True  # wy form: products of half-precision operands read from memory as stored
@@ -270,9 +278,13 @@ class LevelKernels:
 
     def tile_options(self, tile: int, backward: bool = False) -> dict:
         """Launch options of the wy form's tile-parallel kernels for tiles of `tile` tokens (TILE_WARPS,
-        TILE_WARPS_WIDE; `warps` where the level sets it); prep pipelines PREP_STAGES stages."""
+        TILE_WARPS_WIDE; `tile_warps`, else `warps`, where the level sets it); prep pipelines PREP_STAGES
+        stages."""
         wide = tile > 16
-        options = self.launch_options(TILE_WARPS_WIDE if wide else TILE_WARPS, walk=wide)
+        if self.tile_warps is not None:
+            options = launch_options(self.tile_warps, self.stages, max(self.dk, self.dv) > 32, walk=wide)
+        else:
+            options = self.launch_options(TILE_WARPS_WIDE if wide else TILE_WARPS, walk=wide)
         if options and not backward and self.stages is None:
             options["num_stages"] = PREP_STAGES
         return options

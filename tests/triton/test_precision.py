@@ -199,7 +199,7 @@ def test_stored_products_are_a_gpu_setting_of_the_level(monkeypatch, setting, in
     assert [c["HALF"] for c in prep.calls + prep_bwd.calls] == [half] * 2
 
 
-@pytest.mark.parametrize("tile,walk_rows,tile_warps,capped", [(16, 64, 4, False), (32, 32, 8, True), (64, 16, 8, True)])
+@pytest.mark.parametrize("tile,walk_rows,tile_warps,capped", [(16, 64, 1, False), (32, 32, 8, True), (64, 16, 8, True)])
 def test_longer_wy_tiles_take_fewer_walk_rows_and_wider_tile_kernels(monkeypatch, tile, walk_rows, tile_warps, capped):
     """At tiles longer than 16 tokens the wy form's walks take proportionally fewer rows (32 at 32-token
     tiles) and the tile-parallel kernels TILE_WARPS_WIDE warps with every register they allow: the settings
@@ -210,6 +210,17 @@ def test_longer_wy_tiles_take_fewer_walk_rows_and_wider_tile_kernels(monkeypatch
     assert [c["BV"] for c in fwd.calls + bwd.calls] == [walk_rows] * 2
     assert [c["num_warps"] for c in prep.calls + prep_bwd.calls] == [tile_warps] * 2
     assert all(("maxnreg" in c) == capped for c in prep.calls + prep_bwd.calls)
+
+
+@pytest.mark.parametrize("settings,walk_warps,tile_warps", [({"tile_warps": 2}, launch.WALK_WARPS, 2),
+                                                       ({"warps": 8}, 8, 8), ({"warps": 8, "tile_warps": 2}, 8, 2)])
+def test_the_tile_parallel_kernels_warps_can_be_set_apart_from_the_walks(monkeypatch, settings, walk_warps,
+                                                                           tile_warps):
+    """`tile_warps` sets the warps of prep and prep_bwd alone; `warps` sets every kernel's, the tile-parallel
+    kernels' too unless `tile_warps` is set."""
+    fwd, bwd, prep, prep_bwd = record_wy_run(monkeypatch, torch.bfloat16, **settings)
+    assert [c["num_warps"] for c in fwd.calls + bwd.calls] == [walk_warps] * 2
+    assert [c["num_warps"] for c in prep.calls + prep_bwd.calls] == [tile_warps] * 2
 
 
 @pytest.mark.parametrize("warps,cap", [(4, 255), (8, 255), (16, 128)])
