@@ -101,6 +101,10 @@ DUAL_WALK_ROWS = 32
 # and prep from 0.233 to 0.197 ms (1 x 16384: prep_bwd 1.89 -> 1.63 ms; two warps 1.61), though ptxas
 # reports 1.3 KB spilled per thread at one warp against 0.1 at four (compile_report.py).
 TILE_WARPS = 1
+# ... but prep_bwd in tf32 (backward_precision "tf32") keeps two: on an H100 at one warp its gradients
+# were 5.5e-2 from the chunked path's (the same call at two or four warps, and in float32 at one, 4.0e-3;
+# beyond semantics §6, and the bf16 test failed: d alpha 0.23), though it ran in 0.94 ms against 1.11.
+TILE_WARPS_TF32_BWD = 2
 TILE_WARPS_WIDE = 8
 TILE_FLOATS = 2048
 TILE_FLOATS_BWD = 512
@@ -278,13 +282,16 @@ class LevelKernels:
 
     def tile_options(self, tile: int, backward: bool = False) -> dict:
         """Launch options of the wy form's tile-parallel kernels for tiles of `tile` tokens (TILE_WARPS,
-        TILE_WARPS_WIDE; `tile_warps`, else `warps`, where the level sets it); prep pipelines PREP_STAGES
-        stages."""
+        TILE_WARPS_WIDE; prep_bwd in tf32 at least TILE_WARPS_TF32_BWD; `tile_warps`, else `warps`, where
+        the level sets it); prep pipelines PREP_STAGES stages."""
         wide = tile > 16
         if self.tile_warps is not None:
             options = launch_options(self.tile_warps, self.stages, max(self.dk, self.dv) > 32, walk=wide)
         else:
-            options = self.launch_options(TILE_WARPS_WIDE if wide else TILE_WARPS, walk=wide)
+            warps = TILE_WARPS_WIDE if wide else TILE_WARPS
+            if backward and self.backward_precision == "tf32":
+                warps = max(warps, TILE_WARPS_TF32_BWD)
+            options = self.launch_options(warps, walk=wide)
         if options and not backward and self.stages is None:
             options["num_stages"] = PREP_STAGES
         return options

@@ -212,6 +212,15 @@ def test_longer_wy_tiles_take_fewer_walk_rows_and_wider_tile_kernels(monkeypatch
     assert all(("maxnreg" in c) == capped for c in prep.calls + prep_bwd.calls)
 
 
+@pytest.mark.parametrize("precision,warps", [("ieee", launch.TILE_WARPS), ("tf32", launch.TILE_WARPS_TF32_BWD)])
+def test_prep_bwd_in_tf32_keeps_two_warps(monkeypatch, precision, warps):
+    """16-token tiles run the tile-parallel kernels at TILE_WARPS (one) warp, but prep_bwd in tf32 at
+    TILE_WARPS_TF32_BWD (two): at one warp its gradients left the contract on an H100."""
+    _, _, prep, prep_bwd = record_wy_run(monkeypatch, torch.bfloat16, backward_precision=precision)
+    assert [c["num_warps"] for c in prep.calls + prep_bwd.calls] == [launch.TILE_WARPS, warps]
+    assert (launch.TILE_WARPS, launch.TILE_WARPS_TF32_BWD) == (1, 2)
+
+
 @pytest.mark.parametrize("settings,walk_warps,tile_warps", [({"tile_warps": 2}, launch.WALK_WARPS, 2),
                                                        ({"warps": 8}, 8, 8), ({"warps": 8, "tile_warps": 2}, 8, 2)])
 def test_the_tile_parallel_kernels_warps_can_be_set_apart_from_the_walks(monkeypatch, settings, walk_warps,
