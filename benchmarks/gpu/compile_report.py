@@ -214,6 +214,7 @@ def main() -> int:
                     help="key and value columns per block of the wy form's tile-parallel kernels")
     ap.add_argument("--warps", type=int, help="warps per program instead of the level's")
     ap.add_argument("--tile-warps", type=int, help="warps per program of the wy form's tile-parallel kernels")
+    ap.add_argument("--states-every", type=int, help="the wy form's tiles per stored start state (1 or 2)")
     ap.add_argument("--stages", type=int, help="software-pipelining stages instead of the level's")
     ap.add_argument("--backward-precision", choices=["ieee", "tf32"],
                     help="tl.dot precision of the backward kernels (but the wy walk) instead of the level's")
@@ -227,7 +228,7 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("NLC_CACHE", tempfile.mkdtemp(prefix="nlc-compile-"))
     overrides = {"tile": args.tile, "block_v": args.block_v, "tile_columns": args.tile_columns, "warps": args.warps,
-                 "tile_warps": args.tile_warps, "stages": args.stages,
+                 "tile_warps": args.tile_warps, "states_every": args.states_every, "stages": args.stages,
                  "backward_precision": args.backward_precision, "stream": args.stream or None,
                  "hidden_block": args.hidden_block, "slices": args.slices}
     if args.spec:

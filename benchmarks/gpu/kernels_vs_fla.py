@@ -154,6 +154,7 @@ SWEEPS = {
     "tile_columns": (int, "key and value columns per block of the tile-parallel kernels, e.g. 16,default"),
     "warps": (int, "warps per program, e.g. 4,8"),
     "tile_warps": (int, "warps per program of the tile-parallel kernels (prep, prep_bwd), e.g. 1,2,default"),
+    "states_every": (int, "tiles per start state the forward walk stores for the backward walk, 1 or 2"),
 }
 
 
@@ -204,7 +205,7 @@ def row_line(row: dict, peak) -> str:
     line = (f"B={row['batch']:<2} T={row['tokens']:<6} {row['mode']:<8} tile {row['tile']:<3} "
             f"rows {row['walk_rows']}/{row['block_v']:<3} cols {row['tile_columns']:<3} warps {row['warps'] or '-'}/{row['tile_warps'] or '-'} "
             f"stages {row['stages']} bwd {row['backward_precision']:<4} walk {row['walk_precision']:<4} "
-            f"stored {'on' if row['stored_products'] else 'off'} "
+            f"stored {'on' if row['stored_products'] else 'off'} states every {row['states_every']} "
             f"generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
     if peak:
         line += f" ({100 * row['generated_share_of_peak']:.1f}% of {peak:g})"
@@ -289,7 +290,7 @@ def main() -> int:
                        "stages": kernels.stages or "default", "warps": kernels.warps, "tile_warps": kernels.tile_warps,
                        "tile_columns": kernels.columns_per_block(kernels.wy_tile()), "backward_precision": kernels.backward_precision,
                        "walk_precision": kernels.walk_precision_of(kernels.precision(dtype), dtype),
-                       "stored_products": kernels.stored_products, **fla}
+                       "stored_products": kernels.stored_products, "states_every": kernels.states_every, **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
                 print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']} stages {row['stages']}: "
                       f"first call of the generated kernels "

@@ -124,6 +124,14 @@ PREP_STAGES = 2
 # reference hold.
 WALK_PRECISION = "half"
 
+# The wy form's forward walk may store the start state of every second tile only (`states_every` 2: at
+# 16-token tiles a head of 128 x 128 in bf16 takes 537 MB at 8 x 2048 with 16 heads); the backward walk
+# then makes the others again, one product a tile (E^T Kend of the tile before, as the forward made it).
+# On an H100 (8 x 2048) the forward walk took 0.323 ms instead of 0.418 storing half the states, but a
+# backward walk that unrolled its loop body for the two tiles of a pair took 1.06 ms instead of 0.53;
+# this one keeps one body a tile and is not timed yet, so every state is stored by default.
+STATES_EVERY = 1
+
 # The backward kernels' tl.dot precision whatever the inputs: in tf32 they spill far more (ptxas for
 # sm_90: Gated DeltaNet's one-kernel backward at width 128 1.5 -> 15.5 KB per thread, the Titans MLP of
 # 8 heads of 32 8.4 -> 21.0 KB; benchmarks/gpu/compile_report.py --dtype bfloat16); on an H100 the wy
@@ -211,6 +219,7 @@ class LevelKernels:
     stored_products: bool = True  # wy form: products of half-precision operands read from memory as stored
     walk_precision: Optional[str] = None  # wy form: the walks' tl.dot precision for half-precision inputs
                                           # ("half" or "tf32"; None: WALK_PRECISION)
+    states_every: int = STATES_EVERY  # wy form: 1 or 2, tiles per start state stored for the backward walk
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0})
 
     # ---------------------------------------------------------------- sizes
@@ -371,15 +380,18 @@ class LevelKernels:
         starts = torch.empty(shape, dtype=torch.float32, device=k.device)
         mstarts = torch.empty(shape if self.momentum else (1,), dtype=torch.float32, device=k.device)
         if self.prep is not None:  # mstarts: the tiles' columns E (the wy form has no momentum)
-            if store:  # kept for the backward in the caller's precision (q keeps it), as flash-linear-attention does
-                starts = torch.empty(shape, dtype=q.dtype, device=k.device)
+            if store:  # kept for the backward in the caller's precision (q keeps it), as flash-linear-attention does,
+                       # every states_every-th tile's
+                starts = torch.empty(batch, heads, -(-n_tiles // self.states_every), self.dv, self.dk, dtype=q.dtype,
+                                     device=k.device)
                 if self.columns:
                     mstarts = torch.empty(batch, heads, n_tiles * extra["C"], self.dv, dtype=q.dtype, device=k.device)
             terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
             rows, options = self.walk_settings(prec, batch * heads, k.device)
             self.fwd[(-(-self.dv // rows), batch * heads)](
                 q, *terms, theta0, y, theta1, anchor1, starts, mstarts, tokens, n_tiles, BV=rows, STORE=store,
-                PREC=self.walk_precision_of(prec, q.dtype), C=extra["C"], BT=extra["BT"], **options)
+                PREC=self.walk_precision_of(prec, q.dtype), C=extra["C"], BT=extra["BT"], EVERY=self.states_every,
+                **options)
             self.launches["fwd"] += 1
             # kept for the backward: the states and columns, and the terms its walk reads (not u)
             return y, theta1, anchor1, mom1, (starts, mstarts, *terms[1:])
@@ -466,7 +478,8 @@ class LevelKernels:
         dtheta0 = torch.empty(batch, heads, self.dv, self.dk, dtype=torch.float32, device=k.device)
         self.bwd[(parts, batch * heads)](
             q, w, kend, aq, gq, gend, dy, d_end, starts, columns, dcolumns, *products, dtheta0, tokens, n_tiles,
-            BV=rows, C=tile, BT=extra["BT"], PREC=self.walk_precision_of(prec, q.dtype), **options)
+            BV=rows, C=tile, BT=extra["BT"], PREC=self.walk_precision_of(prec, q.dtype), EVERY=self.states_every,
+            **options)
         # written in full for every token, each element once: dq, dk, dv and the gates' gradients in the
         # dtypes of q, k, v and the gates (no conversion after the kernel), dv zero for a level whose
         # update does not read v

@@ -78,13 +78,15 @@ def test_low_precision_kernels_match_the_float64_reference(name, tokens, positio
 
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "deltanet_wy"])
-@pytest.mark.parametrize("settings", [{"tile": 32}, {"walk_precision": "bf16"}, {"backward_precision": "tf32"}],
-                         ids=["tile32", "walk-bf16", "backward-tf32"])
+@pytest.mark.parametrize("settings", [{"tile": 32}, {"walk_precision": "bf16"}, {"backward_precision": "tf32"},
+                                      {"states_every": 2}],
+                         ids=["tile32", "walk-bf16", "backward-tf32", "states-every-2"])
 def test_low_precision_wy_kernels_at_other_settings(name, settings):
     """The wy form's kernels at settings that are not the default, bf16 against the float64 reference,
     forward and backward: 32-token tiles (on a GPU the walks then take fewer rows and the tile-parallel
     kernels 8 warps), walks that multiply in bf16, and the tile-parallel backward on tf32 tensor cores
-    (both on a GPU only; the interpreter multiplies in float32)."""
+    (both on a GPU only; the interpreter multiplies in float32), and every second tile's start state
+    stored in bf16, the others made again by the backward walk."""
     cfg, objective = CASES[name]
     objective = standard_objective(objective)
     found, reason = kernels_for(cfg, objective, f"low.other.{name}")

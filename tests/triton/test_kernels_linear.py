@@ -202,6 +202,21 @@ def test_wy_tiles_of_free_size_give_the_same_result():
     compare(runs[0], runs[1], "tile 16 vs 32", limit=FLOAT32_RATIO)
 
 
+@pytest.mark.parametrize("rules", [["retain", ("gd", "current")], [("delta", "current")], ["retain"]],
+                         ids=["gated_deltanet", "deltanet", "no_columns"])
+@pytest.mark.parametrize("tokens", [40, 64])
+def test_the_backward_walk_makes_the_start_states_the_forward_did_not_store(rules, tokens):
+    """With `states_every` 2 the wy forward walk stores every second tile's start state and the backward
+    walk makes the others again from it: the reference's outputs, states and gradients, with an odd
+    number of tiles (3 of 16 tokens, the last pair one tile) or an even one (4)."""
+    cfg = linear(rules, chunk=1)
+    found = kernels(cfg, objective_of("l2"), "tests.every")
+    lk = dataclasses.replace(found, states_every=2, launches={n: 0 for n in found.launches})
+    case = Case(cfg, objective_of("l2"), tokens=tokens, position=5, seed=tokens)
+    compare(run_reference(case), run_path(case, "triton", lk), "a start state every 2 tiles", limit=FLOAT32_RATIO)
+    assert lk.launches["bwd"] == 1
+
+
 # ------------------------------------------------------------------ splitting and decoding
 
 @pytest.mark.parametrize("name", ["titans_linear", "hope_matrix", "retain_gd_at_current_c1", "momentum_delta"])
@@ -260,13 +275,15 @@ def test_random_rule_combinations(rules, chunk, read, current, self_target, obje
           suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(rules=RULES, read=st.sampled_from(["after", "before", "anchor"]), current=st.booleans(),
        self_target=st.booleans(), objective=st.sampled_from(["l2", "dot", "mse"]), dv=st.sampled_from([24, 32, 40]),
-       position=st.sampled_from([None, 3, 21]), tokens=st.integers(17, 45), seed=st.integers(0, 2 ** 16))
+       position=st.sampled_from([None, 3, 21]), tokens=st.integers(17, 45), every=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 16))
 def test_random_wy_levels_in_several_row_blocks(rules, read, current, self_target, objective, dv, position, tokens,
-                                                seed):
+                                                every, seed):
     """The wy form with its walks over blocks of 16 rows (two or three, the last partly masked where dv is
     24 or 40): each block's share of the backward's products with the tiles' states, summed by prep_bwd,
     gives the reference's outputs, states and gradients, whatever the rules (with no columns E, with
-    only the rank-one term or only the transition's, or both)."""
+    only the rank-one term or only the transition's, or both), and whichever tiles' start states the
+    forward stored (`states_every`)."""
     at = "current" if current else "anchor"
     try:
         cfg = MemoryConfig("linear", 16, 16 if self_target else dv,
@@ -276,7 +293,7 @@ def test_random_wy_levels_in_several_row_blocks(rules, read, current, self_targe
         assume(False)
     found = kernels(cfg, objective_of(objective))
     assume(found.prep is not None and found.prep_bwd is not None)
-    lk = dataclasses.replace(found, block_v=16, launches={n: 0 for n in found.launches})
+    lk = dataclasses.replace(found, block_v=16, states_every=every, launches={n: 0 for n in found.launches})
     case = Case(cfg, objective_of(objective), tokens=tokens, position=position, seed=seed)
     assume(float32_can_match(case))
     compare(run_reference(case), run_path(case, "triton", lk), f"{lk.columns or 'no'} columns, row blocks of 16",

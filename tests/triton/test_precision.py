@@ -212,6 +212,16 @@ def test_longer_wy_tiles_take_fewer_walk_rows_and_wider_tile_kernels(monkeypatch
     assert all(("maxnreg" in c) == capped for c in prep.calls + prep_bwd.calls)
 
 
+@pytest.mark.parametrize("every,stored", [(1, 3), (2, 2)])
+def test_the_forward_walk_stores_every_states_every_th_start_state(monkeypatch, every, stored):
+    """40 tokens are 3 tiles of 16: the forward walk stores all three start states, or with `states_every`
+    2 the first and third, and both walks get the setting; every one by default."""
+    fwd, bwd, _, _ = record_wy_run(monkeypatch, torch.bfloat16, states_every=every)
+    assert [c["EVERY"] for c in fwd.calls + bwd.calls] == [every] * 2
+    assert fwd.args[0][11].shape == (1, 2, stored, 128, 128) and bwd.args[0][8] is fwd.args[0][11]
+    assert launch.STATES_EVERY == 1
+
+
 @pytest.mark.parametrize("precision,warps", [("ieee", launch.TILE_WARPS), ("tf32", launch.TILE_WARPS_TF32_BWD)])
 def test_prep_bwd_in_tf32_keeps_two_warps(monkeypatch, precision, warps):
     """16-token tiles run the tile-parallel kernels at TILE_WARPS (one) warp, but prep_bwd in tf32 at
