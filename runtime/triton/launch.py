@@ -101,10 +101,13 @@ DUAL_WALK_ROWS = 32
 # and prep from 0.233 to 0.197 ms (1 x 16384: prep_bwd 1.89 -> 1.63 ms; two warps 1.61), though ptxas
 # reports 1.3 KB spilled per thread at one warp against 0.1 at four (compile_report.py).
 TILE_WARPS = 1
-# ... but prep_bwd in tf32 (backward_precision "tf32") keeps two: on an H100 at one warp its gradients
-# were 5.5e-2 from the chunked path's (the same call at two or four warps, and in float32 at one, 4.0e-3;
-# beyond semantics §6, and the bf16 test failed: d alpha 0.23), though it ran in 0.94 ms against 1.11.
-TILE_WARPS_TF32_BWD = 2
+# ... but a tile-parallel kernel whose tf32 products take a transposed operand keeps two: prep_bwd in tf32
+# (backward_precision "tf32") at one warp gave gradients 5.5e-2 from the chunked path's on an H100 (the
+# same call at two or four warps, and in float32 at one, 4.0e-3; beyond semantics §6, and the bf16 test
+# failed: d alpha 0.23), though it ran in 0.94 ms against 1.11. Triton has given wrong tf32 products with
+# a transposed operand before, so prep, whose Gram matrices take one where they are not multiplied as
+# stored in bf16, keeps two warps then too.
+TILE_WARPS_TF32 = 2
 TILE_WARPS_WIDE = 8
 TILE_FLOATS = 2048
 TILE_FLOATS_BWD = 512
@@ -289,18 +292,16 @@ class LevelKernels:
             return full
         return min(full, max(16, (TILE_FLOATS_BWD if backward else TILE_FLOATS) // tile))
 
-    def tile_options(self, tile: int, backward: bool = False) -> dict:
+    def tile_options(self, tile: int, backward: bool = False, tf32_transposed: bool = False) -> dict:
         """Launch options of the wy form's tile-parallel kernels for tiles of `tile` tokens (TILE_WARPS,
-        TILE_WARPS_WIDE; prep_bwd in tf32 at least TILE_WARPS_TF32_BWD; `tile_warps`, else `warps`, where
-        the level sets it); prep pipelines PREP_STAGES stages."""
+        TILE_WARPS_WIDE; at least TILE_WARPS_TF32 for a kernel whose tf32 products take a transposed
+        operand; `tile_warps`, else `warps`, where the level sets it); prep pipelines PREP_STAGES stages."""
         wide = tile > 16
         if self.tile_warps is not None:
             options = launch_options(self.tile_warps, self.stages, max(self.dk, self.dv) > 32, walk=wide)
         else:
             warps = TILE_WARPS_WIDE if wide else TILE_WARPS
-            if backward and self.backward_precision == "tf32":
-                warps = max(warps, TILE_WARPS_TF32_BWD)
-            options = self.launch_options(warps, walk=wide)
+            options = self.launch_options(max(warps, TILE_WARPS_TF32) if tf32_transposed else warps, walk=wide)
         if options and not backward and self.stages is None:
             options["num_stages"] = PREP_STAGES
         return options
@@ -419,9 +420,10 @@ class LevelKernels:
                  empty(padded, self.dk, dtype=half), empty(n_tiles, tile, tile), empty(padded), empty(n_tiles))
         per_program = self.tiles_per_program(n_tiles)
         grid = (-(-n_tiles // per_program), batch * heads)
+        half = self.multiplies_as_stored(q, k, v)
         self.prep[grid](q, k, v, eta, alpha, beta, *terms, tokens, n_tiles, BB=self.columns_per_block(tile),
-                        TILES=per_program, PREC=prec, HALF=self.multiplies_as_stored(q, k, v), **extra,
-                        **self.tile_options(tile))
+                        TILES=per_program, PREC=prec, HALF=half, **extra,
+                        **self.tile_options(tile, tf32_transposed=prec == "tf32" and not half))
         return terms
 
     def launch_bwd(self, position: int, saved, dy, dtheta1, danchor1, dmom1, prec: str = "ieee"):
@@ -494,7 +496,7 @@ class LevelKernels:
             q, k, v, eta, alpha, beta, dy, columns, dcolumns, *products, *grads, tokens, n_tiles,
             BB=self.columns_per_block(tile, backward=True),
             TILES=per_program, PREC=self.backward_precision, HALF=half, PARTS=parts, **extra,
-            **self.tile_options(tile, backward=True))
+            **self.tile_options(tile, backward=True, tf32_transposed=self.backward_precision == "tf32"))
         self.launches["bwd"] += 1
         return (*grads, dtheta0, None, None)   # the start anchor and momentum: not read by the wy form
 

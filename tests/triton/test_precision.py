@@ -222,13 +222,16 @@ def test_the_forward_walk_stores_every_states_every_th_start_state(monkeypatch, 
     assert launch.STATES_EVERY == 1
 
 
-@pytest.mark.parametrize("precision,warps", [("ieee", launch.TILE_WARPS), ("tf32", launch.TILE_WARPS_TF32_BWD)])
-def test_prep_bwd_in_tf32_keeps_two_warps(monkeypatch, precision, warps):
-    """16-token tiles run the tile-parallel kernels at TILE_WARPS (one) warp, but prep_bwd in tf32 at
-    TILE_WARPS_TF32_BWD (two): at one warp its gradients left the contract on an H100."""
-    _, _, prep, prep_bwd = record_wy_run(monkeypatch, torch.bfloat16, backward_precision=precision)
-    assert [c["num_warps"] for c in prep.calls + prep_bwd.calls] == [launch.TILE_WARPS, warps]
-    assert (launch.TILE_WARPS, launch.TILE_WARPS_TF32_BWD) == (1, 2)
+@pytest.mark.parametrize("settings,warps", [({}, (1, 1)), ({"backward_precision": "tf32"}, (1, 2)),
+                                            ({"stored_products": False}, (2, 1))])
+def test_tile_kernels_with_transposed_tf32_products_keep_two_warps(monkeypatch, settings, warps):
+    """16-token tiles run the tile-parallel kernels at TILE_WARPS (one) warp, but a kernel whose tf32
+    products take a transposed operand at TILE_WARPS_TF32 (two): prep_bwd in tf32 (at one warp its
+    gradients left the contract on an H100), and prep where its Gram matrices are not multiplied as stored
+    in bf16 (the forward of bf16 inputs is tf32)."""
+    _, _, prep, prep_bwd = record_wy_run(monkeypatch, torch.bfloat16, **settings)
+    assert tuple(c["num_warps"] for c in prep.calls + prep_bwd.calls) == warps
+    assert (launch.TILE_WARPS, launch.TILE_WARPS_TF32) == (1, 2)
 
 
 @pytest.mark.parametrize("settings,walk_warps,tile_warps", [({"tile_warps": 2}, launch.WALK_WARPS, 2),
