@@ -13,7 +13,12 @@ the compiling call, timed apart, is its warm-up). Then the same rows as a FLOP b
 does (counted by torch.utils.flop_counter: matmuls only; the wy form's triangular solves are not
 counted), the rate the chunked path reaches, and `bound`: the ratio the chunked path would reach if it
 ran at this machine's matmul peak (a 1024 x 1024 matmul, timed first) with nothing else to do. A goal
-above the bound cannot be met by making the chunked path faster, only by doing fewer FLOPs.
+above the bound cannot be met by making the chunked path faster, only by doing fewer FLOPs. Then the
+kernel floor (benchmarks/flops.py; --no-floor skips it): every operator the chunked call runs, timed
+alone on fresh inputs of the same layout and summed (`floor ms`, of which `matmuls`, over `ops` operator
+calls), and the ratio the chunked path would reach at that floor (`bound`): the most that removing the
+cost between its operators (the Python loop, dispatch) could give; with the costliest operators of
+each floor below.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import time
 
 import torch
 
-from flops import matmul_flops, matmul_peak
+from flops import kernel_floor, matmul_flops, matmul_peak
 
 from nldsl.runtime.memory import MemoryConfig, Rule, chunk_form, chunked, init_params, reference, \
     standard_objective
@@ -101,6 +106,8 @@ def main() -> None:
     parser.add_argument('--only', default='', help='run the families whose name contains this text')
     parser.add_argument('--compile', action='store_true',
                         help='also time the chunked path with its tile steps compiled by torch.compile')
+    parser.add_argument('--no-floor', dest='floor', action='store_false',
+                        help="skip the kernel floor (every operator of the chunked call timed alone)")
     parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
                         help='wall time, or the process CPU time (steadier on a shared machine; with '
                              'several threads it adds up every thread)')
@@ -137,15 +144,29 @@ def main() -> None:
         if opts.compile:
             row += f" {cmp_ms[0]:12.1f} {ref_ms / cmp_ms[0]:6.1f}x {compile_s:10.1f}"
         print(row, flush=True)
-        budgets.append((name, ref_ms, chk_ms, *(matmul_flops(call) / 1e9 for call in calls[:2])))
+        budgets.append((name, ref_ms, chk_ms, *(matmul_flops(call) / 1e9 for call in calls[:2]),
+                        kernel_floor(calls[1]) if opts.floor else None))
     print()
     header = f"{'family':34s} {'reference GFLOP':>15s} {'chunked GFLOP':>13s} {'chunked GFLOP/s':>15s} " \
              f"{'bound':>7s}"
+    if opts.floor:
+        header += f" {'floor ms':>9s} {'matmuls':>8s} {'ops':>6s} {'bound':>7s}"
     print(header)
     print('-' * len(header))
-    for name, ref_ms, chk_ms, ref_gflop, chk_gflop in budgets:
-        print(f"{name:34s} {ref_gflop:15.2f} {chk_gflop:13.2f} {chk_gflop / chk_ms * 1e3:15.1f} "
-              f"{ref_ms / (chk_gflop / peak * 1e3):6.1f}x")
+    for name, ref_ms, chk_ms, ref_gflop, chk_gflop, floor in budgets:
+        row = f"{name:34s} {ref_gflop:15.2f} {chk_gflop:13.2f} {chk_gflop / chk_ms * 1e3:15.1f} " \
+              f"{ref_ms / (chk_gflop / peak * 1e3):6.1f}x"
+        if floor is not None:
+            row += f" {floor.total_ms:9.1f} {floor.matmul_ms:8.1f} {floor.operators:6d} " \
+                   f"{ref_ms / floor.total_ms:6.1f}x"
+        print(row)
+    if opts.floor:
+        print()
+        for name, *_, floor in budgets:
+            print(f"{name}: costliest operators of the floor ({floor.distinct} distinct, "
+                  f"{floor.unreplayed} calls not replayed)")
+            for what, count, ms in floor.top:
+                print(f"  {ms:8.1f} ms {count:5d} x {what}")
 
 
 if __name__ == '__main__':
