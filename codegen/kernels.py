@@ -168,6 +168,12 @@ class KernelPlan(PlanNames):
         return f"{self.kernels_prefix}_prep" if self.form == "wy" else "None"
 
     @property
+    def merge_name(self) -> str:
+        """The wy form's walk may take several tiles a step: _nl_merge_tiles (one kernel for every wy-form
+        level of the file) turns their terms into those of one longer tile."""
+        return "_nl_merge_tiles" if self.form == "wy" else "None"
+
+    @property
     def columns_literal(self) -> str:
         """The wy form: what a tile's columns E are made of, for the launcher (which products with the
         states the backward walk stores): 'u' (the rank-one term), 'w' (the transition's Wm W_start^T)."""
@@ -491,7 +497,8 @@ def render(plans, title: str, skipped=(), mlp_plans=()) -> str:
     plans, entries = _shared(plans)
     mlp_plans, mlp_entries = _shared(mlp_plans)
     text = environment().get_template("kernels.py.jinja").render(
-        title=title, plans=plans, entries=entries, skipped=list(skipped), mlp_plans=mlp_plans, mlp_entries=mlp_entries)
+        title=title, plans=plans, entries=entries, skipped=list(skipped), mlp_plans=mlp_plans, mlp_entries=mlp_entries,
+        wy=any(plan.form == "wy" for plan in plans))
     try:
         pyast.parse(text, filename="kernels.py")
     except SyntaxError as e:  # a bug in the generator, never in the spec

@@ -43,6 +43,13 @@ def kernel_input(t: Tensor) -> Tensor:
     return t.contiguous() if t.dtype in (torch.float32, torch.bfloat16, torch.float16) else as_f32(t)
 
 
+def detached_without_grad(*inputs: Tensor) -> tuple[Tensor, ...]:
+    """The inputs of an autograd.Function, detached under no_grad: its needs_input_grad reads
+    requires_grad whatever the grad mode, and a forward that nobody differentiates need not keep the
+    states of its tiles for a backward."""
+    return inputs if torch.is_grad_enabled() else tuple(t.detach() for t in inputs)
+
+
 def shares_half_dtype(*tensors: Tensor) -> bool:
     """Whether the tensors share one half-precision dtype (bf16 or fp16)."""
     dtypes = {t.dtype for t in tensors}
@@ -134,6 +141,13 @@ WALK_PRECISION = "half"
 # backward walk that unrolled its loop body for the two tiles of a pair took 1.06 ms instead of 0.53;
 # this one keeps one body a tile and is not timed yet, so every state is stored by default.
 STATES_EVERY = 1
+# A forward that keeps nothing for a backward may walk WALK_TILES tiles a step: `_nl_merge_tiles` turns
+# the terms of that many consecutive tiles (from prep, at 16 tokens) into those of one tile, so the walk,
+# the one sequential kernel, takes that many times fewer steps (a walk of 64-token tiles took 0.70 ms
+# instead of 1.61 at 1 x 16384 on an H100, fifth run) while prep keeps its 16-token tiles. Not timed
+# yet: 1 (no merge) until it is.
+WALK_TILES = 1
+MERGE_WARPS = 4
 
 # The backward kernels' tl.dot precision whatever the inputs: in tf32 they spill far more (ptxas for
 # sm_90: Gated DeltaNet's one-kernel backward at width 128 1.5 -> 15.5 KB per thread, the Titans MLP of
@@ -223,7 +237,9 @@ class LevelKernels:
     walk_precision: Optional[str] = None  # wy form: the walks' tl.dot precision for half-precision inputs
                                           # ("half" or "tf32"; None: WALK_PRECISION)
     states_every: int = STATES_EVERY  # wy form: 1 or 2, tiles per start state stored for the backward walk
-    launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0})
+    merge: Any = None             # wy form: _nl_merge_tiles, the terms of several tiles as those of one
+    walk_tiles: int = WALK_TILES  # wy form: 1, 2 or 4 tiles a step of a forward walk that stores nothing
+    launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0, "merge": 0})
 
     # ---------------------------------------------------------------- sizes
 
@@ -232,13 +248,14 @@ class LevelKernels:
             return _pow2(self.tile)
         return 16 if interpreting() else self.block_t
 
-    def rows_per_program(self, walk: bool = False, heads: int = 0, device=None) -> int:
+    def rows_per_program(self, walk: bool = False, heads: int = 0, device=None, tile: int = 0) -> int:
         """Rows of W per program: all of them under the interpreter; on a GPU GPU_ROWS, which keeps the
         kernels' live tiles within the register file (benchmarks/gpu/compile_report.py measures it). In
         tf32 (`walk`) the wy form's walks take up to WALK_ROWS (at 16-token tiles; proportionally fewer
         at longer tiles, whose walks spill at 64 rows) and the dual form's forward up to DUAL_WALK_ROWS:
         the fewest, largest programs that still give every multiprocessor of `device` one, for `heads`
-        (batch x heads) walks, and in the wy form at most WY_MAX_PARTS programs a head."""
+        (batch x heads) walks, and in the wy form at most WY_MAX_PARTS programs a head. `tile`: the
+        tokens of a wy-form walk's step, when it walks merged tiles."""
         if self.block_v is not None:
             return _pow2(self.block_v)
         full = _pow2(self.dv)
@@ -247,7 +264,7 @@ class LevelKernels:
         rows = min(full, GPU_ROWS)
         if walk and self.fwd is not None:
             wanted = multiprocessors(device)
-            widest = WALK_ROWS * 16 // self.wy_tile() if self.prep is not None else DUAL_WALK_ROWS
+            widest = WALK_ROWS * 16 // (tile or self.wy_tile()) if self.prep is not None else DUAL_WALK_ROWS
             for wide in (widest, widest // 2):
                 if rows < wide <= full and heads * -(-self.dv // wide) >= wanted:
                     return wide
@@ -255,10 +272,10 @@ class LevelKernels:
                 return max(rows, min(widest, full // WY_MAX_PARTS))
         return rows
 
-    def walk_settings(self, prec: str, heads: int, device) -> tuple[int, dict]:
+    def walk_settings(self, prec: str, heads: int, device, tile: int = 0) -> tuple[int, dict]:
         """Rows per program and launch options of the walks: the wy form's two (WALK_STAGES), the dual
         form's forward (in tf32, see WALK_ROWS, DUAL_WALK_ROWS)."""
-        rows = self.rows_per_program(walk=prec == "tf32", heads=heads, device=device)
+        rows = self.rows_per_program(walk=prec == "tf32", heads=heads, device=device, tile=tile)
         options = self.launch_options(WALK_WARPS if rows > GPU_ROWS and self.prep is not None else None)
         if options and self.prep is not None and self.stages is None:
             options["num_stages"] = WALK_STAGES
@@ -355,7 +372,8 @@ class LevelKernels:
         theta0 = as_f32(start.params["W"])
         anchor0 = as_f32(start.anchor["W"])
         mom0 = as_f32(start.momentum["W"]) if cfg.has_momentum else torch.zeros_like(theta0)
-        inputs = (kernel_input(q), kernel_input(k), kernel_input(v), *gate_args, theta0, anchor0, mom0)
+        inputs = detached_without_grad(kernel_input(q), kernel_input(k), kernel_input(v), *gate_args, theta0,
+                                       anchor0, mom0)
         fn = StepFunction if self.uses_step(tokens) else ChunkFunction
         y, theta1, anchor1, mom1 = fn.apply(self, cfg, objective, start.position, self.precision(dtype), *inputs)
         theta = theta1.to(dtype)
@@ -388,11 +406,13 @@ class LevelKernels:
                 if self.columns:
                     mstarts = torch.empty(batch, heads, n_tiles * extra["C"], self.dv, dtype=q.dtype, device=k.device)
             terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
-            rows, options = self.walk_settings(prec, batch * heads, k.device)
+            walked, walk_tiles, tile = terms, n_tiles, extra["C"]
+            if not store and self.walk_tiles > 1 and n_tiles > 1:
+                walked, walk_tiles, tile = self.launch_merge(q, terms, n_tiles, tile, prec)
+            rows, options = self.walk_settings(prec, batch * heads, k.device, tile)
             self.fwd[(-(-self.dv // rows), batch * heads)](
-                q, *terms, theta0, y, theta1, anchor1, starts, mstarts, tokens, n_tiles, BV=rows, STORE=store,
-                PREC=self.walk_precision_of(prec, q.dtype), C=extra["C"], BT=extra["BT"], EVERY=self.states_every,
-                **options)
+                q, *walked, theta0, y, theta1, anchor1, starts, mstarts, tokens, walk_tiles, BV=rows, STORE=store,
+                PREC=self.walk_precision_of(prec, q.dtype), C=tile, BT=tile, EVERY=self.states_every, **options)
             self.launches["fwd"] += 1
             # kept for the backward: the states and columns, and the terms its walk reads (not u)
             return y, theta1, anchor1, mom1, (starts, mstarts, *terms[1:])
@@ -425,6 +445,23 @@ class LevelKernels:
                         TILES=per_program, PREC=prec, HALF=half, **extra,
                         **self.tile_options(tile, tf32_transposed=prec == "tf32" and not half))
         return terms
+
+    def launch_merge(self, q, terms: tuple, n_tiles: int, tile: int, prec: str) -> tuple[tuple, int, int]:
+        """(the terms, the number of tiles, their tokens) of the walk over merged tiles: `walk_tiles`
+        consecutive tiles of `terms` as one (see the generated `_nl_merge_tiles`), every merged tile at once."""
+        batch, heads = q.shape[:2]
+        factor = self.walk_tiles
+        merged, length = -(-n_tiles // factor), tile * factor
+        u, w, kend, aq, gq, gend = terms
+        out = (u.new_empty(batch, heads, merged * length, self.dv), w.new_empty(batch, heads, merged * length, self.dk),
+               kend.new_empty(batch, heads, merged * length, self.dk), aq.new_empty(batch, heads, merged, length, length),
+               gq.new_empty(batch, heads, merged * length), gend.new_empty(batch, heads, merged))
+        self.merge[(merged, batch * heads)](
+            q, *terms, *out, q.shape[2], n_tiles, merged, DK=self.dk, DV=self.dv, C=tile, M=factor,
+            LOG2_M=int(math.log2(factor)), BB=self.columns_per_block(length), HAS_U="u" in self.columns,
+            HAS_W="w" in self.columns, PREC=prec, **self.launch_options(MERGE_WARPS, walk=False))
+        self.launches["merge"] += 1
+        return out, merged, length
 
     def launch_bwd(self, position: int, saved, dy, dtheta1, danchor1, dmom1, prec: str = "ieee"):
         """Gradients of the nine inputs; `prec` is the forward's precision (the wy form's walks follow it,

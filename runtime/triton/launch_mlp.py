@@ -21,8 +21,8 @@ from torch import Tensor
 from ..memory import MemoryConfig, MemoryState
 from .backend import interpreting, needs_grad
 from .autograd_mlp import named, names_of
-from .launch import (BACKWARD_PRECISION, as_f32, gate_arguments, kernel_input, launch_options, multiprocessors,
-                     with_register_cap)
+from .launch import (BACKWARD_PRECISION, as_f32, detached_without_grad, gate_arguments, kernel_input, launch_options,
+                     multiprocessors, with_register_cap)
 
 # When the streamed kernels run (a state too large for the chip, on a GPU). Measured on an H100 in
 # float32 at titans-pytorch's configuration (4 heads of 256, hidden 1024, chunk 64, T = 2048;
@@ -200,8 +200,8 @@ class MlpLevelKernels:
                 state += [_unused(k), _unused(k)]   # no momentum: the kernels neither read nor write it
         streamed = self.streams(k, needs_grad(q, k, v, gates, start))   # as the backend chose (unfit)
         outs = MlpChunkFunction.apply(self, cfg, objective, start.position, self.precision(dtype), streamed,
-                                      kernel_input(q), kernel_input(k), kernel_input(v), *gate_args,
-                                      *state)
+                                      *detached_without_grad(kernel_input(q), kernel_input(k), kernel_input(v),
+                                                             *gate_args, *state))
         y, *rest = (t.to(dtype) for t in outs)
         theta, anchor, mom = named(rest, self.bias)
         end = MemoryState(theta, anchor, mom if cfg.has_momentum else None, start.position + tokens)

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st  #
 
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
-from triton_testkit import (FLOAT32_RATIO, OUTPUT_RATIO, Case, compare, float32_can_match, kernels, ratio, run_path,  # noqa: E402
-                            run_reference, split_run)
+from triton_testkit import (FLOAT32_RATIO, OUTPUT_RATIO, Case, Run, compare, float32_can_match, kernels, ratio,  # noqa: E402
+                            run_path, run_reference, split_run)
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
@@ -299,3 +299,31 @@ def test_random_wy_levels_in_several_row_blocks(rules, read, current, self_targe
     compare(run_reference(case), run_path(case, "triton", lk), f"{lk.columns or 'no'} columns, row blocks of 16",
             limit=FLOAT32_RATIO)
     assert lk.launches["bwd"] == 1
+
+
+# ------------------------------------------------------------------ a forward walk over merged tiles
+
+@pytest.mark.parametrize("level", ["gated_deltanet", "deltanet", "linear_attention", "self_target", "no_columns"])
+@pytest.mark.parametrize("walk_tiles", [2, 4])
+@pytest.mark.parametrize("tokens, cuts", [(40, []), (64, []), (75, [20])])
+def test_a_forward_walk_over_merged_tiles_equals_the_reference(level, walk_tiles, tokens, cuts):
+    """A forward that keeps nothing for a backward walks `walk_tiles` tiles of 16 tokens a step, their
+    terms merged by `_nl_merge_tiles`: the reference's outputs and state, and within float32 rounding the
+    walk over single tiles, with the last merged tile partly past the tokens (40, 75) or with tiles past
+    the last (40 tokens in 3 tiles at 4 a step), and from a carried-in state (a call cut after 20 tokens)."""
+    if level in EXAMPLES:
+        cfg, objective = example_level(level)
+    else:
+        cfg = linear([("delta", "current")] if level == "self_target" else ["retain"], chunk=1,
+                     self_target=level == "self_target")
+        objective = objective_of("l2")
+    found = kernels(cfg, objective, f"tests.merge_{level}")
+    assert found.merge is not None
+    merged = dataclasses.replace(found, walk_tiles=walk_tiles, launches={n: 0 for n in found.launches})
+    case = Case(cfg, objective, tokens=tokens, seed=tokens)
+    with torch.no_grad():
+        y, state = split_run(merged, case, cuts)
+        single = Run(*split_run(found, case, cuts), {})
+    assert merged.launches["merge"] == len(cuts) + 1 and merged.launches["fwd"] == len(cuts) + 1, merged.launches
+    compare(run_reference(case), Run(y, state, {}), f"{walk_tiles} tiles a step", grads=False, limit=FLOAT32_RATIO)
+    compare(single, Run(y, state, {}), "merged vs single tiles", grads=False, limit=FLOAT32_RATIO)
