@@ -86,7 +86,8 @@ class Launch:
 def record_launches(cfg, objective, level: str, overrides: dict, dtype=torch.float32) -> list[Launch]:
     """The launches of one forward and backward of the level's kernels (B = 1, H = 1, two chunks) on
     inputs of `dtype` (bf16 inputs make tf32 dots), with `overrides` of the level's launch settings
-    (tile, block_v, warps)."""
+    (tile, block_v, warps); with `walk_tiles` above 1 also those of a forward without gradients (its
+    merged tiles)."""
     from nldsl.runtime.triton.registry import kernels_for
 
     found, reason = kernels_for(cfg, objective, level)
@@ -112,6 +113,9 @@ def record_launches(cfg, objective, level: str, overrides: dict, dtype=torch.flo
         y, state = found.run(cfg, objective, q, k, v, gates, start_state(cfg, params0, None, k))
         loss = y.float().sum() + sum(t.float().sum() for t in state.params.values())
         loss.backward()
+        if getattr(found, "walk_tiles", 1) > 1:
+            with torch.no_grad():
+                found.run(cfg, objective, q, k, v, gates, start_state(cfg, params0, None, k))
     except RuntimeError:
         pass  # the backward may trip over the never-written outputs; the launches are recorded by then
     finally:
@@ -215,6 +219,8 @@ def main() -> int:
     ap.add_argument("--warps", type=int, help="warps per program instead of the level's")
     ap.add_argument("--tile-warps", type=int, help="warps per program of the wy form's tile-parallel kernels")
     ap.add_argument("--states-every", type=int, help="the wy form's tiles per stored start state (1 or 2)")
+    ap.add_argument("--walk-tiles", type=int,
+                    help="the wy form's tiles a step of a forward without gradients (2 or 4: also its merge and walk)")
     ap.add_argument("--stages", type=int, help="software-pipelining stages instead of the level's")
     ap.add_argument("--backward-precision", choices=["ieee", "tf32"],
                     help="tl.dot precision of the backward kernels (but the wy walk) instead of the level's")
@@ -228,7 +234,8 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("NLC_CACHE", tempfile.mkdtemp(prefix="nlc-compile-"))
     overrides = {"tile": args.tile, "block_v": args.block_v, "tile_columns": args.tile_columns, "warps": args.warps,
-                 "tile_warps": args.tile_warps, "states_every": args.states_every, "stages": args.stages,
+                 "tile_warps": args.tile_warps, "states_every": args.states_every, "walk_tiles": args.walk_tiles,
+                 "stages": args.stages,
                  "backward_precision": args.backward_precision, "stream": args.stream or None,
                  "hidden_block": args.hidden_block, "slices": args.slices}
     if args.spec:

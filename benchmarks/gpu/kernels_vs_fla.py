@@ -155,6 +155,8 @@ SWEEPS = {
     "warps": (int, "warps per program, e.g. 4,8"),
     "tile_warps": (int, "warps per program of the tile-parallel kernels (prep, prep_bwd), e.g. 1,2,default"),
     "states_every": (int, "tiles per start state the forward walk stores for the backward walk, 1 or 2"),
+    "walk_tiles": (int, "tiles a step of the forward walk (their terms merged; the backward walk makes the other "
+                        "start states again), 1, 2 or 4"),
 }
 
 
@@ -206,6 +208,7 @@ def row_line(row: dict, peak) -> str:
             f"rows {row['walk_rows']}/{row['block_v']:<3} cols {row['tile_columns']:<3} warps {row['warps'] or '-'}/{row['tile_warps'] or '-'} "
             f"stages {row['stages']} bwd {row['backward_precision']:<4} walk {row['walk_precision']:<4} "
             f"stored {'on' if row['stored_products'] else 'off'} states every {row['states_every']} "
+            f"walk {row['walk_tiles']} tiles a step "
             f"generated {row['generated_ms']:9.3f} ms {row['generated_tflops']:8.3g} TFLOP/s")
     if peak:
         line += f" ({100 * row['generated_share_of_peak']:.1f}% of {peak:g})"
@@ -290,7 +293,8 @@ def main() -> int:
                        "stages": kernels.stages or "default", "warps": kernels.warps, "tile_warps": kernels.tile_warps,
                        "tile_columns": kernels.columns_per_block(kernels.wy_tile()), "backward_precision": kernels.backward_precision,
                        "walk_precision": kernels.walk_precision_of(kernels.precision(dtype), dtype),
-                       "stored_products": kernels.stored_products, "states_every": kernels.states_every, **fla}
+                       "stored_products": kernels.stored_products, "states_every": kernels.states_every,
+                       "walk_tiles": kernels.walk_tiles, **fla}
                 first = first_call(lambda: run_generated(cfg, kernels, x, grad))
                 print(f"  {label} tile {row['tile']} rows {row['walk_rows']}/{row['block_v']} stages {row['stages']}: "
                       f"first call of the generated kernels "

@@ -141,13 +141,14 @@ WALK_PRECISION = "half"
 # backward walk that unrolled its loop body for the two tiles of a pair took 1.06 ms instead of 0.53;
 # this one keeps one body a tile and is not timed yet, so every state is stored by default.
 STATES_EVERY = 1
-# A forward that keeps nothing for a backward may walk WALK_TILES tiles a step: `_nl_merge_tiles` turns
-# the terms of that many consecutive tiles (from prep, at 16 tokens) into those of one tile, so the walk,
-# the one sequential kernel, takes that many times fewer steps (a walk of 64-token tiles took 0.70 ms
-# instead of 1.61 at 1 x 16384 on an H100, fifth run) while prep keeps its 16-token tiles. Not timed
-# yet: 1 (no merge) until it is.
+# The wy form's forward may walk WALK_TILES tiles a step: `_nl_merge_tiles` turns the terms of that many
+# consecutive tiles (from prep, at 16 tokens) into those of one tile, so the walk, the one sequential
+# kernel of the forward, takes that many times fewer steps (a walk of 64-token tiles took 0.70 ms instead
+# of 1.61 at 1 x 16384 on an H100, fifth run) while prep keeps its 16-token tiles. For a backward it
+# stores the start state of each step; the backward walk, over single tiles, makes the others again
+# from it, as with `states_every`. Not timed yet: 1 (no merge) until it is.
 WALK_TILES = 1
-MERGE_WARPS = 4
+MERGE_WARPS = 8
 
 # The backward kernels' tl.dot precision whatever the inputs: in tf32 they spill far more (ptxas for
 # sm_90: Gated DeltaNet's one-kernel backward at width 128 1.5 -> 15.5 KB per thread, the Titans MLP of
@@ -238,7 +239,7 @@ class LevelKernels:
                                           # ("half" or "tf32"; None: WALK_PRECISION)
     states_every: int = STATES_EVERY  # wy form: 1 or 2, tiles per start state stored for the backward walk
     merge: Any = None             # wy form: _nl_merge_tiles, the terms of several tiles as those of one
-    walk_tiles: int = WALK_TILES  # wy form: 1, 2 or 4 tiles a step of a forward walk that stores nothing
+    walk_tiles: int = WALK_TILES  # wy form: 1, 2 or 4 tiles a step of the forward walk
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0, "merge": 0})
 
     # ---------------------------------------------------------------- sizes
@@ -354,7 +355,19 @@ class LevelKernels:
             offset = position % tile
             return offset, (position % self.chunk) // tile, -(-(tokens + offset) // tile), {}
         tile = self.wy_tile()
-        return 0, 0, -(-tokens // tile), {"C": tile, "BT": tile, "LOG2_BT": int(math.log2(tile))}
+        n_tiles = -(-tokens // tile)
+        if self.merges(n_tiles):   # whole steps of the walk: the tiles past the tokens are identities
+            n_tiles = -(-n_tiles // self.walk_tiles) * self.walk_tiles
+        return 0, 0, n_tiles, {"C": tile, "BT": tile, "LOG2_BT": int(math.log2(tile))}
+
+    def merges(self, n_tiles: int) -> bool:
+        """Whether the wy form's forward walks `walk_tiles` tiles a step over a call of `n_tiles` tiles."""
+        return self.walk_tiles > 1 and n_tiles > 1
+
+    def state_period(self, n_tiles: int) -> int:
+        """Tiles per start state the wy form's forward stores for the backward walk: one a step of its walk
+        (`walk_tiles` tiles where it merges them, else `states_every`)."""
+        return self.walk_tiles if self.merges(n_tiles) else self.states_every
 
     # ---------------------------------------------------------------- running
 
@@ -400,19 +413,19 @@ class LevelKernels:
         mstarts = torch.empty(shape if self.momentum else (1,), dtype=torch.float32, device=k.device)
         if self.prep is not None:  # mstarts: the tiles' columns E (the wy form has no momentum)
             if store:  # kept for the backward in the caller's precision (q keeps it), as flash-linear-attention does,
-                       # every states_every-th tile's
-                starts = torch.empty(batch, heads, -(-n_tiles // self.states_every), self.dv, self.dk, dtype=q.dtype,
-                                     device=k.device)
+                       # every state_period-th tile's
+                starts = torch.empty(batch, heads, -(-n_tiles // self.state_period(n_tiles)), self.dv, self.dk,
+                                     dtype=q.dtype, device=k.device)
                 if self.columns:
                     mstarts = torch.empty(batch, heads, n_tiles * extra["C"], self.dv, dtype=q.dtype, device=k.device)
             terms = self.launch_prep(q, k, v, eta, alpha, beta, n_tiles, extra, prec)
-            walked, walk_tiles, tile = terms, n_tiles, extra["C"]
-            if not store and self.walk_tiles > 1 and n_tiles > 1:
-                walked, walk_tiles, tile = self.launch_merge(q, terms, n_tiles, tile, prec)
+            walked, walk_tiles, tile, every = terms, n_tiles, extra["C"], self.states_every
+            if self.merges(n_tiles):   # the walk stores the start of each of its steps
+                walked, walk_tiles, tile, every = (*self.launch_merge(q, terms, n_tiles, tile, prec), 1)
             rows, options = self.walk_settings(prec, batch * heads, k.device, tile)
             self.fwd[(-(-self.dv // rows), batch * heads)](
                 q, *walked, theta0, y, theta1, anchor1, starts, mstarts, tokens, walk_tiles, BV=rows, STORE=store,
-                PREC=self.walk_precision_of(prec, q.dtype), C=tile, BT=tile, EVERY=self.states_every, **options)
+                PREC=self.walk_precision_of(prec, q.dtype), C=tile, BT=tile, EVERY=every, **options)
             self.launches["fwd"] += 1
             # kept for the backward: the states and columns, and the terms its walk reads (not u)
             return y, theta1, anchor1, mom1, (starts, mstarts, *terms[1:])
@@ -459,7 +472,8 @@ class LevelKernels:
         self.merge[(merged, batch * heads)](
             q, *terms, *out, q.shape[2], n_tiles, merged, DK=self.dk, DV=self.dv, C=tile, M=factor,
             LOG2_M=int(math.log2(factor)), BB=self.columns_per_block(length), HAS_U="u" in self.columns,
-            HAS_W="w" in self.columns, PREC=prec, **self.launch_options(MERGE_WARPS, walk=False))
+            HAS_W="w" in self.columns, PREC=prec, HALF=self.multiplies_as_stored(q, kend),
+            **self.launch_options(MERGE_WARPS, walk=False))
         self.launches["merge"] += 1
         return out, merged, length
 
@@ -517,8 +531,8 @@ class LevelKernels:
         dtheta0 = torch.empty(batch, heads, self.dv, self.dk, dtype=torch.float32, device=k.device)
         self.bwd[(parts, batch * heads)](
             q, w, kend, aq, gq, gend, dy, d_end, starts, columns, dcolumns, *products, dtheta0, tokens, n_tiles,
-            BV=rows, C=tile, BT=extra["BT"], PREC=self.walk_precision_of(prec, q.dtype), EVERY=self.states_every,
-            **options)
+            BV=rows, C=tile, BT=extra["BT"], PREC=self.walk_precision_of(prec, q.dtype),
+            EVERY=self.state_period(n_tiles), **options)
         # written in full for every token, each element once: dq, dk, dv and the gates' gradients in the
         # dtypes of q, k, v and the gates (no conversion after the kernel), dv zero for a level whose
         # update does not read v

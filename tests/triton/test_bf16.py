@@ -25,7 +25,7 @@ from nldsl.runtime import MemoryConfig, MemoryLevel, Rule, set_backend, standard
 from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
 from triton_testkit import (ANCHOR_RATIO, DEVICE, OUTPUT_RATIO, Case, compare, emulate_tensor_cores, model_run,  # noqa: E402
-                            ratio, run_path, run_reference)
+                            ratio, run_forward, run_path, run_reference)
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +96,23 @@ def test_low_precision_wy_kernels_at_other_settings(name, settings):
     case = Case(cfg, objective, batch=2, heads=4 if GPU else 2, tokens=tokens, position=position, seed=3,
                 eta_max=0.4, dtype=torch.bfloat16)
     compare(run_reference(case), run_path(case, "triton", found), f"{name}: bf16 triton at {settings}")
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "deltanet_wy"])
+@pytest.mark.parametrize("walk_tiles", [2, 4])
+def test_low_precision_forward_over_merged_tiles(name, walk_tiles):
+    """A bf16 forward without gradients that walks several tiles a step (their terms merged, in bf16
+    where they are stored so): the float64 reference's outputs and state, from a carried-in state."""
+    cfg, objective = CASES[name]
+    objective = standard_objective(objective)
+    found, reason = kernels_for(cfg, objective, f"low.merged.{name}")
+    assert found is not None, reason
+    found = dataclasses.replace(found, walk_tiles=walk_tiles, launches={n: 0 for n in found.launches})
+    tokens, position = (100, 5) if GPU else (37, 3)
+    case = Case(cfg, objective, batch=2, heads=4 if GPU else 2, tokens=tokens, position=position, seed=4,
+                eta_max=0.4, dtype=torch.bfloat16)
+    compare(run_reference(case), run_forward(case, found), f"{name}: bf16, {walk_tiles} tiles a step", grads=False)
+    assert found.launches["merge"] == 1
 
 
 @pytest.mark.skipif(GPU, reason="on a GPU the test above runs on its tensor cores")

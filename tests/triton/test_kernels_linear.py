@@ -276,14 +276,14 @@ def test_random_rule_combinations(rules, chunk, read, current, self_target, obje
 @given(rules=RULES, read=st.sampled_from(["after", "before", "anchor"]), current=st.booleans(),
        self_target=st.booleans(), objective=st.sampled_from(["l2", "dot", "mse"]), dv=st.sampled_from([24, 32, 40]),
        position=st.sampled_from([None, 3, 21]), tokens=st.integers(17, 45), every=st.sampled_from([1, 2]),
-       seed=st.integers(0, 2 ** 16))
+       walk=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2 ** 16))
 def test_random_wy_levels_in_several_row_blocks(rules, read, current, self_target, objective, dv, position, tokens,
-                                                every, seed):
+                                                every, walk, seed):
     """The wy form with its walks over blocks of 16 rows (two or three, the last partly masked where dv is
     24 or 40): each block's share of the backward's products with the tiles' states, summed by prep_bwd,
     gives the reference's outputs, states and gradients, whatever the rules (with no columns E, with
     only the rank-one term or only the transition's, or both), and whichever tiles' start states the
-    forward stored (`states_every`)."""
+    forward stored (`states_every`, or one a step of a forward walking `walk_tiles` tiles a step)."""
     at = "current" if current else "anchor"
     try:
         cfg = MemoryConfig("linear", 16, 16 if self_target else dv,
@@ -293,7 +293,8 @@ def test_random_wy_levels_in_several_row_blocks(rules, read, current, self_targe
         assume(False)
     found = kernels(cfg, objective_of(objective))
     assume(found.prep is not None and found.prep_bwd is not None)
-    lk = dataclasses.replace(found, block_v=16, states_every=every, launches={n: 0 for n in found.launches})
+    lk = dataclasses.replace(found, block_v=16, states_every=every, walk_tiles=walk,
+                             launches={n: 0 for n in found.launches})
     case = Case(cfg, objective_of(objective), tokens=tokens, position=position, seed=seed)
     assume(float32_can_match(case))
     compare(run_reference(case), run_path(case, "triton", lk), f"{lk.columns or 'no'} columns, row blocks of 16",
@@ -302,6 +303,23 @@ def test_random_wy_levels_in_several_row_blocks(rules, read, current, self_targe
 
 
 # ------------------------------------------------------------------ a forward walk over merged tiles
+
+@pytest.mark.parametrize("level", ["gated_deltanet", "deltanet", "no_columns"])
+@pytest.mark.parametrize("walk_tiles", [2, 4])
+@pytest.mark.parametrize("tokens, position", [(40, None), (64, 5), (75, 21)])
+def test_a_backward_after_a_forward_over_merged_tiles(level, walk_tiles, tokens, position):
+    """A forward for training that walks `walk_tiles` tiles a step stores the start state of each step;
+    the backward walk, over single tiles, makes the others again: the reference's outputs, states and
+    gradients, with the last step partly (40, 75 tokens) or wholly (64 at 4 a step) within the tokens."""
+    if level in EXAMPLES:
+        cfg, objective = example_level(level)
+    else:
+        cfg, objective = linear(["retain"], chunk=1), objective_of("l2")
+    found = kernels(cfg, objective, f"tests.merge_bwd_{level}")
+    lk = dataclasses.replace(found, walk_tiles=walk_tiles, launches={n: 0 for n in found.launches})
+    case = Case(cfg, objective, tokens=tokens, position=position, seed=tokens)
+    compare(run_reference(case), run_path(case, "triton", lk), f"{walk_tiles} tiles a step", limit=FLOAT32_RATIO)
+    assert lk.launches["merge"] == 1 and lk.launches["bwd"] == 1
 
 @pytest.mark.parametrize("level", ["gated_deltanet", "deltanet", "linear_attention", "self_target", "no_columns"])
 @pytest.mark.parametrize("walk_tiles", [2, 4])

@@ -96,15 +96,26 @@ def run_reference(case: Case) -> Run:
     return Run(y, end, gradients(probe_loss(y, end, case.seed + 2), leaves))
 
 
-def run_path(case: Case, path: str, kernels=None) -> Run:
-    """The same case in case.dtype on DEVICE, on the chunked path or on `kernels` (a LevelKernels)."""
+def _case_inputs(case: Case) -> tuple:
+    """q, k, v, gates, params0 and the carried-in state (or None) of a case, in case.dtype on DEVICE."""
     inp = make_inputs(case.cfg, case.batch, case.heads, case.tokens, case.seed, eta_max=case.eta_max)
     st = None if case.position is None else random_state(case.cfg, case.batch, case.heads, case.position,
                                                          case.seed + 1)
     q, k, v = (to32(t, case.dtype) for t in (inp.q, inp.k, inp.v))
-    gates = to32(_gates(case, inp.gates), case.dtype)
-    params0 = to32(inp.params0, case.dtype)
-    st32 = to32(st, case.dtype)
+    return q, k, v, to32(_gates(case, inp.gates), case.dtype), to32(inp.params0, case.dtype), to32(st, case.dtype)
+
+
+def run_forward(case: Case, kernels) -> Run:
+    """The case's forward alone on `kernels`, under no_grad (so it keeps nothing for a backward)."""
+    q, k, v, gates, params0, st32 = _case_inputs(case)
+    with torch.no_grad():
+        y, end = kernels.run(case.cfg, case.objective, q, k, v, gates, start_state(case.cfg, params0, st32, k))
+    return Run(y, end, {})
+
+
+def run_path(case: Case, path: str, kernels=None) -> Run:
+    """The same case in case.dtype on DEVICE, on the chunked path or on `kernels` (a LevelKernels)."""
+    q, k, v, gates, params0, st32 = _case_inputs(case)
     if path == "chunked":
         y, end = chunked(case.cfg, case.objective, q, k, v, gates, params0, st32)
     else:
