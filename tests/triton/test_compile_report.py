@@ -32,6 +32,21 @@ def test_the_compile_report_compiles_every_launch_for_sm90(tmp_path):
         assert "num_warps=4" in line and "PREC=ieee" in line
 
 
+def test_the_compile_report_compiles_a_walk_over_merged_tiles(tmp_path):
+    env = dict(os.environ, NLC_CACHE=str(tmp_path), TRITON_CACHE_DIR=str(tmp_path / "triton"))
+    env.pop("TRITON_INTERPRET", None)
+    result = subprocess.run([sys.executable, "benchmarks/gpu/compile_report.py", "gdn64", "--walk-tiles", "4"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = {line.split()[0] + " " + re.search(r"C=\d+", line).group(): line
+             for line in result.stdout.splitlines() if " compile " in line}
+    # prep at 16-token tiles, their terms merged four at a time, both forward walks (for training, storing
+    # a state a step, and without gradients) over 64-token steps, the backward walk over single tiles
+    assert set(lines) == {"report__gdn64_prep C=16", "_nl_merge_tiles C=16", "report__gdn64_fwd C=64",
+                          "report__gdn64_bwd C=16", "report__gdn64_prep_bwd C=16"}, result.stdout
+    assert "M=4" in lines["_nl_merge_tiles C=16"] and "EVERY=4" in lines["report__gdn64_bwd C=16"]
+
+
 def test_the_compile_report_covers_every_memory_level_of_a_spec(tmp_path):
     from specs import memory_spec
 
