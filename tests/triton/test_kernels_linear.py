@@ -172,8 +172,9 @@ def test_kernels_with_the_gpus_launch_settings(monkeypatch, rules, objective, ch
     lk = dataclasses.replace(kernels(cfg, objective_of(objective), "tests.gpu_settings"), tile=tile)
     wide = tile is not None
     monkeypatch.setattr(type(lk), "tiles_per_program", staticmethod(lambda n_tiles: 1))
-    monkeypatch.setattr(type(lk), "rows_per_program", lambda self, walk=False, heads=0, device=None: 32 if walk else 16)
-    monkeypatch.setattr(type(lk), "walk_settings", lambda self, prec, heads, device: (32, {}))
+    monkeypatch.setattr(type(lk), "rows_per_program",
+                        lambda self, walk=False, heads=0, device=None, tile=0: 32 if walk else 16)
+    monkeypatch.setattr(type(lk), "walk_settings", lambda self, prec, heads, device, tile=0: (32, {}))
     monkeypatch.setattr(type(lk), "columns_per_block",
                         lambda self, tile, backward=False: (16 if backward else 32) if wide else (32 if backward else 16))
     case = Case(cfg, objective_of(objective), tokens=70 if wide else 37, position=3, seed=11)
