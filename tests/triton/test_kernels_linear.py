@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st  #
 
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
-from triton_testkit import (FLOAT32_RATIO, OUTPUT_RATIO, Case, Run, compare, float32_can_match, kernels, ratio,  # noqa: E402
-                            run_path, run_reference, split_run)
+from nldsl.runtime.memory.inputs import start_state  # noqa: E402
+from triton_testkit import (FLOAT32_RATIO, OUTPUT_RATIO, Case, Run, compare, float32_can_match, kernels,  # noqa: E402
+                            make_inputs, ratio, run_path, run_reference, split_run, to32)
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
@@ -346,3 +347,21 @@ def test_a_forward_walk_over_merged_tiles_equals_the_reference(level, walk_tiles
     assert merged.launches["merge"] == len(cuts) + 1 and merged.launches["fwd"] == len(cuts) + 1, merged.launches
     compare(run_reference(case), Run(y, state, {}), f"{walk_tiles} tiles a step", grads=False, limit=FLOAT32_RATIO)
     compare(single, Run(y, state, {}), "merged vs single tiles", grads=False, limit=FLOAT32_RATIO)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_forward_under_no_grad_keeps_no_states_for_a_backward(monkeypatch, grad):
+    """Inputs that require gradients (a model's parameters made them) under no_grad: nothing will call the
+    backward, so the forward stores no tiles' states; with grad mode on it does."""
+    cfg = linear(["retain", ("gd", "current")], chunk=1)
+    lk = kernels(cfg, objective_of("l2"), "tests.no_grad")
+    stored = []
+    launch = type(lk).launch_fwd
+    monkeypatch.setattr(type(lk), "launch_fwd", lambda self, *a, store, **kw: stored.append(store) or
+                        launch(self, *a, store=store, **kw))
+    inp = make_inputs(cfg, 1, 2, 40, seed=1)
+    gates = {n: to32(g) for n, g in inp.gates.items() if n in cfg.required_gates()}
+    q, k, v = (to32(t) for t in (inp.q, inp.k, inp.v))      # leaves that require gradients
+    with torch.set_grad_enabled(grad):
+        y, _ = lk.run(cfg, objective_of("l2"), q, k, v, gates, start_state(cfg, to32(inp.params0), None, k))
+    assert stored == [grad] and (y.grad_fn is not None) == grad
