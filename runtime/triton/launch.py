@@ -242,6 +242,10 @@ class LevelKernels:
     walk_tiles: int = WALK_TILES  # wy form: 1, 2 or 4 tiles a step of the forward walk
     launches: dict = field(default_factory=lambda: {"fwd": 0, "bwd": 0, "step": 0, "recompute": 0, "merge": 0})
 
+    def __post_init__(self) -> None:
+        if self.walk_tiles not in (1, 2, 4):
+            raise ValueError(f"walk_tiles must be 1, 2 or 4 (tiles a step of the forward walk), got {self.walk_tiles}")
+
     # ---------------------------------------------------------------- sizes
 
     def wy_tile(self) -> int:

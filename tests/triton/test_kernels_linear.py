@@ -318,6 +318,8 @@ def test_a_backward_after_a_forward_over_merged_tiles(level, walk_tiles, tokens,
     else:
         cfg, objective = linear(["retain"], chunk=1), objective_of("l2")
     found = kernels(cfg, objective, f"tests.merge_bwd_{level}")
+    with pytest.raises(ValueError, match="walk_tiles must be 1, 2 or 4"):
+        dataclasses.replace(found, walk_tiles=3)
     lk = dataclasses.replace(found, walk_tiles=walk_tiles, launches={n: 0 for n in found.launches})
     case = Case(cfg, objective, tokens=tokens, position=position, seed=tokens)
     compare(run_reference(case), run_path(case, "triton", lk), f"{walk_tiles} tiles a step", limit=FLOAT32_RATIO)
