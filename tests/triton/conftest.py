@@ -17,6 +17,17 @@ except ImportError:  # pragma: no cover
 
 if not _CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    if os.environ["TRITON_INTERPRET"] == "1" and "triton.language" in sys.modules:
+        # Triton's own jitted helpers (tl.zeros, ...) are made interpretable only when triton.language
+        # is imported with TRITON_INTERPRET set; a test module collected before this folder that imports
+        # it (torch.utils.flop_counter does) would leave every kernel failing with "Cannot call
+        # @triton.jit'd outside of the scope of a kernel".
+        from triton.runtime.interpreter import InterpretedFunction
+        import triton.language as tl
+
+        if not isinstance(tl.zeros, InterpretedFunction):
+            raise RuntimeError("triton.language was imported before tests/triton set TRITON_INTERPRET=1: "
+                               "import Triton (or torch.utils.flop_counter) inside the test that needs it")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
