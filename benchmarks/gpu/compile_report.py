@@ -220,7 +220,8 @@ def main() -> int:
     ap.add_argument("--tile-warps", type=int, help="warps per program of the wy form's tile-parallel kernels")
     ap.add_argument("--states-every", type=int, help="the wy form's tiles per stored start state (1 or 2)")
     ap.add_argument("--walk-tiles", type=int,
-                    help="the wy form's tiles a step of a forward without gradients (2 or 4: also its merge and walk)")
+                    help="the wy form's tiles a step of the forward walk (2 or 4: the merge, and the walks over merged "
+                         "tiles with and without gradients)")
     ap.add_argument("--stages", type=int, help="software-pipelining stages instead of the level's")
     ap.add_argument("--backward-precision", choices=["ieee", "tf32"],
                     help="tl.dot precision of the backward kernels (but the wy walk) instead of the level's")

@@ -351,12 +351,16 @@ def test_a_forward_walk_over_merged_tiles_equals_the_reference(level, walk_tiles
     compare(single, Run(y, state, {}), "merged vs single tiles", grads=False, limit=FLOAT32_RATIO)
 
 
+@pytest.mark.parametrize("family", ["linear", "mlp"])
 @pytest.mark.parametrize("grad", [True, False])
-def test_a_forward_under_no_grad_keeps_no_states_for_a_backward(monkeypatch, grad):
+def test_a_forward_under_no_grad_keeps_no_states_for_a_backward(monkeypatch, family, grad):
     """Inputs that require gradients (a model's parameters made them) under no_grad: nothing will call the
-    backward, so the forward stores no tiles' states; with grad mode on it does."""
-    cfg = linear(["retain", ("gd", "current")], chunk=1)
-    lk = kernels(cfg, objective_of("l2"), "tests.no_grad")
+    backward, so the forward stores no tiles' states; with grad mode on it does. Linear and MLP memories."""
+    if family == "linear":
+        cfg = linear(["retain", ("gd", "current")], chunk=1)
+    else:
+        cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=16, act="silu", residual=True, rules=(Rule("gd"),), chunk=4)
+    lk = kernels(cfg, objective_of("l2"), f"tests.no_grad_{family}")
     stored = []
     launch = type(lk).launch_fwd
     monkeypatch.setattr(type(lk), "launch_fwd", lambda self, *a, store, **kw: stored.append(store) or
