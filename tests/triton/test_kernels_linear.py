@@ -306,6 +306,16 @@ def test_random_wy_levels_in_several_row_blocks(rules, read, current, self_targe
 
 # ------------------------------------------------------------------ a forward walk over merged tiles
 
+def merged_walk_level(level: str):
+    """(config, objective) of a wy-form level: an example's, a delta rule with a self-generated target
+    ("self_target") or retention alone, a level with no columns E ("no_columns")."""
+    if level in EXAMPLES:
+        return example_level(level)
+    if level == "self_target":
+        return linear([("delta", "current")], chunk=1, self_target=True), objective_of("l2")
+    return linear(["retain"], chunk=1), objective_of("l2")
+
+
 @pytest.mark.parametrize("level", ["gated_deltanet", "deltanet", "no_columns"])
 @pytest.mark.parametrize("walk_tiles", [2, 4])
 @pytest.mark.parametrize("tokens, position", [(40, None), (64, 5), (75, 21)])
@@ -313,10 +323,7 @@ def test_a_backward_after_a_forward_over_merged_tiles(level, walk_tiles, tokens,
     """A forward for training that walks `walk_tiles` tiles a step stores the start state of each step;
     the backward walk, over single tiles, makes the others again: the reference's outputs, states and
     gradients, with the last step partly (40, 75 tokens) or wholly (64 at 4 a step) within the tokens."""
-    if level in EXAMPLES:
-        cfg, objective = example_level(level)
-    else:
-        cfg, objective = linear(["retain"], chunk=1), objective_of("l2")
+    cfg, objective = merged_walk_level(level)
     found = kernels(cfg, objective, f"tests.merge_bwd_{level}")
     with pytest.raises(ValueError, match="walk_tiles must be 1, 2 or 4"):
         dataclasses.replace(found, walk_tiles=3)
@@ -333,12 +340,7 @@ def test_a_forward_walk_over_merged_tiles_equals_the_reference(level, walk_tiles
     terms merged by `_nl_merge_tiles`: the reference's outputs and state, and within float32 rounding the
     walk over single tiles, with the last merged tile partly past the tokens (40, 75) or with tiles past
     the last (40 tokens in 3 tiles at 4 a step), and from a carried-in state (a call cut after 20 tokens)."""
-    if level in EXAMPLES:
-        cfg, objective = example_level(level)
-    else:
-        cfg = linear([("delta", "current")] if level == "self_target" else ["retain"], chunk=1,
-                     self_target=level == "self_target")
-        objective = objective_of("l2")
+    cfg, objective = merged_walk_level(level)
     found = kernels(cfg, objective, f"tests.merge_{level}")
     assert found.merge is not None
     merged = dataclasses.replace(found, walk_tiles=walk_tiles, launches={n: 0 for n in found.launches})
