@@ -16,7 +16,6 @@ import cProfile
 import io
 import pstats
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -24,17 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from check_speed import nlc_command
+
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_S = 1.0
-
-
-def nlc_command() -> list[str]:
-    """The installed `nlc` next to this interpreter, else the same entry point through `-m`."""
-    script = Path(sys.executable).parent / "nlc"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("nlc")
-    return [found] if found else [sys.executable, "-m", "nldsl.cli"]
 
 
 def time_compile(spec: str, runs: int) -> tuple[list[float], list[float]]:
