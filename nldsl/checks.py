@@ -60,6 +60,11 @@ def _memory_checks(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:
         r = next(r for r in mem.rules if r.kind == "retain")
         out.append(error("NL0502", "`retain` with `dgd` applies the retention α twice", r.span,
                          "remove this", help="dgd already scales the state by α: W ← W(αI − η k kᵀ) − η∇ℓ"))
+    momenta = [r for r in mem.rules if r.kind == "momentum"]
+    for r in momenta[1:]:
+        out.append(error("NL0502", "a memory has one momentum state, so it takes one `momentum` rule",
+                         r.span, "second momentum", labels=[Label(momenta[0].span, "first momentum")],
+                         help="keep one `momentum`; its gate sets how much of the past it keeps"))
     for r in mem.rules:
         if r.at == "current" and mem.chunk > 1:
             out.append(error("NL0503", f"a gradient at the current state needs chunk 1 (this memory has chunk {mem.chunk})",

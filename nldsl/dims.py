@@ -47,19 +47,24 @@ class Widths:
                 return v.option("out")
             if v.fn == "self":
                 return None
-            ws = [self.of(a, seen) for a in v.args]
-            return next((w for w in ws if w is not None), None)
+            return joint_width([self.of(a, seen) for a in v.args])
         if isinstance(v, ir.Bin):
-            a, b = self.of(v.left, seen), self.of(v.right, seen)
-            if a is None or b is None:
-                return a if a is not None else b
-            return max(a, b)  # a per-head gate (width heads) may scale a vector; checked elsewhere
+            return joint_width([self.of(v.left, seen)] if v.op == "**" else [self.of(v.left, seen), self.of(v.right, seen)])
         if isinstance(v, ir.Read):
             u = self.unknowns.get(v.level)
             return u.heads * u.dv if u is not None and u.dv is not None else None
         if isinstance(v, ir.Apply):
             return self.dim
         return None
+
+
+def joint_width(widths: list) -> int | None:
+    """The width of an elementwise result: its operands' common width, where a width of 1 broadcasts and
+    None (a number, or unknown) adapts; None where the operands disagree (check_elementwise reports it)."""
+    known = {w for w in widths if w is not None}
+    if len(known) > 1:
+        known.discard(1)
+    return known.pop() if len(known) == 1 else None
 
 
 def _report(u: Unknowns, sink: Sink, diag) -> None:
@@ -147,6 +152,37 @@ def infer(levels: dict, width: Widths, sink: Sink) -> None:
             sink.add(error("NL0204", f"`{name}` is residual, so its key and value widths must agree",
                            u.spans.get("dv") or u.spans.get("dk"), f"dk = {u.dk}, dv = {u.dv}",
                            help="M(k) = k + mlp(k) needs dk = dv; drop `residual` or change a width"))
+
+
+def check_elementwise(blocks, width: Widths, sink: Sink) -> None:
+    """Elementwise `+ - * /`, `min` and `max` take operands of one width, or a number, or a width of 1
+    (which broadcasts); anything else would fail only when the model runs. Each binding and output of
+    the blocks is walked once, without following references (their values are walked themselves)."""
+    for block in blocks:
+        width.block = block.name
+        for value in [v for _, v in block.bindings] + [block.output]:
+            _walk_elementwise(value, width, sink)
+
+
+def _walk_elementwise(v, width: Widths, sink: Sink) -> None:
+    pairs = []
+    if isinstance(v, ir.Bin):
+        pairs = [(v.op, v.left, v.right)] if v.op != "**" else []
+        children = (v.left, v.right)
+    elif isinstance(v, ir.Op):
+        pairs = [(v.fn, v.args[0], v.args[1])] if v.fn in ("min", "max") and len(v.args) == 2 else []
+        children = v.args
+    else:
+        return
+    for op, left, right in pairs:
+        a, b = width.of(left), width.of(right)
+        if a is not None and b is not None and joint_width([a, b]) is None:
+            shown_op = f"`{op}`" if op in ("min", "max") else f"elementwise `{op}`"
+            sink.add(error("NL0204", f"{shown_op} needs operands of the same width: {a} and {b}", v.span,
+                           f"width {a} {op} width {b}" if op not in ("min", "max") else f"widths {a} and {b}",
+                           help="project one side with `linear(..., width)`, or use a number or a width of 1"))
+    for child in children:
+        _walk_elementwise(child, width, sink)
 
 
 class _Quiet(Sink):

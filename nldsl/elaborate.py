@@ -11,7 +11,7 @@ from __future__ import annotations
 from . import ast, ir, levels as lv, phrases, schema
 from .consts import Fail, fold_constants, shown, suggest
 from .diagnostics import Label, SpecError, Sink, error, warning
-from .dims import Widths, infer
+from .dims import Widths, check_elementwise, infer
 from .resolve import Program
 from .shadowing import block_shadowing, model_shadowing
 from .values import Scope, ValueBuilder, reads_in
@@ -325,7 +325,9 @@ class Elaborator:
         from .memories import finish
 
         unknowns = {n: (p["block"], p["unknowns"], p["flows"], self.reads.get(n, [])) for n, p in self.protos.items()}
-        infer(unknowns, Widths(self.dim, self.bindings, {n: u[1] for n, u in unknowns.items()}), self.sink)
+        widths = Widths(self.dim, self.bindings, {n: u[1] for n, u in unknowns.items()})
+        infer(unknowns, widths, self.sink)
+        check_elementwise(self.blocks.values(), widths, self.sink)
         return finish(self, self.protos)
 
     def _unused(self):

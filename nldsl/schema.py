@@ -92,7 +92,7 @@ KEYS = {
         "objective": "`next_token`: the language-model loss",
         "update": "the optimizer: a call such as adamw(lr = 3e-4) or the name of an `optimizer` declaration",
         "clip": "gradient-norm clipping threshold",
-        "bptt": "`truncated` (default) or `full`: whether gradients cross CMS update boundaries",
+        "bptt": "`truncated` (default): gradients stop where a CMS level updates; `full` is reserved, not executed yet",
         "warmup": "learning-rate warm-up steps",
         "schedule": "`constant` (default) or `cosine`",
     },
