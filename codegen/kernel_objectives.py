@@ -82,6 +82,7 @@ def derivative(e):
         "sqrt": lambda: S.BinE("/", S.Num(0.5), e),
         "tanh": lambda: S.add(S.Num(1.0), S.mul(S.Num(-1.0), S.BinE("**", e, S.Num(2.0)))),
         "sigmoid": lambda: S.mul(e, S.add(S.Num(1.0), S.mul(S.Num(-1.0), e))),
+        "softplus": lambda: S.Fn("sigmoid", (x,)),
     }[e.name]
     return S.mul(inner(), derivative(x))
 
@@ -109,7 +110,8 @@ def runtime_objective_code(objective, dv: int) -> Optional[ObjectiveCode]:
 
 
 _TRITON_FN = {"abs": "tl.abs", "sign": "_nl_sign", "exp": "tl.exp", "log": "tl.log", "sqrt": "tl.sqrt",
-              "tanh": "_nl_tanh", "sigmoid": "tl.sigmoid"}
+              "tanh": "_nl_tanh", "sigmoid": "tl.sigmoid",
+              "softplus": "_nl_softplus"}
 
 
 def _triton(e) -> str:

@@ -2,7 +2,7 @@
 
 A custom objective `custom(<expression of r>)` defines the per-component loss ℓ(r) of the residual
 r = M(k) − v; the memory needs dℓ/dr. Expressions are small trees (numbers, r, named constants,
-+ − × ÷, powers with a constant exponent, and abs, sign, exp, log, sqrt, tanh, sigmoid, min, max);
++ − × ÷, powers with a constant exponent, and abs, sign, exp, log, sqrt, tanh, sigmoid, softplus, min, max);
 `derivative` applies the chain rule and `to_torch` prints the result as torch code in the variable
 `r`. Only names of the spec's constants are substituted — nothing from the spec reaches the code as
 text except numbers printed by `repr`.
@@ -49,7 +49,7 @@ class BinE:
 
 
 E = Union[Num, Var, Fn, BinE]
-UNARY = ("abs", "sign", "exp", "log", "sqrt", "tanh", "sigmoid")
+UNARY = ("abs", "sign", "exp", "log", "sqrt", "tanh", "sigmoid", "softplus")
 R = Var()
 
 
@@ -80,7 +80,7 @@ def from_ast(expr, consts: Mapping[str, float]) -> E:
         if name in ("min", "max") and len(expr.args) == 2:
             return Fn(name, tuple(from_ast(a, consts) for a in expr.args))
     raise NotDifferentiable("a custom objective is built from r, numbers, constants, + - * / **, "
-                            "abs, sign, exp, log, sqrt, tanh, sigmoid, min and max", expr.span)
+                            f"{', '.join(UNARY)}, min and max", expr.span)
 
 
 def _num(e, v) -> bool:
@@ -141,6 +141,7 @@ def derivative(e: E) -> E:
             "sqrt": lambda: BinE("/", Num(0.5), e),
             "tanh": lambda: add(Num(1.0), mul(Num(-1.0), BinE("**", e, Num(2.0)))),
             "sigmoid": lambda: mul(e, add(Num(1.0), mul(Num(-1.0), e))),
+            "softplus": lambda: Fn("sigmoid", (x,)),
         }
         if e.name in inner:
             return mul(inner[e.name](), dx)
@@ -151,7 +152,8 @@ def derivative(e: E) -> E:
 
 
 _TORCH = {"abs": "torch.abs", "sign": "torch.sign", "exp": "torch.exp", "log": "torch.log",
-          "sqrt": "torch.sqrt", "tanh": "torch.tanh", "sigmoid": "torch.sigmoid"}
+          "sqrt": "torch.sqrt", "tanh": "torch.tanh", "sigmoid": "torch.sigmoid",
+          "softplus": "torch.nn.functional.softplus"}
 
 
 def to_torch(e: E) -> str:

@@ -127,13 +127,14 @@ def _gate_widths(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:
 
 def _custom_objective(model: ir.ModelIR, mem: ir.Memory) -> list[Diagnostic]:
     from nldsl.codegen.symbolic import NotDifferentiable, derivative, from_ast
+    from nldsl.schema import OBJECTIVE_FUNCTIONS
 
     try:
         derivative(from_ast(mem.objective.expr, dict(model.constants)))
     except NotDifferentiable as e:
         return [error("NL0508", f"the custom objective of `{mem.name}` cannot be differentiated: {e}", e.span,
-                      help="write it in `r` with numbers, constants, + - * / **, abs, sign, exp, log, sqrt, "
-                           "tanh, sigmoid, min and max")]
+                      help="write it in `r` with numbers, constants, + - * / ** and "
+                           f"{', '.join(OBJECTIVE_FUNCTIONS)}")]
     return []
 
 

@@ -129,7 +129,7 @@ BUILTINS = {
 }
 
 # functions allowed in `custom(<expression of r>)`: elementwise, with known derivatives
-OBJECTIVE_FUNCTIONS = ("abs", "sign", "exp", "log", "sqrt", "tanh", "sigmoid", "min", "max")
+OBJECTIVE_FUNCTIONS = ("abs", "sign", "exp", "log", "sqrt", "tanh", "sigmoid", "softplus", "min", "max")
 GATE_KEYS = ("lr", "retain", "log_retain", "momentum")
 FLOW_KEYS = ("key", "value", "query") + GATE_KEYS
 RULES = ("retain", "gd", "momentum", "delta", "dgd")

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from compile_testkit import assert_close, assert_states_close, build, probe, set_backend, tokens, write_spec
 
-CUSTOM = ["r * r", "sqrt(1 + r * r) - 1", "log(1 + r * r)", "0.5 * r ** 2 + 0.1 * r ** 4", "r * tanh(r)"]
+CUSTOM = ["r * r", "sqrt(1 + r * r) - 1", "log(1 + r * r)", "0.5 * r ** 2 + 0.1 * r ** 4", "r * tanh(r)",
+          "softplus(r) + softplus(-r)"]
 GRADIENT_RULES = ("gd", "momentum", "dgd")
 GATES = {"retain": ("alpha",), "gd": ("eta",), "momentum": ("eta", "beta"), "delta": ("eta",), "dgd": ("eta", "alpha")}
 

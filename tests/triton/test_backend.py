@@ -113,9 +113,12 @@ def test_a_compiled_example_on_the_triton_backend_matches_chunked(spec):
     compare_model_runs(model_run(set_backend(model, "chunked")), run)
 
 
-def test_a_custom_objective_runs_on_its_packages_kernels(tmp_path):
+@pytest.mark.parametrize("loss", ["sqrt(1 + r * r) - 1", "softplus(r) ** 2 - r"])
+def test_a_custom_objective_runs_on_its_packages_kernels(loss, tmp_path):
+    """The objective's derivative is generated into the package's kernels (the second one's calls the
+    kernels' softplus) and agrees with the chunked path's torch code."""
     spec = tmp_path / "custom.nl"
-    spec.write_text(memory_spec(name="custom_memory", objective="custom(sqrt(1 + r * r) - 1)",
+    spec.write_text(memory_spec(name="custom_memory", objective=f"custom({loss})",
                                 update="retain, gd", read="before write"), encoding="utf-8")
     torch.manual_seed(0)
     model = load(spec, backend="triton")

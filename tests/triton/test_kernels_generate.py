@@ -168,11 +168,12 @@ def _triton_as_torch(code: str, r: torch.Tensor) -> torch.Tensor:
         @staticmethod
         def where(c, x, y):
             return torch.where(c, t(x), t(y))
-    return eval(code, {"tl": TL, "_nl_sign": torch.sign, "_nl_tanh": torch.tanh, "r": r})
+    return eval(code, {"tl": TL, "_nl_sign": torch.sign, "_nl_tanh": torch.tanh,
+                       "_nl_softplus": torch.nn.functional.softplus, "r": r})
 
 
 CUSTOM = ["sqrt(1 + r * r) - 1", "log(1 + r ** 2)", "max(r, 0.5 * r) ** 2", "abs(r) ** 1.5 + tanh(r) * r",
-          "min(r * r, 1) + sigmoid(r) - exp(-r * r) / 2"]
+          "min(r * r, 1) + sigmoid(r) - exp(-r * r) / 2", "softplus(r) ** 2 - r * softplus(-r)"]
 
 
 @pytest.mark.parametrize("expr", CUSTOM)
@@ -189,6 +190,7 @@ def test_custom_objective_derivatives_match_autograd(expr, tmp_path):
     class T:  # torch, with min / max of a tensor and a number
         abs, sign, exp, log, sqrt, tanh, sigmoid = (torch.abs, torch.sign, torch.exp, torch.log, torch.sqrt,
                                                     torch.tanh, torch.sigmoid)
+        nn = torch.nn
 
         @staticmethod
         def minimum(a, b):
