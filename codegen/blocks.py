@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from nldsl import ir
 from nldsl.graph import widths
 
-from .names import Names, camel, comment, literal, py
+from .names import Names, camel, doc_text, literal, py
 
 ACT = {"silu": "F.silu", "gelu": "F.gelu", "relu": "F.relu", "tanh": "torch.tanh", "sigmoid": "torch.sigmoid",
        "softplus": "F.softplus", "exp": "torch.exp", "log": "torch.log", "abs": "torch.abs", "sqrt": "torch.sqrt"}
@@ -96,8 +96,8 @@ def _direct_reads(v) -> list:
 
 
 class BlockLowering:
-    def __init__(self, model: ir.ModelIR, block: ir.BlockDef, spec_file: str):
-        self.model, self.block, self.file = model, block, spec_file
+    def __init__(self, model: ir.ModelIR, block: ir.BlockDef):
+        self.model, self.block = model, block
         self.bindings = dict(block.bindings)
         self.levels = [model.level(n) for n in block.levels if model.level(n) is not None]
         self.widths = widths(model)
@@ -119,7 +119,7 @@ class BlockLowering:
     # ------------------------------------------------------------ helpers
 
     def where(self, span) -> str:
-        return comment(f"{self.file}:{span.line}")
+        return doc_text(f"{span.file}:{span.line}")
 
     def _read_sites(self) -> dict:
         sites: dict[str, ir.Read] = {}

@@ -18,7 +18,7 @@ from nldsl.graph import to_doc
 from .blocks import BlockLowering, ClassCode, LoweringError
 from .forward import forward_lines
 from .kernels import model_kernels
-from .names import camel, comment, py
+from .names import camel, doc_text, py
 from .network import NetLowering, cms_class
 from .plan import plan_text, runtime_info
 from .symbolic import NotDifferentiable, gradient_code
@@ -30,10 +30,6 @@ class ObjectiveFn:
     name: str
     doc: str
     code: str
-
-
-def _doc(text: str) -> str:
-    return comment(text).replace("\\", "/").replace('"', "'")
 
 
 def spec_hash(sources: dict) -> str:
@@ -52,19 +48,19 @@ def _classes(model: ir.ModelIR, spec_file: str) -> tuple[list, list, list]:
             except NotDifferentiable as e:
                 raise LoweringError(f"cannot differentiate the custom objective of `{m.name}`: {e}", e.span) from None
             objectives.append(ObjectiveFn(f"objective_{py(m.name)}",
-                                          _doc(f"d loss / d y of the custom objective of {m.name} ({spec_file}:{m.objective.span.line})"),
+                                          doc_text(f"d loss / d y of the custom objective of {m.name} ({m.objective.span.file}:{m.objective.span.line})"),
                                           code))
-    classes = [cms_class(c, model.outer.name, _doc(spec_file)) for c in model.cms]
+    classes = [cms_class(c, model.outer.name, doc_text(spec_file)) for c in model.cms]
     stacks = []
     for b in model.blocks:
-        bl = BlockLowering(model, b, _doc(spec_file))
-        cls = ClassCode(camel(b.name, "Block"), _doc(f"block {b.name} ({spec_file}:{b.span.line})"))
+        bl = BlockLowering(model, b)
+        cls = ClassCode(camel(b.name, "Block"), doc_text(f"block {b.name} ({b.span.file}:{b.span.line})"))
         cls.init = bl.init_lines()
         cls.forward_args = f"{bl.expr(ir.Input(b.params[0], b.span))}, state"
         cls.forward = forward_lines(bl)
         classes.append(cls)
         stacks += bl.stacks
-    net = NetLowering(model, _doc(spec_file))
+    net = NetLowering(model, doc_text(spec_file))
     model_cls = net.model_class()
     return objectives, classes + net.classes + [model_cls], stacks
 
@@ -75,12 +71,12 @@ def generate(model: ir.ModelIR, graph, sources: dict, spec_file: str) -> dict[st
     objectives, classes, stacks = _classes(model, spec_file)
     for cls in classes:
         cls.init_args = ", prefix" if any("prefix" in line for line in cls.init) else ""
-    title = _doc(f"{model.name}: compiled from {spec_file}")
+    title = doc_text(f"{model.name}: compiled from {spec_file}")
     model_py = environment().get_template("model.py.jinja").render(
-        title=title, version=__version__, source=_doc(spec_file), spec_hash=digest, objectives=objectives,
+        title=title, version=__version__, source=doc_text(spec_file), spec_hash=digest, objectives=objectives,
         classes=classes, model_class=classes[-1].name,
         segment_attention=any(att.has_prefix for att in model.attentions))
-    init_py = environment().get_template("package_init.py.jinja").render(title=title, version=__version__, source=_doc(spec_file))
+    init_py = environment().get_template("package_init.py.jinja").render(title=title, version=__version__, source=doc_text(spec_file))
     for name, text in (("model.py", model_py), ("__init__.py", init_py)):
         try:
             pyast.parse(text, filename=name)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from nldsl import ir
 
-from .names import comment, literal, py
+from .names import comment, doc_text, literal, py
 from .jinja import environment
 
 from .kernel_coefs import (GATES, GRADIENT_RULES, VARIABLES, Poly, _has_gradient, _has_momentum, fold_dual,
@@ -522,10 +522,6 @@ def _shared(plans) -> tuple[list, list]:
     return rendered, entries
 
 
-def _doc(text: str) -> str:
-    return comment(text).replace("\\", "/").replace('"', "'")
-
-
 def model_kernels(model: ir.ModelIR, spec_file: str) -> str:
     """kernels.py of a compiled package: every linear memory level of the model, and the MLP memory
     levels with a fused form (kernels_mlp.py)."""
@@ -541,16 +537,16 @@ def model_kernels(model: ir.ModelIR, spec_file: str) -> str:
             if form == "none":
                 skipped.append(Skipped(m.name, reason))
             else:
-                doc = _doc(f"memory level {m.name} ({spec_file}:{m.span.line})")
+                doc = doc_text(f"memory level {m.name} ({m.span.file}:{m.span.line})")
                 mlp_plans.append(plan_mlp_level(m.name, cfg, code, doc))
             continue
         form, reason = kernel_form(cfg, code)
         if form == "none":
             skipped.append(Skipped(m.name, reason))
             continue
-        doc = _doc(f"memory level {m.name} ({spec_file}:{m.span.line})")
+        doc = doc_text(f"memory level {m.name} ({m.span.file}:{m.span.line})")
         plans.append(plan_level(m.name, cfg, code, doc))
-    return render(plans, _doc(f"{model.name}: Triton kernels of the memory levels of {spec_file}"), skipped,
+    return render(plans, doc_text(f"{model.name}: Triton kernels of the memory levels of {spec_file}"), skipped,
                   mlp_plans)
 
 
@@ -559,9 +555,9 @@ def level_kernels_source(level: str, cfg, objective: ObjectiveCode) -> str:
     if cfg.family == "mlp":
         from .kernels_mlp import plan_mlp_level
 
-        return render([], _doc(f"Triton kernels of memory level {level}"), (), [plan_mlp_level(level, cfg, objective)])
+        return render([], doc_text(f"Triton kernels of memory level {level}"), (), [plan_mlp_level(level, cfg, objective)])
     plan = plan_level(level, cfg, objective)
-    return render([plan], _doc(f"Triton kernels of memory level {level}"))
+    return render([plan], doc_text(f"Triton kernels of memory level {level}"))
 
 
 __all__ = ["KernelPlan", "ObjectiveCode", "Poly", "derivative", "fold_dual", "fold_wy", "kernel_form",

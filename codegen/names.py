@@ -105,6 +105,11 @@ def comment(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in str(text)).replace("\n", " ")
 
 
+def doc_text(text: str) -> str:
+    """Text safe inside a comment or a docstring of generated code (paths written with `/`)."""
+    return comment(text).replace("\\", "/").replace('"', "'")
+
+
 def literal(value) -> str:
     """A Python literal for a number, bool, string or tuple of those (via repr: never raw spec text)."""
     if isinstance(value, bool) or value is None:

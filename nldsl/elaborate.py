@@ -8,6 +8,8 @@ SpecError at its end if any is an error.
 
 from __future__ import annotations
 
+import dataclasses
+
 from . import ast, ir, levels as lv, phrases, schema
 from .consts import Fail, fold_constants, shown, suggest
 from .diagnostics import Label, SpecError, Sink, error, warning
@@ -192,7 +194,9 @@ class Elaborator:
         self.block_args[name] = (args, span)
         self.elaborating.append(name)
         try:
-            self.blocks[name] = self._block_body(sym.node, kwargs)
+            # a block imported `as L` is `L.mix` everywhere, its own definition included
+            node = sym.node if sym.node.name == name else dataclasses.replace(sym.node, name=name)
+            self.blocks[name] = self._block_body(node, kwargs)
             self._applied_blocks(self.blocks[name], stack)
         finally:
             self.elaborating.pop()

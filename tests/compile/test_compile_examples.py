@@ -240,6 +240,37 @@ def test_a_memory_read_twice_is_nl0601(tmp_path):
     assert [d.code for d in info.value.diagnostics] == ["NL0601"]
 
 
+def test_blocks_of_a_qualified_import_compile_under_their_qualified_names(tmp_path):
+    """A library block imported `as L` is `L.mix` as a network stage and when another block applies it;
+    the generated code names its lines after the library file."""
+    write_spec(tmp_path, """
+        nl 1
+        block mix(x, scale = 2) {
+          return linear(x, 32) * scale
+        }
+        """, "lib.nl")
+    spec = write_spec(tmp_path, """
+        nl 1
+        import "lib.nl" as L
+        model tiny {
+          vocab   = 64
+          dim     = 32
+          context = 16
+          level pretrain : outer {
+            update adamw(lr = 1e-3)
+          }
+          block outer_mix(x) {
+            return linear(L.mix(x), dim)
+          }
+          network = embed(vocab, dim) -> residual(L.mix) -> residual(outer_mix) -> lm_head(tied = true)
+        }
+        """, "tiny.nl")
+    files = compile_ok(spec)
+    assert f"block L.mix ({tmp_path / 'lib.nl'}:2)".replace("\\", "/") in files["model.py"]
+    logits, _ = load(spec)(torch.zeros(2, 5, dtype=torch.long))
+    assert logits.shape == (2, 5, 64)
+
+
 # ------------------------------------------------------------------ nldsl.load
 
 
