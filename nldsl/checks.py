@@ -89,6 +89,7 @@ def _memory_checks(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:
         out.append(warning("NL0304", f"chunk {mem.chunk} is longer than the context ({model.context} tokens)",
                            mem.span, help="every token of a sequence then reads the initial state"))
     out.extend(_gate_checks(mem, bindings))
+    out.extend(_vector_flows(model, mem, bindings))
     out.extend(_gate_widths(model, mem, w))
     if mem.objective.name == "custom":
         out.extend(_custom_objective(model, mem))
@@ -136,6 +137,35 @@ def _custom_objective(model: ir.ModelIR, mem: ir.Memory) -> list[Diagnostic]:
                       help="write it in `r` with numbers, constants, + - * / ** and "
                            f"{', '.join(OBJECTIVE_FUNCTIONS)}")]
     return []
+
+
+def _vector_flows(model: ir.ModelIR, mem: ir.Memory, bindings) -> list[Diagnostic]:
+    """Keys, values and the queries of reads are vectors of the tokens: one that is only numbers (`key
+    3`, `mem(0.5)`) would reach the memory as a number and fail when the model runs."""
+    value = mem.flow("value")
+    flows = [("key", mem.flow("key")), ("value", value.args[0] if isinstance(value, ir.Op) and value.fn == "self" else value)]
+    flows += [("query", read.query) for read in _reads_of(model, mem.name)]
+    out = []
+    for role, v in flows:
+        if v is not None and _constant(v, bindings):
+            out.append(error("NL0403", f"the {role} of `{mem.name}` is a number; a {role} is a vector computed from "
+                                       "the tokens", v.span, "a number",
+                             help="compute it from the block's input, e.g. `l2norm(linear(x, dim))`"))
+    return out
+
+
+def _reads_of(model: ir.ModelIR, level: str) -> list:
+    found = []
+    for block in model.blocks:
+        for _, v in block.bindings + (("return", block.output),):
+            found += [n for n in ir.walk(v) if isinstance(n, ir.Read) and n.level == level]
+    return found
+
+
+def _constant(value, bindings) -> bool:
+    """`value` is made of numbers only: nothing in it comes from the tokens."""
+    return not any(isinstance(n, (ir.Input, ir.Read, ir.Apply)) or (isinstance(n, ir.Ref) and n.name not in bindings)
+                   for n in ir.walk(value, bindings))
 
 
 def _normalised(value, bindings) -> bool:
