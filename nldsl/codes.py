@@ -29,7 +29,7 @@ CODES = {
     "NL0112": "a name shadows a builtin or an outer definition",
     # values, constants and dimensions
     "NL0201": "a value of the wrong type",
-    "NL0202": "arithmetic error in a constant (division by zero, overflow, non-integer size)",
+    "NL0202": "arithmetic error in a constant (division by zero, overflow)",
     "NL0203": "a size or count must be a positive integer",
     "NL0204": "dimension mismatch",
     "NL0205": "a value is out of its allowed range",
@@ -37,7 +37,7 @@ CODES = {
     # clocks
     "NL0301": "malformed clock",
     "NL0302": "a level learns the initial state of a level that ticks slower than it",
-    "NL0303": "a CMS period at least as long as the context never fires inside a sequence",
+    "NL0303": "a CMS period longer than the context: no window closes inside a sequence",
     "NL0304": "a chunk size that does not fit the clock or the context",
     "NL0305": "a CMS period of one token (one backward per token)",
     # flows and graph
