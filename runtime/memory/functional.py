@@ -143,12 +143,14 @@ def param_shapes(cfg: MemoryConfig) -> dict[str, tuple[int, ...]]:
 
 
 def init_params(cfg: MemoryConfig, heads: int, generator: Optional[torch.Generator] = None,
-                dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None) -> Params:
-    """Initial state theta_0 shaped (heads, ...), to be learned by the outer level.
+                dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None) -> Params:
+    """Initial state theta_0 shaped (heads, ...), to be learned by the outer level; in torch's default
+    dtype unless `dtype` is given, like the model's other parameters.
 
     A linear memory starts empty (W = 0, as linear attention does); mlp weights are drawn from
     N(0, 1/fan_in) and biases start at zero."""
     params: Params = {}
+    dtype = dtype if dtype is not None else torch.get_default_dtype()
     for layer in layers(cfg):
         shape = (heads, layer.fan_out, layer.fan_in)
         if cfg.family == 'linear':

@@ -67,3 +67,20 @@ def test_transformers_loads_the_export_offline(tiny_hope_run, example_runs, tmp_
     with torch.no_grad():
         generated = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)
     assert generated[0, len(prompt):].tolist() == generate(run.model, prompt, 6, temperature=0)
+
+
+def test_a_float64_export_loads_and_runs_in_float64(example_runs, tmp_path, monkeypatch):
+    """`dtype="auto"` builds the model in the saved dtype: every parameter, the memories' learned
+    initial states included, is float64 and the logits are the run's own."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    transformers = pytest.importorskip("transformers")
+    from nldsl.runtime.export_hf import export_hf
+
+    out = export_hf(example_runs["hope"], tmp_path / "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, dtype="auto").eval()
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    run = load_run(example_runs["hope"])
+    tokens = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(model(tokens).logits, run.model(tokens)[0], atol=1e-10)
