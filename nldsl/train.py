@@ -100,16 +100,75 @@ def _train(cfg, resume: bool, comm) -> int:
 
 def launch(nproc: int, args: list[str]) -> int:
     """`nlc train --nproc N`: run `python -m nldsl.train ARGS` in N processes on this machine with torchrun
-    (`torch.distributed.run --standalone`) in a subprocess; returns its exit code."""
+    (`torch.distributed.run --standalone`) in a subprocess; returns its exit code.
+
+    A run stopped from outside stops whole: SIGTERM and SIGHUP sent to this process are passed on to
+    torchrun, which stops its workers (Ctrl-C reaches them all through the terminal); on Linux torchrun
+    gets SIGTERM if this process dies, even by SIGKILL, and each worker if torchrun dies, so that no
+    orphaned worker goes on writing the run."""
     import os
+    import signal
     import subprocess
 
     env = dict(os.environ)
     # torchrun would set 1 thread per process (with a warning); share the cores out instead
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "nldsl.train", *args]
-    return subprocess.call(cmd, env=env)
+    cmd = [sys.executable, "-c", "import nldsl.train as t; t.torchrun()", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "nldsl.train", *args]
+    proc = subprocess.Popen(cmd, env=env)
+
+    stopped = []
+
+    def forward(signum, _frame):
+        stopped.append(signal.Signals(signum).name)
+        proc.send_signal(signum)
+
+    passed_on = (signal.SIGTERM, signal.SIGHUP) if hasattr(signal, "SIGHUP") else (signal.SIGTERM,)
+    previous = {s: signal.signal(s, forward) for s in passed_on}
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:  # torchrun got the same Ctrl-C: let it stop its workers
+                stopped.append("SIGINT")
+        if stopped:
+            print(f"stopped by {stopped[0]}: `nlc train --resume RUN` continues from the last checkpoint",
+                  file=sys.stderr)
+        return code
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGTERM when its parent process dies (prctl PR_SET_PDEATHSIG); elsewhere
+    nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def torchrun() -> None:
+    """torchrun (`torch.distributed.run`) on this process's arguments, ended when `nlc train` is."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import main as torchrun_main
+
+    die_with_parent()
+    try:
+        torchrun_main(sys.argv[1:])
+    except SignalException as e:  # it has stopped the workers; the launcher says what to do next
+        sys.exit(128 + int(e.sigval))
 
 
 def _exit_now(code) -> None:
@@ -129,6 +188,8 @@ if __name__ == "__main__":  # pragma: no cover
 
     from nldsl.cli import main
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        die_with_parent()  # a worker of `nlc train --nproc N`: stop with torchrun
     try:
         main(["train", *sys.argv[1:]])
     except SystemExit as e:

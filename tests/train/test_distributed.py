@@ -267,3 +267,56 @@ def test_nlc_train_nproc_checkpoint_resumes_in_one_process(tmp_path):
     for name, p in resumed.model.named_parameters():
         _close(dict(ref.model.named_parameters())[name].detach(), p.detach(), name)
     _same_losses(_losses(tmp_path / "ref"), _losses(run))
+
+
+def _processes_naming(text: str) -> list[int]:
+    """The processes whose command line holds `text` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops workers through /proc and prctl")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopping_nlc_train_nproc_stops_torchrun_and_its_workers(tmp_path, how):
+    """A launcher stopped from outside leaves no worker writing the run: SIGTERM is passed on to torchrun,
+    and even a SIGKILL of the launcher ends torchrun and, through it, the workers."""
+    import signal
+    import time
+
+    spec = tmp_path / "tiny.nl"
+    spec.write_text(TINY)
+    run = tmp_path / f"stopped_{how}"
+    args = [str(spec), "--steps", "100000", "--batch", "4", "--out", str(run), "--checkpoint-every", "1",
+            "--eval-every", "100000", "--nproc", "2"]
+    launcher = subprocess.Popen([sys.executable, "-m", "nldsl.cli", "train", *args], cwd=ROOT, env=_env(tmp_path),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(run.glob("weights-*.safetensors")) and launcher.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint in 240 s"
+            time.sleep(0.5)
+        assert launcher.poll() is None, launcher.stdout.read()[-3000:]
+        assert len(_processes_naming(str(run))) >= 3  # torchrun and two workers (and the launcher)
+        launcher.send_signal(getattr(signal, how))
+        launcher.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while _processes_naming(str(run)):
+            assert time.monotonic() < deadline, f"still running after {how}: {_processes_naming(str(run))}"
+            time.sleep(0.5)
+    finally:
+        for pid in _processes_naming(str(run)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        launcher.kill()
+    output = launcher.stdout.read()
+    assert "Traceback" not in output, output[-3000:]
+    if how == "SIGTERM":
+        assert "stopped by SIGTERM" in output
