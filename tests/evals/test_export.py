@@ -67,6 +67,14 @@ def test_transformers_loads_the_export_offline(tiny_hope_run, example_runs, tmp_
     with torch.no_grad():
         generated = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)
     assert generated[0, len(prompt):].tolist() == generate(run.model, prompt, 6, temperature=0)
+    # a row carries its state from its first token: padding is refused, by forward and by generate
+    padded = torch.tensor([[0, 0] + prompt, [1, 2] + prompt])
+    mask = torch.ones_like(padded)
+    mask[0, :2] = 0
+    with pytest.raises(ValueError, match="padding"):
+        model(padded, attention_mask=mask)
+    with pytest.raises(ValueError, match="padding"):
+        model.generate(padded, attention_mask=mask, max_new_tokens=2, do_sample=False)
 
 
 def test_a_float64_export_loads_and_runs_in_float64(example_runs, tmp_path, monkeypatch):
