@@ -62,9 +62,10 @@ def _finite(tensors) -> bool:
     return bool(torch.isfinite(torch.stack(peaks)).all())
 
 
-def _upcast(logits: torch.Tensor) -> torch.Tensor:
-    """Logits for the loss: at least float32 (float64 stays float64)."""
-    return logits if logits.dtype == torch.float64 else logits.float()
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """A tensor to sum over (logits for the loss, a state for its norm): at least float32 (float64 stays
+    float64)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -262,7 +263,7 @@ class NestedLoop:
                 if hasattr(s, "params"):
                     tensors = list(s.params.values())
                     found.append((m["name"], tensors[0].shape[0]))
-                    squares.append(sum(t.detach().float().pow(2).sum() for t in tensors))
+                    squares.append(sum(_upcast(t.detach()).pow(2).sum() for t in tensors))
         values = torch.stack(squares).tolist() if squares else []
         flat = self.comm.sum([v for (_, rows), square in zip(found, values)
                               for v in (0.0 if math.isfinite(square) else 1.0, square, rows)])
