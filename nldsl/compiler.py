@@ -81,8 +81,15 @@ from .cachedir import cache_dir  # noqa: E402  (re-exported: the cache of compil
 
 
 def load(path, backend: str = "chunked", compile: bool = False):
-    """A `torch.nn.Module` for a compiled package directory or a `.nl` spec (compiled into a cache)."""
+    """A `torch.nn.Module` for a compiled package directory or a `.nl` spec (compiled into a cache), with
+    freshly initialised weights; for a run directory of `nlc train`, its model with the weights of its
+    last checkpoint, in the run's dtype, in eval mode with gradients off (as `nlc generate` uses it)."""
     p = Path(path)
+    if (p / "model" / MANIFEST).is_file() and (p / "config.json").is_file():
+        from nldsl.runtime import set_backend
+        from nldsl.runtime.generate import load_run
+
+        return set_backend(load_run(p, backend=backend).model, backend, compile)
     if p.is_file():
         fe, files = compile_spec(str(p))
         if files is None:

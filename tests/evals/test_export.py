@@ -92,3 +92,12 @@ def test_a_float64_export_loads_and_runs_in_float64(example_runs, tmp_path, monk
     tokens = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.allclose(model(tokens).logits, run.model(tokens)[0], atol=1e-10)
+
+
+def test_nldsl_load_of_a_run_directory_has_the_trained_weights(tiny_hope_run):
+    run = load_run(tiny_hope_run)
+    model = nldsl.load(tiny_hope_run)
+    for (name, mine), (_, theirs) in zip(model.state_dict().items(), run.model.state_dict().items()):
+        assert torch.equal(mine, theirs), name
+    untrained = nldsl.load(tiny_hope_run / "model")  # the package alone: freshly initialised
+    assert not all(torch.equal(a, b) for a, b in zip(untrained.state_dict().values(), model.state_dict().values()))
