@@ -7,6 +7,7 @@ elaborator. `/` between integers stays an integer when it divides exactly, so si
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from typing import Mapping
@@ -59,6 +60,12 @@ def fold(expr, env: Mapping[str, object]):
             return env[expr.id]
         if expr.id in NAMED:
             return NAMED[expr.id]
+        if expr.id == getattr(env, "defining", None):
+            raise Fail(error("NL0111", f"`{expr.id}` is defined in terms of itself", expr.span,
+                             "used inside its own definition", help=f"give `{expr.id}` a value: e.g. `{expr.id} = 64`"))
+        if getattr(env, "is_later", lambda _: False)(expr.id):
+            raise Fail(error("NL0101", f"`{expr.id}` is used before it is defined", expr.span, "defined further down",
+                             help=f"constants are evaluated in order; move the definition of `{expr.id}` above this line"))
         raise Fail(error("NL0101", f"unknown name `{expr.id}`", expr.span, "not a known constant",
                          help=suggest(expr.id, list(env) + list(NAMED)) or "define it with `name = value`"))
     if isinstance(expr, ast.TupleExpr) or isinstance(expr, ast.ListExpr):
@@ -77,7 +84,8 @@ def fold(expr, env: Mapping[str, object]):
 
 def _number(v, node):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise Fail(error("NL0201", "arithmetic needs numbers", node.span, f"this is {type(v).__name__}"))
+        raise Fail(error("NL0201", "arithmetic needs numbers", node.span, f"this is {type(v).__name__}",
+                         help="+ - * / % ** apply to numbers; strings, tuples and booleans take no arithmetic"))
     return v
 
 
@@ -105,7 +113,8 @@ def _binop(expr: ast.BinOp, a, b):
             if isinstance(r, complex):
                 raise ValueError
     except ZeroDivisionError:
-        raise Fail(error("NL0202", "division by zero", expr.right.span, "this is zero")) from None
+        raise Fail(error("NL0202", "division by zero", expr.right.span, "this is zero",
+                         help="divide by a constant that is not zero")) from None
     except OverflowError:
         raise Fail(error("NL0202", "this arithmetic overflows", expr.span, "too large for a number",
                          help="constants are 64-bit floats or integers of at most 256 bits")) from None
@@ -119,25 +128,97 @@ def _binop(expr: ast.BinOp, a, b):
 
 
 def fold_constants(assigns, network_names, base: Mapping[str, object] | None = None):
-    """Fold bindings in order; returns (constants, network bindings, diagnostics)."""
+    """Fold bindings in order; returns (constants, network bindings, diagnostics).
+
+    `assigns` are (name, Assign) pairs, the name as the model writes it: `L.rate` for the constant
+    `rate` of a library imported `as L`. The result is keyed by these names, so a qualified import's
+    constants are only visible qualified. Inside its library a binding's names are written bare and
+    looked up under the library's prefix (`Scoped`); a network binding's value is rewritten to the
+    qualified names (`L.mix`), so that it means the same wherever it is used.
+    """
     env: dict[str, object] = dict(base or {})
     nets: dict[str, ast.Assign] = {}
     diags: list[Diagnostic] = []
-    for a in assigns:
-        if is_network_expr(a.value, set(network_names) | set(nets)):
-            nets[a.name] = a
-            continue
+    remaining = {name for name, _ in assigns}
+    all_networks = set(network_names)
+    for name, a in assigns:
+        remaining.discard(name)
+        prefix = name[: len(name) - len(a.name)]
+        scope = Scoped(env, prefix, remaining, a.name)
+        networks = {n[len(prefix):] for n in all_networks if n.startswith(prefix)} if prefix else all_networks
         try:
-            env[a.name] = fold(a.value, env)
+            if is_network_expr(a.value, networks):
+                nets[name] = a if not prefix else dataclasses.replace(
+                    a, value=_qualify(a.value, prefix, networks | set(scope)))
+                all_networks.add(name)
+                continue
+            env[name] = fold(a.value, scope)
         except Fail as f:
             if f.diag is not None:
                 diags.append(f.diag)
-            env[a.name] = Poison()
+            env[name] = Poison()
         except RecursionError:
-            diags.append(error("NL0005", "this expression is nested too deeply", a.span))
-            env[a.name] = Poison()
+            diags.append(error("NL0005", "this expression is nested too deeply", a.span,
+                               help="name intermediate values with `x = ...`"))
+            env[name] = Poison()
     return env, nets, diags
+
+
+class Scoped(Mapping):
+    """The constants as a binding sees them: under its library's import prefix (`L.`), names bare.
+
+    It also knows the binding being defined and the bindings still to come, so that an unknown name
+    can be told apart from a constant used before its definition or inside its own."""
+
+    def __init__(self, env: Mapping[str, object], prefix: str = "", later=frozenset(), defining: str | None = None):
+        self.env, self.prefix, self.later, self.defining = env, prefix, later, defining
+
+    def __getitem__(self, name: str):
+        return self.env[self.prefix + name]
+
+    def __contains__(self, name) -> bool:
+        return isinstance(name, str) and self.prefix + name in self.env
+
+    def __iter__(self):
+        return (k[len(self.prefix):] for k in self.env if k.startswith(self.prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def is_later(self, name: str) -> bool:
+        return self.prefix + name in self.later
+
+
+def scoped(env: Mapping[str, object], prefix: str) -> dict:
+    """The constants as a declaration of a library imported with `prefix` sees them: every constant,
+    with the library's own also written bare (they take precedence over the model's)."""
+    if not prefix:
+        return dict(env)
+    return {**env, **{k[len(prefix):]: v for k, v in env.items() if k.startswith(prefix)}}
+
+
+def _qualify(expr, prefix: str, known: set):
+    """`expr` with every name of its library (`known`, written bare there) written `prefix + name`."""
+    if isinstance(expr, ast.Name):
+        return ast.Name(tuple(prefix.rstrip(".").split(".")) + expr.parts, expr.span) if expr.id in known else expr
+    if isinstance(expr, ast.Call):
+        return dataclasses.replace(expr, func=_qualify(expr.func, prefix, known),
+                                   args=tuple(_qualify(x, prefix, known) for x in expr.args),
+                                   kwargs=tuple(dataclasses.replace(k, value=_qualify(k.value, prefix, known))
+                                                for k in expr.kwargs))
+    if isinstance(expr, ast.Pipe):
+        return dataclasses.replace(expr, stages=tuple(_qualify(x, prefix, known) for x in expr.stages))
+    if isinstance(expr, (ast.TupleExpr, ast.ListExpr)):
+        return dataclasses.replace(expr, items=tuple(_qualify(x, prefix, known) for x in expr.items))
+    if isinstance(expr, ast.BinOp):
+        return dataclasses.replace(expr, left=_qualify(expr.left, prefix, known), right=_qualify(expr.right, prefix, known))
+    if isinstance(expr, ast.UnaryOp):
+        return dataclasses.replace(expr, operand=_qualify(expr.operand, prefix, known))
+    return expr
 
 
 class Poison:
     """The value of a constant whose definition failed: later uses raise no second diagnostic."""
+
+    def __repr__(self) -> str:
+        return "<undefined>"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from . import ast, ir, levels as lv, phrases, schema
-from .consts import Fail, fold_constants, shown, suggest
+from .consts import Fail, Poison, fold_constants, scoped, shown, suggest
 from .diagnostics import Label, SpecError, Sink, error, warning
 from .dims import Widths, check_elementwise, infer
 from .resolve import Program
@@ -37,7 +37,7 @@ class Elaborator:
 
     def run(self) -> ir.ModelIR:
         p, sink = self.p, self.sink
-        assigns = [s.node for s in p.of_kind("const")]
+        assigns = [(s.name, s.node) for s in p.of_kind("const")]
         network_names = [s.name for s in p.of_kind("block", "cms")]
         env, nets, diags = fold_constants(assigns, network_names)
         sink.extend(diags)
@@ -47,27 +47,24 @@ class Elaborator:
         for key in REQUIRED:
             if key not in env and key not in nets:
                 sink.add(error("NL0104", f"the model has no `{key}`", p.model.name_span, "in this model",
-                               help={"vocab": "e.g. `vocab = 256` for bytes", "dim": "e.g. `dim = 128`",
-                                     "context": "tokens per training sequence, e.g. `context = 256`"}[key]))
+                               help=_EXAMPLES[key]))
         for key in REQUIRED + ("heads",):
-            v = env.get(key)
-            if key in env and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                span = p.lookup(key).span
-                sink.add(error("NL0203", f"`{key}` must be a positive integer", span, f"it is {shown(v)}"))
+            _check_size(key, env, nets, p.lookup(key), sink)
         if sink.has_errors:
             raise SpecError(sink.items)
         self.dim, self.vocab, self.context = env["dim"], env["vocab"], env["context"]
 
         self.optimizers = {}
         for sym in p.of_kind("optimizer"):
-            for opt in lv.declared_optimizer(sym.node, env, sink):
+            for opt in lv.declared_optimizer(sym.node, scoped(env, _prefix(sym.name)), sink):
                 self.optimizers[opt.name] = opt
         outer = self._outer()
         self.outer_name = outer.name if outer else "outer"
         self.templates = {s.name: s.node for s in p.symbols if s.kind in ("memory", "attention")}
         self.chains: dict[str, ir.Cms] = {}
         for sym in p.of_kind("cms"):
-            chain = lv.cms_chain(sym.node, sym.name, self.dim, env, self.outer_name, self.optimizers, sink)
+            chain = lv.cms_chain(sym.node, sym.name, self.dim, scoped(env, _prefix(sym.name)), self.outer_name,
+                                 self.optimizers, sink)
             if chain is not None:
                 self.chains[sym.name] = chain
         if "network" not in nets:
@@ -103,7 +100,8 @@ class Elaborator:
             return None
         for extra in outers[1:]:
             self.sink.add(error("NL0102", "a model has one outer level", extra.span, "second outer level",
-                                labels=[Label(outers[0].span, "first")]))
+                                labels=[Label(outers[0].span, "first")],
+                                help="remove one; faster levels are memories, attention or cms chains"))
         return lv.outer_level(outers[0].node, self.env, self.optimizers, self.sink)
 
     # ------------------------------------------------------------ network
@@ -170,7 +168,8 @@ class Elaborator:
             return ir.BlockCall(name, node.span)
         if sym is not None and sym.kind == "cms":
             if kwargs:
-                raise Fail(error("NL0107", "a cms chain takes no arguments", node.span))
+                raise Fail(error("NL0107", "a cms chain takes no arguments", node.span,
+                                 help=f"write `{name}`; its settings are in its declaration"))
             return ir.CmsCall(name, node.span) if name in self.chains else None
         known = list(self.nets) + [s.name for s in self.p.of_kind("block", "cms")] + ["rmsnorm", "layernorm"]
         raise Fail(error("NL0101", f"unknown network stage `{name}`", node.span,
@@ -196,7 +195,7 @@ class Elaborator:
         try:
             # a block imported `as L` is `L.mix` everywhere, its own definition included
             node = sym.node if sym.node.name == name else dataclasses.replace(sym.node, name=name)
-            self.blocks[name] = self._block_body(node, kwargs)
+            self.blocks[name] = self._block_body(node, kwargs, scoped(self.env, _prefix(name)))
             self._applied_blocks(self.blocks[name], stack)
         finally:
             self.elaborating.pop()
@@ -219,27 +218,34 @@ class Elaborator:
                         if f.diag is not None:
                             self.sink.add(f.diag)
 
-    def _block_body(self, node: ast.Block, kwargs) -> ir.BlockDef:
+    def _block_body(self, node: ast.Block, kwargs, env) -> ir.BlockDef:
+        """`env`: the constants as the block sees them (a library's own constants also bare)."""
         sink = self.sink
         if not node.params:
             raise Fail(error("NL0107", f"the block `{node.name}` needs an input parameter", node.name_span,
                              help=f"block {node.name}(x) {{ ... }}"))
-        consts = dict(self.env)
+        consts = dict(env)
         inputs = (node.params[0].name,)
         if node.params[0].default is not None:
-            sink.add(error("NL0107", "the first parameter is the block's input and has no default", node.params[0].span))
+            sink.add(error("NL0107", "the first parameter is the block's input and has no default", node.params[0].span,
+                           help=f"the value flowing into the block is its input: `block {node.name}({node.params[0].name}, ...)`"))
         for prm in node.params[1:]:
             src = kwargs[prm.name].value if prm.name in kwargs else prm.default
             if src is None:
-                sink.add(error("NL0107", f"`{prm.name}` has no default and no argument", prm.span))
+                sink.add(error("NL0107", f"`{prm.name}` has no default and no argument", prm.span,
+                               help=f"give it a default, `{prm.name} = ...`, or an argument where the block is used: "
+                                    f"`{node.name}({prm.name} = ...)`"))
                 continue
             try:
-                consts[prm.name] = phrases.fold(src, self.env)
+                consts[prm.name] = phrases.fold(src, env)
             except Fail as f:
                 sink.add(f.diag) if f.diag else None
+        params = [q.name for q in node.params[1:]]
         for k, kw in kwargs.items():
-            if k not in [q.name for q in node.params[1:]]:
-                sink.add(error("NL0107", f"the block `{node.name}` has no parameter `{k}`", kw.span))
+            if k not in params:
+                sink.add(error("NL0107", f"the block `{node.name}` has no parameter `{k}`", kw.span,
+                               help=suggest(k, params) or (f"its parameters: {', '.join(params)}" if params else
+                                                           f"`{node.name}` takes no arguments besides its input")))
         if node.name not in self.shadow_checked:
             self.shadow_checked.add(node.name)
             block_shadowing(node, self.const_spans, sink)
@@ -283,7 +289,8 @@ class Elaborator:
             elif isinstance(stmt, ast.Return):
                 if returned is not None:
                     sink.add(error("NL0102", "a block returns once", stmt.span, "second return",
-                                   labels=[Label(returned, "first return")]))
+                                   labels=[Label(returned, "first return")],
+                                   help="keep one `return`; name intermediate values with `y = ...`"))
                     continue
                 returned = stmt.span
                 output = self._value(builder, stmt.value, "out")
@@ -349,13 +356,40 @@ class Elaborator:
                                       help="name it in a level's `update`"))
 
 
+def _prefix(name: str) -> str:
+    """The import prefix of a qualified name: `L.` for `L.mix`, `` for `mix`."""
+    return name[: name.rfind(".") + 1]
+
+
+_EXAMPLES = {"vocab": "e.g. `vocab = 256` for bytes", "dim": "e.g. `dim = 128`",
+             "context": "tokens per training sequence, e.g. `context = 256`", "heads": "e.g. `heads = 4`"}
+
+
+def _check_size(key: str, env, nets, sym, sink: Sink) -> None:
+    """`vocab`, `dim`, `context` and `heads` are positive integers (a failed definition is already reported)."""
+    if key in nets:
+        sink.add(error("NL0201", f"`{key}` must be a positive integer, not a network", sym.span,
+                       "bound to a network here", help=_EXAMPLES[key]))
+        return
+    if key not in env or isinstance(env[key], Poison):
+        return
+    v = env[key]
+    if isinstance(v, float) and v.is_integer() and v >= 1:
+        sink.add(error("NL0203", f"`{key}` must be a positive integer, not a float", sym.span, f"it is {v!r}",
+                       help=f"write `{key} = {int(v)}`" if v < 1e16 else _EXAMPLES[key]))
+    elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        sink.add(error("NL0203", f"`{key}` must be a positive integer", sym.span, f"it is {shown(v)}",
+                       help=_EXAMPLES[key]))
+
+
 def _args(call: ast.Call, npos: int, kws: tuple):
     if len(call.args) != npos:
         raise Fail(error("NL0107", f"`{call.func.id}` takes {npos} positional argument(s)", call.span,
                          f"given {len(call.args)}", help=schema.BUILTINS.get(call.func.id, "")))
     for kw in call.kwargs:
         if kw.name not in kws:
-            raise Fail(error("NL0107", f"`{call.func.id}` has no argument `{kw.name}`", kw.span))
+            raise Fail(error("NL0107", f"`{call.func.id}` has no argument `{kw.name}`", kw.span,
+                             help=schema.BUILTINS.get(call.func.id, "")))
 
 
 def _used_chains(el: Elaborator) -> set:

@@ -26,7 +26,8 @@ def props_of(body, kind: str, sink: Sink, *, allow_decls: tuple[str, ...] = ()) 
                                "unknown key", help=hint))
             elif stmt.key in out:
                 sink.add(error("NL0109", f"`{stmt.key}` is given more than once", stmt.key_span, "again here",
-                               labels=[Label(out[stmt.key].key_span, "first given here")]))
+                               labels=[Label(out[stmt.key].key_span, "first given here")],
+                               help=f"keep one `{stmt.key}` line; a property is given once per declaration"))
             else:
                 out[stmt.key] = stmt
         elif isinstance(stmt, ast.Decl) and stmt.kind in allow_decls:
@@ -83,12 +84,19 @@ def call_args(call: ast.Call | None, defaults: dict, env, what: str) -> dict:
 
     for i, a in enumerate(call.args):
         if i >= len(names):
-            raise Fail(error("NL0107", f"too many arguments for {what}", a.span))
+            raise Fail(error("NL0107", f"too many arguments for {what}", a.span,
+                             f"{what} takes at most {len(names)}",
+                             help=f"its arguments, in order: {', '.join(names)}; name them: `{names[0]} = ...`"))
         out[names[i]] = value(names[i], a)
     for kw in call.kwargs:
         if kw.name not in defaults:
             raise Fail(error("NL0107", f"{what} has no argument `{kw.name}`", kw.span,
                              help=suggest(kw.name, names) or f"arguments: {', '.join(names)}"))
+        if kw.name in names[: len(call.args)]:
+            at = names.index(kw.name)
+            raise Fail(error("NL0107", f"`{kw.name}` of {what} is given twice: by position and by name", kw.span,
+                             "given again here", labels=[Label(call.args[at].span, f"`{kw.name}` by position")],
+                             help=f"give `{kw.name}` once, e.g. only `{kw.name} = ...`"))
         out[kw.name] = value(kw.name, kw.value)
     return out
 
@@ -104,12 +112,14 @@ def heads_of(words, env, span) -> int:
                              help="define `heads = 4` in the model, or write `per 4 heads`"))
         v = env["heads"]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise Fail(error("NL0203", "`heads` must be a positive integer", words[1].span))
+            raise Fail(error("NL0203", "`heads` must be a positive integer", words[1].span,
+                             help="define `heads = 4` in the model, or write `per 4 heads`"))
         return v
     if len(words) == 3 and got[0] == "per" and got[2] in ("heads", "head"):
         return phrases.positive_int(words[1], env, "a head count")
     raise Fail(error("NL0206", "unexpected words after the type", words[0].span,
-                     "expected `per head` or `per N heads`"))
+                     "expected `per head` or `per N heads`",
+                     help="`per head` uses the model's `heads`; `per 4 heads` gives the count"))
 
 
 def optimizer(expr, env, owner: str, declared: dict) -> ir.Optimizer:
@@ -126,6 +136,14 @@ def optimizer(expr, env, owner: str, declared: dict) -> ir.Optimizer:
     if args.get("lr") is None:
         raise Fail(error("NL0104", f"`{name}` needs a learning rate", expr.span, help=f"{name}(lr = 1e-3)"))
     for k, v in args.items():
+        numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if k == "betas" and not (isinstance(v, tuple) and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                              for b in v)):
+            raise Fail(error("NL0201", f"`betas` of `{name}` must be a pair of numbers", _arg_span(expr, k, list(args)),
+                             f"this is {_kind(v)}", help="e.g. `betas = (0.9, 0.999)`"))
+        if k != "betas" and not numeric:
+            raise Fail(error("NL0201", f"`{k}` of `{name}` must be a number", _arg_span(expr, k, list(args)),
+                             f"this is {_kind(v)}", help=f"e.g. `{k} = {_example(name, k)}`"))
         if k == "betas":
             ok = isinstance(v, tuple) and len(v) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in v)
         elif k in ("ns_steps", "frequency", "hidden"):
@@ -138,6 +156,22 @@ def optimizer(expr, env, owner: str, declared: dict) -> ir.Optimizer:
                              f"{k} = {v!r}",
                              help="learning rates are > 0, betas in [0, 1), step counts positive integers"))
     return ir.Optimizer(f"{owner}.{name}", name, tuple(args.items()), expr.span, declared=False)
+
+
+def _kind(v) -> str:
+    """A folded value as a type error names it."""
+    if isinstance(v, bool):
+        return f"the boolean `{str(v).lower()}`"
+    if isinstance(v, str):
+        return f"the string {v!r}" if len(v) < 30 else "a string"
+    if isinstance(v, tuple):
+        return "a tuple"
+    return repr(v)
+
+
+def _example(name: str, key: str):
+    default = schema.OPTIMIZER_ARGS.get(name, {}).get(key)
+    return default if default is not None else "3e-4"
 
 
 def _arg_span(call, key: str, names: list):
@@ -170,7 +204,8 @@ def outer_level(decl: ast.Decl, env, optimizers: dict, sink: Sink) -> ir.Outer |
     name = decl.names[0].name
     clock = guarded(sink, phrases.clock, p["clock"], env) if "clock" in p else ir.Clock("steps", 1, decl.span)
     if clock is not None and clock.unit != "steps":
-        sink.add(error("NL0301", "the outer level ticks in steps", clock.span, "expected `every N steps`"))
+        sink.add(error("NL0301", "the outer level ticks in steps", clock.span, "expected `every N steps`",
+                       help="e.g. `clock every 1 step`; tokens are the unit of the levels inside blocks"))
     objective = "next_token"
     if "objective" in p:
         objective = guarded(sink, phrases.choice, p["objective"], ("next_token",), default="next_token")
@@ -255,7 +290,7 @@ def cms_member(stmt, ident, chain, width, env, opt, lr, optimizers, sink) -> ir.
     hidden = args["hidden"] if args["hidden"] is not None else args["expand"] * width
     if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
         sink.add(error("NL0203", "the hidden width of a cms level must be a positive integer", stmt.type.span,
-                       f"this is {hidden!r}"))
+                       f"this is {hidden!r}", help="give a whole `expand` (e.g. `mlp(expand = 4)`) or `hidden = N`"))
         return None
     act = args["act"]
     if act not in schema.ACTIVATIONS:
@@ -270,7 +305,8 @@ def cms_member(stmt, ident, chain, width, env, opt, lr, optimizers, sink) -> ir.
     if clock is None:
         return None
     if clock.unit == "steps":
-        sink.add(error("NL0301", "a cms level ticks in tokens", clock.span, "expected `every N tokens` or `never`"))
+        sink.add(error("NL0301", "a cms level ticks in tokens", clock.span, "expected `every N tokens` or `never`",
+                       help="e.g. `clock every 16 tokens`"))
     own_opt = guarded(sink, lambda: optimizer(phrases.one_expr(p["update"]), env, f"{chain}.{ident.name}", optimizers)) if "update" in p else None
     own_lr = guarded(sink, lambda: phrases.number(phrases.one_expr(p["lr"]), env, "lr"), default=lr) if "lr" in p else lr
     return ir.CmsMember(f"{chain}.{ident.name}", chain, hidden, width, act, bool(args["bias"]), clock,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import ast
@@ -332,14 +332,51 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
     try:
         module = _ToAst(file).transform(tree)
     except RecursionError:
-        raise SpecError([error("NL0005", "the spec is nested too deeply to be read",
-                               ast.Span(file, 1, 1, 1, 2), help="name intermediate values with `x = ...`")]) from None
+        raise SpecError([_too_deep(tree, file)]) from None
     except VisitError as e:  # only a bug in _ToAst can get here
         if isinstance(e.orig_exc, RecursionError):
-            raise SpecError([error("NL0005", "the spec is nested too deeply to be read",
-                                   ast.Span(file, 1, 1, 1, 2), help="name intermediate values")]) from None
+            raise SpecError([_too_deep(tree, file)]) from None
         raise e.orig_exc from None
     return ast.Module(file, module.version, module.items, _comment_nodes(comments, text))
+
+
+_STATEMENTS = {"assign", "prop", "return_stmt", "param", "version"}
+
+
+def _too_deep(tree, file: str):
+    """NL0005 at the expression that is nested too deeply: the expression of the statement that holds
+    the deepest point of the parse tree (found without recursion)."""
+    nodes = [(tree, -1, 0)]  # (node, index of its parent, depth)
+    stack, deepest = [0], 0
+    while stack:
+        i = stack.pop()
+        node, _, depth = nodes[i]
+        if depth > nodes[deepest][2]:
+            deepest = i
+        if isinstance(node, Tree):
+            for child in node.children:
+                nodes.append((child, i, depth + 1))
+                stack.append(len(nodes) - 1)
+    path, i = [], deepest
+    while i >= 0:
+        path.append(nodes[i][0])
+        i = nodes[i][1]
+    path.reverse()
+    statement = next((k for k, n in enumerate(path[:-1]) if isinstance(n, Tree) and n.data in _STATEMENTS), None)
+    at = _node_span(file, path[statement + 1]) if statement is not None else None
+    at = at or _node_span(file, path[-1]) or ast.Span(file, 1, 1, 1, 2)
+    span = ast.Span(file, at.line, at.col, at.line, at.col + 1 if at.end_line != at.line else at.end_col)
+    return error("NL0005", "this expression is nested too deeply to be read", span, "too deep",
+                 help="name intermediate values with `x = ...`")
+
+
+def _node_span(file: str, node):
+    if isinstance(node, Token):
+        return _tok_span(file, node) if node.line is not None else None
+    meta = getattr(node, "meta", None)
+    if meta is None or getattr(meta, "empty", True):
+        return None
+    return _span(file, meta)
 
 
 def _parse_all(text: str, file: str):

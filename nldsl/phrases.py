@@ -23,22 +23,40 @@ def single(prop: ast.Prop) -> ast.Phrase:
     if len(prop.values) != 1:
         span = prop.values[1].span if len(prop.values) > 1 else prop.key_span
         raise Fail(error("NL0201", f"`{prop.key}` takes one value", span,
-                         "unexpected" if len(prop.values) > 1 else "missing a value"))
+                         "unexpected" if len(prop.values) > 1 else "missing a value",
+                         help=("remove the values after the first comma" if len(prop.values) > 1 else
+                               f"write a value after the key, e.g. `{prop.key} {_EXAMPLE_VALUES.get(prop.key, '...')}`")))
     return prop.values[0]
 
 
 def one_expr(prop: ast.Prop):
     phrase = single(prop)
     if len(phrase.words) != 1:
-        raise Fail(error("NL0201", f"`{prop.key}` takes one expression", phrase.words[1].span, "unexpected word"))
+        raise Fail(error("NL0201", f"`{prop.key}` takes one expression", phrase.words[1].span, "unexpected word",
+                         help="arithmetic and calls are one expression; several words side by side are not"))
     return phrase.words[0]
 
 
 def positive_int(expr, env, what: str) -> int:
     v = fold(expr, env)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
-        raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {shown(v)}"))
+        raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {shown(v)}",
+                         help="write a whole number of at least 1"))
     return int(v)
+
+
+# What a key's value looks like, for "missing a value" (the keys of schema.KEYS that take one value).
+_EXAMPLE_VALUES = {"clock": "every 16 tokens", "chunk": "16", "window": "64", "clip": "1.0", "warmup": "100",
+                   "objective": "l2", "read": "before write", "state": "persist", "init": "zero",
+                   "schedule": "cosine", "bptt": "truncated", "flush": "partial", "taught": "by pretrain",
+                   "lr": "0.1", "key": "k", "value": "v", "query": "q", "retain": "alpha", "momentum": "beta"}
+
+
+def _text(expr) -> str:
+    """A short expression as written (a number or a name), for a help line."""
+    if isinstance(expr, ast.Number):
+        return expr.text
+    return word(expr) or "N"
 
 
 def number(expr, env, what: str) -> float:
@@ -79,7 +97,10 @@ def clock(prop: ast.Prop, env) -> ir.Clock:
             raise Fail(error("NL0301", "unknown clock unit", ws[2].span, "expected `tokens` or `steps`",
                              help=suggest(unit or "", list(units)) or "clocks count tokens or outer steps"))
         return ir.Clock(units[unit], positive_int(ws[1], env, "a clock period"), phrase.span)
-    raise Fail(error("NL0301", "malformed clock", phrase.span, "expected `every N tokens`, `every N steps` or `never`"))
+    raise Fail(error("NL0301", "malformed clock", phrase.span, "expected `every N tokens`, `every N steps` or `never`",
+                     help=(f"name the unit: `every {_text(ws[1])} tokens` or `every {_text(ws[1])} steps`"
+                           if len(ws) == 2 and word(ws[0]) == "every" else
+                           "e.g. `clock every 16 tokens`, `clock every 1 step` or `clock never`")))
 
 
 def rules(prop: ast.Prop) -> tuple[ir.Rule, ...]:
@@ -105,8 +126,12 @@ def rules(prop: ast.Prop) -> tuple[ir.Rule, ...]:
         rest = words_text(phrase)[1:]
         if rest:
             if rest not in (["at", "anchor"], ["at", "current"]):
-                raise Fail(error("NL0206", "unknown words after a rule", phrase.words[1].span,
-                                 "expected `at anchor` or `at current`"))
+                bad = phrase.words[2] if rest[0] == "at" and len(rest) == 2 else phrase.words[1]
+                raise Fail(error("NL0206", "unknown words after a rule", bad.span,
+                                 "expected `at anchor` or `at current`",
+                                 help=suggest(word(bad) or "", ["anchor", "current"]) or
+                                 "`at anchor` takes the gradient at the chunk's start state, `at current` at the "
+                                 "current state"))
             if at == "none":
                 raise Fail(error("NL0502", f"`{name}` takes no gradient, so it has no gradient point",
                                  phrase.words[1].span, "remove this"))

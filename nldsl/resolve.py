@@ -8,12 +8,13 @@ definitions are reported with both places.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import ast
+from . import ast, schema
 from .diagnostics import Label, SpecError, Sink, error
 
 
@@ -103,6 +104,7 @@ def load_imports(module: ast.Module, read: Reader, sink: Sink, sources: dict, st
             sink.extend(e.diagnostics)
             continue
         sources[key] = text
+        _repeated_arguments(lib, sink)
         models = [i for i in lib.items if isinstance(i, ast.Model)]
         if models:
             sink.add(error("NL0007", f"`{imp.path}` defines a model; only libraries can be imported", imp.span,
@@ -143,8 +145,69 @@ def resolve(module: ast.Module, read: Reader, text: str, sources: dict | None = 
                        labels=[Label(models[0].name_span, "first model")],
                        help="put each model in its own file; share definitions through `import`"))
     model = models[0]
+    _repeated_arguments(module, sink)
+    _model_statements(model, text, sink)
     local = _symbols_of(module.items, "", sink) + _symbols_of(model.body, "", sink)
     symbols = _check_duplicates(imported + local, sink)
     if sink.has_errors:
         raise SpecError(sink.items)
     return Program(module, model, tuple(symbols), tuple(sources.items()))
+
+
+def _nodes(root):
+    """Every AST node below `root`, without recursion (expressions may be nested deeply)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tuple):
+            stack.extend(reversed(node))
+        elif dataclasses.is_dataclass(node) and not isinstance(node, (ast.Span, ast.Comment)):
+            yield node
+            stack.extend(getattr(node, f.name) for f in reversed(dataclasses.fields(node)))
+
+
+def _repeated_arguments(module: ast.Module, sink: Sink) -> None:
+    """A keyword argument given twice in one call, a parameter declared twice by one block (NL0102)."""
+    for node in _nodes(module.items):
+        if isinstance(node, ast.Call):
+            first: dict[str, ast.KwArg] = {}
+            for kw in node.kwargs:
+                if kw.name in first:
+                    sink.add(error("NL0102", f"`{node.func.id}` is given the argument `{kw.name}` twice", kw.span,
+                                   "given again here", labels=[Label(first[kw.name].span, "first given here")],
+                                   help=f"give `{kw.name}` once; remove one of the two"))
+                else:
+                    first[kw.name] = kw
+        elif isinstance(node, ast.Block):
+            seen: dict[str, ast.Param] = {}
+            for prm in node.params:
+                if prm.name in seen:
+                    sink.add(error("NL0102", f"the block `{node.name}` declares the parameter `{prm.name}` twice",
+                                   prm.span, "declared again here", labels=[Label(seen[prm.name].span, "first declared here")],
+                                   help="give each parameter its own name"))
+                else:
+                    seen[prm.name] = prm
+
+
+def _model_statements(model: ast.Model, text: str, sink: Sink) -> None:
+    """A model body holds bindings and declarations: a property or a `return` there is an error (NL0108)."""
+    for stmt in model.body:
+        if isinstance(stmt, ast.Prop):
+            sink.add(error("NL0108", f"`{stmt.key} ...` is a property; a model body holds bindings `name = ...` "
+                                     "and declarations", stmt.span, "not a binding",
+                           help=_property_help(stmt, text)))
+        elif isinstance(stmt, ast.Return):
+            sink.add(error("NL0108", "`return` belongs in a block, not in the model", stmt.span, "not in a block",
+                           help="the model's output is its `network = ...` binding"))
+
+
+def _property_help(prop: ast.Prop, text: str) -> str:
+    if len(prop.values) == 1 and len(prop.values[0].words) == 1:
+        value = prop.values[0].span
+        lines = text.split("\n")
+        if value.line == value.end_line and 0 < value.line <= len(lines):
+            return f"did you mean `{prop.key} = {lines[value.line - 1][value.col - 1: value.end_col - 1]}`?"
+    if any(prop.key in keys for keys in schema.KEYS.values()):
+        return (f"`{prop.key}` is a property of a declaration: write it inside the `{{ ... }}` of a level, "
+                "memory, attention or cms chain")
+    return f"did you mean `{prop.key} = ...`?"
