@@ -16,7 +16,7 @@ from .diagnostics import Label, SpecError, Sink, error, warning
 from .dims import Widths, check_elementwise, infer
 from .resolve import Program
 from .shadowing import block_shadowing, model_shadowing
-from .values import Scope, ValueBuilder, reads_in
+from .values import UNARY as VALUE_FUNCTIONS, Scope, ValueBuilder, reads_in
 
 REQUIRED = ("vocab", "dim", "context")
 
@@ -171,6 +171,9 @@ class Elaborator:
                 raise Fail(error("NL0107", "a cms chain takes no arguments", node.span,
                                  help=f"write `{name}`; its settings are in its declaration"))
             return ir.CmsCall(name, node.span) if name in self.chains else None
+        if name in VALUE_FUNCTIONS | {"linear", "conv"}:
+            raise Fail(error("NL0405", f"`{name}` is a function of values, not a network stage", node.span,
+                             help=f"apply it inside a block, e.g. `block act(x) {{ return {name}(x) }}`"))
         known = list(self.nets) + [s.name for s in self.p.of_kind("block", "cms")] + ["rmsnorm", "layernorm"]
         raise Fail(error("NL0101", f"unknown network stage `{name}`", node.span,
                          help=suggest(name, known) or "define a block or a cms chain with this name"))

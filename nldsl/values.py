@@ -81,7 +81,7 @@ class ValueBuilder:
                 raise Fail(error("NL0106", "`%` is not defined on values", expr.span, "on a value",
                                  help="`%` works on constants only, e.g. `pad = dim % 8`"))
             if expr.op == "**":
-                exponent = fold(expr.right, s.consts)
+                exponent = self._exponent(expr.right)
                 return ir.Bin("**", self.build(expr.left, label), ir.Const(float(exponent), expr.right.span), expr.span)
             return ir.Bin(expr.op, self.build(expr.left, label), self.build(expr.right, label), expr.span)
         if isinstance(expr, ast.UnaryOp):
@@ -132,12 +132,27 @@ class ValueBuilder:
             self._arity(call, 1, ())
             target = ir.BlockCall(fn, call.span) if fn in s.blocks else ir.CmsCall(fn, call.span)
             return ir.Apply(target, self.build(call.args[0], label), call.span)
+        if fn in schema.OBJECTIVE_FUNCTIONS:
+            raise Fail(error("NL0106", f"`{fn}` is a function of custom objectives, not of values", call.func.span,
+                             help="it is written in a memory's `objective custom(...)`, as a function of r"))
         if fn in schema.BUILTINS:
             raise Fail(error("NL0106", f"`{fn}` is a network combinator, not a value function", call.func.span,
                              help="use it in the model's `network = ...` pipeline"))
         raise Fail(error("NL0106", f"unknown function `{fn}`", call.func.span,
                          help=suggest(fn, list(UNARY) + ["linear", "conv", "self", "min", "max"] + list(s.levels))
                          or "see `nlc explain NL0106` for the builtins"))
+
+    def _exponent(self, expr):
+        """The exponent of `**`: a number or a constant of the model, not a value of the block."""
+        try:
+            return fold(expr, self.scope.consts)
+        except Fail:
+            s = self.scope
+            values = set(s.params) | set(s.bindings) | s.later | s.failed | set(s.levels)
+            if any(isinstance(n, ast.Name) and n.id in values for n in ast.walk(expr)):
+                raise Fail(error("NL0201", "`**` takes a constant exponent", expr.span, "a value of the block",
+                                 help="write a number or a model constant, e.g. `x ** 2`")) from None
+            raise
 
     def _arity(self, call: ast.Call, npos: int, kws: tuple[str, ...]):
         if len(call.args) != npos:
