@@ -19,7 +19,7 @@ DEMO_RUN ?= runs/hope-demo
 demo: setup
 	$(VENV)/bin/nlc graph examples/hope.nl
 	$(VENV)/bin/nlc train examples/hope.nl --steps $(DEMO_STEPS) --batch 8 --seq 256 --eval-every 25 \
-		--checkpoint-every 25 --out $(DEMO_RUN)
+		--checkpoint-every 25 --out $(DEMO_RUN) --force
 	$(VENV)/bin/nlc generate $(DEMO_RUN) --prompt "Alice was " --max-new-tokens 200 --seed 0
 	@echo
 	@echo "loss curve: $(DEMO_RUN)/loss.png   per-level update norms: $(DEMO_RUN)/update_norms.png"

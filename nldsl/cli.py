@@ -1,33 +1,29 @@
 """The `nlc` command line.
 
-Exit codes: 0 clean (warnings allowed), 1 errors in a spec, 2 internal error (printed with a repro
-line; set NLC_BACKTRACE=1 to see the Python traceback).
+Exit codes: 0 clean (warnings allowed), 1 errors in a spec or in what the command line gives (a missing
+file, a bad option value), 2 internal error (printed with a repro line; set NLC_BACKTRACE=1 to see the
+Python traceback), 141 when the reader of the output went away (`nlc explain | head`), silently.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
-from .cli_common import DEVICE, guarded
+from .cli_common import DEVICE, RUN, SEED, ExistingPath, Group, guarded, report
 from .cli_runs import COMMANDS as RUN_COMMANDS
-from .diagnostics import render_all, summary
+from .cli_train import forwarded, new_config, resume_config
+from .diagnostics import render_all
 
 FORMATS = click.Choice(["full", "concise", "json"])
+STDIN = "<stdin>"
 
 
-def _report(fe, fmt: str, quiet_ok: bool = False) -> int:
-    if fe.diagnostics:
-        text = render_all(fe.diagnostics, fe.sources, fmt)
-        click.echo(text, err=fmt != "json")
-    if fmt == "full" and (fe.diagnostics or not quiet_ok):
-        click.echo(f"{fe.file}: {summary(fe.diagnostics)}", err=True)
-    return 1 if not fe.ok else 0
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="nlc")
 def main():
     """nlc: a compiler for nested-learning architectures.
@@ -49,11 +45,16 @@ def main():
       nlc export runs/hope --hf hf/hope
       nlc explain NL0302
       nlc doctor
+
+    \b
+    Exit codes: 0 done (warnings allowed); 1 a problem in a spec or in the
+    command line (a missing file, a bad option value); 2 an internal error
+    (a bug in nlc); 141 the reader of the output went away (`| head`).
     """
 
 
-@main.command()
-@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=True, allow_dash=False))
+@main.command(short_help="Check specs and report every problem (`-`: standard input).")
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=True, allow_dash=True))
 @click.option("--format", "fmt", type=FORMATS, default="full", show_default=True,
               help="full: source line and caret; concise: file:line:col; json: for tools")
 @click.option("--dump", "dump", default="", metavar="STAGES",
@@ -61,7 +62,7 @@ def main():
 @click.option("--werror", is_flag=True, help="treat warnings as errors")
 @guarded
 def check(specs, fmt, dump, werror):
-    """Check one or more specs and report every problem.
+    """Check one or more specs and report every problem (`-` reads standard input).
 
     Exits 0 when every spec is free of errors (warnings are allowed unless --werror), 1 otherwise.
     """
@@ -70,7 +71,7 @@ def check(specs, fmt, dump, werror):
     status = 0
     json_items = []
     for spec in specs:
-        fe = check_file(spec)
+        fe = _check_stdin() if spec == "-" else check_file(spec)
         if dump:
             _dump(fe, dump)
         if fmt == "json":
@@ -79,7 +80,7 @@ def check(specs, fmt, dump, werror):
             json_items += [to_json(d) for d in fe.diagnostics]
             status |= 0 if fe.ok else 1
         else:
-            status |= _report(fe, fmt, quiet_ok=True)
+            status |= report(fe, fmt, quiet_ok=True)
         if werror and fe.diagnostics:
             status = 1
     if fmt == "json":
@@ -87,6 +88,22 @@ def check(specs, fmt, dump, werror):
 
         click.echo(json.dumps(json_items, indent=2))
     sys.exit(status)
+
+
+def _check_stdin():
+    """check_file for the spec on standard input, named <stdin> in diagnostics."""
+    from .diagnostics import SpecError
+    from .pipeline import MAX_SHOWN, FrontEnd, decode, run_front_end
+
+    data = sys.stdin.buffer.read()
+    try:
+        text = decode(data, STDIN)
+    except SpecError as e:
+        fe = FrontEnd(STDIN)
+        fe.diagnostics.extend(e.diagnostics)
+        fe.sources[STDIN] = data[:MAX_SHOWN].decode("utf-8", "replace")
+        return fe
+    return run_front_end(text, STDIN)
 
 
 def _dump(fe, stages: str):
@@ -106,7 +123,7 @@ def _dump(fe, stages: str):
             raise click.BadParameter(f"unknown stage {stage!r}; choose among ast, ir, graph", param_hint="--dump")
 
 
-@main.command()
+@main.command(short_help="Show the level graph of a spec (text, json, dot, mermaid, html).")
 @click.argument("spec", type=click.Path(dir_okay=True))
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "dot", "mermaid", "html"]), default="text",
               show_default=True, help="text: tree and table; html: a self-contained page with an SVG drawing")
@@ -131,7 +148,7 @@ def graph(spec, fmt, output, diag_fmt):
                    err=True)
         sys.exit(1)
     if not fe.ok:
-        sys.exit(_report(fe, diag_fmt) or 1)
+        sys.exit(report(fe, diag_fmt) or 1)
     if fe.diagnostics and diag_fmt != "json":
         click.echo(render_all(fe.diagnostics, fe.sources, diag_fmt), err=True)
     text = render(to_doc(fe.graph, fe.model, spec, fe.diagnostics), fmt)
@@ -143,8 +160,8 @@ def graph(spec, fmt, output, diag_fmt):
         click.echo(text, nl=not text.endswith("\n"))
 
 
-@main.command()
-@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@main.command(short_help="Format specs in the canonical layout (`-`: standard input).")
+@click.argument("specs", nargs=-1, required=True, type=click.Path(allow_dash=True))
 @click.option("--check", "check_only", is_flag=True, help="do not write; exit 1 if any file would change")
 @guarded
 def fmt(specs, check_only):
@@ -158,11 +175,17 @@ def fmt(specs, check_only):
 
     status = 0
     for spec in specs:
+        name, data, text = (STDIN if spec == "-" else spec), None, None
         try:
-            text = decode(sys.stdin.buffer.read(), "<stdin>") if spec == "-" else read_source(spec)
-            out = format_source(text, spec if spec != "-" else "<stdin>")
-        except SpecError as e:
-            click.echo(render_all(e.diagnostics, {spec if spec != "-" else "<stdin>": locals().get("text", "")}), err=True)
+            if spec == "-":
+                data = sys.stdin.buffer.read()
+                text = decode(data, name)
+            else:
+                text = read_source(spec)
+            out = format_source(text, name)
+        except SpecError as e:  # show the line of this file: the text read, or its bytes as far as they decode
+            shown = text if text is not None else _shown(spec, data)
+            click.echo(render_all(e.diagnostics, {name: shown} if shown is not None else {}), err=True)
             status = 1
             continue
         if spec == "-":
@@ -178,8 +201,22 @@ def fmt(specs, check_only):
     sys.exit(status)
 
 
-@main.command(name="compile")
-@click.argument("spec", type=click.Path(dir_okay=False))
+def _shown(spec: str, data: bytes | None) -> str | None:
+    """The start of a spec that could not be decoded, for the source line under its diagnostic (None: no
+    file to show)."""
+    from .pipeline import MAX_SHOWN
+
+    if data is None:
+        try:
+            with open(spec, "rb") as f:
+                data = f.read(MAX_SHOWN)
+        except OSError:
+            return None
+    return data[:MAX_SHOWN].decode("utf-8", "replace")
+
+
+@main.command(name="compile", short_help="Compile a spec to PyTorch modules and Triton kernels.")
+@click.argument("spec", type=click.Path())
 @click.option("-o", "--output", "out_dir", default="build", show_default=True, type=click.Path(file_okay=False),
               help="the package is written to OUTPUT/<model>/")
 @click.option("--force", is_flag=True, help="write even if the target directory holds other files")
@@ -205,7 +242,7 @@ def compile_cmd(spec, out_dir, force, dump, fmt):
         raise click.BadParameter(f"unknown stage {unknown[0]!r}; choose among ast, ir, graph, plan", param_hint="--dump")
     fe, files = compile_spec(spec)
     if files is None:
-        sys.exit(_report(fe, fmt) or 1)
+        sys.exit(report(fe, fmt) or 1)
     if fe.diagnostics:
         click.echo(render_all(fe.diagnostics, fe.sources, fmt), err=True)
     try:
@@ -223,23 +260,25 @@ def compile_cmd(spec, out_dir, force, dump, fmt):
     click.echo(f"compiled {spec} -> {target}", err=True)
 
 
-@main.command()
-@click.argument("spec", type=click.Path(exists=True))
-@click.option("--data", default=None, type=click.Path(exists=True),
+@main.command(short_help="Train a spec with the nested loop, or --resume a run.")
+@click.argument("spec", required=False, type=click.Path())
+@click.option("--data", default=None, type=ExistingPath("file or folder"),
               help="a text file or a folder of .txt/.md files (default: the bundled English corpus)")
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1),
-              help="total outer steps (a resumed run continues to this count)")
+              help="total outer steps (with --resume: the total to reach, default the run's own)")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1),
               help="rows per batch (the global batch: split over the processes)")
 @click.option("--seq", default=None, type=click.IntRange(min=2), help="tokens per row (default: the spec's context)")
 @click.option("--out", default="runs/latest", show_default=True, type=click.Path(file_okay=False),
-              help="the run directory")
-@click.option("--resume", "resume", default=None, type=click.Path(exists=True, file_okay=False),
-              help="continue the run in this directory from its last checkpoint")
+              help="the run directory: refused when it holds files, unless --force")
+@click.option("--force", is_flag=True,
+              help="train into --out even if it holds files: an earlier run there is deleted first, other files stay")
+@click.option("--resume", "resume", default=None, type=RUN,
+              help="continue the run in this directory from its last checkpoint (SPEC may be left out)")
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64", "bfloat16"]),
               help="parameter and activation dtype")
-@click.option("--seed", default=0, show_default=True, type=int, help="seeds initialisation and data order")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="seeds initialisation and data order")
 @click.option("--checkpoint-every", default=50, show_default=True, type=click.IntRange(min=1),
               help="write a checkpoint every N steps (and at the end)")
 @click.option("--eval-every", default=50, show_default=True, type=click.IntRange(min=1),
@@ -255,58 +294,50 @@ def compile_cmd(spec, out_dir, force, dump, fmt):
               help="compile the chunked path's tile steps with torch.compile: faster for large MLP memories "
                    "(heads of 64, hidden 256: 1.5-1.8x), slower for small ones; the first steps compile")
 @guarded
-def train(spec, data, steps, batch, seq, out, resume, device, dtype, seed, checkpoint_every, eval_every, backend,
+def train(spec, data, steps, batch, seq, out, force, resume, device, dtype, seed, checkpoint_every, eval_every, backend,
           nproc, parallel, compile_steps):
     """Train SPEC (a .nl file, compiled on the fly, or a compiled package) with the nested loop.
 
     In-context memories update inside the forward pass, each CMS level steps at the end of its window
     with the window-summed gradient, the outer level steps at its clock. The run directory gets
-    metrics.jsonl, checkpoints (safetensors + JSON), loss.png and update_norms.png.
+    metrics.jsonl, checkpoints (safetensors + JSON), loss.png and update_norms.png. A new run refuses
+    an --out that holds files (an earlier run: continue it with --resume) unless --force.
+
+    --resume RUN continues RUN's own model from its last checkpoint up to --steps (default: the total
+    it was started with; a total it has reached already is an error). It keeps the run's spec, data,
+    batch, seq, dtype and seed: giving other values is an error; --device, --backend, --parallel,
+    --compile, --checkpoint-every and --eval-every may change, with a note.
 
     With --nproc N the run is data-parallel over N processes (torchrun; `torchrun --nproc_per_node N -m
     nldsl.train SPEC ...` does the same, across machines too); a checkpoint resumes under any N.
     """
-    import json
     import os
-    from pathlib import Path
 
     # a step makes many small tensor operations: OpenMP threads spinning between them cost more than
     # they save on a shared machine (set OMP_WAIT_POLICY yourself to override)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from .runtime.train.run import TrainConfig
     from .train import launch, run_training
 
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
-        if not resume and batch % nproc:
-            raise click.BadParameter(f"{batch} rows do not split over {nproc} processes: use a multiple of {nproc}",
-                                     param_hint="--batch")
-        args = [spec, "--steps", str(steps), "--batch", str(batch), "--out", out, "--device", device, "--dtype", dtype,
-                "--seed", str(seed), "--checkpoint-every", str(checkpoint_every), "--eval-every", str(eval_every),
-                "--backend", backend]
-        for flag, value in (("--data", data), ("--seq", seq), ("--resume", resume), ("--parallel", parallel)):
-            if value is not None:
-                args += [flag, str(value)]
-        args += ["--compile"] if compile_steps else []
-        sys.exit(launch(nproc, args))
+    ctx = click.get_current_context()
+    given = {name for name in ctx.params
+             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
     if resume:
-        if not (Path(resume) / "config.json").is_file():
-            raise click.BadParameter(f"{resume} is not a run directory (it has no config.json): start a run with "
-                                     "--out, continue it with --resume", param_hint="--resume")
-        saved = json.loads((Path(resume) / "config.json").read_text())
-        saved.update(steps=steps, out=resume)
-        if parallel:
-            saved.update(parallel=parallel)
-        if compile_steps:
-            saved.update(compile=True)
-        cfg = TrainConfig(**saved)
+        cfg, notes = resume_config(ctx, Path(resume), given)
     else:
-        cfg = TrainConfig(spec, data, steps, batch, seq, out, device, dtype, seed, checkpoint_every, eval_every,
-                          backend=backend, parallel=parallel or "ddp", compile=compile_steps)
+        cfg, notes = new_config(ctx), []
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
+        if cfg.batch % nproc:
+            raise click.BadParameter(f"{cfg.batch} rows do not split over {nproc} processes: use a multiple of {nproc}",
+                                     param_hint="--batch")
+        sys.exit(launch(nproc, forwarded(ctx, given)))
+    if os.environ.get("RANK", "0") == "0":
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
     sys.exit(run_training(cfg, resume=bool(resume)))
 
 
-@main.command()
-@click.argument("spec", type=click.Path(exists=True))
+@main.command(short_help="Print the loop nest the runtime executes for a spec.")
+@click.argument("spec", type=click.Path())
 @guarded
 def plan(spec):
     """Print the loop nest the runtime will execute for SPEC (a .nl file or a compiled package)."""
@@ -324,12 +355,12 @@ def plan(spec):
         return
     fe, files = compile_spec(spec)
     if files is None:
-        sys.exit(_report(fe, "full") or 1)
+        sys.exit(report(fe, "full") or 1)
     click.echo(files["plan.txt"], nl=False)
 
 
-@main.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@main.command(short_help="Draw a run's loss and update-norm plots from its metrics.")
+@click.argument("run", type=RUN)
 @guarded
 def plot(run):
     """Draw RUN/loss.png and RUN/update_norms.png from RUN/metrics.jsonl."""
@@ -346,7 +377,7 @@ def plot(run):
         click.echo(f"wrote {p}", err=True)
 
 
-@main.command()
+@main.command(short_help="Explain a diagnostic code, or list every code.")
 @click.argument("code", required=False)
 @guarded
 def explain(code):
@@ -364,8 +395,8 @@ def explain(code):
     click.echo(f"{code}: {CODES[code]}")
 
 
-@main.command()
-@click.option("--spec", default=None, type=click.Path(exists=True, dir_okay=False),
+@main.command(short_help="Report what this machine gives nlc; check every backend.")
+@click.option("--spec", default=None, type=click.Path(),
               help="check this spec's model (default: a small built-in model with a delta-rule, a chunked "
                    "linear and an MLP memory)")
 @click.option("--device", default=None, type=DEVICE,
@@ -402,7 +433,7 @@ def doctor(spec, device, no_check, compiled, as_json):
 
         fe, files = compile_spec(spec)
         if files is None:
-            sys.exit(_report(fe, "full") or 1)
+            sys.exit(report(fe, "full") or 1)
     findings = diagnose(Path(spec) if spec else None, device, not no_check, compiled)
     if as_json:
         click.echo(json.dumps(to_json(findings), indent=2))

@@ -3,11 +3,15 @@ adds to the `nlc` group)."""
 
 from __future__ import annotations
 
+import math
 import sys
 
 import click
 
-from .cli_common import DEVICE, guarded
+from .cli_common import DEVICE, RUN, SEED, ExistingPath, FiniteFloat, guarded
+
+MEMORY_FILE = ExistingPath("memory file", dir_okay=False)
+TEXT = ExistingPath("file or folder")
 
 
 def _run_error(e: Exception):
@@ -15,20 +19,20 @@ def _run_error(e: Exception):
     sys.exit(1)
 
 
-@click.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.command(short_help="Continue a prompt with a trained run's model.")
+@click.argument("run", type=RUN)
 @click.option("--prompt", default="", help="the text to continue (empty: start a new document)")
-@click.option("--memory", default=None, type=click.Path(exists=True, dir_okay=False),
+@click.option("--memory", default=None, type=MEMORY_FILE,
               help="a memory file from `nlc learn` to start from")
 @click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(min=0),
               help="generate at most this many tokens (bytes); a document separator stops earlier")
-@click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(min=0),
+@click.option("--temperature", default=0.8, show_default=True, type=FiniteFloat(min=0),
               help="sampling temperature; 0 always takes the most likely token")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
               help="sample among the k most likely tokens only (0: no limit)")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(min=0, max=1, min_open=True),
+@click.option("--top-p", default=1.0, show_default=True, type=FiniteFloat(min=0, max=1, min_open=True),
               help="nucleus sampling: among the fewest most likely tokens whose probability reaches p")
-@click.option("--seed", default=0, show_default=True, type=int, help="seeds the sampling")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="seeds the sampling")
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
 @guarded
 def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, seed, device):
@@ -52,9 +56,9 @@ def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, see
     click.echo()
 
 
-@click.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", required=True, type=click.Path(exists=True),
+@click.command(short_help="Learn a text in context and keep it in a memory file.")
+@click.argument("run", type=RUN)
+@click.option("--data", required=True, type=TEXT,
               help="the text to learn: a text file, or a folder of .txt/.md files")
 @click.option("--memory", required=True, type=click.Path(dir_okay=False),
               help="the memory file: updated when it exists, created otherwise")
@@ -88,22 +92,25 @@ def _numbers(kind):
         if value is None:
             return None
         try:
-            return [kind(v) for v in value.split(",") if v.strip()]
+            numbers = [kind(v) for v in value.split(",") if v.strip()]
         except ValueError:
             raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+        if not all(math.isfinite(n) for n in numbers):
+            raise click.BadParameter(f"expected finite numbers, got {value!r}")
+        return numbers
     return parse
 
 
-@click.command(name="eval")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.command(name="eval", short_help="Evaluate a trained run: ppl, mqar, niah, forgetting.")
+@click.argument("run", type=RUN)
 @click.option("--task", required=True, type=click.Choice(["ppl", "mqar", "niah", "forgetting"]),
               help="ppl: bits per byte; mqar: associative recall; niah: passkey retrieval; "
                    "forgetting: learn A then B, loss on A")
-@click.option("--memory", default=None, type=click.Path(exists=True, dir_okay=False),
+@click.option("--memory", default=None, type=MEMORY_FILE,
               help="a memory file from `nlc learn` to start from")
-@click.option("--data", default=None, type=click.Path(exists=True),
+@click.option("--data", default=None, type=TEXT,
               help="ppl: the text to score; forgetting: segment A (default: the run's held-out split)")
-@click.option("--data-b", default=None, type=click.Path(exists=True),
+@click.option("--data-b", default=None, type=TEXT,
               help="forgetting: segment B (default: the next held-out document)")
 @click.option("--out", default=None, type=click.Path(),
               help="a .json file or a folder for the results (default: RUN/evals/)")
@@ -113,7 +120,7 @@ def _numbers(kind):
 @click.option("--max-tokens", default=None, type=click.IntRange(min=2),
               help="ppl: tokens scored at most (16384); forgetting: tokens per segment (2048)")
 @click.option("--passes", default=None, type=click.IntRange(min=1), help="forgetting: reads of each segment")
-@click.option("--seed", default=None, type=int, help="mqar, niah: seeds the generated examples")
+@click.option("--seed", default=None, type=SEED, help="mqar, niah: seeds the generated examples")
 @click.option("--mqar-pairs", default=None, type=click.IntRange(min=1), help="mqar: key-value pairs per example (8)")
 @click.option("--mqar-length", default=None, type=click.IntRange(min=4), help="mqar: tokens per example (64)")
 @click.option("--mqar-examples", default=None, type=click.IntRange(min=1), help="mqar: examples (64)")
@@ -146,8 +153,8 @@ def eval_cmd(run, task, memory, device, out, **options):
         click.echo(f"wrote {path}", err=True)
 
 
-@click.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.command(short_help="Export a trained run for transformers (offline).")
+@click.argument("run", type=RUN)
 @click.option("--hf", "out", required=True, type=click.Path(file_okay=False),
               help="write a transformers directory here (AutoModelForCausalLM with trust_remote_code)")
 @click.option("--force", is_flag=True, help="write even if the directory is not empty")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -128,8 +129,8 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
 def sample(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            generator: Optional[torch.Generator] = None) -> Tensor:
     """The next token (B,) for logits (B, V): the argmax when temperature is 0, else a filtered sample."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:  # nan passes every comparison
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)

@@ -2,7 +2,9 @@
 
 A run directory holds everything: `config.json` (the arguments), `model/` (the compiled package),
 `metrics.jsonl`, `checkpoint.json` + `weights-*.safetensors`, and the plots. `--resume RUN` continues
-bit-exactly from the last checkpoint up to the total `--steps`.
+bit-exactly from the last checkpoint up to the total `--steps`. A new run refuses a directory that holds
+anything (an earlier run, other files) unless it is forced (`--force`): then the files of an earlier run
+are deleted first (RUN_FILES) and other files are left alone.
 
 Under torchrun (WORLD_SIZE > 1) the run is data-parallel (distributed.py): `--batch` is the global
 batch, each process reads its rows of it, and only rank 0 compiles the spec and writes the run
@@ -28,6 +30,16 @@ class TrainInputError(Exception):
     says why."""
 
 
+class RunDirInUse(TrainInputError):
+    """A new run was pointed at a directory that holds files (an earlier run's, or others) without force."""
+
+
+# what a run writes into its directory: a forced new run deletes these first
+RUN_FILES = ("model", "config.json", "checkpoint.json", "metrics.jsonl", "loss.png", "update_norms.png",
+             "tensorboard", "evals")
+RUN_PATTERNS = ("weights-*.safetensors", ".checkpoint.json.*.tmp", ".weights-*.tmp")
+
+
 @dataclass
 class TrainConfig:
     spec: str
@@ -45,6 +57,56 @@ class TrainConfig:
     backend: str = "chunked"
     parallel: str = "ddp"  # with several processes: ddp (replicas) or fsdp (sharded parameters)
     compile: bool = False  # the chunked path's tile steps compiled by torch.compile
+    force: bool = True  # a new run replaces what `out` holds; False (`nlc train` without --force) refuses it
+
+    def saved(self) -> dict:
+        """The configuration as config.json and checkpoints keep it (without `force`, a one-time choice)."""
+        doc = asdict(self)
+        doc.pop("force")
+        return doc
+
+
+def _unstarted(run: Path) -> bool:
+    """RUN holds at most a run that stopped before its first step (its model/, config.json, tensorboard/)."""
+    from nldsl.compiler import MANIFEST
+
+    names = {p.name for p in run.iterdir()}
+    if not names <= {"model", "config.json", "tensorboard"}:
+        return False
+    return "model" not in names or (run / "model" / MANIFEST).is_file()
+
+
+def in_use(run: Path) -> list[str]:
+    """The entries of directory RUN that a new run there would replace or sit beside (empty: free)."""
+    if not run.is_dir() or _unstarted(run):
+        return []
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in run.iterdir())
+
+
+def check_out_dir(run: Path) -> None:
+    """Raise RunDirInUse when RUN holds anything but an unstarted run; the message says what and how out."""
+    held = in_use(run)
+    if not held:
+        return
+    shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+    if (run / "config.json").is_file():
+        ways = f"continue that run with --resume {run}, choose another --out, or pass --force to replace it"
+    else:
+        ways = "choose another --out, or pass --force to train there all the same (a model/ there is replaced)"
+    raise RunDirInUse(f"{run} is not empty (it holds {shown})\n  = help: {ways}")
+
+
+def clear_run(run: Path) -> None:
+    """Delete what an earlier run wrote into RUN (RUN_FILES); other files stay."""
+    for name in RUN_FILES:
+        path = run / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for pattern in RUN_PATTERNS:
+        for path in run.glob(pattern):
+            path.unlink()
 
 
 def _prepare_model_dir(cfg: TrainConfig, run: Path) -> Path:
@@ -53,7 +115,11 @@ def _prepare_model_dir(cfg: TrainConfig, run: Path) -> Path:
 
     src = Path(cfg.spec)
     if src.is_dir():
-        package = src if (src / MANIFEST).is_file() else next(p for p in src.iterdir() if (p / MANIFEST).is_file())
+        package = src if (src / MANIFEST).is_file() else next((p for p in src.iterdir() if (p / MANIFEST).is_file()),
+                                                              None)
+        if package is None:
+            raise TrainInputError(f"{src} is a directory with no compiled package in it (no {MANIFEST}): give a "
+                                  "`.nl` spec or a directory made by `nlc compile`")
         target = run / "model"
         if target.exists():
             shutil.rmtree(target)
@@ -97,6 +163,9 @@ class Trainer:
         model_dir, failure = self.run / "model", None
         if self.main and not resume:  # rank 0 compiles; the others wait and import what it wrote
             try:
+                if not cfg.force:
+                    check_out_dir(self.run)
+                clear_run(self.run)
                 model_dir = _prepare_model_dir(cfg, self.run)
             except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
                 failure = e
@@ -136,7 +205,7 @@ class Trainer:
         self.metrics = None
         if self.main:  # only rank 0 writes the run directory
             self.metrics = MetricsLog(self.run, resume_step)
-            (self.run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+            (self.run / "config.json").write_text(json.dumps(cfg.saved(), indent=2) + "\n")
 
     def _set_lr(self):
         f = _lr_factor(self.loop.step_count + 1, self.info["outer"], self.cfg.steps)
@@ -147,7 +216,7 @@ class Trainer:
     def checkpoint(self):
         from .checkpoint import save
 
-        save(self.run, self.model, self.loop, {"data": self.stream.state_dict(), "config": asdict(self.cfg),
+        save(self.run, self.model, self.loop, {"data": self.stream.state_dict(), "config": self.cfg.saved(),
                                                "processes": self.comm.world})
 
     def train(self, progress=None) -> dict:

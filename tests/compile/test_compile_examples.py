@@ -169,7 +169,7 @@ def test_cli_dumps_beside_the_package(tmp_path):
 def test_cli_unknown_dump_stage_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["compile", str(ROOT / "examples/transformer.nl"), "-o", str(tmp_path),
                                        "--dump", "bytecode"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a usage error is a user error (README: 2 is for internal errors)
     assert "bytecode" in result.output and "Traceback" not in result.output
     assert not any(tmp_path.iterdir()), "a usage error still wrote the package"
 

@@ -164,4 +164,4 @@ def test_cli_eval_writes_into_the_run_by_default(tiny_hope_run, runner):
                                "--mqar-length", "20"])
     assert bad.exit_code == 1 and "no room" in bad.output
     bad = runner.invoke(main, ["eval", str(tiny_hope_run), "--task", "niah", "--niah-lengths", "1k"])
-    assert bad.exit_code == 2 and "comma-separated numbers" in bad.output
+    assert bad.exit_code == 1 and "comma-separated numbers" in bad.output

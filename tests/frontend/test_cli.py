@@ -1,7 +1,8 @@
 """The `nlc` command line: exit codes, output formats, every subcommand, and hostile inputs.
 
-Exit codes: 0 clean (warnings allowed), 1 problems in a spec (or a file that is not one), 2 an
-internal compiler error, reported with a repro line and no Python traceback.
+Exit codes: 0 clean (warnings allowed), 1 problems in a spec (or a file that is not one) or on the command
+line (a missing path, a bad option value), 2 an internal compiler error, reported with a repro line and
+no Python traceback; 141, silently, when the reader of the output went away.
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ def test_check_dump_stages(runner, spec):
     assert result.exit_code == 0
     assert "# --- ast:" in result.output and "# --- ir:" in result.output and "# --- graph:" in result.output
     result = runner.invoke(main, ["check", "--dump", "bogus", spec(CLEAN)])
-    assert result.exit_code == 2 and "unknown stage" in result.output
+    assert result.exit_code == 1 and "unknown stage" in result.output
     no_traceback(result)
 
 
@@ -373,10 +374,9 @@ def test_hostile_input_exits_1_without_traceback(runner, tmp_path, kind):
         else:
             assert re.search(r"error\[NL0\d{3}\]", result.stderr), result.stderr
             assert "NL0901" not in result.stderr
-    if kind != "a_directory":  # `nlc fmt` takes files only (click refuses a directory as a usage error)
-        result = runner.invoke(main, ["fmt", "--check", path])
-        assert result.exit_code == (0 if kind == "empty" else 1), result.output
-        no_traceback(result)
+    result = runner.invoke(main, ["fmt", "--check", path])
+    assert result.exit_code == (0 if kind == "empty" else 1), result.output
+    no_traceback(result)
 
 
 @pytest.mark.parametrize("kind", ["binary", "a_directory", "deep_braces"])
@@ -393,18 +393,18 @@ def test_hostile_input_in_a_real_process(tmp_path, kind):
 
 
 @pytest.mark.parametrize("command", ["train", "generate", "learn", "eval", "doctor"])
-def test_a_device_this_machine_lacks_is_a_usage_error_naming_why(runner, tmp_path, command):
+def test_a_device_this_machine_lacks_is_an_error_naming_why(runner, tmp_path, command):
     (tmp_path / "notes.txt").write_text("some text")
     (tmp_path / "tiny.nl").write_text(CLEAN)
     args = {"train": [str(tmp_path / "tiny.nl")], "generate": [str(tmp_path)],
             "learn": [str(tmp_path), "--data", str(tmp_path / "notes.txt"), "--memory", str(tmp_path / "m.mem")],
             "eval": [str(tmp_path)], "doctor": ["--no-check"]}[command]
     result = runner.invoke(main, [command, *args, "--device", "bogus"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output
     assert "'bogus' is not a torch device" in result.output and "internal compiler error" not in result.output
     if not torch.cuda.is_available():
         result = runner.invoke(main, [command, *args, "--device", "cuda:1"])
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == 1, result.output
         assert "cuda:1: CUDA is not available here" in result.output
 
 
@@ -421,10 +421,10 @@ def test_an_output_path_that_cannot_be_written_is_an_error_not_a_crash(runner, t
         assert result.output.startswith("error: ") and "internal compiler error" not in result.output
 
 
-def test_resuming_a_folder_that_is_not_a_run_is_a_usage_error(runner, tmp_path):
+def test_resuming_a_folder_that_is_not_a_run_is_an_error(runner, tmp_path):
     (tmp_path / "tiny.nl").write_text(CLEAN)
     result = runner.invoke(main, ["train", str(tmp_path / "tiny.nl"), "--resume", str(tmp_path)])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "is not a run directory (it has no config.json)" in result.output
 
 
@@ -439,3 +439,138 @@ def test_plotting_a_run_in_which_no_level_has_updated_warns_nothing(tmp_path):
         warnings.simplefilter("error")
         written = plot(tmp_path)
     assert [p.name for p in written] == ["loss.png", "update_norms.png"]
+
+
+# ---------------------------------------------------------------- user errors: exit 1, an `error` line
+
+
+@pytest.mark.parametrize("args", [
+    ["plan", "{missing}.nl"], ["compile", "{dir}"], ["fmt", "{dir}"], ["doctor", "--spec", "{missing}.nl"],
+    ["generate", "{missing}"], ["eval", "{missing}", "--task", "ppl"], ["plot", "{missing}"],
+    ["export", "{missing}", "--hf", "{dir}/hf"], ["learn", "{missing}", "--data", "{missing}", "--memory", "m.mem"],
+    ["train", "--resume", "{missing}"], ["train", "{missing}.nl"], ["train", "{dir}"],
+])
+def test_a_missing_path_is_nl0001_and_exit_1(runner, tmp_path, args):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(missing=tmp_path / "nope", dir=tmp_path / "empty") for a in args]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "error[NL0001]" in result.stderr and "Usage:" not in result.output
+    no_traceback(result)
+
+
+def test_a_missing_spec_reads_as_in_nlc_check(runner, tmp_path):
+    missing = str(tmp_path / "nope.nl")
+    expected = runner.invoke(main, ["check", missing]).stderr
+    assert f"error[NL0001]: no such file `{missing}`" in expected
+    for args in (["plan", missing], ["doctor", "--spec", missing], ["compile", missing], ["train", missing]):
+        assert runner.invoke(main, args).stderr == expected, args
+    result = runner.invoke(main, ["generate", str(tmp_path / "nope")])
+    assert result.stderr.startswith(f"error[NL0001]: no such run directory `{tmp_path / 'nope'}`\n  = help: check the path")
+
+
+@pytest.mark.parametrize("args", [
+    ["check", "--bogus", "x.nl"], ["check"], ["bogus-command"], ["train", "x.nl", "--batch", "0"],
+    ["graph", "x.nl", "--format", "png"], ["generate", ".", "--top-k", "-1"],
+])
+def test_a_usage_error_exits_1_with_an_error_line_and_the_usage(runner, args):
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1, result.output
+    first, *rest = result.stderr.splitlines()
+    assert first.startswith("error: ") and not first.startswith("error: Error")
+    assert rest[0].startswith("  = usage: ") and rest[1].startswith("  = help: ") and "--help" in rest[1]
+    no_traceback(result)
+
+
+def test_nlc_alone_prints_the_help_and_exits_0(runner):
+    result = runner.invoke(main, [])
+    assert result.exit_code == 0
+    assert "Commands:" in result.output
+
+
+@pytest.mark.parametrize("option", ["--temperature", "--top-p"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_non_finite_sampling_options_are_refused(runner, tmp_path, option, value):
+    result = runner.invoke(main, ["generate", str(tmp_path), option, value])
+    assert result.exit_code == 1, result.output
+    assert f"invalid value for '{option}'" in result.stderr and "NL0901" not in result.output
+
+
+def test_non_finite_needle_depths_are_refused(runner, tmp_path):
+    result = runner.invoke(main, ["eval", str(tmp_path), "--task", "niah", "--niah-depths", "0,nan"])
+    assert result.exit_code == 1, result.output
+    assert "expected finite numbers" in result.stderr
+
+
+def test_main_help_shows_whole_summaries(runner):
+    result = runner.invoke(main, ["--help"], terminal_width=80)
+    commands = result.output.split("Commands:")[1]
+    assert "..." not in commands and "(e.g." not in commands
+    assert "Explain a diagnostic code, or list every code." in commands
+    assert "Exit codes:" in result.output
+
+
+# ---------------------------------------------------------------- standard input, fmt's source lines
+
+
+def test_check_reads_standard_input(runner):
+    result = runner.invoke(main, ["check", "-"], input=CLEAN)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["check", "--format", "concise", "-"], input=BROKEN)
+    assert result.exit_code == 1
+    assert all(line.startswith("<stdin>:") for line in result.stderr.strip().splitlines())
+    result = runner.invoke(main, ["check", "-"], input=b"model m {\n  # caf\xe9\n}\n")
+    assert result.exit_code == 1 and "error[NL0001]" in result.stderr and "caf" in result.stderr
+
+
+def test_fmt_shows_each_files_own_source_line(runner, spec, tmp_path):
+    good = spec("nl 1  # a line only the good file has\n" + CLEAN.split("\n", 1)[1], "good.nl")
+    binary = spec(b"\xff\xfe and then some text\n", "binary.nl")
+    missing = str(tmp_path / "nope.nl")
+    result = runner.invoke(main, ["fmt", "--check", good, missing, binary])
+    assert result.exit_code == 1
+    assert "a line only the good file has" not in result.stderr
+    assert f"no such file `{missing}`" in result.stderr
+    assert "and then some text" in result.stderr  # the binary file's own bytes, as far as they decode
+
+
+# ---------------------------------------------------------------- broken pipes, warnings
+
+
+@pytest.mark.parametrize("args", [["explain"], ["--help"], ["check", "--dump", "ast", "examples/hope.nl"]])
+def test_a_closed_pipe_ends_quietly_with_141(args):
+    proc = subprocess.Popen([sys.executable, "-m", "nldsl.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before nlc writes, as `nlc explain | true` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
+
+
+def test_nlcs_own_warnings_are_one_line(runner):
+    import warnings
+
+    from nldsl.cli_common import guarded
+    from nldsl.runtime.triton import TritonFallbackWarning
+
+    @click.command()
+    @guarded
+    def warn():
+        warnings.warn("memory level m: triton backend falls back to the chunked path: no GPU", TritonFallbackWarning)
+        warnings.warn("an ordinary warning", UserWarning)
+
+    with warnings.catch_warnings(), pytest.warns(UserWarning, match="an ordinary warning"):
+        warnings.simplefilter("always")
+        result = runner.invoke(warn, [])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0] == "warning: memory level m: triton backend falls back to the chunked path: no GPU"
+    assert "TritonFallbackWarning" not in result.stderr and "warnings.warn(" not in lines[0]
+    assert "warning: an ordinary warning" not in result.stderr  # others go where Python sends them
+
+
+@pytest.mark.parametrize("command", ["generate", "train"])
+def test_a_seed_too_large_for_torch_is_refused(runner, tmp_path, command):
+    result = runner.invoke(main, [command, str(tmp_path), "--seed", str(2**70)])
+    assert result.exit_code == 1, result.output
+    assert "does not fit a 64-bit seed" in result.stderr

@@ -37,7 +37,9 @@ def test_data_without_documents_is_named(tmp_path, what):
     if what == "an empty folder":
         data.mkdir()
     result = train(tmp_path, tiny_spec(), "--data", str(data))
-    assert result.exit_code == (1 if what == "an empty folder" else 2), result.output
+    assert result.exit_code == 1, result.output
     assert "internal compiler error" not in result.output
     if what == "an empty folder":
         assert f"--data {data}: no documents in" in result.output
+    else:
+        assert f"error[NL0001]: no such file or folder `{data}`" in result.output
