@@ -34,7 +34,9 @@ def new_config(ctx):
             check_out_dir(Path(p["out"]))
         except RunDirInUse as e:
             raise UserError(f"error[NL0602]: {e}") from None
-    return TrainConfig(p["spec"], p["data"], p["steps"], p["batch"], p["seq"], p["out"], p["device"], p["dtype"],
+    # the data as an absolute path: --resume and `nlc eval` may run from another directory
+    data = str(Path(p["data"]).resolve()) if p["data"] is not None else None
+    return TrainConfig(p["spec"], data, p["steps"], p["batch"], p["seq"], p["out"], p["device"], p["dtype"],
                        p["seed"], p["checkpoint_every"], p["eval_every"], backend=p["backend"],
                        parallel=p["parallel"] or "ddp", compile=p["compile_steps"], force=p["force"])
 

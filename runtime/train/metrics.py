@@ -85,8 +85,10 @@ def plot(run: Path) -> list[Path]:
                 ax.plot(*zip(*pts), label=name, lw=1)
                 plotted = True
         ax.set_xlabel("outer step")
-        ax.set_ylabel("norm of the last update")
-        ax.set_title(f"{Path(run).name}: per-level update norms")
+        # what each level records as its norm: CMS and outer levels their last update's, in-context
+        # memories the RMS of their state (they update every token)
+        ax.set_ylabel("last update's norm; a memory's state RMS")
+        ax.set_title(f"{Path(run).name}: per-level update norms and memory states")
         ax.grid(alpha=0.3)
         if plotted:
             ax.set_yscale("log")

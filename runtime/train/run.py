@@ -131,11 +131,14 @@ def _prepare_model_dir(cfg: TrainConfig, run: Path) -> Path:
     return write_package(files, str(run), "model", force=True)
 
 
-def _lr_factor(step: int, outer: dict, total: int) -> float:
+def lr_factor(step: int, outer: dict, total: int) -> float:
+    """The outer learning rate's factor at step `step` (1 to `total`): linear warm-up over `warmup` steps,
+    then, for `schedule cosine`, a half cosine from 1 at the first step after the warm-up towards 0 after
+    the last, so that every step learns."""
     warm = outer.get("warmup") or 0
     f = min(1.0, step / warm) if warm else 1.0
     if outer.get("schedule") == "cosine" and total > warm:
-        progress = min(1.0, max(0.0, (step - warm) / (total - warm)))
+        progress = min(1.0, max(0.0, (step - 1 - warm) / (total - warm)))
         f *= 0.5 * (1 + math.cos(math.pi * progress))
     return f
 
@@ -208,7 +211,7 @@ class Trainer:
             (self.run / "config.json").write_text(json.dumps(cfg.saved(), indent=2) + "\n")
 
     def _set_lr(self):
-        f = _lr_factor(self.loop.step_count + 1, self.info["outer"], self.cfg.steps)
+        f = lr_factor(self.loop.step_count + 1, self.info["outer"], self.cfg.steps)
         for g, base in zip(self.loop.outer_opt.param_groups, self.base_lr):
             g["lr"] = base * f
         return self.base_lr[0] * f

@@ -174,3 +174,14 @@ def test_nproc_passes_on_only_what_was_given(trained, run, tmp_path, monkeypatch
     assert nlc("train", "--resume", run, "--nproc", "2", "--steps", "3", "--parallel", "fsdp").exit_code == 0
     assert launched == [(2, [str(spec), "--batch", "4", "--out", str(out), "--compile"]),
                         (2, ["--steps", "3", "--resume", str(run), "--parallel", "fsdp"])]
+
+
+def test_a_relative_data_path_is_kept_absolute_so_the_run_resumes_from_anywhere(trained, tmp_path, monkeypatch):
+    spec, _ = trained
+    (tmp_path / "notes.txt").write_text("some text to learn " * 200)
+    monkeypatch.chdir(tmp_path)
+    assert nlc("train", spec, "--steps", "1", *FAST, "--data", "notes.txt", "--out", "run").exit_code == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str((tmp_path / "notes.txt").resolve())
+    monkeypatch.chdir(tmp_path.parent)
+    result = nlc("train", "--resume", tmp_path / "run", "--steps", "2")
+    assert result.exit_code == 0, result.output
