@@ -181,6 +181,13 @@ def report(fe, fmt: str, quiet_ok: bool = False) -> int:
     return 1 if not fe.ok else 0
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """A device or host allocation failed (torch raises OutOfMemoryError on GPUs, RuntimeError on CPUs)."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))
+
+
 def guarded(fn):
     """Turn any unexpected exception into an 'internal compiler error' with a repro line, exit 2."""
 
@@ -200,6 +207,11 @@ def guarded(fn):
             click.echo(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
             sys.exit(1)
         except BaseException as e:  # noqa: BLE001 - the last line of defence
+            if _out_of_memory(e):
+                click.echo(f"error: out of memory: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
+                click.echo("  = help: the model or the batch is too large for this device: `nlc graph SPEC` shows "
+                           "the parameter counts; use smaller sizes, a smaller --batch or --seq", err=True)
+                sys.exit(1)
             repro = "nlc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             click.echo(f"error[NL0901]: internal compiler error: {type(e).__name__}: {e}", err=True)
             click.echo(f"  = note: this is a bug in nlc {__version__}, not in your spec", err=True)

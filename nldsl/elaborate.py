@@ -383,6 +383,8 @@ def _check_size(key: str, env, nets, sym, sink: Sink) -> None:
     elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
         sink.add(error("NL0203", f"`{key}` must be a positive integer", sym.span, f"it is {shown(v)}",
                        help=_EXAMPLES[key]))
+    elif v > phrases.MAX_SIZE:
+        sink.add(phrases.too_large(f"`{key}`", v, sym.span))
 
 
 def _args(call: ast.Call, npos: int, kws: tuple):

@@ -37,12 +37,23 @@ def one_expr(prop: ast.Prop):
     return phrase.words[0]
 
 
+# The largest size a spec may give: tensor dimensions and the offsets of generated kernels are 32-bit.
+MAX_SIZE = 2 ** 31 - 1
+
+
 def positive_int(expr, env, what: str) -> int:
     v = fold(expr, env)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
         raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {shown(v)}",
                          help="write a whole number of at least 1"))
+    if v > MAX_SIZE:
+        raise Fail(too_large(what, v, expr.span))
     return int(v)
+
+
+def too_large(what: str, v, span):
+    return error("NL0205", f"{what} is too large", span, f"this is {shown(v)}",
+                 help=f"sizes are at most 2**31 - 1 = {MAX_SIZE:,}")
 
 
 # What a key's value looks like, for "missing a value" (the keys of schema.KEYS that take one value).

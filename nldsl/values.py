@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, field
 
 from . import ast, ir, schema
-from .consts import Fail, Poison, fold, shown, suggest
+from .consts import Fail, Poison, fold, suggest
 from .diagnostics import error
+from .phrases import positive_int
 
 UNARY = {"l2norm", "rmsnorm", "layernorm", "silu", "gelu", "relu", "tanh", "sigmoid", "softplus",
          "exp", "log", "abs", "sqrt"}
@@ -164,10 +165,7 @@ class ValueBuilder:
                                  help=suggest(kw.name, kws) or schema.BUILTINS.get(call.func.id, "")))
 
     def _int(self, expr, what: str) -> int:
-        v = fold(expr, self.scope.consts)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
-            raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {shown(v)}"))
-        return int(v)
+        return positive_int(expr, self.scope.consts, what)
 
 
 def reads_in(value) -> list[ir.Read]:

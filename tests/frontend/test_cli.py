@@ -574,3 +574,19 @@ def test_a_seed_too_large_for_torch_is_refused(runner, tmp_path, command):
     result = runner.invoke(main, [command, str(tmp_path), "--seed", str(2**70)])
     assert result.exit_code == 1, result.output
     assert "does not fit a 64-bit seed" in result.stderr
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:118] . DefaultCPUAllocator: can't allocate memory: you tried to allocate 4398046511104 bytes.")])
+def test_running_out_of_memory_is_a_user_error_not_an_internal_one(error):
+    import click
+
+    from nldsl.cli_common import guarded
+
+    @click.command()
+    @guarded
+    def allocate():
+        raise error
+
+    result = CliRunner().invoke(allocate, [])
+    assert result.exit_code == 1 and "out of memory" in result.output and "NL0901" not in result.output
