@@ -495,6 +495,10 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, file: str):
         ch = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
         name = f"U+{ord(ch):04X}" if not ch.isprintable() or ch in " \t" else f"`{ch}`"
         span = ast.Span(file, line, col, line, col + 1)
+        if ch == ">" and text[e.pos_in_stream - 1:e.pos_in_stream] == "-":  # `->` where no pipeline can stand
+            return error("NL0003", "unexpected `->`", ast.Span(file, line, col - 1, line, col + 1),
+                         "a pipeline cannot stand here",
+                         help="a pipeline is the value of a binding: `name = a -> b` (e.g. `layer = rmsnorm -> mix`)")
         return error("NL0002", f"unexpected character {name}", span, "not part of the language",
                      help=_char_help(ch))
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):

@@ -43,6 +43,9 @@ MAX_SIZE = 2 ** 31 - 1
 
 def positive_int(expr, env, what: str) -> int:
     v = fold(expr, env)
+    if isinstance(v, float) and v.is_integer() and v >= 1:  # as `dim = 64.0` is refused
+        raise Fail(error("NL0203", f"{what} must be a positive integer, not a float", expr.span, f"this is {v!r}",
+                         help=f"write `{int(v)}`" if v < 1e16 else "write a whole number of at least 1"))
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
         raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {shown(v)}",
                          help="write a whole number of at least 1"))
