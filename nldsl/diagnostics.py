@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -127,6 +128,20 @@ def _caret_row(line: str, span: Span) -> tuple[str, str]:
     return " " * pad, "^" * n
 
 
+LONGEST_SHOWN = 120  # characters of a source line drawn under a diagnostic; a longer line shows a window
+
+
+def _window(line: str, col: int) -> tuple[int, str]:
+    """(offset, text): the part of a long line around column `col`, cut ends marked `…`; the offset is
+    what to subtract from a column of the line to find it in the text."""
+    if len(line) <= LONGEST_SHOWN:
+        return 0, line
+    start = max(0, min(col - 1 - LONGEST_SHOWN // 3, len(line) - LONGEST_SHOWN))
+    prefix = "…" if start else ""
+    suffix = "…" if start + LONGEST_SHOWN < len(line) else ""
+    return start - len(prefix), prefix + line[start:start + LONGEST_SHOWN] + suffix
+
+
 def render_full(diag: Diagnostic, sources: Mapping[str, str]) -> str:
     """rustc-style: header, location, the source line with a caret, labels, notes and help."""
     out = [f"{diag.severity}[{diag.code}]: {diag.message}"]
@@ -140,13 +155,16 @@ def render_full(diag: Diagnostic, sources: Mapping[str, str]) -> str:
             if span is not diag.span:
                 out.append(f"{' ' * gutter} = {text} (at {span})")
             continue
-        pad, carets = _caret_row(line, span)
         if shown != (span.file, span.line):
             if span is not diag.span and span.file != diag.span.file:
                 out.append(f"{' ' * gutter}::: {span}")
             out.append(f"{' ' * gutter} |")
-            out.append(f"{span.line:>{gutter}} | {_clean(line)}")
+            offset, drawn = _window(line, span.col)
+            out.append(f"{span.line:>{gutter}} | {_clean(drawn)}")
             shown = (span.file, span.line)
+        col = min(max(span.col - offset, 1), len(drawn) + 1)
+        end = min(max(span.end_col - offset, col + 1), len(drawn) + 1) if span.end_line == span.line else span.end_col
+        pad, carets = _caret_row(drawn, dataclasses.replace(span, col=col, end_col=end))
         out.append(f"{' ' * gutter} | {pad}{carets.replace('^', mark)} {text}".rstrip())
     out.append(f"{' ' * gutter} |")
     for note in diag.notes:

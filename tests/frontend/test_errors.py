@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from nldsl.codes import CODES
-from nldsl.diagnostics import render_all, render_full
+from nldsl.diagnostics import LONGEST_SHOWN, _window, render_all, render_full
 from nldsl.pipeline import check_file
 
 ERRORS = Path(__file__).resolve().parents[1] / "errors"
@@ -100,12 +100,14 @@ def test_rendering(spec, in_errors):
         rows = text.split("\n")
         assert rows[0] == f"{d.severity}[{d.code}]: {d.message}"
         assert rows[1].strip() == f"--> {d.span.file}:{d.span.line}:{d.span.col}"
-        source = fe.sources[d.span.file].split("\n")[d.span.line - 1].rstrip()
+        # the source line, or for a long one the window around the span (cut ends marked `…`)
+        offset, source = _window(fe.sources[d.span.file].split("\n")[d.span.line - 1].rstrip(), d.span.col)
         at = next((i for i, row in enumerate(rows) if row.lstrip().startswith(f"{d.span.line} | ")), None)
         assert at is not None and rows[at].endswith(source.strip()), f"{spec.name}: source line not shown:\n{text}"
+        assert len(source) <= LONGEST_SHOWN + 2
         caret = rows[at + 1].split(" | ", 1)[1]
         pad = len(caret) - len(caret.lstrip(" "))
-        assert caret.lstrip(" ").startswith("^") and pad == len(source[: d.span.col - 1]), \
+        assert caret.lstrip(" ").startswith("^") and pad == len(source[: d.span.col - 1 - offset]), \
             f"{spec.name}: the caret is not under column {d.span.col}:\n{text}"
     concise = render_all(fe.diagnostics, fe.sources, "concise").splitlines()
     assert sorted(concise) == sorted(f"{d.span}: {d.severity}[{d.code}]: {d.message}" for d in fe.diagnostics)
