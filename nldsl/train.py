@@ -191,7 +191,7 @@ if __name__ == "__main__":  # pragma: no cover
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         die_with_parent()  # a worker of `nlc train --nproc N`: stop with torchrun
     try:
-        main(["train", *sys.argv[1:]])
+        main(["train", *sys.argv[1:]], prog_name="nlc")  # the options and usage of `nlc train`
     except SystemExit as e:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _exit_now(e.code)

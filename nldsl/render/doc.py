@@ -130,9 +130,9 @@ def clean_text(value: object) -> str:
 
 
 def human_count(value: int | float | None) -> str:
-    """33024 -> '33.0k', 1_200_000 -> '1.2M', 512 -> '512', None -> '-'."""
+    """33024 -> '33.0k', 1_200_000 -> '1.2M', 512 -> '512', None -> '—' (as the graph document writes it)."""
     if value is None:
-        return "-"
+        return "—"
     if abs(value) < 1000:
         return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
     for scale, suffix in ((1e3, "k"), (1e6, "M"), (1e9, "G"), (1e12, "T")):

@@ -161,16 +161,16 @@ def any_doc(request: pytest.FixtureRequest) -> dict[str, Any]:
 @pytest.fixture
 def check_golden() -> Callable[[str, str], None]:
     """Compare output with tests/render/golden/<name>. To accept new output on purpose, run the tests
-    with NLC_UPDATE_GOLDEN=1 and review the diff."""
+    with NLC_REGEN=1 and review the diff."""
 
     def check(name: str, actual: str) -> None:
         path = GOLDEN_DIR / name
-        if os.environ.get("NLC_UPDATE_GOLDEN") == "1":
+        if os.environ.get("NLC_REGEN") == "1":
             GOLDEN_DIR.mkdir(exist_ok=True)
             path.write_text(actual, encoding="utf-8")
             return
         if not path.exists():
-            raise AssertionError(f"missing golden file {name}; run with NLC_UPDATE_GOLDEN=1 to create it")
+            raise AssertionError(f"missing golden file {name}; run with NLC_REGEN=1 to create it")
         expected = path.read_text(encoding="utf-8")
         if actual != expected:
             diff = "".join(

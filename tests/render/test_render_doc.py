@@ -78,7 +78,7 @@ def test_a_document_must_be_a_mapping():
 @pytest.mark.parametrize(
     ("value", "text"),
     [
-        (None, "-"),
+        (None, "—"),
         (0, "0"),
         (512, "512"),
         (999, "999"),

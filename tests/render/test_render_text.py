@@ -62,8 +62,8 @@ def test_the_table_has_one_row_per_level_with_human_numbers(hope_doc):
     assert set(rows) >= {item["name"] for item in hope_doc["levels"]}
     assert rows["selfmod_titans.mem"].split()[-4:-1] == ["64", "33.0k", "8.2k"]
     assert rows["selfmod_titans.mem"].endswith("16.6k")
-    assert rows["continuum.slow"].split()[-3:] == ["526.3k", "-", "1.6M"]
-    assert rows["pretrain"].split()[-3:] == ["1.2M", "-", "-"]
+    assert rows["continuum.slow"].split()[-3:] == ["526.3k", "—", "1.6M"]
+    assert rows["pretrain"].split()[-3:] == ["1.2M", "—", "—"]
     assert "learnable parameters owned by the levels: 3.3M" in "\n".join(table)
 
 
