@@ -56,8 +56,9 @@ class Elaborator:
 
         self.optimizers = {}
         for sym in p.of_kind("optimizer"):
-            for opt in lv.declared_optimizer(sym.node, scoped(env, _prefix(sym.name)), sink):
-                self.optimizers[opt.name] = opt
+            prefix = _prefix(sym.name)  # a library's optimizer imported `as L` is `L.name`
+            for opt in lv.declared_optimizer(sym.node, scoped(env, prefix), sink):
+                self.optimizers[prefix + opt.name] = dataclasses.replace(opt, name=prefix + opt.name)
         outer = self._outer()
         self.outer_name = outer.name if outer else "outer"
         self.templates = {s.name: s.node for s in p.symbols if s.kind in ("memory", "attention")}

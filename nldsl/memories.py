@@ -7,11 +7,14 @@ dk and dv.
 
 from __future__ import annotations
 
+import dataclasses
+
 from . import ast, ir, phrases, schema
 from .consts import Fail, suggest
 from .diagnostics import Label, error
 from .dims import Unknowns
 from .levels import call_args, guarded, heads_of, merged_props, type_call
+from .values import ValueBuilder
 
 FLOW_ROLES = ("key", "value", "query", "context", "lr", "retain", "log_retain", "momentum")
 
@@ -41,6 +44,10 @@ def level_proto(el, decl: ast.Decl, ident: ast.Ident, block: str, builder) -> di
         sink.add(f.diag)
         return None
     typed = tmpl if tmpl is not None else decl
+    # a kind from a library imported `as L` (`L.lmm`) reads the library's own constants bare
+    prefix = tname[: tname.rfind(".") + 1]
+    library = {k[len(prefix):]: v for k, v in el.env.items() if k.startswith(prefix)} if prefix else {}
+    env = {**el.env, **library}
     kind = decl.kind
     key_kind = "memory" if kind == "memory" else "attention"
     props = merged_props(tmpl.body if tmpl else None, decl.body, key_kind, sink)
@@ -51,9 +58,9 @@ def level_proto(el, decl: ast.Decl, ident: ast.Ident, block: str, builder) -> di
             known = list(schema.DECL_TYPES[kind]) + [n for n, t in el.templates.items() if t.kind == kind]
             raise Fail(error("NL0206", f"unknown {kind} type `{tname_word}`", head.span,
                              help=suggest(tname_word or "", known) or " | ".join(schema.DECL_TYPES[kind])))
-        heads = heads_of(rest, el.env, typed.type.span)
+        heads = heads_of(rest, env, typed.type.span)
         if kind == "memory" and tname_word == "mlp":
-            targs = call_args(call, schema.MLP_MEMORY_ARGS, el.env, "`mlp`")
+            targs = call_args(call, schema.MLP_MEMORY_ARGS, env, "`mlp`")
         elif call is not None:
             raise Fail(error("NL0107", f"`{tname_word}` takes no arguments", call.span))
         else:
@@ -63,19 +70,23 @@ def level_proto(el, decl: ast.Decl, ident: ast.Ident, block: str, builder) -> di
             sink.add(f.diag)
         return None
     flows, failed = {}, False
+    own = {s.key for s in decl.body or () if isinstance(s, ast.Prop)}
+    in_library = ValueBuilder(dataclasses.replace(builder.scope, consts={**builder.scope.consts, **library})) \
+        if library else builder
     for role in FLOW_ROLES:
         if role in props:
             expr = guarded(sink, phrases.one_expr, props[role])
             v = None
             if expr is not None:
                 label = f"{ident.name}_{role}"
-                v = el._value(builder, expr, label, allow_self=(role == "value" and kind == "memory"))
+                by = in_library if role not in own else builder  # a flow of the kind, or of this declaration
+                v = el._value(by, expr, label, allow_self=(role == "value" and kind == "memory"))
             if v is not None:
                 flows[role] = v
             else:
                 failed = True
     proto = {"name": name, "block": block, "kind": kind, "template": tname, "ident": ident, "decl": typed,
-             "props": props, "flows": flows, "failed": failed, "heads": heads, "family": tname_word, "targs": targs,
+             "props": props, "env": env, "flows": flows, "failed": failed, "heads": heads, "family": tname_word, "targs": targs,
              "unknowns": Unknowns(heads, residual=bool(targs.get("residual", False)))}
     for role in ("key", "value"):
         if role not in flows and role not in props:
@@ -106,20 +117,20 @@ def _attention(el, p, u) -> ir.Attention | None:
     props, sink = p["props"], el.sink
     window = None
     if "window" in props:
-        window = guarded(sink, lambda: phrases.positive_int(phrases.one_expr(props["window"]), el.env, "a window"))
+        window = guarded(sink, lambda: phrases.positive_int(phrases.one_expr(props["window"]), p["env"], "a window"))
     scale = None
     if "scale" in props:
-        scale = guarded(sink, lambda: phrases.number(phrases.one_expr(props["scale"]), el.env, "scale"))
+        scale = guarded(sink, lambda: phrases.number(phrases.one_expr(props["scale"]), p["env"], "scale"))
     segment = None
     if "segment" in props:
-        segment = guarded(sink, lambda: phrases.positive_int(phrases.one_expr(props["segment"]), el.env, "a segment"))
+        segment = guarded(sink, lambda: phrases.positive_int(phrases.one_expr(props["segment"]), p["env"], "a segment"))
     persistent = 0
     if "persistent" in props:
-        persistent = guarded(sink, lambda: phrases.positive_int(phrases.one_expr(props["persistent"]), el.env,
+        persistent = guarded(sink, lambda: phrases.positive_int(phrases.one_expr(props["persistent"]), p["env"],
                                                                  "a number of persistent tokens"), default=0)
     clock = ir.Clock("tokens", 1, p["ident"].span)
     if "clock" in props:
-        clock = guarded(sink, phrases.clock, props["clock"], el.env) or clock
+        clock = guarded(sink, phrases.clock, props["clock"], p["env"]) or clock
         if clock.unit != "tokens" or clock.period != 1:
             sink.add(error("NL0301", "attention's state grows every token", clock.span, "expected `every 1 token`"))
     return ir.Attention(p["name"], p["block"], p["heads"], u.dk, u.dv, window, scale, clock,
@@ -127,7 +138,7 @@ def _attention(el, p, u) -> ir.Attention | None:
 
 
 def _memory(el, p, u) -> ir.Memory | None:
-    props, sink, env = p["props"], el.sink, el.env
+    props, sink, env = p["props"], el.sink, p["env"]
     name = p["name"]
     clock = ir.Clock("tokens", 1, p["ident"].span)
     if "clock" in props:

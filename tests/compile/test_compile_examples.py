@@ -242,9 +242,20 @@ def test_a_memory_read_twice_is_nl0601(tmp_path):
 
 def test_blocks_of_a_qualified_import_compile_under_their_qualified_names(tmp_path):
     """A library block imported `as L` is `L.mix` as a network stage and when another block applies it;
-    the generated code names its lines after the library file."""
+    its memory kinds and optimizers are `L.lmm` and `L.slow`, reading the library's constants bare; the
+    generated code names its lines after the library file."""
     write_spec(tmp_path, """
         nl 1
+        rate = 0.05
+        hidden = 16
+        optimizer slow : sgd(lr = rate)
+        memory lmm : mlp(depth = 2, hidden = hidden) per head {
+          chunk  4
+          key    k
+          value  v
+          lr     rate
+          update gd
+        }
         block mix(x, scale = 2) {
           return linear(x, 32) * scale
         }
@@ -255,18 +266,26 @@ def test_blocks_of_a_qualified_import_compile_under_their_qualified_names(tmp_pa
         model tiny {
           vocab   = 64
           dim     = 32
+          heads   = 2
           context = 16
           level pretrain : outer {
             update adamw(lr = 1e-3)
           }
           block outer_mix(x) {
-            return linear(L.mix(x), dim)
+            memory m : L.lmm
+            k = l2norm(linear(x, dim))
+            v = linear(x, dim)
+            return linear(L.mix(x) + m(k), dim)
           }
-          network = embed(vocab, dim) -> residual(L.mix) -> residual(outer_mix) -> lm_head(tied = true)
+          cms ffn : sequential {
+            update L.slow
+            level fast : mlp(expand = 2) { clock every 8 tokens }
+          }
+          network = embed(vocab, dim) -> residual(L.mix) -> residual(outer_mix) -> residual(ffn) -> lm_head(tied = true)
         }
         """, "tiny.nl")
     files = compile_ok(spec)
-    assert f"block L.mix ({tmp_path / 'lib.nl'}:2)".replace("\\", "/") in files["model.py"]
+    assert f"block L.mix ({tmp_path / 'lib.nl'}:12)".replace("\\", "/") in files["model.py"]
     logits, _ = load(spec)(torch.zeros(2, 5, dtype=torch.long))
     assert logits.shape == (2, 5, 64)
 
