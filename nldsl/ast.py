@@ -255,3 +255,15 @@ def walk(node):
     yield node
     for f in dataclasses.fields(node):
         yield from walk(getattr(node, f.name))
+
+
+def replace_names(node, fn):
+    """`node` with every `Name` below it replaced by fn(name) (which may return it unchanged)."""
+    if isinstance(node, tuple):
+        return tuple(replace_names(x, fn) for x in node)
+    if isinstance(node, Name):
+        return fn(node)
+    if not dataclasses.is_dataclass(node) or isinstance(node, (Span, Comment)):
+        return node
+    return dataclasses.replace(node, **{f.name: replace_names(getattr(node, f.name), fn)
+                                        for f in dataclasses.fields(node) if f.init})

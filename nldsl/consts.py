@@ -199,22 +199,8 @@ def scoped(env: Mapping[str, object], prefix: str) -> dict:
 
 def _qualify(expr, prefix: str, known: set):
     """`expr` with every name of its library (`known`, written bare there) written `prefix + name`."""
-    if isinstance(expr, ast.Name):
-        return ast.Name(tuple(prefix.rstrip(".").split(".")) + expr.parts, expr.span) if expr.id in known else expr
-    if isinstance(expr, ast.Call):
-        return dataclasses.replace(expr, func=_qualify(expr.func, prefix, known),
-                                   args=tuple(_qualify(x, prefix, known) for x in expr.args),
-                                   kwargs=tuple(dataclasses.replace(k, value=_qualify(k.value, prefix, known))
-                                                for k in expr.kwargs))
-    if isinstance(expr, ast.Pipe):
-        return dataclasses.replace(expr, stages=tuple(_qualify(x, prefix, known) for x in expr.stages))
-    if isinstance(expr, (ast.TupleExpr, ast.ListExpr)):
-        return dataclasses.replace(expr, items=tuple(_qualify(x, prefix, known) for x in expr.items))
-    if isinstance(expr, ast.BinOp):
-        return dataclasses.replace(expr, left=_qualify(expr.left, prefix, known), right=_qualify(expr.right, prefix, known))
-    if isinstance(expr, ast.UnaryOp):
-        return dataclasses.replace(expr, operand=_qualify(expr.operand, prefix, known))
-    return expr
+    parts = tuple(prefix.rstrip(".").split("."))
+    return ast.replace_names(expr, lambda n: ast.Name(parts + n.parts, n.span) if n.id in known else n)
 
 
 class Poison:

@@ -169,7 +169,10 @@ def objective(prop: ast.Prop, env) -> ir.Objective:
             raise Fail(error("NL0107", f"`{name}` takes one argument", expr.span, help=f"e.g. {name}(1.0)"))
         if name == "custom":
             _custom_objective(expr.args[0], env)
-            return ir.Objective("custom", (), expr.args[0], expr.span)
+            # its constants as numbers: the expression means the same wherever it is generated from
+            inlined = ast.replace_names(expr.args[0], lambda n: n if n.id == "r" or n.id not in env else
+                                        ast.Number(env[n.id], repr(env[n.id]), n.span))
+            return ir.Objective("custom", (), inlined, expr.span)
         v = number(expr.args[0], env, f"the argument of {name}")
         if v <= 0 or (name == "lp" and v < 1):
             raise Fail(error("NL0205", f"`{name}` needs a positive argument" + (" ≥ 1" if name == "lp" else ""),

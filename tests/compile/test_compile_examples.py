@@ -254,8 +254,10 @@ def test_blocks_of_a_qualified_import_compile_under_their_qualified_names(tmp_pa
           key    k
           value  v
           lr     rate
+          objective custom(half * r * r)
           update gd
         }
+        half = 0.5
         block mix(x, scale = 2) {
           return linear(x, 32) * scale
         }
@@ -285,7 +287,7 @@ def test_blocks_of_a_qualified_import_compile_under_their_qualified_names(tmp_pa
         }
         """, "tiny.nl")
     files = compile_ok(spec)
-    assert f"block L.mix ({tmp_path / 'lib.nl'}:12)".replace("\\", "/") in files["model.py"]
+    assert f"block L.mix ({tmp_path / 'lib.nl'}:14)".replace("\\", "/") in files["model.py"]
     logits, _ = load(spec)(torch.zeros(2, 5, dtype=torch.long))
     assert logits.shape == (2, 5, 64)
 
