@@ -10,6 +10,7 @@ newlines inside brackets are dropped by a small post-lexer so that argument list
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -304,6 +305,8 @@ def _syntax_help(err: UnexpectedInput, text: str) -> str:
             # an operator is only refused after a word when the words form a several-word phrase
             return ("in a property with several words, arithmetic goes inside a call or a named "
                     "constant: `every period tokens` with `period = 4 * 16`")
+        if re.search(r"\bevery\s+-", before) and str(tok) in ("token", "tokens", "step", "steps"):
+            return "a period is a positive number: `every 16 tokens`"
         if tok.type == "LBRACE":
             return "a block `{` opens only after a declaration header such as `memory m : linear`"
         if tok.type == "EQUAL":

@@ -1,5 +1,5 @@
-"""Front-end defects found by an audit of the CLI: qualified imports' constants, failed constants, model
-properties, repeated arguments, and the wording (help lines, carets) of a few diagnostics.
+"""What the front end says about qualified imports' constants, failed constants, model properties and
+repeated arguments, and the wording (help lines, carets) of a few diagnostics.
 
 Each case is the small spec below with one line changed; the compile-fail suite (tests/errors/) holds
 one spec per code and place, these tests check what the diagnostics say.
@@ -215,3 +215,8 @@ def test_a_long_sum_is_reported_at_its_expression(tmp_path):
     fe = front(tmp_path, dim=" + ".join(["32"] + ["0"] * 800))
     d = only_error(fe, "NL0005")
     assert (d.span.line, d.span.col) == (4, 13)
+
+
+def test_a_negative_period_is_a_syntax_error_whose_help_says_what_a_period_is(tmp_path):
+    d = only_error(front(tmp_path, clock="every -16 tokens"), "NL0003")
+    assert d.help == "a period is a positive number: `every 16 tokens`"
