@@ -274,6 +274,6 @@ def check_graph(graph: nx.MultiDiGraph, model: ir.ModelIR) -> list[Diagnostic]:
                              first.span if first else model.span, "part of the cycle",
                              help="read one of these memories `before write` or `at anchor` to break the cycle"))
     for name, data in graph.nodes(data=True):
-        if data.get("kind") == "cms" and data.get("params", 0) == 0 and data["clock"]["unit"] == "never":
+        if data.get("kind") == "cms" and not data.get("state_size") and data["clock"]["unit"] == "never":
             out.append(warning("NL0402", f"`{name}` never updates and owns nothing", data["span"]))
     return out

@@ -73,10 +73,13 @@ def level_stats(model: ir.ModelIR, lv, w) -> dict:
         if lv.persistent:
             out["notes"].append(f"{lv.persistent} learned persistent tokens")
     elif isinstance(lv, ir.CmsMember):
-        params = (2 * lv.width * lv.hidden + (lv.hidden + lv.width if lv.bias else 0)) * reps
+        params = _mlp_params(lv) * reps
         frozen = lv.clock.unit == "never"
         out = {"kind": "cms", "type": lv.type_text, "clock": _clock(lv.clock), "clock_text": lv.clock.text,
-               "params": params, "state_size": params, "state_text": human(params),
+               # its MLP, and the initial states it learns for the next member of a nested chain; a frozen
+               # member's MLP is the outer level's
+               "params": (0 if frozen else params) + _initial_states(model, lv.name),
+               "state_size": params, "state_text": human(params),
                "update_cost": None if frozen else 4 * params + params // max(1, lv.clock.period or 1),
                "heads": 1, "replicas": reps,
                "notes": [f"frozen MLP, trained by {model.outer.name}"] if frozen else
@@ -118,8 +121,20 @@ def outer_params(model: ir.ModelIR, w) -> int:
     for c in model.cms:
         for m in c.members:
             if m.clock.unit == "never":
-                total += (2 * m.width * m.hidden + (m.hidden + m.width if m.bias else 0)) * max(1, model.replica_count(m.name))
-    return total
+                total += _mlp_params(m) * max(1, model.replica_count(m.name))
+        if c.variant == "independent" and c.agg == "weighted_sum":  # the aggregation's weights
+            total += len(c.members) * max(1, model.replica_count(c.members[0].name))
+    return total + _initial_states(model, model.outer.name)
+
+
+def _mlp_params(m: ir.CmsMember) -> int:
+    return 2 * m.width * m.hidden + (m.hidden + m.width if m.bias else 0)
+
+
+def _initial_states(model: ir.ModelIR, learner: str) -> int:
+    """Parameters of the learned initial states (θ₀ of CMS members that are reset) that `learner` learns."""
+    return sum(_mlp_params(m) * max(1, model.replica_count(m.name)) for c in model.cms for m in c.members
+               if c.initial_learner(m, model.outer.name) == learner)
 
 
 def block_uses(model: ir.ModelIR) -> dict:

@@ -85,7 +85,10 @@ def test_example_model_runs_forward_and_backward(spec, tmp_path):
     assert not missing, f"parameters without a gradient: {missing}"
     assert isinstance(state, dict)
     # one memory module per declared memory and replica
-    assert len(memory_levels(model)) == sum(r["replicas"] for r in json.loads(files["levels.json"])["runtime"]["memories"])
+    levels = json.loads(files["levels.json"])
+    assert len(memory_levels(model)) == sum(r["replicas"] for r in levels["runtime"]["memories"])
+    # the level graph's parameters, summed over its levels, are the model's (docs/graph-schema.md)
+    assert sum(lv["params"] for lv in levels["levels"]) == sum(p.numel() for p in model.parameters())
 
 
 def test_compiling_is_deterministic_across_processes(tmp_path):
