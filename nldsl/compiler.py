@@ -107,7 +107,9 @@ def load(path, backend: str = "chunked", compile: bool = False):
         p = candidates[0]
     module = _import_package(p)
     from nldsl.runtime import set_backend
+    from nldsl.runtime.fits import check_fits
 
+    check_fits(p)
     return set_backend(module.Model(), backend, compile)
 
 

@@ -68,6 +68,7 @@ def load_run(run: Union[str, Path], *, device: str = "cpu", dtype: Optional[str]
     from nldsl.compiler import MANIFEST, _import_package
 
     from . import set_backend
+    from .fits import check_fits
 
     path = Path(run)
     package = path / "model"
@@ -79,6 +80,7 @@ def load_run(run: Union[str, Path], *, device: str = "cpu", dtype: Optional[str]
     if dtype not in DTYPES:
         raise RunError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     module = _import_package(package)
+    check_fits(package, getattr(torch, dtype), device)
     model = set_backend(module.Model(), backend)
     step = 0
     checkpoint = path / CHECKPOINT

@@ -151,6 +151,7 @@ class Trainer:
         from nldsl.compiler import _import_package
         from nldsl.runtime import data as D
         from nldsl.runtime import set_backend
+        from nldsl.runtime.fits import check_fits
         from nldsl.runtime.optim import make_optimizer
 
         from .distributed import PeerFailed, from_env
@@ -176,6 +177,7 @@ class Trainer:
             raise failure or PeerFailed("rank 0 could not prepare the model")
         module = _import_package(model_dir)
         self.device = self.comm.device
+        check_fits(model_dir, getattr(torch, cfg.dtype), str(self.device))
         self.model = set_backend(module.Model(), cfg.backend, cfg.compile).to(device=self.device, dtype=getattr(torch, cfg.dtype))
         tok = D.ByteTokenizer()
         if getattr(self.model, "vocab_size", tok.vocab_size) < tok.vocab_size:
