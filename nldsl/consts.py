@@ -189,12 +189,20 @@ class Scoped(Mapping):
         return self.prefix + name in self.later
 
 
+def import_prefix(name: str) -> str:
+    """The import prefix of a qualified name: `L.` for `L.mix`, `` for `mix`."""
+    return name[: name.rfind(".") + 1]
+
+
+def library_constants(env: Mapping[str, object], prefix: str) -> dict:
+    """The constants of the library imported with `prefix`, written bare (none without a prefix)."""
+    return {k[len(prefix):]: v for k, v in env.items() if k.startswith(prefix)} if prefix else {}
+
+
 def scoped(env: Mapping[str, object], prefix: str) -> dict:
     """The constants as a declaration of a library imported with `prefix` sees them: every constant,
     with the library's own also written bare (they take precedence over the model's)."""
-    if not prefix:
-        return dict(env)
-    return {**env, **{k[len(prefix):]: v for k, v in env.items() if k.startswith(prefix)}}
+    return {**env, **library_constants(env, prefix)}
 
 
 def _qualify(expr, prefix: str, known: set):

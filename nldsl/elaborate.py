@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from . import ast, ir, levels as lv, phrases, schema
-from .consts import Fail, Poison, fold_constants, scoped, shown, suggest
+from .consts import Fail, Poison, fold_constants, import_prefix, scoped, suggest
 from .diagnostics import Label, SpecError, Sink, error, warning
 from .dims import Widths, check_elementwise, infer
 from .resolve import Program
@@ -56,7 +56,7 @@ class Elaborator:
 
         self.optimizers = {}
         for sym in p.of_kind("optimizer"):
-            prefix = _prefix(sym.name)  # a library's optimizer imported `as L` is `L.name`
+            prefix = import_prefix(sym.name)  # a library's optimizer imported `as L` is `L.name`
             for opt in lv.declared_optimizer(sym.node, scoped(env, prefix), sink):
                 self.optimizers[prefix + opt.name] = dataclasses.replace(opt, name=prefix + opt.name)
         outer = self._outer()
@@ -64,7 +64,7 @@ class Elaborator:
         self.templates = {s.name: s.node for s in p.symbols if s.kind in ("memory", "attention")}
         self.chains: dict[str, ir.Cms] = {}
         for sym in p.of_kind("cms"):
-            chain = lv.cms_chain(sym.node, sym.name, self.dim, scoped(env, _prefix(sym.name)), self.outer_name,
+            chain = lv.cms_chain(sym.node, sym.name, self.dim, scoped(env, import_prefix(sym.name)), self.outer_name,
                                  self.optimizers, sink)
             if chain is not None:
                 self.chains[sym.name] = chain
@@ -199,7 +199,7 @@ class Elaborator:
         try:
             # a block imported `as L` is `L.mix` everywhere, its own definition included
             node = sym.node if sym.node.name == name else dataclasses.replace(sym.node, name=name)
-            self.blocks[name] = self._block_body(node, kwargs, scoped(self.env, _prefix(name)))
+            self.blocks[name] = self._block_body(node, kwargs, scoped(self.env, import_prefix(name)))
             self._applied_blocks(self.blocks[name], stack)
         finally:
             self.elaborating.pop()
@@ -360,11 +360,6 @@ class Elaborator:
                                       help="name it in a level's `update`"))
 
 
-def _prefix(name: str) -> str:
-    """The import prefix of a qualified name: `L.` for `L.mix`, `` for `mix`."""
-    return name[: name.rfind(".") + 1]
-
-
 _EXAMPLES = {"vocab": "e.g. `vocab = 256` for bytes", "dim": "e.g. `dim = 128`",
              "context": "tokens per training sequence, e.g. `context = 256`", "heads": "e.g. `heads = 4`"}
 
@@ -377,15 +372,10 @@ def _check_size(key: str, env, nets, sym, sink: Sink) -> None:
         return
     if key not in env or isinstance(env[key], Poison):
         return
-    v = env[key]
-    if isinstance(v, float) and v.is_integer() and v >= 1:
-        sink.add(error("NL0203", f"`{key}` must be a positive integer, not a float", sym.span, f"it is {v!r}",
-                       help=f"write `{key} = {int(v)}`" if v < 1e16 else _EXAMPLES[key]))
-    elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        sink.add(error("NL0203", f"`{key}` must be a positive integer", sym.span, f"it is {shown(v)}",
-                       help=_EXAMPLES[key]))
-    elif v > phrases.MAX_SIZE:
-        sink.add(phrases.too_large(f"`{key}`", v, sym.span))
+    problem = phrases.size_error(env[key], f"`{key}`", sym.span, label="it is", fix=f"`{key} = {{n}}`",
+                                 otherwise=_EXAMPLES[key])
+    if problem is not None:
+        sink.add(problem)
 
 
 def _args(call: ast.Call, npos: int, kws: tuple):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from . import ast, ir, phrases, schema
-from .consts import Fail, suggest
+from .consts import Fail, import_prefix, library_constants, suggest
 from .diagnostics import Label, error
 from .dims import Unknowns
 from .levels import call_args, guarded, heads_of, merged_props, type_call
@@ -45,8 +45,7 @@ def level_proto(el, decl: ast.Decl, ident: ast.Ident, block: str, builder) -> di
         return None
     typed = tmpl if tmpl is not None else decl
     # a kind from a library imported `as L` (`L.lmm`) reads the library's own constants bare
-    prefix = tname[: tname.rfind(".") + 1]
-    library = {k[len(prefix):]: v for k, v in el.env.items() if k.startswith(prefix)} if prefix else {}
+    library = library_constants(el.env, import_prefix(tname))
     env = {**el.env, **library}
     kind = decl.kind
     key_kind = "memory" if kind == "memory" else "attention"

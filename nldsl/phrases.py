@@ -43,20 +43,25 @@ MAX_SIZE = 2 ** 31 - 1
 
 def positive_int(expr, env, what: str) -> int:
     v = fold(expr, env)
-    if isinstance(v, float) and v.is_integer() and v >= 1:  # as `dim = 64.0` is refused
-        raise Fail(error("NL0203", f"{what} must be a positive integer, not a float", expr.span, f"this is {v!r}",
-                         help=f"write `{int(v)}`" if v < 1e16 else "write a whole number of at least 1"))
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
-        raise Fail(error("NL0203", f"{what} must be a positive integer", expr.span, f"this is {shown(v)}",
-                         help="write a whole number of at least 1"))
-    if v > MAX_SIZE:
-        raise Fail(too_large(what, v, expr.span))
+    problem = size_error(v, what, expr.span)
+    if problem is not None:
+        raise Fail(problem)
     return int(v)
 
 
-def too_large(what: str, v, span):
-    return error("NL0205", f"{what} is too large", span, f"this is {shown(v)}",
-                 help=f"sizes are at most 2**31 - 1 = {MAX_SIZE:,}")
+def size_error(v, what: str, span, label: str = "this is", fix: str = "`{n}`",
+               otherwise: str = "write a whole number of at least 1"):
+    """None when `v` is a size (an integer from 1 to MAX_SIZE), else its diagnostic: NL0203 for anything
+    else (a float such as 64.0 too, with `fix` written for its whole number), NL0205 beyond MAX_SIZE."""
+    if isinstance(v, float) and v.is_integer() and v >= 1:
+        return error("NL0203", f"{what} must be a positive integer, not a float", span, f"{label} {v!r}",
+                     help=f"write {fix.format(n=int(v))}" if v < 1e16 else otherwise)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
+        return error("NL0203", f"{what} must be a positive integer", span, f"{label} {shown(v)}", help=otherwise)
+    if v > MAX_SIZE:
+        return error("NL0205", f"{what} is too large", span, f"{label} {shown(v)}",
+                     help=f"sizes are at most 2**31 - 1 = {MAX_SIZE:,}")
+    return None
 
 
 # What a key's value looks like, for "missing a value" (the keys of schema.KEYS that take one value).
