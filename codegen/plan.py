@@ -59,8 +59,12 @@ def plan_text(model: ir.ModelIR, stacks=()) -> str:
                      + (f", {a.persistent} persistent tokens" if a.persistent else "")
                      + (", a context read at each segment start (the block runs segment by segment)"
                         if a.flow("context") is not None else ""))
-    lines.append(f"{ind}loss {o.objective}; backward"
-                 + (" (gradients stop at the segment boundary: bptt truncated)" if periods and o.bptt == "truncated" else ""))
+    if periods and o.bptt == "full":
+        lines.append(f"{ind}loss {o.objective}; the backward of its CMS windows only (bptt full: the graph is kept "
+                     "across segments, CMS updates enter it as stop-gradient changes)")
+    else:
+        lines.append(f"{ind}loss {o.objective}; backward"
+                     + (" (gradients stop at the segment boundary: bptt truncated)" if periods else ""))
     for m in members:
         lines.append(f"{ind}every {m.clock.period} tokens: {m.name} steps {m.optimizer.text} "
                      f"with its window's summed gradient (lr scale {m.lr:g})")
@@ -72,6 +76,8 @@ def plan_text(model: ir.ModelIR, stacks=()) -> str:
     frozen = [m.name for c in model.cms for m in c.members if m.clock.unit == "never"]
     if frozen:
         lines.append(f"{ind}frozen MLPs trained by {o.name}: {', '.join(frozen)}")
+    if periods and o.bptt == "full":
+        lines.append(f"  backward of the whole sequence's loss into {o.name}'s parameters, through every segment")
     lines.append(f"  accumulate {o.name}'s gradients; every {o.clock.period} step(s): clip "
                  f"{o.clip if o.clip is not None else 'off'}, {o.optimizer.text}")
     reset = [f"{m.name} (learned by {learners[m.name][1]})" for c in model.cms if c.lifetime == "reset"

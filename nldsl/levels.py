@@ -220,11 +220,6 @@ def outer_level(decl: ast.Decl, env, optimizers: dict, sink: Sink) -> ir.Outer |
                        help="the largest gradient norm kept, e.g. `clip 1.0`; omit it for no clipping"))
         clip = None
     bptt = guarded(sink, phrases.choice, p["bptt"], ("truncated", "full"), default="truncated") if "bptt" in p else "truncated"
-    if bptt == "full":
-        sink.add(error("NL0601", "`bptt full` is part of the language but the runtime does not execute it yet",
-                       p["bptt"].values[0].span, "not executed yet",
-                       help="use `bptt truncated` (the default): gradients stop where a CMS level updates "
-                            "(semantics.md §8)"))
     warmup = guarded(sink, lambda: int(phrases.number(phrases.one_expr(p["warmup"]), env, "warmup")), default=0) if "warmup" in p else 0
     schedule = guarded(sink, phrases.choice, p["schedule"], ("constant", "cosine"), default="constant") if "schedule" in p else "constant"
     if opt is None or clock is None:

@@ -92,7 +92,7 @@ KEYS = {
         "objective": "`next_token`: the language-model loss",
         "update": "the optimizer: a call such as adamw(lr = 3e-4) or the name of an `optimizer` declaration",
         "clip": "gradient-norm clipping threshold",
-        "bptt": "`truncated` (default): gradients stop where a CMS level updates; `full` is reserved, not executed yet",
+        "bptt": "`truncated` (default): gradients stop where a CMS level updates; `full`: the step's graph is kept across CMS updates",
         "warmup": "learning-rate warm-up steps",
         "schedule": "`constant` (default) or `cosine`",
     },

@@ -25,7 +25,7 @@ from .functional import Params
 from .objectives import GradFn, affine_coefficients
 from .scan import Geometry, Momentum, TileScan, solve_columns, system_inverse
 from .state import MemoryState
-from .recompute import run_recomputed
+from .recompute import may_recompute, run_recomputed
 from .tiles import TileGroup, join_groups, tile_groups, unbind_tiles
 
 # Recompute each tile in backward from its saved start state (recompute.py) when the states a group of
@@ -104,7 +104,7 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
              momentum: Optional[Params], run=_tile_step) -> tuple[Tensor, Params, Optional[Params]]:
         return run(cfg, objective, tile, qi, ki, vi, _Carried(theta, anchor, momentum, 0))
 
-    if torch.is_grad_enabled() and group.count > 1 and group.length == cfg.chunk \
+    if torch.is_grad_enabled() and group.count > 1 and group.length == cfg.chunk and may_recompute() \
             and _state_bytes(carried) * group.count >= RECOMPUTE_MIN_BYTES:
         # Keep only tile-start states for backward (see recompute.py); whole chunks end on a boundary.
         # Its step stays eager: the recomputation records and replays the step's products on a tape.

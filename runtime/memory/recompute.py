@@ -20,6 +20,8 @@ tensors carry the tile index at dimension 2, like q, k and v (B, H, count, L, ..
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from typing import Any, Callable, Optional
 
@@ -34,6 +36,23 @@ from .tape import Tape
 from .tiles import tensors_of, with_tensors
 
 TileStep = Callable[..., tuple[Tensor, Params, Optional[Params]]]
+
+_graph_kept = contextvars.ContextVar("nlc_graph_kept", default=False)
+
+
+@contextlib.contextmanager
+def graph_kept():
+    """While active, forward passes build graphs that may be backpropagated more than once (`bptt full`);
+    a recomputed group frees what it recomputes from in its backward, so none is run."""
+    token = _graph_kept.set(True)
+    try:
+        yield
+    finally:
+        _graph_kept.reset(token)
+
+
+def may_recompute() -> bool:
+    return not _graph_kept.get()
 
 
 def run_recomputed(step: TileStep, inputs: Any, q: Tensor, k: Tensor, v: Tensor, theta: Params,

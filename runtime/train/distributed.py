@@ -20,7 +20,8 @@ segment), always averages and needs find_unused_parameters for memory initial st
 level gets exactly the reduction its semantics ask for. fsdp shards every parameter with FSDP2
 (`fully_shard` per block, then the root); FSDP reduce-scatters after each backward with a divide
 factor of 1, i.e. sums, and the rest follows. Optimizers that look at a whole matrix or tensor (muon
-and m3 with Newton–Schulz, deep_momentum with its per-tensor scale) cannot step on shards: refused.
+and m3 with Newton–Schulz, deep_momentum with its per-tensor scale) cannot step on shards: refused; so
+is `bptt full`, which runs the model with copies of its CMS weights in place of the parameters.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Single:
     def wrap(self, model: nn.Module) -> nn.Module:
         return model
 
-    def check_optimizers(self, info: dict) -> None:
+    def check_levels(self, info: dict) -> None:
         pass
 
     def shard_stream(self, stream):
@@ -162,9 +163,13 @@ class DataParallel(Single):
             module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
         return model
 
-    def check_optimizers(self, info: dict) -> None:
+    def check_levels(self, info: dict) -> None:
         if not self.sharded:
             return
+        if info["outer"]["bptt"] == "full":
+            raise ParallelError(
+                "--parallel fsdp: `bptt full` runs the model with values in place of its CMS parameters for a "
+                "whole step, which sharded parameters cannot take; use --parallel ddp")
         levels = [(info["outer"]["name"], info["outer"]["optimizer"]["kind"])]
         levels += [(lv["name"], lv["optimizer"]["kind"]) for chain in info["cms"] for lv in chain["levels"]
                    if lv["unit"] == "tokens"]

@@ -5,7 +5,8 @@ in-context memories update inside it and carry their state to the next segment),
 next-token loss and runs backward; each CMS level whose window closes then steps its optimizer with the
 window-summed gradient of the loss. The outer level's gradients (averaged over each step's tokens)
 accumulate until its clock ticks and are averaged over the steps of the period. Under `bptt truncated`
-the carried states are detached at segment boundaries. With several processes (`comm`, see
+the carried states are detached at segment boundaries; under `bptt full` the step's graph is kept across
+them (full_bptt.py). With several processes (`comm`, see
 distributed.py) each rank runs the same loop on its rows; gradients are reduced before every step
 and reported numbers are global. Every level counts its updates and records the norm of each; a
 non-finite update stops the run with `Diverged` naming the level and the step.
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import Single
+from .full_bptt import LiveWeights
 from .levels import Ownership, memory_lifetime, ownership, window_ends
 
 
@@ -86,8 +88,7 @@ class NestedLoop:
         self.model, self.info = model, info
         self.own: Ownership = ownership(model, info)
         outer = info["outer"]
-        if outer["bptt"] != "truncated":
-            raise NotImplementedError("`bptt full` is not supported by the runtime yet; use `bptt truncated`")
+        self.full_bptt = outer["bptt"] == "full"
         self.outer_opt = make_optimizer(outer["optimizer"]["kind"], [p for _, p in self.own.outer],
                                         **outer["optimizer"]["args"])
         self.cms_opts = {lv.name: make_optimizer(lv.optimizer["kind"], [p for _, p in lv.params], **lv.optimizer["args"])
@@ -148,25 +149,36 @@ class NestedLoop:
         total, tokens, cms_steps = 0.0, 0, []
         self.step_count += 1
         earlier = self._set_aside_outer_grads()
+        live = LiveWeights(self.model, self.own.cms) if self.full_bptt else None
+        kept = []  # bptt full: the segments' losses, for one backward at the end
         for start, end in self._cuts(length):
-            logits, state = self.model(x[:, start:end], state)
+            logits, state = (live or self.model)(x[:, start:end], state)
             loss = F.cross_entropy(_upcast(logits.reshape(-1, logits.shape[-1])), y[:, start:end].reshape(-1),
                                    reduction="sum")
             value, count = self.comm.sum([loss.item(), y[:, start:end].numel()])  # over all processes
             if not math.isfinite(value):
                 raise Diverged(self.info["outer"]["name"], self.step_count, "loss")
-            loss.backward()
+            if live is None:
+                loss.backward()
+                state = _detach(state)
+            else:
+                live.add_window_grads(loss)
+                kept.append(loss)
             total += value
             tokens += int(count)
-            state = _detach(state)
             closing = self._closing(end, length)
             for lv in closing:
                 self._cms_step(lv)
                 cms_steps.append(lv.name)
             stepped_now = {lv.name for lv in closing}
-            for lv in self.own.cms:  # a nested chain's member goes back to what the previous one learned
-                if lv.initial_learner in stepped_now:
-                    self._reset(lv)
+            reset = [lv for lv in self.own.cms if lv.initial_learner in stepped_now]
+            for lv in reset:  # a nested chain's member goes back to what the previous one learned
+                self._reset(lv)
+            if live is not None:
+                live.refresh(closing + reset)
+        if kept:
+            self._outer_backward(kept)
+            state = _detach(state)
         self._memory_stats(state, length)
         self.carried = {k: v for k, v in state.items() if memory_lifetime(k, self.own.memories) == "persist"}
         self.stream_position += length
@@ -176,6 +188,12 @@ class NestedLoop:
             if lv.lifetime == "reset" and lv.initial:
                 self._reset(lv)
         return StepResult(total / max(tokens, 1), tokens, cms_steps, stepped)
+
+    def _outer_backward(self, losses: list) -> None:
+        """bptt full: the outer level's gradient of the whole step, through every segment and every update."""
+        params = [p for _, p in self.own.outer if p.requires_grad]
+        if params:
+            torch.autograd.backward(torch.stack(losses).sum(), inputs=params)
 
     def _reset(self, lv) -> None:
         """Put a CMS member back to its learned initial state: its weights, the gradient of its open window

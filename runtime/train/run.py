@@ -185,7 +185,7 @@ class Trainer:
                              f"{tok.vocab_size}: set `vocab = {tok.vocab_size}` in the spec to train it on text")
         levels = json.loads((model_dir / "levels.json").read_text())
         self.info = levels["runtime"]
-        self.comm.check_optimizers(self.info)
+        self.comm.check_levels(self.info)
         self.model = self.comm.wrap(self.model)
         self.seq = cfg.seq or self.info["context"]
         try:

@@ -170,6 +170,10 @@ def test_two_processes_train_exactly_as_one(tmp_path):
     every2 = tmp_path / "every2.nl"  # the outer level accumulates over 2 steps: open after step 3
     every2.write_text(TINY.replace("clock     every 1 step", "clock     every 2 steps"))
     Trainer(_config(tmp_path, every2, tmp_path / "ref_every2"), log=lambda msg: None).train()
+    full = tmp_path / "full.nl"  # bptt full: the step's graph kept across its segments
+    full.write_text(TINY.replace("clip      1.0", "clip      1.0\n    bptt      full"))
+    ref_full = Trainer(_config(tmp_path, full, tmp_path / "ref_full"), log=lambda msg: None)
+    ref_full.train()
 
     # the reference: one process, batch 4; a copy of its checkpoint after 2 steps (slow window open)
     ref = Trainer(_config(tmp_path, spec, tmp_path / "ref", steps=2), log=lambda msg: None)
@@ -192,7 +196,9 @@ def test_two_processes_train_exactly_as_one(tmp_path):
     jobs = [job("ddp", parallel="ddp"), job("fsdp", parallel="fsdp"), job("ddp_resumed", resume=True),
             {**job("odd", batch=3), "error": str(tmp_path / "odd")},
             {**job("muon", parallel="fsdp", source=tmp_path / "muon.nl"), "error": str(tmp_path / "muon")},
-            job("every2", parallel="fsdp", source=every2), job("fsdp32", parallel="fsdp", dtype="float32")]
+            job("every2", parallel="fsdp", source=every2), job("fsdp32", parallel="fsdp", dtype="float32"),
+            job("full", parallel="ddp", source=full),
+            {**job("full_fsdp", parallel="fsdp", source=full), "error": str(tmp_path / "full_fsdp")}]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     (tmp_path / "driver.py").write_text(DRIVER)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -200,9 +206,9 @@ def test_two_processes_train_exactly_as_one(tmp_path):
                          cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
-    for name in ("ddp", "fsdp", "ddp_resumed"):
+    for name in ("ddp", "fsdp", "ddp_resumed", "full"):
         ranks = [load_file(str(tmp_path / f"{name}-{r}.safetensors")) for r in (0, 1)]
-        for pname, want in expected.items():
+        for pname, want in (_params(ref_full) if name == "full" else expected).items():
             full0, full1 = ranks[0][f"full.{pname}"], ranks[1][f"full.{pname}"]
             assert torch.equal(full0, full1), f"{name}: ranks disagree on {pname}"
             _close(want, full0, f"{name}: {pname}")
@@ -218,6 +224,8 @@ def test_two_processes_train_exactly_as_one(tmp_path):
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0] if k.startswith("full."))
     assert all(abs(a - b) < 1e-4 * a for (_, a, _), (_, b, _) in zip(expected_losses, _losses(tmp_path / "fsdp32")))
     assert "multiple of 2" in (tmp_path / "odd-0.txt").read_text()
+    assert "bptt full" in (tmp_path / "full_fsdp-0.txt").read_text()
+    assert any(not torch.equal(p, _params(ref_full)[n]) for n, p in expected.items())  # full is not truncated
     refusal = (tmp_path / "muon-1.txt").read_text()
     assert "continuum.slow" in refusal and "muon" in refusal and "--parallel ddp" in refusal
     # a checkpoint written by 2 fsdp processes holds what the single process wrote, the outer level's
