@@ -1,7 +1,8 @@
-"""Whether a compiled model can be built here, asked before it is: its parameters alone, as its level graph
-counts them, against the memory of this machine and of the device it goes to. A model that cannot fit
-is refused with a message, where building it would end in an allocation error, or with the process
-killed by the operating system before Python could say anything."""
+"""Whether a compiled model can be built here, asked before it is: its parameters, as its level graph
+counts them (for training also their gradients and the optimizers' states), against the memory of this
+machine and of the device it goes to. A model that cannot fit is refused with a message, where building
+it would end in an allocation error, or with the process killed by the operating system before Python
+could say anything. Activations are not counted: they depend on the batch and the sequence."""
 
 from __future__ import annotations
 
@@ -17,10 +18,21 @@ class ModelTooLarge(MemoryError):
     """The parameters of a model need more memory than there is; the message gives both sizes."""
 
 
+def _levels(package: Path) -> list:
+    return json.loads((Path(package) / "levels.json").read_text(encoding="utf-8"))["levels"]
+
+
 def parameter_count(package: Path) -> int:
     """The learnable parameters of the compiled package's model (the sum over its levels)."""
-    levels = json.loads((Path(package) / "levels.json").read_text(encoding="utf-8"))["levels"]
-    return sum(int(level.get("params") or 0) for level in levels)
+    return sum(int(level.get("params") or 0) for level in _levels(package))
+
+
+def training_count(package: Path) -> int:
+    """The values training holds besides activations: every parameter, its gradient, and the state of
+    every optimizer level (moments, momentum buffers) as the level graph counts it."""
+    levels = _levels(package)
+    states = sum(int(level.get("state_size") or 0) for level in levels if level["kind"] == "optimizer")
+    return 2 * parameter_count(package) + states
 
 
 def host_memory() -> Optional[int]:
@@ -31,16 +43,30 @@ def host_memory() -> Optional[int]:
         return None
 
 
-def check_fits(package: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
+def check_fits(package: Path, dtype: torch.dtype = torch.float32, device: str = "cpu", training: bool = False) -> None:
     """Raise ModelTooLarge when the parameters alone exceed the host's memory (a model is built on the
-    host, in torch's default dtype, before it moves) or the device's."""
+    host, in torch's default dtype, before it moves) or the device's; with `training`, when they do with
+    their gradients and optimizer states on the device that trains (the host for "cpu")."""
     count = parameter_count(package)
+    values = training_count(package) if training else count
+    what = (f"the model's {count:,} parameters with their gradients and optimizer states ({values:,} values)"
+            if training else f"the model's {count:,} parameters alone")
+    size = torch.tensor([], dtype=dtype).element_size()
     built = count * torch.tensor([], dtype=torch.get_default_dtype()).element_size()
-    needs = [(built, host_memory(), "this machine has")]
-    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+    on_cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    needs = [(built, host_memory(), "this machine has", f"the model's {count:,} parameters alone")]
+    if not on_cuda and training:
+        needs.append((values * size, host_memory(), "this machine has", what))
+    if on_cuda:
         total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        needs.append((count * torch.tensor([], dtype=dtype).element_size(), total, f"{device} has"))
-    for size, available, where in needs:
-        if available is not None and size > available:
-            raise ModelTooLarge(f"the model's {count:,} parameters alone need {size / 1e9:.1f} GB; "
-                                f"{where} {available / 1e9:.1f} GB")
+        needs.append((values * size, total, f"{device} has", what))
+    for need, available, where, text in needs:
+        if available is not None and need > available:
+            raise ModelTooLarge(f"{text} need {_size(need)}; {where} {_size(available)}")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

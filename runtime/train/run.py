@@ -177,7 +177,7 @@ class Trainer:
             raise failure or PeerFailed("rank 0 could not prepare the model")
         module = _import_package(model_dir)
         self.device = self.comm.device
-        check_fits(model_dir, getattr(torch, cfg.dtype), str(self.device))
+        check_fits(model_dir, getattr(torch, cfg.dtype), str(self.device), training=True)
         self.model = set_backend(module.Model(), cfg.backend, cfg.compile).to(device=self.device, dtype=getattr(torch, cfg.dtype))
         tok = D.ByteTokenizer()
         if getattr(self.model, "vocab_size", tok.vocab_size) < tok.vocab_size:
