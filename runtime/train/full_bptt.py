@@ -36,6 +36,8 @@ class LiveWeights:
     def add_window_grads(self, loss: torch.Tensor) -> None:
         """Add the gradient of `loss` with respect to the weights in use to their parameters' `.grad`."""
         names = [n for n, t in self.live.items() if t.requires_grad]
+        if not names:
+            return
         grads = torch.autograd.grad(loss, [self.live[n] for n in names], retain_graph=True, allow_unused=True)
         for name, g in zip(names, grads):
             if g is None:

@@ -2,6 +2,7 @@
 from a local backward and its update enters the graph as a stop-gradient additive change."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,39 @@ def test_with_nothing_carried_across_segments_full_and_truncated_train_alike(tmp
         assert {n: st.resets for n, st in loop.stats.items() if st.resets} == {"nest.fast": 6, "fresh.quick": 3}
     for name, p in after["full"].items():
         torch.testing.assert_close(p, after["truncated"][name], rtol=1e-10, atol=1e-13, msg=name)
+
+
+def test_a_model_without_cms_levels_trains_as_under_truncated(tmp_path):
+    from tiny_specs import tiny_spec
+
+    after = {}
+    for bptt in ("full", "truncated"):
+        spec = tiny_spec(vocab=16).replace("update adamw(lr = 1e-3)", f"update adamw(lr = 1e-3)\n    bptt {bptt}")
+        model, loop, _ = build(tmp_path / bptt, spec=spec)
+        for seed in range(2):
+            loop.step(batch(seed))
+        after[bptt] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for name, p in after["full"].items():
+        torch.testing.assert_close(p, after["truncated"][name], rtol=1e-12, atol=1e-14, msg=name)
+
+
+EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.nl"))
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_every_example_steps_under_full_bptt(tmp_path, name):
+    import re
+    import shutil
+
+    text = (ROOT / "examples" / f"{name}.nl").read_text()
+    text = re.sub(r"\n(\s*)bptt\s+truncated", r"\n\1bptt      full", text) if "bptt" in text else \
+        re.sub(r"(level \w+ : outer \{)", r"\1\n    bptt full", text, count=1)
+    assert "bptt      full" in text or "bptt full" in text
+    shutil.copytree(ROOT / "examples" / "lib", tmp_path / "lib")  # the Titans examples import from it
+    model, loop, _ = build(tmp_path, spec=text)
+    vocab = model.vocab_size
+    data = torch.randint(0, vocab, (1, 33), generator=torch.Generator().manual_seed(0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = loop.step(data)
+    assert math.isfinite(result.loss) and result.outer_stepped
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
