@@ -3,16 +3,12 @@ at the end of each window of the previous one, which learns that state (Eq. 72),
 chain under `reset per sequence` after each step, from states the outer level learns."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from nldsl.compiler import _import_package, compile_spec, write_package
 from nldsl.runtime.layers import CmsChain, CmsMLP
-from nldsl.runtime.optim import make_optimizer
-from nldsl.runtime.train import NestedLoop
 from nldsl.runtime.train.checkpoint import load, save
+from tiny_specs import build_loop
 
 SPEC = """nl 1
 model tiny_cms {
@@ -49,16 +45,7 @@ model tiny_cms {
 
 
 def build(tmp_path, slow=8, fast=4, seed=0):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    spec = tmp_path / "tiny.nl"
-    spec.write_text(SPEC.replace("SLOW", str(slow)).replace("FAST", str(fast)))
-    fe, files = compile_spec(str(spec))
-    assert files is not None, fe.diagnostics
-    package = write_package(files, str(tmp_path / "build"), "model", force=True)
-    torch.manual_seed(seed)
-    model = _import_package(package).Model().double()
-    info = json.loads((package / "levels.json").read_text())["runtime"]
-    return model, NestedLoop(model, info, make_optimizer), info
+    return build_loop(tmp_path, SPEC.replace("SLOW", str(slow)).replace("FAST", str(fast)), seed=seed)
 
 
 def batch(seed: int):
