@@ -26,6 +26,7 @@ class Progress:
         counts = " ".join(f"{name.split('.')[-1]}:{rec['levels'][name]['updates']}" for name in self.levels
                           if name in rec["levels"])
         info = (f"loss {rec['loss']:.3f}  {rec['tokens_per_s']:.0f} tok/s  lr {rec['lr']:.2e}"
+                + (f"  peak {rec['peak_memory_mb']:,.0f} MB" if "peak_memory_mb" in rec else "")
                 + (f"  val {rec['val_loss']:.3f}" if "val_loss" in rec else "") + f"  [{counts}]")
         if self.live:
             self.bar.update(self.task, completed=rec["step"], info=info)

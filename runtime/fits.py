@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +42,21 @@ def host_memory() -> Optional[int]:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def peak_memory_mb(device) -> Optional[float]:
+    """The most memory training has held so far, in MB: on a CUDA device the peak that torch allocated
+    there, else the process's peak resident memory (its whole footprint, libraries included); None where
+    the system does not say."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated(device) / 1e6
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak / 1e3  # bytes on macOS, kilobytes on Linux
 
 
 def check_fits(package: Path, dtype: torch.dtype = torch.float32, device: str = "cpu", training: bool = False) -> None:

@@ -29,7 +29,7 @@ class MetricsLog:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         if self.tb is not None:
             step = record.get("step", 0)
-            for key in ("loss", "val_loss", "bits_per_byte", "val_bits_per_byte", "lr", "tokens_per_s"):
+            for key in ("loss", "val_loss", "bits_per_byte", "val_bits_per_byte", "lr", "tokens_per_s", "peak_memory_mb"):
                 if key in record:
                     self.tb.add_scalar(key, record[key], step)
             for level, st in record.get("levels", {}).items():

@@ -226,6 +226,7 @@ class Trainer:
 
     def train(self, progress=None) -> dict:
         from nldsl.runtime.data import bits_per_byte
+        from nldsl.runtime.fits import peak_memory_mb
 
         from .loop import Diverged
 
@@ -246,6 +247,7 @@ class Trainer:
             step = self.loop.step_count
             record = {"step": step, "loss": result.loss, "bits_per_byte": bits_per_byte(result.loss), "lr": lr,
                       "tokens": result.tokens, "tokens_per_s": done_tokens / max(elapsed, 1e-9),
+                      **({"peak_memory_mb": peak} if (peak := peak_memory_mb(self.device)) is not None else {}),
                       "levels": {k: {"updates": v.updates, "norm": v.last_norm, **({"resets": v.resets} if k in resets else {})}
                                  for k, v in self.loop.stats.items()}}
             if step % self.cfg.eval_every == 0 or step == self.cfg.steps:

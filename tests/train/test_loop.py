@@ -48,6 +48,10 @@ def test_every_level_updates_as_often_as_its_clock_says(tmp_path):
     assert counts == expected
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert {"loss", "bits_per_byte", "lr", "tokens", "tokens_per_s", "peak_memory_mb", "levels"} <= set(records[0])
+    assert {"val_loss", "val_bits_per_byte"} <= set(records[1])  # --eval-every 2
+    peaks = [r["peak_memory_mb"] for r in records]
+    assert peaks[0] > 10 and peaks == sorted(peaks)  # a peak: it never falls
     assert all(r["levels"]["continuum.fast"]["norm"] > 0 for r in records[1:])
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
     assert (tmp_path / "run" / "update_norms.png").stat().st_size > 0
