@@ -150,7 +150,6 @@ class NestedLoop:
         self.step_count += 1
         earlier = self._set_aside_outer_grads()
         live = LiveWeights(self.model, self.own.cms) if self.full_bptt else None
-        kept = []  # bptt full: the segments' losses, for one backward at the end
         for start, end in self._cuts(length):
             logits, state = (live or self.model)(x[:, start:end], state)
             loss = F.cross_entropy(_upcast(logits.reshape(-1, logits.shape[-1])), y[:, start:end].reshape(-1),
@@ -162,11 +161,12 @@ class NestedLoop:
                 loss.backward()
                 state = _detach(state)
             else:
-                live.add_window_grads(loss)
-                kept.append(loss)
+                live.losses.append(loss)
             total += value
             tokens += int(count)
             closing = self._closing(end, length)
+            if live is not None:
+                live.close_windows(closing)
             for lv in closing:
                 self._cms_step(lv)
                 cms_steps.append(lv.name)
@@ -176,8 +176,8 @@ class NestedLoop:
                 self._reset(lv)
             if live is not None:
                 live.refresh(closing + reset)
-        if kept:
-            self._outer_backward(kept)
+        if live is not None:
+            live.finish([p for _, p in self.own.outer if p.requires_grad])
             state = _detach(state)
         self._memory_stats(state, length)
         self.carried = {k: v for k, v in state.items() if memory_lifetime(k, self.own.memories) == "persist"}
@@ -188,12 +188,6 @@ class NestedLoop:
             if lv.lifetime == "reset" and lv.initial:
                 self._reset(lv)
         return StepResult(total / max(tokens, 1), tokens, cms_steps, stepped)
-
-    def _outer_backward(self, losses: list) -> None:
-        """bptt full: the outer level's gradient of the whole step, through every segment and every update."""
-        params = [p for _, p in self.own.outer if p.requires_grad]
-        if params:
-            torch.autograd.backward(torch.stack(losses).sum(), inputs=params)
 
     def _reset(self, lv) -> None:
         """Put a CMS member back to its learned initial state: its weights, the gradient of its open window
