@@ -91,10 +91,11 @@ step_save() {
 }
 
 # lark: the parser; fla-core: flash-linear-attention's kernels (kernels_vs_fla.py); titans-pytorch 0.5.5 and
-# what it imports (titans_vs_titans_pytorch.py, tests/triton/test_benchmark_mlp.py)
+# what it imports (titans_vs_titans_pytorch.py, tests/triton/test_benchmark_mlp.py); pytest-xdist and
+# pytest-timeout for the tests and suite steps (-n, --timeout), where the image lacks them
 WHEELS="${WHEELS:-lark interegular fla-core==0.6.0 titans-pytorch==0.5.5 assoc-scan accelerated-scan \
 axial-positional-embedding einx frozendict hyper-connections torch-einops-utils rotary-embedding-torch tensordict \
-pyvers x-transformers loguru}"
+pyvers x-transformers loguru pytest-xdist execnet pytest-timeout}"
 
 step_wheels() {
     local platforms=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64)

@@ -121,6 +121,9 @@ class DataParallel(Single):
         self.dist = dist
         dev = torch.device(device)
         if dev.type == "cuda":
+            if dev.index is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ParallelError(f"--device {device} names one GPU for every process; give --device cuda, "
+                                    "and each process takes the GPU of its local rank")
             if dev.index is None:  # one device per process: torchrun's LOCAL_RANK picks it
                 dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(dev)

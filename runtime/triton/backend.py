@@ -7,6 +7,7 @@ tiles recomputed by the chunked path)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import warnings
@@ -34,6 +35,12 @@ except ImportError:  # pragma: no cover - no Triton: nothing launches, nothing t
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def on_device(like: Tensor):
+    """Triton launches on the current CUDA device: make it `like`'s for a forward (a model on cuda:1 in a
+    process whose current device is cuda:0). Backward runs on autograd's thread for the device."""
+    return torch.cuda.device(like.device) if like.is_cuda else contextlib.nullcontext()
 
 
 def needs_grad(q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tensor], start: MemoryState) -> bool:
@@ -102,7 +109,8 @@ def run_memory(level, q: Tensor, k: Tensor, v: Tensor, gates: Mapping[str, Tenso
     if k.shape[2] == 0:
         return chunked(cfg, objective, q, k, v, gates, params0, state)
     try:
-        return kernels.run(cfg, objective, q, k, v, gates, start)
+        with on_device(q):
+            return kernels.run(cfg, objective, q, k, v, gates, start)
     except OutOfResources as error:
         _UNLAUNCHABLE[id(kernels)] = f"its forward kernel does not fit the device ({error})"
         for each in names:

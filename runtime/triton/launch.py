@@ -296,8 +296,9 @@ class LevelKernels:
     def walk_precision_of(self, prec: str, dtype: torch.dtype) -> str:
         """The wy form's walks' tl.dot precision for a forward at `prec` on inputs of `dtype`: for
         half-precision inputs on a GPU (`prec` tf32) `walk_precision` (WALK_PRECISION where unset), "half"
-        meaning the inputs' own ("bf16" or "fp16"); else `prec`."""
-        if prec != "tf32":
+        meaning the inputs' own ("bf16" or "fp16"); else `prec`: float32 q and k next to a bf16 v (CUDA
+        autocast normalises in float32) keep tf32, not a half precision chosen for half inputs."""
+        if prec != "tf32" or dtype not in (torch.bfloat16, torch.float16):
             return prec
         chosen = self.walk_precision or WALK_PRECISION
         if chosen == "half":

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .backend import interpreting
+from .backend import interpreting, on_device
 
 ACTIVATIONS = {"identity": 0, "silu": 1, "sigmoid": 2, "relu": 3, "tanh": 4, "softplus": 5}
 LAUNCHES = {"conv_fwd": 0, "conv_bwd": 0, "gate_fwd": 0, "gate_bwd": 0, "rms_fwd": 0, "rms_bwd": 0,
@@ -249,7 +249,8 @@ class ConvActNorm(torch.autograd.Function):
 def conv_act_norm(x, cache, weight, bias=None, act: str = "identity", heads: int | None = None, eps: float = 1e-6):
     """The fused short convolution (+ activation, + per-head L2 norm when `heads` is given); y (B, T, W)."""
     _activation_code(act)
-    return ConvActNorm.apply(x, cache, weight, bias, act, heads, eps)
+    with on_device(x):
+        return ConvActNorm.apply(x, cache, weight, bias, act, heads, eps)
 
 
 # ------------------------------------------------------------------------------------ bounded gates
@@ -305,7 +306,8 @@ class BoundedGate(torch.autograd.Function):
 def bounded_gate(z, act: str, scale: float = 1.0, shift: float = 0.0):
     """shift + scale * act(z), elementwise, fused."""
     _activation_code(act)
-    return BoundedGate.apply(z, act, scale, shift)
+    with on_device(z):
+        return BoundedGate.apply(z, act, scale, shift)
 
 
 # ------------------------------------------------------------------------------------------ rmsnorm
@@ -376,7 +378,8 @@ class RMSNormFunction(torch.autograd.Function):
 
 def rms_norm(x, weight, eps: float = 1e-6):
     """x * rsqrt(mean(x^2, -1) + eps) * weight, fused."""
-    return RMSNormFunction.apply(x, weight, eps)
+    with on_device(x):
+        return RMSNormFunction.apply(x, weight, eps)
 
 
 # ------------------------------------------------------------------------------- per-head l2norm
@@ -439,4 +442,5 @@ class L2NormFunction(torch.autograd.Function):
 
 def l2_norm(x, heads: int, eps: float = 1e-6):
     """x * rsqrt(sum(x^2) + eps) per head's slice of the last dim, fused."""
-    return L2NormFunction.apply(x, heads, eps)
+    with on_device(x):
+        return L2NormFunction.apply(x, heads, eps)

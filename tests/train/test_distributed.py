@@ -328,3 +328,13 @@ def test_stopping_nlc_train_nproc_stops_torchrun_and_its_workers(tmp_path, how):
     assert "Traceback" not in output, output[-3000:]
     if how == "SIGTERM":
         assert "stopped by SIGTERM" in output
+
+
+def test_one_gpu_named_for_every_process_is_refused(monkeypatch):
+    """Under torchrun `--device cuda` gives each process the GPU of its local rank; `cuda:1` would put
+    every process on one GPU, which NCCL refuses late and obscurely."""
+    from nldsl.runtime.train.distributed import DataParallel, ParallelError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ParallelError, match="--device cuda:1 names one GPU for every process"):
+        DataParallel("ddp", "cuda:1")

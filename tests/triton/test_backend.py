@@ -207,3 +207,15 @@ def test_a_memory_stack_that_falls_back_names_every_member(monkeypatch):
         MemoryStack(*levels)(q, k, v, gates)
     named = sorted(str(w.message).split(":")[0] for w in got if issubclass(w.category, TritonFallbackWarning))
     assert named == ["memory level blk.cpu_stack0", "memory level blk.cpu_stack1"]
+
+
+def test_kernels_launch_on_the_device_of_their_inputs():
+    """Triton launches on the current CUDA device; a forward on cuda:1 makes cuda:1 current for its
+    launches (checked without a GPU: the guard is made, not entered)."""
+    from types import SimpleNamespace
+
+    from nldsl.runtime.triton.backend import on_device
+
+    guard = on_device(SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1)))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert not isinstance(on_device(torch.zeros(1)), torch.cuda.device)

@@ -19,7 +19,7 @@ from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from nldsl.runtime.triton.launch_mlp import MlpLevelKernels  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
 from specs import memory_spec  # noqa: E402
-from triton_testkit import ratio, OUTPUT_RATIO, compare_model_runs, model_run  # noqa: E402
+from triton_testkit import DEVICE, ratio, OUTPUT_RATIO, compare_model_runs, model_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ def test_the_backend_asks_for_the_streamed_kernels_with_the_calls_need_of_gradie
     """run_memory passes the call's need of gradients (grad mode, and any input or state that requires
     one) to the level's choice, which falls back with one line where the streamed kernels are slower."""
     torch.manual_seed(0)
-    model = load(ROOT / "examples/titans.nl", backend="triton")
+    model = load(ROOT / "examples/titans.nl", backend="triton").to(DEVICE)
     (lv,) = [m for m in model.modules() if isinstance(m, MemoryLevel)][:1]
     found, _ = kernels_for(lv.cfg, lv.objective, lv.level_name)
     asked = []
@@ -127,7 +127,7 @@ def test_the_backend_asks_for_the_streamed_kernels_with_the_calls_need_of_gradie
 
     monkeypatch.setattr(found, "unfit", unfit)
     with torch.no_grad():
-        model(torch.randint(0, model.vocab_size, (2, 10)))
+        model(torch.randint(0, model.vocab_size, (2, 10), device=DEVICE))
     assert asked and not any(asked)
     asked.clear()
     with pytest.warns(TritonFallbackWarning, match=r"falls back to the chunked path: measured slower"):

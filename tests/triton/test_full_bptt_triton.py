@@ -10,7 +10,9 @@ pytest.importorskip("triton", reason="Triton is not installed: the generated ker
 
 import torch  # noqa: E402
 
+from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from tiny_specs import build_loop, cms_memory_spec  # noqa: E402
+from triton_testkit import DEVICE  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -20,10 +22,11 @@ def test_a_full_bptt_step_on_the_kernels_matches_the_reference(tmp_path):
     updates = {}
     for backend in ("reference", "triton"):
         model, loop, _ = build_loop(tmp_path / backend, cms_memory_spec(), backend, dtype=torch.float32)
+        model.to(DEVICE)  # the parameters stay the loop's: moved in place
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a fallback to the chunked path warns: the kernels must run
-            loop.step(data.to(next(model.parameters()).device))
+            warnings.simplefilter("error", TritonFallbackWarning)  # the kernels must run
+            loop.step(data.to(DEVICE))
         updates[backend] = {n: (p.detach() - before[n]).cpu() for n, p in model.named_parameters()}
     for name, want in updates["reference"].items():
         got = updates["triton"][name]

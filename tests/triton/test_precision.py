@@ -330,3 +330,13 @@ def test_mlp_kernels_warps_follow_their_state(monkeypatch, hidden, rules, forwar
     monkeypatch.setattr(launch, "interpreting", lambda: False)
     got = [found.launch_options(backward=backward_kernel) for backward_kernel in (False, True)]
     assert [(o["num_warps"], o["maxnreg"]) for o in got] == [forward, backward]
+
+
+@pytest.mark.parametrize("dtype,walk", [(torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "tf32")])
+def test_a_walk_multiplies_in_half_precision_only_for_half_inputs(dtype, walk):
+    """The forward's precision follows v (tf32 for a bf16 v on a GPU); q and k may still be float32 (CUDA
+    autocast runs the norms in float32), and their walks must not round them to a half precision."""
+    found, reason = kernels_for(CONFIGS["wy"], standard_objective("l2"), "prec.walk")
+    assert found is not None, reason
+    assert launch.WALK_PRECISION == "half" and found.walk_precision_of("tf32", dtype) == walk
+    assert found.walk_precision_of("ieee", dtype) == "ieee"
