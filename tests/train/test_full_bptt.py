@@ -241,3 +241,26 @@ def test_every_example_steps_under_full_bptt(tmp_path, name):
     result = loop.step(data)
     assert math.isfinite(result.loss) and result.outer_stepped
     assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
+
+
+def test_a_run_resumes_exactly_with_a_window_open_across_the_checkpoint(tmp_path):
+    """The slow window (24 tokens) is open when a 16-token step ends: its gradient so far is taken with the
+    step's backward, kept in the checkpoint, and the resumed run goes on as the straight one."""
+    from nldsl.runtime.train.checkpoint import load, save
+
+    _, straight, _ = build(tmp_path / "a", slow=24)
+    for s in range(4):
+        straight.step(batch(10 + s))
+    _, first, _ = build(tmp_path / "b", slow=24)
+    for s in range(2):
+        first.step(batch(10 + s))
+    slow = next(lv for lv in first.own.cms if lv.name == "chain.slow")
+    assert all(p.grad is not None for _, p in slow.params)  # open at the checkpoint
+    (tmp_path / "run").mkdir()
+    save(tmp_path / "run", first.model, first, {})
+    _, resumed, _ = build(tmp_path / "c", slow=24, seed=5)
+    load(tmp_path / "run", resumed.model, resumed)
+    for s in range(2, 4):
+        resumed.step(batch(10 + s))
+    for (name, a), b in zip(straight.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
