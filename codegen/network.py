@@ -10,6 +10,7 @@ from nldsl import ir
 
 from .blocks import ClassCode
 from .names import camel, cms_member, literal, py
+from .stacking import plain
 
 
 def cms_class(chain: ir.Cms, outer: str, spec_file: str) -> ClassCode:
@@ -34,6 +35,7 @@ class NetLowering:
     def __init__(self, model: ir.ModelIR, spec_file: str):
         self.model, self.file = model, spec_file
         self.classes: list[ClassCode] = []
+        self.layers: dict[str, tuple] = {}  # layer class name -> the network it runs, without spans
 
     def stage_attr(self, net) -> str:
         if isinstance(net, ir.BlockCall):
@@ -111,10 +113,18 @@ class NetLowering:
         return name
 
     def layer_class(self, net, name: str) -> str:
-        # `layer` -> Layer, `my_layer` -> MyLayer, any other name `my` -> MyStack: never two alike
-        cls_name = camel(name, "" if name.lower().endswith("layer") else "Stack")
-        if any(c.name == cls_name for c in self.classes):
-            return cls_name
+        """The class of one layer of a stack of `net`, named after the binding it repeats: `layer` -> Layer,
+        `my_layer` -> MyLayer, any other name `my` -> MyStack. Stacks of the same network share a class;
+        a different network under a name already taken (two stacks written inline are both `layer`, and
+        a stack may hold another) gets the name with `_2`, `_3`, ... appended, which no spec name gives."""
+        base = camel(name, "" if name.lower().endswith("layer") else "Stack")
+        cls_name, n, shape = base, 1, plain(net)
+        while cls_name in self.layers:
+            if self.layers[cls_name] == shape:
+                return cls_name
+            n += 1
+            cls_name = f"{base}_{n}"
+        self.layers[cls_name] = shape  # claimed before its body is lowered: a stack inside takes another name
         cls = ClassCode(cls_name, f"one `{name}` of a stack ({self.file}:{net.span.line})")
         cls.init.append("self.prefix = prefix")
         cls.forward_args = "x, state"
