@@ -11,6 +11,14 @@ from . import ir
 MOMENT_SLOTS = {"sgd": 0, "momentum": 1, "adamw": 2, "muon": 1, "m3": 5, "deep_momentum": 1}
 
 
+def training_values(levels) -> int:
+    """What training holds besides activations, from the graph's (kind, params, state_size) rows: every
+    parameter, its gradient, and the state of each optimizer level (moments, momentum buffers)."""
+    rows = list(levels)
+    params = sum(p or 0 for _, p, _ in rows)
+    return 2 * params + sum(s or 0 for kind, _, s in rows if kind == "optimizer")
+
+
 def human(n) -> str:
     if n is None:
         return "—"

@@ -31,9 +31,9 @@ def parameter_count(package: Path) -> int:
 def training_count(package: Path) -> int:
     """The values training holds besides activations: every parameter, its gradient, and the state of
     every optimizer level (moments, momentum buffers) as the level graph counts it."""
-    levels = _levels(package)
-    states = sum(int(level.get("state_size") or 0) for level in levels if level["kind"] == "optimizer")
-    return 2 * parameter_count(package) + states
+    from nldsl.stats import training_values
+
+    return training_values((lv["kind"], lv.get("params"), lv.get("state_size")) for lv in _levels(package))
 
 
 def host_memory() -> Optional[int]:

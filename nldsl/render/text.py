@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nldsl.render.doc import GraphDoc, Level, Tier, human_count, load, plural
+from nldsl.stats import training_values
 
 WIDTH = 100
 EDGE_ARROWS = {"flow": "<-", "teach": "<=", "meta": "<~"}
@@ -118,5 +119,7 @@ def _table(graph: GraphDoc) -> Any:
             Text(human_count(level.update_cost)),
         )
     total = sum(level.params or 0 for level in graph.levels)
-    table.caption = f"learnable parameters owned by the levels: {human_count(total)}"
+    training = training_values((level.kind, level.params, level.state_size) for level in graph.levels)
+    table.caption = (f"learnable parameters owned by the levels: {human_count(total)}\n"
+                     f"with their gradients and optimizer states, training holds {human_count(training)} values")
     return table
