@@ -659,7 +659,8 @@ def check_generated(generated: Generated, must_refuse: bool = False) -> None:
             assert_refused(directory, spec, fe)
 
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
+# The default run is the same every time (CI); with NLC_FUZZ_EXAMPLES set each run explores anew.
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="NLC_FUZZ_EXAMPLES" not in os.environ,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 
