@@ -20,7 +20,8 @@ Write rates stay at most 0.05: a larger rate lets an inner learner with a superl
 `dot` with a self-generated target) diverge within a context, on every backend alike, which says nothing
 about the compiler.
 
-`NLC_FUZZ_EXAMPLES` sets the number of generated specs (default 12).
+`NLC_FUZZ_EXAMPLES` sets the number of generated specs and draws them afresh each run (default: the
+same 12 every run).
 """
 from __future__ import annotations
 
@@ -659,7 +660,6 @@ def check_generated(generated: Generated, must_refuse: bool = False) -> None:
             assert_refused(directory, spec, fe)
 
 
-# The default run is the same every time (CI); with NLC_FUZZ_EXAMPLES set each run explores anew.
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="NLC_FUZZ_EXAMPLES" not in os.environ,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
