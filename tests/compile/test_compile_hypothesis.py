@@ -15,11 +15,10 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from compile_testkit import assert_close, assert_states_close, build, probe, set_backend, tokens, write_spec
+from test_fuzz_models import GATES, update_rules
 
 CUSTOM = ["r * r", "sqrt(1 + r * r) - 1", "log(1 + r * r)", "0.5 * r ** 2 + 0.1 * r ** 4", "r * tanh(r)",
           "softplus(r) + softplus(-r)"]
-GRADIENT_RULES = ("gd", "momentum", "dgd")
-GATES = {"retain": ("alpha",), "gd": ("eta",), "momentum": ("eta", "beta"), "delta": ("eta",), "dgd": ("eta", "alpha")}
 
 
 @st.composite
@@ -44,21 +43,7 @@ def memory_specs(draw):
         if draw(st.booleans()):
             parts.append("bias = true")
         memory_type = f"mlp({', '.join(parts)})"
-    # rules: 1-3 in a random order; one momentum at most; dgd never with retain
-    kinds = draw(st.lists(st.sampled_from(["retain", "gd", "momentum", "delta", "dgd"]), min_size=1, max_size=3))
-    if kinds.count("momentum") > 1:
-        kinds = [k for k in kinds if k != "momentum"] + ["momentum"]
-    if "dgd" in kinds:
-        kinds = [k for k in kinds if k != "retain"]
-    rules = []
-    for kind in kinds:
-        word = kind
-        if kind == "dgd" and family == "mlp" and draw(st.booleans()):
-            word = "dgd(per_layer = true)"
-        if kind in GRADIENT_RULES:
-            at = draw(st.sampled_from(["", " at anchor", " at current"] if chunk == 1 else ["", " at anchor"]))
-            word += at
-        rules.append(word)
+    rules, kinds = update_rules(draw, chunk, family == "mlp")
     objective = draw(st.sampled_from(["l2", "sq", "mse", "dot", "l1", "huber", "lp", "custom"]))
     if objective == "huber":
         objective = f"huber({draw(st.sampled_from(['0.5', '1.0', '2']))})"
