@@ -151,10 +151,10 @@ class BlockLowering:
         for lv in self.levels:
             attrs.claim(("level", lv.name), py(self.local(lv.name)))
         values = self._values()
-        for value in values:
+        for value in values:  # each application its own copy, as in the network (language.md §11)
             for node in self._applies(value):
                 target = node.target.block if isinstance(node.target, ir.BlockCall) else node.target.cms
-                attrs.claim(("apply", target), py(target))
+                attrs.claim(("apply", node), py(target))
         for value in values:
             for op in self._ops(value):
                 if op.fn in ("linear", "conv", "rmsnorm", "layernorm"):
@@ -193,9 +193,8 @@ class BlockLowering:
                 return f"self.{self.attr('gate', v)}({self.expr(bounded_gate(v)[3])})"
             return f"({self.expr(v.left)} {v.op} {self.expr(v.right)})"
         if isinstance(v, ir.Apply):
-            target = v.target.block if isinstance(v.target, ir.BlockCall) else v.target.cms
             call = "(" + self.expr(v.arg) + ", state)" if isinstance(v.target, ir.BlockCall) else "(" + self.expr(v.arg) + ")"
-            return f"self.{self.attr('apply', target)}{call}"
+            return f"self.{self.attr('apply', v)}{call}"
         assert isinstance(v, ir.Op)
         chain = conv_chain(v)
         if chain is not None:
@@ -287,10 +286,10 @@ class BlockLowering:
         for value in values:
             for node in self._applies(value):
                 target = node.target.block if isinstance(node.target, ir.BlockCall) else node.target.cms
-                if ("apply", target) in seen:
+                if ("apply", node) in seen:
                     continue
-                seen.add(("apply", target))
-                attr = self.attr("apply", target)
+                seen.add(("apply", node))
+                attr = self.attr("apply", node)
                 if isinstance(node.target, ir.BlockCall):
                     out.append(f"self.{attr} = {camel(target, 'Block')}(prefix + {literal('.' + attr)})")
                 else:
