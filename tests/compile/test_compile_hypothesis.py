@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from compile_testkit import assert_close, assert_states_close, build, probe, set_backend, tokens, write_spec
-from test_fuzz_models import GATES, update_rules
+from generated_models import GATES, update_rules
 
 CUSTOM = ["r * r", "sqrt(1 + r * r) - 1", "log(1 + r * r)", "0.5 * r ** 2 + 0.1 * r ** 4", "r * tanh(r)",
           "softplus(r) + softplus(-r)"]
