@@ -3,13 +3,15 @@
     python benchmarks/memory_chunked_vs_reference.py [--backward] [--tokens 2048] [--only titans]
     python benchmarks/memory_chunked_vs_reference.py --threads 1 --clock cpu    # on a busy machine
     python benchmarks/memory_chunked_vs_reference.py --compile     # and the tile steps compiled
+    python benchmarks/memory_chunked_vs_reference.py --float64-reference   # and the reference in float64
 
 Shapes follow a small layer: batch 2, model width 256 as 4 heads of dk = dv = 64, float32, CPU.
 Prints one row per memory family: the best of --repeats interleaved timings in milliseconds for the
 reference and the chunked path (forward, or forward + backward with --backward), their ratio, and the
 largest output difference between them; with --compile also the chunked path with its tile steps
 compiled by torch.compile (`chunked(..., compile=True)`: the general dual loop, so the MLP families;
-the compiling call, timed apart, is its warm-up). Then the same rows as a FLOP budget: the matmul FLOPs each path
+the compiling call, timed apart, is its warm-up); with --float64-reference also the reference run in
+float64, as the tests run it to check the other paths, against the same float32 chunked path. Then the same rows as a FLOP budget: the matmul FLOPs each path
 does (counted by torch.utils.flop_counter: matmuls only; the wy form's triangular solves are not
 counted), the rate the chunked path reaches, and `bound`: the ratio the chunked path would reach if it
 ran at this machine's matmul peak (a 1024 x 1024 matmul, timed first) with nothing else to do. A goal
@@ -51,7 +53,7 @@ FAMILIES = {
 }
 
 
-def make_inputs(cfg: MemoryConfig, batch: int, tokens: int, grad: bool):
+def make_inputs(cfg: MemoryConfig, batch: int, tokens: int, grad: bool, dtype=torch.float32):
     gen = torch.Generator().manual_seed(0)
 
     def rand(*shape):
@@ -66,6 +68,9 @@ def make_inputs(cfg: MemoryConfig, batch: int, tokens: int, grad: bool):
              'alpha': torch.sigmoid(4.0 + rand(batch, HEADS, tokens)),
              'beta': 0.9 * torch.sigmoid(rand(batch, HEADS, tokens))}
     params0 = init_params(cfg, HEADS, generator=gen)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    gates = {name: gate.to(dtype) for name, gate in gates.items()}
+    params0 = {name: p.to(dtype) for name, p in params0.items()}
     leaves = [q, k, v, *gates.values(), *params0.values()]
     for leaf in leaves:
         leaf.requires_grad_(grad)
@@ -106,6 +111,9 @@ def main() -> None:
     parser.add_argument('--only', default='', help='run the families whose name contains this text')
     parser.add_argument('--compile', action='store_true',
                         help='also time the chunked path with its tile steps compiled by torch.compile')
+    parser.add_argument('--float64-reference', dest='float64', action='store_true',
+                        help='also time the reference in float64, the dtype it checks the other paths in '
+                             '(column `ref f64 ms`, and the float32 chunked path against it)')
     parser.add_argument('--no-floor', dest='floor', action='store_false',
                         help="skip the kernel floor (every operator of the chunked call timed alone)")
     parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
@@ -123,6 +131,8 @@ def main() -> None:
              f"{'ratio':>7s} {'max |dy|':>9s}"
     if opts.compile:
         header += f" {'compiled ms':>12s} {'ratio':>7s} {'compile s':>10s}"
+    if opts.float64:
+        header += f" {'ref f64 ms':>12s} {'ratio':>7s}"
     print(header)
     print('-' * len(header))
     budgets = []
@@ -133,16 +143,22 @@ def main() -> None:
         args, leaves = make_inputs(cfg, opts.batch, opts.tokens, opts.backward)
         runners = (reference, chunked, functools.partial(chunked, compile=True))[:3 if opts.compile else 2]
         calls = [step(runner, cfg, objective, args, leaves, opts.backward) for runner in runners]
+        if opts.float64:
+            calls.append(step(reference, cfg, objective, *make_inputs(cfg, opts.batch, opts.tokens, opts.backward,
+                                                                      torch.float64), opts.backward))
         if opts.compile:
             start = time.perf_counter()
             calls[2]()
             compile_s = time.perf_counter() - start
-        (ref_ms, chk_ms, *cmp_ms), (y_ref, y_chk, *y_cmp) = timed(calls, opts.repeats, clock)
+        times, (y_ref, y_chk, *_) = timed(calls, opts.repeats, clock)
+        ref_ms, chk_ms = times[:2]
         diff = (y_ref - y_chk).abs().max().item()
         form = chunk_form(cfg, objective)[0]
         row = f"{name:34s} {form:10s} {cfg.chunk:3d} {ref_ms:13.1f} {chk_ms:11.1f} {ref_ms / chk_ms:6.1f}x {diff:9.1e}"
         if opts.compile:
-            row += f" {cmp_ms[0]:12.1f} {ref_ms / cmp_ms[0]:6.1f}x {compile_s:10.1f}"
+            row += f" {times[2]:12.1f} {ref_ms / times[2]:6.1f}x {compile_s:10.1f}"
+        if opts.float64:
+            row += f" {times[-1]:12.1f} {times[-1] / chk_ms:6.1f}x"
         print(row, flush=True)
         budgets.append((name, ref_ms, chk_ms, *(matmul_flops(call) / 1e9 for call in calls[:2]),
                         kernel_floor(calls[1]) if opts.floor else None))
