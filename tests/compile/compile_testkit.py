@@ -115,6 +115,44 @@ def tokens(model, batch: int, length: int, seed: int) -> torch.Tensor:
     return torch.randint(0, model.vocab_size, (batch, length), generator=gen)
 
 
-__all__ = ["DTYPE", "EXAMPLES", "ROOT", "assert_close", "assert_states_close", "build", "compile_ok",
-           "example_id", "flatten_state", "in_root", "memory_levels", "probe", "scale",
-           "set_backend", "tokens", "write_spec"]
+def run_with_gradients(model, prefix: torch.Tensor, continuation: torch.Tensor, seed: int):
+    """Logits and states of `prefix` then `continuation` (carrying the state), and the gradients of a probe
+    of both with respect to every parameter and to both calls' embedding outputs."""
+    embedded = []
+    hook = model.embed.register_forward_hook(lambda module, inputs, output: embedded.append(output))
+    try:
+        logits_p, state_p = model(prefix)
+        logits_c, state_c = model(continuation, state_p)
+    finally:
+        hook.remove()
+    loss = probe(logits_p, None, seed) + probe(logits_c, state_c, seed + 1)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = dict(model.named_parameters())
+    leaves = [params[n] for n in names] + embedded
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    named = {f"d/d {n}": g for n, g in zip(names + ["embedded prefix", "embedded continuation"], grads)}
+    return logits_p, state_p, logits_c, state_c, named
+
+
+def assert_runs_agree(ref, chk) -> list[str]:
+    """Two `run_with_gradients` results equal to the float64 bound: logits, carried states and every
+    gradient (a parameter unused by one run must be unused by the other). The unused parameters."""
+    assert_close(ref[0], chk[0], "prefix logits")
+    assert_states_close(ref[1], chk[1], "state after the prefix")
+    assert_close(ref[2], chk[2], "continuation logits")
+    assert_states_close(ref[3], chk[3], "state after the continuation")
+    assert sorted(ref[4]) == sorted(chk[4])
+    unused = []
+    for name, g_ref in ref[4].items():
+        g_chk = chk[4][name]
+        assert (g_ref is None) == (g_chk is None), f"{name}: used by one backend only"
+        if g_ref is None:
+            unused.append(name)
+        else:
+            assert_close(g_ref, g_chk, name)
+    return unused
+
+
+__all__ = ["DTYPE", "EXAMPLES", "ROOT", "assert_close", "assert_runs_agree", "assert_states_close", "build",
+           "compile_ok", "example_id", "flatten_state", "in_root", "memory_levels", "probe", "run_with_gradients",
+           "scale", "set_backend", "tokens", "write_spec"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compile_testkit import (EXAMPLES, assert_close, assert_states_close, build, example_id, flatten_state,
-                             probe, set_backend, tokens)
+from compile_testkit import (EXAMPLES, assert_close, assert_runs_agree, assert_states_close, build, example_id,
+                             flatten_state, run_with_gradients, set_backend, tokens)
 
 B = 2
 PREFIX, CONTINUATION = 11, 10  # 21 tokens in all: inside the second 8-token chunk, the second 16-token chunk
@@ -30,24 +30,6 @@ def model_of(tmp_path_factory):
     return get
 
 
-def run_with_gradients(model, prefix, continuation, seed):
-    """logits and states of prefix then continuation, and the gradients of a probe of both."""
-    embedded = []
-    hook = model.embed.register_forward_hook(lambda module, inputs, output: embedded.append(output))
-    try:
-        logits_p, state_p = model(prefix)
-        logits_c, state_c = model(continuation, state_p)
-    finally:
-        hook.remove()
-    loss = probe(logits_p, None, seed) + probe(logits_c, state_c, seed + 1)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = dict(model.named_parameters())
-    leaves = [params[n] for n in names] + embedded
-    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-    named = {f"d/d {n}": g for n, g in zip(names + ["embedded prefix", "embedded continuation"], grads)}
-    return logits_p, state_p, logits_c, state_c, named
-
-
 @pytest.mark.parametrize("spec", EXAMPLES, ids=example_id)
 def test_reference_and_chunked_agree(spec, model_of):
     model = model_of(spec)
@@ -56,20 +38,7 @@ def test_reference_and_chunked_agree(spec, model_of):
     for backend in ("reference", "chunked"):
         set_backend(model, backend)
         runs[backend] = run_with_gradients(model, prefix, continuation, seed=3)
-    ref, chk = runs["reference"], runs["chunked"]
-    assert_close(ref[0], chk[0], "prefix logits")
-    assert_states_close(ref[1], chk[1], "state after the prefix")
-    assert_close(ref[2], chk[2], "continuation logits")
-    assert_states_close(ref[3], chk[3], "state after the continuation")
-    assert sorted(ref[4]) == sorted(chk[4])
-    unused = []
-    for name, g_ref in ref[4].items():
-        g_chk = chk[4][name]
-        assert (g_ref is None) == (g_chk is None), f"{name}: used by one backend only"
-        if g_ref is None:
-            unused.append(name)
-            continue
-        assert_close(g_ref, g_chk, name)
+    unused = assert_runs_agree(runs["reference"], runs["chunked"])
     # every parameter reaches the loss, the memories' initial states and gate projections included
     assert not unused, f"parameters that get no gradient: {unused}"
 

@@ -1,8 +1,8 @@
-"""Generated whole models after training: decoding, split runs, the transformers export, continual learning
-and evaluation.
+"""Generated whole models after training: decoding, split runs, the transformers export, continual learning,
+evaluation and resuming a run.
 
 The specs are drawn by the strategies of tests/compile/generated_models.py; only those that check clean
-are used. Two promises are tested on them:
+are used. Three promises are tested on them:
 
 - on the compiled model in float64 (its own small vocabulary, untrained): running a sequence in two
   pieces and carrying the returned state gives the logits of one pass, wherever it is split
@@ -15,7 +15,10 @@ are used. Two promises are tested on them:
   writes the memory file that two calls write, the second going on from the first's file (a model with
   no persistent level is refused with exit 1 and a reason); greedy decoding from that file's state is
   what one pass from it ranks first, and `nlc generate --memory` accepts it; `nlc eval --task ppl`, with
-  and without the memory, scores every token of a text to a finite loss.
+  and without the memory, scores every token of a text to a finite loss;
+- on runs trained three float32 steps: one stopped after its checkpoint at step 2 and resumed logs the
+  metrics, and ends with the weights, optimizer states and open CMS windows, of one that ran straight
+  through, bit for bit.
 
 A model whose one-pass logits are not finite (an inner learner of the drawn spec diverging within the
 context, as it does on every backend) is passed over: NaNs say nothing about these flows.
@@ -313,3 +316,51 @@ def test_generated_runs_export_learn_and_evaluate(generated):
             with torch.no_grad():
                 check_decoding_from_memory(run_dir, memory)
             check_perplexity(run_dir, text, directory / "ppl-memory.json", memory)
+
+
+# ------------------------------------------------------------------------------------------ resuming a run
+
+
+def trained(spec: Path, out: Path, steps: int, resume: bool = False) -> Path:
+    """`out` after training `spec` up to `steps` steps of two sequences in float32, checkpointing and
+    evaluating every second step (resumed from the run's last checkpoint when `resume`)."""
+    from nldsl.runtime.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(spec=str(spec), steps=steps, batch=BATCH, out=str(out), checkpoint_every=2, eval_every=2,
+                      eval_batches=1)
+    Trainer(cfg, resume=resume, log=lambda msg: None).train()
+    return out
+
+
+def run_record(run_dir: Path) -> tuple[list, dict]:
+    """A run's metrics (every entry but the clock's) and its last checkpoint's tensors."""
+    from safetensors.torch import load_file
+
+    rows = [{k: v for k, v in json.loads(line).items() if k not in ("time", "tokens_per_s", "peak_memory_mb")}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    weights = json.loads((run_dir / "checkpoint.json").read_text())["weights"]
+    return rows, load_file(str(run_dir / weights))
+
+
+@FLOWS
+@given(models())
+def test_generated_runs_resume_bit_exactly(generated):
+    """A generated model trained three steps in one run, and in a run stopped after its checkpoint at step 2
+    and resumed, logs the same metrics and ends with the same weights, optimizer state and open CMS
+    windows, bit for bit, whatever its clocks, optimizers, schedule and backpropagation mode."""
+    from nldsl.runtime.train.loop import Diverged
+
+    generated = with_byte_vocabulary(generated)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        spec, _ = checked(directory, generated)
+        try:
+            straight = run_record(trained(spec, directory / "straight", 3))
+        except Diverged:  # an inner learner that diverges: the same in both runs, and nothing to compare
+            assume(False)
+        trained(spec, directory / "stopped", 2)
+        resumed = run_record(trained(spec, directory / "stopped", 3, resume=True))
+        assert resumed[0] == straight[0]
+        assert resumed[1].keys() == straight[1].keys()
+        for key, value in straight[1].items():
+            assert torch.equal(resumed[1][key], value), key
