@@ -136,7 +136,8 @@ def run_with_gradients(model, prefix: torch.Tensor, continuation: torch.Tensor, 
 
 def assert_runs_agree(ref, chk) -> list[str]:
     """Two `run_with_gradients` results equal to the float64 bound: logits, carried states and every
-    gradient (a parameter unused by one run must be unused by the other). The unused parameters."""
+    gradient (a parameter one run does not use gets zeros, if anything, from the other: a memory that
+    never writes may still take its keys in). The parameters neither run depends on."""
     assert_close(ref[0], chk[0], "prefix logits")
     assert_states_close(ref[1], chk[1], "state after the prefix")
     assert_close(ref[2], chk[2], "continuation logits")
@@ -145,8 +146,9 @@ def assert_runs_agree(ref, chk) -> list[str]:
     unused = []
     for name, g_ref in ref[4].items():
         g_chk = chk[4][name]
-        assert (g_ref is None) == (g_chk is None), f"{name}: used by one backend only"
-        if g_ref is None:
+        if g_ref is None or g_chk is None:
+            assert not any(g is not None and g.count_nonzero() for g in (g_ref, g_chk)), \
+                f"{name}: used by one backend only"
             unused.append(name)
         else:
             assert_close(g_ref, g_chk, name)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hypothesis import strategies as st
+from hypothesis import Phase, strategies as st
 
 from nldsl.compiler import _import_package, write_package
 from nldsl.runtime import set_backend
@@ -17,6 +17,10 @@ from nldsl.runtime.optim import make_optimizer
 from nldsl.runtime.train import NestedLoop
 
 LIBRARY = "parts.nl"
+
+# The phases of the tests that draw whole models: all but `explain`, which traces every line of each run
+# of a failing example while it shrinks, and makes a whole model's shrinking crawl.
+SEARCH = tuple(p for p in Phase if p is not Phase.explain)
 
 ACTIVATIONS = ("silu", "gelu", "tanh", "relu", "sigmoid", "identity")
 CUSTOM = ("r * r", "sqrt(1 + r * r) - 1", "log(1 + r * r)", "r * tanh(r)", "softplus(r) + softplus(-r)")

@@ -40,7 +40,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from compile_testkit import assert_close, assert_runs_agree, run_with_gradients
-from generated_models import LIBRARY, Generated, build, models, write
+from generated_models import LIBRARY, SEARCH, Generated, build, models, write
 from nldsl.cli import main
 from nldsl.codes import CODES
 from nldsl.compiler import compile_spec
@@ -141,6 +141,7 @@ def check_generated(generated: Generated, must_refuse: bool = False) -> None:
 
 
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="NLC_FUZZ_EXAMPLES" not in os.environ,
+                phases=SEARCH,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 

@@ -16,7 +16,7 @@ are used. Three promises are tested on them:
   no persistent level is refused with exit 1 and a reason); greedy decoding from that file's state is
   what one pass from it ranks first, and `nlc generate --memory` accepts it; `nlc eval --task ppl`, with
   and without the memory, scores every token of a text to a finite loss;
-- on runs trained three float32 steps: one stopped after its checkpoint at step 2 and resumed logs the
+- on runs trained three float32 steps: one killed after its checkpoint at step 2 and resumed logs the
   metrics, and ends with the weights, optimizer states and open CMS windows, of one that ran straight
   through, bit for bit.
 
@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, assume, given, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compile"))
 
-from generated_models import Generated, build, models, write  # noqa: E402
+from generated_models import SEARCH, Generated, build, models, write  # noqa: E402
 
 import nldsl  # noqa: E402
 from nldsl.cli import main  # noqa: E402
@@ -60,6 +60,7 @@ TEXT = "The quick brown fox jumps over the lazy dog; the dog sleeps on.\n"
 PROMPT = [84, 104, 101, 32]  # "The "
 
 FLOWS = settings(max_examples=EXAMPLES, deadline=None, derandomize="NLC_FUZZ_EXAMPLES" not in os.environ,
+                 phases=SEARCH,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                         HealthCheck.filter_too_much])
 
@@ -321,14 +322,28 @@ def test_generated_runs_export_learn_and_evaluate(generated):
 # ------------------------------------------------------------------------------------------ resuming a run
 
 
-def trained(spec: Path, out: Path, steps: int, resume: bool = False) -> Path:
-    """`out` after training `spec` up to `steps` steps of two sequences in float32, checkpointing and
-    evaluating every second step (resumed from the run's last checkpoint when `resume`)."""
+class Killed(Exception):
+    """The end of a run stopped right after a checkpoint, as by SIGKILL."""
+
+
+def trained(spec: Path, out: Path, resume: bool = False, kill_at: int = 0) -> Path:
+    """`out` after training `spec` three steps of two sequences in float32, checkpointing and evaluating
+    every second step: resumed from the run's last checkpoint when `resume`, killed right after the
+    checkpoint of step `kill_at` when that is set."""
     from nldsl.runtime.train import TrainConfig, Trainer
 
-    cfg = TrainConfig(spec=str(spec), steps=steps, batch=BATCH, out=str(out), checkpoint_every=2, eval_every=2,
+    class Run(Trainer):
+        def checkpoint(self):
+            super().checkpoint()
+            if self.loop.step_count == kill_at:
+                raise Killed
+
+    cfg = TrainConfig(spec=str(spec), steps=3, batch=BATCH, out=str(out), checkpoint_every=2, eval_every=2,
                       eval_batches=1)
-    Trainer(cfg, resume=resume, log=lambda msg: None).train()
+    try:
+        Run(cfg, resume=resume, log=lambda msg: None).train()
+    except Killed:
+        pass
     return out
 
 
@@ -345,7 +360,7 @@ def run_record(run_dir: Path) -> tuple[list, dict]:
 @FLOWS
 @given(models())
 def test_generated_runs_resume_bit_exactly(generated):
-    """A generated model trained three steps in one run, and in a run stopped after its checkpoint at step 2
+    """A generated model trained three steps in one run, and in a run killed after its checkpoint at step 2
     and resumed, logs the same metrics and ends with the same weights, optimizer state and open CMS
     windows, bit for bit, whatever its clocks, optimizers, schedule and backpropagation mode."""
     from nldsl.runtime.train.loop import Diverged
@@ -355,11 +370,11 @@ def test_generated_runs_resume_bit_exactly(generated):
         directory = Path(tmp)
         spec, _ = checked(directory, generated)
         try:
-            straight = run_record(trained(spec, directory / "straight", 3))
+            straight = run_record(trained(spec, directory / "straight"))
         except Diverged:  # an inner learner that diverges: the same in both runs, and nothing to compare
             assume(False)
-        trained(spec, directory / "stopped", 2)
-        resumed = run_record(trained(spec, directory / "stopped", 3, resume=True))
+        trained(spec, directory / "killed", kill_at=2)
+        resumed = run_record(trained(spec, directory / "killed", resume=True))
         assert resumed[0] == straight[0]
         assert resumed[1].keys() == straight[1].keys()
         for key, value in straight[1].items():
