@@ -52,6 +52,26 @@ def chunk_form(mem: ir.Memory) -> tuple[str, str]:
     return "sequential", f"chunk 1 with the non-quadratic objective `{mem.objective.name}`: only the sequential form is exact"
 
 
+UNREAD_HELP = {
+    "lr": "add a rule that takes a gradient (`gd`, `momentum`, `delta` or `dgd`) to `update`, or remove this line",
+    "retain": "add `retain` to `update` (e.g. `update retain, gd`), or use `dgd`; or remove this line",
+    "momentum": "add `momentum` to `update` (e.g. `update retain, momentum`), or remove this line",
+}
+
+
+def _unread_gates(mem: ir.Memory) -> list[Diagnostic]:
+    """A gate that no rule of the update reads: most likely a rule left out of `update`."""
+    read = {gate for r in mem.rules for gate in NEEDS[r.kind]}
+    update = ", ".join(r.kind for r in mem.rules)
+    out = []
+    for role in ("lr", "retain", "log_retain", "momentum"):
+        gate = role.removeprefix("log_")
+        if mem.flow(role) is not None and gate not in read:
+            out.append(warning("NL0509", f"no rule of `{mem.name}` reads its `{role}` gate (its update is `{update}`)",
+                               mem.flow(role).span, "never read", help=UNREAD_HELP[gate]))
+    return out
+
+
 def _memory_checks(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     kinds = [r.kind for r in mem.rules]
@@ -78,6 +98,7 @@ def _memory_checks(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:
                                  f"reads {gate}", help={"lr": "e.g. `lr 0.1` or `lr sigmoid(linear(x, heads))`",
                                                         "retain": "e.g. `retain sigmoid(linear(x, heads))`",
                                                         "momentum": "e.g. `momentum 0.9`"}[gate]))
+    out.extend(_unread_gates(mem))
     if mem.flow("retain") is not None and mem.flow("log_retain") is not None:
         out.append(error("NL0109", "give `retain` or `log_retain`, not both", mem.flow("log_retain").span,
                          "the retention again, in log space", labels=[Label(mem.flow("retain").span, "the retention")],

@@ -56,6 +56,7 @@ CODES = {
     "NL0506": "delta-style rule with keys that are not normalised",
     "NL0507": "DGD may be unstable: α − 2η can be negative",
     "NL0508": "a custom objective that cannot be differentiated",
+    "NL0509": "a gate that no update rule reads",
     # lowering
     "NL0601": "a construct that cannot be lowered to code",
     "NL0602": "the output directory holds other files",
