@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -13,6 +16,10 @@ from nldsl import ast
 from nldsl.diagnostics import SpecError
 from nldsl.fmt import format_expr, format_module, format_source, quote
 from nldsl.parser import parse
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compile"))
+
+from generated_models import SEARCH, models  # noqa: E402
 
 
 def fmt(text: str) -> str:
@@ -366,3 +373,15 @@ def test_examples_with_comments_and_blank_lines_added(data):
     except SpecError:
         assume(False)
     assert_round_trip(text)
+
+
+@settings(max_examples=int(os.environ.get("NLC_FUZZ_EXAMPLES", "20")), deadline=None, phases=SEARCH,
+          derandomize="NLC_FUZZ_EXAMPLES" not in os.environ,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(models())
+def test_generated_whole_models_round_trip(generated):
+    """Whole models drawn from every construct of the language (and their libraries) format to the same
+    meaning, idempotently."""
+    assert_round_trip(generated.model, "generated.nl")
+    if generated.library:
+        assert_round_trip(generated.library, "parts.nl")
