@@ -12,11 +12,11 @@ clock, clipping, bptt, warm-up, schedule and optimizer (inline or declared).
 The promises tested: a spec that checks clean compiles, builds in float64, runs forward and backward to
 finite values and takes one step of the nested training loop with a finite loss; its chunked backend
 gives the token-by-token reference's logits, carried states, gradients and training losses to the
-float64 bound of docs/semantics.md §6; a spec that does not
-check clean is refused with real diagnostics (a known code, a span in one of its files), and
-`nlc compile` exits 1, never 2 (an internal error). Some specs carry one deliberate change (a near
-miss): a mistake that must be refused, or a size at the edge (a chunk, window or CMS period past the
-context) that is only warned about and must still run.
+float64 bound of docs/semantics.md §9; a spec that does not check clean is refused with real
+diagnostics (a known code, a span in one of its files), and `nlc compile` exits 1, never 2 (an
+internal error). Some specs carry one deliberate change (a near miss): a mistake that must be refused,
+or a size at the edge (a chunk, window or CMS period past the context) that is only warned about and
+must still run.
 
 Write rates stay at most 0.05: a larger rate lets an inner learner with a superlinear objective (`lp(3)`,
 `dot` with a self-generated target) diverge within a context, on every backend alike, which says nothing
