@@ -327,6 +327,9 @@ def kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
     return "wy", "chunk 1, gradient affine in W: WY/UT form over tiles of free size"
 
 
+# nldsl.runtime.triton.elementwise's functions, which a kernel module imports as _nl_<name> when it calls them
+ELEMENTWISE = ("softplus", "tanh")
+
 # The default tile of the wy form, whose tiles are free. On an H200 a 64-token tile spilled heavily and
 # its backward compiled for minutes; 16 compiles in seconds (benchmarks/gpu/compile_report.py).
 WY_TILE = 16
@@ -496,9 +499,16 @@ def render(plans, title: str, skipped=(), mlp_plans=()) -> str:
     plans differ only in their names (HOPE's four generator memories) share one copy of the kernels."""
     plans, entries = _shared(plans)
     mlp_plans, mlp_entries = _shared(mlp_plans)
-    text = environment().get_template("kernels.py.jinja").render(
-        title=title, plans=plans, entries=entries, skipped=list(skipped), mlp_plans=mlp_plans, mlp_entries=mlp_entries,
-        wy=any(plan.form == "wy" for plan in plans))
+
+    def text_with(elementwise: str) -> str:
+        return environment().get_template("kernels.py.jinja").render(
+            title=title, plans=plans, entries=entries, skipped=list(skipped), mlp_plans=mlp_plans,
+            mlp_entries=mlp_entries, wy=any(plan.form == "wy" for plan in plans), elementwise=elementwise)
+
+    text = text_with("")
+    used = [f"{fn} as _nl_{fn}" for fn in ELEMENTWISE if f"_nl_{fn}(" in text]
+    if used:  # the runtime's precise elementwise functions that the kernels call, imported under their names
+        text = text_with(", ".join(used))
     try:
         pyast.parse(text, filename="kernels.py")
     except SyntaxError as e:  # a bug in the generator, never in the spec

@@ -28,6 +28,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .backend import interpreting, on_device
+from .elementwise import softplus, tanh
 
 ACTIVATIONS = {"identity": 0, "silu": 1, "sigmoid": 2, "relu": 3, "tanh": 4, "softplus": 5}
 LAUNCHES = {"conv_fwd": 0, "conv_bwd": 0, "gate_fwd": 0, "gate_bwd": 0, "rms_fwd": 0, "rms_bwd": 0,
@@ -65,9 +66,9 @@ def _act(u, ACT: tl.constexpr):
     elif ACT == 3:
         out = tl.maximum(u, 0.0)
     elif ACT == 4:
-        out = 2.0 * tl.sigmoid(2.0 * u) - 1.0
+        out = tanh(u)
     elif ACT == 5:
-        out = tl.maximum(u, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(u)))
+        out = softplus(u)
     else:
         out = u
     return out
@@ -85,7 +86,7 @@ def _act_grad(u, ACT: tl.constexpr):
     elif ACT == 3:
         out = tl.where(u > 0.0, 1.0, 0.0)
     elif ACT == 4:
-        th = 2.0 * tl.sigmoid(2.0 * u) - 1.0
+        th = tanh(u)
         out = 1.0 - th * th
     elif ACT == 5:
         out = tl.sigmoid(u)
