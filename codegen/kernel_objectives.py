@@ -127,7 +127,7 @@ def _triton(e) -> str:
                 n = int(abs(p))
                 power = "(1.0 + 0.0 * r)" if n == 0 else "(" + " * ".join([a] * n) + ")"
                 return power if p >= 0 else f"(1.0 / {power})"
-            return f"tl.exp({p!r} * tl.log({a}))"
+            return f"_nl_power({a}, {p!r})"
         return f"({a} {e.op} {_triton(e.b)})"
     if e.name in _TRITON_FN:
         return f"{_TRITON_FN[e.name]}({_triton(e.args[0])})"

@@ -328,7 +328,7 @@ def kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
 
 
 # nldsl.runtime.triton.elementwise's functions, which a kernel module imports as _nl_<name> when it calls them
-ELEMENTWISE = ("softplus", "tanh")
+ELEMENTWISE = ("power", "softplus", "tanh")
 
 # The default tile of the wy form, whose tiles are free. On an H200 a 64-token tile spilled heavily and
 # its backward compiled for minutes; 16 compiles in seconds (benchmarks/gpu/compile_report.py).

@@ -41,3 +41,12 @@ def softplus(x):
     w = 1.0 + u
     exact = tl.where(w == 1.0, 1.0, w - 1.0)
     return tl.maximum(x, 0.0) + tl.where(w == 1.0, u, tl.log(w) * (u / exact))
+
+
+@triton.jit
+def power(x, p):
+    """x ** p for a float exponent p, as exp(p · log x); 0 ** p (0 for p > 0, inf for p < 0) is taken apart,
+    so that no log of 0 is evaluated (the interpreter warns on one; a GPU does not)."""
+    zero = x == 0.0
+    y = tl.exp(p * tl.log(tl.where(zero, 1.0, x)))
+    return tl.where(zero, tl.where(p > 0, 0.0, float("inf")), y)

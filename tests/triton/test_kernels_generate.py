@@ -169,7 +169,7 @@ def _triton_as_torch(code: str, r: torch.Tensor) -> torch.Tensor:
         def where(c, x, y):
             return torch.where(c, t(x), t(y))
     return eval(code, {"tl": TL, "_nl_sign": torch.sign, "_nl_tanh": torch.tanh,
-                       "_nl_softplus": torch.nn.functional.softplus, "r": r})
+                       "_nl_softplus": torch.nn.functional.softplus, "_nl_power": torch.pow, "r": r})
 
 
 CUSTOM = ["sqrt(1 + r * r) - 1", "log(1 + r ** 2)", "max(r, 0.5 * r) ** 2", "abs(r) ** 1.5 + tanh(r) * r",
