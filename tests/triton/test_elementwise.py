@@ -5,6 +5,8 @@ values, which a norm after it brings back to full size; a fractional power torch
 log of 0 evaluated."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run")
@@ -99,8 +101,6 @@ def _power(x, y, N, P: tl.constexpr, BLOCK: tl.constexpr):
 def test_power_of_a_float_exponent_is_torchs_including_at_zero(p):
     """x ** p of the objectives' derivatives (lp with a fractional p): 0 ** p and every other value as
     torch computes them, without a log of 0."""
-    import warnings
-
     x = torch.cat([torch.zeros(3), torch.logspace(-12, 12, 301)]).to(DEVICE)
     y = torch.empty_like(x)
     with warnings.catch_warnings():
