@@ -146,7 +146,9 @@ STATES_EVERY = 1
 # kernel of the forward, takes that many times fewer steps (a walk of 64-token tiles took 0.70 ms instead
 # of 1.61 at 1 x 16384 on an H100, fifth run) while prep keeps its 16-token tiles. For a backward it
 # stores the start state of each step; the backward walk, over single tiles, makes the others again
-# from it, as with `states_every`. Not timed yet: 1 (no merge) until it is.
+# from it, as with `states_every`. Slower on an H200 (ninth run): the merge took 0.25 ms at 2 tiles and
+# 0.69 at 4 (fla builds its 64-token terms in 0.18) and the backward walk 4.8 ms instead of 1.97 at
+# 1 x 16384, so forward + backward was 24-51% slower and only the forward at 1 x 16384 gained (7%).
 WALK_TILES = 1
 MERGE_WARPS = 8
 

@@ -23,6 +23,13 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ULPS = 8 * torch.finfo(torch.float32).eps  # a few roundings of float32, relative
 
 
+def exp_bound(x: torch.Tensor) -> torch.Tensor:
+    """A few roundings, plus what a GPU's e^x loses: Triton takes it as 2^(x log2 e), and rounding that
+    argument to float32 costs up to |x| 2^-24 of the result, relatively (4.8e-6 at x = -80; the
+    interpreter's numpy exp rounds once)."""
+    return ULPS + x.double().abs() * torch.finfo(torch.float32).eps / 2
+
+
 @triton.jit
 def _apply(x, y, N, FN: tl.constexpr, BLOCK: tl.constexpr):
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -60,8 +67,9 @@ def test_tanh_keeps_relative_precision_at_every_magnitude():
 def test_softplus_keeps_relative_precision_at_every_magnitude():
     x = magnitudes()
     exact = torch.nn.functional.softplus(x.double(), threshold=1000.0)
-    error = relative_error(kernel_values(1, x), exact)
-    assert float(error.max()) <= ULPS, f"worst at x = {float(x[error.argmax()]):.3g}: {float(error.max()):.2e}"
+    excess = relative_error(kernel_values(1, x), exact) - exp_bound(x)
+    worst = int(excess.argmax())
+    assert float(excess[worst]) <= 0, f"worst at x = {float(x[worst]):.3g}: {float(excess[worst]):.2e} beyond the bound"
 
 
 def test_a_fused_tanh_conv_of_small_values_matches_the_pytorch_ops_relatively():
@@ -87,7 +95,7 @@ def test_a_fused_softplus_gate_far_below_zero_matches_the_pytorch_chain_relative
     gate.backend = "chunked"
     expected = gate(z)
     gate.backend = "triton"
-    assert float(relative_error(gate(z), expected.double()).max()) <= ULPS
+    assert bool((relative_error(gate(z), expected.double()) <= exp_bound(z)).all())
 
 
 @triton.jit
