@@ -2,7 +2,8 @@
 counts them (for training also their gradients and the optimizers' states), against the memory of this
 machine and of the device it goes to. A model that cannot fit is refused with a message, where building
 it would end in an allocation error, or with the process killed by the operating system before Python
-could say anything. Activations are not counted: they depend on the batch and the sequence."""
+could say anything. For training, once the model is built, the activations one segment keeps for its
+backward are measured too (`check_training_fits`): they depend on the batch and the segment's length."""
 
 from __future__ import annotations
 
@@ -79,6 +80,67 @@ def check_fits(package: Path, dtype: torch.dtype = torch.float32, device: str = 
     for need, available, where, text in needs:
         if available is not None and need > available:
             raise ModelTooLarge(f"{text} need {_size(need)}; {where} {_size(available)}")
+
+
+def saved_bytes(model: torch.nn.Module, batch: int, tokens: int) -> int:
+    """The bytes of every tensor autograd keeps for the backward of the model's forward and next-token
+    loss on a (batch, tokens) input from fresh states, beyond the parameters themselves (a tensor kept
+    by a backward that stores it otherwise is not seen, so this is at least what a segment keeps)."""
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() and storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = max(kept.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    x = torch.zeros(batch, tokens, dtype=torch.long, device=device)
+    devices = [device] if device.type == "cuda" else []
+    # eagerly: a model whose tile steps are compiled would compile them again for these shapes
+    with torch.random.fork_rng(devices=devices), torch.compiler.set_stance("force_eager"), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="sum")
+    del loss, logits  # the graph, and what it kept, go
+    return sum(kept.values())
+
+
+def activation_bytes(model: torch.nn.Module, batch: int, tokens: int) -> int:
+    """What a training segment of `tokens` tokens keeps for its backward at `batch` rows, at least:
+    measured there up to three rows, else at two and three and extended linearly (from two rows on, each
+    row adds its own; one row can keep less, where a state broadcast over the batch stays a view)."""
+    if batch <= 3:
+        return saved_bytes(model, batch, tokens)
+    two, three = saved_bytes(model, 2, tokens), saved_bytes(model, 3, tokens)
+    return three + max(three - two, 0) * (batch - 3)
+
+
+def check_training_fits(package: Path, model: torch.nn.Module, device, batch: int, tokens: int) -> None:
+    """Raise ModelTooLarge when the parameters with their gradients and optimizer states, and the
+    activations that a segment of `tokens` tokens at `batch` rows keeps for its backward, exceed the
+    memory of the device that trains (the host for a CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        available, where = torch.cuda.get_device_properties(device).total_memory, f"{device} has"
+    else:
+        available, where = host_memory(), "this machine has"
+    if available is None:
+        return
+    size = next(model.parameters()).element_size()
+    values = training_count(package)
+    state = values * size
+    if state >= available:  # check_fits has said it; nothing left to measure
+        return
+    kept = activation_bytes(model, batch, tokens)
+    if state + kept > available:
+        raise ModelTooLarge(
+            f"training needs at least {_size(state + kept)}: the model's parameters with their gradients and "
+            f"optimizer states ({values:,} values, {_size(state)}) and the activations a segment of {tokens} "
+            f"tokens keeps for its backward at batch {batch} ({_size(kept)}); {where} {_size(available)}")
 
 
 def _size(n: int) -> str:

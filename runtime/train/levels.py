@@ -82,6 +82,16 @@ def memory_lifetime(state_key: str, memories: list) -> str:
     return "reset"
 
 
+def longest_segment(info: dict, length: int) -> int:
+    """The most tokens whose activations a training step of `length` tokens keeps at once: the whole
+    sequence under `bptt full` (its graph spans every segment), else its longest segment, which the
+    shortest CMS window bounds (the loop cuts at every window's end)."""
+    if info["outer"]["bptt"] == "full":
+        return length
+    periods = [lv["period"] for chain in info["cms"] for lv in chain["levels"] if lv["unit"] == "tokens"]
+    return min([length, *periods])
+
+
 def window_ends(position: int, length: int, period: int) -> list[int]:
     """Offsets r in 1..length at which a window of `period` tokens closes, counting from `position`."""
     first = period - position % period

@@ -151,10 +151,11 @@ class Trainer:
         from nldsl.compiler import _import_package
         from nldsl.runtime import data as D
         from nldsl.runtime import set_backend
-        from nldsl.runtime.fits import check_fits
+        from nldsl.runtime.fits import check_fits, check_training_fits
         from nldsl.runtime.optim import make_optimizer
 
         from .distributed import PeerFailed, from_env
+        from .levels import longest_segment
         from .loop import NestedLoop
         from .metrics import MetricsLog
 
@@ -186,8 +187,10 @@ class Trainer:
         levels = json.loads((model_dir / "levels.json").read_text())
         self.info = levels["runtime"]
         self.comm.check_levels(self.info)
-        self.model = self.comm.wrap(self.model)
         self.seq = cfg.seq or self.info["context"]
+        check_training_fits(model_dir, self.model, self.device, max(cfg.batch // self.comm.world, 1),
+                            longest_segment(self.info, self.seq))
+        self.model = self.comm.wrap(self.model)
         try:
             train_docs, val_docs = D.split(D.load_documents(cfg.data), seed=cfg.seed)
         except (OSError, ValueError) as e:

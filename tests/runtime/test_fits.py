@@ -1,7 +1,11 @@
 """A model is measured before it is built: its level graph's parameter count is the model's own, and a
-model whose parameters alone exceed the memory there is is refused with both sizes."""
+model whose parameters alone exceed the memory there is is refused with both sizes. Training measures
+what a segment keeps for its backward at its batch too, and refuses a batch whose activations do not
+fit beside the parameters' training state."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -78,3 +82,67 @@ def test_nlc_train_refuses_it_with_a_message(package, tmp_path):
                          text=True, timeout=300)
     assert run.returncode == 1, run.stderr
     assert "with their gradients and optimizer states" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_activations_of_a_batch_are_measured_from_two_and_three_rows(package):
+    """What autograd keeps grows by the same amount a row from two rows on, so the extension to many rows
+    is what a forward of that many rows keeps; and it holds at least the loss's log-probabilities."""
+    model = nldsl.load(package)
+    tokens = 12
+    assert fits.activation_bytes(model, 7, tokens) == fits.saved_bytes(model, 7, tokens)
+    assert fits.activation_bytes(model, 2, tokens) == fits.saved_bytes(model, 2, tokens)
+    assert fits.saved_bytes(model, 7, tokens) >= 7 * tokens * model.vocab_size * 4
+    assert fits.saved_bytes(model, 2, 2 * tokens) > fits.saved_bytes(model, 2, tokens)
+
+
+def test_measuring_the_activations_leaves_the_model_and_the_random_stream_alone(package):
+    model = nldsl.load(package)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(5)
+    fits.activation_bytes(model, 5, 8)
+    after_measuring = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(3), after_measuring)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("bptt, expected", [("truncated", 4), ("full", 16)])
+def test_a_step_keeps_the_activations_of_its_longest_segment(tmp_path, package, bptt, expected):
+    """The loop cuts a step at every CMS window's end, so the shortest window bounds a segment, except
+    under `bptt full`, whose graph spans the step; a model without CMS keeps its whole sequence."""
+    from nldsl.runtime.train.levels import longest_segment
+    from tiny_specs import build_loop, cms_memory_spec
+
+    _, loop, info = build_loop(tmp_path, cms_memory_spec(bptt=bptt, fast=4, slow=8))
+    assert longest_segment(info, 16) == expected
+    assert max(end - start for start, end in loop._cuts(16)) == 4  # the cuts themselves
+    plain = json.loads((package / "levels.json").read_text())["runtime"]
+    assert longest_segment(plain, 16) == 16
+
+
+def test_training_is_refused_where_the_activations_of_its_batch_do_not_fit(package, monkeypatch):
+    """The parameters and their training state fit; a segment's activations at this batch do not."""
+    model = nldsl.load(package)
+    state = 4 * fits.training_count(package)
+    kept = fits.activation_bytes(model, 64, 32)
+    monkeypatch.setattr(fits, "host_memory", lambda: state + kept - 1)
+    with pytest.raises(fits.ModelTooLarge, match="activations a segment of 32 tokens keeps for its backward at "
+                                                 "batch 64"):
+        fits.check_training_fits(package, model, "cpu", 64, 32)
+    monkeypatch.setattr(fits, "host_memory", lambda: state + kept)
+    fits.check_training_fits(package, model, "cpu", 64, 32)
+
+
+def test_nlc_train_refuses_a_batch_too_large_for_this_machine_with_a_message(package, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from nldsl.runtime import fits; size = 4 * fits.training_count(sys.argv[1]) + 10 ** 6; "
+            "fits.host_memory = lambda: size; "
+            "from nldsl.cli import main; sys.argv = ['nlc', 'train', sys.argv[1], '--steps', '1', '--batch', '64', "
+            "'--out', sys.argv[2]]; main()")
+    run = subprocess.run([sys.executable, "-c", code, str(package), str(tmp_path / "run")], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert "activations a segment of" in run.stderr and "batch 64" in run.stderr and "Traceback" not in run.stderr
