@@ -301,7 +301,10 @@ def train(spec, data, steps, batch, seq, out, force, resume, device, dtype, seed
     In-context memories update inside the forward pass, each CMS level steps at the end of its window
     with the window-summed gradient, the outer level steps at its clock. The run directory gets
     metrics.jsonl, checkpoints (safetensors + JSON), loss.png and update_norms.png. A new run refuses
-    an --out that holds files (an earlier run: continue it with --resume) unless --force.
+    an --out that holds files (an earlier run: continue it with --resume) unless --force. Before the
+    first step it checks that the parameters, their gradients and optimizer states, and the activations
+    of a segment at --batch fit the machine (or the card with --device cuda), and stops with both sizes
+    where they do not.
 
     --resume RUN continues RUN's own model from its last checkpoint up to --steps (default: the total
     it was started with; a total it has reached already is an error). It keeps the run's spec, data,
