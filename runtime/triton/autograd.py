@@ -41,8 +41,14 @@ def recompute_grads(cfg, objective, position: int, inputs, grad_outputs):
         return torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
 
 
-def _only_needed(ctx, grads):
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[5:]))
+def only_needed(ctx, grads, first: int):
+    """The gradients of the inputs from `first` on (q, k, v, the three gates, the state): None where
+    autograd needs none and for a gate that no rule reads, which the chunked path leaves without one
+    (the kernels take every gate and give an unread one zeros)."""
+    read = ctx.cfg.required_gates()
+    unread = {3 + i for i, name in enumerate(GATES) if name not in read}
+    return tuple(None if i in unread or not need else g
+                 for i, (g, need) in enumerate(zip(grads, ctx.needs_input_grad[first:])))
 
 
 class ChunkFunction(torch.autograd.Function):
@@ -68,7 +74,7 @@ class ChunkFunction(torch.autograd.Function):
         if grads is None:
             kernels.launches["recompute"] += 1
             grads = recompute_grads(ctx.cfg, ctx.objective, ctx.position, saved[:9], (dy, dtheta1, danchor1, dmom1))
-        return (None,) * 5 + _only_needed(ctx, grads)
+        return (None,) * 5 + only_needed(ctx, grads, 5)
 
 
 class StepFunction(torch.autograd.Function):
@@ -83,4 +89,4 @@ class StepFunction(torch.autograd.Function):
     def backward(ctx, dy, dtheta1, danchor1, dmom1):
         ctx.kernels.launches["recompute"] += 1
         grads = recompute_grads(ctx.cfg, ctx.objective, ctx.position, ctx.saved_tensors, (dy, dtheta1, danchor1, dmom1))
-        return (None,) * 5 + _only_needed(ctx, grads)
+        return (None,) * 5 + only_needed(ctx, grads, 5)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 
 from ..memory import MemoryState, chunked
+from .autograd import GATES, only_needed
 from .backend import OutOfResources, without_backward_kernel
 
-GATES = ("eta", "alpha", "beta")
 
 
 def names_of(bias: bool) -> tuple[tuple[str, str], ...]:
@@ -65,8 +65,7 @@ class MlpChunkFunction(torch.autograd.Function):
                 without_backward_kernel(ctx.kernels, error, streamed=ctx.streamed)
         if grads is None:
             grads = _tile_walk(ctx, dy, dstate)
-        needed = ctx.needs_input_grad[6:]
-        return (None,) * 6 + tuple(g if need else None for g, need in zip(grads, needed))
+        return (None,) * 6 + only_needed(ctx, grads, 6)
 
 
 def _tile_walk(ctx, dy, dstate):

@@ -197,11 +197,20 @@ def _conv_geometry(width: int, heads: int | None):
     return block, block, -(-width // block), _rows_per_program(block)
 
 
+def no_gradient(inputs: int) -> tuple:
+    """The backward of a fused function whose output nothing differentiated: no gradient for any input.
+    Zeros would reach the parameters before it (a gate's projection where no rule reads the gate, say),
+    which then get a zero gradient here and none on the chunked path, and an optimizer's weight decay
+    would move them on one backend only."""
+    return (None,) * inputs
+
+
 class ConvActNorm(torch.autograd.Function):
     """y = l2norm_per_head(act(short_conv(x; cache, weight, bias))) for x (B, T, W), cache (B, K-1, W)."""
 
     @staticmethod
     def forward(ctx, x, cache, weight, bias, act, heads, eps):
+        ctx.set_materialize_grads(False)  # see no_gradient
         batch, tokens, width = x.shape
         window = weight.shape[1]
         x = x.contiguous()
@@ -222,6 +231,8 @@ class ConvActNorm(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
+        if dy is None:
+            return no_gradient(7)
         x, cache, weight, bias = ctx.saved_tensors
         batch, tokens, width = x.shape
         window = weight.shape[1]
@@ -281,6 +292,7 @@ def _gate_block() -> int:
 class BoundedGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, act, scale, shift):
+        ctx.set_materialize_grads(False)  # see no_gradient
         z = z.contiguous()
         y = torch.empty_like(z)
         n = z.numel()
@@ -294,6 +306,8 @@ class BoundedGate(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
+        if dy is None:
+            return no_gradient(4)
         (z,) = ctx.saved_tensors
         dz = torch.empty_like(z)
         n = z.numel()
@@ -350,6 +364,7 @@ def _rms_geometry(width: int) -> tuple[int, int]:
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
+        ctx.set_materialize_grads(False)  # see no_gradient
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         rows, width = x2.shape
@@ -365,6 +380,8 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
+        if dy is None:
+            return no_gradient(3)
         x2, weight, rstd = ctx.saved_tensors
         rows, width = x2.shape
         block, br = _rms_geometry(width)
@@ -415,6 +432,7 @@ class L2NormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, heads, eps):
+        ctx.set_materialize_grads(False)  # see no_gradient
         shape = x.shape
         group = shape[-1] // heads
         x2 = x.reshape(-1, group).contiguous()
@@ -431,6 +449,8 @@ class L2NormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
+        if dy is None:
+            return no_gradient(3)
         x2, rnorm = ctx.saved_tensors
         rows, group = x2.shape
         block, br = _rms_geometry(group)

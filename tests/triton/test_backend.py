@@ -113,6 +113,26 @@ def test_a_compiled_example_on_the_triton_backend_matches_chunked(spec):
     compare_model_runs(model_run(set_backend(model, "chunked")), run)
 
 
+@pytest.mark.parametrize("kind", ["linear", "mlp(depth = 2, hidden = 16, act = silu)"])
+def test_a_gate_no_rule_reads_gets_no_gradient_on_either_backend(kind, tmp_path):
+    """The kernels take every gate and give one that no rule reads zeros; the chunked path never
+    touches it, so its projection has no gradient there, and must have none on triton either, through
+    the fused gate too (AdamW would otherwise decay it on one backend only)."""
+    spec = tmp_path / "unread.nl"
+    text = (ROOT / "tests/errors/gate_never_read.nl").read_text(encoding="utf-8")
+    text = text.replace("linear per head {", f"{kind} per head {{\n      chunk 4")
+    text = text.replace("alpha = sigmoid(", "alpha = 0.5 + 0.5 * sigmoid(")  # a fused gate on triton
+    spec.write_text(text, encoding="utf-8")
+    torch.manual_seed(0)
+    model = load(spec, backend="triton")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TritonFallbackWarning)
+        run = model_run(model)
+    chunked_run = model_run(set_backend(model, "chunked"))
+    compare_model_runs(chunked_run, run)
+    assert "mix.alpha.weight" in dict(model.named_parameters()) and "mix.alpha.weight" not in run[1]
+
+
 @pytest.mark.parametrize("loss", ["sqrt(1 + r * r) - 1", "softplus(r) ** 2 - r"])
 def test_a_custom_objective_runs_on_its_packages_kernels(loss, tmp_path):
     """The objective's derivative is generated into the package's kernels (the second one's calls the
@@ -129,7 +149,7 @@ def test_a_custom_objective_runs_on_its_packages_kernels(loss, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", TritonFallbackWarning)
         run = model_run(model)
-    compare_model_runs(model_run(set_backend(model, "chunked")), run, same_parameters=False)
+    compare_model_runs(model_run(set_backend(model, "chunked")), run)
 
 
 def test_a_memory_stack_runs_its_first_members_kernels_for_every_members_heads():

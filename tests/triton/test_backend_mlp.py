@@ -56,7 +56,7 @@ def test_an_mlp_memory_with_a_custom_objective_runs_on_its_packages_kernels(tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("error", TritonFallbackWarning)
         run = model_run(model, tokens=10)
-    compare_model_runs(model_run(set_backend(model, "chunked"), tokens=10), run, same_parameters=False)
+    compare_model_runs(model_run(set_backend(model, "chunked"), tokens=10), run)
 
 
 def test_a_level_without_a_fused_form_falls_back_with_one_line(tmp_path):

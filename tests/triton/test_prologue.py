@@ -144,6 +144,39 @@ def test_fused_l2norm_matches_the_pytorch_ops(heads, shape):
     assert ratio(y0, y) <= TIGHT and ratio(gx0, gx) <= TIGHT
 
 
+class _Unread(torch.autograd.Function):
+    """Passes `used` on and reads nothing of `unread`: no gradient for it, as a memory's kernels give
+    none to a gate that no rule reads."""
+
+    @staticmethod
+    def forward(ctx, used, unread):
+        return used.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+@pytest.mark.parametrize("layer", ["conv", "rmsnorm", "gate", "l2norm"])
+def test_a_fused_layer_whose_output_gets_no_gradient_gives_its_inputs_none(layer):
+    """As the PyTorch ops do: zeros would reach the parameters before the layer (on triton only)."""
+    conv, x, cache = conv_case(8, 4, True, 2, 9, True)
+    norm = RMSNorm(8).to(DEVICE)
+    fused = {"conv": lambda t: conv(t, cache, act="silu", l2norm_heads=2)[0], "rmsnorm": norm,
+             "gate": BoundedGate("sigmoid", scale=0.5, shift=0.5), "l2norm": L2Norm(2)}[layer]
+    for backend in ("chunked", "triton"):
+        conv.backend = norm.backend = backend
+        if layer != "conv":
+            fused.backend = backend
+        before = sum(prologue.LAUNCHES.values())
+        u = x.detach().clone().requires_grad_(True)
+        x.grad = conv.weight.grad = norm.weight.grad = None
+        _Unread.apply(x * 2, fused(u)).sum().backward()
+        assert (sum(prologue.LAUNCHES.values()) > before) == (backend == "triton")
+        assert torch.equal(x.grad, torch.full_like(x, 2.0)), backend
+        assert u.grad is None and conv.weight.grad is None and norm.weight.grad is None, backend
+
+
 def test_other_backends_and_a_cpu_without_the_interpreter_run_the_pytorch_ops(monkeypatch):
     conv, x, cache = conv_case(8, 4, False, 2, 9, True)
     conv, x, cache = conv.cpu(), x.detach().cpu(), cache.detach().cpu()
