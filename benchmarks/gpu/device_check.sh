@@ -22,7 +22,8 @@
 # folder) downloads into .whl/ the wheels that `setup` installs: WHEELS, what this project and its
 # benchmarks need beyond a CUDA machine's usual image (torch, triton, jinja2, click, networkx, pytest,
 # hypothesis...), for WHEEL_PYTHON (3.12) on x86-64 Linux.
-# Limits in seconds come from LIMIT_<STEP> (e.g. LIMIT_TESTS=300).
+# Limits in seconds come from LIMIT_<STEP> (e.g. LIMIT_TESTS=300): a step past its limit gets SIGINT, so that
+# pytest still prints its failures and slowest tests (--durations), and is killed 20 s later.
 set -u
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/nlc-gpu}"
@@ -41,7 +42,8 @@ run_step() {  # name limit command...
     # at most 8 files come back from a lent machine: the harnesses' logs only as tails in the summary
     # (their figures are in their JSON files)
     [[ "$name" == tests || "$name" == suite ]] || file="/tmp/nlc-$name.txt"
-    timeout "$limit" "$@" >"$file" 2>&1
+    # SIGINT first: pytest then still prints its summary (failures, --durations); KILL 20 s later
+    timeout -s INT -k 20 "$limit" "$@" >"$file" 2>&1
     local rc=$?
     echo "=== $name: rc=$rc after $((SECONDS - start))s" | tee -a "$LOG"
     # the harnesses' rows and --profile tables whole (a tail of 30 lines kept only the last row's), the
@@ -117,14 +119,15 @@ for STEP in "${STEPS[@]}"; do
         report) run_step report "${LIMIT_REPORT:-60}" "$PY" benchmarks/gpu/compile_report.py \
                     ${REPORT_ARGS:-gdn128 titans_small --dtype bfloat16} ;;
         tests) NLC_FAILURE_LOG="$OUT/failures.txt" run_step tests "${LIMIT_TESTS:-200}" "$PY" -m pytest -v \
-                   -p no:cacheprovider -p no:benchmark ${TESTS:-tests/triton} -n "${WORKERS:-12}" --timeout=170 -rfE \
+                   -p no:cacheprovider -p no:benchmark ${TESTS:-tests/triton} -n "${WORKERS:-12}" --timeout=170 -rfE --durations=30 \
                    ${SHARD:+--shard $SHARD} ${PYTEST_EXTRA:-} ;;
         fla) run_step fla "${LIMIT_FLA:-150}" "$PY" benchmarks/gpu/kernels_vs_fla.py --json "$OUT/fla.json" \
                  ${FLA_ARGS:-} ;;
         titans) run_step titans "${LIMIT_TITANS:-70}" "$PY" benchmarks/gpu/titans_vs_titans_pytorch.py \
                     --json "$OUT/titans.json" ${TITANS_ARGS:-} ;;
         suite) run_step suite "${LIMIT_SUITE:-300}" "$PY" -m pytest -q -p no:cacheprovider -p no:benchmark \
-                   -n "${WORKERS:-12}" --timeout=280 -m "not triton and not browser" -rfE ${SHARD:+--shard $SHARD} ;;
+                   -n "${WORKERS:-12}" --timeout=280 -m "not triton and not browser" -rfE --durations=30 \
+                   ${SHARD:+--shard $SHARD} ;;
         save) echo "=== save" | tee -a "$LOG"; step_save 2>&1 | tee -a "$LOG" ;;
         step) run_step step_f32 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --json "$OUT/step_f32.json"
               run_step step_bf16 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --dtype bfloat16 \
