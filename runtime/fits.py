@@ -7,6 +7,7 @@ backward are measured too (`check_training_fits`): they depend on the batch and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -100,9 +101,11 @@ def saved_bytes(model: torch.nn.Module, batch: int, tokens: int) -> int:
 
     x = torch.zeros(batch, tokens, dtype=torch.long, device=device)
     devices = [device] if device.type == "cuda" else []
-    # eagerly: a model whose tile steps are compiled would compile them again for these shapes
-    with torch.random.fork_rng(devices=devices), torch.compiler.set_stance("force_eager"), \
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    # eagerly: a model whose tile steps are compiled would compile them again for these shapes (torch
+    # before 2.6 has no stance to set, and compiles them)
+    stance = getattr(torch.compiler, "set_stance", None)
+    eager = stance("force_eager") if stance is not None else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=devices), eager, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         logits, _ = model(x)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="sum")
     del loss, logits  # the graph, and what it kept, go
