@@ -72,6 +72,16 @@ def _unread_gates(mem: ir.Memory) -> list[Diagnostic]:
     return out
 
 
+def _never_writes(mem: ir.Memory) -> list[Diagnostic]:
+    """An update of `retain` alone: the memory only decays its initial state, so its key and value are
+    never read; most likely the rule that writes was left out."""
+    if not mem.rules or any(r.kind != "retain" for r in mem.rules):
+        return []
+    return [warning("NL0510", f"`{mem.name}` never writes: its update is `retain` alone, so its key and value "
+                    "are never read", mem.rules[0].span, "only decays the state",
+                    help="add a rule that writes to `update` (`gd`, `momentum`, `delta` or `dgd`, with an `lr`)")]
+
+
 def _memory_checks(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     kinds = [r.kind for r in mem.rules]
@@ -99,6 +109,7 @@ def _memory_checks(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:
                                                         "retain": "e.g. `retain sigmoid(linear(x, heads))`",
                                                         "momentum": "e.g. `momentum 0.9`"}[gate]))
     out.extend(_unread_gates(mem))
+    out.extend(_never_writes(mem))
     if mem.flow("retain") is not None and mem.flow("log_retain") is not None:
         out.append(error("NL0109", "give `retain` or `log_retain`, not both", mem.flow("log_retain").span,
                          "the retention again, in log space", labels=[Label(mem.flow("retain").span, "the retention")],

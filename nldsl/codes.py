@@ -57,6 +57,7 @@ CODES = {
     "NL0507": "DGD may be unstable: α − 2η can be negative",
     "NL0508": "a custom objective that cannot be differentiated",
     "NL0509": "a gate that no update rule reads",
+    "NL0510": "a memory whose update never writes (`retain` alone)",
     # lowering
     "NL0601": "a construct that cannot be lowered to code",
     "NL0602": "the output directory holds other files",
