@@ -90,12 +90,24 @@ class MemoryLevel(nn.Module):
             state: Optional[MemoryState], names: tuple = ()) -> tuple[Tensor, MemoryState]:
         """This level's backend on inputs split into heads (any number of heads: a MemoryStack runs the
         heads of several levels at once, and `names` them all in a fallback warning)."""
+        kh, vh, gates = self._cut_unread(kh, vh, gates)
         if self.backend == "triton":
             from .triton import run_memory
             return run_memory(self, qh, kh, vh, gates, params0, state, names)
         if self.backend == "reference":
             return reference(self.cfg, self.objective, qh, kh, vh, gates, params0, state)
         return chunked(self.cfg, self.objective, qh, kh, vh, gates, params0, state, compile=self.compile_steps)
+
+    def _cut_unread(self, kh: Tensor, vh: Tensor, gates: Mapping[str, Tensor]):
+        """The inputs that no rule reads, out of the graph: a gate no rule reads (NL0509), and the keys and
+        values of a memory that never writes (`retain` alone, NL0510). So every backend leaves what
+        computes them without a gradient (a kernel given them would return zeros, on which an
+        optimizer's weight decay would act on that backend only)."""
+        read = self.cfg.required_gates()
+        gates = {name: g if name in read or not isinstance(g, Tensor) else g.detach() for name, g in gates.items()}
+        if all(rule.kind == "retain" for rule in self.cfg.rules):
+            kh, vh = kh.detach(), vh.detach()
+        return kh, vh, gates
 
     def read_anchor(self, q: Tensor, state: Optional[MemoryState]) -> Tensor:
         """M_{θ_{c(t)}}(q) for tokens of the current chunk: what a `read at anchor` returns."""

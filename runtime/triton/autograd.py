@@ -42,16 +42,9 @@ def recompute_grads(cfg, objective, position: int, inputs, grad_outputs):
 
 
 def only_needed(ctx, grads, first: int):
-    """The gradients of the inputs from `first` on (q, k, v, the three gates, the state): None where
-    autograd needs none, for a gate that no rule reads and for the values of a memory that never writes
-    (`retain` alone), which the chunked path leaves without one (the kernels take every input and give
-    those zeros)."""
-    read = ctx.cfg.required_gates()
-    unread = {3 + i for i, name in enumerate(GATES) if name not in read}
-    if all(rule.kind == "retain" for rule in ctx.cfg.rules):
-        unread.add(2)
-    return tuple(None if i in unread or not need else g
-                 for i, (g, need) in enumerate(zip(grads, ctx.needs_input_grad[first:])))
+    """The gradients of the inputs from `first` on (q, k, v, the three gates, the state), None where
+    autograd needs none."""
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[first:]))
 
 
 class ChunkFunction(torch.autograd.Function):
