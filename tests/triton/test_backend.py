@@ -114,23 +114,25 @@ def test_a_compiled_example_on_the_triton_backend_matches_chunked(spec):
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp(depth = 2, hidden = 16, act = silu)"])
-def test_a_gate_no_rule_reads_gets_no_gradient_on_either_backend(kind, tmp_path):
-    """The kernels take every gate and give one that no rule reads zeros; the chunked path never
-    touches it, so its projection has no gradient there, and must have none on triton either, through
-    the fused gate too (AdamW would otherwise decay it on one backend only)."""
-    spec = tmp_path / "unread.nl"
-    text = (ROOT / "tests/errors/gate_never_read.nl").read_text(encoding="utf-8")
+@pytest.mark.parametrize("spec, unread", [("gate_never_read.nl", "mix.alpha.weight"),
+                                          ("memory_never_writes.nl", "mix.v.weight")])
+def test_what_no_rule_reads_gets_no_gradient_on_any_backend(kind, spec, unread, tmp_path):
+    """A gate that no rule reads, and the values of a memory that never writes: the kernels would give
+    them zeros, and AdamW would decay their projections on triton only; the memory level cuts them out
+    of the graph, so no backend gives them a gradient, through the fused gate too."""
+    text = (ROOT / "tests/errors" / spec).read_text(encoding="utf-8")
     text = text.replace("linear per head {", f"{kind} per head {{\n      chunk 4")
     text = text.replace("alpha = sigmoid(", "alpha = 0.5 + 0.5 * sigmoid(")  # a fused gate on triton
-    spec.write_text(text, encoding="utf-8")
+    (tmp_path / "unread.nl").write_text(text, encoding="utf-8")
     torch.manual_seed(0)
-    model = load(spec, backend="triton")
+    model = load(tmp_path / "unread.nl", backend="triton")
+    fused = kind == "linear" or spec == "gate_never_read.nl"  # an MLP that never writes has no kernels
     with warnings.catch_warnings():
-        warnings.simplefilter("error", TritonFallbackWarning)
+        warnings.simplefilter("error" if fused else "ignore", TritonFallbackWarning)
         run = model_run(model)
-    chunked_run = model_run(set_backend(model, "chunked"))
-    compare_model_runs(chunked_run, run)
-    assert "mix.alpha.weight" in dict(model.named_parameters()) and "mix.alpha.weight" not in run[1]
+    compare_model_runs(model_run(set_backend(model, "chunked")), run)
+    compare_model_runs(model_run(set_backend(model, "reference")), run)
+    assert unread in dict(model.named_parameters()) and unread not in run[1]
 
 
 @pytest.mark.parametrize("loss", ["sqrt(1 + r * r) - 1", "softplus(r) ** 2 - r"])
