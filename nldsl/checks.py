@@ -21,6 +21,7 @@ NEEDS = {  # rule → gates it reads
     "delta": ("lr",),
     "dgd": ("lr", "retain"),
 }
+WRITES = ("gd", "momentum", "dgd")  # the rules that take a gradient of the objective: they write the values
 QUADRATIC = ("l2", "sq", "mse", "dot")
 
 
@@ -73,13 +74,16 @@ def _unread_gates(mem: ir.Memory) -> list[Diagnostic]:
 
 
 def _never_writes(mem: ir.Memory) -> list[Diagnostic]:
-    """An update of `retain` alone: the memory only decays its initial state, so its key and value are
-    never read; most likely the rule that writes was left out."""
-    if not mem.rules or any(r.kind != "retain" for r in mem.rules):
+    """An update with no rule that takes a gradient (`retain`, `delta`: they only decay or erase the
+    state), so the memory never writes its values, nor reads its keys under `retain` alone; most likely
+    the rule that writes was left out."""
+    kinds = [r.kind for r in mem.rules]
+    if not kinds or any(kind in WRITES for kind in kinds):
         return []
-    return [warning("NL0510", f"`{mem.name}` never writes: its update is `retain` alone, so its key and value "
-                    "are never read", mem.rules[0].span, "only decays the state",
-                    help="add a rule that writes to `update` (`gd`, `momentum`, `delta` or `dgd`, with an `lr`)")]
+    unread = "key and values are" if set(kinds) == {"retain"} else "values are"
+    return [warning("NL0510", f"`{mem.name}` never writes: no rule of its update (`{', '.join(kinds)}`) takes a "
+                    f"gradient, so its {unread} never read", mem.rules[0].span, "no rule writes",
+                    help="add a rule that writes to `update`: `gd`, `momentum` or `dgd` (`delta` only erases)")]
 
 
 def _memory_checks(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:

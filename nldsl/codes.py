@@ -57,7 +57,7 @@ CODES = {
     "NL0507": "DGD may be unstable: α − 2η can be negative",
     "NL0508": "a custom objective that cannot be differentiated",
     "NL0509": "a gate that no update rule reads",
-    "NL0510": "a memory whose update never writes (`retain` alone)",
+    "NL0510": "a memory whose update never writes (no rule takes a gradient)",
     # lowering
     "NL0601": "a construct that cannot be lowered to code",
     "NL0602": "the output directory holds other files",

@@ -99,14 +99,17 @@ class MemoryLevel(nn.Module):
         return chunked(self.cfg, self.objective, qh, kh, vh, gates, params0, state, compile=self.compile_steps)
 
     def _cut_unread(self, kh: Tensor, vh: Tensor, gates: Mapping[str, Tensor]):
-        """The inputs that no rule reads, out of the graph: a gate no rule reads (NL0509), and the keys and
-        values of a memory that never writes (`retain` alone, NL0510). So every backend leaves what
-        computes them without a gradient (a kernel given them would return zeros, on which an
-        optimizer's weight decay would act on that backend only)."""
-        read = self.cfg.required_gates()
+        """The inputs that no rule reads, out of the graph: a gate no rule reads (NL0509), the values of a
+        memory with no rule that takes a gradient, and its keys too under `retain` alone (NL0510). So
+        every backend leaves what computes them without a gradient (a kernel given them would return
+        zeros, on which an optimizer's weight decay would act on that backend only)."""
+        cfg = self.cfg
+        read = cfg.required_gates()
         gates = {name: g if name in read or not isinstance(g, Tensor) else g.detach() for name, g in gates.items()}
-        if all(rule.kind == "retain" for rule in self.cfg.rules):
-            kh, vh = kh.detach(), vh.detach()
+        if not cfg.has_gradient:
+            vh = vh.detach()
+            if all(rule.kind == "retain" for rule in cfg.rules):
+                kh = kh.detach()
         return kh, vh, gates
 
     def read_anchor(self, q: Tensor, state: Optional[MemoryState]) -> Tensor:

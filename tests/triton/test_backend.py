@@ -115,11 +115,13 @@ def test_a_compiled_example_on_the_triton_backend_matches_chunked(spec):
 
 @pytest.mark.parametrize("kind", ["linear", "mlp(depth = 2, hidden = 16, act = silu)"])
 @pytest.mark.parametrize("spec, unread", [("gate_never_read.nl", "mix.alpha.weight"),
-                                          ("memory_never_writes.nl", "mix.v.weight")])
+                                          ("memory_never_writes.nl", "mix.v.weight"),
+                                          ("memory_only_erases.nl", "mix.v.weight")])
 def test_what_no_rule_reads_gets_no_gradient_on_any_backend(kind, spec, unread, tmp_path):
-    """A gate that no rule reads, and the values of a memory that never writes: the kernels would give
-    them zeros, and AdamW would decay their projections on triton only; the memory level cuts them out
-    of the graph, so no backend gives them a gradient, through the fused gate too."""
+    """A gate that no rule reads, and the values of a memory that never writes (`retain` or `delta`
+    alone): the kernels would give them zeros, and AdamW would decay their projections on triton only;
+    the memory level cuts them out of the graph, so no backend gives them a gradient, through the fused
+    gate too."""
     text = (ROOT / "tests/errors" / spec).read_text(encoding="utf-8")
     text = text.replace("linear per head {", f"{kind} per head {{\n      chunk 4")
     text = text.replace("alpha = sigmoid(", "alpha = 0.5 + 0.5 * sigmoid(")  # a fused gate on triton
