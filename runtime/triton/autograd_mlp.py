@@ -19,7 +19,6 @@ from .autograd import GATES, only_needed
 from .backend import OutOfResources, without_backward_kernel
 
 
-
 def names_of(bias: bool) -> tuple[tuple[str, str], ...]:
     """The pairs of parameters of the flat state, in order: the weights, then the biases."""
     return (("W1", "W2"), ("b1", "b2")) if bias else (("W1", "W2"),)

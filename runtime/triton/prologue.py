@@ -198,10 +198,10 @@ def _conv_geometry(width: int, heads: int | None):
 
 
 def no_gradient(inputs: int) -> tuple:
-    """The backward of a fused function whose output nothing differentiated: no gradient for any input.
-    Zeros would reach the parameters before it (a gate's projection where no rule reads the gate, say),
-    which then get a zero gradient here and none on the chunked path, and an optimizer's weight decay
-    would move them on one backend only."""
+    """The backward of a fused function whose output nothing differentiated: no gradient for any input,
+    as the PyTorch ops give. Zeros would reach the parameters before it, which would then have a zero
+    gradient on this backend and none on the others, and an optimizer's weight decay would move them
+    here only."""
     return (None,) * inputs
 
 
