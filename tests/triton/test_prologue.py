@@ -145,8 +145,8 @@ def test_fused_l2norm_matches_the_pytorch_ops(heads, shape):
 
 
 class _Unread(torch.autograd.Function):
-    """Passes `used` on and reads nothing of `unread`: no gradient for it, as a memory's kernels give
-    none to a gate that no rule reads."""
+    """Passes `used` on and reads nothing of `unread`: no gradient for it, as any backward gives none
+    to an input it does not read."""
 
     @staticmethod
     def forward(ctx, used, unread):
