@@ -50,7 +50,9 @@ def test_a_streamed_backward_too_large_for_the_device_leaves_the_backward_to_pyt
     objective = standard_objective("l2")
     found, reason = kernels_for(cfg, objective, "oor.streamed")
     assert found is not None and found.bwd_streamed is not None, reason
-    lk = dataclasses.replace(found, stream=True, launches={n: 0 for n in found.launches})
+    # stream_backward: the streamed backward kernel on any device (on a GPU a streamed forward's backward
+    # is otherwise the PyTorch walk, which never launches the kernel)
+    lk = dataclasses.replace(found, stream=True, stream_backward=True, launches={n: 0 for n in found.launches})
     lk.bwd_streamed = _Unlaunchable()
     case = Case(cfg, objective, tokens=10, position=3, eta_max=0.2)
     with pytest.warns(TritonFallbackWarning, match=r"backward kernel does not fit the device .*shared memory"):
