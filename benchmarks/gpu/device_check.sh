@@ -4,10 +4,11 @@
 #
 #   OUT=/tmp/gpu benchmarks/gpu/device_check.sh [STEP ...]     # default: every step, in this order
 #
-# Steps: wheels setup env doctor report tests fla titans step suite save (suite: the rest of the test suite,
+# Steps: wheels setup env doctor report tests fla titans step graph suite save (graph: segment_graph.py, a
+# hope.nl training segment replayed as a CUDA graph against the same segment run eagerly; suite: the rest of the test suite,
 # not run by default; doctor: `nlc doctor --device cuda`, every backend of its built-in model against the
 # float64 reference on this GPU, a minute at most; report: compile_report.py with the machine's own Triton and ptxas, its log in the summary;
-# REPORT_ARGS, FLA_ARGS, TITANS_ARGS and PYTEST_EXTRA pass arguments on; TESTS names the test files of
+# REPORT_ARGS, FLA_ARGS, TITANS_ARGS, GRAPH_ARGS and PYTEST_EXTRA pass arguments on; TESTS names the test files of
 # the tests step, tests/triton by default; SHARD=I/N runs the I-th of N parts of the tests and suite steps'
 # tests, for a suite longer than one call: tests/conftest.py; SKIP_PASSED=FILE leaves out of both the tests
 # that FILE, an earlier run's tests.txt or suite.txt, names as passed or skipped, to finish a cut-off run).
@@ -108,7 +109,7 @@ step_wheels() {
         && echo "wheels: $(compgen -G '.whl/*.whl' | wc -l) in .whl/, $(du -sh .whl | cut -f1)"
 }
 
-STEPS=(wheels setup env doctor report tests fla titans step suite save)
+STEPS=(wheels setup env doctor report tests fla titans step graph suite save)
 for STEP in "${STEPS[@]}"; do
     want "$@" || continue
     case "$STEP" in
@@ -131,6 +132,7 @@ for STEP in "${STEPS[@]}"; do
                    -n "${WORKERS:-12}" --timeout=280 -m "not triton and not browser" -rfE --durations=30 \
                    ${SHARD:+--shard $SHARD} ${SKIP_PASSED:+--skip-passed $SKIP_PASSED} ;;
         save) echo "=== save" | tee -a "$LOG"; step_save 2>&1 | tee -a "$LOG" ;;
+        graph) run_step graph "${LIMIT_GRAPH:-120}" "$PY" benchmarks/gpu/segment_graph.py ${GRAPH_ARGS:-} ;;
         step) run_step step_f32 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --json "$OUT/step_f32.json"
               run_step step_bf16 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --dtype bfloat16 \
                   --json "$OUT/step_bf16.json" ;;
