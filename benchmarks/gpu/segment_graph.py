@@ -15,9 +15,10 @@ The script times the segment eagerly (the model's own call, as the trainer makes
 in a CUDA graph with static token, target and state buffers (the states a first eager segment left,
 so that every memory level runs from a carried state, as all but a sequence's first segment do) and
 times replays, each followed by the copy of the new states into the state buffers (one multi-tensor
-copy). Both times are medians of synchronised repeats; the ratio is what graphs would give the
-segments of a step. It also replays once from the weights and states of an eager segment and prints
-the largest relative difference of the loss, every gradient and every state out: a graph that did not
+copy). Both times are medians over CUDA events with the host waiting for each call, so that a call
+pays for issuing its operators (timing.time_call); the ratio is what graphs would give the segments
+of a step. It also replays once from the weights and states of an eager segment and prints the
+largest RMS difference, relative, of the loss, any gradient and any state out: a graph that did not
 capture the whole segment (an operator that reads host values, a kernel that branches on the host)
 shows there. A capture that fails prints the error and the backend goes on to the next.
 
@@ -30,10 +31,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 
+from timing import rel, time_call  # noqa: E402  (benchmarks/gpu/timing.py)
 from train_step import build  # noqa: E402  (benchmarks/gpu/train_step.py)
 
 from nldsl.runtime.memory import MemoryState  # noqa: E402
@@ -99,29 +99,9 @@ def segment(model, x, y, state):
     return loss.detach(), rebuild(layout, [t.detach() for t in tensors])
 
 
-def synchronise(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(fn, repeats: int, device) -> float:
-    times = []
-    for _ in range(repeats):
-        synchronise(device)
-        start = time.perf_counter()
-        fn()
-        synchronise(device)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
-def largest_difference(a: list, b: list) -> float:
-    """max |a - b| / max(|a|, tiny) over pairs of tensors (0 for none)."""
-    worst = 0.0
-    for x, y in zip(a, b):
-        x, y = x.double(), y.double()
-        worst = max(worst, float((x - y).abs().max() / x.abs().max().clamp_min(1e-30)))
-    return worst
+def largest_difference(got: list, expected: list) -> float:
+    """The largest `rel` (RMS relative difference) over pairs of tensors (0 for none)."""
+    return max((rel(g, e) for g, e in zip(got, expected)), default=0.0)
 
 
 class Graphed:
@@ -176,9 +156,9 @@ def compare(model, graphed: Graphed, x, y, state) -> dict:
     zero()
     graphed.load(x, y, state)
     graphed.graph.replay()
-    return {"loss": largest_difference([loss], [graphed.loss]),
-            "gradients": largest_difference(grads, [p.grad for p in params if p.grad is not None]),
-            "states": largest_difference(expected, graphed.out)}
+    return {"loss": largest_difference([graphed.loss], [loss]),
+            "gradients": largest_difference([p.grad for p in params if p.grad is not None], grads),
+            "states": largest_difference(graphed.out, expected)}
 
 
 def run_backend(args, backend, device, dtype, workdir) -> None:
@@ -193,9 +173,8 @@ def run_backend(args, backend, device, dtype, workdir) -> None:
     tensors, layout = flatten(state)
     state = rebuild(layout, [t.detach() for t in tensors])
     x, y = batch[:, tokens:2 * tokens], batch[:, tokens + 1:2 * tokens + 1]
-    for _ in range(args.warmup):
-        segment(model, x, y, state)
-    eager = median_ms(lambda: segment(model, x, y, state), args.repeats, device)
+    # each call waited for, so that a call also pays for issuing its operators
+    eager = time_call(lambda: segment(model, x, y, state), args.repeats, args.warmup, synchronise=True)
     print(f"  {backend:8s} eager    {eager:9.3f} ms a segment of {tokens} tokens, B={args.batch}")
     if device.type != "cuda":
         return
@@ -205,7 +184,7 @@ def run_backend(args, backend, device, dtype, workdir) -> None:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         print(f"  {backend:8s} capture failed: {type(error).__name__}: {first}")
         return
-    replay = median_ms(graphed, args.repeats, device)
+    replay = time_call(graphed, args.repeats, 1, synchronise=True)
     diff = compare(model, graphed, x, y, state)
     print(f"  {backend:8s} graphed  {replay:9.3f} ms a segment (replay + state copy): {eager / replay:.2f}x; "
           f"replay against eager: loss {diff['loss']:.1e}, gradients {diff['gradients']:.1e}, "
@@ -219,7 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, help="rows (default 8 on a GPU, 1 with --tiny)")
     ap.add_argument("--seq", type=int, default=512, help="the training sequence whose segment is timed")
     ap.add_argument("--repeats", type=int, help="timed repeats (default 20 on a GPU, 1 with --tiny)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, help="untimed eager segments first (default 2 on a GPU, 0 with --tiny)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--tiny", action="store_true", help="a tiny batch (implied without a GPU)")
     ap.add_argument("--seed", type=int, default=0)
@@ -227,11 +206,14 @@ def main(argv=None) -> int:
     for name in ("batch", "seq", "repeats"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name} must be at least 1")
+    if args.warmup is not None and args.warmup < 0:
+        ap.error("--warmup must be at least 0")
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     tiny = args.tiny or not cuda
     args.batch = args.batch or (1 if tiny else 8)
     args.repeats = args.repeats or (1 if tiny else 20)
+    args.warmup = args.warmup if args.warmup is not None else (0 if tiny else 2)
     if not cuda and args.dtype != "float32":
         print("the Triton interpreter runs float32 only; using float32")
         args.dtype = "float32"
