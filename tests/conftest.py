@@ -34,8 +34,8 @@ def shard_of(text: str) -> tuple[int, int]:
 
 
 # a test's outcome in `pytest -v` output: "[gw3] [ 10%] PASSED tests/a.py::t[x y]" under xdist, else
-# "tests/a.py::t[x y] SKIPPED (reason)  [ 10%]" (an id alone on a line is not an outcome: xdist lists the tests it
-# schedules so, and --durations names tests whatever their outcome)
+# "tests/a.py::t[x y] SKIPPED (reason)  [ 10%]" (an id alone on a line is not an outcome: xdist lists
+# the tests it schedules so, and --durations names tests whatever their outcome)
 _OUTCOMES = (re.compile(r"^(?:\[gw\d+\] \[\s*\d+%\] )?(?:PASSED|SKIPPED) (?P<id>[^\s:]+::.*?)\s*$"),
              re.compile(r"^(?P<id>[^\s:]+::.*?) (?:PASSED|SKIPPED)(?: \(.*\))?(?:\s+\[\s*\d+%\])?\s*$"))
 
