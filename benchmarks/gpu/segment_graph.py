@@ -41,7 +41,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 
 from timing import rel, time_call  # noqa: E402  (benchmarks/gpu/timing.py)
-from train_step import build  # noqa: E402  (benchmarks/gpu/train_step.py)
+from train_step import build, check_counts  # noqa: E402  (benchmarks/gpu/train_step.py)
 
 from nldsl.runtime.memory import MemoryState  # noqa: E402
 
@@ -203,11 +203,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="a tiny batch (implied without a GPU)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    for name in ("batch", "seq", "repeats"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            ap.error(f"--{name} must be at least 1")
-    if args.warmup is not None and args.warmup < 0:
-        ap.error("--warmup must be at least 0")
+    check_counts(ap, args, ("batch", "seq", "repeats"))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     tiny = args.tiny or not cuda

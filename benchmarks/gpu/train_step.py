@@ -125,6 +125,15 @@ def timed(loop, batch, device) -> tuple[float, float]:
     return time.perf_counter() - start, loss
 
 
+def check_counts(ap, args, positive: tuple) -> None:
+    """Refuse (argparse's usage error) the options of `positive` below 1 and --warmup below 0."""
+    for name in positive:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1")
+    if args.warmup is not None and args.warmup < 0:
+        ap.error("--warmup must be at least 0")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", default="examples/hope.nl")
@@ -139,11 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="also profile one more step of each backend: GPU kernels and the operators' CPU time")
     args = ap.parse_args(argv)
-    for name in ("batch", "seq", "steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            ap.error(f"--{name} must be at least 1")
-    if args.warmup is not None and args.warmup < 0:
-        ap.error("--warmup must be at least 0")
+    check_counts(ap, args, ("batch", "seq", "steps"))
 
     from nldsl.diagnostics import SpecError
     from nldsl.runtime.triton import TritonFallbackWarning
