@@ -48,7 +48,7 @@ from nldsl.runtime.memory import MemoryState  # noqa: E402
 GROUPS = ("params", "anchor", "momentum")
 
 
-def flatten(state: dict) -> tuple[list, object]:
+def flatten(state: dict) -> tuple[list, dict]:
     """The distinct tensors of a model's state (a dict of tensors and MemoryStates), and its layout:
     `rebuild(layout, tensors)` makes the same state from other tensors, sharing where it shared (a
     memory whose anchor is its state keeps one tensor for both)."""
@@ -109,7 +109,6 @@ class Graphed:
     states into the state buffers."""
 
     def __init__(self, model, x, y, state, warmup: int = 3):
-        self.model = model
         self.x, self.y = x.clone(), y.clone()
         tensors, self.layout = flatten(state)
         self.state = [t.clone() for t in tensors]
@@ -170,8 +169,6 @@ def run_backend(args, backend, device, dtype, workdir) -> None:
     batch = torch.randint(0, model.vocab_size, (args.batch, 2 * tokens + 1), generator=gen).to(device)
     with torch.no_grad():   # the states a first segment leaves: every later segment starts from such
         _, state = model(batch[:, :tokens], None)
-    tensors, layout = flatten(state)
-    state = rebuild(layout, [t.detach() for t in tensors])
     x, y = batch[:, tokens:2 * tokens], batch[:, tokens + 1:2 * tokens + 1]
     # each call waited for, so that a call also pays for issuing its operators
     eager = time_call(lambda: segment(model, x, y, state), args.repeats, args.warmup, synchronise=True)
