@@ -24,7 +24,7 @@ CODES = {
     "NL0107": "wrong number or kind of arguments",
     "NL0108": "a declaration is used where another kind is expected",
     "NL0109": "a property is given more than once",
-    "NL0110": "a block or level is declared but never used",
+    "NL0110": "a block, chain, optimizer or network binding is declared but never used",
     "NL0111": "recursion among blocks",
     "NL0112": "a name shadows a builtin or an outer definition",
     # values, constants and dimensions

@@ -32,6 +32,7 @@ class Elaborator:
         self.reads: dict[str, list] = {}  # level → [(block, Read)]
         self.elaborating: list[str] = []
         self.shadow_checked: set[str] = set()
+        self.nets_used: set[str] = {"network"}  # network bindings some used stage names
 
     # ------------------------------------------------------------ entry
 
@@ -160,6 +161,7 @@ class Elaborator:
         if name in ("rmsnorm", "layernorm"):
             return ir.Norm(name, node.span)
         if name in self.nets:
+            self.nets_used.add(name)
             if name in stack:
                 raise Fail(error("NL0111", f"`{name}` is defined in terms of itself", node.span, "used inside its own definition",
                                  help=f"to repeat a stage, use `stack({name}, n)` in the network"))
@@ -355,6 +357,9 @@ class Elaborator:
                                       help="use it in `network = ...` or remove it"))
             if s.kind == "cms" and s.name not in _used_chains(self):
                 self.sink.add(warning("NL0110", f"the cms chain `{s.name}` is never used", s.span, "unused"))
+            if s.kind == "const" and s.name in self.nets and s.name not in self.nets_used:
+                self.sink.add(warning("NL0110", f"the network binding `{s.name}` is never used", s.span, "unused",
+                                      help="use it in `network = ...` or remove it"))
             if s.kind == "optimizer" and not _optimizer_used(self, s.name):
                 self.sink.add(warning("NL0110", f"the optimizer `{s.name}` is never used", s.span, "unused",
                                       help="name it in a level's `update`"))

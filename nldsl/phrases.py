@@ -170,22 +170,35 @@ def objective(prop: ast.Prop, env) -> ir.Objective:
     if isinstance(expr, ast.Call):
         if not arity:
             raise Fail(error("NL0107", f"`{name}` takes no arguments", expr.span))
-        if len(expr.args) != 1 or expr.kwargs:
-            raise Fail(error("NL0107", f"`{name}` takes one argument", expr.span, help=f"e.g. {name}(1.0)"))
+        arg = _objective_argument(expr, name, arity[0])
         if name == "custom":
-            _custom_objective(expr.args[0], env)
+            _custom_objective(arg, env)
             # its constants as numbers: the expression means the same wherever it is generated from
-            inlined = ast.replace_names(expr.args[0], lambda n: n if n.id == "r" or n.id not in env else
+            inlined = ast.replace_names(arg, lambda n: n if n.id == "r" or n.id not in env else
                                         ast.Number(env[n.id], repr(env[n.id]), n.span))
             return ir.Objective("custom", (), inlined, expr.span)
-        v = number(expr.args[0], env, f"the argument of {name}")
+        v = number(arg, env, f"the argument of {name}")
         if v <= 0 or (name == "lp" and v < 1):
             raise Fail(error("NL0205", f"`{name}` needs a positive argument" + (" ≥ 1" if name == "lp" else ""),
-                             expr.args[0].span, f"this is {v:g}"))
+                             arg.span, f"this is {v:g}"))
         return ir.Objective(name, ((arity[0], float(v)),), None, expr.span)
     if arity:
         raise Fail(error("NL0107", f"`{name}` needs an argument", expr.span, help=f"e.g. {name}(1.0)" if name != "custom" else "custom(0.5 * r * r)"))
     return ir.Objective(name, (), None, expr.span)
+
+
+def _objective_argument(call: ast.Call, name: str, param: str):
+    """The one argument of `huber(1.0)`, `lp(3)`, `custom(...)`; the first two may also name it:
+    `huber(delta = 1.0)`, `lp(p = 3)`."""
+    example = "custom(0.5 * r * r)" if name == "custom" else f"{name}(1.0) or {name}({param} = 1.0)"
+    if len(call.args) + len(call.kwargs) != 1:
+        raise Fail(error("NL0107", f"`{name}` takes one argument", call.span, help=f"e.g. {example}"))
+    if call.args:
+        return call.args[0]
+    kw = call.kwargs[0]
+    if name == "custom" or kw.name != param:
+        raise Fail(error("NL0107", f"`{name}` has no argument `{kw.name}`", kw.span, help=f"e.g. {example}"))
+    return kw.value
 
 
 def _custom_objective(expr, env) -> None:
