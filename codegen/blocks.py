@@ -318,7 +318,8 @@ class BlockLowering:
                           + (", per_layer=True" if r.per_layer else "") + ")" for r in lv.rules)
         cfg = (f"rt.MemoryConfig(family={lv.family!r}, dk={lv.dk}, dv={lv.dv}, depth={lv.depth}, "
                f"hidden={lv.hidden}, act={lv.act!r}, residual={lv.residual!r}, bias={lv.bias!r}, "
-               f"rules=({rules},), read={lv.read!r}, chunk={lv.chunk}, self_target={lv.self_target!r})")
+               f"rules=({rules},), read={lv.read!r}, chunk={lv.chunk}, self_target={lv.self_target!r}"
+               + (f", clip={literal(lv.clip)}" if lv.clip is not None else "") + ")")
         return f"{cfg}, {self._objective(lv)}, heads={lv.heads}, learn_init={lv.init_by is not None!r}"
 
     def _objective(self, lv: ir.Memory) -> str:

@@ -313,10 +313,16 @@ def _affine_text(a: float, b: float, y: str, target: str) -> str:
     return f"{a!r} * {y} - {b!r} * {target}"
 
 
+# Why a memory with `clip` has no kernels, in either family.
+CLIP_REASON = "clip: a token's gradient norm spans its head's whole state, which the kernels do not reduce"
+
+
 def kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
     """('dual' | 'wy' | 'recurrent' | 'none', reason) of a memory configuration."""
     if cfg.family != "linear":
         return "none", "an MLP memory has no linear-family kernels (codegen/kernels_mlp.py plans it)"
+    if getattr(cfg, "clip", None) is not None:
+        return "none", CLIP_REASON
     if cfg.chunk > 1:
         return "dual", f"chunk {cfg.chunk}: gradients at the chunk anchor, one tile per chunk (dual form)"
     if _has_momentum(cfg):

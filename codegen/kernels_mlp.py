@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from .kernel_coefs import VARIABLES, Poly, _has_gradient, _has_momentum, fold_dual
 from .kernel_objectives import ObjectiveCode
-from .kernels import Coef, PlanNames, _affine_text, _block, _dgate_lines, rules_text, tile_length
+from .kernels import CLIP_REASON, Coef, PlanNames, _affine_text, _block, _dgate_lines, rules_text, tile_length
 from .names import py
 
 TRANSITION_RULES = ("delta", "dgd")
@@ -52,6 +52,8 @@ def mlp_kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
     """('dual', reason) for an MLP memory the kernels fuse, else ('none', the reason it falls back)."""
     if cfg.family != "mlp":
         return "none", "not an MLP memory"
+    if getattr(cfg, "clip", None) is not None:
+        return "none", CLIP_REASON
     if cfg.depth != 2:
         return "none", f"an MLP memory of depth {cfg.depth} has no fused kernel (only depth 2)"
     if cfg.chunk < 2:

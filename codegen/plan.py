@@ -51,7 +51,8 @@ def plan_text(model: ir.ModelIR, stacks=()) -> str:
     for m in model.memories:
         form, reason = chunk_form(m)
         lines.append(f"{ind}  memory {m.name} ×{model.replica_count(m.name)}: chunk {m.chunk}, "
-                     f"{', '.join(r.kind for r in m.rules)}, read {m.read}, {form} form"
+                     f"{', '.join(r.kind for r in m.rules)}" + (f", clip {m.clip:g}" if m.clip is not None else "")
+                     + f", read {m.read}, {form} form"
                      f" ({'reset per sequence' if m.lifetime == 'reset' else 'persists'}){stacked.get(m.name, '')}")
     for a in model.attentions:
         lines.append(f"{ind}  attention {a.name}: KV cache grows every token" + (f", window {a.window}" if a.window else "")

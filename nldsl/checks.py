@@ -44,6 +44,8 @@ def chunk_form(mem: ir.Memory) -> tuple[str, str]:
     kinds = {r.kind for r in mem.rules}
     if mem.chunk > 1:
         return "dual", f"gradients at the anchor of each {mem.chunk}-token chunk: the dual form"
+    if mem.clip is not None and kinds & set(WRITES):
+        return "sequential", "chunk 1 with `clip`: the clipped gradient is not linear in the state"
     if mem.family == "linear" and mem.objective.name in QUADRATIC and kinds <= {"retain", "gd", "delta", "dgd"}:
         return "wy", "transitions aI − b k kᵀ: the WY/UT form over free tiles"
     if "momentum" in kinds:

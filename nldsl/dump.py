@@ -94,7 +94,8 @@ def dump_ir(model: ir.ModelIR) -> str:
     for m in model.memories:
         rules = ", ".join(r.kind + (f" at {r.at}" if r.at not in ("none",) else "") for r in m.rules)
         out.append(f"  memory {m.name}: {m.type_text} ×{m.heads} heads, dk {m.dk}, dv {m.dv}, chunk {m.chunk}, "
-                   f"rules [{rules}], objective {m.objective.text}, read {m.read}, "
+                   f"rules [{rules}]" + (f", clip {m.clip:g}" if m.clip is not None else "")
+                   + f", objective {m.objective.text}, read {m.read}, "
                    f"{'self target, ' if m.self_target else ''}state {m.lifetime}, init by {m.init_by}, "
                    f"replicas {model.replica_count(m.name)}")
         for role, v in m.flows:

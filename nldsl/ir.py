@@ -179,6 +179,7 @@ class Memory:
     flows: tuple[tuple[str, Value], ...]  # key, value, query, lr, retain, log_retain, momentum
     span: Span
     kind: str = "memory"
+    clip: Optional[float] = None  # per-token gradient-norm bound, None: unclipped
 
     def flow(self, role):
         return dict(self.flows).get(role)

@@ -8,6 +8,7 @@ dk and dv.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from . import ast, ir, phrases, schema
 from .consts import Fail, import_prefix, library_constants, suggest
@@ -157,6 +158,7 @@ def _memory(el, p, u) -> ir.Memory | None:
     if "objective" in props:
         objective = guarded(sink, phrases.objective, props["objective"], env) or objective
     read = guarded(sink, phrases.read_mode, props["read"], default="after") if "read" in props else "after"
+    clip = guarded(sink, _clip, props["clip"], env) if "clip" in props else None
     lifetime = guarded(sink, phrases.lifetime, props["state"], default="reset") if "state" in props else "reset"
     init_by = el.outer_name
     if "init" in props:
@@ -166,6 +168,11 @@ def _memory(el, p, u) -> ir.Memory | None:
                            "not the outer level",
                            help=f"the initial state is learned by the outer level `{el.outer_name}`, or use `init zero`"))
     if rules is None:
+        return None
+    if clip is not None and not any(r.kind in ("gd", "momentum", "dgd") for r in rules):
+        sink.add(error("NL0502", "`clip` bounds the inner gradient, and no rule of the update takes one",
+                       props["clip"].span, "nothing to clip",
+                       help="remove `clip`, or add a rule that takes a gradient: `gd`, `momentum` or `dgd`"))
         return None
     t = p["targs"]
     family = p["family"]
@@ -190,4 +197,14 @@ def _memory(el, p, u) -> ir.Memory | None:
     return ir.Memory(name, p["block"], p["template"], family, depth, hidden or 0, t.get("act", "identity"),
                      bool(t.get("residual", False)), bool(t.get("bias", False)), p["heads"], u.dk, u.dv, chunk,
                      clock, rules, objective, read, self_target, lifetime, init_by, tuple(p["flows"].items()),
-                     p["ident"].span)
+                     p["ident"].span, clip=clip)
+
+
+def _clip(prop: ast.Prop, env) -> float:
+    """`clip c`: a positive number, the bound on each token's inner gradient norm."""
+    expr = phrases.one_expr(prop)
+    c = phrases.number(expr, env, "a gradient-norm bound")
+    if not (c > 0 and math.isfinite(c)):
+        raise Fail(error("NL0205", "`clip` needs a positive bound", expr.span, f"this is {c:g}",
+                         help="e.g. `clip 1.0`: every token's gradient is scaled to a norm of at most 1"))
+    return float(c)

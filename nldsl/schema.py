@@ -59,6 +59,7 @@ KEYS = {
         "momentum": "the momentum gate β_t ∈ [0, 1] used by the `momentum` rule",
         "objective": "the inner loss: l2, sq, mse, dot, l1, huber(δ), lp(p) or custom(<expression of r>)",
         "update": "the update rules in the order applied: retain, gd, momentum, delta, dgd [at anchor|at current]",
+        "clip": "per-token gradient-norm clipping: each token's inner gradient is scaled to a norm of at most c",
         "read": "when a read sees the state: `before write`, `after write` or `at anchor`",
         "state": "`reset per sequence` or `persist` (carried across sequences and saved)",
         "init": "who learns the initial state: `by <level>` (a meta edge) or `zero`",

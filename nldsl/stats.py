@@ -42,7 +42,8 @@ def _memory(model, m: ir.Memory, reps: int) -> dict:
         update += 4 * o * i
     state = m.heads * per_head_state * reps
     rules = ", ".join(r.kind + (" at current" if r.at == "current" else "") for r in m.rules)
-    notes = [f"update {rules}; objective {m.objective.text}; read {_read_text(m.read)}",
+    clip = f"; clip {m.clip:g}" if m.clip is not None else ""
+    notes = [f"update {rules}{clip}; objective {m.objective.text}; read {_read_text(m.read)}",
              f"state {'reset per sequence' if m.lifetime == 'reset' else 'persists across sequences'}"
              + (f"; initial state learned by {m.init_by}" if m.init_by else "; initial state zero")]
     if m.template:

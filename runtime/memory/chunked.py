@@ -12,7 +12,7 @@ Three forms (`chunk_form` names the one a config gets, with the reason, for the 
 - 'wy' (C = 1, linear memory, no momentum, gradient affine in W or no gradient): gradients at the
   previous or the current state are linear in W, so each token is W_{t-1}(a I + p k^T) + w k^T and tiles
   of any size (`tile`) are exact.
-- 'sequential': C = 1 with momentum, with an MLP memory, or with a non-affine objective: no exact
+- 'sequential': C = 1 with momentum, with an MLP memory, with a non-affine objective or with `clip`: no exact
   chunk-parallel form is implemented, so the reference recurrence runs token by token.
 
 No formula divides by a gate, so retention alpha = 0 is handled. In the 'dual' form with large states
@@ -30,7 +30,7 @@ from .config import MemoryConfig
 from .dual import run_dual
 from .functional import Params
 from .inputs import check_inputs, start_state
-from .objectives import GradFn, affine_coefficients, standard_objective
+from .objectives import GradFn, standard_objective
 from .reference import reference
 from .state import MemoryState
 from .wy import run_wy
@@ -51,7 +51,10 @@ def chunk_form(cfg: MemoryConfig, objective: object = None) -> tuple[str, str]:
     if cfg.family != 'linear':
         return 'sequential', ("chunk size 1 with an MLP memory: the gradient is not linear in the state; "
                               "running token by token")
-    if cfg.has_gradient and affine_coefficients(objective, cfg.dv) is None:
+    if cfg.clip is not None:
+        return 'sequential', ("chunk 1 with clip: the clipped gradient is not affine in W; "
+                              "running token by token")
+    if cfg.has_gradient and cfg.affine(objective) is None:
         name = getattr(objective, 'name', 'a custom objective')
         return 'sequential', (f"chunk size 1 with {name}: the gradient is not affine in W; "
                               "running token by token")

@@ -6,7 +6,9 @@ exists is one both execution paths accept.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Optional
 
 RULE_KINDS = ('retain', 'gd', 'momentum', 'delta', 'dgd')
 GRADIENT_RULES = ('gd', 'momentum', 'dgd')
@@ -65,6 +67,7 @@ class MemoryConfig:
     read: str = 'after'
     chunk: int = 1
     self_target: bool = False
+    clip: Optional[float] = None  # per-token gradient-norm bound c: g_t scaled by min(1, c / ‖g_t‖)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'rules', tuple(self.rules))
@@ -74,6 +77,10 @@ class MemoryConfig:
             raise ValueError(f"read mode must be one of {', '.join(READ_MODES)}, got {self.read!r}")
         if self.chunk < 1:
             raise ValueError(f"chunk size must be >= 1, got {self.chunk}")
+        if self.clip is not None and not (self.clip > 0 and math.isfinite(self.clip)):
+            raise ValueError(f"clip must be a positive number, got {self.clip!r}")
+        if self.clip is not None and not self.has_gradient:
+            raise ValueError("clip bounds the inner gradient, and no update rule takes one")
         if self.self_target and self.dk != self.dv:
             raise ValueError(f"a self-generated target M(v) needs dk == dv, got dk={self.dk}, dv={self.dv}")
 
@@ -89,6 +96,13 @@ class MemoryConfig:
     @property
     def has_gradient(self) -> bool:
         return any(rule.uses_gradient for rule in self.rules)
+
+    def affine(self, objective: object) -> Optional[tuple[float, float]]:
+        """(a, b) when every gradient of this memory is a*y - b*v (objectives.affine_coefficients), else
+        None; a clipped gradient is never affine."""
+        from .objectives import affine_coefficients
+
+        return None if self.clip is not None else affine_coefficients(objective, self.dv)
 
     def required_gates(self) -> tuple[str, ...]:
         needed = {gate for rule in self.rules for gate in GATES_OF_RULE[rule.kind]}

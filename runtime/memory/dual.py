@@ -22,7 +22,7 @@ from .coeffs import DualCoefficients, along, dual_coefficients
 from .compiled import CompiledStep
 from .config import MemoryConfig
 from .functional import Params
-from .objectives import GradFn, affine_coefficients
+from .objectives import GradFn
 from .scan import Geometry, Momentum, TileScan, solve_columns, system_inverse
 from .state import MemoryState
 from .recompute import may_recompute, run_recomputed
@@ -84,7 +84,7 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
                gates: Mapping[str, Tensor], carried: _Carried, compile: bool) -> tuple[Tensor, _Carried]:
     qg, kg, vg = group.split(q), group.split(k), group.split(v)
     prep = _prepare(cfg, group, kg, gates)
-    affine = affine_coefficients(objective, cfg.dv)
+    affine = cfg.affine(objective)
     shared = all(carried.anchor[n] is carried.theta[n] for n in carried.theta)
     linear_form = dual_linear.form(cfg, affine, prep.first, kg, shared)
     if linear_form is not None:
@@ -160,7 +160,8 @@ def _solve_tile(cfg: MemoryConfig, objective: GradFn, prep: _Prepared, k: Tensor
                 target: Tensor, carried: _Carried) -> dict[str, TileScan]:
     """All gradients of the tile at the anchor, then every parameter's update columns."""
     anchor = carried.anchor
-    deltas = F.backward(cfg, anchor, fwd, objective(fwd.out, target), fused=True) if cfg.has_gradient else None
+    deltas = F.clip_deltas(cfg, fwd.inputs, F.backward(cfg, anchor, fwd, objective(fwd.out, target), fused=True)) \
+        if cfg.has_gradient else None
     gates, geometry = prep.gates, prep.geometry
     per_layer = any(rule.per_layer for rule in cfg.rules)
     scans = {}

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .coeffs import DualCoefficients, _is_zero
+from .functional import clip_deltas
 from .objectives import GradFn
 from .scan import Geometry, _rows
 from .state_update import state_update
@@ -138,6 +139,8 @@ def run_loop(cfg, objective: GradFn, w: Weights, q: Tensor, k: Tensor, v: Tensor
         products = weight_rows(weight, x)
         y, out = products[..., :length, :], products[..., length:2 * length, :]
         delta = objective(out, products[..., 2 * length:, :] if cfg.self_target else vi)
+        if cfg.clip is not None:
+            (delta,) = clip_deltas(cfg, (x[..., length:2 * length, :],), (delta,))
         if read is not None:
             if mq is not None:
                 y = plus_product(y, mq, momentum.transpose(-1, -2))

@@ -210,6 +210,22 @@ def backward(cfg: MemoryConfig, params: Params, fwd: Forward, dout: Tensor, fuse
 
 def gradients(cfg: MemoryConfig, objective: Callable[[Tensor, Tensor], Tensor], params: Params,
               keys: Tensor, target: Tensor) -> tuple[Forward, tuple[Tensor, ...]]:
-    """Forward pass on the keys and the per-layer deltas of the objective against `target`."""
+    """Forward pass on the keys and the per-layer deltas of the objective against `target` (clipped)."""
     fwd = forward(cfg, params, keys)
-    return fwd, backward(cfg, params, fwd, objective(fwd.out, target))
+    return fwd, clip_deltas(cfg, fwd.inputs, backward(cfg, params, fwd, objective(fwd.out, target)))
+
+
+def clip_deltas(cfg: MemoryConfig, inputs: tuple[Tensor, ...], deltas: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The deltas of `cfg.clip`'s per-token gradient-norm clipping: every token's gradient g_t (all
+    layers' δ_l x_lᵀ, and δ_l for a bias) scaled by min(1, c / ‖g_t‖), ‖g_t‖² = Σ_l ‖δ_l‖² (‖x_l‖² [+ 1]).
+    The gradient is linear in the deltas, so scaling them scales it; the outer backward differentiates
+    through the scale. Unchanged without `clip`."""
+    if cfg.clip is None:
+        return deltas
+    extra = 1.0 if cfg.bias else 0.0
+    square = sum((d * d).sum(-1) * ((x * x).sum(-1) + extra) for d, x in zip(deltas, inputs))
+    over = square > cfg.clip * cfg.clip
+    # the unselected branch of `where` still gets a gradient: keep its rsqrt finite where the norm is 0
+    scale = torch.where(over, cfg.clip * torch.rsqrt(torch.where(over, square, torch.ones_like(square))),
+                        torch.ones_like(square))
+    return tuple(d * scale.unsqueeze(-1) for d in deltas)

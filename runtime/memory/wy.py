@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .coeffs import along, wy_coefficients
 from .config import MemoryConfig
-from .objectives import GradFn, affine_coefficients
+from .objectives import GradFn
 from .scan import Geometry, _rows, system_inverse
 from .state_update import state_update
 from .tape import gram, plus_product, weight_rows
@@ -26,7 +26,7 @@ from .tiles import join_groups, tile_groups
 
 def run_wy(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
            gates: Mapping[str, Tensor], start: MemoryState, tile: int) -> tuple[Tensor, MemoryState]:
-    affine = affine_coefficients(objective, cfg.dv) if cfg.has_gradient else (0.0, 0.0)
+    affine = cfg.affine(objective) if cfg.has_gradient else (0.0, 0.0)
     mode = 'after' if cfg.read == 'after' else 'before'
     weight = start.params['W']
     outputs = []

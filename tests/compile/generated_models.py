@@ -221,6 +221,8 @@ def memory_part(draw, spec: Spec, i: int, source: str = "x") -> Parts:
     optional = [f"chunk     {chunk}" if chunk > 1 or draw(st.booleans()) else "",
                 f"objective {objective(draw)}" if draw(st.booleans()) else "",
                 f"update    {', '.join(words)}",
+                f"clip      {draw(st.sampled_from(['0.1', '1.0', '1e3']))}"
+                if set(kinds) & set(GRADIENT_RULES) and draw(st.integers(0, 3)) == 0 else "",
                 f"read      {draw(st.sampled_from(['before write', 'after write', 'at anchor']))}"
                 if draw(st.booleans()) else "",
                 f"state     {draw(st.sampled_from(['reset per sequence', 'persist']))}" if draw(st.booleans()) else "",

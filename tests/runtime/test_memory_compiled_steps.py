@@ -24,6 +24,8 @@ CASES = {
                                 bias=True, **MLP), "mse"),
     "hope dgd self target": (MemoryConfig(dk=4, dv=4, rules=(Rule("dgd"),), chunk=4, read="anchor",
                                           self_target=True, **MLP), "l2"),
+    "hope dgd with clip": (MemoryConfig(dk=4, dv=4, rules=(Rule("dgd"),), chunk=4, read="anchor", clip=0.2,
+                                        **MLP), "l2"),
     "linear delta": (MemoryConfig("linear", 4, 3, rules=(Rule("retain"), Rule("delta"), Rule("gd")), chunk=3,
                                   read="before"), "huber"),
 }

@@ -6,7 +6,7 @@ import torch
 
 from memory_testkit import DTYPE, make_inputs
 from nldsl.runtime.memory.functional import ACTIVATION_FNS, times_slope
-from nldsl.runtime.memory import (MemoryConfig, Rule, affine_coefficients, chunked, init_params,
+from nldsl.runtime.memory import (MemoryConfig, Rule, affine_coefficients, chunk_form, chunked, init_params,
                                   param_shapes, reference, standard_objective)
 
 
@@ -146,3 +146,16 @@ def test_unknown_objectives_and_parameters_raise():
         standard_objective('huber', delta=0.0)
     with pytest.raises(ValueError, match='unexpected parameter'):
         standard_objective('l2', delta=1.0)
+
+
+def test_clip_needs_a_positive_bound_and_a_gradient():
+    for bad in (0.0, -1.0, float('inf'), float('nan')):
+        with pytest.raises(ValueError, match='clip must be a positive number'):
+            MemoryConfig('linear', 2, 2, clip=bad)
+    with pytest.raises(ValueError, match='no update rule takes one'):
+        MemoryConfig('linear', 2, 2, rules=(Rule('retain'), Rule('delta')), clip=1.0)
+    cfg = MemoryConfig('linear', 2, 2, clip=1.0)
+    assert cfg.affine(standard_objective('l2')) is None  # a clipped gradient is never affine
+    assert MemoryConfig('linear', 2, 2).affine(standard_objective('l2')) == (1.0, 1.0)
+    assert chunk_form(cfg, 'l2')[0] == 'sequential' and 'clip' in chunk_form(cfg, 'l2')[1]
+    assert chunk_form(MemoryConfig('linear', 2, 2, clip=1.0, chunk=4), 'l2')[0] == 'dual'

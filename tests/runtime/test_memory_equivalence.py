@@ -45,9 +45,12 @@ def cases(draw):
         extra = dict(depth=depth, hidden=draw(st.integers(2, 4)) if depth > 1 else 0, residual=residual,
                      bias=draw(st.booleans()),
                      act=draw(st.sampled_from(['silu', 'gelu', 'relu', 'tanh', 'sigmoid', 'identity'])))
-    cfg = MemoryConfig(family, dk, dv, rules=draw(rule_lists(chunk, family)), chunk=chunk,
+    rules = draw(rule_lists(chunk, family))
+    # a bound small enough that some tokens' gradients are clipped and others are not
+    clip = draw(st.sampled_from([None, None, 0.2, 1.0])) if any(r.uses_gradient for r in rules) else None
+    cfg = MemoryConfig(family, dk, dv, rules=rules, chunk=chunk,
                        read=draw(st.sampled_from(['before', 'after', 'anchor'])), self_target=self_target,
-                       **extra)
+                       clip=clip, **extra)
     name, params = draw(st.sampled_from(OBJECTIVES))
     tokens = draw(st.integers(1, 9))
     carried = draw(st.booleans())

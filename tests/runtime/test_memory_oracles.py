@@ -160,9 +160,10 @@ def test_linear_oracles(name, chunk, runner):
     assert_close(expected, y, f"{name}, C={chunk}, {runner}")
 
 
-def titans_mlp_oracle(inputs, chunk, create_graph):
+def titans_mlp_oracle(inputs, chunk, create_graph, clip=None):
     """Titans with a 2-layer MLP memory M(k) = W2 silu(W1 k): the anchor gradient by torch.autograd
-    (create_graph keeps it differentiable for the outer level), s = beta s - eta grad, M = alpha M + s."""
+    (create_graph keeps it differentiable for the outer level), s = beta s - eta grad, M = alpha M + s.
+    `clip` c: each token's gradient (both matrices together) scaled to a norm of at most c."""
     outs = []
     for b in range(B):
         for h in range(H):
@@ -175,6 +176,9 @@ def titans_mlp_oracle(inputs, chunk, create_graph):
                 g = {n: x[b, h, t] for n, x in inputs.gates.items()}
                 loss = ((anchor[1] @ torch.nn.functional.silu(anchor[0] @ k) - v) ** 2).sum()
                 grads = torch.autograd.grad(loss, anchor, create_graph=create_graph)
+                if clip is not None:
+                    norm = torch.sqrt(sum((gi * gi).sum() for gi in grads))
+                    grads = [gi * (clip / norm) for gi in grads] if norm > clip else grads
                 s = [g['beta'] * si - g['eta'] * gi for si, gi in zip(s, grads)]
                 S = [g['alpha'] * Si + si for Si, si in zip(S, s)]
                 seq.append(S[1] @ torch.nn.functional.silu(S[0] @ q))
@@ -184,12 +188,14 @@ def titans_mlp_oracle(inputs, chunk, create_graph):
     return torch.stack(outs).reshape(B, H, T, D)
 
 
-@pytest.mark.parametrize('chunk', [1, 4])
-def test_titans_mlp_oracle_outputs_and_outer_gradients(chunk):
+@pytest.mark.parametrize('chunk, clip', [(1, None), (4, None), (1, 0.5), (4, 0.5)])
+def test_titans_mlp_oracle_outputs_and_outer_gradients(chunk, clip):
     cfg = MemoryConfig('mlp', D, D, depth=2, hidden=4, act='silu', rules=(Rule('retain'), Rule('momentum')),
-                       chunk=chunk, read='after')
+                       chunk=chunk, read='after', clip=clip)
     inputs = make_inputs(cfg, B, H, T, seed=5)
-    expected = titans_mlp_oracle(inputs, chunk, create_graph=True)
+    expected = titans_mlp_oracle(inputs, chunk, create_graph=True, clip=clip)
+    if clip is not None:  # the bound matters: some tokens are clipped, so the run differs from an unclipped one
+        assert not torch.allclose(expected, titans_mlp_oracle(inputs, chunk, create_graph=False))
     leaves = inputs.leaves()
     probe = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
     expected_grads = torch.autograd.grad((expected * probe).sum(), list(leaves.values()))

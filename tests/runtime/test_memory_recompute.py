@@ -20,6 +20,8 @@ CONFIGS = {
         MemoryConfig(**MLP, residual=True, rules=(Rule('dgd'),), chunk=3, read='anchor', self_target=True), 'l2'),
     'mlp delta + gd, read before': (
         MemoryConfig(**MLP, rules=(Rule('delta'), Rule('gd')), chunk=4, read='before'), 'huber'),
+    'titans mlp with clip and biases': (
+        MemoryConfig(**MLP, bias=True, rules=(Rule('retain'), Rule('momentum')), chunk=4, clip=0.3), 'sq'),
     'linear retain + gd + momentum': (
         MemoryConfig('linear', 3, 3, rules=(Rule('retain'), Rule('gd'), Rule('momentum')), chunk=4), 'l2'),
 }
