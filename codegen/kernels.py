@@ -30,6 +30,7 @@ import ast as pyast
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 
 from nldsl import ir
@@ -137,11 +138,21 @@ class KernelPlan(PlanNames):
     step_momentum: bool
     rules_text: str
     shared: str = ""           # the kernels' prefix of an earlier level of the same configuration, if any
+    clip: Optional[float] = None  # per-token gradient-norm bound (a program then takes every row of W)
 
     # names and literals the templates paste
     @property
     def form_literal(self) -> str:
         return literal(self.form)
+
+    @property
+    def clip_square(self) -> str:
+        """CLIP², the bound the templates compare a token's squared gradient norm with."""
+        return repr(float(self.clip) ** 2)
+
+    @property
+    def clip_text(self) -> str:
+        return repr(float(self.clip))
 
     @property
     def backward_reason_literal(self) -> str:
@@ -313,16 +324,14 @@ def _affine_text(a: float, b: float, y: str, target: str) -> str:
     return f"{a!r} * {y} - {b!r} * {target}"
 
 
-# Why a memory with `clip` has no kernels, in either family.
-CLIP_REASON = "clip: a token's gradient norm spans its head's whole state, which the kernels do not reduce"
+# Why an MLP memory with `clip` has no kernels (a linear memory's kernels clip, a program taking every row).
+CLIP_REASON = "clip: the MLP kernels do not reduce a token's gradient norm over the head's whole state"
 
 
 def kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
     """('dual' | 'wy' | 'recurrent' | 'none', reason) of a memory configuration."""
     if cfg.family != "linear":
         return "none", "an MLP memory has no linear-family kernels (codegen/kernels_mlp.py plans it)"
-    if getattr(cfg, "clip", None) is not None:
-        return "none", CLIP_REASON
     if cfg.chunk > 1:
         return "dual", f"chunk {cfg.chunk}: gradients at the chunk anchor, one tile per chunk (dual form)"
     if _has_momentum(cfg):
@@ -330,6 +339,8 @@ def kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
     if _has_gradient(cfg) and objective.affine is None:
         return "recurrent", (f"chunk 1 with the non-affine objective {objective.name}: the fused step kernel "
                              "runs token by token")
+    if getattr(cfg, "clip", None) is not None:
+        return "recurrent", "chunk 1 with clip (not affine in W): the fused step kernel runs token by token"
     return "wy", "chunk 1, gradient affine in W: WY/UT form over tiles of free size"
 
 
@@ -409,7 +420,7 @@ def plan_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> Kern
         gradient=gradient, transition=transition, transition2=transition2, objective=objective,
         uses=uses, coefs=tuple(coefs), backward=backward, backward_reason=backward_reason,
         dgate_lines=dgate, step_lines=step_lines, step_uses=step_uses, step_momentum=momentum,
-        rules_text=rules_text(cfg.rules))
+        rules_text=rules_text(cfg.rules), clip=getattr(cfg, "clip", None))
 
 
 def rules_text(rules) -> str:
@@ -458,6 +469,11 @@ def _step_lines(cfg, objective: ObjectiveCode) -> tuple[tuple, tuple]:
             lines.append(f"z = tl.sum({point} * kt[None, :], axis=1)")
             lines.append("r = z - tgt")
             lines.append(f"dlt = tl.where(mv, {objective.grad}, 0.0)")
+        clip = getattr(cfg, "clip", None)
+        if clip is not None:  # the token's gradient dlt ktᵀ scaled to a norm of at most clip
+            lines.append("n2 = tl.sum(dlt * dlt, axis=0) * tl.sum(kt * kt, axis=0)")
+            lines.append(f"dlt = dlt * tl.where(n2 > {float(clip) ** 2!r}, {float(clip)!r} / "
+                         f"tl.sqrt(tl.where(n2 > {float(clip) ** 2!r}, n2, 1.0)), 1.0)")
 
     for i, rule in enumerate(cfg.rules):
         point = "P" if rule.at == "current" else "Wa"

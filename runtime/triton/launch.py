@@ -231,6 +231,7 @@ class LevelKernels:
     block_v: Optional[int] = None
     tile_columns: Optional[int] = None  # wy form: columns per block of the tile-parallel kernels (None: TILE_FLOATS)
     decode_tokens: int = 1
+    whole_rows: bool = False      # a program takes every row of W (clip: a token's gradient norm spans them)
     warps: Optional[int] = None   # warps per program (launch_options chooses when None)
     tile_warps: Optional[int] = None  # wy form: warps per program of the tile-parallel kernels (None: `warps`,
                                       # else TILE_WARPS / TILE_WARPS_WIDE)
@@ -263,9 +264,11 @@ class LevelKernels:
         the fewest, largest programs that still give every multiprocessor of `device` one, for `heads`
         (batch x heads) walks, and in the wy form at most WY_MAX_PARTS programs a head. `tile`: the
         tokens of a wy-form walk's step, when it walks merged tiles."""
+        full = _pow2(self.dv)
+        if self.whole_rows:
+            return full
         if self.block_v is not None:
             return _pow2(self.block_v)
-        full = _pow2(self.dv)
         if interpreting():
             return full
         rows = min(full, GPU_ROWS)

@@ -273,6 +273,39 @@ def test_random_rule_combinations(rules, chunk, read, current, self_target, obje
     check(case, against_chunked=False)
 
 
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(rules=RULES, chunk=st.sampled_from([1, 4, 32]), read=st.sampled_from(["after", "before", "anchor"]),
+       current=st.booleans(), self_target=st.booleans(), objective=st.sampled_from(["l2", "sq", "dot", "huber"]),
+       clip=st.sampled_from([0.05, 0.5]), position=st.sampled_from([None, 2, 21]), tokens=st.integers(1, 40),
+       seed=st.integers(0, 2 ** 16))
+def test_clipped_gradients(rules, chunk, read, current, self_target, objective, clip, position, tokens, seed):
+    """`clip` in the kernels (a program holds every row: the norm spans them): forward, backward and the
+    step kernel against the reference, with some tokens clipped and others not."""
+    at = "current" if current and chunk == 1 else "anchor"
+    try:
+        cfg = MemoryConfig("linear", 8, 8, rules=tuple(Rule(r, at if r in ("gd", "momentum", "dgd") else "anchor")
+                                                       for r in rules),
+                           read=read, chunk=chunk, self_target=self_target, clip=clip)
+    except ValueError:
+        assume(False)
+    case = Case(cfg, objective_of(objective), tokens=tokens, position=position, seed=seed)
+    assume(float32_can_match(case))
+    check(case)
+
+
+def test_clip_takes_every_row_whatever_the_block_of_rows_asked_for():
+    cfg = dataclasses.replace(linear(["retain", "momentum"], dv=32), clip=0.2)
+    lk = kernels(cfg, objective_of("l2"), "tests.clip_rows")
+    lk.block_v = 16
+    try:
+        assert lk.rows_per_program() == 32
+        case = Case(cfg, objective_of("l2"), tokens=21, position=2, seed=5)
+        compare(run_reference(case), run_path(case, "triton", lk), "clip, whole rows", limit=FLOAT32_RATIO)
+    finally:
+        lk.block_v = None
+
+
 @settings(max_examples=10, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(rules=RULES, read=st.sampled_from(["after", "before", "anchor"]), current=st.booleans(),
