@@ -62,7 +62,7 @@ class Coef:
 
 class PlanNames:
     """What the kernel plans of both families paste the same way (a plan has level, read, reason, dk,
-    coefs and objective)."""
+    coefs, objective and clip)."""
 
     @property
     def level_literal(self) -> str:
@@ -85,6 +85,16 @@ class PlanNames:
     @property
     def reason_literal(self) -> str:
         return literal(self.reason)
+
+    @property
+    def clip_text(self) -> str:
+        """The `clip` bound c, as the templates print it."""
+        return repr(float(self.clip))
+
+    @property
+    def clip_square(self) -> str:
+        """c², the bound the templates compare a token's squared gradient norm with."""
+        return repr(float(self.clip) ** 2)
 
     @property
     def coefs_use_zero(self) -> bool:
@@ -144,15 +154,6 @@ class KernelPlan(PlanNames):
     @property
     def form_literal(self) -> str:
         return literal(self.form)
-
-    @property
-    def clip_square(self) -> str:
-        """CLIP², the bound the templates compare a token's squared gradient norm with."""
-        return repr(float(self.clip) ** 2)
-
-    @property
-    def clip_text(self) -> str:
-        return repr(float(self.clip))
 
     @property
     def backward_reason_literal(self) -> str:
@@ -322,10 +323,6 @@ def _affine_text(a: float, b: float, y: str, target: str) -> str:
     if a == b:
         return f"{y} - {target}" if a == 1.0 else f"{a!r} * ({y} - {target})"
     return f"{a!r} * {y} - {b!r} * {target}"
-
-
-# Why an MLP memory with `clip` has no kernels (a linear memory's kernels clip, a program taking every row).
-CLIP_REASON = "clip: the MLP kernels do not reduce a token's gradient norm over the head's whole state"
 
 
 def kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from .kernel_coefs import VARIABLES, Poly, _has_gradient, _has_momentum, fold_dual
 from .kernel_objectives import ObjectiveCode
-from .kernels import CLIP_REASON, Coef, PlanNames, _affine_text, _block, _dgate_lines, rules_text, tile_length
+from .kernels import Coef, PlanNames, _affine_text, _block, _dgate_lines, rules_text, tile_length
 from .names import py
 
 TRANSITION_RULES = ("delta", "dgd")
@@ -52,8 +53,6 @@ def mlp_kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
     """('dual', reason) for an MLP memory the kernels fuse, else ('none', the reason it falls back)."""
     if cfg.family != "mlp":
         return "none", "not an MLP memory"
-    if getattr(cfg, "clip", None) is not None:
-        return "none", CLIP_REASON
     if cfg.depth != 2:
         return "none", f"an MLP memory of depth {cfg.depth} has no fused kernel (only depth 2)"
     if cfg.chunk < 2:
@@ -103,6 +102,7 @@ class MlpKernelPlan(PlanNames):
     dgate_lines: tuple         # backward: gate gradients from the coefficient gradients
     rules_text: str
     shared: str = ""           # the kernels' prefix of an earlier level of the same configuration, if any
+    clip: Optional[float] = None  # per-token gradient-norm bound (the level then has no streamed kernels)
 
     @property
     def block_t(self) -> int:
@@ -199,7 +199,7 @@ def plan_mlp_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> 
         residual=cfg.residual, self_target=cfg.self_target, momentum=momentum, bias=cfg.bias, transition=transition,
         act=cfg.act, act_code=act,
         dact_code=dact, ddact_code=ddact, objective=objective, uses=uses, coefs=tuple(coefs),
-        dgate_lines=_dgate_lines(coefs, uses), rules_text=rules_text(cfg.rules))
+        dgate_lines=_dgate_lines(coefs, uses), rules_text=rules_text(cfg.rules), clip=getattr(cfg, "clip", None))
 
 
 @dataclass(frozen=True)

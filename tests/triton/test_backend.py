@@ -3,6 +3,7 @@
 warning naming the level and the reason where the kernels cannot run."""
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -102,14 +103,23 @@ def test_an_mlp_memory_without_a_fused_form_falls_back_and_says_why():
     assert torch.equal(y, y0)
 
 
-def test_an_mlp_memory_with_clip_falls_back_and_says_why():
-    cfg = MemoryConfig("mlp", 8, 8, depth=2, hidden=8, rules=(Rule("retain"), Rule("momentum")), chunk=4, clip=0.5)
+@pytest.mark.parametrize("cfg", [
+    MemoryConfig("linear", 8, 8, rules=(Rule("retain"), Rule("gd")), chunk=4, clip=0.3),
+    MemoryConfig("linear", 8, 8, rules=(Rule("retain"), Rule("momentum")), chunk=1, clip=0.3),
+    MemoryConfig("mlp", 8, 8, depth=2, hidden=8, rules=(Rule("retain"), Rule("momentum")), chunk=4, clip=0.3),
+], ids=["linear-dual", "linear-step", "mlp"])
+def test_a_memory_with_clip_runs_its_kernels(cfg):
     lv = level(cfg, name="blk.clipped")
-    with pytest.warns(TritonFallbackWarning, match=r"memory level blk\.clipped: .*clip: the MLP kernels do not"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TritonFallbackWarning)
         y, _, grads = run_level(lv, cfg, "triton")
+    kernels, _ = kernels_for(cfg, standard_objective("l2"), "blk.clipped")
+    assert sum(kernels.launches.values()) > 0
     y0, _, grads0 = run_level(lv, cfg, "chunked")
-    assert torch.equal(y, y0)
-    assert all((grads[n] is None and grads0[n] is None) or torch.equal(grads[n], grads0[n]) for n in grads0)
+    unclipped, _, _ = run_level(level(dataclasses.replace(cfg, clip=None), name="blk.clipped"), cfg, "chunked")
+    assert ratio(y, y0) < FLOAT32_RATIO and ratio(y0, unclipped) > 100 * FLOAT32_RATIO  # the bound bites
+    for name, want in grads0.items():
+        assert (want is None) == (grads[name] is None) and (want is None or ratio(grads[name], want) < FLOAT32_RATIO)
 
 
 @pytest.mark.parametrize("spec", ["examples/gated_deltanet.nl", "examples/ttt_linear.nl"])

@@ -131,6 +131,36 @@ SUBTILED = [
 ]
 
 
+CLIPPED = [
+    (TITANS, "after", False, False, "sq", 0.05, 10, None),
+    (TITANS, "anchor", True, False, "mse", 0.5, 13, 6),
+    (("gd", "retain"), "after", False, True, "l2", 0.2, 12, 2),   # a self-generated target M_anchor(v)
+    (("dgd",), "before", True, False, "huber", 0.2, 11, 3),       # a transition on W1
+]
+
+
+@pytest.mark.parametrize("rules, read, bias, self_target, objective, clip, tokens, position", CLIPPED)
+def test_clipped_gradients(rules, read, bias, self_target, objective, clip, tokens, position):
+    """`clip` inside the fused kernels: the norm of each token's whole gradient (both layers, the biases
+    too) bounds it, and the backward goes through the scale."""
+    obj = standard_objective(objective, delta=0.5) if objective == "huber" else standard_objective(objective)
+    cfg = dataclasses.replace(mlp(rules, read=read, self_target=self_target, residual=not self_target, bias=bias),
+                              clip=clip)
+    check(mcase(cfg, obj, tokens=tokens, position=position, seed=tokens))
+
+
+def test_a_clipped_state_too_large_for_the_chip_runs_the_chunked_path(monkeypatch):
+    """A clipped level has no streamed kernels: a state above ON_CHIP_FLOATS falls back, saying why."""
+    from nldsl.runtime.triton import launch_mlp
+
+    clipped = kernels(dataclasses.replace(mlp(TITANS), clip=1.0), standard_objective("l2"))
+    assert clipped.fwd_streamed is None and clipped.bwd_streamed is None
+    gpu = types.SimpleNamespace(is_cuda=True, shape=(2, 4))
+    monkeypatch.setattr(launch_mlp, "interpreting", lambda: False)
+    monkeypatch.setattr(launch_mlp, "ON_CHIP_FLOATS", clipped.state_floats() - 1)
+    assert not clipped.streams(gpu) and "does not fit on chip" in clipped.unfit(gpu)
+
+
 def test_a_biased_state_too_large_for_the_chip_streams_its_forward(monkeypatch):
     """On a GPU a state with biases above ON_CHIP_FLOATS runs the streamed forward, one program per head,
     and the PyTorch walk over the chunks as its backward."""
