@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from . import ir
+from . import ir, schema
 from .contexts import attention_checks
 from .diagnostics import Diagnostic, Label, error, warning
 from .ranges import INF, interval, number_text, text
@@ -21,7 +21,7 @@ NEEDS = {  # rule → gates it reads
     "delta": ("lr",),
     "dgd": ("lr", "retain"),
 }
-WRITES = ("gd", "momentum", "dgd")  # the rules that take a gradient of the objective: they write the values
+WRITES = schema.GRADIENT_RULES  # the rules that take a gradient of the objective write the values
 QUADRATIC = ("l2", "sq", "mse", "dot")
 
 

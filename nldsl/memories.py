@@ -169,7 +169,7 @@ def _memory(el, p, u) -> ir.Memory | None:
                            help=f"the initial state is learned by the outer level `{el.outer_name}`, or use `init zero`"))
     if rules is None:
         return None
-    if clip is not None and not any(r.kind in ("gd", "momentum", "dgd") for r in rules):
+    if clip is not None and not any(r.kind in schema.GRADIENT_RULES for r in rules):
         sink.add(error("NL0502", "`clip` bounds the inner gradient, and no rule of the update takes one",
                        props["clip"].span, "nothing to clip",
                        help="remove `clip`, or add a rule that takes a gradient: `gd`, `momentum` or `dgd`"))

@@ -141,7 +141,7 @@ def rules(prop: ast.Prop) -> tuple[ir.Rule, ...]:
                                  "`dgd` takes only `per_layer = true`", head.span,
                                  help="gates are properties of the memory: lr, retain, momentum"))
             per_layer = bool(fold(head.kwarg("per_layer"), {"true": True, "false": False}))
-        at = "anchor" if name in ("gd", "momentum", "dgd") else "none"
+        at = "anchor" if name in schema.GRADIENT_RULES else "none"
         rest = words_text(phrase)[1:]
         if rest:
             if rest not in (["at", "anchor"], ["at", "current"]):

@@ -134,5 +134,6 @@ OBJECTIVE_FUNCTIONS = ("abs", "sign", "exp", "log", "sqrt", "tanh", "sigmoid", "
 GATE_KEYS = ("lr", "retain", "log_retain", "momentum")
 FLOW_KEYS = ("key", "value", "query") + GATE_KEYS
 RULES = ("retain", "gd", "momentum", "delta", "dgd")
+GRADIENT_RULES = ("gd", "momentum", "dgd")  # the rules that take a gradient of the objective
 OBJECTIVES = ("l2", "sq", "mse", "dot", "l1", "huber", "lp", "custom")
 ACTIVATIONS = ("silu", "gelu", "relu", "tanh", "sigmoid", "identity")
