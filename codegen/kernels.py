@@ -336,7 +336,7 @@ def kernel_form(cfg, objective: ObjectiveCode) -> tuple[str, str]:
     if _has_gradient(cfg) and objective.affine is None:
         return "recurrent", (f"chunk 1 with the non-affine objective {objective.name}: the fused step kernel "
                              "runs token by token")
-    if getattr(cfg, "clip", None) is not None:
+    if cfg.clip is not None:
         return "recurrent", "chunk 1 with clip (not affine in W): the fused step kernel runs token by token"
     return "wy", "chunk 1, gradient affine in W: WY/UT form over tiles of free size"
 
@@ -417,7 +417,7 @@ def plan_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> Kern
         gradient=gradient, transition=transition, transition2=transition2, objective=objective,
         uses=uses, coefs=tuple(coefs), backward=backward, backward_reason=backward_reason,
         dgate_lines=dgate, step_lines=step_lines, step_uses=step_uses, step_momentum=momentum,
-        rules_text=rules_text(cfg.rules), clip=getattr(cfg, "clip", None))
+        rules_text=rules_text(cfg.rules), clip=cfg.clip)
 
 
 def rules_text(rules) -> str:
@@ -455,6 +455,7 @@ def _step_lines(cfg, objective: ObjectiveCode) -> tuple[tuple, tuple]:
     (after the rules before this one)."""
     lines: list[str] = []
     uses: set = set()
+    bound = None if cfg.clip is None else (repr(float(cfg.clip)), repr(float(cfg.clip) ** 2))
 
     def residual_grad(point: str) -> None:
         if objective.affine is not None:
@@ -466,11 +467,10 @@ def _step_lines(cfg, objective: ObjectiveCode) -> tuple[tuple, tuple]:
             lines.append(f"z = tl.sum({point} * kt[None, :], axis=1)")
             lines.append("r = z - tgt")
             lines.append(f"dlt = tl.where(mv, {objective.grad}, 0.0)")
-        clip = getattr(cfg, "clip", None)
-        if clip is not None:  # the token's gradient dlt ktᵀ scaled to a norm of at most clip
+        if bound is not None:  # clip: the token's gradient dlt ktᵀ scaled to a norm of at most c
+            c, c2 = bound
             lines.append("n2 = tl.sum(dlt * dlt, axis=0) * tl.sum(kt * kt, axis=0)")
-            lines.append(f"dlt = dlt * tl.where(n2 > {float(clip) ** 2!r}, {float(clip)!r} / "
-                         f"tl.sqrt(tl.where(n2 > {float(clip) ** 2!r}, n2, 1.0)), 1.0)")
+            lines.append(f"dlt = dlt * tl.where(n2 > {c2}, {c} / tl.sqrt(tl.where(n2 > {c2}, n2, 1.0)), 1.0)")
 
     for i, rule in enumerate(cfg.rules):
         point = "P" if rule.at == "current" else "Wa"

@@ -199,7 +199,7 @@ def plan_mlp_level(level: str, cfg, objective: ObjectiveCode, doc: str = "") -> 
         residual=cfg.residual, self_target=cfg.self_target, momentum=momentum, bias=cfg.bias, transition=transition,
         act=cfg.act, act_code=act,
         dact_code=dact, ddact_code=ddact, objective=objective, uses=uses, coefs=tuple(coefs),
-        dgate_lines=_dgate_lines(coefs, uses), rules_text=rules_text(cfg.rules), clip=getattr(cfg, "clip", None))
+        dgate_lines=_dgate_lines(coefs, uses), rules_text=rules_text(cfg.rules), clip=cfg.clip)
 
 
 @dataclass(frozen=True)

@@ -263,7 +263,8 @@ class LevelKernels:
         at longer tiles, whose walks spill at 64 rows) and the dual form's forward up to DUAL_WALK_ROWS:
         the fewest, largest programs that still give every multiprocessor of `device` one, for `heads`
         (batch x heads) walks, and in the wy form at most WY_MAX_PARTS programs a head. `tile`: the
-        tokens of a wy-form walk's step, when it walks merged tiles."""
+        tokens of a wy-form walk's step, when it walks merged tiles. A `whole_rows` level (clip) takes them
+        all, whatever `block_v` asks for."""
         full = _pow2(self.dv)
         if self.whole_rows:
             return full
