@@ -1,8 +1,8 @@
 """Options for the whole suite, so that a machine lent for a few minutes at a time (a GPU) can run it in
 several calls and account for each part: `--shard I/N` runs the I-th (from 0) of N parts of the collected
-tests, every N-th test in collection order; `--skip-passed FILE` leaves out the tests that an earlier
-run's verbose output (`pytest -v`, with or without xdist) says passed or skipped, so that a run cut off
-by its time limit can be finished."""
+tests, every N-th test in collection order; `--skip-passed FILE` (repeatable) leaves out the tests that
+an earlier run's verbose output (`pytest -v`, with or without xdist) says passed or skipped, so that a
+run cut off by its time limit can be finished."""
 from __future__ import annotations
 
 import re
@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # the test kits share
 def pytest_addoption(parser):
     parser.addoption("--shard", default=None, metavar="I/N",
                      help="run the I-th (0-based) of N parts of the collected tests: every N-th test")
-    parser.addoption("--skip-passed", default=None, metavar="FILE",
+    parser.addoption("--skip-passed", action="append", default=[], metavar="FILE",
                      help="deselect the tests that FILE, an earlier run's `pytest -v` output, names as "
-                          "passed or skipped")
+                          "passed or skipped (repeatable: the tests any FILE names)")
 
 
 def shard_of(text: str) -> tuple[int, int]:
@@ -60,12 +60,13 @@ def _deselect(config, items, keep) -> None:
 
 
 def pytest_collection_modifyitems(config, items):
-    skip = config.getoption("--skip-passed")
-    if skip:
+    done = set()
+    for skip in config.getoption("--skip-passed"):
         try:
-            done = passed_ids(Path(skip).read_text())
+            done |= passed_ids(Path(skip).read_text())
         except OSError as e:
             raise pytest.UsageError(f"--skip-passed {skip}: {e.strerror}") from None
+    if done:
         _deselect(config, items, lambda _, item: item.nodeid not in done)
     text = config.getoption("--shard")
     if text:

@@ -10,8 +10,8 @@
 # float64 reference on this GPU, a minute at most; report: compile_report.py with the machine's own Triton and ptxas, its log in the summary;
 # REPORT_ARGS, FLA_ARGS, TITANS_ARGS, GRAPH_ARGS and PYTEST_EXTRA pass arguments on; TESTS names the test files of
 # the tests step, tests/triton by default; SHARD=I/N runs the I-th of N parts of the tests and suite steps'
-# tests, for a suite longer than one call: tests/conftest.py; SKIP_PASSED=FILE leaves out of both the tests
-# that FILE, an earlier run's tests.txt or suite.txt, names as passed or skipped, to finish a cut-off run).
+# tests, for a suite longer than one call: tests/conftest.py; SKIP_PASSED="FILE ..." leaves out of both the
+# tests that any FILE, an earlier run's tests.txt or suite.txt, names as passed or skipped, to finish a cut-off run).
 # `setup` installs nlc (editable, no dependencies) and any
 # wheels found in .whl/ (lark, titans-pytorch, flash-linear-attention and what they need) for a machine
 # that cannot reach a package index, and unpacks .gpu-cache/triton-cache.part-* into Triton's cache where
@@ -122,7 +122,7 @@ for STEP in "${STEPS[@]}"; do
                     ${REPORT_ARGS:-gdn128 titans_small --dtype bfloat16} ;;
         tests) NLC_FAILURE_LOG="$OUT/failures.txt" run_step tests "${LIMIT_TESTS:-200}" "$PY" -m pytest -v \
                    -p no:cacheprovider -p no:benchmark ${TESTS:-tests/triton} -n "${WORKERS:-12}" --timeout=170 -rfE --durations=30 \
-                   ${SHARD:+--shard $SHARD} ${SKIP_PASSED:+--skip-passed $SKIP_PASSED} ${PYTEST_EXTRA:-} ;;
+                   ${SHARD:+--shard $SHARD} ${SKIP_PASSED:+$(printf -- " --skip-passed %s" $SKIP_PASSED)} ${PYTEST_EXTRA:-} ;;
         fla) run_step fla "${LIMIT_FLA:-150}" "$PY" benchmarks/gpu/kernels_vs_fla.py --json "$OUT/fla.json" \
                  ${FLA_ARGS:-} ;;
         titans) run_step titans "${LIMIT_TITANS:-70}" "$PY" benchmarks/gpu/titans_vs_titans_pytorch.py \
@@ -130,7 +130,7 @@ for STEP in "${STEPS[@]}"; do
         # -v: each test's outcome in suite.txt, for a later SKIP_PASSED
         suite) run_step suite "${LIMIT_SUITE:-300}" "$PY" -m pytest -v -p no:cacheprovider -p no:benchmark \
                    -n "${WORKERS:-12}" --timeout=280 -m "not triton and not browser" -rfE --durations=30 \
-                   ${SHARD:+--shard $SHARD} ${SKIP_PASSED:+--skip-passed $SKIP_PASSED} ;;
+                   ${SHARD:+--shard $SHARD} ${SKIP_PASSED:+$(printf -- " --skip-passed %s" $SKIP_PASSED)} ;;
         save) echo "=== save" | tee -a "$LOG"; step_save 2>&1 | tee -a "$LOG" ;;
         graph) run_step graph "${LIMIT_GRAPH:-120}" "$PY" benchmarks/gpu/segment_graph.py ${GRAPH_ARGS:-} ;;
         step) run_step step_f32 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --json "$OUT/step_f32.json"

@@ -56,3 +56,11 @@ def test_skip_passed_leaves_out_what_an_earlier_verbose_run_passed_or_skipped(tm
 def test_skip_passed_of_a_missing_file_is_a_usage_error(tmp_path):
     result = collect("--skip-passed", str(tmp_path / "none.txt"))
     assert result.returncode == 4 and "--skip-passed" in result.stderr, result.stderr
+
+
+def test_skip_passed_twice_leaves_out_what_either_run_passed(tmp_path):
+    whole = ids()
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text(f"PASSED {whole[0]}\n[gw0] [ 50%] FAILED {whole[1]} \n")
+    second.write_text(f"[gw2] [ 90%] PASSED {whole[1]} \n")     # the failure of the first run, passed again
+    assert ids("--skip-passed", str(first), "--skip-passed", str(second)) == whole[2:]
