@@ -293,9 +293,13 @@ def compile_cmd(spec, out_dir, force, dump, fmt):
 @click.option("--compile", "compile_steps", is_flag=True,
               help="compile the chunked path's tile steps with torch.compile: faster for large MLP memories "
                    "(heads of 64, hidden 256: 1.5-1.8x), slower for small ones; the first steps compile")
+@click.option("--cuda-graphs", "cuda_graphs", is_flag=True,
+              help="replay each training segment as a CUDA graph once its shape and positions recur (with "
+                   "--device cuda): the same numbers, without the cost of issuing a small model's operators one "
+                   "by one; the second step captures")
 @guarded
 def train(spec, data, steps, batch, seq, out, force, resume, device, dtype, seed, checkpoint_every, eval_every, backend,
-          nproc, parallel, compile_steps):
+          nproc, parallel, compile_steps, cuda_graphs):
     """Train SPEC (a .nl file, compiled on the fly, or a compiled package) with the nested loop.
 
     In-context memories update inside the forward pass, each CMS level steps at the end of its window
@@ -309,7 +313,7 @@ def train(spec, data, steps, batch, seq, out, force, resume, device, dtype, seed
     --resume RUN continues RUN's own model from its last checkpoint up to --steps (default: the total
     it was started with; a total it has reached already is an error). It keeps the run's spec, data,
     batch, seq, dtype and seed: giving other values is an error; --device, --backend, --parallel,
-    --compile, --checkpoint-every and --eval-every may change, with a note.
+    --compile, --cuda-graphs, --checkpoint-every and --eval-every may change, with a note.
 
     With --nproc N the run is data-parallel over N processes (torchrun; `torchrun --nproc_per_node N -m
     nldsl.train SPEC ...` does the same, across machines too); a checkpoint resumes under any N.
@@ -417,8 +421,10 @@ def doctor(spec, device, no_check, compiled, as_json):
     needs a CUDA device, or TRITON_INTERPRET=1 on a CPU). Then runs a model forward and backward on
     every backend that can run, in float32, against the float64 token-by-token reference on logits
     and every parameter's gradient, and names each memory level that falls back from the triton
-    backend, with the reason (and with --compile whether torch.compile works here). Exits 1 when a
-    required package is missing or a backend disagrees.
+    backend, with the reason (and with --compile whether torch.compile works here). On a CUDA device
+    it also replays a training segment of each backend as a CUDA graph, as `nlc train --cuda-graphs`
+    does, against the same segment run eagerly. Exits 1 when a required package is missing, a backend
+    disagrees or a graph's replay does.
 
     \b
     Examples:

@@ -15,7 +15,8 @@ from .cli_common import UserError, report
 # options a resumed run keeps (they fix its weights and its data stream), and those it may change
 KEPT_ON_RESUME = {"data": "--data", "batch": "--batch", "seq": "--seq", "dtype": "--dtype", "seed": "--seed"}
 CHANGED_ON_RESUME = {"device": "--device", "backend": "--backend", "checkpoint_every": "--checkpoint-every",
-                     "eval_every": "--eval-every", "parallel": "--parallel", "compile_steps": "--compile"}
+                     "eval_every": "--eval-every", "parallel": "--parallel", "compile_steps": "--compile",
+                     "cuda_graphs": "--cuda-graphs"}
 
 
 def new_config(ctx):
@@ -38,7 +39,8 @@ def new_config(ctx):
     data = str(Path(p["data"]).resolve()) if p["data"] is not None else None
     return TrainConfig(p["spec"], data, p["steps"], p["batch"], p["seq"], p["out"], p["device"], p["dtype"],
                        p["seed"], p["checkpoint_every"], p["eval_every"], backend=p["backend"],
-                       parallel=p["parallel"] or "ddp", compile=p["compile_steps"], force=p["force"])
+                       parallel=p["parallel"] or "ddp", compile=p["compile_steps"], cuda_graphs=p["cuda_graphs"],
+                       force=p["force"])
 
 
 def _require_spec(spec: str) -> None:
@@ -117,6 +119,9 @@ def resume_config(ctx, run: Path, given: set):
         if name in given and p[name] != saved.get(key):
             if name == "compile_steps":
                 notes.append(f"--compile: the tile steps are compiled from here on ({run} ran them eagerly so far)")
+            elif name == "cuda_graphs":
+                notes.append(f"--cuda-graphs: segments are replayed as CUDA graphs from here on ({run} ran them "
+                             "eagerly so far)")
             elif saved.get(key) is not None:
                 notes.append(f"{flag} {p[name]} from here on ({run} trained with {saved[key]} so far)")
             saved[key] = p[name]

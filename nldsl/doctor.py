@@ -5,7 +5,8 @@ the devices torch sees, which backends can run on the chosen device (and why not
 runs a model (a small built-in one with a memory of each kernel family, or the user's spec) forward
 and backward on every backend that can run, against the float64 token-by-token reference. The check
 reports each memory level that falls back from the triton backend, with the reason, as its warning
-says it.
+says it. On a CUDA device it also replays a training segment of each backend as a CUDA graph, as
+`nlc train --cuda-graphs` does, against the same segment run eagerly.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ OPTIONAL = (("triton", "triton", "the triton backend (Linux)"),
 # gives 1e-6 to 1e-5 on the built-in model; a wrong kernel or a wrong chunked form gives far more.
 TOLERANCE = 1e-3
 SMOKE_TOKENS = 40      # not a multiple of a chunk: the last one is partial
+# A replay runs the eager segment's kernels on the same values: any difference is a graph that missed
+# part of the segment
+GRAPH_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,11 @@ def check(spec: Path, device: str, runnable: list[str], compiled: bool = False) 
         return values, seconds, fallbacks
 
     truth, seconds, _ = run("reference", torch.float64, "cpu")
+    if device.startswith("cuda"):
+        graphed = cuda_graphs(base, tokens, device, runnable[1:])
+    else:
+        graphed = [Finding("check", "cuda graphs", "note", f"need a CUDA device, not {device} "
+                                                           "(what `nlc train --cuda-graphs` replays)")]
     found = [Finding("check", "reference", "ok", f"float64 on cpu, {seconds:.2f} s")]
     variants = [(backend, backend, False) for backend in runnable[1:]]
     variants += [("compiled", "chunked", True)] if compiled else []
@@ -183,12 +192,73 @@ def check(spec: Path, device: str, runnable: list[str], compiled: bool = False) 
         found.append(Finding("check", label, status, f"{how}float32 on {device}, {seconds:.2f} s: largest difference "
                                                      f"from the reference {worst:.1e} ({name}; at most {TOLERANCE:.0e})"))
         found += [Finding("check", label, "note", message) for message in dict.fromkeys(fallbacks)]
+    return found + graphed
+
+
+def cuda_graphs(base, tokens, device: str, backends: list[str], capture=None) -> list[Finding]:
+    """On each backend, a training segment from carried states replayed as a CUDA graph (`capture(model)`,
+    by default a CUDA capture), against the same segment run eagerly: the loss, every gradient and
+    every state out."""
+    import torch
+
+    from .runtime import set_backend
+    from .runtime.train.graphs import CudaGraphs, SegmentGraphs, flatten
+    from .runtime.train.loop import train_segment
+
+    capture = capture or (lambda model: CudaGraphs())
+    half = tokens.shape[1] // 2
+    x, y = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+    found = []
+    for backend in backends:
+        model = set_backend(copy.deepcopy(base), backend).to(device=device, dtype=torch.float32)
+        params = [p for p in model.parameters() if p.requires_grad]
+        with torch.no_grad():
+            _, state = model(x[:, :half])
+        seg = (x[:, half:], y[:, half:])
+
+        def segment(*args):
+            return train_segment(model, *args)
+
+        def grads():
+            out = [None if p.grad is None else p.grad.clone() for p in params]
+            for p in params:
+                p.grad = None
+            return out
+
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", RuntimeWarning)
+                graphs = SegmentGraphs(segment, params, capture(model))
+                graphs(*seg, state)                   # the segment seen
+                graphs(*seg, state)                   # captured and replayed
+                grads()
+                loss, out = segment(*seg, state)
+                want = [loss, *grads(), *flatten(out)[0]]
+                loss, out = graphs(*seg, state)
+                got = [loss, *grads(), *flatten(out)[0]]
+        except Exception as e:  # noqa: BLE001 - a segment that cannot be captured is the finding
+            found.append(Finding("check", "cuda graphs", "fail", f"{backend}: raised {type(e).__name__}: {e}"))
+            continue
+        if graphs.failed or graphs.counts["replayed"] < 2:
+            why = graphs.failed or "; ".join(str(w.message) for w in caught) or "no replay"
+            found.append(Finding("check", "cuda graphs", "fail", f"{backend}: the segment was not replayed: {why}"))
+            continue
+        worst = max((_relative(g.double().cpu(), w.double().cpu()) for g, w in zip(got, want) if w is not None),
+                    default=0.0)
+        status = "ok" if worst <= GRAPH_TOLERANCE else "fail"
+        found.append(Finding("check", "cuda graphs", status, f"{backend}: a training segment replayed against the "
+                                                              f"same segment run eagerly: largest difference "
+                                                              f"{worst:.1e} (at most {GRAPH_TOLERANCE:.0e})"))
     return found
 
 
 def _relative(got, want) -> float:
+    """The largest difference relative to the largest magnitude; inf where either holds NaN (which no
+    comparison would let through as the worst)."""
     scale = want.abs().max().item()
-    return (got - want).abs().max().item() / scale if scale > 0 else (got - want).abs().max().item()
+    diff = (got - want).abs().max().item()
+    diff = diff / scale if scale > 0 else diff
+    return diff if diff == diff else float("inf")
 
 
 def diagnose(spec: Optional[Path], device: Optional[str], run_check: bool, compiled: bool = False) -> list[Finding]:

@@ -8,7 +8,7 @@
 # hope.nl training segment replayed as a CUDA graph against the same segment run eagerly; suite: the rest of the test suite,
 # not run by default; doctor: `nlc doctor --device cuda`, every backend of its built-in model against the
 # float64 reference on this GPU, a minute at most; report: compile_report.py with the machine's own Triton and ptxas, its log in the summary;
-# REPORT_ARGS, FLA_ARGS, TITANS_ARGS, GRAPH_ARGS and PYTEST_EXTRA pass arguments on; TESTS names the test files of
+# REPORT_ARGS, FLA_ARGS, TITANS_ARGS, GRAPH_ARGS, STEP_ARGS (default --graphs) and PYTEST_EXTRA pass arguments on; TESTS names the test files of
 # the tests step, tests/triton by default; SHARD=I/N runs the I-th of N parts of the tests and suite steps'
 # tests, for a suite longer than one call: tests/conftest.py; SKIP_PASSED="FILE ..." leaves out of both the
 # tests that any FILE, an earlier run's tests.txt or suite.txt, names as passed or skipped, to finish a cut-off run).
@@ -133,8 +133,10 @@ for STEP in "${STEPS[@]}"; do
                    ${SHARD:+--shard $SHARD} ${SKIP_PASSED:+$(printf -- " --skip-passed %s" $SKIP_PASSED)} ;;
         save) echo "=== save" | tee -a "$LOG"; step_save 2>&1 | tee -a "$LOG" ;;
         graph) run_step graph "${LIMIT_GRAPH:-120}" "$PY" benchmarks/gpu/segment_graph.py ${GRAPH_ARGS:-} ;;
-        step) run_step step_f32 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --json "$OUT/step_f32.json"
-              run_step step_bf16 "${LIMIT_STEP:-45}" "$PY" benchmarks/gpu/train_step.py --dtype bfloat16 \
-                  --json "$OUT/step_bf16.json" ;;
+        # both backends with and without CUDA graphs (--graphs), unless STEP_ARGS says otherwise
+        step) run_step step_f32 "${LIMIT_STEP:-90}" "$PY" benchmarks/gpu/train_step.py --json "$OUT/step_f32.json" \
+                  ${STEP_ARGS---graphs}
+              run_step step_bf16 "${LIMIT_STEP:-90}" "$PY" benchmarks/gpu/train_step.py --dtype bfloat16 \
+                  --json "$OUT/step_bf16.json" ${STEP_ARGS---graphs} ;;
     esac
 done

@@ -3,6 +3,7 @@ PyTorch backend, on the same device.
 
     python benchmarks/gpu/train_step.py                          # on a GPU: B=8, T=512, float32
     python benchmarks/gpu/train_step.py --batch 16 --seq 1024 --dtype bfloat16
+    python benchmarks/gpu/train_step.py --graphs                 # on a GPU: also both with CUDA graphs
     python benchmarks/gpu/train_step.py --tiny                   # any machine: B=1, T=16, the interpreter on a CPU
 
 A step is what `nlc train` runs: `nldsl.runtime.train.NestedLoop.step` on one (B, T+1) batch, i.e. the
@@ -15,6 +16,9 @@ time. The script prints the card, both rates and their ratio, the first step's l
 generated kernels and which fall back to the chunked path (and why), how many fused prologue kernels
 (convolution, gates, norms) one step launches, and how many aten operators that run a kernel one step
 issues on each backend (one more step, counted: a small model's GPU step is bound by issuing them).
+With --graphs, on a GPU, each backend also runs as `nlc train --cuda-graphs` does (runtime/train/graphs.py:
+a segment whose key recurs is replayed as a CUDA graph; the second step captures, so such a loop warms
+up at least two steps), with its losses checked against the same backend's eager loop step by step.
 
 Without a GPU the script runs on the CPU under the Triton interpreter (TRITON_INTERPRET=1) at tiny
 shapes, to show that the harness works end to end; interpreter times are not speed figures, and the
@@ -42,8 +46,10 @@ GPU_SHAPE = (8, 512)   # (batch, tokens)
 TINY_SHAPE = (1, 16)   # one 16-token CMS window of hope.nl
 
 
-def build(spec: str, backend: str, device: torch.device, dtype: torch.dtype, seed: int, workdir: str):
-    """The compiled spec on `backend` as `nlc train` loads it, and its NestedLoop."""
+def build(spec: str, backend: str, device: torch.device, dtype: torch.dtype, seed: int, workdir: str,
+          graphs: bool = False):
+    """The compiled spec on `backend` as `nlc train` loads it, and its NestedLoop (replaying its segments as
+    CUDA graphs with `graphs`)."""
     from nldsl.compiler import _import_package, compile_spec, write_package
     from nldsl.diagnostics import SpecError
     from nldsl.runtime import set_backend
@@ -58,7 +64,11 @@ def build(spec: str, backend: str, device: torch.device, dtype: torch.dtype, see
     torch.manual_seed(seed)
     model = set_backend(module.Model(), backend).to(device=device, dtype=dtype)
     info = json.loads((package / "levels.json").read_text())["runtime"]
-    return model, NestedLoop(model, info, make_optimizer)
+    capture = None
+    if graphs:
+        from nldsl.runtime.train.graphs import CudaGraphs
+        capture = CudaGraphs()
+    return model, NestedLoop(model, info, make_optimizer, graphs=capture)
 
 
 def level_report(model, device: torch.device, dtype: torch.dtype) -> list[tuple[str, str]]:
@@ -145,6 +155,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (implied without a GPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--graphs", action="store_true",
+                    help="on a GPU, also time each backend with its segments replayed as CUDA graphs")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one more step of each backend: GPU kernels and the operators' CPU time")
     args = ap.parse_args(argv)
@@ -172,12 +184,17 @@ def main(argv=None) -> int:
           f"{warmup} warm-up step(s), {steps} timed round(s)")
     if interpreting:
         print("TRITON_INTERPRET=1: the kernels run in the Triton interpreter; its times are not speed figures")
+    if args.graphs and not cuda:
+        print("--graphs: CUDA graphs need a GPU; timing the eager loops only")
+    variants = [(b, b, False) for b in ("chunked", "triton")]
+    if args.graphs and cuda:
+        variants += [(f"{b}+graphs", b, True) for b in ("chunked", "triton")]
 
     with tempfile.TemporaryDirectory(prefix="nlc-train-step-") as workdir:
         try:
             loops = {}
-            for backend in ("chunked", "triton"):
-                loops[backend] = build(args.spec, backend, device, dtype, args.seed, os.path.join(workdir, backend))
+            for name, backend, graphed in variants:
+                loops[name] = build(args.spec, backend, device, dtype, args.seed, os.path.join(workdir, name), graphed)
         except SpecError as e:
             print(f"{args.spec}: the spec does not compile:", file=sys.stderr)
             for d in e.diagnostics:
@@ -190,23 +207,30 @@ def main(argv=None) -> int:
         levels = level_report(loops["triton"][0], device, dtype)
         from nldsl.runtime.triton import prologue
 
-        first_loss, times = {}, {b: [] for b in loops}
-        launches_before = dict(prologue.LAUNCHES)
+        first_loss, times, losses = {}, {b: [] for b in loops}, {b: [] for b in loops}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TritonFallbackWarning)
+            # a graphed loop captures in its second step: every loop warms up as long, so that each round
+            # finds them all at the same step
+            warm = max(warmup, 2) if len(loops) > 2 else warmup
+            prologue_per_step = {}
             for backend, (_, loop) in loops.items():
-                for i in range(warmup):
+                launches_before = dict(prologue.LAUNCHES)
+                for i in range(warm):
                     t, loss = timed(loop, batch, device)
                     first_loss.setdefault(backend, loss)
-                    print(f"  warm-up {backend:8s} step {i + 1}: {t:8.3f} s  loss {loss:.4f}")
-            prologue_per_step = {k: (prologue.LAUNCHES[k] - launches_before[k]) // max(warmup, 1)
-                                 for k in launches_before}
+                    losses[backend].append(loss)
+                    print(f"  warm-up {backend:14s} step {i + 1}: {t:8.3f} s  loss {loss:.4f}")
+                if backend == "triton":   # the eager loop: every launch goes through Python
+                    prologue_per_step = {k: (prologue.LAUNCHES[k] - launches_before[k]) // max(warm, 1)
+                                         for k in launches_before}
             for r in range(steps):
                 for backend, (_, loop) in loops.items():
                     t, loss = timed(loop, batch, device)
                     first_loss.setdefault(backend, loss)
                     times[backend].append(t)
-                    print(f"  round {r + 1} {backend:8s}: {t:8.3f} s  loss {loss:.4f}")
+                    losses[backend].append(loss)
+                    print(f"  round {r + 1} {backend:14s}: {t:8.3f} s  loss {loss:.4f}")
             operators = {backend: operators_per_step(loop, batch) for backend, (_, loop) in loops.items()}
             if args.profile:
                 for backend, (_, loop) in loops.items():
@@ -233,9 +257,18 @@ def main(argv=None) -> int:
     print()
     print(f"| backend | tokens/s | median step (s) |   ({card})")
     print("|---|---|---|")
-    for b in ("chunked", "triton"):
+    for b in loops:
         print(f"| {b} | {rate[b]:,.0f} | {statistics.median(times[b]):.3f} |")
     print(f"triton / chunked: {ratio:.2f}x")
+    graphed = {}
+    for name in (n for n in loops if n.endswith("+graphs")):
+        eager = name[:-len("+graphs")]
+        graphed[name] = {"against_eager": rate[name] / rate[eager], "against_chunked": rate[name] / rate["chunked"],
+                         "largest_loss_difference": max(abs(a - b) for a, b in zip(losses[name], losses[eager])),
+                         "counts": dict(loops[name][1].graphs.counts)}
+        g = graphed[name]
+        print(f"{name} / {eager}: {g['against_eager']:.2f}x; / chunked: {g['against_chunked']:.2f}x; losses of the "
+              f"same steps differ by at most {g['largest_loss_difference']:.1e}; segments {g['counts']}")
     if interpreting:
         print("These figures come from the Triton interpreter on a CPU: they are not speed figures, "
               "so there are no GPU figures from this run.")
@@ -246,7 +279,7 @@ def main(argv=None) -> int:
                        "step_s": times, "first_loss": first_loss,
                        "levels": [{"level": n, "status": s} for n, s in levels],
                        "fallback_warnings": fell_back, "prologue_launches_per_step": fused,
-                       "aten_kernel_operators_per_step": operators}, f, indent=2)
+                       "aten_kernel_operators_per_step": operators, "graphs": graphed}, f, indent=2)
     return 0
 
 

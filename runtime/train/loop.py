@@ -6,7 +6,8 @@ next-token loss and runs backward; each CMS level whose window closes then steps
 window-summed gradient of the loss. The outer level's gradients (averaged over each step's tokens)
 accumulate until its clock ticks and are averaged over the steps of the period. Under `bptt truncated`
 the carried states are detached at segment boundaries; under `bptt full` the step's graph is kept across
-them (full_bptt.py). With several processes (`comm`, see
+them (full_bptt.py). With `graphs` (a capture such as graphs.CudaGraphs) each segment whose key recurs
+is replayed as a CUDA graph (graphs.py), with the same result. With several processes (`comm`, see
 distributed.py) each rank runs the same loop on its rows; gradients are reduced before every step
 and reported numbers are global. Every level counts its updates and records the norm of each; a
 non-finite update stops the run with `Diverged` naming the level and the step.
@@ -15,6 +16,7 @@ non-finite update stops the run with `Diverged` naming the level and the step.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +25,7 @@ from torch import nn
 
 from .distributed import Single
 from .full_bptt import LiveWeights
+from .graphs import SegmentGraphs, clone_state
 from .levels import Ownership, memory_lifetime, ownership, window_ends
 
 
@@ -75,6 +78,20 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The summed next-token loss of a segment."""
+    return F.cross_entropy(_upcast(logits.reshape(-1, logits.shape[-1])), y.reshape(-1), reduction="sum")
+
+
+def train_segment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: dict) -> tuple:
+    """One segment run eagerly: forward from `state`, the summed loss, backward (the gradients accumulate
+    into .grad); (the loss, detached; the states out, detached)."""
+    logits, state = model(x, state)
+    loss = _loss(logits, y)
+    loss.backward()
+    return loss.detach(), _detach(state)
+
+
 @dataclass
 class StepResult:
     loss: float  # mean next-token loss (nats) over the step's tokens
@@ -84,7 +101,7 @@ class StepResult:
 
 
 class NestedLoop:
-    def __init__(self, model: nn.Module, info: dict, make_optimizer, *, comm=None):
+    def __init__(self, model: nn.Module, info: dict, make_optimizer, *, comm=None, graphs=None):
         self.model, self.info = model, info
         self.own: Ownership = ownership(model, info)
         outer = info["outer"]
@@ -100,6 +117,13 @@ class NestedLoop:
         self.carried: dict = {}  # persistent memory states
         # data parallelism: reduce_grads(params, kind) before every step, global sums (Single: one process)
         self.comm = comm if comm is not None else Single()
+        # CUDA graphs of the segments (truncated BPTT only: under `bptt full` a step is one graph of autograd)
+        self.graphs = None
+        if graphs is not None and self.full_bptt:
+            warnings.warn("CUDA graphs: under `bptt full` a step is one autograd graph across its segments, so "
+                          "they run eagerly", RuntimeWarning, stacklevel=2)
+        elif graphs is not None:
+            self.graphs = SegmentGraphs(self.run_segment, [p for p in model.parameters() if p.requires_grad], graphs)
 
     def reductions(self) -> dict:
         """How each parameter's gradient combines over processes: 'sum' (CMS windows) or 'mean' (outer)."""
@@ -150,18 +174,17 @@ class NestedLoop:
         self.step_count += 1
         earlier = self._set_aside_outer_grads()
         live = LiveWeights(self.model, self.own.cms) if self.full_bptt else None
+        segment = self.graphs or self.run_segment
         for start, end in self._cuts(length):
-            logits, state = (live or self.model)(x[:, start:end], state)
-            loss = F.cross_entropy(_upcast(logits.reshape(-1, logits.shape[-1])), y[:, start:end].reshape(-1),
-                                   reduction="sum")
+            if live is None:  # forward, loss, backward; the states out detached
+                loss, state = segment(x[:, start:end], y[:, start:end], state)
+            else:
+                logits, state = live(x[:, start:end], state)
+                loss = _loss(logits, y[:, start:end])
+                live.losses.append(loss)
             value, count = self.comm.sum([loss.item(), y[:, start:end].numel()])  # over all processes
             if not math.isfinite(value):
                 raise Diverged(self.info["outer"]["name"], self.step_count, "loss")
-            if live is None:
-                loss.backward()
-                state = _detach(state)
-            else:
-                live.losses.append(loss)
             total += value
             tokens += int(count)
             closing = self._closing(end, length)
@@ -181,6 +204,8 @@ class NestedLoop:
             state = _detach(state)
         self._memory_stats(state, length)
         self.carried = {k: v for k, v in state.items() if memory_lifetime(k, self.own.memories) == "persist"}
+        if self.graphs is not None:  # a replay's states out are its buffers, which the next replay overwrites
+            self.carried = clone_state(self.carried)
         self.stream_position += length
         self.accumulated += 1
         stepped = self._outer_step(y.numel(), earlier)
@@ -188,6 +213,9 @@ class NestedLoop:
             if lv.lifetime == "reset" and lv.initial:
                 self._reset(lv)
         return StepResult(total / max(tokens, 1), tokens, cms_steps, stepped)
+
+    def run_segment(self, x: torch.Tensor, y: torch.Tensor, state: dict) -> tuple:
+        return train_segment(self.model, x, y, state)
 
     def _reset(self, lv) -> None:
         """Put a CMS member back to its learned initial state: its weights, the gradient of its open window
@@ -233,8 +261,8 @@ class NestedLoop:
         earlier = {}
         if self.accumulated:
             for _, p in self.own.outer:
-                if p.grad is not None:
-                    earlier[p] = p.grad
+                if p.grad is not None:  # (a graph's gradient tensor is zeroed by its next replay: a copy)
+                    earlier[p] = p.grad if self.graphs is None else p.grad.clone()
                     p.grad = None
         return earlier
 
@@ -302,8 +330,7 @@ class NestedLoop:
         for batch in batches:
             x, y = batch[:, :-1], batch[:, 1:]
             logits, _ = self.model(x, None)
-            total += float(F.cross_entropy(_upcast(logits.reshape(-1, logits.shape[-1])), y.reshape(-1),
-                                           reduction="sum"))
+            total += float(_loss(logits, y))
             tokens += y.numel()
         total, tokens = self.comm.sum([total, tokens])
         return total / max(tokens, 1)

@@ -57,6 +57,7 @@ class TrainConfig:
     backend: str = "chunked"
     parallel: str = "ddp"  # with several processes: ddp (replicas) or fsdp (sharded parameters)
     compile: bool = False  # the chunked path's tile steps compiled by torch.compile
+    cuda_graphs: bool = False  # segments replayed as CUDA graphs (graphs.py)
     force: bool = True  # a new run replaces what `out` holds; False (`nlc train` without --force) refuses it
 
     def saved(self) -> dict:
@@ -178,6 +179,12 @@ class Trainer:
             raise failure or PeerFailed("rank 0 could not prepare the model")
         module = _import_package(model_dir)
         self.device = self.comm.device
+        if cfg.cuda_graphs and self.device.type != "cuda":
+            raise TrainInputError(f"--cuda-graphs replays segments on a GPU, and this run is on {self.device}: "
+                                  "add --device cuda, or leave --cuda-graphs out")
+        if cfg.cuda_graphs and self.comm.sharded:  # FSDP gathers and scatters inside the segment
+            raise TrainInputError("--cuda-graphs does not combine with --parallel fsdp (its gathers run inside each "
+                                  "segment): use --parallel ddp, or leave --cuda-graphs out")
         check_fits(model_dir, getattr(torch, cfg.dtype), str(self.device), training=True)
         self.model = set_backend(module.Model(), cfg.backend, cfg.compile).to(device=self.device, dtype=getattr(torch, cfg.dtype))
         tok = D.ByteTokenizer()
@@ -199,7 +206,12 @@ class Trainer:
         self.stream = self.comm.shard_stream(stream)  # this process's rows of the global batch
         self.val = [self.comm.rows(b).to(self.device) for b in
                     D.val_batches([tok.encode(t) for _, t in val_docs], self.seq, cfg.batch, cfg.eval_batches)]
-        self.loop = NestedLoop(self.model, self.info, make_optimizer, comm=self.comm)
+        graphs = None
+        if cfg.cuda_graphs:
+            from .graphs import CudaGraphs
+
+            graphs = CudaGraphs()
+        self.loop = NestedLoop(self.model, self.info, make_optimizer, comm=self.comm, graphs=graphs)
         self.base_lr = [g["lr"] for g in self.loop.outer_opt.param_groups]
         resume_step = None
         if resume:
@@ -251,6 +263,7 @@ class Trainer:
             record = {"step": step, "loss": result.loss, "bits_per_byte": bits_per_byte(result.loss), "lr": lr,
                       "tokens": result.tokens, "tokens_per_s": done_tokens / max(elapsed, 1e-9),
                       **({"peak_memory_mb": peak} if (peak := peak_memory_mb(self.device)) is not None else {}),
+                      **({"cuda_graphs": dict(self.loop.graphs.counts)} if self.loop.graphs is not None else {}),
                       "levels": {k: {"updates": v.updates, "norm": v.last_norm, **({"resets": v.resets} if k in resets else {})}
                                  for k, v in self.loop.stats.items()}}
             if step % self.cfg.eval_every == 0 or step == self.cfg.steps:

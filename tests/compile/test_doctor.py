@@ -7,9 +7,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
+import nldsl
 from nldsl import doctor
 from nldsl.cli import main
 from nldsl.runtime import memory_level
+from cuda_graph_standin import Failing, StandIn
 from tiny_specs import memory, tiny_spec
 
 
@@ -48,14 +50,16 @@ def test_the_built_in_check_runs_every_backend_against_the_reference(runner, mon
     assert len(checked) == 1
     # the triton backend cannot run on a CPU without the interpreter, and says why
     assert "TRITON_INTERPRET=1 is not set" in result.output
+    assert "note    cuda graphs    need a CUDA device, not cpu" in result.output
 
 
-def test_a_backend_that_disagrees_with_the_reference_fails_the_check(monkeypatch):
+@pytest.mark.parametrize("factor", [1.01, float("nan")])
+def test_a_backend_that_disagrees_with_the_reference_fails_the_check(monkeypatch, factor):
     real = memory_level.chunked
 
     def off_by_a_little(*args, **kwargs):
         y, state = real(*args, **kwargs)
-        return y * 1.01, state
+        return y * factor, state
 
     monkeypatch.setattr(memory_level, "chunked", off_by_a_little)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -100,3 +104,36 @@ def test_the_compiled_check_says_when_torch_compile_fails_here(monkeypatch, torc
     rows = [f for f in findings if f.section == "check" and f.name == "compiled"]
     assert rows[0].status == "ok" and "compiled tile steps" in rows[0].detail   # eager, so still right
     assert [f.status for f in rows[1:]] == ["note"] and "no C++ compiler here" in rows[1].detail
+
+
+class Partial(StandIn):
+    """A graph that missed part of its segment: its replay leaves the states out as they were."""
+
+    def record(self, fn):
+        replay, (loss, out) = super().record(fn)
+        states = [t.clone() for t in doctor_flatten(out)]
+
+        def partial():
+            replay()
+            for t, s in zip(doctor_flatten(out), states):
+                t.copy_(s)
+        return partial, (loss, out)
+
+
+def doctor_flatten(state):
+    from nldsl.runtime.train.graphs import flatten
+    return flatten(state)[0]
+
+
+@pytest.mark.parametrize("capture, status, says", [(StandIn, "ok", "largest difference 0.0e+00"),
+                                                   (Failing, "fail", "not replayed: RuntimeError: operation not"),
+                                                   (Partial, "fail", "largest difference inf")])
+def test_the_cuda_graph_check_holds_a_replay_to_the_eager_segment(capture, status, says):
+    """On a CPU with a stand-in for the capture: what `nlc doctor --device cuda` reports of the graphs."""
+    import torch
+
+    torch.manual_seed(0)
+    base = nldsl.load(str(doctor.BUILTIN_SPEC))
+    tokens = torch.randint(0, base.vocab_size, (2, doctor.SMOKE_TOKENS), generator=torch.Generator().manual_seed(0))
+    (found,) = doctor.cuda_graphs(base, tokens, "cpu", ["chunked"], capture=capture)
+    assert (found.name, found.status) == ("cuda graphs", status) and says in found.detail, found

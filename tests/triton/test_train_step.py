@@ -30,13 +30,15 @@ def run_script(tmp_path, *args):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script times real training steps")
 def test_the_training_step_benchmark_runs_under_the_interpreter(tmp_path):
     out = tmp_path / "step.json"
-    result = run_script(tmp_path, "--tiny", "--json", str(out))
+    result = run_script(tmp_path, "--tiny", "--graphs", "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "not speed figures" in result.stdout and "no GPU figures from this run" in result.stdout
+    assert "--graphs: CUDA graphs need a GPU; timing the eager loops only" in result.stdout
     assert "triton / chunked:" in result.stdout
     row = json.loads(out.read_text())
     assert row["interpreter"] and row["batch"] == 1 and row["seq"] == 16
     assert all(rate > 0 for rate in row["tokens_per_s"].values()) and set(row["tokens_per_s"]) == {"chunked", "triton"}
+    assert row["graphs"] == {}
     assert {r["level"] for r in row["levels"]} == HOPE_LEVELS
     for r in row["levels"]:
         assert r["status"] == "generated kernels" or (r["status"].startswith("falls back: ") and len(r["status"]) > 20)
@@ -55,6 +57,20 @@ def test_the_training_step_benchmark_runs_under_the_interpreter(tmp_path):
     # same weights, same batch: the first steps agree
     loss = row["first_loss"]
     assert abs(loss["chunked"] - loss["triton"]) <= 1e-4 * abs(loss["chunked"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_on_a_gpu_graphed_steps_give_the_eager_losses(tmp_path):
+    out = tmp_path / "step.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, SCRIPT, "--graphs", "--batch", "2", "--seq", "64", "--steps", "2",
+                             "--json", str(out)], cwd=ROOT, env=dict(env, NLC_CACHE=str(tmp_path / "cache")),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    graphs = json.loads(out.read_text())["graphs"]
+    assert set(graphs) == {"chunked+graphs", "triton+graphs"}
+    for name, g in graphs.items():
+        assert g["counts"]["replayed"] > 0 and g["largest_loss_difference"] <= 1e-4, (name, g)
 
 
 def test_bad_input_gets_a_message_not_a_traceback(tmp_path):
