@@ -1,9 +1,14 @@
 """A stand-in for a CUDA graph capture (runtime/train/graphs.py's CudaGraphs) on a CPU, as strict as a
 graph where the code around it could go wrong: its capture computes nothing (the gradients are left as
-they were, the outputs hold NaN until a replay); a replay reads only the buffers of the capture (what
+they were, the outputs in memory it allocated hold NaN until a replay); a replay reads only the buffers of the capture (what
 was copied into them) and writes into the capture's output tensors; and it fails unless every gradient
 it accumulates into is the tensor it was captured with."""
 from __future__ import annotations
+
+import gc
+import warnings
+
+import torch
 
 from nldsl.runtime.train.graphs import flatten
 
@@ -19,24 +24,44 @@ class StandIn:
         fn()
 
     def record(self, fn):
+        existing = _storages()                 # memory a capture does not allocate
         before = {p: p.grad.clone() for p in self.params if p.grad is not None}
         loss, out = fn()
         grads = {p: p.grad for p in self.params if p.grad is not None}
         assert grads.keys() == before.keys(), "a gradient without a tensor at capture: the graph would lose it"
         for p, g in grads.items():
             g.copy_(before[p])                 # a capture computes nothing
-        statics = [loss, *flatten(out)[0]]
+        # the outputs in memory the capture allocated hold nothing until a replay; the others are views of
+        # memory that was there (a parameter, a buffer, an input passed on) and hold what it holds
+        statics = [t for t in [loss, *flatten(out)[0]] if _storage(t) not in existing]
         for t in statics:
-            t.fill_(float("nan"))              # nothing in the outputs until a replay
+            _dense(t).fill_(float("nan"))
         self.recorded += 1
 
         def replay():
             for p, g in grads.items():
                 assert p.grad is g, "a replay accumulates into the gradient tensors of its capture"
             fresh_loss, fresh_out = fn()
-            for static, fresh in zip(statics, [fresh_loss, *flatten(fresh_out)[0]]):
-                static.copy_(fresh)
+            fresh = {id(s): f for s, f in zip([loss, *flatten(out)[0]], [fresh_loss, *flatten(fresh_out)[0]])}
+            for static in statics:
+                _dense(static).copy_(_dense(fresh[id(static)]))
         return replay, (loss, out)
+
+
+def _storage(t) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _storages() -> set:
+    """Where every tensor alive now keeps its elements."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")    # isinstance on some of torch's deprecated objects warns
+        return {_storage(t) for t in gc.get_objects() if isinstance(t, torch.Tensor) and t.numel()}
+
+
+def _dense(t):
+    """`t` without the dimensions it broadcasts (stride 0): each element once, so that it can be written."""
+    return t[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in t.stride())]
 
 
 class Failing(StandIn):

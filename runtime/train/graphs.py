@@ -113,12 +113,38 @@ class CudaGraphs:
         return graph.replay, outputs
 
 
-class _Graph:
-    """One key's captured segment with its input buffers."""
+class _Call:
+    """A segment on its own buffers (the tokens, the targets and the states' tensors): what a graph
+    captures."""
 
-    def __init__(self, replay, x, y, inputs, loss, out_layout, outputs, reached):
-        self.replay, self.x, self.y, self.inputs = replay, x, y, inputs
-        self.loss, self.out_layout, self.outputs, self.reached = loss, out_layout, outputs, reached
+    def __init__(self, segment: Segment, x, y, state: dict):
+        self.segment, self.x, self.y = segment, x.clone(), y.clone()
+        tensors, self.layout = flatten(state)
+        self.inputs = [t.clone() for t in tensors]
+
+    def load(self, x, y, state: dict) -> None:
+        self.x.copy_(x)
+        self.y.copy_(y)
+        if not self.inputs:
+            return
+        sources = flatten(state)[0]
+        # a state out of this graph may be one of its buffers (a state passed on unchanged); where one is
+        # another slot's buffer, copying in place would overwrite it before it is read
+        slot = {t.untyped_storage().data_ptr(): i for i, t in enumerate(self.inputs) if t.numel()}
+        if any(slot.get(t.untyped_storage().data_ptr(), i) != i for i, t in enumerate(sources) if t.numel()):
+            sources = [t.clone() for t in sources]
+        torch._foreach_copy_(self.inputs, sources)
+
+    def __call__(self):
+        return self.segment(self.x, self.y, rebuild(self.layout, self.inputs))
+
+
+class _Graph:
+    """One key's captured segment: its call, the replay, its outputs and the parameters it reaches."""
+
+    def __init__(self, call: _Call, replay, loss, out_layout, outputs, reached):
+        self.call, self.replay, self.loss, self.out_layout = call, replay, loss, out_layout
+        self.outputs, self.reached = outputs, reached
 
 
 class SegmentGraphs:
@@ -148,10 +174,7 @@ class SegmentGraphs:
         return self._replay(graph, x, y, state)
 
     def _replay(self, graph: _Graph, x, y, state):
-        graph.x.copy_(x)
-        graph.y.copy_(y)
-        if graph.inputs:
-            torch._foreach_copy_(graph.inputs, flatten(state)[0])
+        graph.call.load(x, y, state)
         self._own_gradients(graph.reached)
         graph.replay()
         self.counts["replayed"] += 1
@@ -175,13 +198,7 @@ class SegmentGraphs:
 
     def _capture(self, key, x, y, state) -> Optional[_Graph]:
         saved = [None if p.grad is None else p.grad.clone() for p in self.params]
-        x, y = x.clone(), y.clone()
-        tensors, layout = flatten(state)
-        inputs = [t.clone() for t in tensors]
-
-        def run():
-            return self.segment(x, y, rebuild(layout, inputs))
-
+        run = _Call(self.segment, x, y, state)
         try:
             for p in self.params:
                 p.grad = None
@@ -201,7 +218,7 @@ class SegmentGraphs:
                           "runs eagerly from here on", RuntimeWarning, stacklevel=3)
             return None
         self._restore(saved, set(reached))
-        graph = _Graph(replay, x, y, inputs, loss, out_layout, outputs, reached)
+        graph = _Graph(run, replay, loss, out_layout, outputs, reached)
         self.graphs[key] = graph
         self.seen.pop(key, None)
         self.counts["captured"] += 1

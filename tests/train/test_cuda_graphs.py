@@ -245,3 +245,18 @@ def test_resuming_with_cuda_graphs_says_so_and_checks_the_device(run_env, tmp_pa
     result = CliRunner().invoke(main, ["train", "--resume", str(run), "--steps", "2", "--cuda-graphs"])
     assert f"note: --cuda-graphs: segments are replayed as CUDA graphs from here on ({run} ran them" in result.output
     assert result.exit_code == 1 and "this run is on cpu" in result.output, result.output
+
+
+def test_loading_states_that_are_the_graphs_own_buffers_in_other_slots():
+    """A replay's states out may be its own input buffers (a state passed on unchanged); loaded into
+    other slots of the same graph, each slot still gets what was there before the load."""
+    from nldsl.runtime.train.graphs import _Call
+
+    x = torch.zeros(1, 2, dtype=torch.long)
+    call = _Call(lambda *args: None, x, x, {"a": torch.full((3,), 1.0), "b": torch.full((3,), 2.0)})
+    first, second = call.inputs
+    call.load(x, x, {"a": second, "b": first})                 # swapped
+    assert call.inputs[0] is first and torch.equal(first, torch.full((3,), 2.0))
+    assert torch.equal(second, torch.full((3,), 1.0))
+    call.load(x, x, {"a": first, "b": second})                 # each its own: copies onto itself
+    assert torch.equal(first, torch.full((3,), 2.0)) and torch.equal(second, torch.full((3,), 1.0))
