@@ -24,7 +24,8 @@ class StandIn:
         fn()
 
     def record(self, fn):
-        existing = _storages()                 # memory a capture does not allocate
+        existing = _storages()                 # memory a capture does not allocate (kept alive meanwhile,
+        pointers = {s.data_ptr() for s in existing}    # so that no new tensor takes its place)
         before = {p: p.grad.clone() for p in self.params if p.grad is not None}
         loss, out = fn()
         grads = {p: p.grad for p in self.params if p.grad is not None}
@@ -33,7 +34,8 @@ class StandIn:
             g.copy_(before[p])                 # a capture computes nothing
         # the outputs in memory the capture allocated hold nothing until a replay; the others are views of
         # memory that was there (a parameter, a buffer, an input passed on) and hold what it holds
-        statics = [t for t in [loss, *flatten(out)[0]] if _storage(t) not in existing]
+        statics = [t for t in [loss, *flatten(out)[0]] if t.untyped_storage().data_ptr() not in pointers]
+        del existing
         for t in statics:
             _dense(t).fill_(float("nan"))
         self.recorded += 1
@@ -48,15 +50,11 @@ class StandIn:
         return replay, (loss, out)
 
 
-def _storage(t) -> int:
-    return t.untyped_storage().data_ptr()
-
-
-def _storages() -> set:
-    """Where every tensor alive now keeps its elements."""
+def _storages() -> list:
+    """The storages of every tensor alive now."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")    # isinstance on some of torch's deprecated objects warns
-        return {_storage(t) for t in gc.get_objects() if isinstance(t, torch.Tensor) and t.numel()}
+        return [t.untyped_storage() for t in gc.get_objects() if isinstance(t, torch.Tensor) and t.numel()]
 
 
 def _dense(t):
