@@ -13,8 +13,8 @@ same bits.
 
 Buffers: a replay reads its own copies of the tokens, targets and states (each call copies them in)
 and writes its own outputs, the loss and the states out, which stay valid until the next replay of any
-graph (the graphs share one memory pool): the caller uses them before the next segment and copies what
-it keeps longer (`clone_state`). Gradients accumulate into the `.grad` tensors a graph was captured with,
+graph (the graphs share one memory pool): the loop uses them before its next segment, and the states
+it carries from step to step (`state persist`) never come out of a replay (their positions grow). Gradients accumulate into the `.grad` tensors a graph was captured with,
 one per parameter shared by every graph; before each replay a parameter whose `.grad` was freed
 (`zero_grad`) or replaced (a checkpoint, an eager segment after a free) gets that tensor back, zeroed or
 holding the new gradient, so the optimizers see what they see eagerly.
@@ -70,12 +70,6 @@ def rebuild(layout: tuple, tensors: list):
         return {k: rebuild(v, tensors) for k, v in layout[1]}
     cls, fields = layout[1], layout[2]
     return cls(**{name: rebuild(v, tensors) for name, v in fields})
-
-
-def clone_state(state: dict) -> dict:
-    """A copy of a state in fresh tensors (sharing kept)."""
-    tensors, layout = flatten(state)
-    return rebuild(layout, [t.clone() for t in tensors])
 
 
 def key_of(x: torch.Tensor, y: torch.Tensor, state: dict):

@@ -25,7 +25,7 @@ from torch import nn
 
 from .distributed import Single
 from .full_bptt import LiveWeights
-from .graphs import SegmentGraphs, clone_state
+from .graphs import SegmentGraphs
 from .levels import Ownership, memory_lifetime, ownership, window_ends
 
 
@@ -204,8 +204,6 @@ class NestedLoop:
             state = _detach(state)
         self._memory_stats(state, length)
         self.carried = {k: v for k, v in state.items() if memory_lifetime(k, self.own.memories) == "persist"}
-        if self.graphs is not None:  # a replay's states out are its buffers, which the next replay overwrites
-            self.carried = clone_state(self.carried)
         self.stream_position += length
         self.accumulated += 1
         stepped = self._outer_step(y.numel(), earlier)

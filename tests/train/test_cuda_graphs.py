@@ -13,7 +13,7 @@ import torch
 from nldsl.runtime.layers import KVCache
 from nldsl.runtime.memory import MemoryState
 from cuda_graph_standin import Failing, StandIn
-from nldsl.runtime.train.graphs import CudaGraphs, clone_state, flatten, key_of, rebuild
+from nldsl.runtime.train.graphs import CudaGraphs, flatten, key_of, rebuild
 from tiny_specs import build_loop, cms_memory_spec
 
 
@@ -129,9 +129,8 @@ def test_a_state_goes_through_its_buffers_and_back_with_its_sharing_kept():
     again = rebuild(layout, tensors)
     assert again["mem"].params["W"] is again["mem"].anchor["W"] is w and again["mem"].position == 12
     assert again["attn"].position == 5 and again["off"] is None and again["conv"] is state["conv"]
-    copy = clone_state(state)
+    copy = rebuild(layout, [t.clone() for t in tensors])
     assert copy["mem"].params["W"] is copy["mem"].anchor["W"] and copy["mem"].params["W"] is not w
-    assert torch.equal(copy["mem"].params["W"], w)
     x = torch.zeros(2, 4, dtype=torch.long)
     # the key: shapes and host values (positions) count, tensor values do not
     assert key_of(x, x, state) == key_of(x, x, copy)
