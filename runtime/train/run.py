@@ -163,6 +163,12 @@ class Trainer:
         self.cfg, self.log = cfg, log or (lambda msg: print(msg, file=sys.stderr))
         self.comm = comm if comm is not None else from_env(cfg.parallel, cfg.device)
         self.main = self.comm.is_main
+        if cfg.cuda_graphs and self.comm.device.type != "cuda":
+            raise TrainInputError(f"--cuda-graphs replays segments on a GPU, and this run is on {self.comm.device}: "
+                                  "add --device cuda, or leave --cuda-graphs out")
+        if cfg.cuda_graphs and self.comm.sharded:  # FSDP gathers and scatters inside the segment
+            raise TrainInputError("--cuda-graphs does not combine with --parallel fsdp (its gathers run inside each "
+                                  "segment): use --parallel ddp, or leave --cuda-graphs out")
         self.run = Path(cfg.out)
         self.run.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
@@ -179,12 +185,6 @@ class Trainer:
             raise failure or PeerFailed("rank 0 could not prepare the model")
         module = _import_package(model_dir)
         self.device = self.comm.device
-        if cfg.cuda_graphs and self.device.type != "cuda":
-            raise TrainInputError(f"--cuda-graphs replays segments on a GPU, and this run is on {self.device}: "
-                                  "add --device cuda, or leave --cuda-graphs out")
-        if cfg.cuda_graphs and self.comm.sharded:  # FSDP gathers and scatters inside the segment
-            raise TrainInputError("--cuda-graphs does not combine with --parallel fsdp (its gathers run inside each "
-                                  "segment): use --parallel ddp, or leave --cuda-graphs out")
         check_fits(model_dir, getattr(torch, cfg.dtype), str(self.device), training=True)
         self.model = set_backend(module.Model(), cfg.backend, cfg.compile).to(device=self.device, dtype=getattr(torch, cfg.dtype))
         tok = D.ByteTokenizer()

@@ -218,6 +218,7 @@ def test_cuda_graphs_on_a_cpu_is_refused_with_a_message(run_env, tmp_path):
     assert result.exit_code == 1, result.output
     assert "--cuda-graphs replays segments on a GPU, and this run is on cpu" in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()      # refused before anything is written
 
 
 def test_cuda_graphs_with_sharded_parameters_is_refused(run_env, tmp_path):
