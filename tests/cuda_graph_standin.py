@@ -52,9 +52,18 @@ class StandIn:
 
 def _storages() -> list:
     """The storages of every tensor alive now."""
+    found = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")    # isinstance on some of torch's deprecated objects warns
-        return [t.untyped_storage() for t in gc.get_objects() if isinstance(t, torch.Tensor) and t.numel()]
+        for t in gc.get_objects():
+            if isinstance(t, torch.Tensor) and t.numel():
+                try:
+                    storage = t.untyped_storage()
+                    storage.data_ptr()
+                    found.append(storage)
+                except (RuntimeError, NotImplementedError):
+                    pass   # a tensor without storage (fake, functional, meta: left by torch.compile)
+    return found
 
 
 def _dense(t):
