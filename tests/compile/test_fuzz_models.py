@@ -30,6 +30,7 @@ same 12 every run).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -171,6 +172,16 @@ def test_near_misses_are_refused_or_run(generated, change):
 # ------------------------------------------------------------------------------------------ both backends
 
 
+@contextlib.contextmanager
+def compiled(generated: Generated):
+    """(directory, compiled files) of a generated model that checks clean (hypothesis passes over the rest)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        fe, files = compile_spec(str(write(directory, generated.model, generated.library)))
+        assume(fe.ok and files is not None)
+        yield directory, files
+
+
 def run_on(backend: str, directory: Path, files: dict, generated: Generated):
     """On `backend`, in float64: logits, states and gradients of a prefix and its continuation (a carried-in
     state, both cut inside chunks and segments), and the losses of two steps of the nested training loop."""
@@ -192,11 +203,7 @@ def test_generated_models_agree_on_both_backends(generated):
     """A generated model that checks clean gives the token-by-token reference's logits, carried states and
     gradients on the chunked backend (float64, a carried-in state), and the same losses over two steps of
     the nested training loop, CMS updates and the outer step between them included."""
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        spec = write(directory, generated.model, generated.library)
-        fe, files = compile_spec(str(spec))
-        assume(fe.ok and files is not None)
+    with compiled(generated) as (directory, files):
         try:
             reference, reference_losses = run_on("reference", directory, files, generated)
         except Diverged:
@@ -226,11 +233,7 @@ def test_generated_models_train_with_graphs_to_the_eager_numbers(generated):
     """Training a generated model with its segments replayed as graphs (`nlc train --cuda-graphs`, here
     with the CPU stand-in that is as strict as a graph) gives the eager run's losses, weights, gradients
     and carried states bit for bit, whatever the model's states hold (memories, caches, attention)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        spec = write(directory, generated.model, generated.library)
-        fe, files = compile_spec(str(spec))
-        assume(fe.ok and files is not None)
+    with compiled(generated) as (directory, files):
         try:
             eager, eager_loop, eager_model = train_steps(directory, files, generated, graphs=False)
         except Diverged:
