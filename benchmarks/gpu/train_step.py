@@ -187,7 +187,8 @@ def main(argv=None) -> int:
     if args.graphs and not cuda:
         print("--graphs: CUDA graphs need a GPU; timing the eager loops only")
     variants = [(b, b, False) for b in ("chunked", "triton")]
-    if args.graphs and cuda:
+    graphed_loops = args.graphs and cuda
+    if graphed_loops:
         variants += [(f"{b}+graphs", b, True) for b in ("chunked", "triton")]
 
     with tempfile.TemporaryDirectory(prefix="nlc-train-step-") as workdir:
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
             warnings.simplefilter("always", TritonFallbackWarning)
             # a graphed loop captures in its second step: every loop warms up as long, so that each round
             # finds them all at the same step
-            warm = max(warmup, 2) if len(loops) > 2 else warmup
+            warm = max(warmup, 2) if graphed_loops else warmup
             prologue_per_step = {}
             for backend, (_, loop) in loops.items():
                 launches_before = dict(prologue.LAUNCHES)
