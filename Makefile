@@ -6,8 +6,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-# The one place the test command is spelled out.
-PYTEST_ARGS ?= -q -x --timeout=900
+# The one place the test command is spelled out (--durations: the slowest tests, for CI's log).
+PYTEST_ARGS ?= -q -x --timeout=900 --durations=25
 TEST_CMD = $(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: demo test setup setup-test
