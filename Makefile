@@ -6,9 +6,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-# The one place the test command is spelled out (--durations: the slowest tests, for CI's log).
-PYTEST_ARGS ?= -q -x --timeout=900 --durations=25
-TEST_CMD = $(PY) -m pytest $(PYTEST_ARGS)
+# The one place the test command is spelled out: one process per core, at most four (pytest-xdist; each
+# test file stays in one process, its fixtures built once), one torch thread each (more per process
+# would oversubscribe the cores), and the 25 slowest tests listed at the end.
+TEST_WORKERS ?= auto
+PYTEST_ARGS ?= -q -x --timeout=900 --durations=25 -n $(TEST_WORKERS) --maxprocesses=4 --dist loadfile
+TEST_CMD = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: demo test setup setup-test
 
