@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_the_benchmark_prints_a_row_per_family_with_the_compiled_path_and_the_floor():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_chunked_vs_reference.py"),
-                             "--tokens", "40", "--repeats", "1", "--only", "mlp", "--compile", "--backward"],
+                             "--tokens", "40", "--repeats", "1", "--only", "mlp titans", "--compile", "--backward"],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
