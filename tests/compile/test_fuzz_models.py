@@ -41,10 +41,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import assume, given, strategies as st
 
 from compile_testkit import assert_close, assert_runs_agree, run_with_gradients
 from cuda_graph_standin import StandIn
+from drawing import drawing
 from generated_models import LIBRARY, SEARCH, Generated, build, models, write
 from nldsl.cli import main
 from nldsl.codes import CODES
@@ -55,7 +56,6 @@ from nldsl.runtime.train.graphs import flatten
 from nldsl.runtime.train.loop import Diverged, NestedLoop
 from nldsl.runtime.optim import make_optimizer
 
-EXAMPLES = int(os.environ.get("NLC_FUZZ_EXAMPLES", "12"))
 BATCH = 2
 
 
@@ -147,9 +147,7 @@ def check_generated(generated: Generated, must_refuse: bool = False) -> None:
             assert_refused(directory, spec, fe)
 
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="NLC_FUZZ_EXAMPLES" not in os.environ,
-                phases=SEARCH,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+FUZZ = drawing(12, phases=SEARCH)
 
 
 @FUZZ

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from drawing import drawing
 from fmt_testkit import EXAMPLES, assert_round_trip, example_id, modules, shape
 from nldsl import ast
 from nldsl.diagnostics import SpecError
@@ -375,9 +375,7 @@ def test_examples_with_comments_and_blank_lines_added(data):
     assert_round_trip(text)
 
 
-@settings(max_examples=int(os.environ.get("NLC_FUZZ_EXAMPLES", "20")), deadline=None, phases=SEARCH,
-          derandomize="NLC_FUZZ_EXAMPLES" not in os.environ,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@drawing(20, phases=SEARCH)
 @given(models())
 def test_generated_whole_models_round_trip(generated):
     """Whole models drawn from every construct of the language (and their libraries) format to the same

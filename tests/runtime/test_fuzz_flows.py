@@ -40,10 +40,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compile"))
 
+from drawing import drawing  # noqa: E402
 from generated_models import SEARCH, Generated, build, models, write  # noqa: E402
 
 import nldsl  # noqa: E402
@@ -53,16 +54,12 @@ from nldsl.runtime.continual import read_memory  # noqa: E402
 from nldsl.runtime.data import EOS  # noqa: E402
 from nldsl.runtime.generate import Decoder, generate, load_run  # noqa: E402
 
-EXAMPLES = int(os.environ.get("NLC_FUZZ_EXAMPLES", "4"))
 BATCH = 2
 NEW_TOKENS = 4
 TEXT = "The quick brown fox jumps over the lazy dog; the dog sleeps on.\n"
 PROMPT = [84, 104, 101, 32]  # "The "
 
-FLOWS = settings(max_examples=EXAMPLES, deadline=None, derandomize="NLC_FUZZ_EXAMPLES" not in os.environ,
-                 phases=SEARCH,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                        HealthCheck.filter_too_much])
+FLOWS = drawing(4, phases=SEARCH)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,7 +14,6 @@ same 4 every run).
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import warnings
@@ -25,10 +24,11 @@ import pytest
 pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
 
 import torch  # noqa: E402
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import assume, given  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compile"))
 
+from drawing import drawing  # noqa: E402
 from generated_models import SEARCH, models, write  # noqa: E402
 from nldsl.compiler import compile_spec, load, write_package  # noqa: E402
 from nldsl.runtime import set_backend  # noqa: E402
@@ -37,11 +37,7 @@ from triton_testkit import FLOAT32_RATIO, compare_model_runs, float32_error, mod
 
 pytestmark = pytest.mark.triton
 
-EXAMPLES = int(os.environ.get("NLC_FUZZ_EXAMPLES", "4"))
-GENERATED = settings(max_examples=EXAMPLES, deadline=None, derandomize="NLC_FUZZ_EXAMPLES" not in os.environ,
-                     phases=SEARCH,
-                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                            HealthCheck.filter_too_much])
+GENERATED = drawing(4, phases=SEARCH)
 
 
 @GENERATED

@@ -13,11 +13,12 @@ import pytest
 pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
 
 import torch  # noqa: E402
-from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
+from hypothesis import assume, given, strategies as st  # noqa: E402
 
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
 from nldsl.runtime.memory.inputs import start_state  # noqa: E402
+from drawing import drawing  # noqa: E402
 from triton_testkit import (FLOAT32_RATIO, OUTPUT_RATIO, Case, Run, compare, float32_can_match, kernels,  # noqa: E402
                             make_inputs, ratio, run_path, run_reference, split_run, to32)
 
@@ -254,8 +255,7 @@ def test_sub_tiled_chunks_split_anywhere_and_decoded_token_by_token_equal_the_wh
 RULES = st.lists(st.sampled_from(["retain", "gd", "momentum", "delta", "dgd"]), min_size=1, max_size=3)
 
 
-@settings(max_examples=12, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@drawing(12)
 @given(rules=RULES, chunk=st.sampled_from([1, 3, 4, 32]), read=st.sampled_from(["after", "before", "anchor"]),
        current=st.booleans(), self_target=st.booleans(),
        objective=st.sampled_from(["l2", "sq", "mse", "dot", "huber"]),
@@ -273,8 +273,7 @@ def test_random_rule_combinations(rules, chunk, read, current, self_target, obje
     check(case, against_chunked=False)
 
 
-@settings(max_examples=8, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@drawing(8)
 @given(rules=RULES, chunk=st.sampled_from([1, 4, 32]), read=st.sampled_from(["after", "before", "anchor"]),
        current=st.booleans(), self_target=st.booleans(), objective=st.sampled_from(["l2", "sq", "dot", "huber"]),
        clip=st.sampled_from([0.05, 0.5]), position=st.sampled_from([None, 2, 21]), tokens=st.integers(1, 40),
@@ -306,8 +305,7 @@ def test_clip_takes_every_row_whatever_the_block_of_rows_asked_for():
         lk.block_v = None
 
 
-@settings(max_examples=10, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@drawing(10)
 @given(rules=RULES, read=st.sampled_from(["after", "before", "anchor"]), current=st.booleans(),
        self_target=st.booleans(), objective=st.sampled_from(["l2", "dot", "mse"]), dv=st.sampled_from([24, 32, 40]),
        position=st.sampled_from([None, 3, 21]), tokens=st.integers(17, 45), every=st.sampled_from([1, 2]),

@@ -14,11 +14,12 @@ import pytest
 pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
 
 import torch  # noqa: E402
-from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
+from hypothesis import assume, given, strategies as st  # noqa: E402
 
 from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.memory import MemoryConfig, Rule, standard_objective  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
+from drawing import drawing  # noqa: E402
 from triton_testkit import DEVICE, FLOAT32_RATIO, OUTPUT_RATIO, Case, compare, float32_can_match, kernels, ratio, split_run, run_path, run_reference  # noqa: E402
 
 pytestmark = pytest.mark.triton
@@ -291,8 +292,7 @@ def check_random_level(hidden: int, rules, chunk, read, act, residual, self_targ
     check(case, against_chunked=False, lk=lk)
 
 
-@settings(max_examples=12, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@drawing(12)
 @given(**RANDOM_LEVEL, bias=st.booleans())
 def test_random_fused_combinations(**drawn):
     check_random_level(12, **drawn)

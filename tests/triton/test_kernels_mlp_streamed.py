@@ -15,11 +15,12 @@ import pytest
 pytest.importorskip("triton", reason="Triton is not installed: the generated kernels cannot run")
 
 import torch  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 
 from nldsl.runtime.memory import MemoryConfig, Rule, chunked, standard_objective  # noqa: E402
 from nldsl.runtime.triton import launch_mlp  # noqa: E402
 from test_kernels_mlp import RANDOM_LEVEL, TITANS, check, check_random_level, mcase, mlp  # noqa: E402
+from drawing import drawing  # noqa: E402
 from triton_testkit import FLOAT32_RATIO, kernels, make_inputs, ratio, split_run, start_state, to32  # noqa: E402,E501
 
 pytestmark = pytest.mark.triton
@@ -186,8 +187,7 @@ def _chunked(cfg, objective, case):
     return y
 
 
-@settings(max_examples=8, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@drawing(8)
 @given(**RANDOM_LEVEL)
 def test_random_streamed_combinations(**drawn):
     check_random_level(20, **drawn, stream=True, hidden_block=16)
