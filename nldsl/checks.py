@@ -12,6 +12,7 @@ import networkx as nx
 from . import ir, schema
 from .contexts import attention_checks
 from .diagnostics import Diagnostic, Label, error, warning
+from .network_shape import network_checks
 from .ranges import INF, interval, number_text, text
 
 NEEDS = {  # rule → gates it reads
@@ -283,7 +284,7 @@ def _cms_checks(model: ir.ModelIR, chain: ir.Cms) -> list[Diagnostic]:
 def check_model(model: ir.ModelIR) -> list[Diagnostic]:
     from .graph import widths
 
-    out: list[Diagnostic] = []
+    out: list[Diagnostic] = network_checks(model)
     w = widths(model)
     for mem in model.memories:
         out.extend(_memory_checks(model, mem, w))

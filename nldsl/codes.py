@@ -45,7 +45,7 @@ CODES = {
     "NL0402": "a level that never updates and owns nothing",
     "NL0403": "a flow of the wrong kind (e.g. a vector where a per-head gate is expected)",
     "NL0404": "a memory read with the wrong number of inputs",
-    "NL0405": "the network is malformed",
+    "NL0405": "the network is malformed: a stage that is not one, or not `embed` first and `lm_head` last",
     "NL0406": "a malformed attention prefix (segment, persistent tokens or per-segment context)",
     # rules, objectives, stability
     "NL0501": "unknown update rule or objective",

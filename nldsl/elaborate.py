@@ -141,6 +141,9 @@ class Elaborator:
                 if dim != self.dim:
                     raise Fail(error("NL0204", f"the embedding width {dim} is not the model width {self.dim}",
                                      expr.args[1].span, help="the residual stream has width `dim`"))
+                if vocab != self.vocab:
+                    raise Fail(error("NL0204", f"the embedding's vocabulary {vocab} is not the model's `vocab` ({self.vocab})",
+                                     expr.args[0].span, help="token ids and logits both run over `vocab`: write `embed(vocab, dim)`"))
                 return ir.Embed(vocab, dim, expr.span)
             if fn == "lm_head":
                 _args(expr, 0, ("tied",))
