@@ -16,6 +16,10 @@ from . import ast
 from .diagnostics import Diagnostic, error
 
 NAMED = {"true": True, "false": False, "inf": math.inf}
+# Models compute in float32 (or bf16, whose range is the same): a larger number, finite in the spec,
+# would overflow on its way into a tensor, so no number a spec writes or computes may exceed it.
+FLOAT32_MAX = (2 - 2 ** -23) * 2 ** 127
+RANGE_HELP = "models compute in float32: numbers are at most about 3.4e38 in size"
 NETWORK_WORDS = {"residual", "stack", "embed", "lm_head", "rmsnorm", "layernorm"}
 
 
@@ -47,9 +51,9 @@ def shown(v) -> str:
 def fold(expr, env: Mapping[str, object]):
     """The value of a constant expression, or raise Fail with a diagnostic."""
     if isinstance(expr, ast.Number):
-        if isinstance(expr.value, float) and math.isinf(expr.value):
-            raise Fail(error("NL0202", f"the number `{expr.text}` is too large", expr.span, "beyond a 64-bit float",
-                             help="the largest number is about 1.8e308"))
+        if not abs(expr.value) <= FLOAT32_MAX:
+            raise Fail(error("NL0202", f"the number `{expr.text}` is too large", expr.span, "beyond float32's range",
+                             help=RANGE_HELP))
         return expr.value
     if isinstance(expr, ast.String):
         return expr.value
@@ -121,9 +125,9 @@ def _binop(expr: ast.BinOp, a, b):
     except ValueError:
         raise Fail(error("NL0202", "this arithmetic has no real value", expr.span,
                          "a negative number to a fractional power")) from None
-    if isinstance(r, float) and (math.isinf(r) or math.isnan(r)):
-        raise Fail(error("NL0202", "this arithmetic overflows", expr.span, "too large for a number",
-                         help="constants are 64-bit floats or integers of at most 256 bits"))
+    if not abs(r) <= FLOAT32_MAX:
+        raise Fail(error("NL0202", "this arithmetic overflows", expr.span, "beyond float32's range",
+                         help=RANGE_HELP))
     return r
 
 

@@ -6,12 +6,11 @@ levels (which are read by calling them), model constants, builtins, blocks and c
 
 from __future__ import annotations
 
-import math
 
 from dataclasses import dataclass, field
 
 from . import ast, ir, schema
-from .consts import Fail, Poison, fold, suggest
+from .consts import FLOAT32_MAX, RANGE_HELP, Fail, Poison, fold, suggest
 from .diagnostics import error
 from .phrases import positive_int
 
@@ -50,9 +49,9 @@ class ValueBuilder:
     def build(self, expr, label: str, allow_self: bool = False) -> ir.Value:
         s = self.scope
         if isinstance(expr, ast.Number):
-            if not math.isfinite(float(expr.value)):
+            if not abs(expr.value) <= FLOAT32_MAX:
                 raise Fail(error("NL0202", f"the number `{expr.text}` is too large", expr.span,
-                                 help="numbers are 64-bit floats: at most about 1.8e308"))
+                                 "beyond float32's range", help=RANGE_HELP))
             return ir.Const(float(expr.value), expr.span)
         if isinstance(expr, ast.Name):
             n = expr.id

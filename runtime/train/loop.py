@@ -230,7 +230,12 @@ class NestedLoop:
     def _apply(self, name: str, opt, params):
         measured = hasattr(opt, "last_update_norm")  # nlc's optimizers measure their own (global) update
         before = None if measured else [_local(p.detach()).clone() for p in params]
-        opt.step()
+        try:
+            opt.step()
+        except RuntimeError as e:  # a step size beyond float32 (lr / (1 - beta1) of an absurd lr, say)
+            if "without overflow" not in str(e):
+                raise
+            raise Diverged(name, self.step_count, "step size (it overflows float32)") from e
         opt.zero_grad(set_to_none=True)
         finite = _finite(_local(p.detach()) for p in params)
         if not (self.comm.all(finite) if self.comm.sharded else finite):  # replicas agree without asking

@@ -128,3 +128,18 @@ def test_a_non_finite_update_stops_the_run_and_keeps_the_last_checkpoint(tmp_pat
     assert info.value.step == 3
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 2
     load_file(str(tmp_path / "run" / ckpt["weights"]))  # the last good weights are intact
+
+
+def test_a_step_size_beyond_float32_stops_the_run_as_diverged(tmp_path):
+    """adamw's first step takes lr / (1 - beta1): an lr the checks accept (below float32's largest
+    number) can still give a step size beyond it, which torch refuses with an error; the loop reports
+    it as the divergence it is, naming the level, not as an internal error."""
+    from tiny_specs import tiny_spec
+
+    spec = tmp_path / "huge_lr.nl"
+    spec.write_text(tiny_spec().replace("adamw(lr = 1e-3)", "adamw(lr = 1e38)"))
+    with pytest.raises(Diverged) as info:
+        Trainer(_config(tmp_path, spec=str(spec), steps=1)).train()
+    assert info.value.level == "pretrain"
+    assert info.value.step == 1
+    assert "overflows float32" in str(info.value)
