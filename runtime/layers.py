@@ -362,3 +362,17 @@ class Embedding(nn.Embedding):
     def __init__(self, vocab: int, dim: int):
         super().__init__(vocab, dim)
         nn.init.normal_(self.weight, std=dim ** -0.5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) to vectors (B, T, dim). A tensor of another shape or of floats is refused with
+        what was expected; so, on a CPU and outside compilation, are ids outside [0, vocab) (a CUDA
+        device asserts on them, and checking there would wait for the device at every call)."""
+        if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise ValueError(f"the model takes token ids as an integer tensor of shape (batch, tokens); got a "
+                             f"tensor of dtype {str(tokens.dtype).removeprefix('torch.')} and shape {tuple(tokens.shape)}")
+        if tokens.device.type == "cpu" and tokens.numel() and not torch.compiler.is_compiling():
+            low, high = int(tokens.min()), int(tokens.max())
+            if low < 0 or high >= self.num_embeddings:
+                raise ValueError(f"token ids run from 0 to {self.num_embeddings - 1} (the spec's vocab); got "
+                                 f"{low if low < 0 else high}")
+        return super().forward(tokens)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -347,6 +348,22 @@ def test_load_refuses_what_is_not_a_package(tmp_path):
         nldsl.load(tmp_path / "empty")
     with pytest.raises(ValueError):
         nldsl.load(ROOT / "examples/transformer.nl", backend="triton-someday")
+
+
+def test_a_loaded_model_says_what_tokens_it_takes(tmp_path):
+    """Token ids of the wrong shape or type, or outside the vocabulary, are refused with what the model
+    takes, not with an error from deep inside torch; int32 ids and an empty sequence run."""
+    model = nldsl.load(ROOT / "examples/transformer.nl")
+    vocab = model.vocab_size
+    for bad, says in [(torch.zeros(4, dtype=torch.long), "shape (4,)"),
+                      (torch.zeros(1, 4), "dtype float32"),
+                      (torch.ones(1, 4, dtype=torch.bool), "dtype bool"),
+                      (torch.full((1, 4), vocab), f"from 0 to {vocab - 1} (the spec's vocab); got {vocab}"),
+                      (torch.tensor([[3, -2]]), "got -2")]:
+        with pytest.raises(ValueError, match=re.escape(says)):
+            model(bad)
+    assert model(torch.tensor([[1, vocab - 1]], dtype=torch.int32))[0].shape == (1, 2, vocab)
+    assert model(torch.zeros(2, 0, dtype=torch.long))[0].shape == (2, 0, vocab)
 
 
 def test_compiling_does_not_import_torch():
