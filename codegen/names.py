@@ -17,7 +17,8 @@ import re
 
 # The public attributes of torch.nn.Module (class and instance: `training`), written out so that compiling
 # never imports torch (it would double the time of `nlc compile`); tests/compile checks that this list
-# still covers the installed torch. Names starting with `_` are mangled anyway.
+# still covers the installed torch. Names starting with `_` are mangled anyway. `smart_apply` is not
+# torch's: transformers sets it on nn.Module when it is imported (an exported model runs with it).
 MODULE_ATTRIBUTES = frozenset("""
 T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double
 dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half
@@ -26,7 +27,7 @@ register_backward_hook register_buffer register_forward_hook register_forward_pr
 register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook
 register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook
 register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory state_dict to
-to_empty train training type xpu zero_grad
+to_empty train training type xpu zero_grad smart_apply
 """.split())
 
 _RESERVED = (
