@@ -80,7 +80,7 @@ def learn(run, data, memory, seq, passes, device):
 
     try:
         report, _ = learn_file(load_run(run, device=device), data, memory, seq=seq, passes=passes)
-    except RunError as e:
+    except (RunError, ValueError) as e:  # ValueError: the text (no documents in DATA, nothing to learn)
         _run_error(e)
     for line in describe(report):
         click.echo(line, err=True)

@@ -136,6 +136,17 @@ def test_a_file_that_is_not_a_memory_is_refused(tiny_hope_run, runner, tmp_path)
         read_memory(tmp_path / "missing.mem")
 
 
+def test_a_text_with_nothing_in_it_is_refused(tiny_hope_run, runner, tmp_path):
+    """Empty text (a file, or a folder with no text files) is a user's mistake: exit 1 with one line."""
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "folder").mkdir()
+    for data in (tmp_path / "empty.txt", tmp_path / "folder"):
+        result = runner.invoke(main, ["learn", str(tiny_hope_run), "--data", str(data), "--memory",
+                                      str(tmp_path / "m.mem")])
+        assert result.exit_code == 1 and "error: no documents in" in result.output, result.output
+        assert "internal" not in result.output and not (tmp_path / "m.mem").exists()
+
+
 def test_a_model_without_persistent_levels_has_nothing_to_learn(example_runs, runner, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("hello", encoding="utf-8")
