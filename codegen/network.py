@@ -142,7 +142,7 @@ class NetLowering:
         used: dict = {"vocab_size": True, "context": True}
         self.lower(m.network, cls, "h", "''", used)
         cls.forward_args = "tokens, state=None"
-        cls.forward.insert(0, "state = {} if state is None else dict(state)")
+        cls.forward.insert(0, "state = rt.carried_in(state, tokens)")
         cls.forward.insert(1, "h = tokens")
         cls.forward.append("return h, state")
         return cls

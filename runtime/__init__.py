@@ -7,6 +7,7 @@ inputs as one), layers (`ShortConv`, `CausalAttention`, `RMSNorm`, `LayerNorm`, 
 `position_of`).
 """
 
+from .carried import carried_in
 from .layers import BoundedGate, CausalAttention, CmsChain, CmsMLP, Embedding, KVCache, L2Norm, LayerNorm, RMSNorm, ShortConv
 from .layers import activation, l2norm
 from .layers import window_positions
@@ -32,6 +33,7 @@ def set_backend(model, backend: str, compile: bool = False):
 
 __all__ = [
     "BACKENDS", "BoundedGate", "CausalAttention", "CmsChain", "CmsMLP", "Embedding", "KVCache", "L2Norm", "LayerNorm", "MemoryConfig", "MemoryLevel",
-    "MemoryStack", "MemoryState", "RMSNorm", "Rule", "ShortConv", "activation", "l2norm", "position_of", "segments",
+    "MemoryStack", "MemoryState", "RMSNorm", "Rule", "ShortConv", "activation", "carried_in", "l2norm", "position_of",
+    "segments",
     "set_backend", "standard_objective", "window_positions",
 ]

@@ -366,6 +366,21 @@ def test_a_loaded_model_says_what_tokens_it_takes(tmp_path):
     assert model(torch.zeros(2, 0, dtype=torch.long))[0].shape == (2, 0, vocab)
 
 
+def test_a_loaded_model_refuses_a_state_of_another_batch():
+    """A carried state continues the batch it came from: one of another size (larger or smaller) is refused
+    naming a level, before a level reads it; so is a state that is not a mapping."""
+    model = nldsl.load(ROOT / "examples/gated_deltanet.nl")
+    three, one = torch.randint(0, model.vocab_size, (3, 6)), torch.randint(0, model.vocab_size, (1, 6))
+    for state, tokens, rows in ((model(three)[1], one, 3), (model(one)[1], three, 1)):
+        with pytest.raises(ValueError, match=rf"the carried state of `layer\.0\.[\w.]+` holds {rows} sequences, "
+                                             rf"the tokens {tokens.shape[0]}"):
+            model(tokens, state)
+    with pytest.raises(TypeError, match="got a list"):
+        model(one, [])
+    logits, state = model(three)
+    assert model(three, state)[0].shape == logits.shape
+
+
 def test_compiling_does_not_import_torch():
     """`nlc compile` stays quick: the generator never imports torch (only the compiled model does)."""
     code = ("import sys; from nldsl.compiler import compile_spec\n"
