@@ -6,7 +6,6 @@ levels (which are read by calling them), model constants, builtins, blocks and c
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass, field
 
 from . import ast, ir, schema
