@@ -108,6 +108,7 @@ class BlockLowering:
         self.read_rename: dict[str, str] = {}  # level name -> local holding its read
         self.tmp = 0
         self.stacks: list[list[str]] = []      # memories run as one rt.MemoryStack (codegen/stacking.py)
+        self.carried: dict[str, None] = {}     # the state keys the forward fills in, after `self.prefix`
         self.reads = self._read_sites()
         self.attrs = self._attributes()
         # locals of forward(): the spec's names first (py is one-to-one), then the generator's own
@@ -147,7 +148,7 @@ class BlockLowering:
         """Attribute names of the block class: levels by their local names, then applied blocks and
         chains, then projections, convolutions and norms by their labels; never two alike (a label may
         equal a level's name or another label: each still gets its own module and state key)."""
-        attrs = Names({"prefix"})
+        attrs = Names({"prefix", "carried"})
         for lv in self.levels:
             attrs.claim(("level", lv.name), py(self.local(lv.name)))
         values = self._values()
@@ -222,7 +223,7 @@ class BlockLowering:
         self.tmp += 1
         name = self.locals.fresh(f"c{self.tmp}")
         attr = self.attr("op", v)
-        key = f"self.prefix + {literal('.' + attr)}"
+        key = self.state_key(attr)
         self.lines.append(f"{name}, state[{key}] = self.{attr}({arg}, state.get({key}){extra})")
         return name
 
@@ -253,6 +254,16 @@ class BlockLowering:
         return self.heads if w and self.heads and w % self.heads == 0 else 1
 
     # ------------------------------------------------------------ construction
+
+    def state_key(self, attr: str) -> str:
+        """The expression of the state key of the module `attr` (a level or a convolution), noted in
+        `carried`, which the block class lists (init_lines, after its forward is lowered)."""
+        self.carried['.' + attr] = None
+        return f"self.prefix + {literal('.' + attr)}"
+
+    def carried_line(self) -> str:
+        keys = "".join(f"prefix + {literal(suffix)}, " for suffix in self.carried)
+        return f"self.carried = ({keys.removesuffix(', ') + (',' if len(self.carried) == 1 else '')})  # state keys"
 
     def init_lines(self) -> list[str]:
         out = ["self.prefix = prefix"]

@@ -58,6 +58,7 @@ def _classes(model: ir.ModelIR, spec_file: str) -> tuple[list, list, list]:
         cls.init = bl.init_lines()
         cls.forward_args = f"{bl.expr(ir.Input(b.params[0], b.span))}, state"
         cls.forward = forward_lines(bl)
+        cls.init.insert(1, bl.carried_line())  # after `self.prefix`: the keys its forward fills in
         classes.append(cls)
         stacks += bl.stacks
     net = NetLowering(model, doc_text(spec_file))

@@ -11,7 +11,7 @@ from nldsl.contexts import context_reads
 from nldsl.graph import deps
 
 from .blocks import GATE_ROLES, BlockLowering, LoweringError, _direct_reads, _refs
-from .names import literal, py
+from .names import py
 from .stacking import member_stacks
 
 
@@ -167,7 +167,7 @@ def _schedule(bl: BlockLowering) -> list[str]:
 
 
 def _key(bl, lv) -> str:
-    return f"self.prefix + {literal('.' + bl.level_attr(lv.name))}"
+    return bl.state_key(bl.level_attr(lv.name))
 
 
 def _call_args(bl: BlockLowering, lv) -> str:

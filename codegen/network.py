@@ -28,7 +28,7 @@ def cms_class(chain: ir.Cms, outer: str, spec_file: str) -> ClassCode:
 
 
 # attributes the network lowering sets itself: a block or chain of the same name gets another one
-FIXED = frozenset({"embed", "lm_head", "vocab_size", "context", "prefix"})
+FIXED = frozenset({"embed", "lm_head", "vocab_size", "context", "prefix", "state_keys"})
 
 
 class NetLowering:
@@ -141,8 +141,9 @@ class NetLowering:
         cls.init.append(f"self.context = {m.context}")
         used: dict = {"vocab_size": True, "context": True}
         self.lower(m.network, cls, "h", "''", used)
+        cls.init.append("self.state_keys = rt.state_keys(self)  # every block's, for carried_in")
         cls.forward_args = "tokens, state=None"
-        cls.forward.insert(0, "state = rt.carried_in(state, tokens)")
+        cls.forward.insert(0, "state = rt.carried_in(state, tokens, self.state_keys)")
         cls.forward.insert(1, "h = tokens")
         cls.forward.append("return h, state")
         return cls

@@ -7,7 +7,7 @@ inputs as one), layers (`ShortConv`, `CausalAttention`, `RMSNorm`, `LayerNorm`, 
 `position_of`).
 """
 
-from .carried import carried_in
+from .carried import carried_in, state_keys
 from .layers import BoundedGate, CausalAttention, CmsChain, CmsMLP, Embedding, KVCache, L2Norm, LayerNorm, RMSNorm, ShortConv
 from .layers import activation, l2norm
 from .layers import window_positions
@@ -35,5 +35,5 @@ __all__ = [
     "BACKENDS", "BoundedGate", "CausalAttention", "CmsChain", "CmsMLP", "Embedding", "KVCache", "L2Norm", "LayerNorm", "MemoryConfig", "MemoryLevel",
     "MemoryStack", "MemoryState", "RMSNorm", "Rule", "ShortConv", "activation", "carried_in", "l2norm", "position_of",
     "segments",
-    "set_backend", "standard_objective", "window_positions",
+    "set_backend", "standard_objective", "state_keys", "window_positions",
 ]

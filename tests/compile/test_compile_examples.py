@@ -366,9 +366,10 @@ def test_a_loaded_model_says_what_tokens_it_takes(tmp_path):
     assert model(torch.zeros(2, 0, dtype=torch.long))[0].shape == (2, 0, vocab)
 
 
-def test_a_loaded_model_refuses_a_state_of_another_batch():
-    """A carried state continues the batch it came from: one of another size (larger or smaller) is refused
-    naming a level, before a level reads it; so is a state that is not a mapping."""
+def test_a_loaded_model_refuses_a_state_of_another_batch_or_model():
+    """A carried state continues the batch and the model it came from: one of another batch size (larger
+    or smaller), or with a key the model does not make, is refused naming it, before a level reads it; so
+    is a state that is not a mapping."""
     model = nldsl.load(ROOT / "examples/gated_deltanet.nl")
     three, one = torch.randint(0, model.vocab_size, (3, 6)), torch.randint(0, model.vocab_size, (1, 6))
     for state, tokens, rows in ((model(three)[1], one, 3), (model(one)[1], three, 1)):
@@ -378,7 +379,13 @@ def test_a_loaded_model_refuses_a_state_of_another_batch():
     with pytest.raises(TypeError, match="got a list"):
         model(one, [])
     logits, state = model(three)
+    assert set(state) == model.state_keys  # every key the model lists, it fills in
     assert model(three, state)[0].shape == logits.shape
+    some = {key: state[key] for key in sorted(state)[:1]}  # a part of a state (a memory file's) continues it
+    assert model(three, some)[0].shape == logits.shape
+    with pytest.raises(ValueError, match=r"the carried state has `layer\.0\.mixer\.mem`, which this model "
+                                         r"does not make \(its keys: `layer\.0\."):
+        model(three, {**state, "layer.0.mixer.mem": next(iter(state.values()))})  # a key mistyped
 
 
 def test_compiling_does_not_import_torch():
