@@ -262,8 +262,9 @@ class BlockLowering:
         return f"self.prefix + {literal('.' + attr)}"
 
     def carried_line(self) -> str:
-        keys = "".join(f"prefix + {literal(suffix)}, " for suffix in self.carried)
-        return f"self.carried = ({keys.removesuffix(', ') + (',' if len(self.carried) == 1 else '')})  # state keys"
+        keys = [f"prefix + {literal(suffix)}" for suffix in self.carried]
+        listed = f"{keys[0]}," if len(keys) == 1 else ", ".join(keys)
+        return f"self.carried = ({listed})  # state keys"
 
     def init_lines(self) -> list[str]:
         out = ["self.prefix = prefix"]

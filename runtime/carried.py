@@ -31,15 +31,15 @@ def state_keys(model: Module) -> frozenset:
     return frozenset(key for module in model.modules() for key in getattr(module, "carried", ()))
 
 
-def carried_in(state, tokens: Tensor, keys: frozenset | None = None) -> dict:
+def carried_in(state, tokens: Tensor, keys: frozenset) -> dict:
     """A copy of `state` that the forward fills in ({} for None), checked against the model's state keys
-    (None: not checked) and the batch of `tokens`."""
+    and the batch of `tokens`."""
     if state is None:
         return {}
     if not isinstance(state, Mapping):
         raise TypeError(f"a model's state is the mapping a previous call returned (or None); got a "
                         f"{type(state).__name__}")
-    unknown = [key for key in state if keys is not None and key not in keys]
+    unknown = [key for key in state if key not in keys]
     if unknown:
         known = ", ".join(f"`{k}`" for k in sorted(keys)[:4]) + (", ..." if len(keys) > 4 else "")
         raise ValueError(f"the carried state has `{unknown[0]}`, which this model does not make (its keys: "
