@@ -97,7 +97,9 @@ def saved_bytes(model: torch.nn.Module, batch: int, tokens: int) -> int:
         storage = t.untyped_storage()
         if storage.data_ptr() and storage.data_ptr() not in params:
             kept[storage.data_ptr()] = max(kept.get(storage.data_ptr(), 0), storage.nbytes())
-        return t
+        # not `t` itself: a saved output would then hold its own grad_fn, a cycle that keeps the whole
+        # graph (and its parameters' AccumulateGrad nodes, which break a later CUDA graph capture) alive
+        return t.detach()
 
     x = torch.zeros(batch, tokens, dtype=torch.long, device=device)
     devices = [device] if device.type == "cuda" else []

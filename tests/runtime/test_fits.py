@@ -5,7 +5,9 @@ fit beside the parameters' training state."""
 
 from __future__ import annotations
 
+import gc
 import json
+import warnings
 
 import pytest
 import torch
@@ -105,6 +107,19 @@ def test_measuring_the_activations_leaves_the_model_and_the_random_stream_alone(
     assert torch.equal(torch.rand(3), after_measuring)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_measuring_the_activations_leaves_no_autograd_graph_alive(package):
+    """The measured forward's graph goes with it: a graph left alive (a saved tensor holding its own
+    grad_fn is a cycle) holds a segment's activations for the whole run, and on a GPU its parameters'
+    AccumulateGrad nodes, made on the default stream, break the capture of `nlc train --cuda-graphs`."""
+    model = nldsl.load(package)
+    fits.activation_bytes(model, 5, 8)
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # isinstance on some of torch's deprecated objects warns
+        alive = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None]
+    assert alive == []
 
 
 @pytest.mark.parametrize("bptt, expected", [("truncated", 4), ("full", 16)])

@@ -62,7 +62,9 @@ OUTER_EVERY_2 = "clock     every 1 step\n    objective next_token\n    update   
 SPECS = {
     # a CMS chain of windows 4 and 8 and a linear memory of chunk 2 reset per sequence
     "linear": cms_memory_spec("truncated"),
-    "mlp": cms_memory_spec("truncated", fast=2, slow=4, memory="mlp(depth = 2, hidden = 8, act = silu)"),
+    # (its memory at lr 0.1: at 0.5 its state overflows float32 by the second step, the GPU test's dtype)
+    "mlp": cms_memory_spec("truncated", fast=2, slow=4, memory="mlp(depth = 2, hidden = 8, act = silu)")
+    .replace("lr     0.5", "lr     0.1"),
     # the outer level steps every second step: its gradient waits in the loop across a step
     "outer_every_2": cms_memory_spec("truncated").replace("clock     every 1 step", "clock     every 2 steps"),
 }
