@@ -11,7 +11,8 @@
 # REPORT_ARGS, FLA_ARGS, TITANS_ARGS, GRAPH_ARGS, STEP_ARGS (default --graphs) and PYTEST_EXTRA pass arguments on; TESTS names the test files of
 # the tests step, tests/triton by default; SHARD=I/N runs the I-th of N parts of the tests and suite steps'
 # tests, for a suite longer than one call: tests/conftest.py; SKIP_PASSED="FILE ..." leaves out of both the
-# tests that any FILE, an earlier run's tests.txt or suite.txt, names as passed or skipped, to finish a cut-off run).
+# tests that any FILE, an earlier run's tests.txt or suite.txt, names as passed or skipped, to finish a cut-off run;
+# WORKERS test processes, each with the machine's cores / WORKERS torch threads unless OMP_NUM_THREADS says).
 # `setup` installs nlc (editable, no dependencies) and any
 # wheels found in .whl/ (lark, titans-pytorch, flash-linear-attention and what they need) for a machine
 # that cannot reach a package index, and unpacks .gpu-cache/triton-cache.part-* into Triton's cache where
@@ -109,6 +110,10 @@ step_wheels() {
         && echo "wheels: $(compgen -G '.whl/*.whl' | wc -l) in .whl/, $(du -sh .whl | cut -f1)"
 }
 
+# torch's CPU threads per test worker: by default each takes every core, and 15 workers on 16 cores ran the
+# float64 reference tests of the twelfth run several times slower than alone
+THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / ${WORKERS:-12} > 0 ? $(nproc) / ${WORKERS:-12} : 1 ))}"
+
 STEPS=(wheels setup env doctor report tests fla titans step graph suite save)
 for STEP in "${STEPS[@]}"; do
     want "$@" || continue
@@ -120,7 +125,7 @@ for STEP in "${STEPS[@]}"; do
         doctor) run_step doctor "${LIMIT_DOCTOR:-90}" "$PY" -m nldsl.cli doctor --device cuda ${DOCTOR_ARGS:-} ;;
         report) run_step report "${LIMIT_REPORT:-60}" "$PY" benchmarks/gpu/compile_report.py \
                     ${REPORT_ARGS:-gdn128 titans_small --dtype bfloat16} ;;
-        tests) NLC_FAILURE_LOG="$OUT/failures.txt" run_step tests "${LIMIT_TESTS:-200}" "$PY" -m pytest -v \
+        tests) OMP_NUM_THREADS=$THREADS NLC_FAILURE_LOG="$OUT/failures.txt" run_step tests "${LIMIT_TESTS:-200}" "$PY" -m pytest -v \
                    -p no:cacheprovider -p no:benchmark ${TESTS:-tests/triton} -n "${WORKERS:-12}" --timeout=170 -rfE --durations=30 \
                    ${SHARD:+--shard $SHARD} ${SKIP_PASSED:+$(printf -- " --skip-passed %s" $SKIP_PASSED)} ${PYTEST_EXTRA:-} ;;
         fla) run_step fla "${LIMIT_FLA:-150}" "$PY" benchmarks/gpu/kernels_vs_fla.py --json "$OUT/fla.json" \
@@ -128,8 +133,9 @@ for STEP in "${STEPS[@]}"; do
         titans) run_step titans "${LIMIT_TITANS:-70}" "$PY" benchmarks/gpu/titans_vs_titans_pytorch.py \
                     --json "$OUT/titans.json" ${TITANS_ARGS:-} ;;
         # -v: each test's outcome in suite.txt, for a later SKIP_PASSED
-        suite) run_step suite "${LIMIT_SUITE:-300}" "$PY" -m pytest -v -p no:cacheprovider -p no:benchmark \
-                   -n "${WORKERS:-12}" --timeout=280 -m "not triton and not browser" -rfE --durations=30 \
+        # `tests` named: --skip-passed is tests/conftest.py's option, unknown to pytest before it loads that file
+        suite) OMP_NUM_THREADS=$THREADS run_step suite "${LIMIT_SUITE:-300}" "$PY" -m pytest tests -v -p no:cacheprovider \
+                   -p no:benchmark -n "${WORKERS:-12}" --timeout=280 -m "not triton and not browser" -rfE --durations=30 \
                    ${SHARD:+--shard $SHARD} ${SKIP_PASSED:+$(printf -- " --skip-passed %s" $SKIP_PASSED)} ;;
         save) echo "=== save" | tee -a "$LOG"; step_save 2>&1 | tee -a "$LOG" ;;
         graph) run_step graph "${LIMIT_GRAPH:-120}" "$PY" benchmarks/gpu/segment_graph.py ${GRAPH_ARGS:-} ;;
