@@ -50,19 +50,31 @@ class StandIn:
         return replay, (loss, out)
 
 
+def tensors_alive() -> list:
+    """Every tensor alive now that Python holds."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")    # isinstance on some of torch's deprecated objects warns
+        return [t for t in gc.get_objects() if isinstance(t, torch.Tensor)]
+
+
+def graphs_alive() -> list:
+    """The tensors alive now that hold an autograd graph (a graph left over from an earlier segment keeps
+    its parameters' AccumulateGrad nodes, which a capture on another stream cannot take)."""
+    gc.collect()
+    return [(tuple(t.shape), type(t.grad_fn).__name__) for t in tensors_alive() if t.grad_fn is not None]
+
+
 def _storages() -> list:
     """The storages of every tensor alive now."""
     found = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")    # isinstance on some of torch's deprecated objects warns
-        for t in gc.get_objects():
-            if isinstance(t, torch.Tensor) and t.numel():
-                try:
-                    storage = t.untyped_storage()
-                    storage.data_ptr()
-                    found.append(storage)
-                except (RuntimeError, NotImplementedError):
-                    pass   # a tensor without storage (fake, functional, meta: left by torch.compile)
+    for t in tensors_alive():
+        if t.numel():
+            try:
+                storage = t.untyped_storage()
+                storage.data_ptr()
+                found.append(storage)
+            except (RuntimeError, NotImplementedError):
+                pass   # a tensor without storage (fake, functional, meta: left by torch.compile)
     return found
 
 

@@ -57,6 +57,21 @@ def test_every_level_updates_as_often_as_its_clock_says(tmp_path):
     assert (tmp_path / "run" / "update_norms.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("bptt", ["truncated", "full"])
+def test_training_leaves_no_autograd_graph_alive(tmp_path, bptt):
+    """After the fit checks, the steps, a validation and a checkpoint, no graph is left: one left alive
+    holds a segment's activations for the run, and on a GPU breaks `--cuda-graphs`' capture."""
+    from cuda_graph_standin import graphs_alive
+    from tiny_specs import cms_memory_spec
+
+    spec = tmp_path / "tiny.nl"
+    spec.write_text(cms_memory_spec(bptt).replace("vocab   = 16", "vocab   = 256"))
+    trainer = Trainer(_config(tmp_path, spec=str(spec), steps=2, seq=16, checkpoint_every=1, eval_every=1))
+    assert graphs_alive() == []
+    trainer.train()
+    assert graphs_alive() == []
+
+
 def test_cms_levels_step_only_at_window_ends(tmp_path):
     trainer = Trainer(_config(tmp_path, steps=1, seq=48))
     fast = dict(trainer.loop.own.cms[0].params)
