@@ -14,7 +14,7 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
-from .cli_common import DEVICE, RUN, SEED, ExistingPath, Group, guarded, report
+from .cli_common import BACKEND, DEVICE, RUN, SEED, ExistingPath, Group, guarded, report
 from .cli_runs import COMMANDS as RUN_COMMANDS
 from .cli_train import forwarded, new_config, resume_config
 from .diagnostics import render_all
@@ -283,8 +283,7 @@ def compile_cmd(spec, out_dir, force, dump, fmt):
               help="write a checkpoint every N steps (and at the end)")
 @click.option("--eval-every", default=50, show_default=True, type=click.IntRange(min=1),
               help="measure the validation loss every N steps (and at the end)")
-@click.option("--backend", default="chunked", show_default=True, type=click.Choice(["chunked", "reference", "triton"]),
-              help="how memory levels run: chunk-parallel, token by token (the ground truth), or the generated Triton kernels")
+@BACKEND
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
               help="data-parallel processes on this machine (started with torchrun)")
 @click.option("--parallel", default=None, type=click.Choice(["ddp", "fsdp"]),

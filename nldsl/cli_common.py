@@ -93,6 +93,13 @@ class _Device(click.ParamType):
 
 DEVICE = _Device()
 
+# runtime.BACKENDS, written out so that `--help` imports no torch (a test holds them equal)
+BACKEND = click.option("--backend", default="chunked", show_default=True,
+                       type=click.Choice(["chunked", "reference", "triton"]),
+                       help="how memory levels run: chunk-parallel, token by token (the ground truth), or the "
+                            "generated Triton kernels (on a CUDA device; elsewhere they fall back to chunked, "
+                            "with a warning)")
+
 
 class ExistingPath(click.Path):
     """click.Path(exists=True) whose missing path is NL0001 naming WHAT was expected (exit 1), as

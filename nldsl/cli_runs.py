@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .cli_common import DEVICE, RUN, SEED, ExistingPath, FiniteFloat, guarded
+from .cli_common import BACKEND, DEVICE, RUN, SEED, ExistingPath, FiniteFloat, guarded
 
 MEMORY_FILE = ExistingPath("memory file", dir_okay=False)
 TEXT = ExistingPath("file or folder")
@@ -34,8 +34,9 @@ def _run_error(e: Exception):
               help="nucleus sampling: among the fewest most likely tokens whose probability reaches p")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="seeds the sampling")
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
+@BACKEND
 @guarded
-def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, seed, device):
+def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, seed, device, backend):
     """Continue PROMPT with the model of RUN (a directory made by `nlc train`).
 
     The prompt runs in one forward pass; then tokens are sampled one at a time, every level carrying
@@ -45,7 +46,7 @@ def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, see
     from .runtime.generate import RunError, generate_text
 
     try:
-        model_run, state, warnings = open_run(run, memory, device=device)
+        model_run, state, warnings = open_run(run, memory, device=device, backend=backend)
     except RunError as e:
         _run_error(e)
     for w in warnings:
@@ -67,8 +68,9 @@ def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, see
 @click.option("--passes", default=1, show_default=True, type=click.IntRange(min=1),
               help="read the text this many times")
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
+@BACKEND
 @guarded
-def learn(run, data, memory, seq, passes, device):
+def learn(run, data, memory, seq, passes, device, backend):
     """Learn the text DATA in context with the model of RUN and keep it in a memory file.
 
     The outer level stays frozen; in-context memories and CMS members learn at their clocks. The
@@ -79,7 +81,7 @@ def learn(run, data, memory, seq, passes, device):
     from .runtime.generate import RunError, load_run
 
     try:
-        report, _ = learn_file(load_run(run, device=device), data, memory, seq=seq, passes=passes)
+        report, _ = learn_file(load_run(run, device=device, backend=backend), data, memory, seq=seq, passes=passes)
     except (RunError, ValueError) as e:  # ValueError: the text (no documents in DATA, nothing to learn)
         _run_error(e)
     for line in describe(report):
@@ -130,8 +132,9 @@ def _numbers(kind):
               help="niah: needle depths in [0, 1], comma-separated (0,0.25,0.5,0.75,1)")
 @click.option("--niah-trials", default=None, type=click.IntRange(min=1), help="niah: keys per cell (4)")
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
+@BACKEND
 @guarded
-def eval_cmd(run, task, memory, device, out, **options):
+def eval_cmd(run, task, memory, device, backend, out, **options):
     """Evaluate the model of RUN on a task; print a table and write the results as JSON.
 
     Every task runs on generated or local text. Results go to RUN/evals/<task>.json (with a memory
@@ -143,7 +146,7 @@ def eval_cmd(run, task, memory, device, out, **options):
     from .runtime.generate import RunError
 
     try:
-        doc = evaluate(run, task, memory=memory, options=options, device=device)
+        doc = evaluate(run, task, memory=memory, options=options, device=device, backend=backend)
     except (RunError, ValueError) as e:
         _run_error(e)
     for w in doc["warnings"]:

@@ -41,14 +41,15 @@ def task_options(task: str, options: Optional[dict] = None):
 
 
 def evaluate(run_dir: Union[str, Path], task: str, *, memory: Optional[Union[str, Path]] = None,
-             options: Optional[dict] = None, device: str = "cpu", dtype: Optional[str] = None) -> dict:
-    """Run `task` on the model of RUN (with the memory file applied when given)."""
+             options: Optional[dict] = None, device: str = "cpu", dtype: Optional[str] = None,
+             backend: str = "chunked") -> dict:
+    """Run `task` on the model of RUN on `backend` (with the memory file applied when given)."""
     from nldsl import __version__
 
     from ..continual import open_run, read_memory
 
     opts = task_options(task, options)
-    run, state, warnings = open_run(run_dir, memory, device=device, dtype=dtype)
+    run, state, warnings = open_run(run_dir, memory, device=device, dtype=dtype, backend=backend)
     if task == "ppl":
         results = run_ppl(run, state, opts)
     elif task == "mqar":
@@ -59,7 +60,7 @@ def evaluate(run_dir: Union[str, Path], task: str, *, memory: Optional[Union[str
         results = run_forgetting(run, state, opts, read_memory(memory, run) if memory else None)
     return {
         "task": task, "run": str(run_dir), "model": run.manifest.get("model"), "spec_sha256": run.spec_sha256,
-        "step": run.step, "memory": str(memory) if memory else None, "device": device,
+        "step": run.step, "memory": str(memory) if memory else None, "device": device, "backend": backend,
         "dtype": str(next(run.model.parameters()).dtype).replace("torch.", ""),
         "options": dataclasses.asdict(opts), "results": results, "warnings": warnings, "nlc": __version__,
     }

@@ -55,11 +55,15 @@ def private_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_hope_run(tmp_path_factory):
+def tiny_hope_spec(tmp_path_factory):
+    """examples/hope.nl shrunk (TINY_HOPE)."""
+    return derived_spec("hope.nl", TINY_HOPE, tmp_path_factory.mktemp("tiny_hope_spec") / "tiny_hope.nl")
+
+
+@pytest.fixture(scope="session")
+def tiny_hope_run(tmp_path_factory, tiny_hope_spec):
     """The tiny HOPE trained 12 steps on the bundled corpus (float32)."""
-    base = tmp_path_factory.mktemp("tiny_hope")
-    spec = derived_spec("hope.nl", TINY_HOPE, base / "tiny_hope.nl")
-    return train_run(spec, base / "run", steps=12, seq=64, batch=4)
+    return train_run(tiny_hope_spec, tmp_path_factory.mktemp("tiny_hope") / "run", steps=12, seq=64, batch=4)
 
 
 @pytest.fixture(scope="session")

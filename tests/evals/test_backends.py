@@ -1,0 +1,80 @@
+"""`--backend` of the commands that use a trained run (generate, learn, eval): the token-by-token
+reference gives the chunked path's numbers to float32's precision, and the triton backend, which has no
+kernels to run on a CPU without the interpreter, falls back to the chunked path with one warning per
+level, to the same bits. On a GPU the triton backend runs its kernels: tests/evals/test_on_a_gpu.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nldsl.cli import main
+from nldsl.runtime import BACKENDS
+
+BACKEND_NAMES = ("chunked", "reference", "triton")
+
+
+@pytest.fixture()
+def no_kernels(monkeypatch):
+    """A CPU without the Triton interpreter: the triton backend falls back (its warnings given anew)."""
+    from nldsl.runtime.triton import backend
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(backend, "_WARNED", set())
+
+
+def invoke(runner, *args):
+    result = runner.invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_the_command_line_offers_the_runtimes_backends():
+    from nldsl.cli_common import BACKEND
+
+    option = BACKEND(lambda: None).__click_params__[0]
+    assert set(option.type.choices) == set(BACKENDS) == set(BACKEND_NAMES)
+
+
+def test_eval_on_each_backend(tiny_hope_run, runner, tmp_path, no_kernels):
+    docs, outputs = {}, {}
+    for name in BACKEND_NAMES:
+        out = tmp_path / f"{name}.json"
+        outputs[name] = invoke(runner, "eval", tiny_hope_run, "--task", "ppl", "--max-tokens", 200, "--seq", 64,
+                               "--backend", name, "--out", out).output
+        docs[name] = json.loads(out.read_text())
+    assert {name: doc["backend"] for name, doc in docs.items()} == {name: name for name in BACKEND_NAMES}
+    chunked = docs["chunked"]["results"]
+    assert docs["reference"]["results"]["loss_nats"] == pytest.approx(chunked["loss_nats"], rel=1e-5)
+    assert docs["triton"]["results"] == chunked
+    fallbacks = [line for line in outputs["triton"].splitlines() if line.startswith("warning: memory level")]
+    assert fallbacks and all("TRITON_INTERPRET=1 is not set" in line for line in fallbacks)
+    assert len(fallbacks) == len(set(fallbacks))   # one line a level
+    assert "warning:" not in outputs["chunked"] + outputs["reference"]
+
+
+def test_generate_on_each_backend(tiny_hope_run, runner, no_kernels):
+    text = {name: invoke(runner, "generate", tiny_hope_run, "--prompt", "The ", "--max-new-tokens", 12,
+                         "--temperature", 0, "--backend", name).stdout
+            for name in BACKEND_NAMES}
+    assert all(t.startswith("The ") and len(t) > len("The \n") for t in text.values())
+    assert text["triton"] == text["chunked"]
+
+
+def test_learn_on_each_backend(tiny_hope_run, runner, tmp_path, no_kernels):
+    data = tmp_path / "notes.txt"
+    data.write_text("The lantern festival of Zorbia is held every spring on the Maroon.\n" * 3, encoding="utf-8")
+    memories = {}
+    for name in BACKEND_NAMES:
+        path = tmp_path / f"{name}.mem"
+        invoke(runner, "learn", tiny_hope_run, "--data", data, "--memory", path, "--seq", 32, "--backend", name)
+        memories[name] = load_file(str(path))
+    chunked = memories["chunked"]
+    assert chunked and all(m.keys() == chunked.keys() for m in memories.values())
+    for key, value in chunked.items():
+        assert torch.equal(memories["triton"][key], value), key
+        assert torch.allclose(memories["reference"][key].to(value.dtype), value, rtol=1e-4, atol=1e-5), key
