@@ -12,6 +12,7 @@ the dictionary it was loaded from (torch's own loader keeps same-dtype tensors a
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -29,6 +30,11 @@ class UpdateNormMixin:
 
         0.0 before the first step. Reading it synchronises with the device; stepping does not.
         """
+        return math.sqrt(float(self.update_square()))
+
+    def update_square(self):
+        """‖Δθ‖² of the last `step()` as a float64 scalar on the parameters' device, read by no one yet
+        (0.0 before the first step)."""
         norms = getattr(self, '_update_norms', None)
         if not norms:
             return 0.0
@@ -37,7 +43,7 @@ class UpdateNormMixin:
             stacked = torch.stack(norms).to(torch.float64)
         else:
             stacked = torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
-        return float(stacked.square().sum().sqrt())
+        return stacked.square().sum()
 
     def _record_updates(self, deltas: list[Tensor]) -> None:
         """Keep ‖Δθ‖ of every parameter: one multi-tensor kernel on a GPU, no synchronisation."""

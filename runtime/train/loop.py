@@ -10,7 +10,8 @@ them (full_bptt.py). With `graphs` (a capture such as graphs.CudaGraphs) each se
 is replayed as a CUDA graph (graphs.py), with the same result. With several processes (`comm`, see
 distributed.py) each rank runs the same loop on its rows; gradients are reduced before every step
 and reported numbers are global. Every level counts its updates and records the norm of each; a
-non-finite update stops the run with `Diverged` naming the level and the step.
+non-finite loss, update or memory state stops the run with `Diverged` naming the level and the step.
+What a step checks stays on the device until its end, where it is read at once (`_Checks`).
 """
 
 from __future__ import annotations
@@ -54,17 +55,57 @@ def _detach(state):
     return state
 
 
-def _finite(tensors) -> bool:
-    """Every element of every tensor is finite: one device synchronisation, and the largest magnitude of
-    every tensor at once (a multi-tensor kernel on a GPU; NaN and inf carry through a maximum, and a
-    maximum cannot overflow as a sum of squares can)."""
+def _non_finite(tensors) -> torch.Tensor:
+    """1.0 where an element of a tensor is not finite, else 0.0, as a device scalar (no synchronisation):
+    the largest magnitude of every tensor at once (a multi-tensor kernel on a GPU; NaN and inf carry
+    through a maximum, and a maximum cannot overflow as a sum of squares can)."""
     tensors = [t for t in tensors if t.numel()]
     if not tensors:
-        return True
+        return torch.zeros((), dtype=torch.float64)
     peaks = torch._foreach_norm(tensors, float("inf"))
     if len({p.dtype for p in peaks}) > 1:
         peaks = [p.double() for p in peaks]
-    return bool(torch.isfinite(torch.stack(peaks)).all())
+    return (~torch.isfinite(torch.stack(peaks))).any().double()
+
+
+class _Checks:
+    """What a step checks and reports, kept on the device as it goes and read at the step's end in one
+    synchronisation (and, with several processes, one collective): each segment's loss, each level's
+    update (its parameters finite, its norm), each memory state's norm. On a GPU every read waits for
+    the device, and a step of hope.nl read it 119 times (32 segments, 43 CMS steps). The first problem
+    in the order the step met them stops the run, as if each had been read at once.
+
+    An entry is (kind, level, values, reduced): `reduced` of its values are summed over processes."""
+
+    def __init__(self):
+        self.entries: list = []
+
+    def add(self, kind: str, level: str, *values, reduced: int):
+        self.entries.append((kind, level, values, reduced))
+
+    def read(self, comm) -> list:
+        """The entries with their values as numbers, the reduced ones summed over processes."""
+        flat = [v for _, _, values, _ in self.entries for v in values]
+        tensors = [i for i, v in enumerate(flat) if isinstance(v, torch.Tensor)]
+        if tensors:
+            device = _plain(flat[tensors[0]]).device
+            stacked = torch.stack([_plain(flat[i]).detach().to(device, torch.float64).reshape(()) for i in tensors])
+            for i, value in zip(tensors, stacked.tolist()):
+                flat[i] = value
+        starts, reduce, start = [], [], 0
+        for _, _, values, reduced in self.entries:
+            starts.append(start)
+            reduce.extend(range(start, start + reduced))
+            start += len(values)
+        for i, value in zip(reduce, comm.sum([flat[i] for i in reduce])):
+            flat[i] = value
+        return [(kind, level, flat[start:start + len(values)])
+                for (kind, level, values, _), start in zip(self.entries, starts)]
+
+
+def _plain(t):
+    """A tensor of this process (a sharded one gathered)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +211,7 @@ class NestedLoop:
         x, y = batch[:, :-1], batch[:, 1:]
         length = x.shape[1]
         state = {k: v for k, v in self.carried.items()}
-        total, tokens, cms_steps = 0.0, 0, []
+        checks, cms_steps = _Checks(), []
         self.step_count += 1
         earlier = self._set_aside_outer_grads()
         live = LiveWeights(self.model, self.own.cms) if self.full_bptt else None
@@ -182,16 +223,14 @@ class NestedLoop:
                 logits, state = live(x[:, start:end], state)
                 loss = _loss(logits, y[:, start:end])
                 live.losses.append(loss)
-            value, count = self.comm.sum([loss.item(), y[:, start:end].numel()])  # over all processes
-            if not math.isfinite(value):
-                raise Diverged(self.info["outer"]["name"], self.step_count, "loss")
-            total += value
-            tokens += int(count)
+            # (a copy of a replay's loss: the graph's next replay overwrites it)
+            checks.add("loss", self.info["outer"]["name"], loss.detach() if self.graphs is None else loss.clone(),
+                       y[:, start:end].numel(), reduced=2)
             closing = self._closing(end, length)
             if live is not None:
                 live.close_windows(closing)
             for lv in closing:
-                self._cms_step(lv)
+                self._cms_step(lv, checks)
                 cms_steps.append(lv.name)
             stepped_now = {lv.name for lv in closing}
             reset = [lv for lv in self.own.cms if lv.initial_learner in stepped_now]
@@ -202,14 +241,15 @@ class NestedLoop:
         if live is not None:
             live.finish([p for _, p in self.own.outer if p.requires_grad])
             state = _detach(state)
-        self._memory_stats(state, length)
+        self._memory_checks(checks, state)
         self.carried = {k: v for k, v in state.items() if memory_lifetime(k, self.own.memories) == "persist"}
         self.stream_position += length
         self.accumulated += 1
-        stepped = self._outer_step(y.numel(), earlier)
+        stepped = self._outer_step(y.numel(), earlier, checks)
         for lv in self.own.cms:  # the next sequences start from the learned initial states
             if lv.lifetime == "reset" and lv.initial:
                 self._reset(lv)
+        total, tokens = self._resolve(checks, length)
         return StepResult(total / max(tokens, 1), tokens, cms_steps, stepped)
 
     def run_segment(self, x: torch.Tensor, y: torch.Tensor, state: dict) -> tuple:
@@ -227,8 +267,8 @@ class NestedLoop:
                     opt.state.pop(p, None)
         self.stats[lv.name].resets += 1
 
-    def _apply(self, name: str, opt, params):
-        measured = hasattr(opt, "last_update_norm")  # nlc's optimizers measure their own (global) update
+    def _apply(self, name: str, opt, params, checks: _Checks):
+        measured = hasattr(opt, "update_square")  # nlc's optimizers measure their own (global) update
         before = None if measured else [_local(p.detach()).clone() for p in params]
         try:
             opt.step()
@@ -237,27 +277,22 @@ class NestedLoop:
                 raise
             raise Diverged(name, self.step_count, "step size (it overflows float32)") from e
         opt.zero_grad(set_to_none=True)
-        finite = _finite(_local(p.detach()) for p in params)
-        if not (self.comm.all(finite) if self.comm.sharded else finite):  # replicas agree without asking
-            raise Diverged(name, self.step_count, "parameters after the update")
+        bad = _non_finite(_local(p.detach()) for p in params)
         if measured:
-            norm = float(opt.last_update_norm)
+            square = opt.update_square()
         else:
-            square = sum(float((_local(p.detach()) - b).pow(2).sum()) for p, b in zip(params, before))
-            norm = math.sqrt(self.comm.sum([square])[0] if self.comm.sharded else square)
-        if not math.isfinite(norm):
-            raise Diverged(name, self.step_count, "update")
-        st = self.stats[name]
-        st.updates += 1
-        st.last_norm = norm
+            square = sum((_local(p.detach()) - b).pow(2).sum() for p, b in zip(params, before))
+        # a sharded parameter's square of this process's part is summed over processes
+        checks.add("update", name, bad, square, reduced=2 if self.comm.sharded and not measured else 1)
+        self.stats[name].updates += 1
 
-    def _cms_step(self, lv):
+    def _cms_step(self, lv, checks: _Checks):
         params = [p for _, p in lv.params]
         self.comm.reduce_grads(params, "sum")  # the window's gradient summed over every row of every process
         for p in params:
             if p.grad is not None and lv.lr != 1.0:
                 p.grad.mul_(lv.lr)
-        self._apply(lv.name, self.cms_opts[lv.name], params)
+        self._apply(lv.name, self.cms_opts[lv.name], params, checks)
 
     def _set_aside_outer_grads(self) -> dict:
         """The outer gradients accumulated by earlier steps of the clock period (already per-token means)."""
@@ -269,7 +304,7 @@ class NestedLoop:
                     p.grad = None
         return earlier
 
-    def _outer_step(self, tokens: int, earlier: dict) -> bool:
+    def _outer_step(self, tokens: int, earlier: dict, checks: _Checks) -> bool:
         """`tokens`: this process's tokens of the step; `earlier`: what `_set_aside_outer_grads` took."""
         outer = self.info["outer"]
         params = [p for _, p in self.own.outer]
@@ -290,32 +325,44 @@ class NestedLoop:
                     p.grad.div_(self.accumulated)
         if outer.get("clip"):
             torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], outer["clip"])
-        self._apply(outer["name"], self.outer_opt, params)
+        self._apply(outer["name"], self.outer_opt, params, checks)
         self.accumulated = 0
         return True
 
-    def _memory_stats(self, state: dict, length: int):
-        # per memory and state: [non-finite?, sum of squares, rows], summed over processes in one go; the
-        # squares come off the device in one synchronisation (a sum of squares is non-finite exactly when
-        # an element is, or when it overflows as the per-tensor sums it replaces did)
-        found, squares = [], []
+    def _memory_checks(self, checks: _Checks, state: dict) -> None:
+        """Each memory state's sum of squares and rows (summed over processes: a sum of squares is
+        non-finite exactly when an element is, or when it overflows as per-tensor sums would)."""
         for m in self.info["memories"]:
-            keys = [k for k in state if k == m["name"] or k.endswith("." + m["name"])]
-            for k in keys:
+            for k in [k for k in state if k == m["name"] or k.endswith("." + m["name"])]:
                 s = state[k]
                 if hasattr(s, "params"):
                     tensors = list(s.params.values())
-                    found.append((m["name"], tensors[0].shape[0]))
-                    squares.append(sum(_upcast(t.detach()).pow(2).sum() for t in tensors))
-        values = torch.stack(squares).tolist() if squares else []
-        flat = self.comm.sum([v for (_, rows), square in zip(found, values)
-                              for v in (0.0 if math.isfinite(square) else 1.0, square, rows)])
-        norms: dict = {}
-        for i, (name, _) in enumerate(found):
-            bad, square, rows = flat[3 * i:3 * i + 3]
-            if bad:
-                raise Diverged(name, self.step_count, "memory state")
-            norms.setdefault(name, []).append(math.sqrt(square / max(1.0, rows)))
+                    square = sum(_upcast(t.detach()).pow(2).sum() for t in tensors)
+                    checks.add("memory", m["name"], square, tensors[0].shape[0], reduced=2)
+
+    def _resolve(self, checks: _Checks, length: int) -> tuple[float, int]:
+        """Read a step's checks: `Diverged` at the first problem; else the step's summed loss and tokens
+        (over all processes), with every level's statistics brought up to date."""
+        total, tokens, norms = 0.0, 0, {}
+        for kind, level, values in checks.read(self.comm):
+            if kind == "loss":
+                value, count = values
+                if not math.isfinite(value):
+                    raise Diverged(level, self.step_count, "loss")
+                total += value
+                tokens += int(count)
+            elif kind == "update":
+                bad, square = values
+                if bad:
+                    raise Diverged(level, self.step_count, "parameters after the update")
+                if not math.isfinite(square):
+                    raise Diverged(level, self.step_count, "update")
+                self.stats[level].last_norm = math.sqrt(square)
+            else:
+                square, rows = values
+                if not math.isfinite(square):
+                    raise Diverged(level, self.step_count, "memory state")
+                norms.setdefault(level, []).append(math.sqrt(square / max(1.0, rows)))
         for m in self.info["memories"]:
             st = self.stats[m["name"]]
             st.updates += length
@@ -323,6 +370,13 @@ class NestedLoop:
             st.last_norm = sum(got) / len(got) if got else 0.0
         for a in self.info.get("attention", []):
             self.stats[a["name"]].updates += length
+        return total, tokens
+
+    def _memory_stats(self, state: dict, length: int) -> None:
+        """The memory states' checks and statistics alone (a step that runs no segments)."""
+        checks = _Checks()
+        self._memory_checks(checks, state)
+        self._resolve(checks, length)
 
     # ---------------------------------------------------------------- evaluation
 

@@ -100,12 +100,12 @@ def test_a_nested_member_goes_back_to_what_the_previous_one_learned(tmp_path, mo
     seen = []
     cms_step = loop._cms_step
 
-    def spy(lv):
+    def spy(lv, checks):
         if lv is fast:
             seen.append(("fast", [p.grad.clone() for p, _ in fast.initial]))
         if lv is slow:
             seen.append(("slow", snapshot(init), [p.grad.clone() for p in init]))
-        cms_step(lv)
+        cms_step(lv, checks)
         if lv is slow:
             seen.append(("slow after", snapshot(init)))
     monkeypatch.setattr(loop, "_cms_step", spy)
@@ -143,10 +143,10 @@ def test_a_reset_drops_the_open_window_of_a_member_with_another_period(tmp_path,
     stepped = []
     cms_step = loop._cms_step
 
-    def spy(lv):
+    def spy(lv, checks):
         if lv is fast:
             stepped.append(weight.grad.clone())
-        cms_step(lv)
+        cms_step(lv, checks)
     monkeypatch.setattr(loop, "_cms_step", spy)
     result = loop.step(batch(2))
     assert result.cms_steps.count("nest.fast") == 5 and len(pieces) == 7

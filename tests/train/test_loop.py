@@ -72,6 +72,36 @@ def test_training_leaves_no_autograd_graph_alive(tmp_path, bptt):
     assert graphs_alive() == []
 
 
+@pytest.mark.parametrize("bptt", ["truncated", "full"])
+def test_a_step_reads_the_device_once(tmp_path, monkeypatch, bptt):
+    """Every loss, update and memory state a step checks is read in one synchronisation at its end: on a
+    GPU each read waits for the device (hope.nl's step read it 120 times). Here 4 segments and 6 CMS
+    steps; the embedding's check of token ids, which a CUDA device skips, left out."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from nldsl.runtime.layers import Embedding
+    from tiny_specs import build_loop, cms_memory_spec
+
+    _, loop, _ = build_loop(tmp_path, cms_memory_spec(bptt), dtype=torch.float32)
+    monkeypatch.setattr(Embedding, "forward", torch.nn.Embedding.forward)
+    batches = iter(torch.randint(0, 16, (2, 2, 17), generator=torch.Generator().manual_seed(0)))
+    loop.step(next(batches))
+    reads = []
+
+    class Reads(TorchDispatchMode):   # item(), float(), bool() of a tensor
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.startswith("_local_scalar_dense"):
+                reads.append("scalar")
+            return func(*args, **(kwargs or {}))
+
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append("tolist") or tolist(t))
+    with Reads():
+        result = loop.step(next(batches))
+    assert len(result.cms_steps) == 6 and result.outer_stepped
+    assert reads == ["tolist"]
+
+
 def test_cms_levels_step_only_at_window_ends(tmp_path):
     trainer = Trainer(_config(tmp_path, steps=1, seq=48))
     fast = dict(trainer.loop.own.cms[0].params)
