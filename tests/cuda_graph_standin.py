@@ -57,11 +57,20 @@ def tensors_alive() -> list:
         return [t for t in gc.get_objects() if isinstance(t, torch.Tensor)]
 
 
-def graphs_alive() -> list:
-    """The tensors alive now that hold an autograd graph (a graph left over from an earlier segment keeps
-    its parameters' AccumulateGrad nodes, which a capture on another stream cannot take)."""
+def graphs_alive(before: frozenset = frozenset()) -> list:
+    """The tensors alive now that hold an autograd graph, but for those whose ids are in `before` (what
+    `graph_ids()` gave earlier: what other tests keep is not this one's). A graph left over from an
+    earlier segment keeps its parameters' AccumulateGrad nodes, which a capture on another stream cannot
+    take."""
     gc.collect()
-    return [(tuple(t.shape), type(t.grad_fn).__name__) for t in tensors_alive() if t.grad_fn is not None]
+    return [(tuple(t.shape), type(t.grad_fn).__name__) for t in tensors_alive()
+            if t.grad_fn is not None and id(t) not in before]
+
+
+def graph_ids() -> frozenset:
+    """The ids of the tensors alive now that hold an autograd graph."""
+    gc.collect()
+    return frozenset(id(t) for t in tensors_alive() if t.grad_fn is not None)
 
 
 def _storages() -> list:
