@@ -57,20 +57,22 @@ def tensors_alive() -> list:
         return [t for t in gc.get_objects() if isinstance(t, torch.Tensor)]
 
 
+def _graph_tensors() -> list:
+    gc.collect()
+    return [t for t in tensors_alive() if t.grad_fn is not None]
+
+
 def graphs_alive(before: frozenset = frozenset()) -> list:
     """The tensors alive now that hold an autograd graph, but for those whose ids are in `before` (what
     `graph_ids()` gave earlier: what other tests keep is not this one's). A graph left over from an
     earlier segment keeps its parameters' AccumulateGrad nodes, which a capture on another stream cannot
     take."""
-    gc.collect()
-    return [(tuple(t.shape), type(t.grad_fn).__name__) for t in tensors_alive()
-            if t.grad_fn is not None and id(t) not in before]
+    return [(tuple(t.shape), type(t.grad_fn).__name__) for t in _graph_tensors() if id(t) not in before]
 
 
 def graph_ids() -> frozenset:
     """The ids of the tensors alive now that hold an autograd graph."""
-    gc.collect()
-    return frozenset(id(t) for t in tensors_alive() if t.grad_fn is not None)
+    return frozenset(id(t) for t in _graph_tensors())
 
 
 def _storages() -> list:

@@ -82,6 +82,21 @@ def example_runs(tmp_path_factory):
             for name in ("hope", "transformer")}
 
 
+@pytest.fixture(scope="session")
+def invoke():
+    """Run an `nlc` command line (its arguments as strings) and hold it to exit 0 without a traceback."""
+    from click.testing import CliRunner
+
+    from nldsl.cli import main
+
+    def run(*args):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        assert "Traceback" not in result.output
+        return result
+    return run
+
+
 @pytest.fixture()
 def runner():
     from click.testing import CliRunner

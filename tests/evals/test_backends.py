@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nldsl.cli import main
 from nldsl.runtime import BACKENDS
 
 BACKEND_NAMES = ("chunked", "reference", "triton")
@@ -26,13 +25,6 @@ def no_kernels(monkeypatch):
     monkeypatch.setattr(backend, "_WARNED", set())
 
 
-def invoke(runner, *args):
-    result = runner.invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output
-    return result
-
-
 def test_the_command_line_offers_the_runtimes_backends():
     from nldsl.cli_common import BACKEND
 
@@ -40,11 +32,11 @@ def test_the_command_line_offers_the_runtimes_backends():
     assert set(option.type.choices) == set(BACKENDS) == set(BACKEND_NAMES)
 
 
-def test_eval_on_each_backend(tiny_hope_run, runner, tmp_path, no_kernels):
+def test_eval_on_each_backend(tiny_hope_run, invoke, tmp_path, no_kernels):
     docs, outputs = {}, {}
     for name in BACKEND_NAMES:
         out = tmp_path / f"{name}.json"
-        outputs[name] = invoke(runner, "eval", tiny_hope_run, "--task", "ppl", "--max-tokens", 200, "--seq", 64,
+        outputs[name] = invoke("eval", tiny_hope_run, "--task", "ppl", "--max-tokens", 200, "--seq", 64,
                                "--backend", name, "--out", out).output
         docs[name] = json.loads(out.read_text())
     assert {name: doc["backend"] for name, doc in docs.items()} == {name: name for name in BACKEND_NAMES}
@@ -57,21 +49,21 @@ def test_eval_on_each_backend(tiny_hope_run, runner, tmp_path, no_kernels):
     assert "warning:" not in outputs["chunked"] + outputs["reference"]
 
 
-def test_generate_on_each_backend(tiny_hope_run, runner, no_kernels):
-    text = {name: invoke(runner, "generate", tiny_hope_run, "--prompt", "The ", "--max-new-tokens", 12,
+def test_generate_on_each_backend(tiny_hope_run, invoke, no_kernels):
+    text = {name: invoke("generate", tiny_hope_run, "--prompt", "The ", "--max-new-tokens", 12,
                          "--temperature", 0, "--backend", name).stdout
             for name in BACKEND_NAMES}
     assert all(t.startswith("The ") and len(t) > len("The \n") for t in text.values())
     assert text["triton"] == text["chunked"]
 
 
-def test_learn_on_each_backend(tiny_hope_run, runner, tmp_path, no_kernels):
+def test_learn_on_each_backend(tiny_hope_run, invoke, tmp_path, no_kernels):
     data = tmp_path / "notes.txt"
     data.write_text("The lantern festival of Zorbia is held every spring on the Maroon.\n" * 3, encoding="utf-8")
     memories = {}
     for name in BACKEND_NAMES:
         path = tmp_path / f"{name}.mem"
-        invoke(runner, "learn", tiny_hope_run, "--data", data, "--memory", path, "--seq", 32, "--backend", name)
+        invoke("learn", tiny_hope_run, "--data", data, "--memory", path, "--seq", 32, "--backend", name)
         memories[name] = load_file(str(path))
     chunked = memories["chunked"]
     assert chunked and all(m.keys() == chunked.keys() for m in memories.values())

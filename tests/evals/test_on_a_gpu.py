@@ -11,68 +11,58 @@ import shutil
 import pytest
 import torch
 
-from nldsl.cli import main
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
 
-def invoke(runner, *args):
-    result = runner.invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output
-    return result
-
-
 @pytest.fixture(scope="module")
-def cuda_run(tmp_path_factory, tiny_hope_spec):
+def cuda_run(tmp_path_factory, tiny_hope_spec, invoke):
     """The tiny HOPE trained 4 steps on the card with its generated kernels."""
-    from click.testing import CliRunner
-
     base = tmp_path_factory.mktemp("cuda_run")
-    invoke(CliRunner(), "train", tiny_hope_spec, "--device", "cuda", "--backend", "triton", "--steps", 4, "--seq", 64,
+    invoke("train", tiny_hope_spec, "--device", "cuda", "--backend", "triton", "--steps", 4, "--seq", 64,
            "--batch", 2, "--checkpoint-every", 2, "--eval-every", 2, "--out", base / "run")
     return base / "run"
 
 
-def ppl(runner, run, out, *more):
-    invoke(runner, "eval", run, "--task", "ppl", "--max-tokens", 256, "--seq", 64, "--out", out, *more)
+def ppl(invoke, run, out, *more):
+    invoke("eval", run, "--task", "ppl", "--max-tokens", 256, "--seq", 64, "--out", out, *more)
     return json.loads(out.read_text())["results"]["loss_nats"]
 
 
-def test_a_run_from_the_card_scores_alike_on_the_card_and_the_cpu(cuda_run, runner, tmp_path):
-    on_cpu = ppl(runner, cuda_run, tmp_path / "cpu.json")
-    assert ppl(runner, cuda_run, tmp_path / "cuda.json", "--device", "cuda") == pytest.approx(on_cpu, rel=1e-4)
-    kernels = ppl(runner, cuda_run, tmp_path / "triton.json", "--device", "cuda", "--backend", "triton")
+def test_a_run_from_the_card_scores_alike_on_the_card_and_the_cpu(cuda_run, invoke, tmp_path):
+    on_cpu = ppl(invoke, cuda_run, tmp_path / "cpu.json")
+    assert ppl(invoke, cuda_run, tmp_path / "cuda.json", "--device", "cuda") == pytest.approx(on_cpu, rel=1e-4)
+    kernels = ppl(invoke, cuda_run, tmp_path / "triton.json", "--device", "cuda", "--backend", "triton")
     assert kernels == pytest.approx(on_cpu, rel=1e-4)
 
 
-def test_generating_on_the_card_runs_the_kernels(cuda_run, runner):
-    result = invoke(runner, "generate", cuda_run, "--prompt", "The ", "--max-new-tokens", 16, "--device", "cuda",
+def test_generating_on_the_card_runs_the_kernels(cuda_run, invoke):
+    result = invoke("generate", cuda_run, "--prompt", "The ", "--max-new-tokens", 16, "--device", "cuda",
                     "--backend", "triton")
     assert result.stdout.startswith("The ") and len(result.stdout) > len("The \n")
     assert "warning:" not in result.output     # no level fell back to the chunked path
 
 
-def test_a_memory_learned_on_the_card_is_read_and_extended_on_the_cpu(cuda_run, runner, tmp_path):
+def test_a_memory_learned_on_the_card_is_read_and_extended_on_the_cpu(cuda_run, invoke, tmp_path):
     data = tmp_path / "notes.txt"
     data.write_text("The lantern festival of Zorbia is held every spring on the Maroon.\n" * 4, encoding="utf-8")
     memory = tmp_path / "notes.mem"
-    invoke(runner, "learn", cuda_run, "--data", data, "--memory", memory, "--seq", 32, "--device", "cuda",
+    invoke("learn", cuda_run, "--data", data, "--memory", memory, "--seq", 32, "--device", "cuda",
            "--backend", "triton")
-    on_cpu = ppl(runner, cuda_run, tmp_path / "cpu.json", "--data", data, "--memory", memory)
-    on_card = ppl(runner, cuda_run, tmp_path / "cuda.json", "--data", data, "--memory", memory, "--device", "cuda",
+    on_cpu = ppl(invoke, cuda_run, tmp_path / "cpu.json", "--data", data, "--memory", memory)
+    on_card = ppl(invoke, cuda_run, tmp_path / "cuda.json", "--data", data, "--memory", memory, "--device", "cuda",
                   "--backend", "triton")
     assert on_card == pytest.approx(on_cpu, rel=1e-4)
-    invoke(runner, "learn", cuda_run, "--data", data, "--memory", memory, "--seq", 32)   # on the CPU
-    assert ppl(runner, cuda_run, tmp_path / "again.json", "--data", data, "--memory", memory) < on_cpu
+    invoke("learn", cuda_run, "--data", data, "--memory", memory, "--seq", 32)   # on the CPU
+    assert ppl(invoke, cuda_run, tmp_path / "again.json", "--data", data, "--memory", memory) < on_cpu
 
 
-def test_a_run_from_the_card_resumes_on_the_cpu_as_on_the_card(cuda_run, runner, tmp_path):
+def test_a_run_from_the_card_resumes_on_the_cpu_as_on_the_card(cuda_run, invoke, tmp_path):
     losses = {}
     for device in ("cpu", "cuda"):
         run = tmp_path / f"on-{device}"
         shutil.copytree(cuda_run, run)
-        result = invoke(runner, "train", "--resume", run, "--steps", 6, "--device", device)
+        result = invoke("train", "--resume", run, "--steps", 6, "--device", device)
         if device == "cpu":
             assert "note: --device cpu from here on" in result.output
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -81,7 +71,7 @@ def test_a_run_from_the_card_resumes_on_the_cpu_as_on_the_card(cuda_run, runner,
     assert losses["cpu"] == pytest.approx(losses["cuda"], rel=1e-3)
 
 
-def test_a_run_from_the_card_exports(cuda_run, runner, tmp_path):
+def test_a_run_from_the_card_exports(cuda_run, invoke, tmp_path):
     pytest.importorskip("transformers")
-    invoke(runner, "export", cuda_run, "--hf", tmp_path / "hf")
+    invoke("export", cuda_run, "--hf", tmp_path / "hf")
     assert (tmp_path / "hf" / "config.json").is_file()
