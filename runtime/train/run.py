@@ -34,6 +34,8 @@ class RunDirInUse(TrainInputError):
     """A new run was pointed at a directory that holds files (an earlier run's, or others) without force."""
 
 
+_clock = time.perf_counter  # the clock of the tokens/s figure (a test gives it a fake one)
+
 # what a run writes into its directory: a forced new run deletes these first
 RUN_FILES = ("model", "config.json", "checkpoint.json", "metrics.jsonl", "loss.png", "update_norms.png",
              "tensorboard", "evals")
@@ -246,10 +248,11 @@ class Trainer:
         from .loop import Diverged
 
         last = {}
-        t0 = time.perf_counter()
+        busy = 0.0       # seconds spent in training steps: validation and checkpoints are not counted
         done_tokens = 0
         resets = {lv.name for lv in self.loop.own.cms if lv.initial}  # CMS members that go back to a state
         while self.loop.step_count < self.cfg.steps:
+            started = _clock()
             lr = self._set_lr()
             batch = next(self.stream).to(self.device)
             try:
@@ -258,10 +261,10 @@ class Trainer:
                 self.close()
                 raise
             done_tokens += result.tokens
-            elapsed = time.perf_counter() - t0
+            busy += _clock() - started
             step = self.loop.step_count
             record = {"step": step, "loss": result.loss, "bits_per_byte": bits_per_byte(result.loss), "lr": lr,
-                      "tokens": result.tokens, "tokens_per_s": done_tokens / max(elapsed, 1e-9),
+                      "tokens": result.tokens, "tokens_per_s": done_tokens / max(busy, 1e-9),
                       **({"peak_memory_mb": peak} if (peak := peak_memory_mb(self.device)) is not None else {}),
                       **({"cuda_graphs": dict(self.loop.graphs.counts)} if self.loop.graphs is not None else {}),
                       "levels": {k: {"updates": v.updates, "norm": v.last_norm, **({"resets": v.resets} if k in resets else {})}

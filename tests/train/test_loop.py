@@ -57,6 +57,29 @@ def test_every_level_updates_as_often_as_its_clock_says(tmp_path):
     assert (tmp_path / "run" / "update_norms.png").stat().st_size > 0
 
 
+def test_the_token_rate_leaves_out_validation_and_checkpoints(tmp_path, monkeypatch):
+    """tokens/s is the rate of the training steps: a validation or a checkpoint in between (here each
+    taking 1,000 seconds of a fake clock, a step 2) does not lower the figures of the steps after it."""
+    from nldsl.runtime.train import run
+
+    now = [0.0]
+    monkeypatch.setattr(run, "_clock", lambda: now[0])
+    trainer = Trainer(_config(tmp_path, steps=4, seq=16, checkpoint_every=1, eval_every=1))
+
+    def taking(seconds, fn):
+        def timed(*args, **kwargs):
+            now[0] += seconds
+            return fn(*args, **kwargs)
+        return timed
+
+    monkeypatch.setattr(trainer.loop, "step", taking(2.0, trainer.loop.step))
+    monkeypatch.setattr(trainer.loop, "evaluate", taking(1000.0, trainer.loop.evaluate))
+    monkeypatch.setattr(trainer, "checkpoint", taking(1000.0, trainer.checkpoint))
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens_per_s"] for r in records] == [2 * 16 / 2.0] * 4  # batch 2 × 16 tokens a step, 2 s each
+
+
 @pytest.mark.parametrize("bptt", ["truncated", "full"])
 def test_training_leaves_no_autograd_graph_alive(tmp_path, bptt):
     """After the fit checks, the steps, a validation and a checkpoint, no graph is left: one left alive
