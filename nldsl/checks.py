@@ -89,6 +89,18 @@ def _never_writes(mem: ir.Memory) -> list[Diagnostic]:
                     help="add a rule that writes to `update`: `gd`, `momentum` or `dgd` (`delta` only erases)")]
 
 
+def _self_rewarding(mem: ir.Memory) -> list[Diagnostic]:
+    """`dot` with a self-generated target v̂ = M(v): the step ascends ⟨M(k), M(v)⟩, which the memory raises
+    by growing, and every gain raises the next target. A linear memory scales its state by I + η v kᵀ
+    (geometric growth wherever v·k > 0), an MLP feeds its own weights back faster than that."""
+    if mem.objective.name != "dot" or not mem.self_target:
+        return []
+    return [warning("NL0511", f"`{mem.name}` learns `dot` towards its own output: ⟨M(k), M(v)⟩ has no maximum, "
+                    "so the memory can grow without bound", mem.objective.span, "no maximum",
+                    labels=[Label(mem.flow("value").span, "a target the memory makes")],
+                    help="use `l2` (HOPE's choice) or `mse` with `self(...)`, or a fixed target with `dot`")]
+
+
 def _memory_checks(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     kinds = [r.kind for r in mem.rules]
@@ -117,6 +129,7 @@ def _memory_checks(model: ir.ModelIR, mem: ir.Memory, w) -> list[Diagnostic]:
                                                         "momentum": "e.g. `momentum 0.9`"}[gate]))
     out.extend(_unread_gates(mem))
     out.extend(_never_writes(mem))
+    out.extend(_self_rewarding(mem))
     if mem.flow("retain") is not None and mem.flow("log_retain") is not None:
         out.append(error("NL0109", "give `retain` or `log_retain`, not both", mem.flow("log_retain").span,
                          "the retention again, in log space", labels=[Label(mem.flow("retain").span, "the retention")],

@@ -58,6 +58,7 @@ CODES = {
     "NL0508": "a custom objective that cannot be differentiated",
     "NL0509": "a gate that no update rule reads",
     "NL0510": "a memory whose update never writes (no rule takes a gradient)",
+    "NL0511": "the `dot` objective towards a self-generated target: no maximum, the memory can grow without bound",
     # lowering
     "NL0601": "a construct that cannot be lowered to code",
     "NL0602": "the output directory holds other files",
