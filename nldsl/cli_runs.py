@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import click
 
@@ -16,6 +17,13 @@ TEXT = ExistingPath("file or folder")
 
 def _run_error(e: Exception):
     click.echo(f"error: {e}", err=True)
+    sys.exit(1)
+
+
+def _diverged(e: Exception, unchanged: str):
+    """A level's learning went non-finite (the run's learning rates or gates, not a bug in nlc): exit 1."""
+    click.echo(f"error: learning diverged: {e}\n  = note: {unchanged}\n"
+               f"  = help: lower that level's learning rate or bound its gates, and train the run again", err=True)
     sys.exit(1)
 
 
@@ -79,11 +87,14 @@ def learn(run, data, memory, seq, passes, device, backend):
     """
     from .runtime.continual import describe, learn_file
     from .runtime.generate import RunError, load_run
+    from .runtime.train import Diverged
 
     try:
         report, _ = learn_file(load_run(run, device=device, backend=backend), data, memory, seq=seq, passes=passes)
     except (RunError, ValueError) as e:  # ValueError: the text (no documents in DATA, nothing to learn)
         _run_error(e)
+    except Diverged as e:  # "step": the windows of --seq tokens read so far
+        _diverged(e, f"{memory} was not written" + (" and is unchanged" if Path(memory).exists() else ""))
     for line in describe(report):
         click.echo(line, err=True)
     click.echo(f"wrote {memory}", err=True)
@@ -144,11 +155,14 @@ def eval_cmd(run, task, memory, device, backend, out, **options):
 
     from .runtime.evals import evaluate, table, write_results
     from .runtime.generate import RunError
+    from .runtime.train import Diverged
 
     try:
         doc = evaluate(run, task, memory=memory, options=options, device=device, backend=backend)
     except (RunError, ValueError) as e:
         _run_error(e)
+    except Diverged as e:  # forgetting: learning its segments in context
+        _diverged(e, "no results were written")
     for w in doc["warnings"]:
         click.echo(f"warning: {w}", err=True)
     Console().print(table(doc))

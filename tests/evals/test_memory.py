@@ -147,6 +147,38 @@ def test_a_text_with_nothing_in_it_is_refused(tiny_hope_run, runner, tmp_path):
         assert "internal" not in result.output and not (tmp_path / "m.mem").exists()
 
 
+
+def test_learning_that_diverges_is_an_error_and_leaves_the_memory_file(tiny_hope_run, runner, tmp_path, monkeypatch):
+    """A level whose in-context learning goes non-finite (its spec's learning rate, not a bug in nlc) stops
+    `nlc learn` and `nlc eval --task forgetting` as it stops `nlc train`: exit 1 naming the level and a
+    help line, the memory file as it was and no results written."""
+    text = tmp_path / "t.txt"
+    text.write_text(FACTS, encoding="utf-8")
+    memory = tmp_path / "m.mem"
+    assert runner.invoke(main, ["learn", str(tiny_hope_run), "--data", str(text), "--memory", str(memory)]).exit_code == 0
+    before = memory.read_bytes()
+
+    start = Learner.__init__
+
+    def diverging(self, run, *args, **kwargs):  # every CMS gradient NaN: the first window to close steps to NaN
+        start(self, run, *args, **kwargs)
+        for name, p in run.model.named_parameters():
+            if ".chain." in name:
+                p.register_hook(lambda g: g * float("nan"))
+
+    monkeypatch.setattr(Learner, "__init__", diverging)
+    result = runner.invoke(main, ["learn", str(tiny_hope_run), "--data", str(text), "--memory", str(memory)])
+    assert result.exit_code == 1, result.output
+    assert "error: learning diverged: non-finite parameters after the update in level `continuum.fast`" in result.output
+    assert "m.mem was not written and is unchanged" in result.output and "= help:" in result.output
+    assert "internal" not in result.output and memory.read_bytes() == before
+
+    out = tmp_path / "forgetting.json"
+    result = runner.invoke(main, ["eval", str(tiny_hope_run), "--task", "forgetting", "--data", str(text),
+                                  "--data-b", str(text), "--max-tokens", "64", "--out", str(out)])
+    assert result.exit_code == 1 and "error: learning diverged" in result.output, result.output
+    assert "internal" not in result.output and not out.exists()
+
 def test_a_model_without_persistent_levels_has_nothing_to_learn(example_runs, runner, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("hello", encoding="utf-8")

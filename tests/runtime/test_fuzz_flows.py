@@ -53,6 +53,7 @@ from nldsl.compiler import compile_spec  # noqa: E402
 from nldsl.runtime.continual import read_memory  # noqa: E402
 from nldsl.runtime.data import EOS  # noqa: E402
 from nldsl.runtime.generate import Decoder, generate, load_run  # noqa: E402
+from nldsl.runtime.train import Diverged  # noqa: E402
 
 BATCH = 2
 NEW_TOKENS = 4
@@ -253,6 +254,7 @@ def check_learning(run_dir: Path, text: Path, directory: Path) -> Path | None:
     The memory file, or None."""
     once, twice = directory / "once.mem", directory / "twice.mem"
     result = invoke("learn", run_dir, "--data", text, "--memory", once, "--passes", 2)
+    assume(not (result.exit_code == 1 and "learning diverged" in result.output))  # as training can
     if not persistent(run_dir):
         assert result.exit_code == 1 and "no persistent level" in result.output, result.output
         assert not once.exists()
@@ -302,7 +304,10 @@ def test_generated_runs_export_learn_and_evaluate(generated):
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         spec, _ = checked(directory, generated)
-        run_dir = train_one_step(spec, directory / "run")
+        try:
+            run_dir = train_one_step(spec, directory / "run")
+        except Diverged:  # a model whose learners diverge (its rates, not nlc): nothing to go on with
+            assume(False)
         tokens = torch.randint(0, 256, (BATCH, generated.sizes.context), generator=torch.Generator().manual_seed(5))
         with torch.no_grad():
             check_export(run_dir, directory / "hf", tokens)
@@ -360,8 +365,6 @@ def test_generated_runs_resume_bit_exactly(generated):
     """A generated model trained three steps in one run, and in a run killed after its checkpoint at step 2
     and resumed, logs the same metrics and ends with the same weights, optimizer state and open CMS
     windows, bit for bit, whatever its clocks, optimizers, schedule and backpropagation mode."""
-    from nldsl.runtime.train.loop import Diverged
-
     generated = with_byte_vocabulary(generated)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
