@@ -25,17 +25,32 @@ pytestmark = pytest.mark.triton
 
 
 class Recorder:
-    """Stands in for a jitted kernel: `kernel[grid](*args, **constexprs)` records the constexprs."""
+    """Stands in for a jitted kernel: `kernel[grid](*args, **constexprs)` records the constexprs and the
+    arguments (until the test ends: see `forget_the_arguments`)."""
+
+    made: list["Recorder"] = []
 
     def __init__(self):
         self.calls = []
         self.args = []
+        Recorder.made.append(self)
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             self.calls.append(kwargs)
             self.args.append(args)
         return launch
+
+
+@pytest.fixture(autouse=True)
+def forget_the_arguments():
+    """A recorded output holds its autograd node, whose context holds the kernels, these recorders: a cycle
+    through the autograd graph, which Python's collector cannot see, so it would keep every test's
+    tensors and graph alive for the rest of the session. Dropping the arguments breaks it."""
+    yield
+    for recorder in Recorder.made:
+        recorder.args.clear()
+    Recorder.made.clear()
 
 
 CONFIGS = {
