@@ -20,9 +20,11 @@ def _run_error(e: Exception):
     sys.exit(1)
 
 
-def _diverged(e: Exception, unchanged: str):
-    """A level's learning went non-finite (the run's learning rates or gates, not a bug in nlc): exit 1."""
-    click.echo(f"error: learning diverged: {e}\n  = note: {unchanged}\n"
+def _diverged(e, unchanged: str):
+    """A level's learning went non-finite (the run's learning rates or gates, not a bug in nlc): exit 1.
+    `e` is a Diverged; its step counts the windows of --seq tokens read in context."""
+    click.echo(f"error: learning diverged: non-finite {e.what} in level `{e.level}` in window {e.step} of the "
+               f"text\n  = note: {unchanged}\n"
                f"  = help: lower that level's learning rate or bound its gates, and train the run again", err=True)
     sys.exit(1)
 
@@ -93,7 +95,7 @@ def learn(run, data, memory, seq, passes, device, backend):
         report, _ = learn_file(load_run(run, device=device, backend=backend), data, memory, seq=seq, passes=passes)
     except (RunError, ValueError) as e:  # ValueError: the text (no documents in DATA, nothing to learn)
         _run_error(e)
-    except Diverged as e:  # "step": the windows of --seq tokens read so far
+    except Diverged as e:
         _diverged(e, f"{memory} was not written" + (" and is unchanged" if Path(memory).exists() else ""))
     for line in describe(report):
         click.echo(line, err=True)

@@ -169,7 +169,8 @@ def test_learning_that_diverges_is_an_error_and_leaves_the_memory_file(tiny_hope
     monkeypatch.setattr(Learner, "__init__", diverging)
     result = runner.invoke(main, ["learn", str(tiny_hope_run), "--data", str(text), "--memory", str(memory)])
     assert result.exit_code == 1, result.output
-    assert "error: learning diverged: non-finite parameters after the update in level `continuum.fast`" in result.output
+    assert ("error: learning diverged: non-finite parameters after the update in level `continuum.fast` in window 1"
+            in result.output)
     assert "m.mem was not written and is unchanged" in result.output and "= help:" in result.output
     assert "internal" not in result.output and memory.read_bytes() == before
 
