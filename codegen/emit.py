@@ -13,16 +13,28 @@ from dataclasses import dataclass
 
 
 from nldsl import __version__, ir
-from nldsl.graph import to_doc
+from nldsl.graph import to_doc, widths
 
 from .blocks import BlockLowering, ClassCode, LoweringError
 from .forward import forward_lines
 from .kernels import model_kernels
-from .names import camel, doc_text, py
+from .names import camel, doc_text, literal, py
 from .network import NetLowering, cms_class
 from .plan import plan_text, runtime_info
 from .symbolic import NotDifferentiable, gradient_code
 from .jinja import environment
+
+
+@dataclass(frozen=True)
+class BlockEntry:
+    """One line of the generated `BLOCKS` table: Python text quoted with `literal`, and the spec line that
+    declares the block, for a comment."""
+    key: str
+    cls: str
+    attribute: str
+    width_in: int
+    width_out: int
+    source: str
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,17 @@ def spec_hash(sources: dict) -> str:
     for name in sorted(sources):
         h.update(name.encode() + b"\0" + sources[name].encode() + b"\0")
     return h.hexdigest()
+
+
+def _block_entries(model: ir.ModelIR) -> list[BlockEntry]:
+    """The spec's blocks by name, for `nldsl.load_block`: every block takes the model's width."""
+    w = widths(model)
+    entries = []
+    for b in model.blocks:
+        w.block = b.name
+        entries.append(BlockEntry(literal(b.name), camel(b.name, "Block"), literal(py(b.name)), model.dim,
+                                  w.of(b.output) or model.dim, doc_text(f"{b.span.file}:{b.span.line}")))
+    return entries
 
 
 def _classes(model: ir.ModelIR, spec_file: str) -> tuple[list, list, list]:
@@ -75,7 +98,7 @@ def generate(model: ir.ModelIR, graph, sources: dict, spec_file: str) -> dict[st
     title = doc_text(f"{model.name}: compiled from {spec_file}")
     model_py = environment().get_template("model.py.jinja").render(
         title=title, version=__version__, source=doc_text(spec_file), spec_hash=digest, objectives=objectives,
-        classes=classes, model_class=classes[-1].name,
+        classes=classes, model_class=classes[-1].name, blocks=_block_entries(model),
         segment_attention=any(att.has_prefix for att in model.attentions))
     init_py = environment().get_template("package_init.py.jinja").render(title=title, version=__version__, source=doc_text(spec_file))
     for name, text in (("model.py", model_py), ("__init__.py", init_py)):

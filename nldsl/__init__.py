@@ -14,7 +14,6 @@ except _metadata.PackageNotFoundError:  # running from a checkout that is not in
 _install_source_tree_finder()
 
 
-
 def load(path, backend: str = "chunked", compile: bool = False):
     """The model of a compiled package directory or of a `.nl` spec (compiled on the fly into a cache);
     `backend` runs its memory levels ('chunked', 'reference' or 'triton'), `compile` compiles the chunked
@@ -24,4 +23,13 @@ def load(path, backend: str = "chunked", compile: bool = False):
     return _load(path, backend, compile)
 
 
-__all__ = ["__version__", "load"]
+def load_block(path, name: str, backend: str = "chunked", compile: bool = False):
+    """Block `name` of a `.nl` spec or compiled package alone, as a layer over features: `layer(x, state=None)`
+    maps (batch, length, layer.width_in) to (batch, length, layer.width_out) and returns the state its
+    memories carry, which continues the same sequences in the next call."""
+    from .compiler import load_block as _load_block
+
+    return _load_block(path, name, backend, compile)
+
+
+__all__ = ["__version__", "load", "load_block"]

@@ -3,7 +3,7 @@
 A spec that checks clean always compiles; a construct the generator cannot lower becomes an NL0601
 diagnostic naming it. Writing refuses a directory that holds anything but a previous compile of the
 same model unless `force` is set. `load` imports a compiled package (or compiles a `.nl` file into a
-cache keyed by the spec's hash first) and returns the model.
+cache keyed by the spec's hash first) and returns the model; `load_block` returns one of its blocks alone.
 """
 
 from __future__ import annotations
@@ -84,12 +84,49 @@ def load(path, backend: str = "chunked", compile: bool = False):
     """A `torch.nn.Module` for a compiled package directory or a `.nl` spec (compiled into a cache), with
     freshly initialised weights; for a run directory of `nlc train`, its model with the weights of its
     last checkpoint, in the run's dtype, in eval mode with gradients off (as `nlc generate` uses it)."""
+    from nldsl.runtime import set_backend
+
     p = Path(path)
-    if (p / "model" / MANIFEST).is_file() and (p / "config.json").is_file():
-        from nldsl.runtime import set_backend
+    if _is_run(p):
         from nldsl.runtime.generate import load_run
 
         return set_backend(load_run(p, backend=backend).model, backend, compile)
+    package = _package(path)
+    module = _import_package(package)
+    from nldsl.runtime.fits import check_fits
+
+    check_fits(package)
+    return set_backend(module.Model(), backend, compile)
+
+
+def load_block(path, name: str, backend: str = "chunked", compile: bool = False):
+    """Block `name` of a spec or compiled package alone, freshly initialised: a `BlockLayer` whose
+    `forward(x, state=None)` maps features (batch, length, width_in) to (batch, length, width_out) and
+    returns the state its memories carry (runtime/block_layer.py)."""
+    from nldsl.runtime import BlockLayer, set_backend
+
+    if _is_run(Path(path)):
+        raise ValueError(f"{path} is a training run: load its whole model with nldsl.load({str(path)!r}); "
+                         f"its blocks are the modules named after them (model.layer[0].<block>)")
+    package = _package(path)
+    blocks = getattr(_import_package(package).model, "BLOCKS", None)
+    if blocks is None:
+        raise ValueError(f"{package} was compiled by an nlc that did not list blocks: compile it again")
+    if name not in blocks:
+        listed = ", ".join(f"`{b}`" for b in blocks) or "none"
+        raise ValueError(f"model `{package.name}` has no block `{name}` (its blocks: {listed}; a block "
+                         f"that the network does not use is not compiled)")
+    return set_backend(BlockLayer(name, blocks[name]), backend, compile)
+
+
+def _is_run(p: Path) -> bool:
+    return (p / "model" / MANIFEST).is_file() and (p / "config.json").is_file()
+
+
+def _package(path) -> Path:
+    """The compiled package of `path`: a package directory, a directory holding one, or a `.nl` spec
+    compiled into the cache (raises SpecError for a spec with errors)."""
+    p = Path(path)
     if p.is_file():
         fe, files = compile_spec(str(p))
         if files is None:
@@ -99,18 +136,13 @@ def load(path, backend: str = "chunked", compile: bool = False):
         package = target / fe.model.name
         if not _holds(package, files):  # absent, or written by another version of the code generator
             write_package(files, str(target), fe.model.name, force=True)
-        p = package
-    elif not (p / MANIFEST).is_file():
-        candidates = [c for c in p.iterdir() if (c / MANIFEST).is_file()] if p.is_dir() else []
-        if len(candidates) != 1:
-            raise FileNotFoundError(f"{path} is neither a .nl spec nor a compiled package")
-        p = candidates[0]
-    module = _import_package(p)
-    from nldsl.runtime import set_backend
-    from nldsl.runtime.fits import check_fits
-
-    check_fits(p)
-    return set_backend(module.Model(), backend, compile)
+        return package
+    if (p / MANIFEST).is_file():
+        return p
+    candidates = [c for c in p.iterdir() if (c / MANIFEST).is_file()] if p.is_dir() else []
+    if len(candidates) != 1:
+        raise FileNotFoundError(f"{path} is neither a .nl spec nor a compiled package")
+    return candidates[0]
 
 
 def _holds(package: Path, files: dict[str, str]) -> bool:

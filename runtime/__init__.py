@@ -4,9 +4,10 @@ Generated code uses only these names: memory levels (`MemoryLevel`, `MemoryConfi
 `standard_objective`, and `MemoryStack`, which runs sibling levels of one configuration and one set of
 inputs as one), layers (`ShortConv`, `CausalAttention`, `RMSNorm`, `LayerNorm`, `CmsMLP`, `CmsChain`,
 `BoundedGate`, `L2Norm`, `l2norm`) and the segment helpers of self-modifying groups (`segments`,
-`position_of`).
+`position_of`); `BlockInfo` lists a model's blocks, which `BlockLayer` runs alone.
 """
 
+from .block_layer import BlockInfo, BlockLayer
 from .carried import carried_in, state_keys
 from .layers import BoundedGate, CausalAttention, CmsChain, CmsMLP, Embedding, KVCache, L2Norm, LayerNorm, RMSNorm, ShortConv
 from .layers import activation, l2norm
@@ -32,7 +33,7 @@ def set_backend(model, backend: str, compile: bool = False):
 
 
 __all__ = [
-    "BACKENDS", "BoundedGate", "CausalAttention", "CmsChain", "CmsMLP", "Embedding", "KVCache", "L2Norm", "LayerNorm", "MemoryConfig", "MemoryLevel",
+    "BACKENDS", "BlockInfo", "BlockLayer", "BoundedGate", "CausalAttention", "CmsChain", "CmsMLP", "Embedding", "KVCache", "L2Norm", "LayerNorm", "MemoryConfig", "MemoryLevel",
     "MemoryStack", "MemoryState", "RMSNorm", "Rule", "ShortConv", "activation", "carried_in", "l2norm", "position_of",
     "segments",
     "set_backend", "standard_objective", "state_keys", "window_positions",

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from nldsl.cli import main  # noqa: E402
-from nldsl.compiler import load  # noqa: E402
+from nldsl.compiler import load, load_block  # noqa: E402
 from nldsl.runtime import BACKENDS, MemoryConfig, MemoryLevel, Rule, set_backend, standard_objective  # noqa: E402
 from nldsl.runtime.triton import TritonFallbackWarning  # noqa: E402
 from nldsl.runtime.triton.registry import kernels_for  # noqa: E402
@@ -131,6 +131,29 @@ def test_a_compiled_example_on_the_triton_backend_matches_chunked(spec):
         warnings.simplefilter("error", TritonFallbackWarning)
         run = model_run(model)
     compare_model_runs(model_run(set_backend(model, "chunked")), run)
+
+
+def test_a_block_alone_runs_its_memories_on_the_kernels():
+    """`nldsl.load_block(..., backend='triton')`: the block's memory and prologue on the generated
+    kernels, outputs and every gradient (the input's too) as on the chunked path."""
+    torch.manual_seed(0)
+    layer = load_block(ROOT / "examples/gated_deltanet.nl", "gdn_block", backend="triton").to(DEVICE)
+    assert {m.backend for m in layer.modules() if isinstance(m, MemoryLevel)} == {"triton"}
+    x = torch.randn(2, 10, layer.width_in, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    runs = []
+    for backend in ("chunked", "triton"):
+        set_backend(layer, backend)
+        xb = x.clone().requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", TritonFallbackWarning)
+            y, _ = layer(xb)
+        (y * torch.linspace(-1, 1, y.shape[-1], device=y.device)).sum().backward()
+        runs.append((y.detach(), {"x": xb.grad, **{n: p.grad.clone() for n, p in layer.named_parameters()}}))
+        layer.zero_grad()
+    (y0, grads0), (y1, grads1) = runs
+    assert ratio(y0, y1) < FLOAT32_RATIO
+    for name, want in grads0.items():
+        assert ratio(want, grads1[name]) < FLOAT32_RATIO, name
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp(depth = 2, hidden = 16, act = silu)"])
