@@ -279,6 +279,10 @@ def compile_cmd(spec, out_dir, force, dump, fmt):
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64", "bfloat16"]),
               help="parameter and activation dtype")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="seeds initialisation and data order")
+@click.option("--documents", default="packed", show_default=True, type=click.Choice(["packed", "aligned"]),
+              help="packed: each row streams through the documents back to back, separated by byte 0; aligned: "
+                   "each row starts a document (or a piece of a long one), padded at its end, its memories "
+                   "fresh (no `state persist` memory)")
 @click.option("--checkpoint-every", default=50, show_default=True, type=click.IntRange(min=1),
               help="write a checkpoint every N steps (and at the end)")
 @click.option("--eval-every", default=50, show_default=True, type=click.IntRange(min=1),
@@ -297,8 +301,8 @@ def compile_cmd(spec, out_dir, force, dump, fmt):
                    "--device cuda): the same numbers, without the cost of issuing a small model's operators one "
                    "by one; the second step captures")
 @guarded
-def train(spec, data, steps, batch, seq, out, force, resume, device, dtype, seed, checkpoint_every, eval_every, backend,
-          nproc, parallel, compile_steps, cuda_graphs):
+def train(spec, data, steps, batch, seq, out, force, resume, device, dtype, seed, documents, checkpoint_every, eval_every,
+          backend, nproc, parallel, compile_steps, cuda_graphs):
     """Train SPEC (a .nl file, compiled on the fly, or a compiled package) with the nested loop.
 
     In-context memories update inside the forward pass, each CMS level steps at the end of its window
@@ -311,7 +315,7 @@ def train(spec, data, steps, batch, seq, out, force, resume, device, dtype, seed
 
     --resume RUN continues RUN's own model from its last checkpoint up to --steps (default: the total
     it was started with; a total it has reached already is an error). It keeps the run's spec, data,
-    batch, seq, dtype and seed: giving other values is an error; --device, --backend, --parallel,
+    batch, seq, dtype, seed and documents: giving other values is an error; --device, --backend, --parallel,
     --compile, --cuda-graphs, --checkpoint-every and --eval-every may change, with a note.
 
     With --nproc N the run is data-parallel over N processes (torchrun; `torchrun --nproc_per_node N -m

@@ -13,7 +13,8 @@ import click
 from .cli_common import UserError, report
 
 # options a resumed run keeps (they fix its weights and its data stream), and those it may change
-KEPT_ON_RESUME = {"data": "--data", "batch": "--batch", "seq": "--seq", "dtype": "--dtype", "seed": "--seed"}
+KEPT_ON_RESUME = {"data": "--data", "batch": "--batch", "seq": "--seq", "dtype": "--dtype", "seed": "--seed",
+                  "documents": "--documents"}
 CHANGED_ON_RESUME = {"device": "--device", "backend": "--backend", "checkpoint_every": "--checkpoint-every",
                      "eval_every": "--eval-every", "parallel": "--parallel", "compile_steps": "--compile",
                      "cuda_graphs": "--cuda-graphs"}
@@ -40,7 +41,7 @@ def new_config(ctx):
     return TrainConfig(p["spec"], data, p["steps"], p["batch"], p["seq"], p["out"], p["device"], p["dtype"],
                        p["seed"], p["checkpoint_every"], p["eval_every"], backend=p["backend"],
                        parallel=p["parallel"] or "ddp", compile=p["compile_steps"], cuda_graphs=p["cuda_graphs"],
-                       force=p["force"])
+                       documents=p["documents"], force=p["force"])
 
 
 def _require_spec(spec: str) -> None:
@@ -100,8 +101,8 @@ def resume_config(ctx, run: Path, given: set):
     if conflicts:
         raise UserError("\n".join([f"error: cannot resume {run} with these options"]
                                   + [f"  = note: {c}" for c in conflicts]
-                                  + ["  = help: a resumed run keeps its directory, spec, data, batch, seq, dtype and "
-                                     "seed (they fix its weights and data stream): leave those out, or start a new "
+                                  + ["  = help: a resumed run keeps its directory, spec, data, batch, seq, dtype, "
+                                     "seed and documents (they fix its weights and data stream): leave those out, or start a new "
                                      "run with --out"]))
     total = p["steps"] if "steps" in given else saved.get("steps", p["steps"])
     reached = _reached_step(run)
@@ -150,8 +151,11 @@ def _setting(name: str, saved: dict, run: Path):
 
 
 def _effective(name: str, saved: dict, run: Path):
-    """RUN's setting NAME as it trained: --seq left out means the spec's context."""
+    """RUN's setting NAME as it trained: --seq left out means the spec's context; a run from before
+    --documents packed its documents."""
     value = saved.get(name)
+    if name == "documents" and value is None:
+        return "packed"
     if name == "seq" and value is None:
         try:
             return json.loads((run / "model" / "levels.json").read_text())["runtime"]["context"]

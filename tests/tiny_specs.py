@@ -1,10 +1,14 @@
 """Tiny specs for the tests that need a whole model: one block `mix` of memory levels over l2-normed
-keys and linear values, an embedding and a tied head; with a CMS chain before it for the training loop."""
+keys and linear values, an embedding and a tied head; with a CMS chain before it for the training loop.
+And a folder of short documents to train them on (`short_documents`)."""
 
 from __future__ import annotations
 
 import json
+import random
+import string
 import textwrap
+from pathlib import Path
 
 _MODEL = """\
 nl 1
@@ -108,3 +112,13 @@ def build_loop(tmp_path, text: str, backend: str = "chunked", seed: int = 0, dty
     model = set_backend(_import_package(package).Model(), backend).to(dtype or torch.float64)
     info = json.loads((package / "levels.json").read_text())["runtime"]
     return model, NestedLoop(model, info, make_optimizer), info
+
+
+def short_documents(folder: Path, count: int = 12, seed: int = 0) -> Path:
+    """`count` documents of 1 to 40 lower-case letters in `folder` (created): in rows of 16 or 32 tokens,
+    the aligned layout pads most rows, each by its own amount."""
+    folder.mkdir(parents=True)
+    rng = random.Random(seed)
+    for i in range(count):
+        (folder / f"doc{i:02d}.txt").write_text("".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 40))))
+    return folder

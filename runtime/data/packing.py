@@ -22,14 +22,16 @@ Documents are packed back to back and a row may cross a boundary. Padding every 
 boundary would waste tokens and break the row continuity above, which persist memories rely on.
 Instead the separator byte is in the input, so the model can learn that a new text begins, and each
 batch comes with `reset`, a (B, T+1) bool tensor that is True at the first token of a document (the
-token after a separator, and the first token of a row stream). Use `reset[:, :-1]` for the inputs:
-a trainer that wants hard boundaries can mask the loss or clear a memory's state there.
+token after a separator, and the first token of a row stream). Use `reset[:, :-1]` for the inputs.
+For hard boundaries, the aligned layout (aligned.py, `nlc train --documents aligned`) starts every
+row at a document and pads it instead.
 
 Resuming
 --------
 Batch n is a pure function of (documents, seq_len, batch, seed, n), so the whole position is the
 batch count: `state_dict()` gives plain ints (step, epoch, cursor and the settings and corpus
-fingerprint it must be resumed with); the shuffle needs no generator state, since each epoch's order
+fingerprint it must be resumed with) and the layout's name (`packed`, or `aligned`:
+runtime/data/aligned.py); the shuffle needs no generator state, since each epoch's order
 is derived from (seed, epoch) by SHA-256. After `load_state_dict`, iteration yields exactly the
 batches the uninterrupted stream would have yielded.
 """
@@ -79,7 +81,90 @@ def _reset_mask(tokens: torch.Tensor, previous: torch.Tensor, eos: int) -> torch
     return before == eos
 
 
-class PackedStream:
+class DocumentStream:
+    """What the two layouts share: the documents, their checksum, each epoch's shuffle, iteration and an
+    exact resume. A subclass lays out `batch_at(n)` and says how far the stream has read (`_cursor`)."""
+
+    layout = ""
+    stream_rows = False
+
+    def __init__(self, documents: Iterable, seq_len: int, batch: int, seed: int = 0, eos: int = EOS):
+        if int(seq_len) < 1 or int(batch) < 1:
+            raise ValueError(f"seq_len and batch must be positive, got {seq_len} and {batch}")
+        self.seq_len, self.batch, self.seed, self.eos = int(seq_len), int(batch), int(seed), int(eos)
+        self._docs = _as_tensors(documents, self.eos)
+        crc = 0
+        for d in self._docs:
+            crc = zlib.crc32(d.numel().to_bytes(8, "little"), crc)
+            crc = zlib.crc32(d.numpy(), crc)
+        self.checksum = crc
+        self.step = 0
+        self.last_reset: Optional[torch.Tensor] = None
+        self.last_targets: Optional[int] = None  # targets of the last batch that count (None: all of them)
+
+    @property
+    def num_documents(self) -> int:
+        return len(self._docs)
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The order of the documents in `epoch`: a shuffle seeded by SHA-256 of (seed, epoch)."""
+        digest = hashlib.sha256(f"nldsl.data.order:{self.seed}:{int(epoch)}".encode("utf-8")).digest()
+        order = list(range(len(self._docs)))
+        random.Random(int.from_bytes(digest[:8], "big")).shuffle(order)
+        return order
+
+    def batch_at(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _cursor(self, step: int) -> int:
+        raise NotImplementedError
+
+    # -- iteration ------------------------------------------------------------------------------
+
+    def __iter__(self) -> "DocumentStream":
+        return self
+
+    def next_with_reset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, reset = self.batch_at(self.step)
+        self.step += 1
+        self.last_reset = reset
+        return tokens, reset
+
+    def __next__(self) -> torch.Tensor:
+        return self.next_with_reset()[0]
+
+    # -- resuming ----------------------------------------------------------------------------------
+
+    def _settings(self) -> dict:
+        return {
+            "seed": self.seed, "seq_len": self.seq_len, "batch": self.batch, "eos": self.eos,
+            "documents": len(self._docs), "tokens_per_epoch": self.tokens_per_epoch, "checksum": self.checksum,
+        }
+
+    def state_dict(self) -> dict:
+        """The stream's position as a JSON-serialisable dict of ints (and its layout)."""
+        return {"version": STATE_VERSION, "layout": self.layout, "step": self.step, "epoch": self.epoch,
+                "cursor": self._cursor(self.step), **self._settings()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state` (from `state_dict()` of a stream over the same documents and settings)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unknown data stream state version {state.get('version')!r}")
+        saved = {"layout": state.get("layout", "packed"), **state}  # streams saved before layouts were packed
+        mismatched = [f"{key}: saved {saved.get(key)!r}, now {value!r}"
+                      for key, value in {"layout": self.layout, **self._settings()}.items() if saved.get(key) != value]
+        if mismatched:
+            raise ValueError("the data stream cannot resume exactly with different data or settings: "
+                             + "; ".join(mismatched))
+        step = int(state["step"])
+        if step < 0 or int(state.get("cursor", self._cursor(step))) != self._cursor(step):
+            raise ValueError("inconsistent data stream state (step and cursor disagree)")
+        self.step = step
+        self.last_reset = None
+        self.last_targets = None
+
+
+class PackedStream(DocumentStream):
     """An endless, deterministic, exactly resumable stream of (B, T+1) LongTensor batches.
 
     `documents` are token-id sequences (lists, tensors or bytes), one per document. `next(stream)`
@@ -88,14 +173,12 @@ class PackedStream:
     docstring for the layout, the separator and the reset mask.
     """
 
+    layout = "packed"
     stream_rows = True
     """Row r of batch n+1 continues row r of batch n (the same text, without a gap)."""
 
     def __init__(self, documents: Iterable, seq_len: int, batch: int, seed: int = 0, eos: int = EOS):
-        if int(seq_len) < 1 or int(batch) < 1:
-            raise ValueError(f"seq_len and batch must be positive, got {seq_len} and {batch}")
-        self.seq_len, self.batch, self.seed, self.eos = int(seq_len), int(batch), int(seed), int(eos)
-        self._docs = _as_tensors(documents, self.eos)
+        super().__init__(documents, seq_len, batch, seed, eos)
         self.tokens_per_epoch = sum(d.numel() for d in self._docs) + len(self._docs)
         self.shard_len = self.tokens_per_epoch // self.batch
         if self.shard_len < 1:
@@ -103,20 +186,9 @@ class PackedStream:
                 f"{self.tokens_per_epoch} tokens cannot fill {self.batch} rows: use fewer rows or more text"
             )
         self._period = self.shard_len + 1  # a shard and the separator that joins it to the next epoch's
-        crc = 0
-        for d in self._docs:
-            crc = zlib.crc32(d.numel().to_bytes(8, "little"), crc)
-            crc = zlib.crc32(d.numpy(), crc)
-        self.checksum = crc
-        self.step = 0
-        self.last_reset: Optional[torch.Tensor] = None
         self._epochs: OrderedDict[int, torch.Tensor] = OrderedDict()
 
     # -- the layout -------------------------------------------------------------------------------
-
-    @property
-    def num_documents(self) -> int:
-        return len(self._docs)
 
     @property
     def batches_per_epoch(self) -> float:
@@ -128,12 +200,8 @@ class PackedStream:
         """The epoch the rows are reading at the start of the next batch."""
         return self.step * self.seq_len // self._period
 
-    def epoch_order(self, epoch: int) -> list[int]:
-        """The order of the documents in `epoch`: a shuffle seeded by SHA-256 of (seed, epoch)."""
-        digest = hashlib.sha256(f"nldsl.data.order:{self.seed}:{int(epoch)}".encode("utf-8")).digest()
-        order = list(range(len(self._docs)))
-        random.Random(int.from_bytes(digest[:8], "big")).shuffle(order)
-        return order
+    def _cursor(self, step: int) -> int:
+        return step * self.seq_len
 
     def _epoch_rows(self, epoch: int) -> torch.Tensor:
         rows = self._epochs.get(epoch)
@@ -173,48 +241,6 @@ class PackedStream:
             window = self._window(start - 1, self.seq_len + 2)
             previous, tokens = window[:, 0], window[:, 1:]
         return tokens, _reset_mask(tokens, previous, self.eos)
-
-    # -- iteration ------------------------------------------------------------------------------
-
-    def __iter__(self) -> "PackedStream":
-        return self
-
-    def next_with_reset(self) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, reset = self.batch_at(self.step)
-        self.step += 1
-        self.last_reset = reset
-        return tokens, reset
-
-    def __next__(self) -> torch.Tensor:
-        return self.next_with_reset()[0]
-
-    # -- resuming ----------------------------------------------------------------------------------
-
-    def _settings(self) -> dict:
-        return {
-            "seed": self.seed, "seq_len": self.seq_len, "batch": self.batch, "eos": self.eos,
-            "documents": len(self._docs), "tokens_per_epoch": self.tokens_per_epoch, "checksum": self.checksum,
-        }
-
-    def state_dict(self) -> dict:
-        """The stream's position as a JSON-serialisable dict of ints."""
-        return {"version": STATE_VERSION, "step": self.step, "epoch": self.epoch,
-                "cursor": self.step * self.seq_len, **self._settings()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from `state` (from `state_dict()` of a stream over the same documents and settings)."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"unknown data stream state version {state.get('version')!r}")
-        mismatched = [f"{key}: saved {state.get(key)!r}, now {value!r}"
-                      for key, value in self._settings().items() if state.get(key) != value]
-        if mismatched:
-            raise ValueError("the data stream cannot resume exactly with different data or settings: "
-                             + "; ".join(mismatched))
-        step = int(state["step"])
-        if step < 0 or int(state.get("cursor", step * self.seq_len)) != step * self.seq_len:
-            raise ValueError("inconsistent data stream state (step and cursor disagree)")
-        self.step = step
-        self.last_reset = None
 
 
 def val_batches(

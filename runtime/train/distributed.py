@@ -331,6 +331,11 @@ class RowShard:
     def __next__(self) -> torch.Tensor:
         return self.comm.rows(next(self.stream))
 
+    @property
+    def last_targets(self):
+        """The global batch's targets that count (None: all of them), as the stream says."""
+        return self.stream.last_targets
+
     def state_dict(self) -> dict:
         return self.stream.state_dict()
 

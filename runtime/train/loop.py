@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +121,8 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The summed next-token loss of a segment."""
+    """The summed next-token loss of a segment (a target of -100, the aligned layout's padding, counts
+    for nothing: cross_entropy's default ignore_index)."""
     return F.cross_entropy(_upcast(logits.reshape(-1, logits.shape[-1])), y.reshape(-1), reduction="sum")
 
 
@@ -206,9 +208,14 @@ class NestedLoop:
 
     # ---------------------------------------------------------------- one step
 
-    def step(self, batch: torch.Tensor) -> StepResult:
-        """One outer step on a (B, T+1) batch of token ids (inputs and shifted targets)."""
+    def step(self, batch: torch.Tensor, targets: Optional[int] = None) -> StepResult:
+        """One outer step on a (B, T+1) batch of token ids (inputs and shifted targets). A padded batch
+        (the aligned layout, runtime/data/aligned.py) holds IGNORE where a row has ended: those inputs
+        read token 0, those targets count for nothing, and `targets` is how many do count in the global
+        batch (over all processes), the outer gradient's divisor."""
         x, y = batch[:, :-1], batch[:, 1:]
+        if targets is not None:
+            x = x.clamp_min(0)
         length = x.shape[1]
         state = {k: v for k, v in self.carried.items()}
         checks, cms_steps = _Checks(), []
@@ -224,8 +231,9 @@ class NestedLoop:
                 loss = _loss(logits, y[:, start:end])
                 live.losses.append(loss)
             # (a copy of a replay's loss: the graph's next replay overwrites it)
+            counted = y[:, start:end].numel() if targets is None else (y[:, start:end] >= 0).sum()
             checks.add("loss", self.info["outer"]["name"], loss.detach() if self.graphs is None else loss.clone(),
-                       y[:, start:end].numel(), reduced=2)
+                       counted, reduced=2)
             closing = self._closing(end, length)
             if live is not None:
                 live.close_windows(closing)
@@ -245,7 +253,8 @@ class NestedLoop:
         self.carried = {k: v for k, v in state.items() if memory_lifetime(k, self.own.memories) == "persist"}
         self.stream_position += length
         self.accumulated += 1
-        stepped = self._outer_step(y.numel(), earlier, checks)
+        share = y.numel() if targets is None else targets / self.comm.world  # a process's mean share
+        stepped = self._outer_step(share, earlier, checks)
         for lv in self.own.cms:  # the next sequences start from the learned initial states
             if lv.lifetime == "reset" and lv.initial:
                 self._reset(lv)
@@ -304,8 +313,10 @@ class NestedLoop:
                     p.grad = None
         return earlier
 
-    def _outer_step(self, tokens: int, earlier: dict, checks: _Checks) -> bool:
-        """`tokens`: this process's tokens of the step; `earlier`: what `_set_aside_outer_grads` took."""
+    def _outer_step(self, tokens: float, earlier: dict, checks: _Checks) -> bool:
+        """`tokens`: this process's tokens of the step (with padding, the global count over the number of
+        processes, so that the mean over processes divides the summed gradient by the global count);
+        `earlier`: what `_set_aside_outer_grads` took."""
         outer = self.info["outer"]
         params = [p for _, p in self.own.outer]
         for p in params:  # this step's gradient as a mean over its tokens, added to the earlier steps'
@@ -318,7 +329,7 @@ class NestedLoop:
                     p.grad.add_(earlier[p])
         if self.accumulated < outer["every_steps"]:
             return False
-        self.comm.reduce_grads(params, "mean")  # each process has the same number of tokens
+        self.comm.reduce_grads(params, "mean")  # each process divided by the same number of tokens
         if self.accumulated > 1:
             for p in params:
                 if p.grad is not None:
@@ -382,13 +393,14 @@ class NestedLoop:
 
     @torch.no_grad()
     def evaluate(self, batches) -> float:
-        """Mean next-token loss (nats) on validation batches, each from a fresh state."""
+        """Mean next-token loss (nats) on validation batches, each from a fresh state (padding, IGNORE, read
+        as token 0 and not counted)."""
         total, tokens = 0.0, 0
         for batch in batches:
-            x, y = batch[:, :-1], batch[:, 1:]
+            x, y = batch[:, :-1].clamp_min(0), batch[:, 1:]
             logits, _ = self.model(x, None)
             total += float(_loss(logits, y))
-            tokens += y.numel()
+            tokens += int((y >= 0).sum())
         total, tokens = self.comm.sum([total, tokens])
         return total / max(tokens, 1)
 

@@ -60,6 +60,7 @@ class TrainConfig:
     parallel: str = "ddp"  # with several processes: ddp (replicas) or fsdp (sharded parameters)
     compile: bool = False  # the chunked path's tile steps compiled by torch.compile
     cuda_graphs: bool = False  # segments replayed as CUDA graphs (graphs.py)
+    documents: str = "packed"  # packed (rows stream across documents) or aligned (a row starts a document)
     force: bool = True  # a new run replaces what `out` holds; False (`nlc train` without --force) refuses it
 
     def saved(self) -> dict:
@@ -134,6 +135,17 @@ def _prepare_model_dir(cfg: TrainConfig, run: Path) -> Path:
     return write_package(files, str(run), "model", force=True)
 
 
+def _aligned_memories(info: dict) -> None:
+    """Raise TrainInputError when a memory keeps its state across sequences: in the aligned layout a row
+    of one batch does not continue the same row of the one before."""
+    kept = [m["name"] for m in info["memories"] if m["lifetime"] == "persist"]
+    if kept:
+        raise TrainInputError(
+            f"--documents aligned starts every row afresh, and `{kept[0]}` keeps its state from one batch to "
+            f"the next (`state persist`): its rows would carry one document into another\n"
+            f"  = help: train it with --documents packed (the default), or give it `state reset per sequence`")
+
+
 def lr_factor(step: int, outer: dict, total: int) -> float:
     """The outer learning rate's factor at step `step` (1 to `total`): linear warm-up over `warmup` steps,
     then, for `schedule cosine`, a half cosine from 1 at the first step after the warm-up towards 0 after
@@ -204,10 +216,19 @@ class Trainer:
             train_docs, val_docs = D.split(D.load_documents(cfg.data), seed=cfg.seed)
         except (OSError, ValueError) as e:
             raise TrainInputError(f"--data {cfg.data}: {e}") from None
-        stream = D.PackedStream([tok.encode(t) for _, t in train_docs], self.seq, cfg.batch, seed=cfg.seed)
+        train_ids, val_ids = [tok.encode(t) for _, t in train_docs], [tok.encode(t) for _, t in val_docs]
+        if cfg.documents == "aligned":
+            _aligned_memories(self.info)
+            stream = D.AlignedStream(train_ids, self.seq, cfg.batch, seed=cfg.seed)
+            val = D.aligned_val_batches(val_ids, self.seq, cfg.batch, cfg.eval_batches)
+            if self.main:
+                self.log(f"documents aligned: every row starts a document or a piece of one; "
+                         f"{100 * stream.padding:.1f}% of the targets are padding")
+        else:
+            stream = D.PackedStream(train_ids, self.seq, cfg.batch, seed=cfg.seed)
+            val = D.val_batches(val_ids, self.seq, cfg.batch, cfg.eval_batches)
         self.stream = self.comm.shard_stream(stream)  # this process's rows of the global batch
-        self.val = [self.comm.rows(b).to(self.device) for b in
-                    D.val_batches([tok.encode(t) for _, t in val_docs], self.seq, cfg.batch, cfg.eval_batches)]
+        self.val = [self.comm.rows(b).to(self.device) for b in val]
         graphs = None
         if cfg.cuda_graphs:
             from .graphs import CudaGraphs
@@ -256,7 +277,7 @@ class Trainer:
             lr = self._set_lr()
             batch = next(self.stream).to(self.device)
             try:
-                result = self.loop.step(batch)
+                result = self.loop.step(batch, self.stream.last_targets)
             except Diverged:
                 self.close()
                 raise

@@ -2,10 +2,12 @@
 
 A tiny spec (2 layers of a persist memory block and a 2-level persist nested CMS chain, dim 32, context 32;
 fsdp shards each layer on its own, and each passes its memory states on to the next) trains for 3
-steps with global batch 4 in float64: once in this process (the reference), then under torchrun with
---parallel ddp and fsdp, and from checkpoints moved between 1 and 2 processes. Parameters must agree
-across ranks and with the reference; a checkpoint written by 2 processes must hold what one process
-would have written, open CMS windows and carried memory states included.
+steps with global batch 4 in float64 (so does a variant whose memory resets per sequence, on short
+documents in the aligned layout, where each rank holds its own number of targets that count): once
+in this process (the reference), then under torchrun with --parallel ddp and fsdp, and from
+checkpoints moved between 1 and 2 processes. Parameters must agree across ranks and with the
+reference; a checkpoint written by 2 processes must hold what one process would have written, open
+CMS windows and carried memory states included.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from nldsl.runtime.train import TrainConfig, Trainer
+from tiny_specs import short_documents
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,6 +178,19 @@ def test_two_processes_train_exactly_as_one(tmp_path):
     ref_full = Trainer(_config(tmp_path, full, tmp_path / "ref_full"), log=lambda msg: None)
     ref_full.train()
 
+    # aligned documents: each rank's rows hold their own number of targets that count, and the outer
+    # gradient must still be the mean over the global batch's
+    aligned = tmp_path / "aligned.nl"
+    aligned.write_text(TINY.replace("state     persist", "state     reset per sequence"))
+    docs = short_documents(tmp_path / "docs")
+    ref_aligned = Trainer(_config(tmp_path, aligned, tmp_path / "ref_aligned", documents="aligned", data=str(docs)),
+                          log=lambda msg: None)
+    stream = ref_aligned.stream
+    halves = [[int((stream.batch_at(n)[0][rows, 1:] >= 0).sum()) for rows in (slice(0, 2), slice(2, 4))]
+              for n in range(3)]
+    assert any(a != b for a, b in halves), halves  # the ranks' shares differ
+    ref_aligned.train()
+
     # the reference: one process, batch 4; a copy of its checkpoint after 2 steps (slow window open)
     ref = Trainer(_config(tmp_path, spec, tmp_path / "ref", steps=2), log=lambda msg: None)
     ref.train()
@@ -198,6 +214,8 @@ def test_two_processes_train_exactly_as_one(tmp_path):
             {**job("muon", parallel="fsdp", source=tmp_path / "muon.nl"), "error": str(tmp_path / "muon")},
             job("every2", parallel="fsdp", source=every2), job("fsdp32", parallel="fsdp", dtype="float32"),
             job("full", parallel="ddp", source=full),
+            job("aligned", parallel="ddp", source=aligned, documents="aligned", data=str(docs)),
+            job("aligned_fsdp", parallel="fsdp", source=aligned, documents="aligned", data=str(docs)),
             {**job("full_fsdp", parallel="fsdp", source=full), "error": str(tmp_path / "full_fsdp")}]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     (tmp_path / "driver.py").write_text(DRIVER)
@@ -206,19 +224,21 @@ def test_two_processes_train_exactly_as_one(tmp_path):
                          cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
-    for name in ("ddp", "fsdp", "ddp_resumed", "full"):
+    references = {"full": _params(ref_full), "aligned": _params(ref_aligned), "aligned_fsdp": _params(ref_aligned)}
+    for name in ("ddp", "fsdp", "ddp_resumed", "full", "aligned", "aligned_fsdp"):
         ranks = [load_file(str(tmp_path / f"{name}-{r}.safetensors")) for r in (0, 1)]
-        for pname, want in (_params(ref_full) if name == "full" else expected).items():
+        for pname, want in references.get(name, expected).items():
             full0, full1 = ranks[0][f"full.{pname}"], ranks[1][f"full.{pname}"]
             assert torch.equal(full0, full1), f"{name}: ranks disagree on {pname}"
             _close(want, full0, f"{name}: {pname}")
-            if name != "fsdp":  # replicas: each rank holds the whole, identical parameter
+            if "fsdp" not in name:  # replicas: each rank holds the whole, identical parameter
                 assert torch.equal(ranks[0][f"local.{pname}"], ranks[1][f"local.{pname}"])
         if name == "fsdp":  # really sharded: each rank holds a part of the embedding
             assert ranks[0]["local.embed.weight"].shape[0] < expected["embed.weight"].shape[0]
     _same_losses(expected_losses, _losses(tmp_path / "ddp"))
     _same_losses(expected_losses, _losses(tmp_path / "fsdp"))
     _same_losses(expected_losses, _losses(tmp_path / "resume2"))
+    _same_losses(_losses(tmp_path / "ref_aligned"), _losses(tmp_path / "aligned"))
     # float32 takes other reduction paths in FSDP: it runs, and stays near the float64 run
     ranks = [load_file(str(tmp_path / f"fsdp32-{r}.safetensors")) for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0] if k.startswith("full."))
