@@ -100,6 +100,18 @@ def assert_states_close(expected: dict, actual: dict, what: str) -> None:
         assert_close(exp[key], act[key], f"{what} {key}")
 
 
+def assert_split_runs_equal(run, x: torch.Tensor, splits, what: str = "") -> None:
+    """`run(x)` against `run(x[:, :a])` then `run(x[:, a:], state)` for each a in `splits`: the outputs
+    and the states out (`run(inputs, state=None) -> (outputs, state)`: a model, a block layer)."""
+    with torch.no_grad():
+        whole, whole_state = run(x)
+        for a in splits:
+            first, state = run(x[:, :a])
+            second, state = run(x[:, a:], state)
+            assert_close(whole, torch.cat([first, second], dim=1), f"{what}outputs split at {a}")
+            assert_states_close(whole_state, state, f"{what}state split at {a}")
+
+
 def probe(outputs: torch.Tensor, state: Optional[dict], seed: int) -> torch.Tensor:
     """A fixed random linear functional of the outputs and of every floating carried tensor."""
     gen = torch.Generator().manual_seed(seed)
@@ -154,6 +166,6 @@ def assert_runs_agree(ref, chk) -> list[str]:
     return unused
 
 
-__all__ = ["DTYPE", "EXAMPLES", "ROOT", "assert_close", "assert_runs_agree", "assert_states_close", "build",
-           "compile_ok", "example_id", "flatten_state", "in_root", "memory_levels", "probe", "run_with_gradients",
-           "scale", "set_backend", "tokens", "write_spec"]
+__all__ = ["DTYPE", "EXAMPLES", "ROOT", "assert_close", "assert_runs_agree", "assert_split_runs_equal",
+           "assert_states_close", "build", "compile_ok", "example_id", "flatten_state", "in_root", "memory_levels",
+           "probe", "run_with_gradients", "scale", "set_backend", "tokens", "write_spec"]

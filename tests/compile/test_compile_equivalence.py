@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compile_testkit import (EXAMPLES, assert_close, assert_runs_agree, assert_states_close, build, example_id,
-                             flatten_state, run_with_gradients, set_backend, tokens)
+from compile_testkit import (EXAMPLES, assert_close, assert_runs_agree, assert_split_runs_equal, assert_states_close,
+                             build, example_id, flatten_state, run_with_gradients, set_backend, tokens)
 
 B = 2
 PREFIX, CONTINUATION = 11, 10  # 21 tokens in all: inside the second 8-token chunk, the second 16-token chunk
@@ -47,14 +47,7 @@ def test_reference_and_chunked_agree(spec, model_of):
 @pytest.mark.parametrize("spec", EXAMPLES, ids=example_id)
 def test_split_runs_equal_the_whole_run(spec, backend, model_of):
     model = set_backend(model_of(spec), backend)
-    x = tokens(model, B, PREFIX + CONTINUATION, 4)
-    with torch.no_grad():
-        whole, whole_state = model(x)
-        for a in SPLITS:
-            first, state = model(x[:, :a])
-            second, state = model(x[:, a:], state)
-            assert_close(whole, torch.cat([first, second], dim=1), f"logits split at {a}")
-            assert_states_close(whole_state, state, f"state split at {a}")
+    assert_split_runs_equal(model, tokens(model, B, PREFIX + CONTINUATION, 4), SPLITS)
 
 
 @pytest.mark.parametrize("spec", ["examples/gated_deltanet.nl", "examples/titans.nl", "examples/titans_mac.nl"],

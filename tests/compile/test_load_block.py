@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import nldsl
-from compile_testkit import (EXAMPLES, assert_close, assert_states_close, build, example_id, in_root,
+from compile_testkit import (EXAMPLES, assert_close, assert_split_runs_equal, build, example_id, in_root,
                              set_backend, tokens, write_spec)
 from nldsl.compiler import compile_spec, write_package
 
@@ -97,14 +97,7 @@ def test_a_block_alone_continues_its_sequences_through_the_state(spec, backend, 
     package, _ = built(spec)
     for name in blocks_of(package):
         layer = layer_of(package, name, backend)
-        x = features(layer, T, 2)
-        with torch.no_grad():
-            whole, whole_state = layer(x)
-            for a in SPLITS:
-                first, state = layer(x[:, :a])
-                second, state = layer(x[:, a:], state)
-                assert_close(whole, torch.cat([first, second], dim=1), f"{name} split at {a}")
-                assert_states_close(whole_state, state, f"{name} state split at {a}")
+        assert_split_runs_equal(layer, features(layer, T, 2), SPLITS, f"{name}: ")
 
 
 @pytest.mark.parametrize("spec", ["examples/hope.nl", "examples/titans.nl", "examples/gated_deltanet.nl"],
