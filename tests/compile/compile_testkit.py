@@ -112,6 +112,26 @@ def assert_split_runs_equal(run, x: torch.Tensor, splits, what: str = "") -> Non
             assert_states_close(whole_state, state, f"{what}state split at {a}")
 
 
+def inputs_and_outputs(model, cls, x):
+    """(module, input, output): the first module of class `cls` inside `model` and what it receives and
+    returns when `model` reads x; (None, None, None) when `model` has none."""
+    seen = {}
+    target = next((m for m in model.modules() if type(m) is cls), None)
+    if target is None:
+        return None, None, None
+
+    def hook(module, args, output):
+        seen.setdefault("io", (args[0].detach().clone(), output.detach().clone()))
+
+    handle = target.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return (target, *seen["io"])
+
+
 def probe(outputs: torch.Tensor, state: Optional[dict], seed: int) -> torch.Tensor:
     """A fixed random linear functional of the outputs and of every floating carried tensor."""
     gen = torch.Generator().manual_seed(seed)
@@ -167,5 +187,5 @@ def assert_runs_agree(ref, chk) -> list[str]:
 
 
 __all__ = ["DTYPE", "EXAMPLES", "ROOT", "assert_close", "assert_runs_agree", "assert_split_runs_equal",
-           "assert_states_close", "build", "compile_ok", "example_id", "flatten_state", "in_root", "memory_levels",
-           "probe", "run_with_gradients", "scale", "set_backend", "tokens", "write_spec"]
+           "assert_states_close", "build", "compile_ok", "example_id", "flatten_state", "in_root", "inputs_and_outputs",
+           "memory_levels", "probe", "run_with_gradients", "scale", "set_backend", "tokens", "write_spec"]

@@ -43,13 +43,14 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from hypothesis import assume, given, strategies as st
 
-from compile_testkit import assert_close, assert_runs_agree, run_with_gradients
+from compile_testkit import (assert_close, assert_runs_agree, assert_split_runs_equal, inputs_and_outputs,
+                             run_with_gradients)
 from cuda_graph_standin import StandIn
 from drawing import drawing
 from generated_models import LIBRARY, SEARCH, Generated, build, models, write
 from nldsl.cli import main
 from nldsl.codes import CODES
-from nldsl.compiler import compile_spec
+from nldsl.compiler import _import_package, compile_spec, load_block
 from nldsl.diagnostics import render_all
 from nldsl.runtime import set_backend
 from nldsl.runtime.train.graphs import flatten
@@ -213,6 +214,31 @@ def test_generated_models_agree_on_both_backends(generated):
         chunked, chunked_losses = run_on("chunked", directory, files, generated)
         assert_runs_agree(reference, chunked)
         assert_close(torch.tensor(reference_losses), torch.tensor(chunked_losses), "training losses")
+
+
+@FUZZ
+@given(models())
+def test_the_blocks_of_generated_models_run_alone(generated):
+    """Every block of a generated model, alone (`nldsl.load_block`) with the weights it has in the model,
+    computes from the input the model gives it what it computes there, and a run split through its state
+    gives the whole run."""
+    with compiled(generated) as (directory, files):
+        model, _ = build(directory, files)
+        package = directory / "build" / "model"
+        z = generated.sizes
+        tokens = torch.randint(0, z.vocab, (BATCH, z.context), generator=torch.Generator().manual_seed(5))
+        blocks = _import_package(package).model.BLOCKS
+        assert blocks, "a model without blocks"
+        for name, info in blocks.items():
+            inside, x, y = inputs_and_outputs(model, info.cls, tokens)
+            assert inside is not None, f"block {name} is listed but not in the model"
+            assume(bool(torch.isfinite(y).all()))  # an inner learner that diverges
+            layer = load_block(package, name).double()
+            getattr(layer, info.attribute).load_state_dict(inside.state_dict())
+            with torch.no_grad():
+                alone, _ = layer(x)
+            assert_close(y, alone, f"block {name}")
+            assert_split_runs_equal(layer, x, (1, z.context // 2), f"{name}: ")
 
 
 # ------------------------------------------------------------------------------------------ CUDA graphs

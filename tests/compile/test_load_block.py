@@ -12,7 +12,7 @@ import torch
 
 import nldsl
 from compile_testkit import (EXAMPLES, assert_close, assert_split_runs_equal, build, example_id, in_root,
-                             set_backend, tokens, write_spec)
+                             inputs_and_outputs, set_backend, tokens, write_spec)
 from nldsl.compiler import compile_spec, write_package
 
 B, T = 2, 21
@@ -51,25 +51,6 @@ def layer_of(package, name, backend="chunked", seed=0):
 def features(layer, length, seed):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(B, length, layer.width_in, generator=gen, dtype=torch.float64)
-
-
-def inputs_and_outputs(model, cls, x):
-    """What the first module of class `cls` inside `model` receives and returns when `model` reads x."""
-    seen = {}
-    target = next((m for m in model.modules() if type(m) is cls), None)
-    if target is None:
-        return None, None, None
-
-    def hook(module, args, output):
-        seen.setdefault("io", (args[0].detach().clone(), output.detach().clone()))
-
-    handle = target.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return (target, *seen["io"])
 
 
 @pytest.mark.parametrize("spec", EXAMPLES, ids=example_id)
