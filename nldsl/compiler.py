@@ -85,6 +85,7 @@ def load(path, backend: str = "chunked", compile: bool = False):
     freshly initialised weights; for a run directory of `nlc train`, its model with the weights of its
     last checkpoint, in the run's dtype, in eval mode with gradients off (as `nlc generate` uses it)."""
     from nldsl.runtime import set_backend
+    from nldsl.runtime.fits import check_fits
 
     p = Path(path)
     if _is_run(p):
@@ -93,8 +94,6 @@ def load(path, backend: str = "chunked", compile: bool = False):
         return set_backend(load_run(p, backend=backend).model, backend, compile)
     package = _package(path)
     module = _import_package(package)
-    from nldsl.runtime.fits import check_fits
-
     check_fits(package)
     return set_backend(module.Model(), backend, compile)
 
@@ -107,7 +106,7 @@ def load_block(path, name: str, backend: str = "chunked", compile: bool = False)
 
     if _is_run(Path(path)):
         raise ValueError(f"{path} is a training run: load its whole model with nldsl.load({str(path)!r}); "
-                         f"its blocks are the modules named after them (model.layer[0].<block>)")
+                         f"its blocks are among its modules, named after them (model.named_modules())")
     package = _package(path)
     blocks = getattr(_import_package(package).model, "BLOCKS", None)
     if blocks is None:
