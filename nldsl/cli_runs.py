@@ -119,7 +119,8 @@ def _numbers(kind):
 @click.command(name="eval", short_help="Evaluate a trained run: ppl, mqar, niah, forgetting.")
 @click.argument("run", type=RUN)
 @click.option("--task", required=True, type=click.Choice(["ppl", "mqar", "niah", "forgetting"]),
-              help="ppl: bits per byte; mqar: associative recall; niah: passkey retrieval; "
+              help="ppl: bits per byte (each document alone after a run trained with --documents aligned); "
+                   "mqar: associative recall; niah: passkey retrieval; "
                    "forgetting: learn A then B, loss on A")
 @click.option("--memory", default=None, type=MEMORY_FILE,
               help="a memory file from `nlc learn` to start from")

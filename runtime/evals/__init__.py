@@ -112,7 +112,8 @@ def table(doc: dict):
     t.add_column("measure")
     t.add_column("value", justify="right")
     if task == "ppl":
-        rows = [("text", r["source"]), ("tokens", str(r["tokens"])), ("loss (nats/token)", _f(r["loss_nats"])),
+        rows = [("text", r["source"]), ("documents", r.get("layout", "packed")), ("tokens", str(r["tokens"])),
+                ("loss (nats/token)", _f(r["loss_nats"])),
                 ("bits per byte", _f(r["bits_per_byte"]))]
     elif task == "mqar":
         rows = [("pairs / length", f"{r['pairs']} / {r['length']}"), ("queries", str(r["queries"])),

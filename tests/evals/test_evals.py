@@ -17,7 +17,9 @@ from nldsl.runtime.evals import task_options
 from nldsl.runtime.evals.common import window_losses
 from nldsl.runtime.evals.mqar import KEYS, VALUES, MqarOptions, make_mqar, run_mqar
 from nldsl.runtime.evals.niah import DIGITS, FILLER, NiahOptions, make_prompt, run_niah
+from nldsl.runtime.evals.ppl import PplOptions, run_ppl
 from nldsl.runtime.generate import load_run
+from tiny_specs import short_documents
 
 
 class InductionOracle(nn.Module):
@@ -120,6 +122,27 @@ def test_window_losses_score_every_token_once(tiny_hope_run):
         logits, _ = model(window[:, :-1])
         direct += float(F.cross_entropy(logits[0], window[0, 1:], reduction="sum"))
     assert math.isclose(total, direct, rel_tol=1e-9)
+
+
+def test_ppl_scores_an_aligned_run_document_by_document(tiny_hope_run, tmp_path):
+    """A run trained with --documents aligned is scored as it trained: each document from its start,
+    after a separator, its bytes and the closing separator predicted."""
+    model = load_run(tiny_hope_run, dtype="float64").model
+    docs = short_documents(tmp_path / "docs", count=5)
+    run = SimpleNamespace(model=model, context=64, config={"documents": "aligned"})
+    result = run_ppl(run, None, PplOptions(data=str(docs), batch=2))
+    direct, count = 0.0, 0
+    for path in sorted(docs.iterdir()):
+        ids = [0] + list(path.read_bytes()) + [0]
+        logits, _ = model(torch.tensor([ids[:-1]]))
+        direct += float(F.cross_entropy(logits[0], torch.tensor(ids[1:]), reduction="sum"))
+        count += len(ids) - 1
+    assert result["layout"] == "aligned" and result["tokens"] == count
+    assert math.isclose(result["loss_nats"], direct / count, rel_tol=1e-9)
+    cut = run_ppl(run, None, PplOptions(data=str(docs), batch=2, max_tokens=count // 2))
+    assert cut["tokens"] == count // 2
+    packed = run_ppl(SimpleNamespace(model=model, context=64, config={}), None, PplOptions(data=str(docs)))
+    assert packed["layout"] == "packed" and packed["tokens"] == count - 1  # one stream: its first byte unpredicted
 
 
 def test_task_options_prefer_the_task_prefixed_name():
