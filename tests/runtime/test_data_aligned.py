@@ -7,7 +7,9 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, strategies as st
 
+from drawing import drawing
 from nldsl.runtime.data import IGNORE, AlignedStream, PackedStream, aligned_val_batches
 
 EOS = 0
@@ -108,3 +110,33 @@ def test_validation_batches_in_the_aligned_layout():
     many = aligned_val_batches(documents([2]), seq_len=8, batch=2, n_batches=2)  # fewer pieces than rows
     assert all(torch.equal(row, many[0][0]) for b in many for row in b)
     assert aligned_val_batches([], 8, 2) == [] and aligned_val_batches(docs, 8, 2, n_batches=0) == []
+
+
+@drawing(40)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=9), st.integers(1, 12), st.integers(1, 5),
+       st.integers(0, 2**31), st.integers(0, 30))
+def test_any_corpus_is_read_whole_once_an_epoch_and_resumes_anywhere(lengths, seq_len, batch, seed, stop):
+    """Every epoch, the pieces' targets put together give each document and its separator exactly once;
+    a stream stopped after `stop` batches and resumed from its state goes on as one never stopped."""
+    docs = documents(lengths, seed=seed % 1000)
+    stream = AlignedStream(docs, seq_len=seq_len, batch=batch, seed=seed)
+    pieces = stream.pieces_per_epoch
+    batches = [stream.batch_at(n)[0] for n in range(-(-2 * pieces // batch) + 1)]
+    rows = torch.cat(batches)
+    for epoch in range(2):
+        got = {d: [] for d in range(len(docs))}
+        for j in range(pieces):
+            row = rows[epoch * pieces + j]
+            real = row[row != IGNORE].tolist()
+            assert (row[len(real):] == IGNORE).all() and 2 <= len(real) <= seq_len + 1
+            d, k = stream.piece(epoch * pieces + j)
+            got[d] += real[1:]
+        assert got == {d: list(doc) + [EOS] for d, doc in enumerate(docs)}
+    first = AlignedStream(docs, seq_len=seq_len, batch=batch, seed=seed)
+    for _ in range(stop):
+        next(first)
+    resumed = AlignedStream(docs, seq_len=seq_len, batch=batch, seed=seed)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for n in range(stop, stop + 3):
+        assert torch.equal(next(resumed), stream.batch_at(n)[0])
+        assert resumed.last_targets == int((stream.batch_at(n)[0][:, 1:] != IGNORE).sum())
