@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .config import MemoryConfig
-from .tape import weight_back, weight_rows
+from .tape import needs_graph, weight_back, weight_rows
 
 Params = dict[str, Tensor]
 
@@ -97,7 +97,7 @@ class _ActBackward(torch.autograd.Function):
 def times_slope(name: str, back: Tensor, z: Tensor, fused: bool = False) -> Tensor:
     """back * act'(z); `fused` by ATen's activation backward where it has one (silu, gelu)."""
     if fused and name in _FUSED_BACKWARD:
-        return _ActBackward.apply(back, z, name)
+        return _ActBackward.apply(back, z, name) if needs_graph(back, z) else _FUSED_BACKWARD[name](back, z)
     return back * ACTIVATION_FNS[name][1](z)
 
 

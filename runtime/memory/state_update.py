@@ -8,6 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .tape import needs_graph
+
 
 def state_update(start: Tensor, scale: Tensor, columns: Optional[Tensor], x: Tensor,
                  other: Optional[Tensor] = None, other_scale: Optional[Tensor] = None) -> Tensor:
@@ -16,8 +18,10 @@ def state_update(start: Tensor, scale: Tensor, columns: Optional[Tensor], x: Ten
 
     Its backward is written by hand: it keeps references to the inputs only and makes one pass over
     the weights per gradient (autograd's version multiplies and then sums for every gate, and makes
-    several weight-sized temporaries per tile)."""
-    return _StateUpdate.apply(start, scale, columns, x, other, other_scale)
+    several weight-sized temporaries per tile). Where no input needs a gradient (a forward alone, the
+    reads of evaluation and decoding), the same arithmetic runs without the autograd node."""
+    inputs = (start, scale, columns, x, other, other_scale)
+    return _StateUpdate.apply(*inputs) if needs_graph(*inputs) else _update(*inputs)
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -33,6 +37,20 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 def _times(t: Tensor, scale: Tensor) -> Tensor:
     return t * scale[..., None, None]
+
+
+def _update(start: Tensor, scale: Tensor, columns: Optional[Tensor], x: Tensor, other: Optional[Tensor],
+            other_scale: Optional[Tensor]) -> Tensor:
+    with torch.autocast(start.device.type, enabled=False):
+        base = _times(start, scale)
+        if other is not None:
+            base.addcmul_(other, other_scale[..., None, None])
+        if columns is None:
+            return base
+        rows, length, width = base.shape[-2], x.shape[-2], x.shape[-1]
+        base.view(-1, rows, width).baddbmm_(columns.to(base.dtype).reshape(-1, length, rows).transpose(1, 2),
+                                            x.to(base.dtype).reshape(-1, length, width))
+    return base
 
 
 class graph_only:
@@ -59,16 +77,7 @@ class _StateUpdate(torch.autograd.Function):
         if graph_only.active:
             shape = torch.broadcast_shapes(start.shape, scale.shape + (1, 1))
             return start.new_empty(shape)
-        with torch.autocast(start.device.type, enabled=False):
-            base = _times(start, scale)
-            if other is not None:
-                base.addcmul_(other, other_scale[..., None, None])
-            if columns is None:
-                return base
-            rows, length, width = base.shape[-2], x.shape[-2], x.shape[-1]
-            base.view(-1, rows, width).baddbmm_(columns.to(base.dtype).reshape(-1, length, rows).transpose(1, 2),
-                                                x.to(base.dtype).reshape(-1, length, width))
-        return base
+        return _update(start, scale, columns, x, other, other_scale)
 
     @staticmethod
     def backward(ctx, grad):

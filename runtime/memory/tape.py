@@ -29,6 +29,13 @@ from torch import Tensor
 LARGE_WEIGHT = 1 << 13
 
 
+def needs_graph(*tensors: Optional[Tensor]) -> bool:
+    """Whether an operation on these tensors must record an autograd node: a forward alone (evaluation,
+    decoding, a benchmark's forward) runs the written-out operations here as plain arithmetic, without
+    the Python cost of a node per call."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _rows(weight: Tensor, x: Tensor) -> Tensor:
     return torch.matmul(x, weight.transpose(-1, -2))
 
@@ -51,7 +58,7 @@ def gram(a: Tensor, b: Tensor) -> Tensor:
     """a b^T over the last two dimensions, (..., L, n), (..., M, n) -> (..., L, M), with the written-out
     backward: both gradients come out row-major (autograd's hands b a transposed view, which then meets
     b's other gradients in mixed-layout sums). Never recorded on a tape."""
-    return _Product.apply('rows', b, a, None)
+    return _Product.apply('rows', b, a, None) if needs_graph(a, b) else _rows(b, a)
 
 
 def plus_product(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -114,8 +121,7 @@ def _product(kind: str, weight: Tensor, x: Tensor) -> Tensor:
     tape = Tape.current
     if tape is not None:
         return tape.product(kind, weight, x)
-    if weight.shape[-1] * weight.shape[-2] >= LARGE_WEIGHT and torch.is_grad_enabled() \
-            and (weight.requires_grad or x.requires_grad):
+    if weight.shape[-1] * weight.shape[-2] >= LARGE_WEIGHT and needs_graph(weight, x):
         return _Product.apply(kind, weight, x, None)
     return _PRODUCTS[kind](weight, x)
 

@@ -1,12 +1,15 @@
-"""The hand-written backward of a tile's state update (state_update.py) against autograd's, and the
-hand-written gradient of the in-tile gate products (scan.segment_products)."""
+"""The hand-written backward of a tile's state update (state_update.py) against autograd's, the
+hand-written gradient of the in-tile gate products (scan.segment_products), and a forward without
+gradients, which runs the written-out operations without their autograd nodes."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from memory_testkit import make_inputs, random_state
+from nldsl.runtime.memory import MemoryConfig, Rule, chunked, functional, standard_objective, tape
 from nldsl.runtime.memory.scan import segment_products
-from nldsl.runtime.memory.state_update import state_update
+from nldsl.runtime.memory.state_update import _StateUpdate, state_update
 
 
 @pytest.mark.parametrize('momentum', [False, True])
@@ -65,3 +68,47 @@ def test_segment_products_gradients(zeros):
     a.requires_grad_()
     assert torch.autograd.gradcheck(segment_products, (a,))
     assert torch.autograd.gradgradcheck(segment_products, (a,))
+
+
+FORWARD_ALONE = {
+    # the dual form's lean loop, its general loop with a delta transition, the wy form, an MLP whose
+    # backward takes the fused activation slope, and HOPE's self-target dgd memory with momentum off
+    'linear gd': (MemoryConfig('linear', 4, 3, rules=(Rule('gd'),), chunk=4), 'l2'),
+    'linear retain momentum': (MemoryConfig('linear', 4, 3, rules=(Rule('retain'), Rule('momentum')), chunk=3,
+                                            read='before'), 'sq'),
+    'linear delta': (MemoryConfig('linear', 4, 3, rules=(Rule('retain'), Rule('delta'), Rule('gd')), chunk=3),
+                     'huber'),
+    'wy': (MemoryConfig('linear', 4, 3, rules=(Rule('retain'), Rule('gd', at='current'))), 'l2'),
+    'mlp titans': (MemoryConfig(dk=4, dv=4, family='mlp', depth=2, hidden=96, act='silu', residual=True,
+                                rules=(Rule('retain'), Rule('momentum')), chunk=4, read='after'), 'mse'),
+    'mlp dgd self target': (MemoryConfig(dk=4, dv=4, family='mlp', depth=2, hidden=6, act='gelu', residual=True,
+                                         rules=(Rule('dgd'),), chunk=4, read='anchor', self_target=True), 'l2'),
+}
+
+
+@pytest.mark.parametrize('name', FORWARD_ALONE)
+def test_a_forward_alone_records_no_autograd_node_and_computes_the_same(name, monkeypatch):
+    """Without gradients (evaluation, decoding) the written-out operations (state updates, products,
+    the fused activation slope) run as plain arithmetic, bit for bit what their autograd nodes compute."""
+    cfg, objective_name = FORWARD_ALONE[name]
+    objective = standard_objective(objective_name)
+    inputs = make_inputs(cfg, batch=2, heads=2, tokens=11, seed=3)
+    state = random_state(cfg, 2, 2, position=5, seed=4)
+    args = (cfg, objective, inputs.q, inputs.k, inputs.v, inputs.gates, inputs.params0, state)
+    y_graph, state_graph = chunked(*args)
+    assert y_graph.requires_grad
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError('an autograd node in a forward without gradients')
+
+    for node in (_StateUpdate, tape._Product, functional._ActBackward):
+        monkeypatch.setattr(node, 'apply', refuse)
+    with torch.no_grad():
+        y, final = chunked(*args)
+    assert torch.equal(y, y_graph)
+    for part in ('params', 'anchor'):
+        for key, value in getattr(final, part).items():
+            assert torch.equal(value, getattr(state_graph, part)[key]), (part, key)
+    if final.momentum is not None:
+        for key, value in final.momentum.items():
+            assert torch.equal(value, state_graph.momentum[key]), ('momentum', key)
