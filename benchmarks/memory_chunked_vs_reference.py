@@ -9,8 +9,8 @@ Shapes follow a small layer: batch 2, model width 256 as 4 heads of dk = dv = 64
 Prints one row per memory family: the best of --repeats interleaved timings in milliseconds for the
 reference and the chunked path (forward, or forward + backward with --backward), their ratio, and the
 largest output difference between them; with --compile also the chunked path with its tile steps
-compiled by torch.compile (`chunked(..., compile=True)`: the general dual loop, so the MLP families;
-the compiling call, timed apart, is its warm-up); with --float64-reference also the reference run in
+compiled by torch.compile (`chunked(..., compile=True)`: the general dual loop's tile step, and the
+linear memories' lean loops in blocks of tiles; the compiling call, timed apart, is its warm-up); with --float64-reference also the reference run in
 float64, as the tests run it to check the other paths, against the same float32 chunked path. Then the same rows as a FLOP budget: the matmul FLOPs each path
 does (counted by torch.utils.flop_counter: matmuls only; the wy form's triangular solves are not
 counted), the rate the chunked path reaches, and `bound`: the ratio the chunked path would reach if it

@@ -67,9 +67,9 @@ def chunked(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tenso
     """Same contract and results as `reference`, computed chunk-parallel where an exact form exists.
 
     `tile` is the tile size of the 'wy' form; the 'dual' form's tiles are the chunks themselves; the
-    'sequential' form is the reference recurrence (see `chunk_form`). `compile`: the 'dual' form's
-    general tile step (MLP memories, linear ones with a delta/dgd transition) compiled by
-    torch.compile (compiled.py)."""
+    'sequential' form is the reference recurrence (see `chunk_form`). `compile`: the loops over tiles
+    compiled by torch.compile (compiled.py): the 'dual' form's tile step, or its lean loop for a
+    linear memory, and the 'wy' form's walk."""
     check_inputs(cfg, q, k, v, gates)
     if tile < 1:
         raise ValueError(f"tile size must be >= 1, got {tile}")
@@ -78,5 +78,5 @@ def chunked(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tenso
         return reference(cfg, objective, q, k, v, gates, params0, state)
     start = start_state(cfg, params0, state, k)
     if form == 'wy':
-        return run_wy(cfg, objective, q, k, v, gates, start, tile)
+        return run_wy(cfg, objective, q, k, v, gates, start, tile, compile)
     return run_dual(cfg, objective, q, k, v, gates, start, compile)

@@ -40,8 +40,9 @@ RECOMPUTE_MIN_BYTES = 256 * 2 ** 20
 
 def run_dual(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
              gates: Mapping[str, Tensor], start: MemoryState, compile: bool = False) -> tuple[Tensor, MemoryState]:
-    """`compile`: the general loop's tile step compiled by torch.compile (compiled.py), except where a
-    group recomputes its tiles in backward."""
+    """`compile`: the general loop's tile step, or the lean loop of a linear memory, compiled by
+    torch.compile (compiled.py), except where a group recomputes its tiles in backward or runs as
+    affine maps."""
     carried = _Carried(dict(start.params), dict(start.anchor), start.momentum, start.position)
     outputs = []
     for group in tile_groups(start.position, k.shape[2], cfg.chunk, aligned=True):
@@ -94,7 +95,7 @@ def _run_group(cfg: MemoryConfig, objective: GradFn, group: TileGroup, q: Tensor
             y, weight, momentum = dual_linear.run_maps(cfg, affine, weights, qg, kg, vg, carried.theta['W'], momentum)
         else:
             y, weight, momentum = dual_linear.run_loop(cfg, objective, weights, qg, kg, vg, carried.theta['W'],
-                                                       momentum)
+                                                       momentum, compile)
         theta = {'W': weight}
         carried = _Carried(theta, theta, {'W': momentum} if momentum is not None else None,
                            carried.position + group.tokens)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .coeffs import DualCoefficients, _is_zero
+from .compiled import CompiledStep, run_in_blocks
 from .functional import clip_deltas
 from .objectives import GradFn
 from .scan import Geometry, _rows
@@ -121,21 +122,26 @@ class Weights:
 
 
 def run_loop(cfg, objective: GradFn, w: Weights, q: Tensor, k: Tensor, v: Tensor, weight: Tensor,
-             momentum: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+             momentum: Optional[Tensor], compile: bool = False) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """(y (B, H, count, L, dv), W and S after the group) for the chunks q, k, v (B, H, count, L, d)
-    starting from `weight` (B, H, dv, dk) and `momentum` (or None), any elementwise objective.
+    starting from `weight` (B, H, dv, dk) and `momentum` (or None), any elementwise objective;
+    `compile`: compiled.BLOCK chunks at a time by torch.compile (compiled.run_in_blocks).
 
     Each chunk's output is finished inside the loop, while its products are still in cache: reading
     them all after the loop, as one batched product, made the loop a quarter slower (TTT-linear, B = 2,
     T = 2048, 4 heads of 64)."""
-    length = k.shape[-2]
     # the start state's share of each read folded into the queries: g0 Q W^T = (g0 Q) W^T
     reads = q if w.read is None or w.g0 is None else w.g0 * q
     inputs = torch.cat([reads, k, v] if cfg.self_target else [reads, k], dim=-2)
     mom_reads = w.c0 * q if momentum is not None and w.read is not None else None
-    tensors = (inputs, v, mom_reads, w.read, w.rk, w.sk, w.last, w.last_c, w.last_d)
+    tiles = (inputs, v, mom_reads, w.read, w.rk, w.sk, w.last, w.last_c, w.last_d)
+    return run_in_blocks(_COMPILED_LOOP, (cfg, objective, k.shape[-2]), tiles, (weight, momentum), compile)
+
+
+def _loop(cfg, objective: GradFn, length: int, tiles: tuple, weight: Tensor,
+          momentum: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     outputs = []
-    for x, vi, mq, read, rk, sk, last, last_c, last_d in zip(*(_chunks(t, k.shape[2]) for t in tensors)):
+    for x, vi, mq, read, rk, sk, last, last_c, last_d in zip(*(_chunks(t, tiles[0].shape[2]) for t in tiles)):
         products = weight_rows(weight, x)
         y, out = products[..., :length, :], products[..., length:2 * length, :]
         delta = objective(out, products[..., 2 * length:, :] if cfg.self_target else vi)
@@ -152,6 +158,9 @@ def run_loop(cfg, objective: GradFn, w: Weights, q: Tensor, k: Tensor, v: Tensor
         else:
             weight = state_update(weight, last, delta, rk)
     return torch.stack(outputs, 2), weight, momentum
+
+
+_COMPILED_LOOP = CompiledStep(_loop)
 
 
 def run_maps(cfg, affine: tuple[float, float], w: Weights, q: Tensor, k: Tensor, v: Tensor,

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .coeffs import along, wy_coefficients
+from .compiled import CompiledStep, run_in_blocks
 from .config import MemoryConfig
 from .objectives import GradFn
 from .scan import Geometry, _rows, system_inverse
@@ -25,7 +26,10 @@ from .tiles import join_groups, tile_groups
 
 
 def run_wy(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor,
-           gates: Mapping[str, Tensor], start: MemoryState, tile: int) -> tuple[Tensor, MemoryState]:
+           gates: Mapping[str, Tensor], start: MemoryState, tile: int,
+           compile: bool = False) -> tuple[Tensor, MemoryState]:
+    """`compile`: the walk over the tiles compiled by torch.compile, compiled.BLOCK tiles at a time
+    (compiled.run_in_blocks)."""
     affine = cfg.affine(objective) if cfg.has_gradient else (0.0, 0.0)
     mode = 'after' if cfg.read == 'after' else 'before'
     weight = start.params['W']
@@ -43,33 +47,40 @@ def run_wy(cfg: MemoryConfig, objective: GradFn, q: Tensor, k: Tensor, v: Tensor
             wp = inverse @ (geometry.retention[..., :-1, 0].unsqueeze(-1) * p)
         else:
             u, wp = w, None
-        y, weight = _walk(mode, geometry, qg, kg, u, wp, weight, retention=isinstance(co.a, Tensor))
+        y, weight = _walk(mode, geometry, qg, kg, u, wp, weight, isinstance(co.a, Tensor), compile)
         outputs.append(y.reshape(y.shape[0], y.shape[1], group.tokens, cfg.dv))
     params = {'W': weight}
     return join_groups(outputs), MemoryState(params, dict(params), None, start.position + k.shape[2])
 
 
 def _walk(mode: str, geometry: Geometry, q: Tensor, k: Tensor, u: Tensor, wp: Optional[Tensor], weight: Tensor,
-          retention: bool) -> tuple[Tensor, Tensor]:
+          retention: bool, compile: bool) -> tuple[Tensor, Tensor]:
     """The loop over a group's tiles (B, H, count, L, ...): per tile its columns e = u + wp W^T, its
     reads g0 (q W^T) + (G * q k^T) e and its end state gL W + e^T (G[L] * k), one product of W with
     the tile's queries and wp stacked. What does not depend on W (the read matrices, the scaled keys)
     is computed for all tiles first, and each tile's reads are finished while its products are in
     cache."""
-    length = k.shape[-2]
     rows = _rows(geometry.retention, mode)
     reads = rows[..., 1:] * gram(q, k)
     last = geometry.retention[..., -1, :]
     kend = last[..., 1:].unsqueeze(-1) * k
     scaled = rows[..., :1] * q if retention else q
     inputs = scaled if wp is None else torch.cat([scaled, wp], dim=-2)
+    tiles = (inputs, u, reads, kend, last[..., 0])
+    return run_in_blocks(_COMPILED_TILES, (k.shape[-2], wp is None), tiles, (weight,), compile)
+
+
+def _tiles(length: int, plain: bool, tiles: tuple[Tensor, ...], weight: Tensor) -> tuple[Tensor, Tensor]:
     outputs = []
-    for x, ui, read, ke, gl in zip(*(t.unbind(2) for t in (inputs, u, reads, kend, last[..., 0]))):
+    for x, ui, read, ke, gl in zip(*(t.unbind(2) for t in tiles)):
         products = weight_rows(weight, x)
-        e = ui if wp is None else ui + products[..., length:, :]
+        e = ui if plain else ui + products[..., length:, :]
         outputs.append(plus_product(products[..., :length, :], read, e))
         weight = state_update(weight, gl, e, ke)
     return torch.stack(outputs, 2), weight
+
+
+_COMPILED_TILES = CompiledStep(_tiles)
 
 
 def _sum_or_none(*terms):

@@ -14,7 +14,8 @@ import torch
 from memory_testkit import (assert_close, assert_states_close, gradients, make_inputs, probe_loss,
                             random_state, state_leaves)
 from nldsl.runtime import MemoryLevel, set_backend
-from nldsl.runtime.memory import MemoryConfig, Rule, chunked, compiled, dual, reference, standard_objective
+from nldsl.runtime.memory import (MemoryConfig, Rule, chunk_form, chunked, compiled, dual, dual_linear, reference,
+                                  standard_objective, wy)
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +29,20 @@ CASES = {
                                         **MLP), "l2"),
     "linear delta": (MemoryConfig("linear", 4, 3, rules=(Rule("retain"), Rule("delta"), Rule("gd")), chunk=3,
                                   read="before"), "huber"),
+}
+
+
+# The lean loops of linear memories, compiled compiled.BLOCK tiles a call (2 here, to compile fast):
+# 11 tokens from position 5 make a short first tile (the general loop), then 5 whole chunks of 2 (two
+# compiled blocks of 2, then one chunk eagerly); the wy form's tiles of 2 from the call's start make 5
+# whole tiles (the same) and a group of one short tile (eagerly).
+LEAN = {
+    "linear gd, lean loop": (MemoryConfig("linear", 4, 3, rules=(Rule("gd"),), chunk=2, read="after"), "huber",
+                             dual_linear._COMPILED_LOOP, {}, 2),
+    "linear titans, lean loop": (MemoryConfig("linear", 4, 3, rules=(Rule("retain"), Rule("momentum")), chunk=2,
+                                              read="before"), "huber", dual_linear._COMPILED_LOOP, {}, 2),
+    "gated delta, wy walk": (MemoryConfig("linear", 4, 3, rules=(Rule("retain"), Rule("gd", at="current"))), "l2",
+                             wy._COMPILED_TILES, {"tile": 2}, 2),
 }
 
 
@@ -59,6 +74,38 @@ def test_compiled_steps_match_the_reference(name, carried):
     grads_cmp = gradients(probe_loss(y_cmp, state_cmp, 1), leaves)
     for leaf in leaves:
         assert_close(grads_ref[leaf], grads_cmp[leaf], f"[{name}] d/d{leaf}")
+
+
+@pytest.mark.parametrize("name", LEAN)
+def test_compiled_lean_loops_match_the_reference(name):
+    """In a forward alone the lean loops run compiled, block by block; a forward that a backward will
+    follow keeps them eager (compiled.run_in_blocks), and both equal the reference."""
+    cfg, objective_name, step, options, blocks = LEAN[name]
+    objective = standard_objective(objective_name)
+    inputs = make_inputs(cfg, batch=2, heads=2, tokens=11, seed=7)
+    state = random_state(cfg, 2, 2, position=5, seed=8)
+    leaves = {**inputs.leaves(), **state_leaves(state)}
+    args = (cfg, objective, inputs.q, inputs.k, inputs.v, inputs.gates, inputs.params0, state)
+    y_ref, state_ref = reference(*args)
+    assert chunk_form(cfg, objective)[0] == ("wy" if "wy" in name else "dual")
+    calls = []
+    with warnings.catch_warnings(), pytest.MonkeyPatch.context() as patch:
+        warnings.simplefilter("error", compiled.CompileFallbackWarning)   # really compiled
+        patch.setattr(step, "compiled", None)
+        patch.setattr(compiled, "BLOCK", 2)
+        real = compiled.CompiledStep.__call__
+        patch.setattr(compiled.CompiledStep, "__call__", lambda self, *a, **k: (calls.append(self), real(self, *a, **k))[1])
+        with torch.no_grad():
+            y_cmp, state_cmp = chunked(*args, compile=True, **options)
+        assert calls.count(step) == blocks and not step.failed
+        y_grad, state_grad = chunked(*args, compile=True, **options)
+        assert calls.count(step) == blocks
+    assert_close(y_ref, y_cmp, f"[{name}] outputs")
+    assert_states_close(state_ref, state_cmp, f"[{name}] final state")
+    grads_ref = gradients(probe_loss(y_ref, state_ref, 1), leaves)
+    grads = gradients(probe_loss(y_grad, state_grad, 1), leaves)
+    for leaf in leaves:
+        assert_close(grads_ref[leaf], grads[leaf], f"[{name}] d/d{leaf}")
 
 
 def test_a_step_that_does_not_compile_runs_eagerly_with_one_warning(torch_compile_fails):
