@@ -77,6 +77,10 @@ def test_chunked_matches_reference(case):
     form = chunk_form(cfg, objective)[0]
     assert_close(y_ref, y_chk, f"[{form}] outputs")
     assert_states_close(state_ref, state_chk, f"[{form}] final state")
+    with torch.no_grad():       # a forward alone: no autograd nodes, and the forms chosen without backward
+        y_free, state_free = chunked(*args, tile=tile)
+    assert_close(y_ref, y_free, f"[{form}] outputs without gradients")
+    assert_states_close(state_ref, state_free, f"[{form}] final state without gradients")
     grads_ref = gradients(probe_loss(y_ref, state_ref, seed), leaves)
     grads_chk = gradients(probe_loss(y_chk, state_chk, seed), leaves)
     for name in leaves:
