@@ -100,6 +100,12 @@ BACKEND = click.option("--backend", default="chunked", show_default=True,
                             "generated Triton kernels (on a CUDA device; elsewhere they fall back to chunked, "
                             "with a warning)")
 
+# --compile of the commands that run a trained model forward (generate, learn, eval); `nlc train` has its own
+COMPILE = click.option("--compile", "compile_steps", is_flag=True,
+                       help="compile the chunked path's loops with torch.compile: an MLP memory's tile step and a linear "
+                            "memory's loop, eight tiles at a time (forward 1.1-1.6x at heads of 64), slower for small "
+                            "memories; each configuration compiles at its first call (seconds to tens of seconds)")
+
 
 class ExistingPath(click.Path):
     """click.Path(exists=True) whose missing path is NL0001 naming WHAT was expected (exit 1), as

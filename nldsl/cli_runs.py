@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import BACKEND, DEVICE, RUN, SEED, ExistingPath, FiniteFloat, guarded
+from .cli_common import BACKEND, COMPILE, DEVICE, RUN, SEED, ExistingPath, FiniteFloat, guarded
 
 MEMORY_FILE = ExistingPath("memory file", dir_okay=False)
 TEXT = ExistingPath("file or folder")
@@ -45,8 +45,9 @@ def _diverged(e, unchanged: str):
 @click.option("--seed", default=0, show_default=True, type=SEED, help="seeds the sampling")
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
 @BACKEND
+@COMPILE
 @guarded
-def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, seed, device, backend):
+def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, seed, device, backend, compile_steps):
     """Continue PROMPT with the model of RUN (a directory made by `nlc train`).
 
     The prompt runs in one forward pass; then tokens are sampled one at a time, every level carrying
@@ -56,7 +57,7 @@ def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, see
     from .runtime.generate import RunError, generate_text
 
     try:
-        model_run, state, warnings = open_run(run, memory, device=device, backend=backend)
+        model_run, state, warnings = open_run(run, memory, device=device, backend=backend, compile=compile_steps)
     except RunError as e:
         _run_error(e)
     for w in warnings:
@@ -79,8 +80,9 @@ def generate(run, prompt, memory, max_new_tokens, temperature, top_k, top_p, see
               help="read the text this many times")
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
 @BACKEND
+@COMPILE
 @guarded
-def learn(run, data, memory, seq, passes, device, backend):
+def learn(run, data, memory, seq, passes, device, backend, compile_steps):
     """Learn the text DATA in context with the model of RUN and keep it in a memory file.
 
     The outer level stays frozen; in-context memories and CMS members learn at their clocks. The
@@ -92,7 +94,8 @@ def learn(run, data, memory, seq, passes, device, backend):
     from .runtime.train import Diverged
 
     try:
-        report, _ = learn_file(load_run(run, device=device, backend=backend), data, memory, seq=seq, passes=passes)
+        model_run = load_run(run, device=device, backend=backend, compile=compile_steps)
+        report, _ = learn_file(model_run, data, memory, seq=seq, passes=passes)
     except (RunError, ValueError) as e:  # ValueError: the text (no documents in DATA, nothing to learn)
         _run_error(e)
     except Diverged as e:
@@ -147,8 +150,9 @@ def _numbers(kind):
 @click.option("--niah-trials", default=None, type=click.IntRange(min=1), help="niah: keys per cell (4)")
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="torch device (cpu, cuda, cuda:1, ...)")
 @BACKEND
+@COMPILE
 @guarded
-def eval_cmd(run, task, memory, device, backend, out, **options):
+def eval_cmd(run, task, memory, device, backend, compile_steps, out, **options):
     """Evaluate the model of RUN on a task; print a table and write the results as JSON.
 
     Every task runs on generated or local text. Results go to RUN/evals/<task>.json (with a memory
@@ -161,7 +165,8 @@ def eval_cmd(run, task, memory, device, backend, out, **options):
     from .runtime.train import Diverged
 
     try:
-        doc = evaluate(run, task, memory=memory, options=options, device=device, backend=backend)
+        doc = evaluate(run, task, memory=memory, options=options, device=device, backend=backend,
+                       compile=compile_steps)
     except (RunError, ValueError) as e:
         _run_error(e)
     except Diverged as e:  # forgetting: learning its segments in context

@@ -387,12 +387,13 @@ def describe(report: LearnReport) -> list[str]:
 
 
 def open_run(run_dir: Union[str, Path], memory_path: Optional[Union[str, Path]] = None, *, device: str = "cpu",
-             dtype: Optional[str] = None, backend: str = "chunked") -> tuple[Run, Optional[dict], list[str]]:
-    """A run's model on `backend` with a memory file applied: (run, the state to start from or None,
-    warnings)."""
+             dtype: Optional[str] = None, backend: str = "chunked",
+             compile: bool = False) -> tuple[Run, Optional[dict], list[str]]:
+    """A run's model on `backend` (`compile`: see load_run) with a memory file applied: (run, the state to
+    start from or None, warnings)."""
     from .generate import load_run
 
-    run = load_run(run_dir, device=device, dtype=dtype, backend=backend)
+    run = load_run(run_dir, device=device, dtype=dtype, backend=backend, compile=compile)
     if memory_path is None:
         return run, None, []
     memory = read_memory(memory_path, run)

@@ -57,8 +57,9 @@ class Run:
 
 
 def load_run(run: Union[str, Path], *, device: str = "cpu", dtype: Optional[str] = None,
-             backend: str = "chunked", require_checkpoint: bool = True) -> Run:
-    """The model of run directory RUN with its last checkpoint's weights, in eval mode.
+             backend: str = "chunked", compile: bool = False, require_checkpoint: bool = True) -> Run:
+    """The model of run directory RUN with its last checkpoint's weights, in eval mode; `compile`: the
+    chunked path's loops compiled by torch.compile (set_backend).
 
     `dtype` defaults to the run's training dtype. Without a checkpoint the weights stay freshly
     initialised when `require_checkpoint` is False, and a RunError is raised otherwise.
@@ -81,7 +82,7 @@ def load_run(run: Union[str, Path], *, device: str = "cpu", dtype: Optional[str]
         raise RunError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     module = _import_package(package)
     check_fits(package, getattr(torch, dtype), device)
-    model = set_backend(module.Model(), backend)
+    model = set_backend(module.Model(), backend, compile)
     step = 0
     checkpoint = path / CHECKPOINT
     if checkpoint.is_file():

@@ -42,14 +42,16 @@ def task_options(task: str, options: Optional[dict] = None):
 
 def evaluate(run_dir: Union[str, Path], task: str, *, memory: Optional[Union[str, Path]] = None,
              options: Optional[dict] = None, device: str = "cpu", dtype: Optional[str] = None,
-             backend: str = "chunked") -> dict:
-    """Run `task` on the model of RUN on `backend` (with the memory file applied when given)."""
+             backend: str = "chunked", compile: bool = False) -> dict:
+    """Run `task` on the model of RUN on `backend` (with the memory file applied when given); `compile`:
+    the chunked path's loops compiled by torch.compile."""
     from nldsl import __version__
 
     from ..continual import open_run, read_memory
 
     opts = task_options(task, options)
-    run, state, warnings = open_run(run_dir, memory, device=device, dtype=dtype, backend=backend)
+    run, state, warnings = open_run(run_dir, memory, device=device, dtype=dtype, backend=backend,
+                                      compile=compile)
     if task == "ppl":
         results = run_ppl(run, state, opts)
     elif task == "mqar":
@@ -61,6 +63,7 @@ def evaluate(run_dir: Union[str, Path], task: str, *, memory: Optional[Union[str
     return {
         "task": task, "run": str(run_dir), "model": run.manifest.get("model"), "spec_sha256": run.spec_sha256,
         "step": run.step, "memory": str(memory) if memory else None, "device": device, "backend": backend,
+        "compile": compile,
         "dtype": str(next(run.model.parameters()).dtype).replace("torch.", ""),
         "options": dataclasses.asdict(opts), "results": results, "warnings": warnings, "nlc": __version__,
     }

@@ -70,3 +70,70 @@ def test_learn_on_each_backend(tiny_hope_run, invoke, tmp_path, no_kernels):
     for key, value in chunked.items():
         assert torch.equal(memories["triton"][key], value), key
         assert torch.allclose(memories["reference"][key].to(value.dtype), value, rtol=1e-4, atol=1e-5), key
+
+
+
+@pytest.fixture()
+def compiled_calls(monkeypatch):
+    """The names of the tile steps the chunked path runs through a CompiledStep, in call order; with
+    `compiled_calls.eager()`, each then runs its eager function instead of compiling (a test of the
+    plumbing that takes seconds)."""
+    from nldsl.runtime.memory import compiled
+
+    class Calls(list):
+        def eager(self):
+            monkeypatch.setattr(compiled.CompiledStep, "__call__",
+                                lambda step, *args, **kwargs: self.append(step.fn.__name__) or step.fn(*args, **kwargs))
+
+    calls = Calls()
+    original = compiled.CompiledStep.__call__
+
+    def counted(step, *args, **kwargs):
+        calls.append(step.fn.__name__)
+        return original(step, *args, **kwargs)
+
+    monkeypatch.setattr(compiled.CompiledStep, "__call__", counted)
+    return calls
+
+
+def test_compile_reaches_the_chunked_loops_of_learn_and_generate(tiny_hope_run, invoke, tmp_path, compiled_calls):
+    """`--compile` of learn and generate runs the tile steps through CompiledStep, and only with the flag
+    (here each runs its eager function, so that the test takes seconds: the compiled steps' numbers are
+    test_memory_compiled_steps.py's and the next test's)."""
+    compiled_calls.eager()
+    data = tmp_path / "notes.txt"
+    data.write_text("The lantern festival of Zorbia is held every spring on the Maroon.\n", encoding="utf-8")
+    memories = {}
+    for flag in ((), ("--compile",)):
+        path = tmp_path / f"notes{len(flag)}.mem"
+        before = len(compiled_calls)
+        invoke("learn", tiny_hope_run, "--data", data, "--memory", path, "--seq", 32, *flag)
+        assert (len(compiled_calls) > before) == bool(flag)
+        memories[flag] = load_file(str(path))
+    assert memories[()].keys() == memories[("--compile",)].keys()
+    for key, value in memories[()].items():
+        assert torch.equal(memories[("--compile",)][key], value), key
+    text = {}
+    for flag in ((), ("--compile",)):
+        before = len(compiled_calls)
+        text[flag] = invoke("generate", tiny_hope_run, "--prompt", "The lantern ", "--max-new-tokens", 4,
+                            "--temperature", 0, *flag).stdout
+        assert (len(compiled_calls) > before) == bool(flag)
+    assert text[("--compile",)] == text[()]
+
+
+@pytest.mark.slow
+def test_eval_compiled_gives_the_eager_numbers(tiny_hope_run, invoke, tmp_path, compiled_calls):
+    """`nlc eval --compile` runs its tile steps compiled by torch.compile, to the eager numbers up to
+    rounding, and says so in its results."""
+    docs = {}
+    for flag in ((), ("--compile",)):
+        out = tmp_path / f"ppl{len(flag)}.json"
+        invoke("eval", tiny_hope_run, "--task", "ppl", "--max-tokens", 130, "--seq", 64, "--out", out, *flag)
+        docs[flag] = json.loads(out.read_text())
+        assert bool(compiled_calls) == bool(flag)
+    assert set(compiled_calls) == {"_tile_step"}
+    assert (docs[()]["compile"], docs[("--compile",)]["compile"]) == (False, True)
+    eager, compiled = docs[()]["results"], docs[("--compile",)]["results"]
+    assert compiled["tokens"] == eager["tokens"]
+    assert compiled["loss_nats"] == pytest.approx(eager["loss_nats"], rel=1e-5)
