@@ -7,12 +7,15 @@ inputs as one), layers (`ShortConv`, `CausalAttention`, `RMSNorm`, `LayerNorm`, 
 `position_of`); `BlockInfo` lists a model's blocks, which `BlockLayer` runs alone.
 """
 
+import warnings
+
 from .block_layer import BlockInfo, BlockLayer
 from .carried import carried_in, state_keys
 from .layers import BoundedGate, CausalAttention, CmsChain, CmsMLP, Embedding, KVCache, L2Norm, LayerNorm, RMSNorm, ShortConv
 from .layers import activation, l2norm
 from .layers import window_positions
 from .memory import MemoryConfig, MemoryState, Rule, standard_objective
+from .memory.compiled import CompileFallbackWarning
 from .memory_level import BACKENDS, MemoryLevel, position_of, segments
 from .memory_stack import MemoryStack
 
@@ -24,6 +27,10 @@ def set_backend(model, backend: str, compile: bool = False):
     large MLP memories, slower for small ones). Returns the model."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if compile and backend == "reference" and any(isinstance(m, MemoryLevel) for m in model.modules()):
+        warnings.warn("--compile (compile=True) has no effect on the reference backend: it compiles the chunked "
+                      "path's loops, which the token-by-token reference does not run", CompileFallbackWarning,
+                      stacklevel=2)
     for module in model.modules():
         if isinstance(module, (MemoryLevel, ShortConv, BoundedGate, L2Norm, RMSNorm)):
             module.backend = backend

@@ -33,7 +33,8 @@ from .tape import needs_graph
 
 
 class CompileFallbackWarning(RuntimeWarning):
-    """A tile step asked to run compiled runs eagerly: torch.compile failed on it."""
+    """Memory levels asked to run compiled run eagerly: torch.compile failed on a tile step, or the
+    backend (the reference) runs no chunked loops."""
 
 
 # Tiles a compiled lean loop runs in one call: its unrolled graph, hence its compile time, grows with

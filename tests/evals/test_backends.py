@@ -120,6 +120,9 @@ def test_compile_reaches_the_chunked_loops_of_learn_and_generate(tiny_hope_run, 
                             "--temperature", 0, *flag).stdout
         assert (len(compiled_calls) > before) == bool(flag)
     assert text[("--compile",)] == text[()]
+    output = invoke("generate", tiny_hope_run, "--prompt", "The ", "--max-new-tokens", 2, "--backend", "reference",
+                    "--compile").output
+    assert output.count("warning: --compile (compile=True) has no effect on the reference backend") == 1
 
 
 @pytest.mark.slow

@@ -152,3 +152,7 @@ def test_set_backend_passes_the_option_to_every_memory_level(monkeypatch):
     assert not any(level.compile_steps for level in model)
     torch.testing.assert_close(model[0](x, x, x, gates)[0], y_compiled, rtol=1e-5, atol=1e-6)
     assert len(calls) == 2
+    with pytest.warns(compiled.CompileFallbackWarning, match="no effect on the reference backend"):
+        set_backend(model, "reference", compile=True)
+    model[0](x, x, x, gates)
+    assert len(calls) == 2
