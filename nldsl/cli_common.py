@@ -102,9 +102,9 @@ BACKEND = click.option("--backend", default="chunked", show_default=True,
 
 # --compile of the commands that run a trained model forward (generate, learn, eval); `nlc train` has its own
 COMPILE = click.option("--compile", "compile_steps", is_flag=True,
-                       help="compile the chunked path's loops with torch.compile: an MLP memory's tile step and a linear "
-                            "memory's loop, eight tiles at a time (forward 1.1-1.6x at heads of 64), slower for small "
-                            "memories; each configuration compiles at its first call (seconds to tens of seconds)")
+                       help="compile the chunked path's loops with torch.compile: pays on long texts with large memories "
+                            "(titans.nl at heads of 64: forward 1.5x, after 10-25 s of compiling), not on short ones or "
+                            "small memories")
 
 
 class ExistingPath(click.Path):
