@@ -36,6 +36,12 @@ def needs_graph(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def forward_alone(*tensors: Optional[Tensor]) -> bool:
+    """Whether no backward will follow through these tensors: no graph needed now (needs_graph), nor
+    rebuilt later (no tape records this run's products for a recomputation in backward, recompute.py)."""
+    return not needs_graph(*tensors) and Tape.current is None
+
+
 def _rows(weight: Tensor, x: Tensor) -> Tensor:
     return torch.matmul(x, weight.transpose(-1, -2))
 

@@ -112,3 +112,24 @@ def test_a_forward_alone_records_no_autograd_node_and_computes_the_same(name, mo
     if final.momentum is not None:
         for key, value in final.momentum.items():
             assert torch.equal(value, state_graph.momentum[key]), ('momentum', key)
+
+
+def test_a_forward_alone_runs_a_tiles_passes_at_the_anchor_as_one(monkeypatch):
+    """A tile of a memory with a self-generated target read at its anchor runs the memory at the anchor
+    on its keys, values and queries: stacked as one pass in a forward alone (1.1-1.2x HOPE's memory's
+    forward), three passes when gradients follow (slicing the stacked pass cost training more than it
+    saved); the numbers are the same (the test above)."""
+    cfg, objective_name = FORWARD_ALONE['mlp dgd self target']
+    inputs = make_inputs(cfg, batch=2, heads=2, tokens=11, seed=3)
+    args = (cfg, standard_objective(objective_name), inputs.q, inputs.k, inputs.v, inputs.gates, inputs.params0,
+            random_state(cfg, 2, 2, position=5, seed=4))
+    passes = []
+    real = functional.forward
+    monkeypatch.setattr(functional, 'forward', lambda *a, **kw: passes.append(a[2].shape[-2]) or real(*a, **kw))
+    chunked(*args)
+    with_graph = list(passes)
+    passes.clear()
+    with torch.no_grad():
+        chunked(*args)
+    assert with_graph == [3, 3, 3, 4, 4, 4, 4, 4, 4]       # tiles of 3, 4 and 4 tokens: keys, values, queries
+    assert passes == [9, 12, 12]
