@@ -151,7 +151,7 @@ def _at_anchor(cfg: MemoryConfig, anchor: Params, q: Tensor, k: Tensor,
     when self-generated) and, when it reads at the anchor, its output M_anchor(q).
 
     In a forward alone one pass over the keys, values and queries stacked (HOPE's memory's forward ran
-    1.1-1.2x faster: B = 2, T = 2048, 4 heads, 64 -> 256 -> 64, chunks of 16); when gradients follow,
+    1.07-1.2x faster: B = 2, T = 2048, 4 heads, 64 -> 256 -> 64, chunks of 16); when gradients follow,
     three passes: the stacked pass's slices cost more in backward than they save on the short segments
     of a training step (hope.nl trained 17% slower)."""
     extra = ([v] if cfg.self_target else []) + ([q] if cfg.read == 'anchor' else [])

@@ -116,7 +116,7 @@ def test_a_forward_alone_records_no_autograd_node_and_computes_the_same(name, mo
 
 def test_a_forward_alone_runs_a_tiles_passes_at_the_anchor_as_one(monkeypatch):
     """A tile of a memory with a self-generated target read at its anchor runs the memory at the anchor
-    on its keys, values and queries: stacked as one pass in a forward alone (1.1-1.2x HOPE's memory's
+    on its keys, values and queries: stacked as one pass in a forward alone (1.07-1.2x HOPE's memory's
     forward), three passes when gradients follow (slicing the stacked pass cost training more than it
     saved); the numbers are the same (the test above)."""
     cfg, objective_name = FORWARD_ALONE['mlp dgd self target']
